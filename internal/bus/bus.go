@@ -1,0 +1,126 @@
+// Package bus is callrouter's one seam to Core NATS: connection options (URL, credentials, TLS,
+// bounded reconnect buffer), JSON request-reply helpers, and an embedded nats-server for the
+// one-process mode and for tests.
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// Config says how to reach NATS.
+type Config struct {
+	URL          string // comma-separated server URLs
+	Name         string // connection name shown in NATS monitoring
+	CredsFile    string // NATS credentials (JWT + nkey) file
+	TLSCert      string // client certificate file
+	TLSKey       string // client key file
+	TLSCA        string // CA file to verify the servers
+	ReconnectBuf int    // bytes buffered while reconnecting; beyond it publishes fail
+	PendingMsgs  int    // default per-subscription pending message limit
+}
+
+// DefaultConfig returns a Config for a local server.
+func DefaultConfig() Config {
+	return Config{URL: nats.DefaultURL, ReconnectBuf: 8 << 20, PendingMsgs: 65536}
+}
+
+// Validate reports the first bad field.
+func (c *Config) Validate() error {
+	if strings.TrimSpace(c.URL) == "" {
+		return errors.New("bus: nats URL is empty")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("bus: TLS certificate and key must be given together")
+	}
+	if c.ReconnectBuf <= 0 {
+		return fmt.Errorf("bus: reconnect buffer %d must be positive", c.ReconnectBuf)
+	}
+	return nil
+}
+
+// Connect opens a connection that reconnects forever, logs connection changes, and reports
+// slow-consumer errors without closing.
+func Connect(cfg Config, log zerolog.Logger) (*nats.Conn, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, 500*time.Millisecond),
+		nats.ReconnectBufSize(cfg.ReconnectBuf),
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn().Err(err).Msg("nats disconnected")
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			ev := log.Warn().Err(err)
+			if sub != nil {
+				ev = ev.Str("subject", sub.Subject)
+			}
+			ev.Msg("nats async error")
+		}),
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
+	}
+	if cfg.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLSCA))
+	}
+	nc, err := nats.Connect(cfg.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("bus: connect %s: %w", cfg.URL, err)
+	}
+	return nc, nil
+}
+
+// Request sends req as JSON and decodes the JSON reply into resp.
+func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp any) error {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	msg, err := nc.RequestWithContext(ctx, subject, data)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(msg.Data, resp); err != nil {
+		return fmt.Errorf("bus: reply on %s: %w", subject, err)
+	}
+	return nil
+}
+
+// Respond answers msg with v as JSON; errors are ignored because the requester times out anyway.
+func Respond(msg *nats.Msg, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	_ = msg.Respond(data)
+}
+
+// Publish publishes v as JSON.
+func Publish(nc *nats.Conn, subject string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return nc.Publish(subject, data)
+}

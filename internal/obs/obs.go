@@ -1,0 +1,100 @@
+// Package obs gives every callrouter binary the same operational surface: a zerolog JSON logger,
+// and an HTTP server with /healthz, /readyz and /metrics (Prometheus).
+package obs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+)
+
+// Logger returns a JSON logger at the given level ("debug", "info", "warn", "error").
+func Logger(w io.Writer, level, component, id string) (zerolog.Logger, error) {
+	lv, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return zerolog.Nop(), err
+	}
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	return zerolog.New(w).Level(lv).With().Timestamp().Str("component", component).Str("id", id).Logger(), nil
+}
+
+// Health holds liveness and readiness flags served by Server.
+type Health struct {
+	live  atomic.Bool
+	ready atomic.Bool
+}
+
+// SetLive sets the /healthz answer.
+func (h *Health) SetLive(v bool) { h.live.Store(v) }
+
+// SetReady sets the /readyz answer.
+func (h *Health) SetReady(v bool) { h.ready.Store(v) }
+
+// Ready reports the readiness flag.
+func (h *Health) Ready() bool { return h.ready.Load() }
+
+// NewRegistry returns a registry with the Go and process collectors.
+func NewRegistry() *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return r
+}
+
+// Server serves /healthz, /readyz and /metrics, plus any extra handlers.
+type Server struct {
+	ln  net.Listener
+	srv *http.Server
+	Mux *http.ServeMux
+}
+
+// Listen binds addr (":0" picks a port) and prepares the handlers; Serve starts them.
+func Listen(addr string, h *Health, reg *prometheus.Registry) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { answer(w, h.live.Load()) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { answer(w, h.ready.Load()) })
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return &Server{ln: ln, Mux: mux, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}, nil
+}
+
+func answer(w http.ResponseWriter, ok bool) {
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("not ok\n"))
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// Addr returns the bound address.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Run serves until ctx ends, then shuts down with a fresh 5 s deadline.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(s.ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.srv.Shutdown(sctx)
+	if e := <-errc; !errors.Is(e, http.ErrServerClosed) && err == nil {
+		err = e
+	}
+	return err
+}

@@ -1,0 +1,266 @@
+// Package wire defines callrouter's JSON control, heartbeat and event messages: the bodies sent on
+// the subjects of package subjects. Every message carries a version field "v"; docs/protocol.md
+// documents each one for services written in other languages.
+package wire
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/session"
+)
+
+// V is the message version this package writes.
+const V = 1
+
+// Error codes carried in replies.
+const (
+	CodeNoCapacity = "no_capacity" // every eligible worker is full, draining or lagging
+	CodeNoWorkers  = "no_workers"  // no live worker in a requested pool
+	CodeFull       = "full"        // this worker has no free slot
+	CodeDraining   = "draining"    // this worker or ingest is draining
+	CodeBadRequest = "bad_request" // the request did not parse or validate
+	CodeStale      = "stale_epoch" // the request's epoch is older than the holder's
+	CodeUnknown    = "unknown_call"
+	CodeInternal   = "internal"
+)
+
+// Reply is the common part of every reply.
+type Reply struct {
+	V      int    `json:"v"`
+	OK     bool   `json:"ok"`
+	Code   string `json:"code,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Placement is one pool's worker for a call.
+type Placement struct {
+	Pool   string `json:"pool"`
+	Worker string `json:"worker"`
+}
+
+// PlaceRequest asks the routers (subject router.place) to place a call at an epoch.
+type PlaceRequest struct {
+	V       int              `json:"v"`
+	Call    session.Spec     `json:"call"`
+	Ingest  string           `json:"ingest"`
+	Epoch   uint32           `json:"epoch"`
+	Pools   []string         `json:"pools"`
+	Exclude []string         `json:"exclude,omitempty"`
+	Resume  []session.LegSeq `json:"resume,omitempty"`
+	Reason  string           `json:"reason,omitempty"`
+}
+
+// PlaceReply answers a PlaceRequest.
+type PlaceReply struct {
+	Reply
+	Router       string      `json:"router,omitempty"`
+	Epoch        uint32      `json:"epoch"`
+	Placements   []Placement `json:"placements,omitempty"`
+	RetryAfterMS int         `json:"retry_after_ms,omitempty"`
+}
+
+// Offer asks one worker (subject worker.<id>.offer) to take a call at an epoch.
+type Offer struct {
+	V      int              `json:"v"`
+	Call   session.Spec     `json:"call"`
+	Ingest string           `json:"ingest"`
+	Epoch  uint32           `json:"epoch"`
+	Pool   string           `json:"pool"`
+	Router string           `json:"router"`
+	Resume []session.LegSeq `json:"resume,omitempty"`
+}
+
+// OfferReply answers an Offer.
+type OfferReply struct {
+	Reply
+	Worker string `json:"worker"`
+}
+
+// Release asks one worker (subject worker.<id>.release) to let go of a call.
+type Release struct {
+	V      int    `json:"v"`
+	Tenant string `json:"tenant"`
+	Call   string `json:"call"`
+	Epoch  uint32 `json:"epoch"`
+	Reason string `json:"reason"`
+}
+
+// ReleaseReply answers a Release with where the worker stopped.
+type ReleaseReply struct {
+	Reply
+	Progress []session.LegSeq `json:"progress,omitempty"`
+}
+
+// WorkerCall is one call in a worker heartbeat.
+type WorkerCall struct {
+	Tenant   string           `json:"tenant"`
+	Call     string           `json:"call"`
+	Epoch    uint32           `json:"epoch"`
+	Pool     string           `json:"pool"`
+	Ingest   string           `json:"ingest"`
+	Progress []session.LegSeq `json:"progress"`
+	LagMS    float64          `json:"lag_ms"`
+}
+
+// WorkerHeartbeat is published on hb.worker.<id>.
+type WorkerHeartbeat struct {
+	V          int          `json:"v"`
+	ID         string       `json:"id"`
+	Pool       string       `json:"pool"`
+	Mode       string       `json:"mode"`
+	Capacity   int          `json:"capacity"`
+	Active     int          `json:"active"`
+	LagMS      float64      `json:"lag_ms"`
+	Ready      bool         `json:"ready"`
+	Draining   bool         `json:"draining"`
+	IntervalMS int          `json:"interval_ms"`
+	Calls      []WorkerCall `json:"calls"`
+}
+
+// IngestCall is one call in an ingest heartbeat.
+type IngestCall struct {
+	Tenant     string      `json:"tenant"`
+	Call       string      `json:"call"`
+	Epoch      uint32      `json:"epoch"`
+	Placements []Placement `json:"placements"`
+}
+
+// IngestHeartbeat is published on hb.ingest.<id>.
+type IngestHeartbeat struct {
+	V          int          `json:"v"`
+	ID         string       `json:"id"`
+	Draining   bool         `json:"draining"`
+	IntervalMS int          `json:"interval_ms"`
+	Calls      []IngestCall `json:"calls"`
+}
+
+// RouterHeartbeat is published on hb.router.<id>.
+type RouterHeartbeat struct {
+	V          int    `json:"v"`
+	ID         string `json:"id"`
+	IntervalMS int    `json:"interval_ms"`
+	Workers    int    `json:"workers"`
+}
+
+// Down is published on bcast.down when a router declares a component dead.
+type Down struct {
+	V         int    `json:"v"`
+	Component string `json:"component"`
+	ID        string `json:"id"`
+	Reason    string `json:"reason"`
+	By        string `json:"by"`
+}
+
+// Migrate asks an ingest node (subject ingest.<id>.place) to re-place a call away from a worker:
+// sent by a draining or lagging worker.
+type Migrate struct {
+	V      int    `json:"v"`
+	Tenant string `json:"tenant"`
+	Call   string `json:"call"`
+	Epoch  uint32 `json:"epoch"`
+	Worker string `json:"worker"`
+	Reason string `json:"reason"`
+}
+
+// LegRange asks for one leg's ring frames with From <= seq < To (To 0 means up to the newest).
+type LegRange struct {
+	Leg  uint8 `json:"leg"`
+	From int64 `json:"from"`
+	To   int64 `json:"to"`
+}
+
+// ReplayRequest asks an ingest node (subject ingest.<id>.replay) for ring frames. The reply is a
+// binary concatenation of frames (see package frame), each with the replayed flag set, in leg and
+// sequence order; an empty body means nothing to replay; a JSON Reply means an error.
+type ReplayRequest struct {
+	V      int        `json:"v"`
+	Tenant string     `json:"tenant"`
+	Call   string     `json:"call"`
+	Epoch  uint32     `json:"epoch"`
+	Worker string     `json:"worker"`
+	Legs   []LegRange `json:"legs"`
+}
+
+// CtlRequest is sent on ctl.<tenant>.<call> to whichever worker holds the call.
+type CtlRequest struct {
+	V       int               `json:"v"`
+	Command string            `json:"command"`
+	Args    map[string]string `json:"args,omitempty"`
+}
+
+// CtlReply answers a CtlRequest.
+type CtlReply struct {
+	Reply
+	Worker string          `json:"worker"`
+	Pool   string          `json:"pool"`
+	Epoch  uint32          `json:"epoch"`
+	Data   json.RawMessage `json:"data,omitempty"`
+}
+
+// Event is published on events.<tenant>.<call>.<kind>.
+type Event struct {
+	V      int             `json:"v"`
+	Kind   string          `json:"kind"`
+	Tenant string          `json:"tenant"`
+	Call   string          `json:"call"`
+	Epoch  uint32          `json:"epoch"`
+	Time   time.Time       `json:"time"`
+	Source string          `json:"source"`
+	Data   json.RawMessage `json:"data,omitempty"`
+}
+
+// CallView is one call in the admin API.
+type CallView struct {
+	Tenant     string           `json:"tenant"`
+	Call       string           `json:"call"`
+	Epoch      uint32           `json:"epoch"`
+	Ingest     string           `json:"ingest,omitempty"`
+	Placements []Placement      `json:"placements"`
+	Progress   []session.LegSeq `json:"progress,omitempty"`
+}
+
+// WorkerView is one worker in the admin API.
+type WorkerView struct {
+	ID       string    `json:"id"`
+	Pool     string    `json:"pool"`
+	Mode     string    `json:"mode"`
+	Capacity int       `json:"capacity"`
+	Active   int       `json:"active"`
+	LagMS    float64   `json:"lag_ms"`
+	Ready    bool      `json:"ready"`
+	Draining bool      `json:"draining"`
+	Eligible bool      `json:"eligible"`
+	LastSeen time.Time `json:"last_seen"`
+}
+
+// CallQuery asks router.api.call for one call.
+type CallQuery struct {
+	V      int    `json:"v"`
+	Tenant string `json:"tenant"`
+	Call   string `json:"call"`
+}
+
+// CallsReply answers router.api.calls.
+type CallsReply struct {
+	Reply
+	Calls []CallView `json:"calls"`
+}
+
+// CallReply answers router.api.call.
+type CallReply struct {
+	Reply
+	Call *CallView `json:"call,omitempty"`
+}
+
+// WorkersReply answers router.api.workers.
+type WorkersReply struct {
+	Reply
+	Workers []WorkerView `json:"workers"`
+}
+
+// OK returns a successful Reply.
+func OK() Reply { return Reply{V: V, OK: true} }
+
+// Fail returns a failed Reply with a code and reason.
+func Fail(code, reason string) Reply { return Reply{V: V, Code: code, Reason: reason} }
