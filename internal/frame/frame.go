@@ -4,7 +4,7 @@
 //
 //	offset size field
 //	0      1    version (1)
-//	1      1    flags (bit 0 gap-filled, bit 1 replayed, bit 2 last)
+//	1      1    flags (bit 0 gap-filled, bit 1 replayed, bit 2 last, bit 3 epoch start)
 //	2      1    codec (see Codec)
 //	3      1    leg index
 //	4      4    sample rate, Hz
@@ -46,6 +46,8 @@ const (
 	FlagReplayed Flags = 1 << 1
 	// FlagLast marks the last frame of a leg: the call (or leg) ended.
 	FlagLast Flags = 1 << 2
+	// FlagEpochStart marks the first frame of a leg published at a new epoch.
+	FlagEpochStart Flags = 1 << 3
 )
 
 // Codec identifies the payload encoding.

@@ -47,6 +47,7 @@ type PlaceRequest struct {
 	Epoch   uint32           `json:"epoch"`
 	Pools   []string         `json:"pools"`
 	Exclude []string         `json:"exclude,omitempty"`
+	Keep    []Placement      `json:"keep,omitempty"`
 	Resume  []session.LegSeq `json:"resume,omitempty"`
 	Reason  string           `json:"reason,omitempty"`
 }

@@ -1,0 +1,190 @@
+package ingest
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/rs/zerolog"
+)
+
+type leg struct {
+	info       session.Leg
+	subject    string
+	seq        uint32
+	samples    uint32 // per frame
+	epochStart bool   // the next frame is the first of a new epoch
+	startSeq   uint32 // first sequence published at the current epoch
+	ring       *ring
+}
+
+// Call is one call owned by this ingest node. A transport feeds it 20 ms payloads with Send and
+// ends it with End; the call stamps sequence, media timestamp, capture time and epoch, keeps each
+// leg's recent frames for replay, and publishes them on the leg's subject.
+type Call struct {
+	n    *Node
+	spec session.Spec
+	log  zerolog.Logger
+
+	mu         sync.Mutex // orders Send against epoch changes
+	epoch      uint32
+	maxEpoch   uint32 // highest epoch ever requested, so retries never reuse one
+	placements []wire.Placement
+	legs       []leg
+	ended      bool
+
+	placing   sync.Mutex // one re-placement at a time
+	lastMedia atomic.Int64
+	done      chan struct{}
+	endOnce   sync.Once
+}
+
+// ID returns the call's identity.
+func (c *Call) ID() session.ID { return c.spec.ID }
+
+// Spec returns the call's spec.
+func (c *Call) Spec() session.Spec { return c.spec }
+
+// Done is closed when the call has ended.
+func (c *Call) Done() <-chan struct{} { return c.done }
+
+// Epoch returns the current epoch.
+func (c *Call) Epoch() uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.epoch
+}
+
+// Placements returns the current placements.
+func (c *Call) Placements() []wire.Placement {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]wire.Placement(nil), c.placements...)
+}
+
+func samplesPerFrame(l session.Leg) uint32 { return l.Rate / 50 }
+
+func nominalPayload(l session.Leg) int {
+	switch l.Codec {
+	case frame.CodecL16:
+		return int(l.Rate/50) * 2
+	case frame.CodecOpus:
+		return 160
+	default:
+		return int(l.Rate / 50)
+	}
+}
+
+// Send publishes one 20 ms payload on a leg, captured now.
+func (c *Call) Send(legIdx int, payload []byte, flags frame.Flags) error {
+	return c.SendAt(legIdx, payload, flags, time.Now())
+}
+
+// SendAt publishes one 20 ms payload on a leg with the given capture time.
+func (c *Call) SendAt(legIdx int, payload []byte, flags frame.Flags, capture time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return ErrEnded
+	}
+	if legIdx < 0 || legIdx >= len(c.legs) {
+		return ErrLeg
+	}
+	c.lastMedia.Store(capture.UnixNano())
+	return c.publishLocked(&c.legs[legIdx], payload, flags, capture)
+}
+
+func (c *Call) publishLocked(l *leg, payload []byte, flags frame.Flags, capture time.Time) error {
+	if l.epochStart {
+		flags |= frame.FlagEpochStart
+		l.epochStart = false
+		l.startSeq = l.seq
+	}
+	h := frame.Header{Flags: flags, Codec: l.info.Codec, Leg: l.info.Index, SampleRate: l.info.Rate, Epoch: c.epoch,
+		Seq: l.seq, MediaTS: l.seq * l.samples, Capture: capture.UnixNano(), DurationUS: uint16(frame.Duration / time.Microsecond)}
+	b, err := frame.Append(l.ring.slot(), &h, payload)
+	if err != nil {
+		c.n.m.frames.WithLabelValues("bad").Inc()
+		return err
+	}
+	l.ring.put(l.seq, b)
+	l.seq++
+	if err := c.n.nc.Publish(l.subject, b); err != nil {
+		c.n.m.frames.WithLabelValues("publish_error").Inc()
+		return err
+	}
+	c.n.m.frames.WithLabelValues("published").Inc()
+	return nil
+}
+
+// End ends the call: a last frame on every leg, a call "end" event, and the call leaves the node.
+func (c *Call) End(reason string) {
+	c.endOnce.Do(func() {
+		c.mu.Lock()
+		c.ended = true
+		now := time.Now()
+		for i := range c.legs {
+			_ = c.publishLocked(&c.legs[i], nil, frame.FlagLast, now)
+		}
+		epoch := c.epoch
+		c.mu.Unlock()
+		c.n.event(c, epoch, "end", map[string]string{"reason": reason})
+		c.n.remove(c)
+		c.log.Info().Str("reason", reason).Msg("call ended")
+		c.n.m.ended.WithLabelValues(reason).Inc()
+		close(c.done)
+	})
+}
+
+// setPlacement switches the call to a new epoch and placements; every leg's next frame is flagged
+// as the epoch's first.
+func (c *Call) setPlacement(epoch uint32, p []wire.Placement) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended || epoch <= c.epoch {
+		return false
+	}
+	c.epoch = epoch
+	c.placements = p
+	for i := range c.legs {
+		c.legs[i].epochStart = true
+	}
+	return true
+}
+
+func (c *Call) nextEpoch() uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxEpoch++
+	return c.maxEpoch
+}
+
+// replay appends to dst the ring frames of a leg in [from, to), with the replayed flag set.
+// from == session.FromEpochStart means from the first frame of the current epoch.
+func (c *Call) replay(dst []byte, r wire.LegRange) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if int(r.Leg) >= len(c.legs) {
+		return dst
+	}
+	l := &c.legs[r.Leg]
+	from, to := r.From, r.To
+	if from == session.FromEpochStart {
+		from = int64(l.startSeq)
+		if l.epochStart {
+			from = int64(l.seq)
+		}
+	}
+	if to <= 0 {
+		to = int64(l.seq)
+	}
+	l.ring.each(from, to, func(b []byte) {
+		n := len(dst)
+		dst = append(dst, b...)
+		dst[n+1] |= byte(frame.FlagReplayed)
+	})
+	return dst
+}

@@ -1,0 +1,65 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/subjects"
+)
+
+// Config configures an ingest node.
+type Config struct {
+	ID                string
+	Pools             []string      // worker pools every call is placed on
+	PlaceTimeout      time.Duration // one placement request
+	PlaceAttempts     int           // attempts (each at a new epoch) before giving up on a new call
+	HeartbeatInterval time.Duration
+	MediaTimeout      time.Duration // a call with no media for this long is ended
+	Ring              time.Duration // per-leg replay ring length
+	RingMaxBytes      int           // per-leg replay ring bound in bytes
+	DrainTimeout      time.Duration // how long SIGTERM waits for calls to end
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		Pools:             []string{"default"},
+		PlaceTimeout:      4 * time.Second,
+		PlaceAttempts:     3,
+		HeartbeatInterval: 500 * time.Millisecond,
+		MediaTimeout:      10 * time.Second,
+		Ring:              5 * time.Second,
+		RingMaxBytes:      1 << 20,
+		DrainTimeout:      30 * time.Second,
+	}
+}
+
+// Validate reports every bad field.
+func (c *Config) Validate() error {
+	var errs []error
+	if err := subjects.Check("ingest id", c.ID); err != nil {
+		errs = append(errs, err)
+	}
+	if len(c.Pools) == 0 {
+		errs = append(errs, errors.New("ingest: at least one pool is needed"))
+	}
+	for _, p := range c.Pools {
+		if err := subjects.Check("pool", p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for name, d := range map[string]time.Duration{"place timeout": c.PlaceTimeout, "heartbeat interval": c.HeartbeatInterval,
+		"media timeout": c.MediaTimeout, "ring": c.Ring, "drain timeout": c.DrainTimeout} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("ingest: %s %v must be positive", name, d))
+		}
+	}
+	if c.PlaceAttempts < 1 {
+		errs = append(errs, fmt.Errorf("ingest: place attempts %d must be at least 1", c.PlaceAttempts))
+	}
+	if c.RingMaxBytes < 4096 {
+		errs = append(errs, fmt.Errorf("ingest: ring max bytes %d must be at least 4096", c.RingMaxBytes))
+	}
+	return errors.Join(errs...)
+}

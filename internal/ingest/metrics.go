@@ -1,0 +1,25 @@
+package ingest
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	calls        prometheus.Gauge
+	starts       *prometheus.CounterVec // result
+	ended        *prometheus.CounterVec // reason
+	frames       *prometheus.CounterVec // result
+	replacements *prometheus.CounterVec // reason
+	replays      prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		calls:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_ingest_calls", Help: "Calls owned by this ingest node."}),
+		starts:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_call_starts_total", Help: "New calls by placement result."}, []string{"result"}),
+		ended:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_calls_ended_total", Help: "Calls ended by reason."}, []string{"reason"}),
+		frames:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_frames_total", Help: "Frames by result."}, []string{"result"}),
+		replacements: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_replacements_total", Help: "Re-placements by reason."}, []string{"reason"}),
+		replays:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_replays_total", Help: "Replay requests served."}),
+	}
+	reg.MustRegister(m.calls, m.starts, m.ended, m.frames, m.replacements, m.replays)
+	return m
+}

@@ -1,0 +1,447 @@
+// Package ingest is the ingest core: it owns the calls whose media this node terminates, asks the
+// routers to place each one before publishing, publishes 20 ms frames on per-leg subjects, keeps a
+// bounded replay ring per leg, heartbeats the calls it owns, re-places them (at a new epoch) when a
+// worker dies or asks to hand a call off, and ends calls whose media stopped. Transports (file
+// player, SIP, WHIP) bring calls in through StartCall and Call.Send.
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Errors returned to transports.
+var (
+	// ErrDraining means the node is shutting down and takes no new calls.
+	ErrDraining = errors.New("ingest: draining")
+	// ErrNoRouter means no router answered a placement request.
+	ErrNoRouter = errors.New("ingest: no router answered")
+	// ErrEnded means the call has already ended.
+	ErrEnded = errors.New("ingest: call ended")
+	// ErrLeg means the leg index is out of range.
+	ErrLeg = errors.New("ingest: no such leg")
+	// ErrDuplicate means a call with the same id is already owned here.
+	ErrDuplicate = errors.New("ingest: duplicate call id")
+)
+
+// RefusedError is a placement refusal; transports turn it into SIP 503 or HTTP 503 with
+// Retry-After.
+type RefusedError struct {
+	Code       string
+	Reason     string
+	RetryAfter time.Duration
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("ingest: placement refused: %s: %s", e.Code, e.Reason)
+}
+
+// RetryAfter returns how long a refused caller should wait, and whether err is a refusal (or
+// another temporary condition: draining, no router).
+func RetryAfter(err error) (time.Duration, bool) {
+	var re *RefusedError
+	switch {
+	case errors.As(err, &re):
+		return re.RetryAfter, true
+	case errors.Is(err, ErrDraining), errors.Is(err, ErrNoRouter):
+		return 5 * time.Second, true
+	}
+	return 0, false
+}
+
+// Source is a transport that brings calls into ingest: the file player, the SIP user agent, the
+// WHIP endpoint. Run serves until ctx ends, starting calls with Node.StartCall.
+type Source interface {
+	Run(ctx context.Context, n *Node) error
+}
+
+// Node is one ingest node.
+type Node struct {
+	cfg    Config
+	nc     *nats.Conn
+	log    zerolog.Logger
+	m      *metrics
+	health *obs.Health
+
+	mu       sync.Mutex
+	calls    map[session.ID]*Call
+	draining bool
+	wg       sync.WaitGroup
+	closed   atomic.Bool
+}
+
+// Deps are the node's collaborators.
+type Deps struct {
+	NC       *nats.Conn
+	Log      zerolog.Logger
+	Registry prometheus.Registerer
+	Health   *obs.Health
+}
+
+// New validates cfg and builds a node; it does no I/O.
+func New(cfg Config, d Deps) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if d.Registry == nil {
+		d.Registry = prometheus.NewRegistry()
+	}
+	if d.Health == nil {
+		d.Health = &obs.Health{}
+	}
+	return &Node{cfg: cfg, nc: d.NC, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
+		health: d.Health, calls: map[session.ID]*Call{}}, nil
+}
+
+// ID returns the node id.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// NC returns the node's NATS connection (transports use it for events).
+func (n *Node) NC() *nats.Conn { return n.nc }
+
+// Run serves replay and hand-off requests, heartbeats and reaps until ctx ends, then drains:
+// refuses new calls and waits (up to the drain timeout) for its calls to end before ending the
+// rest.
+func (n *Node) Run(ctx context.Context) error {
+	var subs []*nats.Subscription
+	add := func(s *nats.Subscription, err error) error {
+		if err == nil {
+			subs = append(subs, s)
+		}
+		return err
+	}
+	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbReplay), n.onReplay)); err != nil {
+		return err
+	}
+	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbPlace), n.onMigrate)); err != nil {
+		return err
+	}
+	if err := add(n.nc.Subscribe(subjects.Bcast(subjects.TopicDown), n.onDown)); err != nil {
+		return err
+	}
+	defer func() {
+		for _, s := range subs {
+			_ = s.Unsubscribe()
+		}
+	}()
+	if err := n.nc.Flush(); err != nil {
+		return err
+	}
+	n.health.SetLive(true)
+	n.health.SetReady(true)
+	t := time.NewTicker(n.cfg.HeartbeatInterval)
+	defer t.Stop()
+	n.heartbeat()
+	for {
+		select {
+		case <-t.C:
+			n.reap()
+			n.heartbeat()
+		case <-ctx.Done():
+			n.drain()
+			n.wg.Wait()
+			n.heartbeat()
+			return nil
+		}
+	}
+}
+
+func (n *Node) drain() {
+	n.mu.Lock()
+	n.draining = true
+	n.mu.Unlock()
+	n.health.SetReady(false)
+	deadline := time.Now().Add(n.cfg.DrainTimeout)
+	for len(n.Calls()) > 0 && time.Now().Before(deadline) {
+		n.heartbeat()
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, c := range n.Calls() {
+		c.End("ingest_shutdown")
+	}
+}
+
+// Close ends every call; safe to call more than once.
+func (n *Node) Close() {
+	if !n.closed.CompareAndSwap(false, true) {
+		return
+	}
+	for _, c := range n.Calls() {
+		c.End("ingest_shutdown")
+	}
+	n.wg.Wait()
+}
+
+// Calls returns the calls this node owns.
+func (n *Node) Calls() []*Call {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]*Call, 0, len(n.calls))
+	for _, c := range n.calls {
+		out = append(out, c)
+	}
+	return out
+}
+
+// Call returns one owned call.
+func (n *Node) Call(id session.ID) *Call {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.calls[id]
+}
+
+func (n *Node) remove(c *Call) {
+	n.mu.Lock()
+	if n.calls[c.spec.ID] == c {
+		delete(n.calls, c.spec.ID)
+	}
+	n.m.calls.Set(float64(len(n.calls)))
+	n.mu.Unlock()
+}
+
+// StartCall validates spec, places the call on a worker of every pool, and returns it ready for
+// Send. A refusal is a *RefusedError.
+func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Call{n: n, spec: spec, done: make(chan struct{}),
+		log: n.log.With().Str("tenant", spec.Tenant).Str("call", spec.Call).Logger()}
+	for _, l := range spec.Legs {
+		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/(frame.HeaderLen+nominalPayload(l))))
+		c.legs = append(c.legs, leg{info: l, subject: subjects.Audio(spec.Tenant, spec.Call, l.Name), samples: samplesPerFrame(l),
+			epochStart: true, ring: newRing(frames)})
+	}
+	c.lastMedia.Store(time.Now().UnixNano())
+	n.mu.Lock()
+	if n.draining {
+		n.mu.Unlock()
+		n.m.starts.WithLabelValues("draining").Inc()
+		return nil, ErrDraining
+	}
+	if n.calls[spec.ID] != nil {
+		n.mu.Unlock()
+		return nil, ErrDuplicate
+	}
+	n.calls[spec.ID] = c // owned from now on, so heartbeats can list it once placed
+	n.m.calls.Set(float64(len(n.calls)))
+	n.mu.Unlock()
+
+	resume := make([]session.LegSeq, len(spec.Legs))
+	for i := range resume {
+		resume[i] = session.LegSeq{Leg: uint8(i), Next: session.FromEpochStart}
+	}
+	var lastErr error
+	for attempt := 0; attempt < n.cfg.PlaceAttempts; attempt++ {
+		epoch := c.nextEpoch()
+		rep, err := n.requestPlace(ctx, c, epoch, n.cfg.Pools, nil, nil, resume, "new")
+		if err == nil && rep.OK {
+			c.setPlacement(epoch, rep.Placements)
+			n.m.starts.WithLabelValues("placed").Inc()
+			c.log = c.log.With().Uint32("epoch", epoch).Logger()
+			c.log.Info().Any("placements", rep.Placements).Msg("call placed")
+			n.event(c, epoch, "start", map[string]any{"ingest": n.cfg.ID, "legs": spec.Legs, "meta": spec.Meta})
+			return c, nil
+		}
+		if err == nil {
+			n.forget(c)
+			n.m.starts.WithLabelValues("refused").Inc()
+			return nil, &RefusedError{Code: rep.Code, Reason: rep.Reason, RetryAfter: time.Duration(rep.RetryAfterMS) * time.Millisecond}
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-time.After(time.Duration(attempt+1) * 250 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+	n.forget(c)
+	n.m.starts.WithLabelValues("no_router").Inc()
+	return nil, fmt.Errorf("%w: %v", ErrNoRouter, lastErr)
+}
+
+func (n *Node) forget(c *Call) {
+	c.mu.Lock()
+	c.ended = true
+	c.mu.Unlock()
+	n.remove(c)
+	c.endOnce.Do(func() { close(c.done) })
+}
+
+func (n *Node) requestPlace(ctx context.Context, c *Call, epoch uint32, pools []string, keep []wire.Placement, exclude []string, resume []session.LegSeq, reason string) (*wire.PlaceReply, error) {
+	req := wire.PlaceRequest{V: wire.V, Call: c.spec, Ingest: n.cfg.ID, Epoch: epoch, Pools: pools, Keep: keep, Exclude: exclude,
+		Resume: resume, Reason: reason}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.PlaceTimeout)
+	defer cancel()
+	var rep wire.PlaceReply
+	if err := bus.Request(ctx, n.nc, subjects.Place, req, &rep); err != nil {
+		return nil, err
+	}
+	return &rep, nil
+}
+
+// replace moves the call's placement in pool away from worker (make-before-break): a new epoch is
+// placed, keeping the call's other pools where they are, and only then does the call switch its
+// frames to the new epoch. It retries until it succeeds or the call ends.
+func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
+	c.placing.Lock()
+	defer c.placing.Unlock()
+	n := c.n
+	for attempt := 0; ; attempt++ {
+		cur := c.Placements()
+		if !slices.ContainsFunc(cur, func(p wire.Placement) bool { return p.Worker == worker }) {
+			return nil // already moved
+		}
+		var keep []wire.Placement
+		for _, p := range cur {
+			if p.Worker != worker {
+				keep = append(keep, p)
+			}
+		}
+		epoch := c.nextEpoch()
+		start := time.Now()
+		rep, err := n.requestPlace(context.Background(), c, epoch, n.cfg.Pools, keep, []string{worker}, resume, reason)
+		if err == nil && rep.OK {
+			if c.setPlacement(epoch, rep.Placements) {
+				n.m.replacements.WithLabelValues(reason).Inc()
+				c.log.Info().Str("from", worker).Any("placements", rep.Placements).Uint32("epoch", epoch).Str("reason", reason).
+					Dur("took", time.Since(start)).Msg("call re-placed")
+				n.event(c, epoch, "replaced", map[string]any{"from": worker, "placements": rep.Placements, "reason": reason})
+			}
+			return nil
+		}
+		wait := 250 * time.Millisecond
+		if err == nil {
+			wait = max(wait, time.Duration(rep.RetryAfterMS)*time.Millisecond)
+			err = &RefusedError{Code: rep.Code, Reason: rep.Reason}
+		}
+		c.log.Warn().Err(err).Int("attempt", attempt).Str("reason", reason).Msg("re-placement failed; retrying")
+		select {
+		case <-c.done:
+			return ErrEnded
+		case <-time.After(wait):
+		}
+		if reason != "worker_down" && attempt >= 2 {
+			return err // a migration can wait for the next drain or rebalance round
+		}
+	}
+}
+
+func (n *Node) onDown(m *nats.Msg) {
+	var d wire.Down
+	if json.Unmarshal(m.Data, &d) != nil || d.Component != subjects.Worker {
+		return
+	}
+	for _, c := range n.Calls() {
+		for _, p := range c.Placements() {
+			if p.Worker == d.ID {
+				n.wg.Add(1)
+				go func() {
+					defer n.wg.Done()
+					_ = c.replace(d.ID, "worker_down", nil)
+				}()
+				break
+			}
+		}
+	}
+}
+
+func (n *Node) onMigrate(m *nats.Msg) {
+	var req wire.Migrate
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		bus.Respond(m, wire.Fail(wire.CodeBadRequest, err.Error()))
+		return
+	}
+	c := n.Call(session.ID{Tenant: req.Tenant, Call: req.Call})
+	if c == nil {
+		bus.Respond(m, wire.Fail(wire.CodeUnknown, "not owned here"))
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		resume := make([]session.LegSeq, len(c.spec.Legs))
+		for i := range resume {
+			resume[i] = session.LegSeq{Leg: uint8(i), Next: session.FromEpochStart}
+		}
+		if err := c.replace(req.Worker, req.Reason, resume); err != nil {
+			bus.Respond(m, wire.Fail(wire.CodeNoCapacity, err.Error()))
+			return
+		}
+		bus.Respond(m, wire.OK())
+	}()
+}
+
+func (n *Node) onReplay(m *nats.Msg) {
+	var req wire.ReplayRequest
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		bus.Respond(m, wire.Fail(wire.CodeBadRequest, err.Error()))
+		return
+	}
+	c := n.Call(session.ID{Tenant: req.Tenant, Call: req.Call})
+	if c == nil {
+		bus.Respond(m, wire.Fail(wire.CodeUnknown, "not owned here"))
+		return
+	}
+	var out []byte
+	for _, r := range req.Legs {
+		out = c.replay(out, r)
+	}
+	n.m.replays.Inc()
+	_ = m.Respond(out)
+}
+
+// reap ends calls whose media stopped without a hang-up.
+func (n *Node) reap() {
+	now := time.Now().UnixNano()
+	for _, c := range n.Calls() {
+		if now-c.lastMedia.Load() > int64(n.cfg.MediaTimeout) {
+			c.End("media_timeout")
+		}
+	}
+}
+
+func (n *Node) heartbeat() {
+	n.mu.Lock()
+	hb := wire.IngestHeartbeat{V: wire.V, ID: n.cfg.ID, Draining: n.draining, IntervalMS: int(n.cfg.HeartbeatInterval / time.Millisecond)}
+	calls := make([]*Call, 0, len(n.calls))
+	for _, c := range n.calls {
+		calls = append(calls, c)
+	}
+	n.mu.Unlock()
+	hb.Calls = make([]wire.IngestCall, 0, len(calls))
+	for _, c := range calls {
+		c.mu.Lock()
+		if c.epoch > 0 {
+			hb.Calls = append(hb.Calls, wire.IngestCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch, Placements: c.placements})
+		}
+		c.mu.Unlock()
+	}
+	if err := bus.Publish(n.nc, subjects.Heartbeat(subjects.Ingest, n.cfg.ID), hb); err != nil {
+		n.log.Warn().Err(err).Msg("heartbeat not published")
+	}
+}
+
+func (n *Node) event(c *Call, epoch uint32, kind string, data any) {
+	body, _ := json.Marshal(data)
+	_ = bus.Publish(n.nc, subjects.Event(c.spec.Tenant, c.spec.Call, kind), wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant,
+		Call: c.spec.Call, Epoch: epoch, Time: time.Now().UTC(), Source: "ingest/" + n.cfg.ID, Data: body})
+}

@@ -1,0 +1,69 @@
+package router
+
+import (
+	"encoding/json"
+	"sort"
+	"strings"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/nats-io/nats.go"
+)
+
+// API verbs on router.api.<verb>.
+const (
+	VerbCalls   = "calls"
+	VerbCall    = "call"
+	VerbWorkers = "workers"
+)
+
+func (r *Router) onAPI(m *nats.Msg) {
+	switch strings.TrimPrefix(m.Subject, subjects.APIPrefix) {
+	case VerbCalls:
+		bus.Respond(m, wire.CallsReply{Reply: wire.OK(), Calls: r.Calls()})
+	case VerbCall:
+		var q wire.CallQuery
+		if err := json.Unmarshal(m.Data, &q); err != nil {
+			bus.Respond(m, wire.CallReply{Reply: wire.Fail(wire.CodeBadRequest, `want {"v":1,"tenant":...,"call":...}`)})
+			return
+		}
+		for _, c := range r.Calls() {
+			if c.Tenant == q.Tenant && c.Call == q.Call {
+				bus.Respond(m, wire.CallReply{Reply: wire.OK(), Call: &c})
+				return
+			}
+		}
+		bus.Respond(m, wire.CallReply{Reply: wire.Fail(wire.CodeUnknown, "no ingest owns "+q.Tenant+"/"+q.Call)})
+	case VerbWorkers:
+		bus.Respond(m, wire.WorkersReply{Reply: wire.OK(), Workers: r.Workers()})
+	default:
+		bus.Respond(m, wire.Fail(wire.CodeBadRequest, "unknown verb; known: calls, call, workers"))
+	}
+}
+
+// Calls returns every call some live ingest owns, with the progress its workers report.
+func (r *Router) Calls() []wire.CallView {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	progress := map[session.ID][]session.LegSeq{}
+	for _, w := range r.workers {
+		for _, c := range w.hb.Calls {
+			progress[session.ID{Tenant: c.Tenant, Call: c.Call}] = c.Progress
+		}
+	}
+	var out []wire.CallView
+	for iid, in := range r.ingests {
+		for id, c := range in.calls {
+			out = append(out, wire.CallView{Tenant: id.Tenant, Call: id.Call, Epoch: c.Epoch, Ingest: iid, Placements: c.Placements, Progress: progress[id]})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Tenant != out[j].Tenant {
+			return out[i].Tenant < out[j].Tenant
+		}
+		return out[i].Call < out[j].Call
+	})
+	return out
+}

@@ -1,0 +1,31 @@
+package router
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	placements *prometheus.CounterVec // result: placed, refused
+	refusals   *prometheus.CounterVec // code
+	offers     *prometheus.CounterVec // result
+	placeTime  prometheus.Histogram
+	workers    prometheus.Gauge
+	ingests    prometheus.Gauge
+	downs      *prometheus.CounterVec
+	reaped     prometheus.Counter
+	badHB      prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		placements: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_router_placements_total", Help: "Placement requests by result."}, []string{"result"}),
+		refusals:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_router_refusals_total", Help: "Refused placements by code."}, []string{"code"}),
+		offers:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_router_offers_total", Help: "Offers sent to workers by result."}, []string{"result"}),
+		placeTime:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrouter_router_place_seconds", Help: "Time to answer a placement.", Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14)}),
+		workers:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_router_workers", Help: "Live workers seen in heartbeats."}),
+		ingests:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_router_ingests", Help: "Live ingest nodes seen in heartbeats."}),
+		downs:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_router_declared_down_total", Help: "Components declared down."}, []string{"component"}),
+		reaped:     prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_router_reaped_calls_total", Help: "Orphan calls released from workers."}),
+		badHB:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_router_bad_heartbeats_total", Help: "Heartbeats that did not parse."}),
+	}
+	reg.MustRegister(m.placements, m.refusals, m.offers, m.placeTime, m.workers, m.ingests, m.downs, m.reaped, m.badHB)
+	return m
+}

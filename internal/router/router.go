@@ -1,0 +1,327 @@
+// Package router is the lifecycle manager: it builds its whole view from heartbeats, places calls
+// on the least-loaded eligible worker of each pool, refuses when there is no capacity, declares
+// silent components down, releases calls that a worker holds but no ingest owns, publishes
+// lifecycle events and answers the admin API. It never sees a frame; any number of replicas share
+// the "router" queue group.
+package router
+
+import (
+	"context"
+	"encoding/json"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+type workerInfo struct {
+	hb      wire.WorkerHeartbeat
+	seen    time.Time
+	pending int // offers accepted since the last heartbeat
+}
+
+func (w *workerInfo) eligible() bool {
+	return w.hb.Ready && !w.hb.Draining && w.hb.Mode != "frame" && w.hb.Active+w.pending < w.hb.Capacity && w.hb.LagMS*float64(time.Millisecond) < float64(lagLimit(w))
+}
+
+// lagLimit: a worker reporting lag above a quarter of its heartbeat interval, at least 200 ms,
+// gets no new offers.
+func lagLimit(w *workerInfo) time.Duration {
+	return max(200*time.Millisecond, time.Duration(w.hb.IntervalMS)*time.Millisecond/4)
+}
+
+type ingestInfo struct {
+	hb    wire.IngestHeartbeat
+	seen  time.Time
+	calls map[session.ID]wire.IngestCall
+}
+
+type lostKey struct {
+	id   session.ID
+	pool string
+}
+
+type lostProgress struct {
+	progress []session.LegSeq
+	at       time.Time
+}
+
+type orphanKey struct {
+	id     session.ID
+	worker string
+}
+
+// Router is one router replica.
+type Router struct {
+	cfg    Config
+	nc     *nats.Conn
+	log    zerolog.Logger
+	m      *metrics
+	health *obs.Health
+	start  time.Time
+
+	mu      sync.Mutex
+	workers map[string]*workerInfo
+	ingests map[string]*ingestInfo
+	routers map[string]time.Time
+	orphans map[orphanKey]time.Time
+	lost    map[lostKey]lostProgress // progress of calls on workers declared down, for resumes
+
+	inflight chan struct{}
+	wg       sync.WaitGroup
+	closed   atomic.Bool
+}
+
+// Deps are the router's collaborators.
+type Deps struct {
+	NC       *nats.Conn
+	Log      zerolog.Logger
+	Registry prometheus.Registerer
+	Health   *obs.Health
+}
+
+// New validates cfg and builds a router; it does no I/O.
+func New(cfg Config, d Deps) (*Router, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if d.Registry == nil {
+		d.Registry = prometheus.NewRegistry()
+	}
+	if d.Health == nil {
+		d.Health = &obs.Health{}
+	}
+	return &Router{
+		cfg: cfg, nc: d.NC, log: d.Log.With().Str("router", cfg.ID).Logger(), m: newMetrics(d.Registry), health: d.Health,
+		workers: map[string]*workerInfo{}, ingests: map[string]*ingestInfo{}, routers: map[string]time.Time{},
+		orphans: map[orphanKey]time.Time{}, lost: map[lostKey]lostProgress{}, inflight: make(chan struct{}, cfg.MaxInflight),
+	}, nil
+}
+
+// Run serves until ctx ends and returns after every goroutine it started has exited.
+func (r *Router) Run(ctx context.Context) error {
+	r.start = time.Now()
+	var subs []*nats.Subscription
+	add := func(s *nats.Subscription, err error) error {
+		if err == nil {
+			subs = append(subs, s)
+		}
+		return err
+	}
+	defer func() {
+		for _, s := range subs {
+			_ = s.Unsubscribe()
+		}
+		r.wg.Wait()
+	}()
+	if err := add(r.nc.Subscribe(subjects.AllHeartbeats, r.onHeartbeat)); err != nil {
+		return err
+	}
+	if err := add(r.nc.QueueSubscribe(subjects.Place, subjects.RouterQueue, r.onPlace)); err != nil {
+		return err
+	}
+	if err := add(r.nc.QueueSubscribe(subjects.APIPrefix+"*", subjects.RouterQueue, r.onAPI)); err != nil {
+		return err
+	}
+	if err := r.nc.Flush(); err != nil {
+		return err
+	}
+	r.health.SetLive(true)
+	r.health.SetReady(true)
+	r.log.Info().Msg("router running")
+	// Deaths are checked every 100 ms so detection takes misses × interval, not a tick more.
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	var lastHB time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			r.health.SetReady(false)
+			return nil
+		case now := <-t.C:
+			r.tick(now.Sub(lastHB) >= r.cfg.HeartbeatInterval)
+			if now.Sub(lastHB) >= r.cfg.HeartbeatInterval {
+				lastHB = now
+			}
+		}
+	}
+}
+
+func (r *Router) onHeartbeat(m *nats.Msg) {
+	comp, id, err := subjects.ParseHeartbeat(m.Subject)
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch comp {
+	case subjects.Worker:
+		var hb wire.WorkerHeartbeat
+		if json.Unmarshal(m.Data, &hb) != nil || hb.ID != id {
+			r.m.badHB.Inc()
+			return
+		}
+		r.workers[id] = &workerInfo{hb: hb, seen: now}
+	case subjects.Ingest:
+		var hb wire.IngestHeartbeat
+		if json.Unmarshal(m.Data, &hb) != nil || hb.ID != id {
+			r.m.badHB.Inc()
+			return
+		}
+		in := &ingestInfo{hb: hb, seen: now, calls: make(map[session.ID]wire.IngestCall, len(hb.Calls))}
+		for _, c := range hb.Calls {
+			in.calls[session.ID{Tenant: c.Tenant, Call: c.Call}] = c
+		}
+		r.ingests[id] = in
+	case subjects.Router:
+		r.routers[id] = now
+	}
+}
+
+// tick detects deaths, reaps orphans, and heartbeats.
+func (r *Router) tick(heartbeat bool) {
+	now := time.Now()
+	var downs []wire.Down
+	var releases []wire.Release
+	var releaseTo []string
+	r.mu.Lock()
+	for id, w := range r.workers {
+		if now.Sub(w.seen) > time.Duration(r.cfg.Misses*max(w.hb.IntervalMS, 1))*time.Millisecond {
+			delete(r.workers, id)
+			for _, c := range w.hb.Calls {
+				r.lost[lostKey{session.ID{Tenant: c.Tenant, Call: c.Call}, w.hb.Pool}] = lostProgress{c.Progress, now}
+			}
+			downs = append(downs, wire.Down{V: wire.V, Component: subjects.Worker, ID: id, Reason: "missed heartbeats", By: r.cfg.ID})
+		}
+	}
+	for id, in := range r.ingests {
+		if now.Sub(in.seen) > time.Duration(r.cfg.Misses*max(in.hb.IntervalMS, 1))*time.Millisecond {
+			delete(r.ingests, id)
+			downs = append(downs, wire.Down{V: wire.V, Component: subjects.Ingest, ID: id, Reason: "missed heartbeats", By: r.cfg.ID})
+		}
+	}
+	for k, l := range r.lost {
+		if now.Sub(l.at) > time.Minute {
+			delete(r.lost, k)
+		}
+	}
+	for id, t := range r.routers {
+		if now.Sub(t) > time.Duration(r.cfg.Misses+1)*r.cfg.HeartbeatInterval {
+			delete(r.routers, id)
+		}
+	}
+	// Orphans: calls a worker holds that no live ingest owns at that worker and epoch.
+	if now.Sub(r.start) > r.cfg.OrphanGrace {
+		seen := map[orphanKey]bool{}
+		for wid, w := range r.workers {
+			for _, c := range w.hb.Calls {
+				id := session.ID{Tenant: c.Tenant, Call: c.Call}
+				key := orphanKey{id, wid}
+				owned, newer := r.owned(id, wid, c.Epoch, c.Ingest)
+				if owned {
+					continue
+				}
+				seen[key] = true
+				since, ok := r.orphans[key]
+				if !ok {
+					r.orphans[key] = now
+					since = now
+				}
+				if newer || now.Sub(since) > r.cfg.OrphanGrace {
+					delete(r.orphans, key)
+					releases = append(releases, wire.Release{V: wire.V, Tenant: c.Tenant, Call: c.Call, Epoch: c.Epoch, Reason: "orphan"})
+					releaseTo = append(releaseTo, wid)
+				}
+			}
+		}
+		for k := range r.orphans {
+			if !seen[k] {
+				delete(r.orphans, k)
+			}
+		}
+	}
+	workers := len(r.workers)
+	r.m.workers.Set(float64(workers))
+	r.m.ingests.Set(float64(len(r.ingests)))
+	r.mu.Unlock()
+
+	for _, d := range downs {
+		r.log.Warn().Str("down", d.Component).Str("down_id", d.ID).Msg("declared down")
+		r.m.downs.WithLabelValues(d.Component).Inc()
+		_ = bus.Publish(r.nc, subjects.Bcast(subjects.TopicDown), d)
+	}
+	for i, rel := range releases {
+		r.m.reaped.Inc()
+		r.log.Info().Str("tenant", rel.Tenant).Str("call", rel.Call).Str("worker_id", releaseTo[i]).Msg("releasing orphan call")
+		// Fire and forget: the next heartbeat shows whether it went.
+		if data, err := json.Marshal(rel); err == nil {
+			_ = r.nc.Publish(subjects.WorkerVerb(releaseTo[i], subjects.WorkerVerbRelease), data)
+		}
+		r.event(rel.Tenant, rel.Call, rel.Epoch, "reaped", map[string]string{"worker": releaseTo[i], "reason": "no ingest owns the call"})
+	}
+	if !heartbeat {
+		return
+	}
+	_ = bus.Publish(r.nc, subjects.Heartbeat(subjects.Router, r.cfg.ID), wire.RouterHeartbeat{V: wire.V, ID: r.cfg.ID,
+		IntervalMS: int(r.cfg.HeartbeatInterval / time.Millisecond), Workers: workers})
+}
+
+// lastProgress returns the progress a dead worker last reported for a call. Must hold r.mu.
+func (r *Router) lastProgress(id session.ID, pool string) []session.LegSeq {
+	return r.lost[lostKey{id, pool}].progress
+}
+
+// owned reports whether a live ingest owns call id on worker wid at epoch, and whether the owner
+// has moved to a newer epoch without that worker. Must hold r.mu.
+func (r *Router) owned(id session.ID, wid string, epoch uint32, ingest string) (owned, newer bool) {
+	in := r.ingests[ingest]
+	if in == nil {
+		return false, false
+	}
+	c, ok := in.calls[id]
+	if !ok {
+		return false, false
+	}
+	for _, p := range c.Placements {
+		if p.Worker == wid {
+			return true, false
+		}
+	}
+	return false, c.Epoch > epoch
+}
+
+func (r *Router) event(tenant, call string, epoch uint32, kind string, data any) {
+	body, _ := json.Marshal(data)
+	_ = bus.Publish(r.nc, subjects.Event(tenant, call, kind), wire.Event{V: wire.V, Kind: kind, Tenant: tenant, Call: call,
+		Epoch: epoch, Time: time.Now().UTC(), Source: "router/" + r.cfg.ID, Data: body})
+}
+
+// Close waits for in-flight placements; safe to call more than once.
+func (r *Router) Close() {
+	if r.closed.CompareAndSwap(false, true) {
+		r.wg.Wait()
+	}
+}
+
+// Workers returns the router's current view of the workers, sorted by id.
+func (r *Router) Workers() []wire.WorkerView {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]wire.WorkerView, 0, len(r.workers))
+	for id, w := range r.workers {
+		out = append(out, wire.WorkerView{ID: id, Pool: w.hb.Pool, Mode: w.hb.Mode, Capacity: w.hb.Capacity, Active: w.hb.Active + w.pending,
+			LagMS: w.hb.LagMS, Ready: w.hb.Ready, Draining: w.hb.Draining, Eligible: w.eligible(), LastSeen: w.seen})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}

@@ -1,0 +1,450 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/proc"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// item is one queued frame; payload aliases the NATS message.
+type item struct {
+	h       frame.Header
+	payload []byte
+}
+
+// call is one call held by a session-mode worker. The NATS subscription's goroutine only parses
+// and enqueues (onAudio); everything else runs on the call's own goroutine (run).
+type call struct {
+	w      *Worker
+	spec   session.Spec
+	epoch  atomic.Uint32 // advanced in place when ingest re-places the call's other pools
+	join   uint32        // the epoch this worker joined at; older frames belong to the previous owner
+	ingest string
+	from   []int64 // per leg: where to resume (session.FromEpochStart or a sequence)
+	log    zerolog.Logger
+
+	audioSub, ctlSub *nats.Subscription
+
+	mu         sync.Mutex
+	buf        []item // ring, bounded; overflow drops the oldest
+	head, n    int
+	dropCause  [session.MaxLegs]string // cause of the last frame dropped before the next gap
+	subDropped int                     // sub.Dropped() at the last check
+
+	wake   chan struct{}
+	ctl    chan *nats.Msg
+	stopCh chan string
+	done   chan struct{}
+
+	next       [session.MaxLegs]atomic.Int64 // progress, read by heartbeats
+	lastFrame  atomic.Int64                  // unix nanos of the last frame received
+	lagNS      atomic.Int64                  // EWMA of capture→processing delay
+	superseded atomic.Bool
+
+	started  [session.MaxLegs]bool
+	ended    uint16
+	handlers []proc.Handler
+}
+
+func newCall(w *Worker, o *wire.Offer) *call {
+	c := &call{
+		w: w, spec: o.Call, join: o.Epoch, ingest: o.Ingest,
+		buf:    make([]item, w.cfg.QueueFrames),
+		wake:   make(chan struct{}, 1),
+		ctl:    make(chan *nats.Msg, 16),
+		stopCh: make(chan string, 1),
+		done:   make(chan struct{}),
+		from:   make([]int64, len(o.Call.Legs)),
+	}
+	c.epoch.Store(o.Epoch)
+	c.log = w.log.With().Str("tenant", o.Call.Tenant).Str("call", o.Call.Call).Uint32("epoch", o.Epoch).Logger()
+	for i := range c.from {
+		c.from[i] = session.FromEpochStart
+	}
+	for _, r := range o.Resume {
+		if int(r.Leg) < len(c.from) {
+			c.from[r.Leg] = r.Next
+		}
+	}
+	for i := range c.next {
+		c.next[i].Store(-1)
+	}
+	for i, f := range c.from {
+		if f >= 0 {
+			c.next[i].Store(f)
+		}
+	}
+	c.lastFrame.Store(time.Now().UnixNano())
+	return c
+}
+
+// subscribe creates the per-call subscriptions.
+func (c *call) subscribe() error {
+	var err error
+	c.audioSub, err = c.w.nc.Subscribe(subjects.AudioCall(c.spec.Tenant, c.spec.Call), c.onAudio)
+	if err != nil {
+		return err
+	}
+	if err := c.audioSub.SetPendingLimits(c.w.cfg.PendingMsgs, c.w.cfg.PendingMsgs*int(frame.HeaderLen+frame.MaxPayload)); err != nil {
+		return err
+	}
+	c.ctlSub, err = c.w.nc.Subscribe(subjects.Ctl(c.spec.Tenant, c.spec.Call), func(m *nats.Msg) {
+		select {
+		case c.ctl <- m:
+		default:
+			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeInternal, "control queue full"), Worker: c.w.cfg.ID})
+		}
+	})
+	if err != nil {
+		return err
+	}
+	c.w.m.subs.Add(2)
+	return nil
+}
+
+func (c *call) unsubscribe() {
+	for _, s := range []*nats.Subscription{c.audioSub, c.ctlSub} {
+		if s != nil && s.IsValid() {
+			_ = s.Unsubscribe()
+			c.w.m.subs.Dec()
+		}
+	}
+}
+
+// onAudio runs on the subscription's goroutine: parse, enqueue, wake.
+func (c *call) onAudio(m *nats.Msg) {
+	var it item
+	p, err := it.h.Unmarshal(m.Data)
+	if err != nil || int(it.h.Leg) >= len(c.spec.Legs) {
+		c.w.m.frames.WithLabelValues("bad").Inc()
+		return
+	}
+	it.payload = p
+	c.lastFrame.Store(time.Now().UnixNano())
+	c.mu.Lock()
+	if c.n == len(c.buf) {
+		old := &c.buf[c.head]
+		c.dropCause[old.h.Leg] = proc.CauseBackpressure
+		*old = item{}
+		c.head = (c.head + 1) % len(c.buf)
+		c.n--
+		c.w.m.drops.WithLabelValues("backpressure").Inc()
+	}
+	c.buf[(c.head+c.n)%len(c.buf)] = it
+	c.n++
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *call) pop() (item, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == 0 {
+		return item{}, false
+	}
+	it := c.buf[c.head]
+	c.buf[c.head] = item{}
+	c.head = (c.head + 1) % len(c.buf)
+	c.n--
+	return it, true
+}
+
+// stop asks the call goroutine to finish with reason; it does not wait.
+func (c *call) stop(reason string) {
+	select {
+	case c.stopCh <- reason:
+	default:
+	}
+}
+
+// run is the call's goroutine.
+func (c *call) run() {
+	defer close(c.done)
+	c.startHandlers()
+	reason := ""
+	for reason == "" {
+		select {
+		case <-c.wake:
+			reason = c.drain()
+		case m := <-c.ctl:
+			c.control(m)
+		case reason = <-c.stopCh:
+		}
+	}
+	c.finish(reason)
+}
+
+func (c *call) startHandlers() {
+	for _, p := range c.w.procs {
+		h, err := p.Start(c)
+		if err != nil {
+			c.log.Error().Err(err).Msg("processor did not start")
+			continue
+		}
+		c.handlers = append(c.handlers, h)
+	}
+}
+
+func (c *call) drain() string {
+	for {
+		select {
+		case reason := <-c.stopCh:
+			return reason
+		default:
+		}
+		it, ok := c.pop()
+		if !ok {
+			return ""
+		}
+		if r := c.process(&it); r != "" {
+			return r
+		}
+	}
+}
+
+// process handles one live frame; it returns a stop reason when the call must end.
+func (c *call) process(it *item) string {
+	h := &it.h
+	switch {
+	case h.Epoch < c.join:
+		c.w.m.frames.WithLabelValues("old_epoch").Inc()
+		return ""
+	case h.Epoch > c.epoch.Load():
+		return proc.StopSuperseded
+	}
+	leg := h.Leg
+	if !c.started[leg] {
+		c.started[leg] = true
+		from := c.from[leg]
+		if (from == session.FromEpochStart && !h.Has(frame.FlagEpochStart)) || (from >= 0 && int64(h.Seq) > from) {
+			c.replay(leg, from, h.Seq)
+		}
+	}
+	now := time.Now().UnixNano()
+	if age := now - h.Capture; age > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagReplayed) {
+		c.mu.Lock()
+		c.dropCause[leg] = proc.CauseStale
+		c.mu.Unlock()
+		c.w.m.drops.WithLabelValues("stale").Inc()
+		return ""
+	}
+	c.deliver(h, it.payload)
+	if !h.Has(frame.FlagReplayed) {
+		lag := now - h.Capture
+		old := c.lagNS.Load()
+		c.lagNS.Store(old + (lag-old)/8)
+	}
+	if h.Has(frame.FlagLast) {
+		c.ended |= 1 << leg
+		if int(c.ended) == 1<<len(c.spec.Legs)-1 {
+			return proc.StopEnd
+		}
+	}
+	return ""
+}
+
+// deliver checks order and passes an in-order frame to the handlers.
+func (c *call) deliver(h *frame.Header, payload []byte) {
+	leg := h.Leg
+	seq := int64(h.Seq)
+	next := c.next[leg].Load()
+	if next >= 0 && seq < next {
+		c.w.m.frames.WithLabelValues("duplicate").Inc()
+		for _, hd := range c.handlers {
+			if d, ok := hd.(proc.DupHandler); ok {
+				d.Duplicate(h)
+			}
+		}
+		return
+	}
+	if next >= 0 && seq > next {
+		g := proc.Gap{Leg: leg, From: uint32(next), To: uint32(seq - 1), Cause: c.gapCause(leg)}
+		c.w.m.lost.WithLabelValues(g.Cause).Add(float64(g.Count()))
+		c.log.Warn().Uint8("leg", leg).Uint32("from", g.From).Uint32("to", g.To).Str("cause", g.Cause).Msg("gap")
+		for _, hd := range c.handlers {
+			if gh, ok := hd.(proc.GapHandler); ok {
+				gh.Gap(g)
+			}
+		}
+	}
+	c.mu.Lock()
+	c.dropCause[leg] = ""
+	c.mu.Unlock()
+	c.next[leg].Store(seq + 1)
+	if h.Has(frame.FlagReplayed) {
+		c.w.m.frames.WithLabelValues("replayed").Inc()
+	}
+	c.w.m.frames.WithLabelValues("processed").Inc()
+	if h.Has(frame.FlagLast) && len(payload) == 0 {
+		return
+	}
+	f := proc.Frame{Header: *h, Payload: payload}
+	for _, hd := range c.handlers {
+		hd.Frame(&f)
+	}
+}
+
+func (c *call) gapCause(leg uint8) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cause := c.dropCause[leg]; cause != "" {
+		return cause
+	}
+	if d, err := c.audioSub.Dropped(); err == nil && d > c.subDropped {
+		c.subDropped = d
+		c.w.m.drops.WithLabelValues("slow_consumer").Add(0)
+		return proc.CauseSlowConsumer
+	}
+	return proc.CauseBus
+}
+
+// replay asks the owning ingest for the frames of leg from `from` (or the epoch start) up to
+// `to` (exclusive) and delivers them, flagged as replayed, before the live frame at `to`.
+func (c *call) replay(leg uint8, from int64, to uint32) {
+	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: c.w.cfg.ID,
+		Legs: []wire.LegRange{{Leg: leg, From: from, To: int64(to)}}}
+	data, _ := json.Marshal(req)
+	ctx, cancel := context.WithTimeout(context.Background(), c.w.cfg.ReplayTimeout)
+	defer cancel()
+	msg, err := c.w.nc.RequestWithContext(ctx, subjects.IngestVerb(c.ingest, subjects.IngestVerbReplay), data)
+	if err != nil {
+		c.w.m.replays.WithLabelValues("error").Inc()
+		c.log.Warn().Err(err).Uint8("leg", leg).Msg("replay failed")
+		c.markReplacementLoss(leg)
+		return
+	}
+	buf := msg.Data
+	if len(buf) > 0 && buf[0] == '{' {
+		var r wire.Reply
+		_ = json.Unmarshal(buf, &r)
+		c.w.m.replays.WithLabelValues("refused").Inc()
+		c.log.Warn().Str("code", r.Code).Str("reason", r.Reason).Msg("replay refused")
+		c.markReplacementLoss(leg)
+		return
+	}
+	c.w.m.replays.WithLabelValues("ok").Inc()
+	n := 0
+	for len(buf) > 0 {
+		var h frame.Header
+		p, err := h.Unmarshal(buf)
+		if err != nil {
+			break
+		}
+		buf = buf[frame.HeaderLen+len(p):]
+		if h.Leg != leg || h.Seq >= to {
+			continue
+		}
+		h.Flags |= frame.FlagReplayed
+		c.deliver(&h, p)
+		n++
+	}
+	c.markReplacementLoss(leg)
+	c.log.Debug().Uint8("leg", leg).Int("frames", n).Msg("replayed")
+}
+
+// markReplacementLoss attributes any gap before the next live frame to the re-placement.
+func (c *call) markReplacementLoss(leg uint8) {
+	c.mu.Lock()
+	if c.dropCause[leg] == "" {
+		c.dropCause[leg] = proc.CauseReplacement
+	}
+	c.mu.Unlock()
+}
+
+func (c *call) progress() []session.LegSeq {
+	out := make([]session.LegSeq, len(c.spec.Legs))
+	for i := range out {
+		out[i] = session.LegSeq{Leg: uint8(i), Next: c.next[i].Load()}
+	}
+	return out
+}
+
+// control answers a ctl.<tenant>.<call> request on the call goroutine.
+func (c *call) control(m *nats.Msg) {
+	rep := wire.CtlReply{Worker: c.w.cfg.ID, Pool: c.w.cfg.Pool, Epoch: c.epoch.Load()}
+	var req wire.CtlRequest
+	if err := json.Unmarshal(m.Data, &req); err != nil || req.Command == "" {
+		rep.Reply = wire.Fail(wire.CodeBadRequest, "want {\"v\":1,\"command\":...}")
+		bus.Respond(m, rep)
+		return
+	}
+	if req.Command == "status" {
+		rep.Reply = wire.OK()
+		rep.Data, _ = json.Marshal(map[string]any{"progress": c.progress(), "lag_ms": float64(c.lagNS.Load()) / 1e6})
+		bus.Respond(m, rep)
+		return
+	}
+	for _, hd := range c.handlers {
+		ctl, ok := hd.(proc.Controller)
+		if !ok {
+			continue
+		}
+		res, handled, err := ctl.Control(req.Command, req.Args)
+		if !handled {
+			continue
+		}
+		if err != nil {
+			rep.Reply = wire.Fail(wire.CodeBadRequest, err.Error())
+		} else {
+			rep.Reply = wire.OK()
+			rep.Data, _ = json.Marshal(res)
+		}
+		bus.Respond(m, rep)
+		return
+	}
+	rep.Reply = wire.Fail(wire.CodeBadRequest, "unknown command "+req.Command)
+	bus.Respond(m, rep)
+}
+
+func (c *call) finish(reason string) {
+	c.unsubscribe()
+	if reason == proc.StopSuperseded {
+		c.superseded.Store(true)
+	}
+	for _, h := range c.handlers {
+		h.Stop(reason)
+	}
+	c.Emit("stopped", map[string]any{"reason": reason, "progress": c.progress()})
+	c.log.Info().Str("reason", reason).Msg("call stopped")
+	c.w.m.ended.WithLabelValues(reason).Inc()
+	c.w.removeCall(c)
+}
+
+// proc.Call implementation.
+
+func (c *call) Spec() *session.Spec  { return &c.spec }
+func (c *call) Epoch() uint32        { return c.epoch.Load() }
+func (c *call) Worker() string       { return c.w.cfg.ID }
+func (c *call) Pool() string         { return c.w.cfg.Pool }
+func (c *call) Log() *zerolog.Logger { return &c.log }
+
+// Emit publishes an event unless the call has been superseded.
+func (c *call) Emit(kind string, data any) {
+	if c.superseded.Load() {
+		return
+	}
+	body, err := json.Marshal(data)
+	if err != nil {
+		c.log.Error().Err(err).Str("kind", kind).Msg("event does not marshal")
+		return
+	}
+	ev := wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(),
+		Time: time.Now().UTC(), Source: "worker/" + c.w.cfg.ID, Data: body}
+	if err := bus.Publish(c.w.nc, subjects.Event(c.spec.Tenant, c.spec.Call, kind), ev); err != nil {
+		c.log.Warn().Err(err).Str("kind", kind).Msg("event not published")
+	}
+}

@@ -1,0 +1,97 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/proc"
+	"github.com/callrouter/callrouter/internal/subjects"
+)
+
+// Modes of a pool.
+const (
+	// ModeSession gives each call to one worker of the pool, on a plain ordered subscription.
+	ModeSession = "session"
+	// ModeFrame balances every call's frames per message across the pool's queue group; for
+	// stateless processing only.
+	ModeFrame = "frame"
+)
+
+// Config configures a worker.
+type Config struct {
+	ID                string
+	Pool              string
+	Mode              string
+	Capacity          int           // calls held at once
+	QueueFrames       int           // per-call queue bound; overflow drops the oldest frame
+	PendingMsgs       int           // NATS pending-message limit per call subscription
+	MaxFrameAge       time.Duration // older live frames are dropped as stale
+	IdleTimeout       time.Duration // a call with no frame for this long is reaped
+	HeartbeatInterval time.Duration
+	LagThreshold      time.Duration // above this the worker reports itself lagging and sheds calls
+	ShedAfter         time.Duration // how long lag must stay over the threshold before shedding
+	DrainTimeout      time.Duration // how long SIGTERM waits for calls to migrate away
+	ReplayTimeout     time.Duration
+	Processors        []string // processor names, in order (package proc registry)
+	ProcessorOptions  map[string]proc.Options
+}
+
+// DefaultConfig returns the defaults documented in docs/protocol.md.
+func DefaultConfig() Config {
+	return Config{
+		Pool:              "default",
+		Mode:              ModeSession,
+		Capacity:          200,
+		QueueFrames:       250,
+		PendingMsgs:       2000,
+		MaxFrameAge:       2 * time.Second,
+		IdleTimeout:       5 * time.Second,
+		HeartbeatInterval: 500 * time.Millisecond,
+		LagThreshold:      300 * time.Millisecond,
+		ShedAfter:         2 * time.Second,
+		DrainTimeout:      20 * time.Second,
+		ReplayTimeout:     2 * time.Second,
+		Processors:        []string{"accounting"},
+	}
+}
+
+// Validate reports the first bad field.
+func (c *Config) Validate() error {
+	var errs []error
+	if err := subjects.Check("worker id", c.ID); err != nil {
+		errs = append(errs, err)
+	}
+	if err := subjects.Check("pool", c.Pool); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Mode != ModeSession && c.Mode != ModeFrame {
+		errs = append(errs, fmt.Errorf("worker: mode %q, want %q or %q", c.Mode, ModeSession, ModeFrame))
+	}
+	pos := func(name string, v int) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("worker: %s %d must be positive", name, v))
+		}
+	}
+	pos("capacity", c.Capacity)
+	pos("queue frames", c.QueueFrames)
+	pos("pending msgs", c.PendingMsgs)
+	dur := func(name string, v time.Duration) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("worker: %s %v must be positive", name, v))
+		}
+	}
+	dur("max frame age", c.MaxFrameAge)
+	dur("idle timeout", c.IdleTimeout)
+	dur("heartbeat interval", c.HeartbeatInterval)
+	dur("lag threshold", c.LagThreshold)
+	dur("drain timeout", c.DrainTimeout)
+	dur("replay timeout", c.ReplayTimeout)
+	if c.IdleTimeout <= 2*c.HeartbeatInterval {
+		errs = append(errs, fmt.Errorf("worker: idle timeout %v must exceed two heartbeat intervals (%v)", c.IdleTimeout, 2*c.HeartbeatInterval))
+	}
+	if _, err := proc.Build(c.Processors, c.ProcessorOptions); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,33 @@
+package worker
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	calls      prometheus.Gauge
+	offers     *prometheus.CounterVec // result
+	frames     *prometheus.CounterVec // result: processed, duplicate, old_epoch, bad, replayed
+	drops      *prometheus.CounterVec // reason: backpressure, stale, slow_consumer
+	lost       *prometheus.CounterVec // cause
+	ended      *prometheus.CounterVec // reason
+	lag        prometheus.Gauge
+	subs       prometheus.Gauge
+	reapedSubs prometheus.Counter
+	replays    *prometheus.CounterVec // result
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		calls:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_calls", Help: "Calls held by this worker."}),
+		offers:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_offers_total", Help: "Placement offers by result."}, []string{"result"}),
+		frames:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_frames_total", Help: "Frames received by outcome."}, []string{"result"}),
+		drops:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_dropped_frames_total", Help: "Frames the worker dropped, by reason."}, []string{"reason"}),
+		lost:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_lost_frames_total", Help: "Frames never processed (sequence gaps), by cause."}, []string{"cause"}),
+		ended:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_calls_ended_total", Help: "Calls this worker stopped holding, by reason."}, []string{"reason"}),
+		lag:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_lag_seconds", Help: "Worst per-call processing lag (capture to processing)."}),
+		subs:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_subscriptions", Help: "Per-call NATS subscriptions held."}),
+		reapedSubs: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_reaped_subscriptions_total", Help: "Per-call subscriptions removed by the idle reaper."}),
+		replays:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_replays_total", Help: "Replay requests to ingest by result."}, []string{"result"}),
+	}
+	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.subs, m.reapedSubs, m.replays)
+	return m
+}

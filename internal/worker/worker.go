@@ -1,0 +1,399 @@
+// Package worker is the worker runtime: it accepts placement offers up to its capacity, holds one
+// ordered per-call subscription for each call it is given, runs the pool's processors on each
+// call's own goroutine behind a bounded queue, heartbeats its load and per-call progress, reaps
+// idle calls, steps aside when a higher epoch shows up, and on shutdown migrates its calls away.
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/proc"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Worker is one worker process's runtime.
+type Worker struct {
+	cfg    Config
+	nc     *nats.Conn
+	log    zerolog.Logger
+	m      *metrics
+	health *obs.Health
+	procs  []proc.Processor
+
+	mu       sync.Mutex
+	calls    map[session.ID]*call
+	draining bool
+	wg       sync.WaitGroup
+
+	lagSince  time.Time // when lag first went over the threshold; zero when under
+	lagging   atomic.Bool
+	frameSeen atomic.Uint64 // frame mode
+	closed    atomic.Bool
+}
+
+// Deps are the worker's collaborators.
+type Deps struct {
+	NC       *nats.Conn
+	Log      zerolog.Logger
+	Registry prometheus.Registerer
+	Health   *obs.Health // may be nil
+}
+
+// New validates cfg and builds a worker; it does no I/O.
+func New(cfg Config, d Deps) (*Worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	procs, err := proc.Build(cfg.Processors, cfg.ProcessorOptions)
+	if err != nil {
+		return nil, err
+	}
+	if d.Registry == nil {
+		d.Registry = prometheus.NewRegistry()
+	}
+	if d.Health == nil {
+		d.Health = &obs.Health{}
+	}
+	return &Worker{
+		cfg: cfg, nc: d.NC, log: d.Log.With().Str("worker", cfg.ID).Str("pool", cfg.Pool).Logger(),
+		m: newMetrics(d.Registry), health: d.Health, procs: procs,
+		calls: map[session.ID]*call{},
+	}, nil
+}
+
+// ID returns the worker's id.
+func (w *Worker) ID() string { return w.cfg.ID }
+
+// Run serves offers and releases until ctx ends, then drains (migrates its calls away, up to the
+// drain timeout) and returns after every goroutine it started has exited.
+func (w *Worker) Run(ctx context.Context) error {
+	var subs []*nats.Subscription
+	sub := func(s *nats.Subscription, err error) error {
+		if err == nil {
+			subs = append(subs, s)
+		}
+		return err
+	}
+	defer func() {
+		for _, s := range subs {
+			_ = s.Unsubscribe()
+		}
+	}()
+	if w.cfg.Mode == ModeFrame {
+		if err := sub(w.nc.QueueSubscribe(subjects.AllAudio, "pool."+w.cfg.Pool, w.onFrameMode)); err != nil {
+			return err
+		}
+	} else {
+		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), w.onOffer)); err != nil {
+			return err
+		}
+		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbRelease), w.onRelease)); err != nil {
+			return err
+		}
+	}
+	if err := w.nc.Flush(); err != nil {
+		return fmt.Errorf("worker: flush: %w", err)
+	}
+	w.health.SetLive(true)
+	w.health.SetReady(true)
+	w.log.Info().Int("capacity", w.cfg.Capacity).Str("mode", w.cfg.Mode).Msg("worker running")
+
+	t := time.NewTicker(w.cfg.HeartbeatInterval)
+	defer t.Stop()
+	w.heartbeat()
+	for {
+		select {
+		case <-t.C:
+			w.tick()
+		case <-ctx.Done():
+			w.drain()
+			return nil
+		}
+	}
+}
+
+// tick reaps idle calls, updates lag, sheds load and heartbeats.
+func (w *Worker) tick() {
+	now := time.Now()
+	var worst int64
+	var worstCall *call
+	for _, c := range w.snapshot() {
+		if idle := now.UnixNano() - c.lastFrame.Load(); idle > int64(w.cfg.IdleTimeout) {
+			w.m.reapedSubs.Add(2)
+			c.stop(proc.StopIdle)
+			continue
+		}
+		if l := c.lagNS.Load(); l > worst {
+			worst, worstCall = l, c
+		}
+	}
+	w.m.lag.Set(float64(worst) / 1e9)
+	over := time.Duration(worst) > w.cfg.LagThreshold
+	switch {
+	case !over:
+		w.lagSince = time.Time{}
+	case w.lagSince.IsZero():
+		w.lagSince = now
+	case now.Sub(w.lagSince) > w.cfg.ShedAfter && worstCall != nil:
+		// Shed the worst call to another worker, make-before-break, then give it time to go.
+		w.lagSince = now
+		w.log.Warn().Dur("lag", time.Duration(worst)).Str("call", worstCall.spec.Call).Msg("lagging: shedding a call")
+		go w.migrate(worstCall, "rebalance")
+	}
+	w.lagging.Store(over)
+	w.heartbeat()
+}
+
+func (w *Worker) snapshot() []*call {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]*call, 0, len(w.calls))
+	for _, c := range w.calls {
+		out = append(out, c)
+	}
+	return out
+}
+
+func (w *Worker) heartbeat() {
+	calls := w.snapshot()
+	sort.Slice(calls, func(i, j int) bool { return calls[i].spec.Call < calls[j].spec.Call })
+	w.mu.Lock()
+	draining := w.draining
+	w.mu.Unlock()
+	hb := wire.WorkerHeartbeat{V: wire.V, ID: w.cfg.ID, Pool: w.cfg.Pool, Mode: w.cfg.Mode, Capacity: w.cfg.Capacity,
+		Active: len(calls), Ready: w.health.Ready() && !draining, Draining: draining,
+		IntervalMS: int(w.cfg.HeartbeatInterval / time.Millisecond), Calls: make([]wire.WorkerCall, 0, len(calls))}
+	var worst int64
+	for _, c := range calls {
+		l := c.lagNS.Load()
+		worst = max(worst, l)
+		hb.Calls = append(hb.Calls, wire.WorkerCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Pool: w.cfg.Pool,
+			Ingest: c.ingest, Progress: c.progress(), LagMS: float64(l) / 1e6})
+	}
+	hb.LagMS = float64(worst) / 1e6
+	if err := bus.Publish(w.nc, subjects.Heartbeat(subjects.Worker, w.cfg.ID), hb); err != nil {
+		w.log.Warn().Err(err).Msg("heartbeat not published")
+	}
+}
+
+func (w *Worker) onOffer(m *nats.Msg) {
+	var o wire.Offer
+	reply := func(r wire.Reply) {
+		w.m.offers.WithLabelValues(map[bool]string{true: "accepted", false: r.Code}[r.OK]).Inc()
+		bus.Respond(m, wire.OfferReply{Reply: r, Worker: w.cfg.ID})
+	}
+	if err := json.Unmarshal(m.Data, &o); err != nil {
+		reply(wire.Fail(wire.CodeBadRequest, err.Error()))
+		return
+	}
+	if err := o.Call.Validate(); err != nil {
+		reply(wire.Fail(wire.CodeBadRequest, err.Error()))
+		return
+	}
+	if o.Pool != w.cfg.Pool || !subjects.Valid(o.Ingest) {
+		reply(wire.Fail(wire.CodeBadRequest, fmt.Sprintf("offer for pool %q, ingest %q; this worker is in pool %q", o.Pool, o.Ingest, w.cfg.Pool)))
+		return
+	}
+	id := o.Call.ID
+	w.mu.Lock()
+	if w.draining {
+		w.mu.Unlock()
+		reply(wire.Fail(wire.CodeDraining, "worker is draining"))
+		return
+	}
+	if old := w.calls[id]; old != nil {
+		cur := old.epoch.Load()
+		if cur > o.Epoch {
+			w.mu.Unlock()
+			reply(wire.Fail(wire.CodeStale, fmt.Sprintf("holding epoch %d", cur)))
+			return
+		}
+		// A retried offer, or ingest re-placing the call's other pools and keeping this worker:
+		// advance the epoch in place, without a gap.
+		old.epoch.Store(o.Epoch)
+		w.mu.Unlock()
+		reply(wire.OK())
+		return
+	}
+	if len(w.calls) >= w.cfg.Capacity {
+		w.mu.Unlock()
+		reply(wire.Fail(wire.CodeFull, fmt.Sprintf("%d/%d calls", w.cfg.Capacity, w.cfg.Capacity)))
+		return
+	}
+	if w.lagging.Load() {
+		w.mu.Unlock()
+		reply(wire.Fail(wire.CodeFull, "worker is lagging"))
+		return
+	}
+	c := newCall(w, &o)
+	w.calls[id] = c // the slot is reserved before anything else happens
+	w.m.calls.Set(float64(len(w.calls)))
+	w.mu.Unlock()
+
+	err := c.subscribe()
+	if err == nil {
+		err = w.nc.FlushTimeout(2 * time.Second)
+	}
+	if err != nil {
+		c.unsubscribe()
+		w.forget(c)
+		reply(wire.Fail(wire.CodeInternal, err.Error()))
+		return
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		c.run()
+	}()
+	c.log.Info().Msg("call accepted")
+	reply(wire.OK())
+}
+
+func (w *Worker) onRelease(m *nats.Msg) {
+	var r wire.Release
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeBadRequest, err.Error())})
+		return
+	}
+	w.mu.Lock()
+	c := w.calls[session.ID{Tenant: r.Tenant, Call: r.Call}]
+	w.mu.Unlock()
+	if c == nil {
+		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeUnknown, "not holding "+r.Tenant+"/"+r.Call)})
+		return
+	}
+	cur := c.epoch.Load()
+	if r.Epoch != 0 && r.Epoch < cur {
+		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeStale, fmt.Sprintf("holding epoch %d", cur))})
+		return
+	}
+	reason := proc.StopReleased
+	if r.Epoch > cur {
+		reason = proc.StopSuperseded
+	}
+	c.stop(reason)
+	go func() {
+		<-c.done
+		bus.Respond(m, wire.ReleaseReply{Reply: wire.OK(), Progress: c.progress()})
+	}()
+}
+
+// removeCall frees a call's slot; called by the call goroutine as it finishes.
+func (w *Worker) removeCall(c *call) {
+	w.forget(c)
+}
+
+func (w *Worker) forget(c *call) {
+	w.mu.Lock()
+	if w.calls[c.spec.ID] == c {
+		delete(w.calls, c.spec.ID)
+	}
+	w.m.calls.Set(float64(len(w.calls)))
+	w.mu.Unlock()
+}
+
+// migrate asks the call's ingest to re-place it elsewhere, make-before-break: the new owner
+// subscribes first, then ingest bumps the epoch and this worker stops at the last frame of its
+// own epoch.
+func (w *Worker) migrate(c *call, reason string) {
+	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: w.cfg.ID, Reason: reason}
+	var rep wire.Reply
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := bus.Request(ctx, w.nc, subjects.IngestVerb(c.ingest, subjects.IngestVerbPlace), req, &rep); err != nil {
+		c.log.Warn().Err(err).Str("reason", reason).Msg("migration request failed")
+		return
+	}
+	if !rep.OK {
+		c.log.Warn().Str("code", rep.Code).Str("why", rep.Reason).Msg("migration refused")
+	}
+}
+
+// drain stops offers, migrates every call away and waits for them to go, up to the drain timeout.
+func (w *Worker) drain() {
+	w.mu.Lock()
+	w.draining = true
+	w.mu.Unlock()
+	w.health.SetReady(false)
+	w.heartbeat()
+	calls := w.snapshot()
+	w.log.Info().Int("calls", len(calls)).Msg("draining")
+	start := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for _, c := range calls {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			w.migrate(c, "drain")
+		}()
+	}
+	wg.Wait()
+	deadline := time.After(w.cfg.DrainTimeout)
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+wait:
+	for len(w.snapshot()) > 0 {
+		select {
+		case <-deadline:
+			break wait
+		case <-t.C:
+			w.heartbeat()
+		}
+	}
+	left := w.snapshot()
+	for _, c := range left {
+		c.stop(proc.StopShutdown)
+	}
+	w.wg.Wait()
+	w.heartbeat()
+	w.log.Info().Dur("took", time.Since(start)).Int("not_migrated", len(left)).Msg("drained")
+}
+
+// Close stops every call without migration; safe to call more than once and after Run.
+func (w *Worker) Close() {
+	if !w.closed.CompareAndSwap(false, true) {
+		return
+	}
+	for _, c := range w.snapshot() {
+		c.stop(proc.StopShutdown)
+	}
+	w.wg.Wait()
+}
+
+// Calls returns the number of calls held.
+func (w *Worker) Calls() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.calls)
+}
+
+// onFrameMode counts and checks frames balanced across a frame-mode pool's queue group.
+func (w *Worker) onFrameMode(m *nats.Msg) {
+	var h frame.Header
+	if _, err := h.Unmarshal(m.Data); err != nil {
+		w.m.frames.WithLabelValues("bad").Inc()
+		return
+	}
+	w.frameSeen.Add(1)
+	w.m.frames.WithLabelValues("processed").Inc()
+}
+
+// FramesSeen returns how many frames a frame-mode worker has processed.
+func (w *Worker) FramesSeen() uint64 { return w.frameSeen.Load() }
