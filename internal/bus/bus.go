@@ -15,6 +15,9 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// Conn is the NATS connection type every service uses.
+type Conn = *nats.Conn
+
 // Config says how to reach NATS.
 type Config struct {
 	URL          string // comma-separated server URLs
@@ -62,7 +65,9 @@ func Connect(cfg Config, log zerolog.Logger) (*nats.Conn, error) {
 		nats.MaxPingsOutstanding(3),
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			log.Warn().Err(err).Msg("nats disconnected")
+			if err != nil { // nil when the connection was closed on purpose
+				log.Warn().Err(err).Msg("nats disconnected")
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("nats reconnected")

@@ -1,0 +1,172 @@
+// Command callrouter runs a whole callrouter in one process (an embedded NATS server, a router,
+// a worker pool and an ingest node), plays a recording as calls and prints the events they
+// produce. With no flags it plays the shipped two-leg sample call once.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/cli"
+	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/sample"
+	"github.com/callrouter/callrouter/internal/stack"
+	"github.com/callrouter/callrouter/internal/wav"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/callrouter/callrouter/internal/worker"
+	"github.com/nats-io/nats.go"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout)) }
+
+type options struct {
+	wavPath  string
+	calls    int
+	workers  int
+	natsPort int
+	http     string
+	serve    bool
+	speed    float64
+	logLevel string
+	json     bool
+}
+
+func run(args []string, out io.Writer) int {
+	fs := flag.NewFlagSet("callrouter", flag.ContinueOnError)
+	var o options
+	fs.StringVar(&o.wavPath, "wav", "", "WAV file to play (default: the shipped two-leg sample call)")
+	fs.IntVar(&o.calls, "calls", 1, "concurrent calls to play")
+	fs.IntVar(&o.workers, "workers", 2, "workers in the pool")
+	fs.IntVar(&o.natsPort, "nats-port", -1, "embedded NATS client port (-1 picks a free one)")
+	fs.StringVar(&o.http, "http", "127.0.0.1:8080", "address for /healthz, /readyz and /metrics")
+	fs.BoolVar(&o.serve, "serve", false, "keep running after the calls end, until SIGTERM")
+	fs.Float64Var(&o.speed, "speed", 1, "playback speed factor (1 = real time)")
+	fs.StringVar(&o.logLevel, "log-level", "warn", "log level of the components: debug, info, warn, error")
+	fs.BoolVar(&o.json, "json", false, "print events as JSON lines instead of text")
+	if err := cli.Parse(fs, args); err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
+		return 2
+	}
+	if o.calls < 1 || o.workers < 1 || o.speed <= 0 {
+		fmt.Fprintln(os.Stderr, "callrouter: flags -calls, -workers and -speed must be positive")
+		return 2
+	}
+	var audio *wav.Audio
+	var err error
+	if o.wavPath == "" {
+		audio, err = sample.Call()
+	} else {
+		audio, err = wav.ReadFile(o.wavPath)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: flag -wav: %v\n", err)
+		return 2
+	}
+	rec, err := filesrc.FromAudio(audio, 0)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: flag -wav: %v\n", err)
+		return 2
+	}
+	log, err := obs.Logger(os.Stderr, o.logLevel, "callrouter", "local")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: flag -log-level: %v\n", err)
+		return 2
+	}
+	wc := worker.DefaultConfig()
+	reg := obs.NewRegistry()
+	s, err := stack.Start(stack.Config{Embedded: bus.EmbeddedOptions{Port: o.natsPort}, Workers: o.workers, Worker: wc, Log: log, Registry: reg})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
+		return 1
+	}
+	defer s.Close()
+	srv, err := obs.Listen(o.http, s.Health, reg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: flag -http: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	go func() { _ = srv.Run(ctx) }()
+	fmt.Fprintf(out, "callrouter: NATS %s, metrics http://%s/metrics, %d workers; playing %d call(s) of %.1f s\n",
+		s.URL, srv.Addr(), o.workers, o.calls, float64(rec.Len())*0.02/o.speed)
+
+	// Print every event, in arrival order, until the calls are done.
+	nc, err := nats.Connect(s.URL, nats.Name("callrouter events"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
+		return 1
+	}
+	defer nc.Close()
+	var mu sync.Mutex
+	stopped := 0
+	sub, err := nc.Subscribe("events.>", func(m *nats.Msg) {
+		mu.Lock()
+		defer mu.Unlock()
+		var ev wire.Event
+		if json.Unmarshal(m.Data, &ev) != nil {
+			return
+		}
+		if ev.Kind == "stopped" {
+			stopped++
+		}
+		if o.json {
+			fmt.Fprintln(out, string(m.Data))
+			return
+		}
+		fmt.Fprintf(out, "%s %s/%s %-10s %-16s %s\n", ev.Time.Format("15:04:05.000"), ev.Tenant, ev.Call, ev.Kind, ev.Source, ev.Data)
+	})
+	if err != nil || nc.Flush() != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: cannot subscribe to events: %v\n", err)
+		return 1
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	// Wait for the workers to be visible before the first call.
+	for deadline := time.Now().Add(10 * time.Second); len(s.Routers[0].Workers()) < o.workers && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	failed := 0
+	for i := 0; i < o.calls; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			spec := rec.Spec("demo", fmt.Sprintf("call-%d", i+1), map[string]string{"source": "sample"})
+			if _, err := filesrc.Play(ctx, s.Ingest, rec, spec, 0, o.speed); err != nil {
+				mu.Lock()
+				failed++
+				fmt.Fprintf(out, "call-%d: %v\n", i+1, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	// The workers publish their last events when every leg's last frame arrives.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		done := stopped >= o.calls-failed
+		mu.Unlock()
+		if done || ctx.Err() != nil {
+			break
+		}
+	}
+	_ = nc.Flush()
+	if o.serve {
+		fmt.Fprintln(out, "callrouter: calls done; serving until SIGTERM")
+		<-ctx.Done()
+	}
+	if failed > 0 {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,128 @@
+// Command ingest runs one callrouter ingest node: it owns the calls whose media it terminates,
+// places them, and publishes their frames. With -play it plays WAV files as calls (for demos and
+// tests). Every flag has an environment variable CALLROUTER_<FLAG>.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/cli"
+	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+// player is the file source behind -play.
+type player struct {
+	path       string
+	calls      int
+	tenant     string
+	callPrefix string
+	frames     int
+	speed      float64
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
+	common := cli.CommonFlags(fs, ":8080")
+	cfg := Flags(fs)
+	var p player
+	fs.StringVar(&p.path, "play", "", "WAV file to play as calls (PCM16, μ-law or A-law; stereo = two legs)")
+	fs.IntVar(&p.calls, "play-calls", 1, "concurrent calls to play the -play file as")
+	fs.StringVar(&p.tenant, "play-tenant", "demo", "tenant of played calls")
+	fs.StringVar(&p.callPrefix, "play-prefix", "play", "call id prefix of played calls (ids are prefix-N)")
+	fs.IntVar(&p.frames, "play-frames", 0, "frames per leg to play (0 = the whole file once; more loops it)")
+	fs.Float64Var(&p.speed, "play-speed", 1, "playback speed factor (1 = real time)")
+	if err := cli.Parse(fs, args); err != nil {
+		fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
+		return 2
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
+		return 2
+	}
+	var rec *filesrc.Recording
+	if p.path != "" {
+		var err error
+		if rec, err = filesrc.Load(p.path, 0); err != nil {
+			fmt.Fprintf(os.Stderr, "ingest: flag -play: %v\n", err)
+			return 2
+		}
+		if p.calls < 1 || p.speed <= 0 {
+			fmt.Fprintf(os.Stderr, "ingest: flags -play-calls and -play-speed must be positive\n")
+			return 2
+		}
+	}
+	return cli.Main("ingest", cfg.ID, common, func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (cli.Service, error) {
+		n, err := ingest.New(*cfg, ingest.Deps{NC: nc, Log: log, Registry: reg, Health: h})
+		if err != nil {
+			return nil, err
+		}
+		return &service{n: n, rec: rec, p: p, log: log}, nil
+	})
+}
+
+// service runs the node and its sources.
+type service struct {
+	n   *ingest.Node
+	rec *filesrc.Recording
+	p   player
+	log zerolog.Logger
+}
+
+func (s *service) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	if s.rec != nil {
+		for i := 0; i < s.p.calls; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				spec := s.rec.Spec(s.p.tenant, fmt.Sprintf("%s-%d", s.p.callPrefix, i), nil)
+				for ctx.Err() == nil {
+					_, err := filesrc.Play(ctx, s.n, s.rec, spec, s.p.frames, s.p.speed)
+					if err == nil || ctx.Err() != nil {
+						return
+					}
+					wait, retry := ingest.RetryAfter(err)
+					s.log.Warn().Err(err).Str("call", spec.Call).Msg("play failed")
+					if !retry {
+						return
+					}
+					select {
+					case <-ctx.Done():
+					case <-time.After(wait):
+					}
+				}
+			}()
+		}
+	}
+	err := s.n.Run(ctx)
+	wg.Wait()
+	return err
+}
+
+// Flags registers the ingest node's flags and returns the config they fill.
+func Flags(fs *flag.FlagSet) *ingest.Config {
+	cfg := ingest.DefaultConfig()
+	cfg.ID = cli.Hostname()
+	fs.StringVar(&cfg.ID, "id", cfg.ID, "ingest node id (unique; a subject token)")
+	fs.Var((*cli.List)(&cfg.Pools), "pools", "worker pools every call is placed on, comma-separated")
+	fs.DurationVar(&cfg.PlaceTimeout, "place-timeout", cfg.PlaceTimeout, "timeout of one placement request")
+	fs.IntVar(&cfg.PlaceAttempts, "place-attempts", cfg.PlaceAttempts, "placement attempts for a new call")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", cfg.HeartbeatInterval, "heartbeat interval")
+	fs.DurationVar(&cfg.MediaTimeout, "media-timeout", cfg.MediaTimeout, "a call with no media for this long is ended")
+	fs.DurationVar(&cfg.Ring, "ring", cfg.Ring, "per-leg replay ring length")
+	fs.IntVar(&cfg.RingMaxBytes, "ring-max-bytes", cfg.RingMaxBytes, "per-leg replay ring bound in bytes")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for calls to end")
+	return &cfg
+}

@@ -1,0 +1,146 @@
+// Package cli is what every callrouter main shares: flags with environment-variable equivalents,
+// the NATS connection flags, the logger, the /healthz /readyz /metrics server and SIGTERM handling.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// EnvName returns the environment variable for a flag: CALLROUTER_ + upper case, '-' → '_'.
+func EnvName(flagName string) string {
+	return "CALLROUTER_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Parse parses args, then fills every flag not given on the command line from its environment
+// variable. Errors name the flag (and variable) and why.
+func Parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (flags only; see -h)", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		if v, ok := os.LookupEnv(EnvName(f.Name)); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("invalid value %q for %s (flag -%s): %v", v, EnvName(f.Name), f.Name, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// List is a comma-separated list flag.
+type List []string
+
+// String implements flag.Value.
+func (l *List) String() string { return strings.Join(*l, ",") }
+
+// Set implements flag.Value; it replaces the list.
+func (l *List) Set(s string) error {
+	*l = nil
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+// Common are the flags every binary has.
+type Common struct {
+	NATS     bus.Config
+	HTTP     string
+	LogLevel string
+}
+
+// CommonFlags registers the shared flags with their defaults.
+func CommonFlags(fs *flag.FlagSet, httpDefault string) *Common {
+	c := &Common{NATS: bus.DefaultConfig()}
+	fs.StringVar(&c.NATS.URL, "nats", c.NATS.URL, "NATS server URLs, comma-separated")
+	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client TLS certificate file")
+	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client TLS key file")
+	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA file for the NATS servers")
+	fs.IntVar(&c.NATS.ReconnectBuf, "nats-reconnect-buf", c.NATS.ReconnectBuf, "bytes buffered while reconnecting")
+	fs.StringVar(&c.HTTP, "http", httpDefault, "address for /healthz, /readyz and /metrics")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return c
+}
+
+// Hostname returns the host name, or "local".
+func Hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "local"
+	}
+	return h
+}
+
+// Service is a component a main runs.
+type Service interface {
+	Run(ctx context.Context) error
+}
+
+// Main runs one component: logger, NATS connection, HTTP server, and build → Run until SIGTERM or
+// SIGINT. It returns the process exit code.
+func Main(component, id string, c *Common, build func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (Service, error)) int {
+	log, err := obs.Logger(os.Stderr, c.LogLevel, component, id)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: flag -log-level: %v\n", component, err)
+		return 2
+	}
+	c.NATS.Name = component + " " + id
+	nc, err := bus.Connect(c.NATS, log)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot connect to NATS")
+		return 1
+	}
+	defer nc.Close()
+	reg := obs.NewRegistry()
+	h := &obs.Health{}
+	svc, err := build(nc, log, reg, h)
+	if err != nil {
+		log.Error().Err(err).Msg("bad configuration")
+		return 2
+	}
+	srv, err := obs.Listen(c.HTTP, h, reg)
+	if err != nil {
+		log.Error().Err(err).Str("flag", "http").Msg("cannot listen")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	httpCtx, httpStop := context.WithCancel(context.Background())
+	go func() { _ = srv.Run(httpCtx) }()
+	log.Info().Str("http", srv.Addr()).Str("nats", nc.ConnectedUrlRedacted()).Msg("started")
+	err = svc.Run(ctx)
+	// Let in-flight publishes reach the server before the connection closes.
+	_ = nc.FlushTimeout(2 * time.Second)
+	httpStop()
+	if err != nil {
+		log.Error().Err(err).Msg("stopped with error")
+		return 1
+	}
+	log.Info().Msg("stopped")
+	return 0
+}
