@@ -21,7 +21,10 @@ import (
 
 // Config says what to run.
 type Config struct {
-	NATSURL  string              // external server; empty starts an embedded one
+	NATSURL string // external server; empty starts an embedded one
+	// URLFor, when set, gives the NATS URL for one component's connection (for example
+	// "worker worker-2"), so tests can attach components to different cluster nodes.
+	URLFor   func(name string) string
 	Embedded bus.EmbeddedOptions // used when NATSURL is empty
 	Routers  int                 // router replicas (default 1)
 	Workers  int                 // workers in the pool (default 1)
@@ -113,6 +116,11 @@ func Start(cfg Config) (*Stack, error) {
 func (s *Stack) connect(name string) (*nats.Conn, error) {
 	bc := bus.DefaultConfig()
 	bc.URL, bc.Name = s.URL, name
+	if s.cfg.URLFor != nil {
+		if u := s.cfg.URLFor(name); u != "" {
+			bc.URL = u
+		}
+	}
 	nc, err := bus.Connect(bc, s.log)
 	if err != nil {
 		return nil, err
