@@ -107,16 +107,16 @@ func (c *Call) publishLocked(l *leg, payload []byte, flags frame.Flags, capture 
 		Seq: l.seq, MediaTS: l.seq * l.samples, Capture: capture.UnixNano(), DurationUS: uint16(frame.Duration / time.Microsecond)}
 	b, err := frame.Append(l.ring.slot(), &h, payload)
 	if err != nil {
-		c.n.m.frames.WithLabelValues("bad").Inc()
+		c.n.m.badFrame.Inc()
 		return err
 	}
 	l.ring.put(l.seq, b)
 	l.seq++
 	if err := c.n.nc.Publish(l.subject, b); err != nil {
-		c.n.m.frames.WithLabelValues("publish_error").Inc()
+		c.n.m.publishErr.Inc()
 		return err
 	}
-	c.n.m.frames.WithLabelValues("published").Inc()
+	c.n.m.published.Inc()
 	return nil
 }
 

@@ -9,6 +9,8 @@ type metrics struct {
 	frames       *prometheus.CounterVec // result
 	replacements *prometheus.CounterVec // reason
 	replays      prometheus.Counter
+
+	published, publishErr, badFrame prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -20,6 +22,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		replacements: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_replacements_total", Help: "Re-placements by reason."}, []string{"reason"}),
 		replays:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_replays_total", Help: "Replay requests served."}),
 	}
+	m.published = m.frames.WithLabelValues("published")
+	m.publishErr = m.frames.WithLabelValues("publish_error")
+	m.badFrame = m.frames.WithLabelValues("bad")
 	reg.MustRegister(m.calls, m.starts, m.ended, m.frames, m.replacements, m.replays)
 	return m
 }

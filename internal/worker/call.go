@@ -55,6 +55,8 @@ type call struct {
 	started  [session.MaxLegs]bool
 	ended    uint16
 	handlers []proc.Handler
+	cur      item       // the frame being processed; a field so the frame path does not allocate
+	out      proc.Frame // what handlers receive; reused for the same reason
 }
 
 func newCall(w *Worker, o *wire.Offer) *call {
@@ -127,7 +129,7 @@ func (c *call) onAudio(m *nats.Msg) {
 	var it item
 	p, err := it.h.Unmarshal(m.Data)
 	if err != nil || int(it.h.Leg) >= len(c.spec.Legs) {
-		c.w.m.frames.WithLabelValues("bad").Inc()
+		c.w.m.bad.Inc()
 		return
 	}
 	it.payload = p
@@ -139,7 +141,7 @@ func (c *call) onAudio(m *nats.Msg) {
 		*old = item{}
 		c.head = (c.head + 1) % len(c.buf)
 		c.n--
-		c.w.m.drops.WithLabelValues("backpressure").Inc()
+		c.w.m.dropBackpressure.Inc()
 	}
 	c.buf[(c.head+c.n)%len(c.buf)] = it
 	c.n++
@@ -206,11 +208,11 @@ func (c *call) drain() string {
 			return reason
 		default:
 		}
-		it, ok := c.pop()
-		if !ok {
+		var ok bool
+		if c.cur, ok = c.pop(); !ok {
 			return ""
 		}
-		if r := c.process(&it); r != "" {
+		if r := c.process(&c.cur); r != "" {
 			return r
 		}
 	}
@@ -221,7 +223,7 @@ func (c *call) process(it *item) string {
 	h := &it.h
 	switch {
 	case h.Epoch < c.join:
-		c.w.m.frames.WithLabelValues("old_epoch").Inc()
+		c.w.m.oldEpoch.Inc()
 		return ""
 	case h.Epoch > c.epoch.Load():
 		return proc.StopSuperseded
@@ -239,7 +241,7 @@ func (c *call) process(it *item) string {
 		c.mu.Lock()
 		c.dropCause[leg] = proc.CauseStale
 		c.mu.Unlock()
-		c.w.m.drops.WithLabelValues("stale").Inc()
+		c.w.m.dropStale.Inc()
 		return ""
 	}
 	c.deliver(h, it.payload)
@@ -263,7 +265,7 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 	seq := int64(h.Seq)
 	next := c.next[leg].Load()
 	if next >= 0 && seq < next {
-		c.w.m.frames.WithLabelValues("duplicate").Inc()
+		c.w.m.duplicate.Inc()
 		for _, hd := range c.handlers {
 			if d, ok := hd.(proc.DupHandler); ok {
 				d.Duplicate(h)
@@ -286,15 +288,15 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 	c.mu.Unlock()
 	c.next[leg].Store(seq + 1)
 	if h.Has(frame.FlagReplayed) {
-		c.w.m.frames.WithLabelValues("replayed").Inc()
+		c.w.m.replayed.Inc()
 	}
-	c.w.m.frames.WithLabelValues("processed").Inc()
+	c.w.m.processed.Inc()
 	if h.Has(frame.FlagLast) && len(payload) == 0 {
 		return
 	}
-	f := proc.Frame{Header: *h, Payload: payload}
+	c.out = proc.Frame{Header: *h, Payload: payload}
 	for _, hd := range c.handlers {
-		hd.Frame(&f)
+		hd.Frame(&c.out)
 	}
 }
 
@@ -306,7 +308,6 @@ func (c *call) gapCause(leg uint8) string {
 	}
 	if d, err := c.audioSub.Dropped(); err == nil && d > c.subDropped {
 		c.subDropped = d
-		c.w.m.drops.WithLabelValues("slow_consumer").Add(0)
 		return proc.CauseSlowConsumer
 	}
 	return proc.CauseBus

@@ -13,6 +13,9 @@ type metrics struct {
 	subs       prometheus.Gauge
 	reapedSubs prometheus.Counter
 	replays    *prometheus.CounterVec // result
+
+	// Per-frame counters, resolved once so the frame path does no label lookups.
+	processed, replayed, duplicate, oldEpoch, bad, dropBackpressure, dropStale prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -28,6 +31,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reapedSubs: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_reaped_subscriptions_total", Help: "Per-call subscriptions removed by the idle reaper."}),
 		replays:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_replays_total", Help: "Replay requests to ingest by result."}, []string{"result"}),
 	}
+	m.processed = m.frames.WithLabelValues("processed")
+	m.replayed = m.frames.WithLabelValues("replayed")
+	m.duplicate = m.frames.WithLabelValues("duplicate")
+	m.oldEpoch = m.frames.WithLabelValues("old_epoch")
+	m.bad = m.frames.WithLabelValues("bad")
+	m.dropBackpressure = m.drops.WithLabelValues("backpressure")
+	m.dropStale = m.drops.WithLabelValues("stale")
 	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.subs, m.reapedSubs, m.replays)
 	return m
 }

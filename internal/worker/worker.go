@@ -388,11 +388,11 @@ func (w *Worker) Calls() int {
 func (w *Worker) onFrameMode(m *nats.Msg) {
 	var h frame.Header
 	if _, err := h.Unmarshal(m.Data); err != nil {
-		w.m.frames.WithLabelValues("bad").Inc()
+		w.m.bad.Inc()
 		return
 	}
 	w.frameSeen.Add(1)
-	w.m.frames.WithLabelValues("processed").Inc()
+	w.m.processed.Inc()
 }
 
 // FramesSeen returns how many frames a frame-mode worker has processed.
