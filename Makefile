@@ -1,0 +1,32 @@
+# callrouter: `make help` lists the targets.
+GO ?= go
+PKGS ?= ./...
+
+.PHONY: help run build test bench vet fuzz loadtest clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+run: ## one-process callrouter: embedded NATS, router, workers, ingest, plays the sample call
+	$(GO) run ./cmd/callrouter
+
+build: ## build every binary into bin/
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ ./cmd/...
+
+vet: ## go vet and gofmt
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+
+test: vet ## the full test suite with the race detector, then every benchmark once
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count=1 $(PKGS)
+
+bench: ## benchmarks with enough iterations to read figures
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 $(PKGS)
+
+fuzz: ## fuzz the frame and subject parsers for 30 s each
+	$(GO) test -run '^$$' -fuzz FuzzUnmarshal -fuzztime 30s ./internal/frame
+	$(GO) test -run '^$$' -fuzz FuzzAudioRoundTrip -fuzztime 30s ./internal/subjects
+
+clean: ## remove build output
+	rm -rf bin

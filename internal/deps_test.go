@@ -1,0 +1,94 @@
+// Tests that hold the module's structure: import direction and package documentation.
+package internal_test
+
+import (
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/callrouter/callrouter/"
+
+// forbidden maps a package to the module packages it must not import (directly).
+var forbidden = map[string][]string{
+	"internal/frame":    {"internal/"},
+	"internal/subjects": {"internal/"},
+	"internal/wav":      {"internal/"},
+	"internal/session":  {"internal/wire", "internal/bus", "internal/ingest", "internal/router", "internal/worker"},
+	"internal/wire":     {"internal/bus", "internal/ingest", "internal/router", "internal/worker", "internal/proc"},
+	"internal/bus":      {"internal/ingest", "internal/router", "internal/worker", "internal/proc", "internal/stack"},
+	"internal/proc":     {"internal/worker", "internal/ingest", "internal/router", "internal/stack", "internal/bus"},
+	"internal/ingest":   {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
+	"internal/router":   {"internal/ingest", "internal/worker", "internal/stack", "internal/cli"},
+	"internal/worker":   {"internal/ingest", "internal/router", "internal/stack", "internal/cli"},
+}
+
+// packages returns every directory under the module root holding non-test Go files.
+func packages(t *testing.T) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	err := filepath.WalkDir("..", func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "testdata" || d.Name() == "node_modules" || strings.HasPrefix(d.Name(), ".")) && path != ".." {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() && strings.HasSuffix(path, ".go") && !strings.HasSuffix(path, "_test.go") {
+			rel, _ := filepath.Rel("..", filepath.Dir(path))
+			out[filepath.ToSlash(rel)] = append(out[filepath.ToSlash(rel)], path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestImportDirection(t *testing.T) {
+	for pkg, files := range packages(t) {
+		for _, f := range files {
+			af, err := parser.ParseFile(token.NewFileSet(), f, nil, parser.ImportsOnly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, imp := range af.Imports {
+				path := strings.Trim(imp.Path.Value, `"`)
+				if !strings.HasPrefix(path, module) {
+					continue
+				}
+				target := strings.TrimPrefix(path, module)
+				if strings.HasPrefix(target, "cmd/") {
+					t.Errorf("%s imports %s: nothing imports a main", f, target)
+				}
+				for _, bad := range forbidden[pkg] {
+					if strings.HasPrefix(target, bad) {
+						t.Errorf("%s imports %s: %s must not depend on %s", f, target, pkg, bad)
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestEveryPackageIsDocumented(t *testing.T) {
+	for pkg, files := range packages(t) {
+		documented := false
+		for _, f := range files {
+			af, err := parser.ParseFile(token.NewFileSet(), f, nil, parser.PackageClauseOnly|parser.ParseComments)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if af.Doc != nil && (strings.HasPrefix(af.Doc.Text(), "Package "+af.Name.Name+" ") || strings.HasPrefix(af.Doc.Text(), "Command ")) {
+				documented = true
+			}
+		}
+		if !documented {
+			t.Errorf("package %s has no \"// Package %s ...\" (or \"// Command ...\") comment stating its job", pkg, filepath.Base(pkg))
+		}
+	}
+}
