@@ -62,6 +62,7 @@ func Flags(fs *flag.FlagSet) (*worker.Config, *cli.List) {
 	fs.DurationVar(&cfg.MaxFrameAge, "max-frame-age", cfg.MaxFrameAge, "live frames older than this are dropped as stale")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "a call with no frames for this long is reaped")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", cfg.HeartbeatInterval, "heartbeat interval")
+	fs.DurationVar(&cfg.FenceAfter, "fence-after", cfg.FenceAfter, "drop every call silently if the heartbeat loop stalled this long (match the routers' misses × heartbeat)")
 	fs.DurationVar(&cfg.LagThreshold, "lag-threshold", cfg.LagThreshold, "processing lag above which the worker sheds calls")
 	fs.DurationVar(&cfg.ShedAfter, "shed-after", cfg.ShedAfter, "how long lag must stay above the threshold before shedding")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for calls to migrate away")

@@ -228,15 +228,28 @@ func (c *call) process(it *item) string {
 	case h.Epoch > c.epoch.Load():
 		return proc.StopSuperseded
 	}
+	now := time.Now().UnixNano()
+	if c.w.fenced(now) {
+		return proc.StopSuperseded
+	}
 	leg := h.Leg
 	if !c.started[leg] {
 		c.started[leg] = true
 		from := c.from[leg]
 		if (from == session.FromEpochStart && !h.Has(frame.FlagEpochStart)) || (from >= 0 && int64(h.Seq) > from) {
-			c.replay(leg, from, h.Seq)
+			c.replay(leg, from, h.Seq, proc.CauseReplacement)
+		}
+	} else if next := c.next[leg].Load(); next >= 0 && int64(h.Seq) > next && !h.Has(frame.FlagReplayed) {
+		// Frames went missing between NATS and this worker (a reconnect, a slow-consumer drop):
+		// fetch them from ingest's ring before going on. The worker's own drops are not refetched.
+		c.mu.Lock()
+		own := c.dropCause[leg] != ""
+		c.mu.Unlock()
+		if !own {
+			cause := c.gapCause(leg)
+			c.replay(leg, next, h.Seq, cause)
 		}
 	}
-	now := time.Now().UnixNano()
 	if age := now - h.Capture; age > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagReplayed) {
 		c.mu.Lock()
 		c.dropCause[leg] = proc.CauseStale
@@ -315,7 +328,8 @@ func (c *call) gapCause(leg uint8) string {
 
 // replay asks the owning ingest for the frames of leg from `from` (or the epoch start) up to
 // `to` (exclusive) and delivers them, flagged as replayed, before the live frame at `to`.
-func (c *call) replay(leg uint8, from int64, to uint32) {
+// Whatever the ring cannot fill is reported with cause.
+func (c *call) replay(leg uint8, from int64, to uint32, cause string) {
 	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: c.w.cfg.ID,
 		Legs: []wire.LegRange{{Leg: leg, From: from, To: int64(to)}}}
 	data, _ := json.Marshal(req)
@@ -325,7 +339,7 @@ func (c *call) replay(leg uint8, from int64, to uint32) {
 	if err != nil {
 		c.w.m.replays.WithLabelValues("error").Inc()
 		c.log.Warn().Err(err).Uint8("leg", leg).Msg("replay failed")
-		c.markReplacementLoss(leg)
+		c.markLoss(leg, cause)
 		return
 	}
 	buf := msg.Data
@@ -334,7 +348,7 @@ func (c *call) replay(leg uint8, from int64, to uint32) {
 		_ = json.Unmarshal(buf, &r)
 		c.w.m.replays.WithLabelValues("refused").Inc()
 		c.log.Warn().Str("code", r.Code).Str("reason", r.Reason).Msg("replay refused")
-		c.markReplacementLoss(leg)
+		c.markLoss(leg, cause)
 		return
 	}
 	c.w.m.replays.WithLabelValues("ok").Inc()
@@ -353,15 +367,15 @@ func (c *call) replay(leg uint8, from int64, to uint32) {
 		c.deliver(&h, p)
 		n++
 	}
-	c.markReplacementLoss(leg)
+	c.markLoss(leg, cause)
 	c.log.Debug().Uint8("leg", leg).Int("frames", n).Msg("replayed")
 }
 
-// markReplacementLoss attributes any gap before the next live frame to the re-placement.
-func (c *call) markReplacementLoss(leg uint8) {
+// markLoss attributes any gap left before the next live frame to cause.
+func (c *call) markLoss(leg uint8, cause string) {
 	c.mu.Lock()
 	if c.dropCause[leg] == "" {
-		c.dropCause[leg] = proc.CauseReplacement
+		c.dropCause[leg] = cause
 	}
 	c.mu.Unlock()
 }

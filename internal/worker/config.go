@@ -29,12 +29,16 @@ type Config struct {
 	MaxFrameAge       time.Duration // older live frames are dropped as stale
 	IdleTimeout       time.Duration // a call with no frame for this long is reaped
 	HeartbeatInterval time.Duration
-	LagThreshold      time.Duration // above this the worker reports itself lagging and sheds calls
-	ShedAfter         time.Duration // how long lag must stay over the threshold before shedding
-	DrainTimeout      time.Duration // how long SIGTERM waits for calls to migrate away
-	ReplayTimeout     time.Duration
-	Processors        []string // processor names, in order (package proc registry)
-	ProcessorOptions  map[string]proc.Options
+	// FenceAfter: a worker whose own heartbeat loop has not run for this long (it was paused or
+	// starved) assumes the routers declared it down and drops every call without publishing.
+	// Match it to the routers' misses × heartbeat interval.
+	FenceAfter       time.Duration
+	LagThreshold     time.Duration // above this the worker reports itself lagging and sheds calls
+	ShedAfter        time.Duration // how long lag must stay over the threshold before shedding
+	DrainTimeout     time.Duration // how long SIGTERM waits for calls to migrate away
+	ReplayTimeout    time.Duration
+	Processors       []string // processor names, in order (package proc registry)
+	ProcessorOptions map[string]proc.Options
 }
 
 // DefaultConfig returns the defaults documented in docs/protocol.md.
@@ -48,6 +52,7 @@ func DefaultConfig() Config {
 		MaxFrameAge:       2 * time.Second,
 		IdleTimeout:       5 * time.Second,
 		HeartbeatInterval: 500 * time.Millisecond,
+		FenceAfter:        1500 * time.Millisecond,
 		LagThreshold:      300 * time.Millisecond,
 		ShedAfter:         2 * time.Second,
 		DrainTimeout:      20 * time.Second,
@@ -87,6 +92,9 @@ func (c *Config) Validate() error {
 	dur("lag threshold", c.LagThreshold)
 	dur("drain timeout", c.DrainTimeout)
 	dur("replay timeout", c.ReplayTimeout)
+	if c.FenceAfter <= c.HeartbeatInterval {
+		errs = append(errs, fmt.Errorf("worker: fence-after %v must exceed the heartbeat interval %v", c.FenceAfter, c.HeartbeatInterval))
+	}
 	if c.IdleTimeout <= 2*c.HeartbeatInterval {
 		errs = append(errs, fmt.Errorf("worker: idle timeout %v must exceed two heartbeat intervals (%v)", c.IdleTimeout, 2*c.HeartbeatInterval))
 	}

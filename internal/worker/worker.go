@@ -42,6 +42,7 @@ type Worker struct {
 	lagSince  time.Time // when lag first went over the threshold; zero when under
 	lagging   atomic.Bool
 	frameSeen atomic.Uint64 // frame mode
+	lastTick  atomic.Int64  // unix nanos of the last heartbeat tick; see Config.FenceAfter
 	closed    atomic.Bool
 }
 
@@ -114,6 +115,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	t := time.NewTicker(w.cfg.HeartbeatInterval)
 	defer t.Stop()
+	w.lastTick.Store(time.Now().UnixNano())
 	w.heartbeat()
 	for {
 		select {
@@ -129,6 +131,13 @@ func (w *Worker) Run(ctx context.Context) error {
 // tick reaps idle calls, updates lag, sheds load and heartbeats.
 func (w *Worker) tick() {
 	now := time.Now()
+	if w.fenced(now.UnixNano()) {
+		w.log.Warn().Msg("heartbeats stalled past the fence: dropping every call without publishing")
+		for _, c := range w.snapshot() {
+			c.stop(proc.StopSuperseded)
+		}
+	}
+	w.lastTick.Store(now.UnixNano())
 	var worst int64
 	var worstCall *call
 	for _, c := range w.snapshot() {
@@ -382,6 +391,12 @@ func (w *Worker) Calls() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return len(w.calls)
+}
+
+// fenced reports whether the heartbeat loop has stalled longer than FenceAfter: the routers will
+// have declared this worker down and its calls are being re-placed.
+func (w *Worker) fenced(now int64) bool {
+	return now-w.lastTick.Load() > int64(w.cfg.FenceAfter)
 }
 
 // onFrameMode counts and checks frames balanced across a frame-mode pool's queue group.
