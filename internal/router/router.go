@@ -76,6 +76,9 @@ type Router struct {
 	orphans map[orphanKey]time.Time
 	lost    map[lostKey]lostProgress // progress of calls on workers declared down, for resumes
 
+	hbSub    *nats.Subscription
+	lastTick time.Time
+
 	inflight chan struct{}
 	wg       sync.WaitGroup
 	closed   atomic.Bool
@@ -123,9 +126,11 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		r.wg.Wait()
 	}()
-	if err := add(r.nc.Subscribe(subjects.AllHeartbeats, r.onHeartbeat)); err != nil {
+	hbSub, err := r.nc.Subscribe(subjects.AllHeartbeats, r.onHeartbeat)
+	if err := add(hbSub, err); err != nil {
 		return err
 	}
+	r.hbSub = hbSub
 	if err := add(r.nc.QueueSubscribe(subjects.Place, subjects.RouterQueue, r.onPlace)); err != nil {
 		return err
 	}
@@ -191,6 +196,16 @@ func (r *Router) onHeartbeat(m *nats.Msg) {
 // tick detects deaths, reaps orphans, and heartbeats.
 func (r *Router) tick(heartbeat bool) {
 	now := time.Now()
+	// A starved router must not mistake its own delay for everyone's death: when its tick runs late
+	// or heartbeats wait unread in its subscription, it judges no one this round.
+	late := !r.lastTick.IsZero() && now.Sub(r.lastTick) > 250*time.Millisecond
+	r.lastTick = now
+	if n, _, err := r.hbSub.Pending(); late || err != nil || n > 0 {
+		if heartbeat {
+			r.publishHeartbeat()
+		}
+		return
+	}
 	var downs []wire.Down
 	var releases []wire.Release
 	var releaseTo []string
@@ -227,7 +242,7 @@ func (r *Router) tick(heartbeat bool) {
 			for _, c := range w.hb.Calls {
 				id := session.ID{Tenant: c.Tenant, Call: c.Call}
 				key := orphanKey{id, wid}
-				owned, newer := r.owned(id, wid, c.Epoch, c.Ingest)
+				owned, _ := r.owned(id, wid, c.Epoch, c.Ingest)
 				if owned {
 					continue
 				}
@@ -237,7 +252,9 @@ func (r *Router) tick(heartbeat bool) {
 					r.orphans[key] = now
 					since = now
 				}
-				if newer || now.Sub(since) > r.cfg.OrphanGrace {
+				// A worker superseded by a newer epoch (newer) is left the same grace: during a
+				// make-before-break hand-over it stops by itself at the first frame of the new epoch.
+				if now.Sub(since) > r.cfg.OrphanGrace {
 					delete(r.orphans, key)
 					releases = append(releases, wire.Release{V: wire.V, Tenant: c.Tenant, Call: c.Call, Epoch: c.Epoch, Reason: "orphan"})
 					releaseTo = append(releaseTo, wid)
@@ -250,8 +267,7 @@ func (r *Router) tick(heartbeat bool) {
 			}
 		}
 	}
-	workers := len(r.workers)
-	r.m.workers.Set(float64(workers))
+	r.m.workers.Set(float64(len(r.workers)))
 	r.m.ingests.Set(float64(len(r.ingests)))
 	r.mu.Unlock()
 
@@ -269,9 +285,15 @@ func (r *Router) tick(heartbeat bool) {
 		}
 		r.event(rel.Tenant, rel.Call, rel.Epoch, "reaped", map[string]string{"worker": releaseTo[i], "reason": "no ingest owns the call"})
 	}
-	if !heartbeat {
-		return
+	if heartbeat {
+		r.publishHeartbeat()
 	}
+}
+
+func (r *Router) publishHeartbeat() {
+	r.mu.Lock()
+	workers := len(r.workers)
+	r.mu.Unlock()
 	_ = bus.Publish(r.nc, subjects.Heartbeat(subjects.Router, r.cfg.ID), wire.RouterHeartbeat{V: wire.V, ID: r.cfg.ID,
 		IntervalMS: int(r.cfg.HeartbeatInterval / time.Millisecond), Workers: workers})
 }

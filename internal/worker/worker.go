@@ -333,12 +333,29 @@ func (w *Worker) migrate(c *call, reason string) {
 }
 
 // drain stops offers, migrates every call away and waits for them to go, up to the drain timeout.
+// Heartbeats go on throughout, so no router mistakes the draining worker for a dead one (which would
+// re-place its calls from their last reported progress and replay frames twice).
 func (w *Worker) drain() {
 	w.mu.Lock()
 	w.draining = true
 	w.mu.Unlock()
 	w.health.SetReady(false)
-	w.heartbeat()
+	stopHB := make(chan struct{})
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		t := time.NewTicker(w.cfg.HeartbeatInterval)
+		defer t.Stop()
+		for {
+			w.lastTick.Store(time.Now().UnixNano())
+			w.heartbeat()
+			select {
+			case <-stopHB:
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	calls := w.snapshot()
 	w.log.Info().Int("calls", len(calls)).Msg("draining")
 	start := time.Now()
@@ -355,7 +372,7 @@ func (w *Worker) drain() {
 	}
 	wg.Wait()
 	deadline := time.After(w.cfg.DrainTimeout)
-	t := time.NewTicker(50 * time.Millisecond)
+	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 wait:
 	for len(w.snapshot()) > 0 {
@@ -363,7 +380,6 @@ wait:
 		case <-deadline:
 			break wait
 		case <-t.C:
-			w.heartbeat()
 		}
 	}
 	left := w.snapshot()
@@ -371,6 +387,8 @@ wait:
 		c.stop(proc.StopShutdown)
 	}
 	w.wg.Wait()
+	close(stopHB)
+	<-hbDone
 	w.heartbeat()
 	w.log.Info().Dur("took", time.Since(start)).Int("not_migrated", len(left)).Msg("drained")
 }

@@ -1,0 +1,142 @@
+package stack
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/callrouter/callrouter/internal/proc"
+)
+
+// sendLoop sends frames on every call at 20 ms pace until stop is closed, then ends them.
+func sendLoop(t *testing.T, calls []*ingest.Call, stop chan struct{}) *sync.WaitGroup {
+	rec := tone(t, 50)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				for _, c := range calls {
+					c.End("hangup")
+				}
+				return
+			case <-tk.C:
+			}
+			for _, c := range calls {
+				for leg := 0; leg < 2; leg++ {
+					_ = c.Send(leg, rec.Frames[leg][i%rec.Len()], 0)
+				}
+			}
+		}
+	}()
+	return &wg
+}
+
+func TestDrainOfHundredCallsTakesSeconds(t *testing.T) {
+	recorded.reset()
+	cfg := fastConfig(t)
+	cfg.Worker.Capacity = 100
+	s, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	waitWorkers(t, s, 1)
+	var calls []*ingest.Call
+	for i := 0; i < 100; i++ {
+		c, err := s.Ingest.StartCall(t.Context(), tone(t, 1).Spec("acme", "drain-"+strconv.Itoa(i), nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls = append(calls, c)
+	}
+	stop := make(chan struct{})
+	wg := sendLoop(t, calls, stop)
+	if _, err := s.AddWorker("worker-2", cfg.Worker); err != nil {
+		t.Fatal(err)
+	}
+	waitWorkers(t, s, 2)
+	time.Sleep(500 * time.Millisecond) // let frames flow before the drain (not an assertion)
+	start := time.Now()
+	s.Stop(s.Workers[0])
+	eventually(t, 20*time.Second, "worker-1 to hand every call over", func() bool { return s.Workers[0].Calls() == 0 })
+	took := time.Since(start)
+	t.Logf("drained 100 calls in %v", took.Round(time.Millisecond))
+	if took > 10*time.Second {
+		t.Errorf("drain of 100 calls took %v, want seconds", took)
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	eventually(t, 10*time.Second, "worker-2 to finish", func() bool { return s.Workers[1].Calls() == 0 })
+	recorded.mu.Lock()
+	defer recorded.mu.Unlock()
+	for i := 0; i < 100; i++ {
+		for leg := 0; leg < 2; leg++ {
+			k := fmt.Sprintf("acme/drain-%d/%d", i, leg)
+			// The two workers process concurrently (the old one may still work through its
+			// backlog), so compare the set, not the arrival order.
+			got := slices.Clone(recorded.seqs[k])
+			slices.Sort(got)
+			for j, seq := range got {
+				if seq != uint32(j) {
+					t.Fatalf("%s: sorted frame %d has seq %d: a gap or a duplicate across the hand-over\n%v", k, j, seq, recorded.who[k])
+				}
+			}
+			if recorded.dups[k] != 0 || len(recorded.gaps[k]) != 0 {
+				t.Errorf("%s: %d dups, gaps %v", k, recorded.dups[k], recorded.gaps[k])
+			}
+		}
+	}
+}
+
+func TestLaggingWorkerShedsItsCalls(t *testing.T) {
+	cfg := fastConfig(t)
+	cfg.Worker.ShedAfter = 300 * time.Millisecond
+	cfg.Worker.Capacity = 2
+	cfg.Workers = 0
+	slowCfg := cfg.Worker
+	slowCfg.Processors = append(append([]string{}, cfg.Worker.Processors...), "testslow")
+	slowCfg.ProcessorOptions = map[string]proc.Options{"testslow": {"delay": "25ms"}}
+	cfg.Worker = slowCfg
+	s, err := Start(cfg) // one worker: the slow one
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	waitWorkers(t, s, 1)
+	var calls []*ingest.Call
+	for i := 0; i < 2; i++ {
+		c, err := s.Ingest.StartCall(t.Context(), tone(t, 1).Spec("acme", "shed-"+strconv.Itoa(i), nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls = append(calls, c)
+	}
+	healthy := fastConfig(t).Worker
+	if _, err := s.AddWorker("healthy", healthy); err != nil {
+		t.Fatal(err)
+	}
+	waitWorkers(t, s, 2)
+	stop := make(chan struct{})
+	wg := sendLoop(t, calls, stop)
+	eventually(t, 20*time.Second, "the lagging worker to shed both calls", func() bool { return s.Workers[0].Calls() == 0 })
+	for _, c := range calls {
+		if p := c.Placements(); len(p) != 1 || p[0].Worker != "healthy" {
+			t.Errorf("%s placed on %v after shedding", c.ID(), p)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if got := counter(t, s.Registry(), "callrouter_ingest_replacements_total", map[string]string{"reason": "rebalance"}); got < 2 {
+		t.Errorf("%v rebalance re-placements, want 2", got)
+	}
+}
