@@ -242,8 +242,7 @@ func (r *Router) tick(heartbeat bool) {
 			for _, c := range w.hb.Calls {
 				id := session.ID{Tenant: c.Tenant, Call: c.Call}
 				key := orphanKey{id, wid}
-				owned, _ := r.owned(id, wid, c.Epoch, c.Ingest)
-				if owned {
+				if r.owned(id, wid, c.Ingest) {
 					continue
 				}
 				seen[key] = true
@@ -303,23 +302,23 @@ func (r *Router) lastProgress(id session.ID, pool string) []session.LegSeq {
 	return r.lost[lostKey{id, pool}].progress
 }
 
-// owned reports whether a live ingest owns call id on worker wid at epoch, and whether the owner
-// has moved to a newer epoch without that worker. Must hold r.mu.
-func (r *Router) owned(id session.ID, wid string, epoch uint32, ingest string) (owned, newer bool) {
+// owned reports whether a live ingest lists call id as placed on worker wid. A worker left behind
+// by a newer epoch is not an owner. Must hold r.mu.
+func (r *Router) owned(id session.ID, wid, ingest string) bool {
 	in := r.ingests[ingest]
 	if in == nil {
-		return false, false
+		return false
 	}
 	c, ok := in.calls[id]
 	if !ok {
-		return false, false
+		return false
 	}
 	for _, p := range c.Placements {
 		if p.Worker == wid {
-			return true, false
+			return true
 		}
 	}
-	return false, c.Epoch > epoch
+	return false
 }
 
 func (r *Router) event(tenant, call string, epoch uint32, kind string, data any) {
