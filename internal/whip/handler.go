@@ -1,0 +1,297 @@
+package whip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/ingest"
+	callsession "github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/pion/webrtc/v4"
+)
+
+// Response headers that carry the call's identity, so a page can show it and follow its events.
+const (
+	HeaderCall   = "X-Callrouter-Call"
+	HeaderTenant = "X-Callrouter-Tenant"
+)
+
+// Mount registers the endpoint on mux at cfg.Path (and below).
+func (s *Server) Mount(mux *http.ServeMux) {
+	mux.Handle(s.cfg.Path, s)
+	mux.Handle(s.cfg.Path+"/", s)
+}
+
+// statusWriter records the status code for the metrics; Unwrap keeps Flush reachable.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// ServeHTTP serves the WHIP endpoint:
+//
+//	POST    <path>                      SDP offer → 201 + SDP answer, Location: the session URL
+//	OPTIONS <path>, <path>/session/<id> CORS preflight
+//	DELETE  <path>/session/<id>         ends the call
+//	PATCH   <path>/session/<id>         405: trickle ICE and ICE restarts are not supported
+//	GET     <path>/session/<id>/events  the call's events (Server-Sent Events)
+func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	w := &statusWriter{ResponseWriter: rw}
+	defer func() {
+		if w.code == 0 {
+			w.code = http.StatusOK
+		}
+		s.m.requests.WithLabelValues(methodLabel(r.Method), strconv.Itoa(w.code)).Inc()
+	}()
+	s.cors(w, r)
+	rest, ok := strings.CutPrefix(r.URL.Path, s.cfg.Path)
+	switch {
+	case !ok:
+		s.fail(w, r, http.StatusNotFound, "not found")
+	case rest == "" || rest == "/":
+		switch r.Method {
+		case http.MethodPost:
+			s.create(w, r)
+		case http.MethodOptions:
+			w.Header().Set("Accept-Post", "application/sdp")
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.Header().Set("Allow", "POST, OPTIONS")
+			s.fail(w, r, http.StatusMethodNotAllowed, "method not allowed")
+		}
+	case strings.HasPrefix(rest, "/session/"):
+		id, sub, _ := strings.Cut(strings.TrimPrefix(rest, "/session/"), "/")
+		sess := s.lookup(id)
+		if sess == nil {
+			if r.Method == http.MethodOptions {
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+			s.fail(w, r, http.StatusNotFound, "no such session")
+			return
+		}
+		switch {
+		case sub == "" && r.Method == http.MethodDelete:
+			s.delete(w, r, sess)
+		case sub == "" && r.Method == http.MethodOptions, sub == "events" && r.Method == http.MethodOptions:
+			w.WriteHeader(http.StatusNoContent)
+		case sub == "" && r.Method == http.MethodPatch:
+			w.Header().Set("Allow", "DELETE, OPTIONS")
+			s.fail(w, r, http.StatusMethodNotAllowed, "trickle ICE and ICE restarts are not supported")
+		case sub == "events" && r.Method == http.MethodGet:
+			s.serveEvents(w, r, sess)
+		case sub == "" || sub == "events":
+			s.fail(w, r, http.StatusMethodNotAllowed, "method not allowed")
+		default:
+			s.fail(w, r, http.StatusNotFound, "not found")
+		}
+	default:
+		s.fail(w, r, http.StatusNotFound, "not found")
+	}
+}
+
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodPost, http.MethodDelete, http.MethodOptions, http.MethodPatch, http.MethodGet:
+		return m
+	}
+	return "other"
+}
+
+func (s *Server) cors(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.AllowOrigin == "" {
+		return
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", s.cfg.AllowOrigin)
+	h.Set("Access-Control-Expose-Headers", "Location, Link, ETag, Retry-After, Accept-Post, "+HeaderCall+", "+HeaderTenant)
+	if r.Method == http.MethodOptions {
+		h.Set("Access-Control-Allow-Methods", "POST, DELETE, PATCH, GET, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match")
+		h.Set("Access-Control-Max-Age", "600")
+	}
+	if s.cfg.AllowOrigin != "*" {
+		h.Add("Vary", "Origin")
+	}
+}
+
+func (s *Server) fail(w http.ResponseWriter, _ *http.Request, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_, _ = fmt.Fprintln(w, msg)
+}
+
+func (s *Server) unavailable(w http.ResponseWriter, r *http.Request, after time.Duration, msg string) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(after, time.Second).Seconds()))))
+	s.fail(w, r, http.StatusServiceUnavailable, msg)
+}
+
+// create handles POST: authenticate, check the offer, take a slot, answer, place the call.
+func (s *Server) create(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	node := s.node.Load()
+	if node == nil {
+		s.unavailable(w, r, s.cfg.RetryAfter, "not serving")
+		return
+	}
+	tenant, err := s.auth.tenant(r.Header.Get("Authorization"))
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="callrouter"`)
+		s.fail(w, r, http.StatusUnauthorized, err.Error())
+		return
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/sdp" {
+		s.fail(w, r, http.StatusUnsupportedMediaType, "content type must be application/sdp")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			s.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("offer larger than %d bytes", s.cfg.MaxBody))
+			return
+		}
+		s.fail(w, r, http.StatusBadRequest, "reading offer: "+err.Error())
+		return
+	}
+	c, err := chooseCodec(body, s.cfg.Codecs)
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	if !s.acquire(tenant) {
+		s.unavailable(w, r, s.cfg.RetryAfter, "too many sessions")
+		return
+	}
+	sess := newSession(s, tenant, c)
+	ok := false
+	defer func() {
+		if !ok {
+			sess.abort()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.SetupTimeout)
+	defer cancel()
+	answer, err := s.answer(ctx, sess, string(body))
+	if err != nil {
+		code := http.StatusBadRequest
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			code = http.StatusServiceUnavailable
+			w.Header().Set("Retry-After", "1")
+		}
+		s.fail(w, r, code, err.Error())
+		return
+	}
+	// Subscribe to the call's events before it starts, so the event stream has its "start".
+	sess.sub, err = node.NC().Subscribe(subjects.EventsCall(tenant, sess.callID), sess.onEvent)
+	if err != nil {
+		s.unavailable(w, r, s.cfg.RetryAfter, "events: "+err.Error())
+		return
+	}
+	spec := callsession.Spec{ID: callsession.ID{Tenant: tenant, Call: sess.callID},
+		Legs: []callsession.Leg{{Index: 0, Name: "caller", Codec: c.frame, Rate: c.clock}},
+		Meta: map[string]string{"source": "whip", "codec": c.name}}
+	if ua := r.Header.Get("User-Agent"); ua != "" {
+		spec.Meta["user_agent"] = ua[:min(len(ua), 200)]
+	}
+	call, err := node.StartCall(ctx, spec)
+	if err != nil {
+		if after, temporary := ingest.RetryAfter(err); temporary {
+			s.unavailable(w, r, after, err.Error())
+			return
+		}
+		s.fail(w, r, http.StatusInternalServerError, err.Error())
+		return
+	}
+	ok = true
+	sess.call = call
+	close(sess.placed)
+	s.add(sess)
+	select {
+	case <-sess.done: // the peer connection failed while the call was being placed
+		call.End(sess.endReason())
+		s.unavailable(w, r, s.cfg.RetryAfter, "session ended during setup")
+		return
+	default:
+	}
+	s.wg.Add(1)
+	go sess.watch()
+	loc := s.cfg.Path + "/session/" + sess.id
+	h := w.Header()
+	h.Set("Location", loc)
+	h.Set("Content-Type", "application/sdp")
+	h.Set(HeaderCall, sess.callID)
+	h.Set(HeaderTenant, tenant)
+	h.Add("Link", fmt.Sprintf(`<%s/events>; rel="events"`, loc))
+	w.WriteHeader(http.StatusCreated)
+	_, _ = io.WriteString(w, answer)
+	s.m.setup.Observe(time.Since(start).Seconds())
+	sess.log.Info().Str("codec", c.name).Dur("setup", time.Since(start)).Msg("whip session created")
+}
+
+// answer builds the peer connection for an offer and returns the complete answer (every
+// candidate gathered: the endpoint does not trickle).
+func (s *Server) answer(ctx context.Context, sess *session, offer string) (string, error) {
+	pc, err := s.apis[sess.codec.name].NewPeerConnection(webrtc.Configuration{Certificates: []webrtc.Certificate{s.cert}})
+	if err != nil {
+		return "", err
+	}
+	sess.pc = pc
+	pc.OnTrack(sess.onTrack)
+	pc.OnConnectionStateChange(sess.onConnectionState)
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrBadOffer, err)
+	}
+	ans, err := pc.CreateAnswer(nil)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrBadOffer, err)
+	}
+	gathered := webrtc.GatheringCompletePromise(pc)
+	if err := pc.SetLocalDescription(ans); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrBadOffer, err)
+	}
+	select {
+	case <-gathered:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	return pc.LocalDescription().SDP, nil
+}
+
+// delete handles DELETE on a session URL: the caller must hold a token of the session's tenant
+// (or none, when the session's tenant is the open tenant).
+func (s *Server) delete(w http.ResponseWriter, r *http.Request, sess *session) {
+	tenant, err := s.auth.tenant(r.Header.Get("Authorization"))
+	if err != nil || tenant != sess.tenant {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="callrouter"`)
+		s.fail(w, r, http.StatusUnauthorized, "token does not own this session")
+		return
+	}
+	sess.end(reasonDelete)
+	w.WriteHeader(http.StatusOK)
+}

@@ -1,0 +1,227 @@
+// Package whip is callrouter's WebRTC ingest: a WHIP endpoint (RFC 9725) that ingest mounts on
+// its HTTP server. A POST with an SDP offer places a call and answers 201 with the SDP answer and
+// an unguessable session URL; DELETE on that URL ends the call. Media is audio only (Opus, PCMU or
+// PCMA) on pion/webrtc v4 with one certificate for every peer connection and one UDP port for
+// every session (ICE UDP mux). Each session's RTP is put back in order with a small reorder
+// window and cut into 20 ms frames on the call's subjects; lost media becomes gap-filled frames,
+// and silence the sender suppressed (DTX) becomes codec silence. The package also streams a
+// call's events to the browser call page (package web) as Server-Sent Events.
+package whip
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/report"
+	"github.com/pion/webrtc/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Deps are the server's collaborators.
+type Deps struct {
+	Log      zerolog.Logger
+	Registry prometheus.Registerer
+}
+
+// Server is the WHIP endpoint. It is an http.Handler (mount it at Config.Path and below, or use
+// Mount) and an ingest.Source: Run binds the UDP port and serves until its context ends.
+type Server struct {
+	cfg  Config
+	log  zerolog.Logger
+	m    *metrics
+	auth *authenticator
+
+	node    atomic.Pointer[ingest.Node] // set while Run serves
+	ready   chan struct{}
+	stop    chan struct{} // closed when Run begins shutting down
+	started atomic.Bool
+
+	udp  net.PacketConn
+	mux  ice.UDPMux
+	apis map[string]*webrtc.API
+	cert webrtc.Certificate
+
+	mu        sync.Mutex
+	sessions  map[string]*session // by URL id, including ended ones that linger
+	active    int
+	perTenant map[string]int
+	wg        sync.WaitGroup
+}
+
+var _ ingest.Source = (*Server)(nil)
+
+// New validates cfg and builds a server; it does no I/O. Load a token file first with
+// cfg.LoadTokens.
+func New(cfg Config, d Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if d.Registry == nil {
+		d.Registry = prometheus.NewRegistry()
+	}
+	return &Server{cfg: cfg, log: d.Log.With().Str("source", "whip").Logger(), m: newMetrics(d.Registry),
+		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), ready: make(chan struct{}), stop: make(chan struct{}),
+		sessions: map[string]*session{}, perTenant: map[string]int{}}, nil
+}
+
+// Ready is closed once Run has bound the UDP port and takes calls.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// UDPAddr returns the bound media address (after Ready).
+func (s *Server) UDPAddr() net.Addr {
+	if s.udp == nil {
+		return nil
+	}
+	return s.udp.LocalAddr()
+}
+
+// Run binds the UDP port, takes calls into n until ctx ends, then ends every session (reason
+// "shutdown") and returns once all of its goroutines have exited.
+func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("whip: Run called twice")
+	}
+	if err := s.listen(); err != nil {
+		return err
+	}
+	s.node.Store(n)
+	close(s.ready)
+	s.log.Info().Str("udp", s.udp.LocalAddr().String()).Strs("public_ips", s.cfg.PublicIPs).Msg("whip endpoint serving")
+	<-ctx.Done()
+	close(s.stop)
+	s.node.Store(nil)
+	for _, sess := range s.allSessions() {
+		sess.end("shutdown")
+	}
+	s.wg.Wait()
+	for _, sess := range s.allSessions() {
+		s.forget(sess)
+	}
+	_ = s.mux.Close()
+	return s.udp.Close()
+}
+
+func (s *Server) listen() error {
+	host, _, _ := net.SplitHostPort(s.cfg.UDPAddr)
+	udp, err := net.ListenPacket("udp", s.cfg.UDPAddr)
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		_ = udp.Close()
+		return err
+	}
+	cert, err := webrtc.GenerateCertificate(key)
+	if err != nil {
+		_ = udp.Close()
+		return err
+	}
+	s.udp, s.cert = udp, *cert
+	s.mux = webrtc.NewICEUDPMux(nil, udp)
+	var se webrtc.SettingEngine
+	se.SetICEUDPMux(s.mux)
+	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6})
+	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		se.SetIncludeLoopbackCandidate(true)
+	}
+	if len(s.cfg.PublicIPs) > 0 {
+		if err := se.SetICEAddressRewriteRules(webrtc.ICEAddressRewriteRule{External: s.cfg.PublicIPs,
+			AsCandidateType: webrtc.ICECandidateTypeHost, Mode: webrtc.ICEAddressRewriteReplace}); err != nil {
+			_ = udp.Close()
+			return err
+		}
+	}
+	se.SetICETimeouts(s.cfg.ICEDisconnected, s.cfg.ICEFailed, s.cfg.ICEKeepalive)
+	s.apis = map[string]*webrtc.API{}
+	for i := range codecs {
+		c := &codecs[i]
+		var me webrtc.MediaEngine
+		if err := me.RegisterCodec(c.params, webrtc.RTPCodecTypeAudio); err != nil {
+			_ = udp.Close()
+			return err
+		}
+		// The minimal interceptor set: receiver reports, so senders see loss and jitter. No NACK
+		// (the reorder window is shorter than a retransmission), no TWCC, no stats.
+		var ir interceptor.Registry
+		rr, err := report.NewReceiverInterceptor()
+		if err != nil {
+			_ = udp.Close()
+			return err
+		}
+		ir.Add(rr)
+		s.apis[c.name] = webrtc.NewAPI(webrtc.WithMediaEngine(&me), webrtc.WithSettingEngine(se), webrtc.WithInterceptorRegistry(&ir))
+	}
+	return nil
+}
+
+// acquire takes a session slot for tenant.
+func (s *Server) acquire(tenant string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active >= s.cfg.MaxSessions || (s.cfg.MaxSessionsPerTenant > 0 && s.perTenant[tenant] >= s.cfg.MaxSessionsPerTenant) {
+		return false
+	}
+	s.active++
+	s.perTenant[tenant]++
+	return true
+}
+
+func (s *Server) releaseSlot(tenant string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active--
+	if s.perTenant[tenant]--; s.perTenant[tenant] <= 0 {
+		delete(s.perTenant, tenant)
+	}
+}
+
+func (s *Server) add(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sessions[sess.id] = sess
+}
+
+func (s *Server) lookup(id string) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[id]
+}
+
+func (s *Server) allSessions() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		out = append(out, sess)
+	}
+	return out
+}
+
+// forget removes an ended session: its URL stops answering and its event stream closes.
+func (s *Server) forget(sess *session) {
+	s.mu.Lock()
+	if s.sessions[sess.id] == sess {
+		delete(s.sessions, sess.id)
+	}
+	s.mu.Unlock()
+	sess.forget()
+}
+
+// Sessions returns the number of sessions holding a slot (being set up or running).
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active
+}

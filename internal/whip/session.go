@@ -1,0 +1,305 @@
+package whip
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4"
+	"github.com/rs/zerolog"
+)
+
+// Session states, as sent on the event stream ("state" events).
+const (
+	stateConnecting = "connecting"
+	stateConnected  = "connected"
+	stateEnded      = "ended"
+)
+
+// End reasons this package gives (ingest's own, such as media_timeout from its reaper, pass
+// through as "ingest_ended").
+const (
+	reasonDelete         = "hangup"
+	reasonICEFailed      = "ice_failed"
+	reasonDTLSFailed     = "dtls_failed"
+	reasonClosed         = "closed"
+	reasonConnectTimeout = "connect_timeout"
+	reasonMediaTimeout   = "media_timeout"
+	reasonShutdown       = "shutdown"
+	reasonIngestEnded    = "ingest_ended"
+)
+
+// session is one WHIP session: a peer connection and the call it feeds.
+type session struct {
+	s      *Server
+	id     string // the unguessable token in the session URL
+	tenant string
+	callID string
+	codec  *codec
+	log    zerolog.Logger
+
+	pc     *webrtc.PeerConnection
+	call   *ingest.Call
+	sub    *nats.Subscription
+	events *eventLog
+
+	placed   chan struct{} // closed once call is set (or the session ended before)
+	done     chan struct{} // closed when the session has ended
+	endOnce  sync.Once
+	slotOnce sync.Once
+	track    atomic.Bool // an audio track is being read
+
+	mu     sync.Mutex
+	state  string
+	reason string
+}
+
+func randomToken(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func newSession(s *Server, tenant string, c *codec) *session {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	sess := &session{s: s, id: randomToken(18), tenant: tenant, callID: "whip-" + hex.EncodeToString(b), codec: c,
+		events: newEventLog(s.cfg.EventBuffer, s.cfg.SSEClients, s.m), placed: make(chan struct{}), done: make(chan struct{}),
+		state: stateConnecting}
+	sess.log = s.log.With().Str("tenant", tenant).Str("call", sess.callID).Logger()
+	return sess
+}
+
+// setState records a state change and puts it on the event stream.
+func (sess *session) setState(state, reason string) {
+	sess.mu.Lock()
+	if sess.state == stateEnded || sess.state == state {
+		sess.mu.Unlock()
+		return
+	}
+	sess.state, sess.reason = state, reason
+	sess.mu.Unlock()
+	b, _ := json.Marshal(map[string]any{"kind": "state", "source": "ingest/whip", "state": state, "reason": reason, "tenant": sess.tenant, "call": sess.callID,
+		"codec": sess.codec.name, "time": time.Now().UTC()})
+	sess.events.add("state", b)
+}
+
+// onEvent puts a NATS event of the call on the event stream.
+func (sess *session) onEvent(m *nats.Msg) {
+	kind := m.Subject
+	if e, err := subjects.ParseEvent(m.Subject); err == nil {
+		kind = e.Kind
+	}
+	sess.events.add(kind, append([]byte(nil), m.Data...))
+}
+
+// onConnectionState follows the peer connection: connected, or failed (ICE or DTLS), or closed.
+func (sess *session) onConnectionState(st webrtc.PeerConnectionState) {
+	switch st {
+	case webrtc.PeerConnectionStateConnected:
+		sess.setState(stateConnected, "")
+	case webrtc.PeerConnectionStateFailed:
+		reason := reasonDTLSFailed
+		if sess.pc.ICEConnectionState() == webrtc.ICEConnectionStateFailed {
+			reason = reasonICEFailed
+		}
+		sess.goEnd(reason)
+	case webrtc.PeerConnectionStateClosed:
+		sess.goEnd(reasonClosed)
+	}
+}
+
+// goEnd ends the session on a goroutine of its own (pion callbacks must not block on Close).
+func (sess *session) goEnd(reason string) {
+	sess.s.wg.Add(1)
+	go func() {
+		defer sess.s.wg.Done()
+		sess.end(reason)
+	}()
+}
+
+// watch ends the session when ingest ends the call, when it does not connect in time, or when the
+// server stops.
+func (sess *session) watch() {
+	defer sess.s.wg.Done()
+	connect := time.NewTimer(sess.s.cfg.ConnectTimeout)
+	defer connect.Stop()
+	for {
+		select {
+		case <-sess.call.Done():
+			sess.end(reasonIngestEnded)
+			return
+		case <-connect.C:
+			if sess.pc.ConnectionState() != webrtc.PeerConnectionStateConnected {
+				sess.end(reasonConnectTimeout)
+				return
+			}
+		case <-sess.s.stop:
+			sess.end(reasonShutdown)
+			return
+		case <-sess.done:
+			return
+		}
+	}
+}
+
+// end ends the call and closes the peer connection; the session URL lingers for Config.Linger.
+func (sess *session) end(reason string) {
+	sess.endOnce.Do(func() {
+		sess.setState(stateEnded, reason)
+		sess.mu.Lock()
+		sess.state = stateEnded
+		sess.mu.Unlock()
+		close(sess.done)
+		select {
+		case <-sess.placed:
+			if sess.call != nil {
+				sess.call.End(reason)
+			}
+		default:
+		}
+		if err := sess.pc.Close(); err != nil {
+			sess.log.Debug().Err(err).Msg("peer connection close")
+		}
+		sess.releaseSlot()
+		sess.s.m.ended.WithLabelValues(reason).Inc()
+		sess.log.Info().Str("reason", reason).Msg("whip session ended")
+		sess.s.wg.Add(1)
+		go func() {
+			defer sess.s.wg.Done()
+			t := time.NewTimer(sess.s.cfg.Linger)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-sess.s.stop:
+			}
+			sess.s.forget(sess)
+		}()
+	})
+}
+
+// abort undoes a session whose POST failed: nothing was placed, nothing is reported.
+func (sess *session) abort() {
+	sess.endOnce.Do(func() {
+		sess.mu.Lock()
+		sess.state = stateEnded
+		sess.mu.Unlock()
+		close(sess.done)
+		if sess.pc != nil {
+			_ = sess.pc.Close()
+		}
+		sess.forget()
+	})
+	sess.releaseSlot()
+}
+
+func (sess *session) endReason() string {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.reason
+}
+
+func (sess *session) releaseSlot() {
+	sess.slotOnce.Do(func() { sess.s.releaseSlot(sess.tenant) })
+}
+
+// forget drops the session's event subscription and closes its event streams.
+func (sess *session) forget() {
+	if sess.sub != nil {
+		_ = sess.sub.Unsubscribe()
+	}
+	sess.events.close()
+}
+
+// onTrack reads the first audio track until the call ends.
+func (sess *session) onTrack(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+	if t.Kind() != webrtc.RTPCodecTypeAudio || !strings.EqualFold(t.Codec().MimeType, sess.codec.params.MimeType) ||
+		!sess.track.CompareAndSwap(false, true) {
+		return
+	}
+	sess.s.wg.Add(1)
+	go func() {
+		defer sess.s.wg.Done()
+		sess.read(t)
+	}()
+}
+
+// read is the session's media loop: RTP in, 20 ms frames out. The read deadline doubles as the
+// reorder window's timer and the media timeout.
+func (sess *session) read(t *webrtc.TrackRemote) {
+	select {
+	case <-sess.placed:
+	case <-sess.done:
+		return
+	}
+	call := sess.call
+	cut := newCutter(sess.codec, sess.s.cfg.ReorderWindow, sess.s.cfg.MaxFill, func(p []byte, f frame.Flags, at time.Time) {
+		_ = call.SendAt(0, p, f, at)
+	})
+	defer sess.report(cut)
+	buf := make([]byte, 1500)
+	var pkt rtp.Packet
+	last := time.Now()
+	for {
+		deadline := last.Add(sess.s.cfg.MediaTimeout)
+		if next := cut.poll(time.Now().UnixNano()); next != 0 && next < deadline.UnixNano() {
+			deadline = time.Unix(0, next)
+		}
+		if err := t.SetReadDeadline(deadline); err != nil {
+			return
+		}
+		n, _, err := t.Read(buf)
+		now := time.Now()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if now.Sub(last) >= sess.s.cfg.MediaTimeout {
+					sess.end(reasonMediaTimeout)
+					return
+				}
+				continue
+			}
+			return // closed
+		}
+		if pkt.Unmarshal(buf[:n]) != nil {
+			continue
+		}
+		last = now
+		cut.push(pkt.SequenceNumber, pkt.Timestamp, pkt.Payload, now.UnixNano())
+	}
+}
+
+// report publishes the call's media accounting (event "media") and adds it to the metrics.
+func (sess *session) report(cut *cutter) {
+	st := cut.Stats
+	sess.s.m.addStats(&st)
+	if st.Lost > 0 || st.Skipped > 0 || st.Unsupported > 0 {
+		sess.log.Info().Any("media", st).Msg("whip media losses")
+	}
+	n := sess.s.node.Load()
+	if n == nil {
+		return
+	}
+	_ = bus.Publish(n.NC(), subjects.Event(sess.tenant, sess.callID, "media"), wire.Event{V: wire.V, Kind: "media",
+		Tenant: sess.tenant, Call: sess.callID, Epoch: sess.call.Epoch(), Time: time.Now().UTC(), Source: "ingest/" + n.ID() + "/whip",
+		Data: mustJSON(map[string]any{"codec": sess.codec.name, "stats": st})})
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, _ := json.Marshal(v)
+	return b
+}
