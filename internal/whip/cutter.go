@@ -61,6 +61,7 @@ type cutter struct {
 	nextSeq  uint16 // next sequence number to release
 	highSeq  uint16 // highest sequence number seen
 	lostRun  bool   // packets were given up since the last release
+	released uint64 // bit i: packet nextSeq-1-i was released (not given up)
 
 	timeline bool
 	nextTS   uint32 // RTP timestamp of the next sample (G.711) or frame (Opus) to publish
@@ -103,11 +104,15 @@ func (k *cutter) push(seq uint16, ts uint32, payload []byte, now int64) {
 	if d > resyncSeq || d < -resyncSeq {
 		k.flush()
 		k.Resyncs++
-		k.nextSeq, k.highSeq, k.lostRun = seq, seq, false
+		k.nextSeq, k.highSeq, k.lostRun, k.released = seq, seq, false, 0
 		d = 0
 	}
 	if d < 0 {
-		k.Late++
+		if -int(d) <= 64 && k.released&(1<<(-int(d)-1)) != 0 {
+			k.Duplicates++
+		} else {
+			k.Late++
+		}
 		return
 	}
 	for int(uint16(seq-k.nextSeq)) >= reorderSlots {
@@ -157,6 +162,7 @@ func (k *cutter) giveUp() {
 	}
 	k.Lost++
 	k.lostRun = true
+	k.released <<= 1
 	k.nextSeq++
 }
 
@@ -180,6 +186,7 @@ func (k *cutter) flush() {
 func (k *cutter) release(s *slot) {
 	s.used = false
 	k.buffered--
+	k.released = k.released<<1 | 1
 	k.nextSeq++
 	lost := k.lostRun
 	k.lostRun = false

@@ -107,8 +107,11 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	for _, sess := range s.allSessions() {
 		s.forget(sess)
 	}
-	_ = s.mux.Close()
-	return s.udp.Close()
+	_ = s.mux.Close() // closes the UDP socket too
+	if err := s.udp.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
 }
 
 func (s *Server) listen() error {

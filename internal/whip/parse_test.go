@@ -1,0 +1,144 @@
+package whip
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+const offerHead = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+
+func TestChooseCodec(t *testing.T) {
+	all := []string{"opus", "pcmu", "pcma"}
+	for _, tc := range []struct {
+		name   string
+		offer  string
+		prefer []string
+		want   string
+		err    error
+	}{
+		{"opus first", offerHead + "m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\na=rtpmap:111 opus/48000/2\r\na=sendonly\r\n", all, "opus", nil},
+		{"server prefers pcmu", offerHead + "m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n", []string{"pcmu", "opus"}, "pcmu", nil},
+		{"static pcma", offerHead + "m=audio 9 UDP/TLS/RTP/SAVPF 8\r\n", all, "pcma", nil},
+		{"opus at wrong rate", offerHead + "m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 opus/16000\r\n", all, "", ErrNoCodec},
+		{"video only", offerHead + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n", all, "", ErrNoAudio},
+		{"audio rejected", offerHead + "m=audio 0 UDP/TLS/RTP/SAVPF 0\r\n", all, "", ErrNoAudio},
+		{"audio recvonly", offerHead + "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=recvonly\r\n", all, "", ErrNoAudio},
+		{"no codec", offerHead + "m=audio 9 UDP/TLS/RTP/SAVPF 9\r\na=rtpmap:9 G722/8000\r\n", all, "", ErrNoCodec},
+		{"garbage", "hello, I am not SDP", all, "", ErrBadOffer},
+		{"empty", "", all, "", ErrNoAudio},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := chooseCodec([]byte(tc.offer), tc.prefer)
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("err %v, want %v", err, tc.err)
+				}
+				return
+			}
+			if err != nil || c.name != tc.want {
+				t.Fatalf("got %v %v, want %s", c, err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzChooseCodec(f *testing.F) {
+	f.Add([]byte(offerHead + "m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\na=rtpmap:111 opus/48000/2\r\n"))
+	f.Add([]byte("v=0\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := chooseCodec(b, []string{"opus", "pcmu", "pcma"})
+		if (c == nil) == (err == nil) {
+			t.Fatalf("codec %v and error %v", c, err)
+		}
+	})
+}
+
+func TestParseOpus(t *testing.T) {
+	var fr [maxOpusFrames][]byte
+	for _, tc := range []struct {
+		name   string
+		p      []byte
+		n, dur int
+		bad    bool
+	}{
+		{"code 0 silk 20ms", []byte{1 << 3, 1, 2}, 1, 960, false},
+		{"code 0 celt 10ms", []byte{30 << 3, 1}, 1, 480, false},
+		{"code 1 odd", []byte{0xF8 | 1, 1, 2, 3}, 0, 0, true},
+		{"code 2", []byte{0xF8 | 2, 1, 9, 8, 8}, 2, 960, false},
+		{"code 2 short", []byte{0xF8 | 2, 5, 9}, 0, 0, true},
+		{"code 3 cbr", []byte{0xF8 | 3, 3, 1, 2, 3}, 3, 960, false},
+		{"code 3 vbr padded", []byte{0xF8 | 3, 0x80 | 0x40 | 2, 1, 1, 7, 8, 0}, 2, 960, false},
+		{"code 3 too long", []byte{0xF8 | 3, 7}, 0, 0, true},
+		{"empty", nil, 0, 0, true},
+	} {
+		n, dur, err := parseOpus(tc.p, &fr)
+		if (err != nil) != tc.bad || n != tc.n || (err == nil && dur != tc.dur) {
+			t.Errorf("%s: %d frames of %d, %v", tc.name, n, dur, err)
+		}
+	}
+}
+
+func FuzzParseOpus(f *testing.F) {
+	f.Add([]byte{0xF8 | 3, 0x80 | 0x40 | 2, 1, 1, 7, 8, 0})
+	f.Fuzz(func(t *testing.T, p []byte) {
+		var fr [maxOpusFrames][]byte
+		n, _, err := parseOpus(p, &fr)
+		if err != nil {
+			return
+		}
+		total := 0
+		for _, x := range fr[:n] {
+			total += len(x)
+		}
+		if n < 1 || total > len(p) {
+			t.Fatalf("%d frames of %d bytes from %d", n, total, len(p))
+		}
+	})
+}
+
+func TestTokens(t *testing.T) {
+	m, err := ParseTokens(strings.NewReader("# tenants\nacme  s3cret-acme-token\n\nglobex tok-globex-123\n"))
+	if err != nil || len(m) != 2 || m["s3cret-acme-token"] != "acme" {
+		t.Fatalf("%v %v", m, err)
+	}
+	for _, bad := range []string{"acme\n", "acme short\n", "a.b long-enough-token\n", "acme tok-aaaaaaa\nbeta tok-aaaaaaa\n"} {
+		if _, err := ParseTokens(strings.NewReader(bad)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	a := newAuthenticator(m, "")
+	for _, tc := range []struct {
+		h, tenant string
+		err       error
+	}{
+		{"Bearer s3cret-acme-token", "acme", nil},
+		{"bearer tok-globex-123", "globex", nil},
+		{"Bearer wrong-token-here", "", ErrBadToken},
+		{"Basic abc", "", ErrNoToken},
+		{"", "", ErrNoToken},
+	} {
+		got, err := a.tenant(tc.h)
+		if got != tc.tenant || !errors.Is(err, tc.err) && err != tc.err {
+			t.Errorf("%q: %q %v", tc.h, got, err)
+		}
+	}
+	if got, err := newAuthenticator(m, "demo").tenant(""); got != "demo" || err != nil {
+		t.Errorf("open tenant: %q %v", got, err)
+	}
+}
+
+func FuzzParseTokens(f *testing.F) {
+	f.Add("acme s3cret-acme-token\n# c\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		m, err := ParseTokens(strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		cfg := DefaultConfig()
+		cfg.Tokens = m
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("parsed tokens do not validate: %v", err)
+		}
+	})
+}
