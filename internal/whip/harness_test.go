@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,9 +116,14 @@ func testConfig() Config {
 
 func startEnv(t testing.TB, workers int, cfg Config) *env {
 	t.Helper()
+	return startEnvCapacity(t, workers, 500, cfg)
+}
+
+func startEnvCapacity(t testing.TB, workers, capacity int, cfg Config) *env {
+	t.Helper()
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", "whiptest"}
-	wc.Capacity = 500
+	wc.Capacity = capacity
 	s, err := stack.Start(stack.Config{Workers: workers, Worker: wc, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +174,35 @@ var clientCodecs = map[string]webrtc.RTPCodecCapability{
 	"pcma": {MimeType: webrtc.MimeTypePCMA, ClockRate: 8000},
 }
 
+// unpluggable is a UDP socket that can be cut off, as when a client loses its network: after
+// unplug, nothing is sent or received.
+type unpluggable struct {
+	net.PacketConn
+	cut atomic.Bool
+}
+
+func (u *unpluggable) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if u.cut.Load() {
+		return len(b), nil
+	}
+	return u.PacketConn.WriteTo(b, addr)
+}
+
+func (u *unpluggable) ReadFrom(b []byte) (int, net.Addr, error) {
+	for {
+		n, addr, err := u.PacketConn.ReadFrom(b)
+		if err != nil || !u.cut.Load() {
+			return n, addr, err
+		}
+	}
+}
+
 func newClientPC(codec string) (*webrtc.PeerConnection, *webrtc.TrackLocalStaticSample, error) {
+	return newClientPCOn(codec, nil)
+}
+
+// newClientPCOn builds a client peer connection; with conn, all its ICE traffic uses conn.
+func newClientPCOn(codec string, conn net.PacketConn) (*webrtc.PeerConnection, *webrtc.TrackLocalStaticSample, error) {
 	var me webrtc.MediaEngine
 	pts := map[string]webrtc.PayloadType{"opus": 111, "pcmu": 0, "pcma": 8}
 	if err := me.RegisterCodec(webrtc.RTPCodecParameters{RTPCodecCapability: clientCodecs[codec], PayloadType: pts[codec]}, webrtc.RTPCodecTypeAudio); err != nil {
@@ -179,6 +213,9 @@ func newClientPC(codec string) (*webrtc.PeerConnection, *webrtc.TrackLocalStatic
 	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
 	se.SetIPFilter(func(ip net.IP) bool { return ip.IsLoopback() })
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	if conn != nil {
+		se.SetICEUDPMux(webrtc.NewICEUDPMux(nil, conn))
+	}
 	api := webrtc.NewAPI(webrtc.WithMediaEngine(&me), webrtc.WithSettingEngine(se))
 	pc, err := api.NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
@@ -207,7 +244,12 @@ func (e *httpError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.code, s
 
 // dial offers audio in codec to the endpoint and waits until the connection is up.
 func dial(ctx context.Context, endpoint, token, codec string) (*client, error) {
-	pc, track, err := newClientPC(codec)
+	return dialOn(ctx, endpoint, token, codec, nil)
+}
+
+// dialOn is dial with the client's ICE traffic on conn (nil: sockets of its own).
+func dialOn(ctx context.Context, endpoint, token, codec string, conn net.PacketConn) (*client, error) {
+	pc, track, err := newClientPCOn(codec, conn)
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +263,7 @@ func dial(ctx context.Context, endpoint, token, codec string) (*client, error) {
 	})
 	offer, err := pc.CreateOffer(nil)
 	if err == nil {
-		gathered := webrtc.GatheringCompletePromise(pc)
+		gathered := webrtc_gathered(pc)
 		if err = pc.SetLocalDescription(offer); err == nil {
 			<-gathered
 		}
@@ -378,3 +420,5 @@ func rms(p []byte) float64 {
 	}
 	return math.Sqrt(sum / float64(len(p)))
 }
+
+func webrtc_gathered(pc *webrtc.PeerConnection) <-chan struct{} { return webrtc.GatheringCompletePromise(pc) }
