@@ -51,7 +51,7 @@ type slot struct {
 // nothing.
 type cutter struct {
 	c       *codec
-	window  int64 // ns
+	window  int64  // ns
 	maxFill uint32 // RTP clock ticks
 	emit    emitFunc
 

@@ -240,7 +240,9 @@ type httpError struct {
 	retryAfter string
 }
 
-func (e *httpError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.code, strings.TrimSpace(e.body)) }
+func (e *httpError) Error() string {
+	return fmt.Sprintf("HTTP %d: %s", e.code, strings.TrimSpace(e.body))
+}
 
 // dial offers audio in codec to the endpoint and waits until the connection is up.
 func dial(ctx context.Context, endpoint, token, codec string) (*client, error) {
@@ -421,4 +423,6 @@ func rms(p []byte) float64 {
 	return math.Sqrt(sum / float64(len(p)))
 }
 
-func webrtc_gathered(pc *webrtc.PeerConnection) <-chan struct{} { return webrtc.GatheringCompletePromise(pc) }
+func webrtc_gathered(pc *webrtc.PeerConnection) <-chan struct{} {
+	return webrtc.GatheringCompletePromise(pc)
+}
