@@ -29,6 +29,7 @@ type Stats struct {
 	FilledSilence uint64 `json:"filled_silence_frames"` // codec silence where the sender sent nothing (DTX)
 	Skipped       uint64 `json:"skipped_frames"`        // media time not filled: a jump past MaxFill
 	Resyncs       uint64 `json:"resyncs"`               // the stream restarted (sequence or timestamp jump)
+	Unpublished   uint64 `json:"unpublished_frames"`    // cut after the call had ended (hang-up race), not sent
 }
 
 // emitFunc publishes one 20 ms payload. The payload is only valid during the call.

@@ -31,7 +31,7 @@ func (m *metrics) addStats(s *Stats) {
 	for what, v := range map[string]uint64{"packets": s.Packets, "lost_packets": s.Lost, "late_packets": s.Late,
 		"duplicate_packets": s.Duplicates, "reordered_packets": s.Reordered, "unsupported_packets": s.Unsupported,
 		"frames": s.Frames, "filled_loss_frames": s.FilledLoss, "filled_silence_frames": s.FilledSilence,
-		"skipped_frames": s.Skipped, "resyncs": s.Resyncs} {
+		"skipped_frames": s.Skipped, "resyncs": s.Resyncs, "unpublished_frames": s.Unpublished} {
 		m.media.WithLabelValues(what).Add(float64(v))
 	}
 }

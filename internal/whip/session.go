@@ -247,10 +247,14 @@ func (sess *session) read(t *webrtc.TrackRemote) {
 		return
 	}
 	call := sess.call
+	var unpublished uint64
 	cut := newCutter(sess.codec, sess.s.cfg.ReorderWindow, sess.s.cfg.MaxFill, func(p []byte, f frame.Flags, at time.Time) {
-		_ = call.SendAt(0, p, f, at)
+		if call.SendAt(0, p, f, at) != nil {
+			unpublished++
+		}
 	})
 	defer sess.report(cut)
+	defer func() { cut.Unpublished = unpublished }() // runs before report
 	buf := make([]byte, 1500)
 	var pkt rtp.Packet
 	last := time.Now()

@@ -36,7 +36,7 @@ function addEvent(ev) {
   src.className = 'src';
   src.textContent = ` ${time} ${ev.source || 'whip'} `;
   const body = document.createElement('span');
-  const data = ev.kind === 'state' ? { state: ev.state, reason: ev.reason } : ev.data;
+  const data = ev.kind === 'state' ? (ev.reason ? { state: ev.state, reason: ev.reason } : { state: ev.state }) : ev.data;
   const text = data === undefined ? '' : JSON.stringify(data);
   body.textContent = text.length > 400 ? text.slice(0, 400) + '…' : text;
   li.append(kind, src, body);
