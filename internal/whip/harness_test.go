@@ -48,6 +48,16 @@ func (l *frameLog) frames(call string) []gotFrame {
 	return append([]gotFrame(nil), l.calls[call]...)
 }
 
+func (l *frameLog) total() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, f := range l.calls {
+		n += len(f)
+	}
+	return n
+}
+
 func (l *frameLog) gapsOf(call string) []proc.Gap {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -165,7 +175,8 @@ type client struct {
 	location string
 	call     string
 	token    string
-	posted   time.Time
+	posted   time.Time // POST sent
+	answered time.Time // 201 received
 }
 
 var clientCodecs = map[string]webrtc.RTPCodecCapability{
@@ -282,6 +293,7 @@ func dialOn(ctx context.Context, endpoint, token, codec string, conn net.PacketC
 	}
 	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
+	c.answered = time.Now()
 	if res.StatusCode != http.StatusCreated {
 		_ = pc.Close()
 		return nil, &httpError{res.StatusCode, string(body), res.Header.Get("Retry-After")}

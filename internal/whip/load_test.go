@@ -1,0 +1,207 @@
+package whip
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/frame"
+)
+
+// Environment of the load client process (see TestMain).
+const (
+	envLoadURL     = "WHIP_LOAD_CLIENT_URL"
+	envLoadCalls   = "WHIP_LOAD_CLIENT_CALLS"
+	envLoadSeconds = "WHIP_LOAD_CLIENT_SECONDS"
+)
+
+func TestMain(m *testing.M) {
+	if url := os.Getenv(envLoadURL); url != "" {
+		os.Exit(loadClients(url))
+	}
+	os.Exit(m.Run())
+}
+
+// loadClients is the client process of the load run: it places n Opus calls, prints "connected"
+// once all are up, streams for the given seconds, hangs up and exits.
+func loadClients(url string) int {
+	n, _ := strconv.Atoi(os.Getenv(envLoadCalls))
+	secs, _ := strconv.Atoi(os.Getenv(envLoadSeconds))
+	t := &testing.T{}
+	packets := oggOpusPackets(t, "testdata/speech.opus")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+60)*time.Second)
+	defer cancel()
+	clients := make([]*client, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 10)
+	failed := 0
+	var mu sync.Mutex
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			c, err := dial(ctx, url, tokenAcme, "opus")
+			if err != nil {
+				mu.Lock()
+				failed++
+				mu.Unlock()
+				fmt.Fprintln(os.Stderr, "dial:", err)
+				return
+			}
+			clients[i] = c
+		}()
+	}
+	wg.Wait()
+	if failed > 0 {
+		return 1
+	}
+	fmt.Println("connected")
+	loop := make([][]byte, secs*50)
+	for i := range loop {
+		loop[i] = packets[i%len(packets)]
+	}
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.send(ctx, loop)
+			_, _ = c.hangup()
+		}()
+	}
+	wg.Wait()
+	return 0
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestLoadCPUPerCall measures the CPU the callrouter process (WHIP endpoint, ingest, router,
+// worker, embedded NATS) spends per call at 100 concurrent pion client calls (clients in a child
+// process), against a baseline measured in the same run: the same 100 calls of the same Opus
+// frames played into ingest directly by the file source. Run with CALLROUTER_WHIP_LOAD=1.
+func TestLoadCPUPerCall(t *testing.T) {
+	if os.Getenv("CALLROUTER_WHIP_LOAD") == "" {
+		t.Skip("load run: set CALLROUTER_WHIP_LOAD=1")
+	}
+	const calls, seconds, window = 100, 25, 10 * time.Second
+	packets := oggOpusPackets(t, "testdata/speech.opus")
+
+	// Baseline: the file source, no WebRTC.
+	base := func() time.Duration {
+		e := startEnv(t, 2, testConfig())
+		rec := &filesrc.Recording{Codec: frame.CodecOpus, Rate: 48000, Frames: [][][]byte{packets}}
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for i := 0; i < calls; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _ = filesrc.Play(ctx, e.stack.Ingest, rec, rec.Spec("acme", fmt.Sprintf("base-%d", i), nil), seconds*50, 1)
+			}()
+		}
+		eventually(t, 20*time.Second, "baseline calls placed", func() bool { return len(e.stack.Ingest.Calls()) == calls })
+		time.Sleep(2 * time.Second) // settle
+		c0, w0 := cpuTime(), time.Now()
+		time.Sleep(window)
+		cpu := time.Duration(float64(cpuTime()-c0) / time.Since(w0).Seconds())
+		cancel()
+		wg.Wait()
+		return cpu
+	}()
+
+	e := startEnv(t, 2, testConfig())
+	self, _ := os.Executable()
+	cmd := exec.Command(self, "-test.run=^$")
+	cmd.Env = append(os.Environ(), envLoadURL+"="+e.url, envLoadCalls+"="+strconv.Itoa(calls), envLoadSeconds+"="+strconv.Itoa(seconds))
+	cmd.Stderr = os.Stderr
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	if !sc.Scan() || sc.Text() != "connected" {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("load clients did not connect")
+	}
+	eventually(t, 10*time.Second, "100 sessions", func() bool { return e.whip.Sessions() == calls })
+	time.Sleep(2 * time.Second)
+	f0, c0, w0 := processed.total(), cpuTime(), time.Now()
+	time.Sleep(window)
+	whipCPU := time.Duration(float64(cpuTime()-c0) / time.Since(w0).Seconds())
+	rate := float64(processed.total()-f0) / time.Since(w0).Seconds()
+	if rate < 0.95*calls*50 {
+		t.Errorf("workers processed %.0f frames/s during the window, want %d", rate, calls*50)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("load clients: %v", err)
+	}
+	clientCPU := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	perCall := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) / calls }
+	t.Logf("CPU per call at %d concurrent calls (ms of CPU per second of call): whip %.2f (%.2f%% of a core), file-source baseline %.2f; ratio %.2f; %.0f frames/s at the workers; whole process whip %.0f%% of a core; clients process %.1f s CPU in total",
+		calls, perCall(whipCPU), perCall(whipCPU)/10, perCall(base), float64(whipCPU)/float64(base), rate, float64(whipCPU)/float64(time.Second)*100, clientCPU.Seconds())
+}
+
+// TestSetupTimeFigures measures WHIP setup time, POST → first frame at a worker, over 50
+// sessions placed one after another. Run with CALLROUTER_WHIP_LOAD=1.
+func TestSetupTimeFigures(t *testing.T) {
+	if os.Getenv("CALLROUTER_WHIP_LOAD") == "" {
+		t.Skip("figures run: set CALLROUTER_WHIP_LOAD=1")
+	}
+	e := startEnv(t, 2, testConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	packets := oggOpusPackets(t, "testdata/speech.opus")
+	var setup, answer []time.Duration
+	for i := 0; i < 50; i++ {
+		c, err := dial(ctx, e.url, tokenAcme, "opus")
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for j := 0; ; j++ {
+				select {
+				case <-ctx.Done():
+					return
+				default:
+				}
+				if len(processed.frames(c.call)) > 0 {
+					return
+				}
+				_ = c.send(ctx, packets[j%len(packets):j%len(packets)+1])
+			}
+		}()
+		<-done
+		f := processed.frames(c.call)
+		if len(f) == 0 {
+			t.Fatal("no frame")
+		}
+		setup = append(setup, f[0].at.Sub(c.posted))
+		answer = append(answer, c.answered.Sub(c.posted))
+		_, _ = c.hangup()
+	}
+	pct := func(d []time.Duration, p float64) time.Duration {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return s[min(len(s)-1, int(p*float64(len(s))))]
+	}
+	t.Logf("WHIP setup over %d sessions: POST → first frame at worker p50 %v p99 %v max %v; POST → 201 answer p50 %v p99 %v",
+		len(setup), pct(setup, 0.5).Round(time.Microsecond*100), pct(setup, 0.99).Round(time.Microsecond*100), pct(setup, 1).Round(time.Microsecond*100),
+		pct(answer, 0.5).Round(time.Microsecond*100), pct(answer, 0.99).Round(time.Microsecond*100))
+}
