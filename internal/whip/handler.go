@@ -228,10 +228,14 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusInternalServerError, err.Error())
 		return
 	}
-	ok = true
 	sess.call = call
 	close(sess.placed)
-	s.add(sess)
+	if !s.add(sess) {
+		call.End(reasonShutdown)
+		s.unavailable(w, r, s.cfg.RetryAfter, "shutting down")
+		return
+	}
+	ok = true
 	select {
 	case <-sess.done: // the peer connection failed while the call was being placed
 		call.End(sess.endReason())
@@ -239,8 +243,11 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
-	s.wg.Add(1)
-	go sess.watch()
+	if !s.spawn(sess.watch) {
+		sess.end(reasonShutdown)
+		s.unavailable(w, r, s.cfg.RetryAfter, "shutting down")
+		return
+	}
 	loc := s.cfg.Path + "/session/" + sess.id
 	h := w.Header()
 	h.Set("Location", loc)

@@ -52,6 +52,7 @@ type Server struct {
 	cert webrtc.Certificate
 
 	mu        sync.Mutex
+	closing   bool                // Run is shutting down: no new goroutines, no new sessions
 	sessions  map[string]*session // by URL id, including ended ones that linger
 	active    int
 	perTenant map[string]int
@@ -98,6 +99,9 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	close(s.ready)
 	s.log.Info().Str("udp", s.udp.LocalAddr().String()).Strs("public_ips", s.cfg.PublicIPs).Msg("whip endpoint serving")
 	<-ctx.Done()
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
 	close(s.stop)
 	s.node.Store(nil)
 	for _, sess := range s.allSessions() {
@@ -190,10 +194,31 @@ func (s *Server) releaseSlot(tenant string) {
 	}
 }
 
-func (s *Server) add(sess *session) {
+// add registers a session; false once the server is shutting down.
+func (s *Server) add(sess *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
 	s.sessions[sess.id] = sess
+	return true
+}
+
+// spawn runs f on a goroutine that Run waits for; false (f not run) once Run is shutting down,
+// after which Run itself ends every session and forgets it.
+func (s *Server) spawn(f func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+	return true
 }
 
 func (s *Server) lookup(id string) *session {

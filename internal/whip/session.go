@@ -125,17 +125,12 @@ func (sess *session) onConnectionState(st webrtc.PeerConnectionState) {
 
 // goEnd ends the session on a goroutine of its own (pion callbacks must not block on Close).
 func (sess *session) goEnd(reason string) {
-	sess.s.wg.Add(1)
-	go func() {
-		defer sess.s.wg.Done()
-		sess.end(reason)
-	}()
+	sess.s.spawn(func() { sess.end(reason) })
 }
 
 // watch ends the session when ingest ends the call, when it does not connect in time, or when the
 // server stops.
 func (sess *session) watch() {
-	defer sess.s.wg.Done()
 	connect := time.NewTimer(sess.s.cfg.ConnectTimeout)
 	defer connect.Stop()
 	for {
@@ -178,9 +173,7 @@ func (sess *session) end(reason string) {
 		sess.releaseSlot()
 		sess.s.m.ended.WithLabelValues(reason).Inc()
 		sess.log.Info().Str("reason", reason).Msg("whip session ended")
-		sess.s.wg.Add(1)
-		go func() {
-			defer sess.s.wg.Done()
+		sess.s.spawn(func() {
 			t := time.NewTimer(sess.s.cfg.Linger)
 			defer t.Stop()
 			select {
@@ -188,7 +181,7 @@ func (sess *session) end(reason string) {
 			case <-sess.s.stop:
 			}
 			sess.s.forget(sess)
-		}()
+		})
 	})
 }
 
@@ -231,11 +224,7 @@ func (sess *session) onTrack(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
 		!sess.track.CompareAndSwap(false, true) {
 		return
 	}
-	sess.s.wg.Add(1)
-	go func() {
-		defer sess.s.wg.Done()
-		sess.read(t)
-	}()
+	sess.s.spawn(func() { sess.read(t) })
 }
 
 // read is the session's media loop: RTP in, 20 ms frames out. The read deadline doubles as the
