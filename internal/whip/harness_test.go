@@ -331,10 +331,20 @@ func post(ctx context.Context, url, token, ctype, body string) (*http.Response, 
 
 // send plays payloads at 20 ms intervals.
 func (c *client) send(ctx context.Context, payloads [][]byte) error {
+	samples := make([]media.Sample, len(payloads))
+	for i, p := range payloads {
+		samples[i] = media.Sample{Data: p, Duration: frame.Duration}
+	}
+	return c.sendSamples(ctx, samples)
+}
+
+// sendSamples plays samples at 20 ms intervals (a sample's Duration sets the next packet's
+// timestamp; PrevDroppedPackets skips sequence numbers as if packets were lost).
+func (c *client) sendSamples(ctx context.Context, samples []media.Sample) error {
 	t := time.NewTicker(frame.Duration)
 	defer t.Stop()
-	for _, p := range payloads {
-		if err := c.track.WriteSample(media.Sample{Data: p, Duration: frame.Duration}); err != nil {
+	for _, s := range samples {
+		if err := c.track.WriteSample(s); err != nil {
 			return err
 		}
 		select {
