@@ -188,3 +188,28 @@ func TestAnswerCandidates(t *testing.T) {
 		t.Fatalf("sessions use different certificates: %q", fps)
 	}
 }
+
+// TestOpusOfferParameters checks that Opus is accepted whatever fmtp parameters the client's
+// offer carries.
+func TestOpusOfferParameters(t *testing.T) {
+	cfg := testConfig()
+	cfg.ConnectTimeout = time.Second
+	e := startEnv(t, 1, cfg)
+	offer := offerSDP(t, "opus")
+	for _, fmtp := range []string{"minptime=20;useinbandfec=0", "maxplaybackrate=16000;stereo=1;sprop-stereo=1;usedtx=1;cbr=1", ""} {
+		var lines []string
+		for _, l := range strings.Split(offer, "\r\n") {
+			if strings.HasPrefix(l, "a=fmtp:111 ") {
+				if fmtp == "" {
+					continue
+				}
+				l = "a=fmtp:111 " + fmtp
+			}
+			lines = append(lines, l)
+		}
+		res, body := do(t, "POST", e.url, tokenAcme, "application/sdp", strings.Join(lines, "\r\n"))
+		if res.StatusCode != 201 || !strings.Contains(body, "a=rtpmap:111 opus/48000/2") || strings.Contains(body, "m=audio 0 ") {
+			t.Errorf("fmtp %q: %d\n%s", fmtp, res.StatusCode, body)
+		}
+	}
+}
