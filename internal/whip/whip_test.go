@@ -15,8 +15,8 @@ import (
 )
 
 // TestRecordedCallsReachWorker sends a recorded WAV through WHIP in both codecs and checks, at
-// the worker, every frame complete, in order and byte for byte what the client sent; for PCMU it
-// also checks the level where the recording speaks.
+// the worker, every frame complete, in order and byte for byte what the client sent, and, decoded
+// (μ-law here, Opus with libopus's opusdec), well above silence where the recording speaks.
 func TestRecordedCallsReachWorker(t *testing.T) {
 	e := startEnv(t, 2, testConfig())
 	for _, tc := range []struct {
@@ -61,6 +61,8 @@ func TestRecordedCallsReachWorker(t *testing.T) {
 			}
 			if tc.codec == "pcmu" {
 				checkSpeech(t, tc.payloads, got)
+			} else {
+				checkOpusSpeech(t, tc.payloads, got)
 			}
 			t.Logf("%s: %d frames complete and in order; POST → first frame at worker %v", tc.codec, len(got), got[0].at.Sub(c.posted))
 		})
