@@ -3,7 +3,6 @@ package whip
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -62,7 +61,7 @@ func offerSDP(t *testing.T, codec string) string {
 func TestBadRequests(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxSessions = 6
-	cfg.ConnectTimeout = 2 * time.Second
+	cfg.ConnectTimeout = 3 * time.Second
 	e := startEnv(t, 1, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -137,8 +136,10 @@ func TestBadRequests(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if codes[201] != cfg.MaxSessions-1 || codes[503] != 40-codes[201] {
-		t.Errorf("flood answers %v, want %d × 201 and the rest 503", codes, cfg.MaxSessions-1)
+	// The live call holds one slot; a flood session that reaches its connect timeout during the
+	// flood (a very slow machine) frees its slot for another, hence "at least".
+	if codes[201] < cfg.MaxSessions-1 || codes[503] < 20 || codes[201]+codes[503] != 40 {
+		t.Errorf("flood answers %v, want %d (or a few more) × 201 and the rest 503", codes, cfg.MaxSessions-1)
 	}
 	if err := <-sent; err != nil {
 		t.Fatal(err)
@@ -278,5 +279,3 @@ func TestNoLeaks(t *testing.T) {
 		t.Fatalf("%d goroutines before, %d after:\n%s", before, n, buf[:runtime.Stack(buf, true)])
 	}
 }
-
-var _ = fmt.Sprint

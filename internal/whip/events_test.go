@@ -61,6 +61,9 @@ func TestEventStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	events := follow(t, ctx, c.location+"/events")
+	eventually(t, 5*time.Second, "the connected-sessions gauge", func() bool {
+		return metricValue(t, e, "callrouter_whip_sessions", "state", "connected") == 1
+	})
 	frames := pcmuFrames(t, "testdata/speech-pcmu.wav")[:25]
 	if err := c.send(ctx, frames); err != nil {
 		t.Fatal(err)
@@ -94,4 +97,34 @@ func TestEventStream(t *testing.T) {
 		t.Errorf("ended with %q", ev.Reason)
 	}
 	t.Logf("events: %v", order)
+	if v := metricValue(t, e, "callrouter_whip_requests_total", "code", "201"); v != 1 {
+		t.Errorf("requests_total{code=201} = %v", v)
+	}
+	if v := metricValue(t, e, "callrouter_whip_sessions_ended_total", "reason", "hangup"); v != 1 {
+		t.Errorf("sessions_ended_total{reason=hangup} = %v", v)
+	}
+}
+
+// metricValue returns the value of the metric with the given label value (summed over the
+// other labels).
+func metricValue(t *testing.T, e *env, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := e.stack.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
 }

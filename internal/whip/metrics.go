@@ -3,7 +3,6 @@ package whip
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	sessions *prometheus.GaugeVec   // state: connecting, connected
 	requests *prometheus.CounterVec // method, code
 	ended    *prometheus.CounterVec // reason
 	setup    prometheus.Histogram   // POST received → answer sent
@@ -12,9 +11,14 @@ type metrics struct {
 	dropped  prometheus.Counter // events not delivered to a slow event-stream client
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics registers the endpoint's metrics; count returns the sessions in a state, read at
+// scrape time.
+func newMetrics(reg prometheus.Registerer, count func(state string) int) *metrics {
+	for _, st := range []string{stateConnecting, stateConnected} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callrouter_whip_sessions", Help: "WHIP sessions by state.",
+			ConstLabels: prometheus.Labels{"state": st}}, func() float64 { return float64(count(st)) }))
+	}
 	m := &metrics{
-		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "callrouter_whip_sessions", Help: "WHIP sessions by state."}, []string{"state"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_whip_requests_total", Help: "WHIP HTTP requests by method and status code."}, []string{"method", "code"}),
 		ended:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_whip_sessions_ended_total", Help: "WHIP sessions ended, by reason."}, []string{"reason"}),
 		setup: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrouter_whip_setup_seconds", Help: "POST received to answer sent, including placement.",
@@ -23,7 +27,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		sse:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_whip_event_streams", Help: "Open call event streams (SSE)."}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_whip_event_stream_dropped_total", Help: "Events not sent to a slow event-stream client (its queue was full)."}),
 	}
-	reg.MustRegister(m.sessions, m.requests, m.ended, m.setup, m.media, m.sse, m.dropped)
+	reg.MustRegister(m.requests, m.ended, m.setup, m.media, m.sse, m.dropped)
 	return m
 }
 

@@ -70,9 +70,22 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if d.Registry == nil {
 		d.Registry = prometheus.NewRegistry()
 	}
-	return &Server{cfg: cfg, log: d.Log.With().Str("source", "whip").Logger(), m: newMetrics(d.Registry),
+	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "whip").Logger(),
 		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), ready: make(chan struct{}), stop: make(chan struct{}),
-		sessions: map[string]*session{}, perTenant: map[string]int{}}, nil
+		sessions: map[string]*session{}, perTenant: map[string]int{}}
+	s.m = newMetrics(d.Registry, s.countState)
+	return s, nil
+}
+
+// countState returns the number of known sessions in a state.
+func (s *Server) countState(state string) int {
+	n := 0
+	for _, sess := range s.allSessions() {
+		if sess.currentState() == state {
+			n++
+		}
+	}
+	return n
 }
 
 // Ready is closed once Run has bound the UDP port and takes calls.

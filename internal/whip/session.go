@@ -156,9 +156,6 @@ func (sess *session) watch() {
 func (sess *session) end(reason string) {
 	sess.endOnce.Do(func() {
 		sess.setState(stateEnded, reason)
-		sess.mu.Lock()
-		sess.state = stateEnded
-		sess.mu.Unlock()
 		close(sess.done)
 		select {
 		case <-sess.placed:
@@ -198,6 +195,12 @@ func (sess *session) abort() {
 		sess.forget()
 	})
 	sess.releaseSlot()
+}
+
+func (sess *session) currentState() string {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.state
 }
 
 func (sess *session) endReason() string {
