@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/whip"
 	"github.com/callrouter/callrouter/internal/whip/web"
@@ -184,7 +183,7 @@ func browserCall(t *testing.T) {
 		}
 	}
 	acc := kinds["accounting"]
-	if !strings.Contains(acc, "worker/") || strings.Contains(acc, `"processed":0`) {
+	if !strings.Contains(acc, "worker/") || strings.Contains(acc, `"processed":0`) || !strings.Contains(acc, `"lost":0`) {
 		t.Errorf("accounting event on the page: %s", acc)
 	}
 	if rep.PacketsSent < 100 || !strings.HasPrefix(rep.State, "ended") {
@@ -193,5 +192,4 @@ func browserCall(t *testing.T) {
 	if _, err := os.Stat(shot); err != nil {
 		t.Errorf("screenshot: %v", err)
 	}
-	_ = proc.StopEnd
 }
