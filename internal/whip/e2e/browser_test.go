@@ -3,21 +3,28 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
-	"errors"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
+	"github.com/callrouter/callrouter/internal/wav"
 	"github.com/callrouter/callrouter/internal/whip"
 	"github.com/callrouter/callrouter/internal/whip/web"
 	"github.com/callrouter/callrouter/internal/worker"
+	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4/pkg/media/oggwriter"
 	"github.com/rs/zerolog"
 )
 
@@ -98,10 +105,52 @@ func artifactPath(t *testing.T, name string) string {
 
 type pageReport struct {
 	State  string `json:"state"`
+	Call   string `json:"call"`
+	Codec  string `json:"codec"`
 	Events []struct {
 		Kind, Source, Text string
 	} `json:"events"`
 	PacketsSent int `json:"packetsSent"`
+}
+
+// The "e2erec" processor keeps, per call, the frames a worker processed.
+var (
+	recMu  sync.Mutex
+	frames = map[string][]proc.Frame{}
+)
+
+type recProc struct{}
+type recCall struct{ id string }
+
+func init() {
+	proc.Register("e2erec", func(proc.Options) (proc.Processor, error) { return recProc{}, nil })
+}
+
+func (recProc) Start(c proc.Call) (proc.Handler, error) { return &recCall{c.Spec().Call}, nil }
+func (r *recCall) Frame(f *proc.Frame) {
+	recMu.Lock()
+	frames[r.id] = append(frames[r.id], proc.Frame{Header: f.Header, Payload: append([]byte(nil), f.Payload...)})
+	recMu.Unlock()
+}
+func (r *recCall) Stop(string) {}
+
+// serveWHIP runs a WHIP endpoint for the stack's ingest node on mux.
+func serveWHIP(t *testing.T, s *stack.Stack, mux *http.ServeMux, cfg whip.Config, log zerolog.Logger) func() {
+	w, err := whip.New(cfg, whip.Deps{Log: log}) // a registry of its own: two endpoints run here
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx, s.Ingest) }()
+	<-w.Ready()
+	w.Mount(mux)
+	return func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}
 }
 
 func browserCall(t *testing.T) {
@@ -113,31 +162,20 @@ func browserCall(t *testing.T) {
 		log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
 	}
 	wc := worker.DefaultConfig()
-	wc.Processors = []string{"accounting"}
+	wc.Processors = []string{"accounting", "e2erec"}
 	s, err := stack.Start(stack.Config{Workers: 1, Worker: wc, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	mux := http.NewServeMux()
+	// Two endpoints: /whip prefers Opus (what browsers send by default), /whip-g711 prefers PCMU.
 	cfg := whip.DefaultConfig()
 	cfg.UDPAddr = "127.0.0.1:0"
 	cfg.OpenTenant = "demo"
-	w, err := whip.New(cfg, whip.Deps{Log: log, Registry: s.Registry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- w.Run(ctx, s.Ingest) }()
-	defer func() {
-		cancel()
-		if err := <-errc; err != nil {
-			t.Error(err)
-		}
-	}()
-	<-w.Ready()
-	mux := http.NewServeMux()
-	w.Mount(mux)
+	defer serveWHIP(t, s, mux, cfg, log)()
+	cfg.Path, cfg.Codecs = "/whip-g711", []string{"pcmu", "pcma", "opus"}
+	defer serveWHIP(t, s, mux, cfg, log)()
 	mux.Handle("/call/", http.StripPrefix("/call", web.Handler()))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -150,22 +188,128 @@ func browserCall(t *testing.T) {
 	for len(s.Routers[0].Workers()) == 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-
-	wavPath, _ := filepath.Abs("../testdata/speech-16k.wav")
 	shot := os.Getenv("CALLROUTER_E2E_SHOT")
+	for _, tc := range []struct {
+		name, query, shot string
+		codec             frame.Codec
+	}{
+		{"opus", "", shot, frame.CodecOpus},
+		{"pcmu", "?whip=/whip-g711", strings.TrimSuffix(shot, ".png") + "-pcmu.png", frame.CodecPCMU},
+	} {
+		rep := placeCall(t, "http://"+ln.Addr().String()+"/call/"+tc.query, tc.shot)
+		recMu.Lock()
+		got := frames[rep.Call]
+		recMu.Unlock()
+		if len(got) < 100 {
+			t.Fatalf("%s: the worker processed %d frames of call %q", tc.name, len(got), rep.Call)
+		}
+		for i, f := range got {
+			if f.Header.Seq != uint32(i) || f.Header.Codec != tc.codec {
+				t.Fatalf("%s: frame %d: %+v", tc.name, i, f.Header)
+			}
+		}
+		checkSpeech(t, tc.name, levels(t, tc.codec, got))
+		t.Logf("%s: page codec %q; %d frames in order at the worker; screenshot %s", tc.name, rep.Codec, len(got), tc.shot)
+	}
+}
+
+// levels returns the level of each 20 ms of a call's frames, decoded: μ-law here, Opus with
+// libopus's opusdec (opus-tools); nil when opusdec is missing.
+func levels(t *testing.T, codec frame.Codec, got []proc.Frame) []float64 {
+	var out []float64
+	if codec == frame.CodecPCMU {
+		for _, f := range got {
+			var sum float64
+			for _, b := range f.Payload {
+				v := float64(ulaw(b))
+				sum += v * v
+			}
+			out = append(out, math.Sqrt(sum/float64(max(1, len(f.Payload)))))
+		}
+		return out
+	}
+	dec, err := exec.LookPath("opusdec")
+	if err != nil {
+		t.Log("opusdec (opus-tools) not installed: Opus from Chromium checked for order only")
+		return nil
+	}
+	dir := t.TempDir()
+	in, wavOut := filepath.Join(dir, "in.opus"), filepath.Join(dir, "out.wav")
+	w, err := oggwriter.New(in, 48000, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range got {
+		if err := w.WriteRTP(&rtp.Packet{Header: rtp.Header{SequenceNumber: uint16(i), Timestamp: uint32(i * 960)}, Payload: f.Payload}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command(dec, "--quiet", "--rate", "48000", in, wavOut).CombinedOutput(); err != nil {
+		t.Fatalf("opusdec: %v\n%s", err, b)
+	}
+	a, err := wav.ReadFile(wavOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcm := a.Channels[0]
+	for off := 0; off+960*2 <= len(pcm); off += 960 * 2 {
+		var sum float64
+		for i := 0; i < 960; i++ {
+			v := float64(int16(binary.LittleEndian.Uint16(pcm[off+2*i:])))
+			sum += v * v
+		}
+		out = append(out, math.Sqrt(sum/960))
+	}
+	return out
+}
+
+// checkSpeech checks that Chromium's fake microphone (a looped recording of speech) reached the
+// worker as speech: a good part of the decoded 20 ms frames are well above silence.
+func checkSpeech(t *testing.T, name string, lv []float64) {
+	if lv == nil {
+		return
+	}
+	loud, peak := 0, 0.0
+	for _, l := range lv {
+		peak = max(peak, l)
+		if l > 500 {
+			loud++
+		}
+	}
+	if loud < len(lv)/5 || peak < 2000 {
+		t.Errorf("%s from Chromium, decoded: %d of %d frames above silence, peak level %.0f", name, loud, len(lv), peak)
+	}
+	t.Logf("%s from Chromium, decoded: %d of %d frames above silence, peak level %.0f", name, loud, len(lv), peak)
+}
+
+// ulaw decodes one G.711 μ-law sample.
+func ulaw(b byte) int16 {
+	b = ^b
+	t := (int16(b&0x0f) << 3) + 0x84
+	t <<= (b & 0x70) >> 4
+	if b&0x80 != 0 {
+		return 0x84 - t
+	}
+	return t - 0x84
+}
+
+// placeCall drives the call page through one call and checks what the page shows.
+func placeCall(t *testing.T, pageURL, shot string) pageReport {
+	wavPath, _ := filepath.Abs("../testdata/speech-16k.wav")
 	nctx, ncancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer ncancel()
 	node := os.Getenv("NODE")
 	if node == "" {
 		node = "node"
 	}
-	cmd := exec.CommandContext(nctx, node, "call.mjs", "http://"+ln.Addr().String()+"/call/", wavPath, shot, "3000")
+	cmd := exec.CommandContext(nctx, node, "call.mjs", pageURL, wavPath, shot, "3000")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		var ee *exec.ExitError
-		errors.As(err, &ee)
 		t.Fatalf("call.mjs: %v\n%s", err, stderr.String())
 	}
 	var rep pageReport
@@ -192,4 +336,5 @@ func browserCall(t *testing.T) {
 	if _, err := os.Stat(shot); err != nil {
 		t.Errorf("screenshot: %v", err)
 	}
+	return rep
 }

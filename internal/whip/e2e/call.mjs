@@ -1,6 +1,6 @@
 // Places a call from the callrouter call page in headless Chromium and reports what the page saw.
 // Usage: node call.mjs <page url> <fake microphone wav (16-bit PCM)> <screenshot.png> <talk ms>
-// Prints one JSON line: {state, events: [{kind, source, text}], packetsSent}.
+// Prints one JSON line: {state, call, codec, events: [{kind, source, text}], packetsSent}.
 import { chromium } from 'playwright-core';
 
 const [pageURL, wavFile, shot, talkMS] = process.argv.slice(2);
@@ -35,7 +35,9 @@ try {
     kind: li.dataset.kind, source: li.dataset.source, text: li.textContent,
   })));
   const state = await page.textContent('#state');
-  console.log(JSON.stringify({ state, events, packetsSent }));
+  const call = await page.textContent('#callid');
+  const codec = await page.textContent('#codec');
+  console.log(JSON.stringify({ state, call, codec, events, packetsSent }));
 } catch (e) {
   console.error(`call.mjs: ${e.stack || e}`);
   code = 1;
