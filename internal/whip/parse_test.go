@@ -2,8 +2,10 @@ package whip
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 const offerHead = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -141,4 +143,37 @@ func FuzzParseTokens(f *testing.F) {
 			t.Fatalf("parsed tokens do not validate: %v", err)
 		}
 	})
+}
+
+func TestSessionBounds(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxSessions, cfg.MaxSessionsPerTenant = 3, 2
+	s, err := New(cfg, Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []bool{s.acquire("a"), s.acquire("a"), s.acquire("a"), s.acquire("b"), s.acquire("c")}
+	if want := []bool{true, true, false, true, false}; !slices.Equal(got, want) {
+		t.Fatalf("acquire: %v, want %v", got, want)
+	}
+	s.releaseSlot("a")
+	if !s.acquire("c") || s.Sessions() != 3 {
+		t.Fatalf("after a release: %d sessions", s.Sessions())
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Path, cfg.UDPAddr, cfg.PublicIPs, cfg.Codecs = "whip/", "nope", []string{"not-an-ip"}, []string{"g729"}
+	cfg.Tokens = map[string]string{"short": "a.b"}
+	cfg.MaxSessions, cfg.MaxBody, cfg.ReorderWindow = 0, 10, 2*time.Second
+	err := cfg.Validate()
+	for _, want := range []string{"path", "udp address", "public ip", "codec", "token", "tenant", "max sessions", "max body", "reorder window"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("no %q in %v", want, err)
+		}
+	}
 }
