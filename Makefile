@@ -28,6 +28,7 @@ fuzz: ## fuzz the frame and subject parsers for 30 s each
 	$(GO) test -run '^$$' -fuzz FuzzUnmarshal -fuzztime 30s ./internal/frame
 	$(GO) test -run '^$$' -fuzz FuzzAudioRoundTrip -fuzztime 30s ./internal/subjects
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/wav
+	$(GO) test -run '^$$' -fuzz FuzzCutter -fuzztime 30s ./internal/whip
 
 clean: ## remove build output
 	rm -rf bin

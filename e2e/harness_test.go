@@ -289,7 +289,7 @@ func (c *cluster) worker(id string, extra ...string) *process {
 // ingest starts an ingest node playing calls concurrent calls of frames frames each.
 func (c *cluster) ingest(id, prefix string, calls, frames int, extra ...string) *process {
 	args := append([]string{"-id", id, "-nats", c.natsURL, "-http", "127.0.0.1:0", "-log-level", "info",
-		"-play", c.wav, "-play-calls", fmt.Sprint(calls), "-play-frames", fmt.Sprint(frames), "-play-tenant", "e2e", "-play-prefix", prefix}, extra...)
+		"-whip-udp", "127.0.0.1:0", "-play", c.wav, "-play-calls", fmt.Sprint(calls), "-play-frames", fmt.Sprint(frames), "-play-tenant", "e2e", "-play-prefix", prefix}, extra...)
 	return start(c.t, id, "ingest", args...)
 }
 

@@ -24,6 +24,7 @@ var forbidden = map[string][]string{
 	"internal/ingest":   {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
 	"internal/router":   {"internal/ingest", "internal/worker", "internal/stack", "internal/cli"},
 	"internal/worker":   {"internal/ingest", "internal/router", "internal/stack", "internal/cli"},
+	"internal/whip":     {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
 }
 
 // packages returns every directory under the module root holding non-test Go files.

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync"
@@ -22,6 +23,8 @@ import (
 	"github.com/callrouter/callrouter/internal/sample"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/wav"
+	"github.com/callrouter/callrouter/internal/whip"
+	"github.com/callrouter/callrouter/internal/whip/web"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/nats-io/nats.go"
@@ -39,6 +42,7 @@ type options struct {
 	speed    float64
 	logLevel string
 	json     bool
+	whipUDP  string
 }
 
 func run(args []string, out io.Writer) int {
@@ -53,6 +57,7 @@ func run(args []string, out io.Writer) int {
 	fs.Float64Var(&o.speed, "speed", 1, "playback speed factor (1 = real time)")
 	fs.StringVar(&o.logLevel, "log-level", "warn", "log level of the components: debug, info, warn, error")
 	fs.BoolVar(&o.json, "json", false, "print events as JSON lines instead of text")
+	fs.StringVar(&o.whipUDP, "whip-udp", "127.0.0.1:8443", "UDP address for WebRTC media of the browser call page (/call/)")
 	if err := cli.Parse(fs, args); err != nil {
 		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
 		return 2
@@ -97,9 +102,27 @@ func run(args []string, out io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	// The browser call page and its WHIP endpoint; the demo tenant needs no token here.
+	wcfg := whip.DefaultConfig()
+	wcfg.UDPAddr, wcfg.OpenTenant = o.whipUDP, "demo"
+	wsrv, err := whip.New(wcfg, whip.Deps{Log: log, Registry: reg})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: flag -whip-udp: %v\n", err)
+		return 2
+	}
+	wsrv.Mount(srv.Mux)
+	srv.Mux.Handle("/call/", http.StripPrefix("/call", web.Handler()))
+	whipDone := make(chan error, 1)
+	go func() { whipDone <- wsrv.Run(ctx, s.Ingest) }()
+	defer func() {
+		stop()
+		if err := <-whipDone; err != nil {
+			fmt.Fprintf(os.Stderr, "callrouter: WHIP: %v\n", err)
+		}
+	}() // before s.Close: sessions end while ingest still runs
 	go func() { _ = srv.Run(ctx) }()
-	fmt.Fprintf(out, "callrouter: NATS %s, metrics http://%s/metrics, %d workers; playing %d call(s) of %.1f s\n",
-		s.URL, srv.Addr(), o.workers, o.calls, float64(rec.Len())*0.02/o.speed)
+	fmt.Fprintf(out, "callrouter: NATS %s, metrics http://%s/metrics, call page http://%s/call/, %d workers; playing %d call(s) of %.1f s\n",
+		s.URL, srv.Addr(), srv.Addr(), o.workers, o.calls, float64(rec.Len())*0.02/o.speed)
 
 	// Print every event, in arrival order, until the calls are done.
 	nc, err := nats.Connect(s.URL, nats.Name("callrouter events"))

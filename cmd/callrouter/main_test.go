@@ -14,7 +14,7 @@ import (
 // checks that every frame of both legs of every call was processed.
 func TestOneProcessModePlaysTheSample(t *testing.T) {
 	var out bytes.Buffer
-	if code := run([]string{"-calls", "3", "-speed", "8", "-http", "127.0.0.1:0", "-json", "-log-level", "error"}, &out); code != 0 {
+	if code := run([]string{"-calls", "3", "-speed", "8", "-http", "127.0.0.1:0", "-whip-udp", "127.0.0.1:0", "-json", "-log-level", "error"}, &out); code != 0 {
 		t.Fatalf("exit %d\n%s", code, out.String())
 	}
 	accounted := 0

@@ -7,6 +7,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -16,6 +17,8 @@ import (
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/whip"
+	"github.com/callrouter/callrouter/internal/whip/web"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -43,6 +46,7 @@ func run(args []string) int {
 	fs.StringVar(&p.callPrefix, "play-prefix", "play", "call id prefix of played calls (ids are prefix-N)")
 	fs.IntVar(&p.frames, "play-frames", 0, "frames per leg to play (0 = the whole file once; more loops it)")
 	fs.Float64Var(&p.speed, "play-speed", 1, "playback speed factor (1 = real time)")
+	wcfg, whipOn := WHIPFlags(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
 		return 2
@@ -50,6 +54,16 @@ func run(args []string) int {
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
 		return 2
+	}
+	if *whipOn {
+		if err := wcfg.LoadTokens(); err != nil {
+			fmt.Fprintf(os.Stderr, "ingest: flag -whip-token-file: %v\n", err)
+			return 2
+		}
+		if err := wcfg.Validate(); err != nil {
+			fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
+			return 2
+		}
 	}
 	var rec *filesrc.Recording
 	if p.path != "" {
@@ -68,16 +82,31 @@ func run(args []string) int {
 		if err != nil {
 			return nil, err
 		}
-		return &service{n: n, rec: rec, p: p, log: log}, nil
+		svc := &service{n: n, rec: rec, p: p, log: log}
+		if *whipOn {
+			if svc.whip, err = whip.New(*wcfg, whip.Deps{Log: log, Registry: reg}); err != nil {
+				return nil, err
+			}
+		}
+		return svc, nil
 	})
 }
 
 // service runs the node and its sources.
 type service struct {
-	n   *ingest.Node
-	rec *filesrc.Recording
-	p   player
-	log zerolog.Logger
+	n    *ingest.Node
+	rec  *filesrc.Recording
+	p    player
+	log  zerolog.Logger
+	whip *whip.Server // nil with -whip=false
+}
+
+// Mount serves WHIP and the call page on the -http server.
+func (s *service) Mount(mux *http.ServeMux) {
+	if s.whip != nil {
+		s.whip.Mount(mux)
+		mux.Handle("/call/", http.StripPrefix("/call", web.Handler()))
+	}
 }
 
 func (s *service) Run(ctx context.Context) error {
@@ -106,6 +135,15 @@ func (s *service) Run(ctx context.Context) error {
 			}()
 		}
 	}
+	if s.whip != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.whip.Run(ctx, s.n); err != nil {
+				s.log.Error().Err(err).Msg("WHIP endpoint stopped")
+			}
+		}()
+	}
 	err := s.n.Run(ctx)
 	wg.Wait()
 	return err
@@ -125,4 +163,25 @@ func Flags(fs *flag.FlagSet) *ingest.Config {
 	fs.IntVar(&cfg.RingMaxBytes, "ring-max-bytes", cfg.RingMaxBytes, "per-leg replay ring bound in bytes")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for calls to end")
 	return &cfg
+}
+
+// WHIPFlags registers the WHIP endpoint's flags and returns the config they fill and whether the
+// endpoint is on. Call cfg.LoadTokens and cfg.Validate after parsing.
+func WHIPFlags(fs *flag.FlagSet) (*whip.Config, *bool) {
+	cfg := whip.DefaultConfig()
+	on := fs.Bool("whip", true, "serve the WHIP endpoint (/whip) and the call page (/call/) on the -http server")
+	fs.StringVar(&cfg.Path, "whip-path", cfg.Path, "URL path of the WHIP endpoint")
+	fs.StringVar(&cfg.UDPAddr, "whip-udp", cfg.UDPAddr, "the one UDP address for every WebRTC session's media (ICE UDP mux)")
+	fs.Var((*cli.List)(&cfg.PublicIPs), "whip-public-ip", "public IPs announced instead of the UDP socket's (NAT 1:1), comma-separated")
+	fs.Var((*cli.List)(&cfg.Codecs), "whip-codecs", "accepted codecs in order of preference: opus, pcmu, pcma")
+	fs.StringVar(&cfg.TokenFile, "whip-token-file", "", `bearer tokens, one "<tenant> <token>" a line`)
+	fs.StringVar(&cfg.OpenTenant, "whip-open-tenant", "", "tenant of requests without a token (demo only; empty: a token is required)")
+	fs.StringVar(&cfg.AllowOrigin, "whip-allow-origin", cfg.AllowOrigin, "Access-Control-Allow-Origin for pages on other origins")
+	fs.IntVar(&cfg.MaxSessions, "whip-max-sessions", cfg.MaxSessions, "WHIP sessions this node takes at once (past it: 503)")
+	fs.IntVar(&cfg.MaxSessionsPerTenant, "whip-max-sessions-per-tenant", cfg.MaxSessionsPerTenant, "WHIP sessions per tenant (0: no bound)")
+	fs.DurationVar(&cfg.ConnectTimeout, "whip-connect-timeout", cfg.ConnectTimeout, "a session not connected (ICE+DTLS) by then ends")
+	fs.DurationVar(&cfg.MediaTimeout, "whip-media-timeout", cfg.MediaTimeout, "a connected call without RTP for this long ends")
+	fs.DurationVar(&cfg.ICEFailed, "whip-ice-failed", cfg.ICEFailed, "ICE consent lost for this long ends the call (ice_failed)")
+	fs.DurationVar(&cfg.ReorderWindow, "whip-reorder-window", cfg.ReorderWindow, "how long a packet waits for missing ones before they count as lost")
+	return &cfg, on
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -101,6 +102,12 @@ type Service interface {
 	Run(ctx context.Context) error
 }
 
+// Mounter is implemented by services that serve HTTP handlers (WHIP, the call page) on the
+// binary's -http server next to /healthz, /readyz and /metrics.
+type Mounter interface {
+	Mount(mux *http.ServeMux)
+}
+
 // Main runs one component: logger, NATS connection, HTTP server, and build → Run until SIGTERM or
 // SIGINT. It returns the process exit code.
 func Main(component, id string, c *Common, build func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (Service, error)) int {
@@ -127,6 +134,9 @@ func Main(component, id string, c *Common, build func(nc bus.Conn, log zerolog.L
 	if err != nil {
 		log.Error().Err(err).Str("flag", "http").Msg("cannot listen")
 		return 2
+	}
+	if m, ok := svc.(Mounter); ok {
+		m.Mount(srv.Mux)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
