@@ -1,0 +1,46 @@
+package audio
+
+import (
+	"fmt"
+
+	"github.com/pion/opus"
+)
+
+// opusDecoder decodes one Opus packet (RFC 6716) per frame, mono, with pion/opus: a pure-Go
+// decoder of SILK, CELT and hybrid packets, so workers need neither cgo nor libopus.
+// docs/processors.md records why, and what it costs against libopus.
+type opusDecoder struct {
+	d    opus.Decoder
+	rate int
+}
+
+func newOpusDecoder(rate int) (*opusDecoder, error) {
+	switch rate {
+	case 8000, 12000, 16000, 24000, 48000:
+	default:
+		return nil, fmt.Errorf("%w: opus at %d Hz", ErrRate, rate)
+	}
+	d, err := opus.NewDecoderWithOutput(rate, 1)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrRate, err)
+	}
+	return &opusDecoder{d: d, rate: rate}, nil
+}
+
+func (d *opusDecoder) Rate() int { return d.rate }
+
+// maxOpusFrame is the longest Opus packet duration, 120 ms, in samples at 48 kHz.
+const maxOpusFrame = 5760
+
+func (d *opusDecoder) Decode(p []byte, dst []int16) ([]int16, error) {
+	if len(p) == 0 {
+		return dst, ErrPayload
+	}
+	n := len(dst)
+	dst = grow(dst, maxOpusFrame*d.rate/48000)
+	got, err := d.d.DecodeToInt16(p, dst[n:])
+	if err != nil {
+		return dst[:n], fmt.Errorf("%w: %v", ErrPayload, err)
+	}
+	return dst[:n+got], nil
+}
