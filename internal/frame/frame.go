@@ -61,9 +61,13 @@ const (
 	CodecL16  Codec = 3
 	CodecOpus Codec = 4
 	CodecG722 Codec = 5
+	// CodecTelephoneEvent carries RFC 4733 DTMF events in place of audio for a 20 ms slot: one or
+	// more 8-byte records (event code, RFC 4733 E|R|volume byte, duration so far in ms as uint16
+	// LE, event start as a media timestamp of the leg as uint32 LE). docs/processors.md.
+	CodecTelephoneEvent Codec = 6
 )
 
-var codecNames = [...]string{"none", "pcmu", "pcma", "l16", "opus", "g722"}
+var codecNames = [...]string{"none", "pcmu", "pcma", "l16", "opus", "g722", "telephone-event"}
 
 // String returns the codec's lower-case name.
 func (c Codec) String() string {
