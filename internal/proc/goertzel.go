@@ -35,7 +35,7 @@ type DTMFConfig struct {
 
 // DefaultDTMFConfig returns the defaults documented in docs/processors.md.
 func DefaultDTMFConfig() DTMFConfig {
-	return DTMFConfig{MinLevelDB: -38, MaxForwardTwist: 6, MaxReverseTwist: 8, MinToneRatio: 0.6, MinPeakRatioDB: 8, MergeWindowMS: 100}
+	return DTMFConfig{MinLevelDB: -38, MaxForwardTwist: 8, MaxReverseTwist: 10, MinToneRatio: 0.6, MinPeakRatioDB: 6, MergeWindowMS: 100}
 }
 
 type goertzel struct {

@@ -12,14 +12,15 @@ func init() {
 
 // SpeechConfig tunes speech activity detection ("speech.threshold_db=-45" and so on).
 type SpeechConfig struct {
-	ThresholdDB float64 // a 20 ms frame louder than this (RMS, dBFS) is active
+	ThresholdDB float64 // a 20 ms frame louder than this (RMS, dBFS) is active...
+	MarginDB    float64 // ...and louder than the leg's noise floor by this much
 	HangoverMS  int     // speech stops after this much inactivity
 	MinSpeechMS int     // activity shorter than this (clicks, pops) is not speech
 }
 
 // DefaultSpeechConfig returns the defaults documented in docs/processors.md.
 func DefaultSpeechConfig() SpeechConfig {
-	return SpeechConfig{ThresholdDB: -45, HangoverMS: 300, MinSpeechMS: 60}
+	return SpeechConfig{ThresholdDB: -55, MarginDB: 12, HangoverMS: 300, MinSpeechMS: 60}
 }
 
 // Validate reports a bad setting.
@@ -27,7 +28,7 @@ func (c SpeechConfig) Validate() error {
 	if c.ThresholdDB >= 0 || c.ThresholdDB < -90 {
 		return fmt.Errorf("speech: threshold_db %v must be in [-90, 0)", c.ThresholdDB)
 	}
-	if c.HangoverMS < 0 || c.MinSpeechMS < 0 {
+	if c.HangoverMS < 0 || c.MinSpeechMS < 0 || c.MarginDB < 0 {
 		return fmt.Errorf("speech: hangover_ms and min_speech_ms must not be negative")
 	}
 	return nil
@@ -36,7 +37,10 @@ func (c SpeechConfig) Validate() error {
 func newSpeech(o Options) (Processor, error) {
 	c := DefaultSpeechConfig()
 	var err error
-	if err = o.Only("threshold_db", "hangover_ms", "min_speech_ms"); err != nil {
+	if err = o.Only("threshold_db", "margin_db", "hangover_ms", "min_speech_ms"); err != nil {
+		return nil, err
+	}
+	if c.MarginDB, err = o.Float("margin_db", c.MarginDB); err != nil {
 		return nil, err
 	}
 	if c.ThresholdDB, err = o.Float("threshold_db", c.ThresholdDB); err != nil {
@@ -90,6 +94,7 @@ type span struct{ from, to int64 } // ms
 
 type speechLeg struct {
 	name       string
+	floor      float64 // noise floor, mean square: follows quiet frames down at once, rises slowly
 	inSpeech   bool
 	candidate  bool  // activity seen, not yet MinSpeechMS long
 	start      int64 // ms of the first active frame of the current (candidate) segment
@@ -104,10 +109,14 @@ type speechCall struct {
 	c          Call
 	sh         *Shared
 	thresh     float64 // mean square at the threshold
+	margin     float64 // power ratio above the noise floor
 	legs       []speechLeg
 	first, end int64
 	started    bool
 }
+
+// floorRise is the noise floor's rise per 20 ms frame (0.5 dB/s).
+var floorRise = math.Pow(10, 0.01/10)
 
 // maxSegments bounds the per-leg segment list of a call (a day of back-and-forth speech).
 const maxSegments = 50000
@@ -116,6 +125,7 @@ func (p speechProc) Start(c Call) (Handler, error) {
 	s := &speechCall{cfg: p.cfg, c: c, sh: AcquireShared(c), legs: make([]speechLeg, len(c.Spec().Legs))}
 	full := 32768.0
 	s.thresh = full * full * math.Pow(10, p.cfg.ThresholdDB/10)
+	s.margin = math.Pow(10, p.cfg.MarginDB/10)
 	for i, l := range c.Spec().Legs {
 		s.legs[i].name = l.Name
 	}
@@ -153,7 +163,13 @@ func (s *speechCall) Frame(f *Frame) {
 	if l.candidate && !l.inSpeech && t-l.lastActive >= int64(s.cfg.HangoverMS) {
 		l.candidate = false
 	}
-	if meanSquare(pcm) <= s.thresh {
+	e := meanSquare(pcm)
+	if e < l.floor {
+		l.floor = e
+	} else {
+		l.floor = l.floor*floorRise + 1e-3 // +0.5 dB/s, and off digital silence
+	}
+	if e <= s.thresh || e <= l.floor*s.margin {
 		return
 	}
 	if !l.inSpeech && !l.candidate {
