@@ -8,7 +8,7 @@ import (
 // TestLevels measures a -20 dBFS tone with a clipped burst on one leg and silence on the other.
 func TestLevels(t *testing.T) {
 	a := tone(8000, 8000, []float64{1000}, []float64{-20}) // 1 s; a sine's RMS in dBFS
-	for i := 4000; i < 4160; i++ {                            // one frame driven far past full scale
+	for i := 4000; i < 4160; i++ {                         // one frame driven far past full scale
 		a[i] = int16(max(-32768, min(32767, 4*32767*math.Sin(2*math.Pi*1000*float64(i)/8000))))
 	}
 	rec := multi(t, [][]int16{a, make([]int16, 8000)}, 8000, false)

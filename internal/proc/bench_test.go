@@ -1,0 +1,134 @@
+package proc
+
+import (
+	"encoding/binary"
+	"os"
+	"testing"
+
+	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/rs/zerolog"
+)
+
+// nopCall is a Call whose events go nowhere, for benchmarks.
+type nopCall struct {
+	spec session.Spec
+	log  zerolog.Logger
+	n    int
+}
+
+func (c *nopCall) Spec() *session.Spec  { return &c.spec }
+func (c *nopCall) Epoch() uint32        { return 1 }
+func (c *nopCall) Worker() string       { return "w1" }
+func (c *nopCall) Pool() string         { return "default" }
+func (c *nopCall) Log() *zerolog.Logger { return &c.log }
+func (c *nopCall) Emit(string, any)     { c.n++ }
+
+// opusPackets reads the audio package's Opus fixture (20 ms packets of speech, hybrid mode).
+func opusPackets(t testing.TB) [][]byte {
+	b, err := os.ReadFile("../audio/testdata/opus-hybrid32k.pkts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for len(b) >= 2 {
+		n := int(binary.LittleEndian.Uint16(b))
+		out = append(out, b[2:2+n])
+		b = b[2+n:]
+	}
+	return out
+}
+
+// benchStream is one leg's payloads in a codec.
+type benchStream struct {
+	name  string
+	codec frame.Codec
+	rate  int
+	p     [][]byte
+}
+
+func benchStreams(b *testing.B) []benchStream {
+	speech, _ := readPCM(b, "testdata/speech.wav")
+	pcmu := mono(b, speech, 8000, true)
+	l16 := mono(b, speech, 8000, false)
+	return []benchStream{
+		{"pcmu", frame.CodecPCMU, 8000, pcmu.Frames[0]},
+		{"l16-8k", frame.CodecL16, 8000, l16.Frames[0]},
+		{"opus", frame.CodecOpus, 48000, opusPackets(b)},
+	}
+}
+
+// BenchmarkProcessor measures each processor alone on one leg of speech (its shared decoding
+// included; "media" is decoding and resampling to 8 kHz alone, the baseline to subtract), and
+// "all" the whole analysis pipeline. ns/op is per 20 ms frame.
+func BenchmarkProcessor(b *testing.B) {
+	for _, s := range benchStreams(b) {
+		for _, names := range [][]string{{"media"}, {"accounting"}, {"speech"}, {"dtmf"}, {"levels"}, {"record"}, {"summary"},
+			{"accounting", "speech", "dtmf", "levels", "record", "summary"}} {
+			name := names[0]
+			if len(names) > 1 {
+				name = "all"
+			}
+			b.Run(s.name+"/"+name, func(b *testing.B) {
+				c := &nopCall{spec: session.Spec{ID: session.ID{Tenant: "acme", Call: "bench"},
+					Legs: []session.Leg{{Index: 0, Name: "caller", Codec: s.codec, Rate: uint32(s.rate)}}}}
+				var hs []Handler
+				var sh *Shared
+				if name == "media" {
+					sh = AcquireShared(c)
+				} else {
+					hs = start(b, c, names, recordOpts(b.TempDir()))
+				}
+				f := Frame{Header: frame.Header{Codec: s.codec, SampleRate: uint32(s.rate)}}
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					f.Header.Seq = uint32(i)
+					f.Payload = s.p[i%len(s.p)]
+					if sh != nil {
+						sh.Media.PCM(&f, 8000)
+					}
+					for _, h := range hs {
+						h.Frame(&f)
+					}
+					i++
+				}
+				b.StopTimer()
+				for _, h := range hs {
+					h.Stop(StopEnd)
+				}
+				if sh != nil {
+					ReleaseShared(c)
+				}
+			})
+		}
+	}
+}
+
+// TestPerFrameAllocs pins the steady-state per-frame path of every processor at zero
+// allocations (a continuous tone: no events are due).
+func TestPerFrameAllocs(t *testing.T) {
+	rec := mono(t, tone(8000, 8000*4, []float64{440}, []float64{-20}), 8000, true)
+	c := &nopCall{spec: rec.Spec("acme", "allocs", nil)}
+	hs := start(t, c, []string{"accounting", "speech", "dtmf", "levels", "record", "summary"}, recordOpts(t.TempDir()))
+	i := 0
+	f := &Frame{} // the worker's own Frame escapes to the heap through the Handler interface
+	step := func() {
+		*f = Frame{Header: frame.Header{Codec: rec.Codec, SampleRate: 8000, Seq: uint32(i)}, Payload: rec.Frames[0][i%rec.Len()]}
+		for _, h := range hs {
+			h.Frame(f)
+		}
+		i++
+	}
+	for range 200 { // past the recording window's first flush and every buffer's growth
+		step()
+	}
+	if a := testing.AllocsPerRun(500, step); a != 0 {
+		t.Errorf("%.2f allocations per frame", a)
+	}
+	for _, h := range hs {
+		h.Stop(StopEnd)
+	}
+	_ = filesrc.DefaultLegNames
+}
