@@ -114,15 +114,23 @@ func copy16(dst []float32, src []int16) int {
 func (g *goertzel) classify() int {
 	var pow [8]float64
 	var energy float64
+	// Two passes of four filters each: the eight recurrences in one loop would spill registers.
+	for half := 0; half < 8; half += 4 {
+		c0, c1, c2, c3 := g.coef[half], g.coef[half+1], g.coef[half+2], g.coef[half+3]
+		var a1, a2, b1, b2, d1, d2, e1, e2 float32
+		for _, v := range g.buf {
+			a1, a2 = v+c0*a1-a2, a1
+			b1, b2 = v+c1*b1-b2, b1
+			d1, d2 = v+c2*d1-d2, d1
+			e1, e2 = v+c3*e1-e2, e1
+		}
+		pow[half] = float64(a1*a1 + a2*a2 - c0*a1*a2)
+		pow[half+1] = float64(b1*b1 + b2*b2 - c1*b1*b2)
+		pow[half+2] = float64(d1*d1 + d2*d2 - c2*d1*d2)
+		pow[half+3] = float64(e1*e1 + e2*e2 - c3*e1*e2)
+	}
 	for _, v := range g.buf {
 		energy += float64(v) * float64(v)
-	}
-	for i, c := range g.coef {
-		var s1, s2 float32
-		for _, v := range g.buf {
-			s1, s2 = v+c*s1-s2, s1
-		}
-		pow[i] = float64(s1*s1 + s2*s2 - c*s1*s2)
 	}
 	r, c := best(pow[:4]), best(pow[4:])
 	pr, pc := pow[r], pow[4+c]

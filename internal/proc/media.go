@@ -9,7 +9,8 @@ import (
 // converts them to the rates processors ask for. One decoder and one resampler per leg and rate
 // carry codec and filter state from frame to frame, so every processor that uses Media must ask
 // for every frame it is given (the analysis processors all do). Frames that carry no audio
-// (telephone events) and frames that do not decode come back as 20 ms of silence.
+// (telephone events, gap-filled frames with an empty payload) and frames that do not decode
+// come back as 20 ms of silence.
 type Media struct {
 	legs []mediaLeg
 }
@@ -37,13 +38,17 @@ func newMedia(c Call) *Media {
 	return &Media{legs: make([]mediaLeg, len(c.Spec().Legs))}
 }
 
+// OpusRate is the rate Media decodes Opus to: wideband, all that speech analysis and call
+// recording need, and about 30% cheaper than decoding to 48 kHz (docs/processors.md).
+const OpusRate = 16000
+
 // NativeRate returns the rate at which PCM of frames with this header comes out of PCM(f, 0).
 func NativeRate(h *frame.Header) int {
 	switch h.Codec {
 	case frame.CodecPCMU, frame.CodecPCMA:
 		return 8000
 	case frame.CodecOpus:
-		return 48000
+		return OpusRate
 	}
 	if h.SampleRate == 0 {
 		return 8000
@@ -101,7 +106,7 @@ func (l *mediaLeg) decode(f *Frame, native int) {
 	h := &f.Header
 	l.seq, l.have = h.Seq, true
 	n := audio.SamplesPerFrame(native)
-	if h.Codec == frame.CodecTelephoneEvent {
+	if h.Codec == frame.CodecTelephoneEvent || len(f.Payload) == 0 { // events, empty gap fills
 		l.pcm = audio.AppendSilence(l.pcm[:0], n)
 		return
 	}
