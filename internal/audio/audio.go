@@ -1,5 +1,5 @@
 // Package audio decodes every payload encoding that ingest publishes (G.711 μ-law and A-law, L16
-// at any rate, Opus) to 16-bit linear PCM, and converts PCM between sample rates. Decoders and
+// at any rate, G.722, Opus) to 16-bit linear PCM, and converts PCM between sample rates. Decoders and
 // resamplers are stateful per leg, append into caller-owned buffers and allocate nothing per frame
 // once those buffers have grown.
 package audio
@@ -33,7 +33,8 @@ type Decoder interface {
 // NewDecoder returns a decoder for codec. rate is the leg's sample rate from the frame header:
 // it must be 8000 for G.711 (0 is taken as 8000), the PCM rate for L16 (8000, 16000, 32000,
 // 44100 or 48000), and for Opus the rate to decode to (8000, 12000, 16000, 24000 or 48000; 0 is
-// taken as 48000; Opus decodes natively at each of these).
+// taken as 48000; Opus decodes natively at each of these). G.722 always decodes to 16000 (rate
+// may be 8000, its RTP clock rate, 16000 or 0).
 func NewDecoder(codec frame.Codec, rate int) (Decoder, error) {
 	switch codec {
 	case frame.CodecPCMU, frame.CodecPCMA:
@@ -50,6 +51,11 @@ func NewDecoder(codec frame.Codec, rate int) (Decoder, error) {
 			return l16Decoder{rate: rate}, nil
 		}
 		return nil, fmt.Errorf("%w: l16 at %d Hz", ErrRate, rate)
+	case frame.CodecG722:
+		if rate != 0 && rate != 8000 && rate != 16000 {
+			return nil, fmt.Errorf("%w: g722 at %d Hz", ErrRate, rate)
+		}
+		return newG722Decoder(), nil
 	case frame.CodecOpus:
 		if rate == 0 {
 			rate = 48000

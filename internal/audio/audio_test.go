@@ -133,7 +133,7 @@ func TestNewDecoderRejects(t *testing.T) {
 		rate  int
 		err   error
 	}{{frame.CodecPCMU, 16000, ErrRate}, {frame.CodecL16, 11025, ErrRate}, {frame.CodecOpus, 44100, ErrRate},
-		{frame.CodecG722, 16000, ErrCodec}, {frame.CodecNone, 8000, ErrCodec}} {
+		{frame.CodecG722, 48000, ErrRate}, {frame.CodecNone, 8000, ErrCodec}} {
 		if _, err := NewDecoder(c.codec, c.rate); !errors.Is(err, c.err) {
 			t.Errorf("NewDecoder(%s, %d) = %v, want %v", c.codec, c.rate, err, c.err)
 		}
@@ -211,6 +211,56 @@ func TestOpusMatchesLibopus(t *testing.T) {
 	}
 }
 
+// TestG722MatchesFFmpeg decodes G.722 that ffmpeg encoded from espeak-ng speech and compares
+// with ffmpeg's own decoding of it: bit-exact. When ffmpeg is installed, it does the same with
+// a fresh sox-made sweep.
+func TestG722MatchesFFmpeg(t *testing.T) {
+	g, err := os.ReadFile("testdata/g722-speech.g722")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := os.ReadFile("testdata/g722-speech.ffmpeg.s16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkG722(t, g, pcm(ref))
+	if _, err := exec.LookPath("ffmpeg"); err != nil {
+		t.Log("ffmpeg not installed: committed fixture only")
+		return
+	}
+	dir := t.TempDir()
+	src, enc, dec := filepath.Join(dir, "sweep.wav"), filepath.Join(dir, "sweep.g722"), filepath.Join(dir, "sweep.s16")
+	run(t, "sox", "-n", "-r", "16000", "-b", "16", "-c", "1", src, "synth", "1", "sine", "100-7900", "vol", "0.7")
+	run(t, "ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", src, "-acodec", "g722", "-f", "g722", enc)
+	run(t, "ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "g722", "-i", enc, "-f", "s16le", "-acodec", "pcm_s16le", dec)
+	g, _ = os.ReadFile(enc)
+	ref, _ = os.ReadFile(dec)
+	checkG722(t, g, pcm(ref))
+}
+
+func checkG722(t *testing.T, g []byte, ref []int16) {
+	t.Helper()
+	d := mustDecoder(t, frame.CodecG722, 8000)
+	if d.Rate() != 16000 {
+		t.Fatalf("G.722 rate %d", d.Rate())
+	}
+	var got []int16
+	for off := 0; off < len(g); off += 160 { // 20 ms frames
+		var err error
+		if got, err = d.Decode(g[off:min(off+160, len(g))], got); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got) != len(ref) {
+		t.Fatalf("%d samples, ffmpeg %d", len(got), len(ref))
+	}
+	for i := range ref {
+		if got[i] != ref[i] {
+			t.Fatalf("sample %d = %d, ffmpeg %d", i, got[i], ref[i])
+		}
+	}
+}
+
 func mustDecoder(t testing.TB, c frame.Codec, rate int) Decoder {
 	t.Helper()
 	d, err := NewDecoder(c, rate)
@@ -233,7 +283,8 @@ func TestDecodeAllocs(t *testing.T) {
 		rate  int
 		p     []byte
 	}{{frame.CodecPCMU, 8000, make([]byte, 160)}, {frame.CodecPCMA, 8000, make([]byte, 160)},
-		{frame.CodecL16, 16000, make([]byte, 640)}, {frame.CodecOpus, 48000, readPackets(t, "opus-hybrid32k.pkts")[5]}} {
+		{frame.CodecL16, 16000, make([]byte, 640)}, {frame.CodecG722, 8000, make([]byte, 160)},
+		{frame.CodecOpus, 48000, readPackets(t, "opus-hybrid32k.pkts")[5]}} {
 		d := mustDecoder(t, c.codec, c.rate)
 		dst := make([]int16, 0, 6000)
 		if a := testing.AllocsPerRun(100, func() { dst, _ = d.Decode(c.p, dst[:0]) }); a != 0 {
@@ -259,7 +310,11 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		out, err := d.Decode(p, nil)
-		if err == nil && len(out) > maxOpusFrame {
+		limit := 2 * len(p) // G.722: two samples per byte; G.711 one; L16 half
+		if c == frame.CodecOpus {
+			limit = maxOpusFrame
+		}
+		if err == nil && len(out) > limit {
 			t.Fatalf("%d samples from %d bytes", len(out), len(p))
 		}
 	})
@@ -273,6 +328,7 @@ func BenchmarkDecode(b *testing.B) {
 		p     [][]byte
 	}{{"pcmu", frame.CodecPCMU, 8000, [][]byte{make([]byte, 160)}}, {"pcma", frame.CodecPCMA, 8000, [][]byte{make([]byte, 160)}},
 		{"l16-16k", frame.CodecL16, 16000, [][]byte{make([]byte, 640)}},
+		{"g722", frame.CodecG722, 8000, [][]byte{readFile(b, "testdata/g722-speech.g722")[:160]}},
 		{"opus-silk-48k", frame.CodecOpus, 48000, readPackets(b, "opus-silk12k.pkts")},
 		{"opus-hybrid-48k", frame.CodecOpus, 48000, readPackets(b, "opus-hybrid32k.pkts")},
 		{"opus-hybrid-16k", frame.CodecOpus, 16000, readPackets(b, "opus-hybrid32k.pkts")}} {
@@ -288,4 +344,12 @@ func BenchmarkDecode(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/frame")
 		})
 	}
+}
+
+func readFile(t testing.TB, p string) []byte {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

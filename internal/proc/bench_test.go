@@ -55,6 +55,7 @@ func benchStreams(b *testing.B) []benchStream {
 	return []benchStream{
 		{"pcmu", frame.CodecPCMU, 8000, pcmu.Frames[0]},
 		{"l16-8k", frame.CodecL16, 8000, l16.Frames[0]},
+		{"g722", frame.CodecG722, 8000, g722Frames(b)},
 		{"opus", frame.CodecOpus, 48000, opusPackets(b)},
 	}
 }
@@ -131,4 +132,17 @@ func TestPerFrameAllocs(t *testing.T) {
 		h.Stop(StopEnd)
 	}
 	_ = filesrc.DefaultLegNames
+}
+
+// g722Frames cuts the audio package's G.722 fixture (ffmpeg-encoded speech) into 20 ms frames.
+func g722Frames(t testing.TB) [][]byte {
+	b, err := os.ReadFile("../audio/testdata/g722-speech.g722")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for ; len(b) >= 160; b = b[160:] {
+		out = append(out, b[:160])
+	}
+	return out
 }

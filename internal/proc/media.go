@@ -49,6 +49,8 @@ func NativeRate(h *frame.Header) int {
 		return 8000
 	case frame.CodecOpus:
 		return OpusRate
+	case frame.CodecG722:
+		return 16000 // whatever the header says: RTP's G.722 clock is 8000
 	}
 	if h.SampleRate == 0 {
 		return 8000
