@@ -212,3 +212,19 @@ func TestDTMFTwistSweep(t *testing.T) {
 		}
 	}
 }
+
+// TestDTMFAcrossLoss loses frames on the leg (the detector resets at the gap): digits away from
+// the loss are all still reported, once.
+func TestDTMFAcrossLoss(t *testing.T) {
+	rec, err := filesrc.Load("testdata/dtmf-normal.wav", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newFakeCall(rec, "loss")
+	// 200 ms lead, then 70 ms tone + 60 ms pause per digit: frames 4-5 (80-120 ms) are in the
+	// lead, frame 22 (440-460 ms) in the pause after the second digit (330-400 ms).
+	playFrames(start(t, c, []string{"dtmf"}, nil), rec, func(leg int, seq uint32) bool { return seq == 4 || seq == 5 || seq == 22 })
+	if got, _ := digitsFrom(c, 0); got != digitsOf(dtmfFixtures["dtmf-normal"]) {
+		t.Errorf("digits %q, want %q", got, digitsOf(dtmfFixtures["dtmf-normal"]))
+	}
+}

@@ -87,7 +87,7 @@ func TestEndToEnd(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "e2e-1", nil), 0, 4); err != nil {
+	if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "e2e-1", nil), 0, 2); err != nil {
 		t.Fatal(err)
 	}
 	deadline = time.Now().Add(15 * time.Second)
