@@ -1,7 +1,6 @@
 package proc
 
 import (
-	"encoding/binary"
 	"fmt"
 
 	"github.com/callrouter/callrouter/internal/frame"
@@ -130,33 +129,31 @@ func (d *dtmfCall) Frame(f *Frame) {
 	l.g.feed(pcm, d.emitHit)
 }
 
-// telephoneEvents reads the 8-byte records of a telephone-event frame (docs/processors.md):
-// event code, RFC 4733 E|R|volume byte, duration so far in ms (uint16 LE), event start as a
-// media timestamp of the leg (uint32 LE).
+// telephoneEvents reads the records of a telephone-event frame (frame.TelephoneEvent).
 func (d *dtmfCall) telephoneEvents(h *frame.Header, p []byte, l *dtmfLeg) {
 	rate := int64(h.SampleRate)
 	if rate <= 0 {
 		rate = 8000
 	}
-	for ; len(p) >= 8; p = p[8:] {
-		ev := p[0]
-		if ev > 15 { // RFC 4733 §3.2: 0-15 are the DTMF events; others are not digits
-			continue
+	for i := 0; ; i++ {
+		ev, ok := frame.TelephoneEventAt(p, i)
+		if !ok {
+			return
 		}
-		end := p[1]&0x80 != 0
-		dur := int64(binary.LittleEndian.Uint16(p[2:]))
-		key := binary.LittleEndian.Uint32(p[4:])
-		if l.evReported && key == l.evDoneKey {
+		digit := frame.DTMFDigit(ev.Event)
+		if digit == 0 {
+			continue // RFC 4733 §3.2: only 0-15 are DTMF
+		}
+		if l.evReported && ev.Start == l.evDoneKey {
 			continue // a repeated end packet (RFC 4733 §2.5.1.4) or a late update
 		}
-		if !l.evOn || key != l.evKey {
+		if !l.evOn || ev.Start != l.evKey {
 			d.endEvent(l)
-			l.evOn, l.evDone, l.evKey = true, false, key
-			l.evDigit = "0123456789*#ABCD"[ev]
-			l.evStartMS = int64(key) * 1000 / rate
+			l.evOn, l.evDone, l.evKey, l.evDigit = true, false, ev.Start, digit
+			l.evStartMS = int64(ev.Start) * 1000 / rate
 		}
-		l.evDurMS = max(l.evDurMS, dur)
-		if end {
+		l.evDurMS = max(l.evDurMS, int64(ev.DurationMS))
+		if ev.End {
 			d.endEvent(l)
 		}
 	}

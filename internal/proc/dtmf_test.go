@@ -1,7 +1,6 @@
 package proc
 
 import (
-	"encoding/binary"
 	"fmt"
 	"strings"
 	"testing"
@@ -126,17 +125,9 @@ func addNoise(x []int16, db float64) []int16 {
 	return out
 }
 
-// teFrame builds a telephone-event payload of one record.
+// teRecord builds a telephone-event payload of one record.
 func teRecord(event byte, end bool, durMS uint16, startTS uint32) []byte {
-	b := make([]byte, 8)
-	b[0] = event
-	b[1] = 10 // volume -10 dBm0
-	if end {
-		b[1] |= 0x80
-	}
-	binary.LittleEndian.PutUint16(b[2:], durMS)
-	binary.LittleEndian.PutUint32(b[4:], startTS)
-	return b
+	return frame.AppendTelephoneEvent(nil, frame.TelephoneEvent{Event: event, End: end, Volume: 10, DurationMS: durMS, Start: startTS})
 }
 
 // TestDTMFTelephoneEventsMerged feeds RFC 4733 events, with the repeated end packets, and a
