@@ -50,7 +50,3 @@ func (o Options) Only(known ...string) error {
 	}
 	return nil
 }
-
-// frameMS returns the media time of the start of a frame in milliseconds since the leg's first
-// frame: every frame is 20 ms and sequence numbers are gap-free from 0.
-func frameMS(seq uint32) int64 { return int64(seq) * 20 }
