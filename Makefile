@@ -24,11 +24,14 @@ test: vet ## the full test suite with the race detector, then every benchmark on
 bench: ## benchmarks with enough iterations to read figures
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 $(PKGS)
 
-fuzz: ## fuzz the frame and subject parsers for 30 s each
+fuzz: ## run every fuzz target for 30 s
 	$(GO) test -run '^$$' -fuzz FuzzUnmarshal -fuzztime 30s ./internal/frame
 	$(GO) test -run '^$$' -fuzz FuzzAudioRoundTrip -fuzztime 30s ./internal/subjects
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/wav
 	$(GO) test -run '^$$' -fuzz FuzzCutter -fuzztime 30s ./internal/whip
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./internal/audio
+	$(GO) test -run '^$$' -fuzz FuzzFrames -fuzztime 30s ./internal/proc
+	$(GO) test -run '^$$' -fuzz FuzzTelephoneEvent -fuzztime 30s ./internal/frame
 
 clean: ## remove build output
 	rm -rf bin

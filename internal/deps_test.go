@@ -24,6 +24,7 @@ var forbidden = map[string][]string{
 	"internal/ingest":   {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
 	"internal/router":   {"internal/ingest", "internal/worker", "internal/stack", "internal/cli"},
 	"internal/worker":   {"internal/ingest", "internal/router", "internal/stack", "internal/cli"},
+	"internal/audio":    {"internal/proc", "internal/worker", "internal/ingest", "internal/router", "internal/stack", "internal/bus", "internal/wire", "internal/session"},
 	"internal/whip":     {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
 }
 

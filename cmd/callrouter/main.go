@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/callrouter/callrouter/internal/cli"
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/sample"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/wav"
@@ -43,6 +45,7 @@ type options struct {
 	logLevel string
 	json     bool
 	whipUDP  string
+	recDir   string
 }
 
 func run(args []string, out io.Writer) int {
@@ -57,6 +60,7 @@ func run(args []string, out io.Writer) int {
 	fs.Float64Var(&o.speed, "speed", 1, "playback speed factor (1 = real time)")
 	fs.StringVar(&o.logLevel, "log-level", "warn", "log level of the components: debug, info, warn, error")
 	fs.BoolVar(&o.json, "json", false, "print events as JSON lines instead of text")
+	fs.StringVar(&o.recDir, "record-dir", filepath.Join(os.TempDir(), "callrouter-recordings"), "directory for call recordings (one WAV per call, a channel per leg)")
 	fs.StringVar(&o.whipUDP, "whip-udp", "127.0.0.1:8443", "UDP address for WebRTC media of the browser call page (/call/)")
 	if err := cli.Parse(fs, args); err != nil {
 		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
@@ -88,6 +92,8 @@ func run(args []string, out io.Writer) int {
 		return 2
 	}
 	wc := worker.DefaultConfig()
+	wc.Processors = []string{"accounting", "speech", "dtmf", "levels", "record", "summary"}
+	wc.ProcessorOptions = map[string]proc.Options{"record": {"dir": o.recDir}}
 	reg := obs.NewRegistry()
 	s, err := stack.Start(stack.Config{Embedded: bus.EmbeddedOptions{Port: o.natsPort}, Workers: o.workers, Worker: wc, Log: log, Registry: reg})
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 // checks that every frame of both legs of every call was processed.
 func TestOneProcessModePlaysTheSample(t *testing.T) {
 	var out bytes.Buffer
-	if code := run([]string{"-calls", "3", "-speed", "8", "-http", "127.0.0.1:0", "-whip-udp", "127.0.0.1:0", "-json", "-log-level", "error"}, &out); code != 0 {
+	if code := run([]string{"-calls", "3", "-speed", "8", "-http", "127.0.0.1:0", "-whip-udp", "127.0.0.1:0", "-record-dir", t.TempDir(), "-json", "-log-level", "error"}, &out); code != 0 {
 		t.Fatalf("exit %d\n%s", code, out.String())
 	}
 	accounted := 0
@@ -33,6 +33,11 @@ func TestOneProcessModePlaysTheSample(t *testing.T) {
 			}
 		}
 		accounted++
+	}
+	for _, kind := range []string{"speech", "levels", "recording", "summary"} {
+		if !strings.Contains(out.String(), `"kind":"`+kind+`"`) {
+			t.Errorf("no %s event from the processors", kind)
+		}
 	}
 	if accounted != 3 {
 		t.Errorf("%d accounting events, want 3\n%s", accounted, out.String())
