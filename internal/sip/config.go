@@ -1,0 +1,213 @@
+package sip
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/subjects"
+)
+
+// Source-address check modes for RTP (Config.SourceCheck).
+const (
+	SourceCheckAddr = "addr" // IP and port must match the negotiated address
+	SourceCheckIP   = "ip"   // the IP must match; any port (peers behind port-rewriting NAT)
+	SourceCheckOff  = "off"  // accept any source
+)
+
+// Config configures the SIP user agent server.
+type Config struct {
+	// Listen is the host:port for SIP over UDP and TCP. Port 0 picks a free port (tests).
+	Listen string
+	// Transports to serve: "udp", "tcp" or both.
+	Transports []string
+	// AdvertiseIP is the address written into Contact and SDP; empty uses Listen's host.
+	AdvertiseIP string
+	// MediaIP is the address the RTP sockets bind to; empty uses Listen's host.
+	MediaIP string
+	// RTPPortMin and RTPPortMax bound the RTP ports (even ports only are used).
+	RTPPortMin, RTPPortMax int
+	// PortQuarantine holds a released RTP port back before it is reused.
+	PortQuarantine time.Duration
+	// SourceCheck is one of SourceCheckAddr, SourceCheckIP, SourceCheckOff.
+	SourceCheck string
+	// JitterWindow is how long a missing RTP packet is waited for before it is gap-filled.
+	JitterWindow time.Duration
+	// SilenceFill is how long a stream may send nothing before its silence is gap-filled in real
+	// time (a jitter spike shorter than this never inserts silence).
+	SilenceFill time.Duration
+	// RTPTimeout ends a call whose RTP stopped on every stream for this long (0 disables).
+	RTPTimeout time.Duration
+	// MaxCallDuration ends any call after this long (0 disables).
+	MaxCallDuration time.Duration
+	// MinSessionExpires is the smallest Session-Expires (RFC 4028) accepted; smaller gets 422.
+	MinSessionExpires time.Duration
+	// MaxCalls bounds calls on this user agent; past it INVITEs get 486 Busy Here.
+	MaxCalls int
+	// Codecs accepted, in preference order for answers: "pcmu", "pcma", "g722".
+	Codecs []string
+
+	// TenantRule chooses the tenant: "static" (DefaultTenant), "ruri-user" (request-URI user),
+	// "header:<Name>" (a header's value) or "source" (TenantBySource).
+	TenantRule    string
+	DefaultTenant string
+	// TenantBySource maps source networks (CIDR) to tenants for the "source" rule.
+	TenantBySource map[string]string
+	// Tenants, when not empty, is the allow-list of tenants; others get 403.
+	Tenants []string
+
+	// HeaderMeta is the allow-list of SIP headers copied into call metadata ("sip.h.<name>").
+	HeaderMeta []string
+	// LegName names the single leg of a plain SIP call.
+	LegName string
+	// SIPRECLegNames name SIPREC legs in the order of the participants in the metadata.
+	SIPRECLegNames []string
+
+	// AllowNets is the allow-list of source networks (CIDR); empty allows any source.
+	AllowNets []string
+	// AuthUsers enables digest authentication (RFC 3261 section 22) with these user → password
+	// pairs; empty disables it.
+	AuthUsers map[string]string
+	// AuthRealm is the digest realm.
+	AuthRealm string
+
+	// PlaceTimeout bounds placement of one new call (on top of the ingest node's own bound).
+	PlaceTimeout time.Duration
+	// DrainTimeout is how long Run waits for calls to hang up after its context ends before
+	// hanging them up itself.
+	DrainTimeout time.Duration
+	// EventsPerCall bounds the DTMF and metadata events one call may publish per second.
+	EventsPerCall int
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		Listen:            "127.0.0.1:5060",
+		Transports:        []string{"udp", "tcp"},
+		RTPPortMin:        20000,
+		RTPPortMax:        29999,
+		PortQuarantine:    10 * time.Second,
+		SourceCheck:       SourceCheckAddr,
+		JitterWindow:      60 * time.Millisecond,
+		SilenceFill:       400 * time.Millisecond,
+		RTPTimeout:        30 * time.Second,
+		MaxCallDuration:   4 * time.Hour,
+		MinSessionExpires: 90 * time.Second,
+		MaxCalls:          2000,
+		Codecs:            []string{"pcmu", "pcma", "g722"},
+		TenantRule:        "static",
+		DefaultTenant:     "default",
+		LegName:           "caller",
+		SIPRECLegNames:    []string{"caller", "agent"},
+		AuthRealm:         "callrouter",
+		PlaceTimeout:      8 * time.Second,
+		DrainTimeout:      30 * time.Second,
+		EventsPerCall:     50,
+	}
+}
+
+// Validate reports every bad field.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(f string, a ...any) { errs = append(errs, fmt.Errorf("sip: "+f, a...)) }
+	if _, err := netip.ParseAddrPort(c.Listen); err != nil {
+		bad("listen %q: want ip:port: %v", c.Listen, err)
+	}
+	if len(c.Transports) == 0 {
+		bad("at least one transport is needed")
+	}
+	for _, t := range c.Transports {
+		if t != "udp" && t != "tcp" {
+			bad("transport %q: want udp or tcp", t)
+		}
+	}
+	for name, ip := range map[string]string{"advertise ip": c.AdvertiseIP, "media ip": c.MediaIP} {
+		if _, err := netip.ParseAddr(ip); ip != "" && err != nil {
+			bad("%s %q: %v", name, ip, err)
+		}
+	}
+	if c.RTPPortMin < 1024 || c.RTPPortMax > 65534 || c.RTPPortMax-c.RTPPortMin < 2 {
+		bad("rtp ports %d-%d: want a range of at least 2 within 1024-65534", c.RTPPortMin, c.RTPPortMax)
+	}
+	switch c.SourceCheck {
+	case SourceCheckAddr, SourceCheckIP, SourceCheckOff:
+	default:
+		bad("source check %q: want addr, ip or off", c.SourceCheck)
+	}
+	if c.JitterWindow < 0 || c.JitterWindow > time.Second {
+		bad("jitter window %v: want 0-1s", c.JitterWindow)
+	}
+	if c.SilenceFill < 0 || c.SilenceFill > 2*time.Second {
+		bad("silence fill %v: want 0-2s", c.SilenceFill)
+	}
+	for name, d := range map[string]time.Duration{"port quarantine": c.PortQuarantine, "rtp timeout": c.RTPTimeout,
+		"max call duration": c.MaxCallDuration, "min session expires": c.MinSessionExpires} {
+		if d < 0 {
+			bad("%s %v must not be negative", name, d)
+		}
+	}
+	for name, d := range map[string]time.Duration{"place timeout": c.PlaceTimeout, "drain timeout": c.DrainTimeout} {
+		if d <= 0 {
+			bad("%s %v must be positive", name, d)
+		}
+	}
+	if c.MaxCalls < 1 {
+		bad("max calls %d must be at least 1", c.MaxCalls)
+	}
+	if len(c.Codecs) == 0 {
+		bad("at least one codec is needed")
+	}
+	for _, k := range c.Codecs {
+		if _, ok := codecByName[k]; !ok {
+			bad("codec %q: want pcmu, pcma or g722", k)
+		}
+	}
+	switch {
+	case c.TenantRule == "static", c.TenantRule == "ruri-user", c.TenantRule == "source":
+	case strings.HasPrefix(c.TenantRule, "header:") && len(c.TenantRule) > len("header:"):
+	default:
+		bad("tenant rule %q: want static, ruri-user, header:<Name> or source", c.TenantRule)
+	}
+	if err := subjects.Check("default tenant", c.DefaultTenant); err != nil {
+		errs = append(errs, err)
+	}
+	for cidr, t := range c.TenantBySource {
+		if _, err := netip.ParsePrefix(cidr); err != nil {
+			bad("tenant source %q: %v", cidr, err)
+		}
+		if err := subjects.Check("tenant", t); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, t := range c.Tenants {
+		if err := subjects.Check("tenant", t); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := subjects.Check("leg name", c.LegName); err != nil {
+		errs = append(errs, err)
+	}
+	if len(c.SIPRECLegNames) < 2 {
+		bad("at least two SIPREC leg names are needed")
+	}
+	for _, n := range c.SIPRECLegNames {
+		if err := subjects.Check("SIPREC leg name", n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, n := range c.AllowNets {
+		if _, err := netip.ParsePrefix(n); err != nil {
+			bad("allow net %q: %v", n, err)
+		}
+	}
+	if len(c.AuthUsers) > 0 && c.AuthRealm == "" {
+		bad("auth realm is needed with auth users")
+	}
+	if c.EventsPerCall < 1 {
+		bad("events per call %d must be at least 1", c.EventsPerCall)
+	}
+	return errors.Join(errs...)
+}

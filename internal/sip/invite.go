@@ -1,0 +1,407 @@
+package sip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/callrouter/callrouter/internal/sdp"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/emiago/sipgo/sip"
+)
+
+// legPlan is one answered media line that becomes a leg.
+type legPlan struct {
+	media   int // index of the m= line
+	name    string
+	codec   codec
+	audioPT uint8
+	eventPT int
+	remote  netip.AddrPort
+}
+
+// offerError is an offer callrouter cannot serve, with the response to send.
+type offerError struct {
+	code   int
+	reason string
+	warn   string // Warning header text (RFC 3261 section 20.43)
+}
+
+func (e *offerError) Error() string { return fmt.Sprintf("%d %s: %s", e.code, e.reason, e.warn) }
+
+func notAcceptable(w string) *offerError {
+	return &offerError{code: 488, reason: "Not Acceptable Here", warn: w}
+}
+
+// negotiate picks, for every offered audio line that becomes a leg, the codec and
+// telephone-event payload types, and builds the answer lines.
+func (s *Server) negotiate(off *sdp.Session, rec *recording) ([]legPlan, []sdp.Answer, error) {
+	answers := make([]sdp.Answer, len(off.Media))
+	var plans []legPlan
+	for i := range off.Media {
+		m := &off.Media[i]
+		answers[i] = sdp.Answer{Type: m.Type, Proto: m.Proto, Formats: m.Formats[:min(1, len(m.Formats))], Label: m.Label}
+		if m.Type != "audio" || m.Port == 0 || !strings.HasPrefix(m.Proto, "RTP/AVP") || m.Proto == "RTP/SAVP" || m.Proto == "RTP/SAVPF" {
+			continue // rejected with port 0
+		}
+		if rec == nil && len(plans) == 1 {
+			continue // a plain call has one leg; further audio lines are rejected
+		}
+		p := legPlan{media: i, eventPT: -1}
+		found := false
+	pick:
+		for _, f := range m.Formats {
+			for _, c := range s.codecs {
+				if strings.EqualFold(f.Encoding, c.enc) && f.Clock == uint32(c.clock) && f.Channels <= 1 {
+					p.codec, p.audioPT, found = c, f.PT, true
+					break pick
+				}
+			}
+		}
+		if !found {
+			continue
+		}
+		ans := []sdp.Format{{PT: p.audioPT, Encoding: p.codec.enc, Clock: uint32(p.codec.clock)}}
+		for _, f := range m.Formats {
+			if strings.EqualFold(f.Encoding, "telephone-event") && f.Clock == uint32(p.codec.clock) {
+				p.eventPT = int(f.PT)
+				ans = append(ans, sdp.Format{PT: f.PT, Encoding: "telephone-event", Clock: f.Clock, Fmtp: "0-16"})
+				break
+			}
+		}
+		if !m.Conn.IsValid() {
+			return nil, nil, &offerError{code: 400, reason: "Bad Request", warn: "media line without connection address"}
+		}
+		p.remote = netip.AddrPortFrom(m.Conn, uint16(m.Port))
+		dir := sdp.RecvOnly
+		if m.Direction == sdp.RecvOnly || m.Direction == sdp.Inactive {
+			dir = sdp.Inactive
+		}
+		answers[i] = sdp.Answer{Type: m.Type, Proto: m.Proto, Formats: ans, Direction: dir, Label: m.Label, Port: -1}
+		plans = append(plans, p)
+	}
+	if len(plans) == 0 {
+		return nil, nil, notAcceptable(`305 callrouter "Incompatible media format: no audio line with ` + strings.Join(s.cfg.Codecs, ", ") + `"`)
+	}
+	if err := s.nameLegs(plans, off, rec); err != nil {
+		return nil, nil, err
+	}
+	return plans, answers, nil
+}
+
+// nameLegs names the legs: a plain call's one leg gets Config.LegName; a SIPREC call's legs are
+// named after the participant that sends each stream, in metadata order, and ordered so.
+func (s *Server) nameLegs(plans []legPlan, off *sdp.Session, rec *recording) error {
+	if rec == nil {
+		plans[0].name = s.pol.legName
+		return nil
+	}
+	if len(plans) > session.MaxLegs {
+		return notAcceptable(`305 callrouter "too many recorded streams"`)
+	}
+	used := map[string]bool{}
+	order := make([]int, len(plans)) // participant index per plan, for ordering
+	for i := range plans {
+		label := off.Media[plans[i].media].Label
+		pi := rec.senderOfLabel(label)
+		order[i] = pi
+		name := ""
+		if pi >= 0 && pi < len(s.pol.siprecNames) {
+			name = s.pol.siprecNames[pi]
+		}
+		if name == "" || used[name] {
+			name = "leg" + strconv.Itoa(i)
+			if label != "" && subjects.Valid("label"+label) {
+				name = "label" + label
+			}
+		}
+		used[name] = true
+		plans[i].name = name
+	}
+	// order legs by participant (unknown senders last, in media order)
+	for i := 1; i < len(plans); i++ {
+		for j := i; j > 0 && less(order[j], order[j-1]); j-- {
+			plans[j], plans[j-1] = plans[j-1], plans[j]
+			order[j], order[j-1] = order[j-1], order[j]
+		}
+	}
+	return nil
+}
+
+func less(a, b int) bool {
+	if a < 0 {
+		return false
+	}
+	return b < 0 || a < b
+}
+
+// onInvite answers a new INVITE, or a re-INVITE within a call.
+func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
+	start := time.Now()
+	if to := req.To(); to != nil && to.Params != nil {
+		if tag, ok := to.Params.Get("tag"); ok && tag != "" {
+			s.onReinvite(req, tx)
+			return
+		}
+	}
+	src := sourceAddr(req)
+	if !s.pol.allowed(src) {
+		s.respond(req, tx, 403, "Forbidden")
+		return
+	}
+	if req.Contact() == nil || req.CallID() == nil || req.From() == nil || req.To() == nil || req.CSeq() == nil ||
+		req.CSeq().MethodName != sip.INVITE {
+		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "missing or inconsistent Contact, Call-ID, From, To or CSeq"`))
+		return
+	}
+	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
+		s.respond(req, tx, 483, "Too Many Hops")
+		return
+	}
+	if s.auth != nil {
+		ok, stale := false, false
+		if h := req.GetHeader("Authorization"); h != nil {
+			_, ok, stale = s.auth.check(h.Value(), string(req.Method))
+		}
+		if !ok {
+			s.respond(req, tx, 401, "Unauthorized", sip.NewHeader("WWW-Authenticate", s.auth.challenge(stale)))
+			return
+		}
+	}
+	tenant, ok := s.pol.tenant(req, src)
+	if !ok {
+		s.respond(req, tx, 403, "Forbidden", warning(`399 callrouter "unknown tenant"`))
+		return
+	}
+	ct := ""
+	if h := req.ContentType(); h != nil {
+		ct = h.Value()
+	}
+	b, err := parseBody(ct, req.Body())
+	switch {
+	case errors.Is(err, errMediaType):
+		s.respond(req, tx, 415, "Unsupported Media Type", sip.NewHeader("Accept", "application/sdp, multipart/mixed"))
+		return
+	case err != nil:
+		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
+		return
+	case b.sdp == nil:
+		s.respond(req, tx, 488, "Not Acceptable Here", warning(`399 callrouter "an SDP offer is required in the INVITE"`))
+		return
+	}
+	off, err := sdp.Parse(b.sdp)
+	if err != nil {
+		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
+		return
+	}
+	var rec *recording
+	if b.metadata != nil {
+		if rec, err = parseMetadata(b.metadata); err != nil {
+			s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
+			return
+		}
+	}
+	expires, refresher, err := s.sessionTimer(req)
+	if err != nil {
+		s.respond(req, tx, 422, "Session Interval Too Small", sip.NewHeader("Min-SE", strconv.Itoa(int(s.cfg.MinSessionExpires/time.Second))))
+		return
+	}
+	plans, answers, err := s.negotiate(off, rec)
+	if err != nil {
+		var oe *offerError
+		if errors.As(err, &oe) {
+			s.respond(req, tx, oe.code, oe.reason, warning(oe.warn))
+		} else {
+			s.respond(req, tx, 500, "Server Internal Error")
+		}
+		return
+	}
+	s.mu.Lock()
+	draining, full := s.draining, len(s.calls) >= s.cfg.MaxCalls
+	s.mu.Unlock()
+	if draining {
+		s.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	if full {
+		s.respond(req, tx, 486, "Busy Here", warning(`399 callrouter "call limit reached"`))
+		return
+	}
+	dlg, err := s.dialogs[req.Transport()].ReadInvite(req, tx)
+	if err != nil {
+		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
+		return
+	}
+	_ = dlg.Respond(100, "Trying", nil)
+
+	c := &callState{s: s, dlg: dlg, tenant: tenant, expires: expires, refresher: refresher, rec: rec, start: time.Now(),
+		done: make(chan struct{})}
+	c.log = s.log.With().Str("tenant", tenant).Str("sip_call_id", req.CallID().Value()).Logger()
+	if err := c.openStreams(plans, answers); err != nil {
+		c.releaseStreams()
+		s.respondDialog(dlg, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"), warning(`399 callrouter "no RTP port free"`))
+		return
+	}
+	spec := session.Spec{ID: session.ID{Tenant: tenant, Call: subjects.Encode(req.CallID().Value())}, Meta: s.pol.metadata(req)}
+	for i, p := range c.plans {
+		spec.Legs = append(spec.Legs, session.Leg{Index: uint8(i), Name: p.name, Codec: p.codec.fc, Rate: p.codec.rate})
+	}
+	if rec != nil {
+		spec.Meta["siprec"] = "true"
+		for k, v := range c.participantMeta() {
+			spec.Meta[k] = v
+		}
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.PlaceTimeout)
+	stop := context.AfterFunc(dlg.Context(), cancel) // CANCEL aborts placement
+	call, err := s.node.StartCall(ctx, spec)
+	stop()
+	cancel()
+	if err != nil {
+		c.releaseStreams()
+		s.refuse(dlg, req, err)
+		return
+	}
+	c.call = call
+	c.spec = spec
+	if !s.add(c) {
+		call.End("shutdown")
+		c.releaseStreams()
+		s.respondDialog(dlg, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	c.startStreams()
+	answer := c.answerSDP()
+	res := sip.NewSDPResponseFromRequest(dlg.InviteRequest, answer)
+	for _, h := range c.timerHeaders() {
+		res.AppendHeader(h)
+	}
+	res.AppendHeader(s.allowHeaders()[0])
+	s.m.answer.Observe(time.Since(start).Seconds())
+	s.m.requests.WithLabelValues("INVITE", "200").Inc()
+	c.log.Info().Str("call", spec.Call).Int("legs", len(spec.Legs)).Dur("answer", time.Since(start)).Msg("SIP call answered")
+	if err := dlg.WriteResponse(res); err != nil {
+		reason := "no_ack"
+		if dlg.Context().Err() != nil {
+			reason = "cancel"
+		}
+		c.finish(reason, reason == "no_ack")
+		return
+	}
+}
+
+// refuse answers a failed placement: 503 with Retry-After for refusals and temporary trouble.
+func (s *Server) refuse(dlg dialogResponder, req *sip.Request, err error) {
+	if ra, ok := ingest.RetryAfter(err); ok {
+		secs := int(math.Ceil(ra.Seconds()))
+		s.respondDialog(dlg, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", strconv.Itoa(max(1, secs))),
+			warning(`399 callrouter "`+quote(err.Error())+`"`))
+		return
+	}
+	switch {
+	case errors.Is(err, ingest.ErrDuplicate):
+		s.respondDialog(dlg, req, 482, "Loop Detected", warning(`399 callrouter "call already in progress"`))
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		s.respondDialog(dlg, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+	default:
+		s.respondDialog(dlg, req, 500, "Server Internal Error", warning(`399 callrouter "`+quote(err.Error())+`"`))
+	}
+}
+
+type dialogResponder interface {
+	Respond(code int, reason string, body []byte, hdrs ...sip.Header) error
+}
+
+func (s *Server) respondDialog(dlg dialogResponder, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
+	s.m.requests.WithLabelValues("INVITE", strconv.Itoa(code)).Inc()
+	_ = dlg.Respond(code, reason, nil, hdrs...)
+}
+
+func warning(text string) sip.Header { return sip.NewHeader("Warning", text) }
+
+func quote(s string) string {
+	s = strings.NewReplacer(`"`, `'`, "\r", " ", "\n", " ", `\`, "/").Replace(s)
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return s
+}
+
+// sessionTimer reads Session-Expires (RFC 4028 section 4): zero when absent; an error when below
+// the minimum.
+func (s *Server) sessionTimer(req *sip.Request) (time.Duration, string, error) {
+	h := req.GetHeader("Session-Expires")
+	if h == nil {
+		h = req.GetHeader("x")
+	}
+	if h == nil {
+		return 0, "", nil
+	}
+	v, params, _ := strings.Cut(h.Value(), ";")
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n <= 0 {
+		return 0, "", nil // unparseable: ignored
+	}
+	d := time.Duration(n) * time.Second
+	if d < s.cfg.MinSessionExpires {
+		return 0, "", errors.New("session interval too small")
+	}
+	refresher := "uac"
+	if strings.Contains(strings.ReplaceAll(params, " ", ""), "refresher=uas") {
+		refresher = "uas"
+	}
+	return d, refresher, nil
+}
+
+// onReinvite answers an INVITE within a call: new SIPREC metadata is applied and published,
+// a new remote media address is taken, and the answer repeats callrouter's media.
+func (s *Server) onReinvite(req *sip.Request, tx sip.ServerTransaction) {
+	c := s.findCall(req)
+	if c == nil {
+		s.respond(req, tx, 481, "Call/Transaction Does Not Exist")
+		return
+	}
+	ct := ""
+	if h := req.ContentType(); h != nil {
+		ct = h.Value()
+	}
+	b, err := parseBody(ct, req.Body())
+	if errors.Is(err, errMediaType) {
+		s.respond(req, tx, 415, "Unsupported Media Type", sip.NewHeader("Accept", "application/sdp, multipart/mixed"))
+		return
+	}
+	if err != nil {
+		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
+		return
+	}
+	var off *sdp.Session
+	if b.sdp != nil {
+		if off, err = sdp.Parse(b.sdp); err != nil {
+			s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
+			return
+		}
+	}
+	var rec *recording
+	if b.metadata != nil {
+		if rec, err = parseMetadata(b.metadata); err != nil {
+			s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
+			return
+		}
+	}
+	c.reinvite(req, off, rec)
+	res := sip.NewSDPResponseFromRequest(req, c.answerSDP())
+	contact := s.contacts[req.Transport()]
+	res.AppendHeader(&contact)
+	for _, h := range c.timerHeaders() {
+		res.AppendHeader(h)
+	}
+	s.m.requests.WithLabelValues("INVITE", "200").Inc()
+	_ = tx.Respond(res)
+}

@@ -1,0 +1,35 @@
+package sip
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	requests   *prometheus.CounterVec // method, code
+	calls      prometheus.Gauge
+	ended      *prometheus.CounterVec // reason
+	rtpPackets prometheus.Counter
+	rtpDropped *prometheus.CounterVec // reason: source, malformed, payload_type, late, duplicate
+	rtpLost    prometheus.Counter
+	gapFilled  prometheus.Counter
+	dtmf       prometheus.Counter
+	answer     prometheus.Histogram // INVITE received → 200 OK sent, placement included
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_sip_responses_total",
+			Help: "SIP final responses sent, by request method and status code."}, []string{"method", "code"}),
+		calls: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_sip_calls", Help: "SIP calls in progress."}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_sip_calls_ended_total",
+			Help: "SIP calls ended, by reason."}, []string{"reason"}),
+		rtpPackets: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_rtp_packets_total", Help: "RTP packets accepted."}),
+		rtpDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_sip_rtp_dropped_total",
+			Help: "RTP packets dropped, by reason (source, malformed, payload_type, late, duplicate)."}, []string{"reason"}),
+		rtpLost:   prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_rtp_lost_total", Help: "RTP packets given up on as lost (gap-filled)."}),
+		gapFilled: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_gap_filled_frames_total", Help: "Frames gap-filled for loss or silence."}),
+		dtmf:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_dtmf_events_total", Help: "RFC 4733 DTMF events published."}),
+		answer: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrouter_sip_answer_seconds",
+			Help: "INVITE received to 200 OK sent, placement included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+	}
+	reg.MustRegister(m.requests, m.calls, m.ended, m.rtpPackets, m.rtpDropped, m.rtpLost, m.gapFilled, m.dtmf, m.answer)
+	return m
+}

@@ -1,0 +1,333 @@
+// Package sip is callrouter's SIP ingest: a user agent server on sipgo that answers INVITEs over
+// UDP and TCP with an SDP answer (G.711 μ-law and A-law, G.722, RFC 4733 telephone-events),
+// receives RTP with pion/rtp on a port range, re-cuts it into 20 ms frames with loss, reordering
+// and silence handled, and feeds them to an ingest.Call. SIPREC (RFC 7866) INVITEs become one
+// call with one named leg per recorded participant. DTMF digits are published as call events.
+// Server implements ingest.Source; docs/sip.md describes its behaviour and configuration.
+package sip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Deps are the server's collaborators.
+type Deps struct {
+	Log      zerolog.Logger
+	Registry prometheus.Registerer
+}
+
+// Server is the SIP user agent server. New builds it; Run serves.
+type Server struct {
+	cfg       Config
+	log       zerolog.Logger
+	m         *metrics
+	pol       *policy
+	auth      *digestAuth
+	ports     *portPool
+	codecs    []codec
+	listenIP  netip.Addr
+	advertise netip.Addr
+
+	ready chan struct{}
+	addr  atomic.Pointer[netip.AddrPort]
+
+	node    *ingest.Node
+	ctx     context.Context
+	client  *sipgo.Client
+	dialogs  map[string]*sipgo.DialogServerCache // by transport
+	contacts map[string]sip.ContactHeader
+
+	mu       sync.Mutex
+	calls    map[string]*callState // by dialog id
+	draining bool
+	wg       sync.WaitGroup // call goroutines and in-flight request handlers
+	running  atomic.Bool
+}
+
+// New validates cfg and builds a server; it does no I/O.
+func New(cfg Config, d Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if d.Registry == nil {
+		d.Registry = prometheus.NewRegistry()
+	}
+	lis := netip.MustParseAddrPort(cfg.Listen)
+	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "sip").Logger(), m: newMetrics(d.Registry), pol: newPolicy(&cfg),
+		listenIP: lis.Addr(), advertise: lis.Addr(), ready: make(chan struct{}), calls: map[string]*callState{}}
+	if cfg.AdvertiseIP != "" {
+		s.advertise = netip.MustParseAddr(cfg.AdvertiseIP)
+	}
+	mediaIP := lis.Addr()
+	if cfg.MediaIP != "" {
+		mediaIP = netip.MustParseAddr(cfg.MediaIP)
+	}
+	s.ports = newPortPool(mediaIP, cfg.RTPPortMin, cfg.RTPPortMax, cfg.PortQuarantine)
+	for _, name := range cfg.Codecs {
+		s.codecs = append(s.codecs, codecByName[name])
+	}
+	if len(cfg.AuthUsers) > 0 {
+		s.auth = newDigestAuth(cfg.AuthRealm, cfg.AuthUsers)
+	}
+	return s, nil
+}
+
+// Ready is closed once the server listens; Addr is valid from then on.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr returns the SIP address the server listens on (UDP and TCP share the port).
+func (s *Server) Addr() netip.AddrPort {
+	if a := s.addr.Load(); a != nil {
+		return *a
+	}
+	return netip.AddrPort{}
+}
+
+// Calls returns the number of calls in progress.
+func (s *Server) Calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.calls)
+}
+
+// listen opens the UDP and TCP listeners on one port.
+func (s *Server) listen() (net.PacketConn, net.Listener, error) {
+	want := netip.MustParseAddrPort(s.cfg.Listen)
+	udp, tcp := false, false
+	for _, t := range s.cfg.Transports {
+		udp, tcp = udp || t == "udp", tcp || t == "tcp"
+	}
+	for attempt := 0; attempt < 20; attempt++ {
+		addr := want
+		var pc net.PacketConn
+		var err error
+		if udp {
+			if pc, err = net.ListenPacket("udp", addr.String()); err != nil {
+				return nil, nil, err
+			}
+			addr = netip.MustParseAddrPort(pc.LocalAddr().String())
+		}
+		if !tcp {
+			return pc, nil, nil
+		}
+		l, err := net.Listen("tcp", addr.String())
+		if err == nil {
+			return pc, l, nil
+		}
+		if pc != nil {
+			_ = pc.Close()
+		}
+		if want.Port() != 0 {
+			return nil, nil, err
+		}
+	}
+	return nil, nil, errors.New("sip: no port free for both UDP and TCP")
+}
+
+// Run serves SIP until ctx ends, then drains: new INVITEs get 503, calls get DrainTimeout to
+// hang up, and the rest are hung up with BYE. It returns once every goroutine it started has
+// exited.
+func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("sip: server already ran")
+	}
+	s.node = n
+	pc, l, err := s.listen()
+	if err != nil {
+		return fmt.Errorf("sip: listen: %w", err)
+	}
+	var local netip.AddrPort
+	if pc != nil {
+		local = netip.MustParseAddrPort(pc.LocalAddr().String())
+	} else {
+		local = netip.MustParseAddrPort(l.Addr().String())
+	}
+	if s.advertise.IsUnspecified() {
+		s.advertise = netip.MustParseAddr("127.0.0.1")
+	}
+	slogger := newSlog(s.log)
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("callrouter"), sipgo.WithUserAgentHostname(s.advertise.String()),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(slogger)))
+	if err != nil {
+		return err
+	}
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(slogger))
+	if err != nil {
+		_ = ua.Close()
+		return err
+	}
+	s.client, err = sipgo.NewClient(ua, sipgo.WithClientHostname(s.advertise.String()), sipgo.WithClientLogger(slogger))
+	if err != nil {
+		_ = ua.Close()
+		return err
+	}
+	s.dialogs = map[string]*sipgo.DialogServerCache{}
+	s.contacts = map[string]sip.ContactHeader{}
+	for _, t := range []string{"UDP", "TCP"} {
+		contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "callrouter", Host: s.advertise.String(), Port: int(local.Port()),
+			UriParams: sip.NewParams()}}
+		if t == "TCP" {
+			contact.Address.UriParams.Add("transport", "tcp")
+		}
+		s.dialogs[t] = sipgo.NewDialogServerCache(s.client, contact)
+		s.contacts[t] = contact
+	}
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	defer cancelRun()
+	s.ctx = runCtx
+	srv.OnInvite(s.handle(s.onInvite))
+	srv.OnAck(s.onAck)
+	srv.OnBye(s.handle(s.onBye))
+	srv.OnCancel(s.handle(s.onCancel))
+	srv.OnOptions(s.handle(s.onOptions))
+	srv.OnUpdate(s.handle(s.onUpdate))
+	srv.OnNoRoute(s.handle(s.onNoRoute))
+
+	var serveWG sync.WaitGroup
+	if pc != nil {
+		serveWG.Add(1)
+		go func() { defer serveWG.Done(); _ = srv.ServeUDP(pc) }()
+	}
+	if l != nil {
+		serveWG.Add(1)
+		go func() { defer serveWG.Done(); _ = srv.ServeTCP(l) }()
+	}
+	s.addr.Store(&local)
+	close(s.ready)
+	s.log.Info().Str("addr", local.String()).Strs("transports", s.cfg.Transports).Msg("SIP listening")
+
+	<-ctx.Done()
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+	deadline := time.Now().Add(s.cfg.DrainTimeout)
+	for s.Calls() > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.mu.Lock()
+	rest := make([]*callState, 0, len(s.calls))
+	for _, c := range s.calls {
+		rest = append(rest, c)
+	}
+	s.mu.Unlock()
+	for _, c := range rest {
+		c.finish("shutdown", true)
+	}
+	cancelRun()
+	if pc != nil {
+		_ = pc.Close()
+	}
+	if l != nil {
+		_ = l.Close()
+	}
+	_ = ua.Close()
+	serveWG.Wait()
+	s.wg.Wait()
+	return nil
+}
+
+// handle wraps a request handler so that Run waits for it, and so that a panic in one request
+// never takes the process (and the other calls) down.
+func (s *Server) handle(h func(*sip.Request, sip.ServerTransaction)) sipgo.RequestHandler {
+	return func(req *sip.Request, tx sip.ServerTransaction) {
+		s.wg.Add(1)
+		defer s.wg.Done()
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error().Any("panic", r).Str("method", string(req.Method)).Msg("SIP handler panicked")
+				s.respond(req, tx, 500, "Server Internal Error")
+			}
+		}()
+		h(req, tx)
+	}
+}
+
+// respond sends a final response built from req with optional extra headers.
+func (s *Server) respond(req *sip.Request, tx sip.ServerTransaction, code int, reason string, hdrs ...sip.Header) {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	for _, h := range hdrs {
+		res.AppendHeader(h)
+	}
+	s.m.requests.WithLabelValues(string(req.Method), strconv.Itoa(code)).Inc()
+	if tx != nil {
+		_ = tx.Respond(res)
+	}
+}
+
+func (s *Server) onAck(req *sip.Request, tx sip.ServerTransaction) {
+	if d := s.dialogs[req.Transport()]; d != nil {
+		_ = d.ReadAck(req, tx)
+	}
+}
+
+func (s *Server) findCall(req *sip.Request) *callState {
+	id, err := sip.DialogIDFromRequestUAS(req)
+	if err != nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls[id]
+}
+
+func (s *Server) onBye(req *sip.Request, tx sip.ServerTransaction) {
+	c := s.findCall(req)
+	if c == nil {
+		s.respond(req, tx, 481, "Call/Transaction Does Not Exist")
+		return
+	}
+	if err := c.dlg.ReadBye(req, tx); err != nil {
+		s.respond(req, tx, 400, "Bad Request")
+		return
+	}
+	s.m.requests.WithLabelValues("BYE", "200").Inc()
+	c.finish("hangup", false)
+}
+
+// onCancel sees only CANCELs that match no INVITE transaction (sipgo answers the others itself).
+func (s *Server) onCancel(req *sip.Request, tx sip.ServerTransaction) {
+	s.respond(req, tx, 481, "Call/Transaction Does Not Exist")
+}
+
+func (s *Server) allowHeaders() []sip.Header {
+	return []sip.Header{sip.NewHeader("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE"),
+		sip.NewHeader("Accept", "application/sdp, multipart/mixed"), sip.NewHeader("Supported", "timer")}
+}
+
+func (s *Server) onOptions(req *sip.Request, tx sip.ServerTransaction) {
+	if !s.pol.allowed(sourceAddr(req)) {
+		s.respond(req, tx, 403, "Forbidden")
+		return
+	}
+	s.respond(req, tx, 200, "OK", s.allowHeaders()...)
+}
+
+// onUpdate refreshes the session timer (RFC 4028); offers in UPDATE are not renegotiated.
+func (s *Server) onUpdate(req *sip.Request, tx sip.ServerTransaction) {
+	c := s.findCall(req)
+	if c == nil {
+		s.respond(req, tx, 481, "Call/Transaction Does Not Exist")
+		return
+	}
+	c.refresh(req)
+	s.respond(req, tx, 200, "OK", c.timerHeaders()...)
+}
+
+func (s *Server) onNoRoute(req *sip.Request, tx sip.ServerTransaction) {
+	s.respond(req, tx, 405, "Method Not Allowed", s.allowHeaders()[0])
+}

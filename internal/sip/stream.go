@@ -1,0 +1,127 @@
+package sip
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/pion/rtp"
+)
+
+// codec is an audio codec callrouter accepts on SIP.
+type codec struct {
+	name    string
+	enc     string // SDP encoding name
+	pt      uint8  // static payload type
+	clock   int    // RTP clock rate (G.722 keeps 8000, RFC 3551 section 4.5.2)
+	rate    uint32 // sample rate of the decoded audio, for frame headers
+	fc      frame.Codec
+	silence byte
+}
+
+var codecByName = map[string]codec{
+	"pcmu": {name: "pcmu", enc: "PCMU", pt: 0, clock: 8000, rate: 8000, fc: frame.CodecPCMU, silence: 0xFF},
+	"pcma": {name: "pcma", enc: "PCMA", pt: 8, clock: 8000, rate: 8000, fc: frame.CodecPCMA, silence: 0xD5},
+	"g722": {name: "g722", enc: "G722", pt: 9, clock: 8000, rate: 16000, fc: frame.CodecG722, silence: 0x00},
+}
+
+// stream receives one negotiated RTP stream into one leg of a call.
+type stream struct {
+	conn     *net.UDPConn
+	leg      int
+	codec    codec
+	audioPT  uint8
+	eventPT  int // -1 without telephone-event
+	check    string
+	remote   atomic.Pointer[netip.AddrPort] // negotiated source; updated by re-INVITEs
+	cut      *cutter
+	dtmf     dtmfDetector
+	lastRTP  atomic.Int64 // unix nanos of the last accepted packet
+	m        *metrics
+	send     func(leg int, payload []byte, flags frame.Flags) error
+	onDTMF   func(s *stream, e dtmfEvent, pos int64)
+	pkt      rtp.Packet
+	buf      [maxPacket + 64]byte
+	sendErrs int
+}
+
+func (s *stream) port() int { return s.conn.LocalAddr().(*net.UDPAddr).Port }
+
+func (s *stream) setRemote(a netip.AddrPort) { s.remote.Store(&a) }
+
+func (s *stream) sourceOK(from netip.AddrPort) bool {
+	r := s.remote.Load()
+	switch {
+	case s.check == SourceCheckOff || r == nil:
+		return true
+	case s.check == SourceCheckIP:
+		return r.Addr() == from.Addr().Unmap()
+	}
+	return r.Addr() == from.Addr().Unmap() && r.Port() == from.Port()
+}
+
+// run reads packets until the socket is closed, then flushes the last frame.
+func (s *stream) run() {
+	tick := frameDur
+	s.lastRTP.Store(time.Now().UnixNano())
+	for {
+		_ = s.conn.SetReadDeadline(time.Now().Add(tick))
+		n, from, err := s.conn.ReadFromUDPAddrPort(s.buf[:])
+		now := time.Now()
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				s.cut.idle(now)
+				continue
+			}
+			break // closed
+		}
+		if !s.sourceOK(from) {
+			s.m.rtpDropped.WithLabelValues("source").Inc()
+			continue
+		}
+		if err := s.pkt.Unmarshal(s.buf[:n]); err != nil || s.pkt.Version != 2 {
+			s.m.rtpDropped.WithLabelValues("malformed").Inc()
+			continue
+		}
+		switch {
+		case s.pkt.PayloadType == s.audioPT:
+			s.lastRTP.Store(now.UnixNano())
+			s.cut.push(now, s.pkt.SequenceNumber, s.pkt.Timestamp, s.pkt.SSRC, s.pkt.Marker, s.pkt.Payload)
+		case int(s.pkt.PayloadType) == s.eventPT:
+			s.lastRTP.Store(now.UnixNano())
+			if !s.dtmf.push(s.pkt.Timestamp, s.pkt.SSRC, s.pkt.Payload) {
+				s.m.rtpDropped.WithLabelValues("malformed").Inc()
+			}
+		case s.pkt.PayloadType == 13: // comfort noise (RFC 3389): the sender is silent
+			s.lastRTP.Store(now.UnixNano())
+		default:
+			s.m.rtpDropped.WithLabelValues("payload_type").Inc()
+			continue
+		}
+		s.m.rtpPackets.Inc()
+	}
+	s.cut.finish()
+	s.dtmf.flush()
+	st := s.cut.stats
+	s.m.rtpDropped.WithLabelValues("late").Add(float64(st.late))
+	s.m.rtpDropped.WithLabelValues("duplicate").Add(float64(st.dups))
+	s.m.rtpLost.Add(float64(st.lost))
+	s.m.gapFilled.Add(float64(st.framesFilled))
+}
+
+// emit is the cutter's frame callback.
+func (s *stream) emit(p []byte, gap bool) {
+	var f frame.Flags
+	if gap {
+		f = frame.FlagGapFilled
+	}
+	if err := s.send(s.leg, p, f); err != nil {
+		s.sendErrs++
+	}
+}
+
+func netipAddrPort(a netip.Addr, port int) netip.AddrPort { return netip.AddrPortFrom(a.Unmap(), uint16(port)) }
