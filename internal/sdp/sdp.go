@@ -221,7 +221,7 @@ func parseMedia(v string) (Media, error) {
 	return m, nil
 }
 
-func (m *Media) attr(v string) error {
+func (m *Media) attr(v string) error { //nolint:unparam // kept for stricter attributes
 	name, val, _ := strings.Cut(v, ":")
 	switch name {
 	case "sendrecv", "sendonly", "recvonly", "inactive":
@@ -234,23 +234,25 @@ func (m *Media) attr(v string) error {
 	case "label":
 		m.Label = strings.TrimSpace(val)
 	case "rtpmap":
+		// A malformed rtpmap (RFC 4475's "a=rtpmap:31 LPC") leaves its format unnamed, so it is
+		// never chosen; it does not make the whole offer unusable.
 		ptS, rest, _ := strings.Cut(val, " ")
 		pt, err := strconv.Atoi(ptS)
 		if err != nil || pt < 0 || pt > 127 {
-			return fmt.Errorf("%w: rtpmap %q", ErrSyntax, trunc(val))
+			return nil
 		}
 		parts := strings.Split(strings.TrimSpace(rest), "/")
 		if len(parts) < 2 {
-			return fmt.Errorf("%w: rtpmap %q", ErrSyntax, trunc(val))
+			return nil
 		}
 		clock, err := strconv.ParseUint(parts[1], 10, 32)
 		if err != nil || clock == 0 {
-			return fmt.Errorf("%w: rtpmap clock %q", ErrSyntax, trunc(val))
+			return nil
 		}
 		ch := 1
 		if len(parts) > 2 {
 			if ch, err = strconv.Atoi(parts[2]); err != nil || ch < 1 || ch > 8 {
-				return fmt.Errorf("%w: rtpmap channels %q", ErrSyntax, trunc(val))
+				return nil
 			}
 		}
 		for i := range m.Formats {

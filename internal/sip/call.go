@@ -196,9 +196,9 @@ type dtmfData struct {
 	Event      uint8  `json:"event"`
 	Leg        string `json:"leg"`
 	LegIndex   int    `json:"leg_index"`
-	MediaTS    uint64 `json:"media_ts"`  // in samples at the leg's rate, on the leg's frame timeline
-	Seq        uint64 `json:"seq"`       // the leg's frame sequence number covering the start
-	Rate       uint32 `json:"rate"`      // the leg's sample rate
+	MediaTS    uint64 `json:"media_ts"` // in samples at the leg's rate, on the leg's frame timeline
+	Seq        uint64 `json:"seq"`      // the leg's frame sequence number covering the start
+	Rate       uint32 `json:"rate"`     // the leg's sample rate
 	DurationMS int    `json:"duration_ms"`
 	Ended      bool   `json:"ended"` // false when every end packet was lost
 }

@@ -12,7 +12,7 @@ type cutter struct {
 	window     int64 // reorder window in ticks
 	windowDur  time.Duration
 	silence    time.Duration // no packet for this long: fill silence in real time
-	clock      int64 // ticks per second
+	clock      int64         // ticks per second
 	silenceB   byte
 	emit       func(payload []byte, gapFilled bool)
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"net/netip"
 	"strconv"
@@ -156,13 +157,32 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(req, tx, 403, "Forbidden")
 		return
 	}
+	if req.Contact() == nil && req.From() != nil {
+		// RFC 2543 INVITEs may omit Contact: the From address is the remote target then.
+		req.AppendHeader(&sip.ContactHeader{Address: req.From().Address})
+	}
+	if f := req.From(); f != nil {
+		if tag, ok := f.Params.Get("tag"); !ok || tag == "" {
+			// RFC 2543 requests have no From tag (or one sipgo cannot read): a deterministic one
+			// lets the dialog form; the response carries it back.
+			if f.Params == nil {
+				f.Params = sip.NewParams()
+			}
+			h := fnv.New64a()
+			h.Write([]byte(f.Value()))
+			if id := req.CallID(); id != nil {
+				h.Write([]byte(id.Value()))
+			}
+			f.Params.Add("tag", "cr2543-"+strconv.FormatUint(h.Sum64(), 36))
+		}
+	}
 	if req.Contact() == nil || req.CallID() == nil || req.From() == nil || req.To() == nil || req.CSeq() == nil ||
 		req.CSeq().MethodName != sip.INVITE {
 		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "missing or inconsistent Contact, Call-ID, From, To or CSeq"`))
 		return
 	}
-	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
-		s.respond(req, tx, 483, "Too Many Hops")
+	if !acceptsSDP(req) {
+		s.respond(req, tx, 406, "Not Acceptable", sip.NewHeader("Accept", "application/sdp, multipart/mixed"))
 		return
 	}
 	if s.auth != nil {
@@ -322,6 +342,23 @@ type dialogResponder interface {
 func (s *Server) respondDialog(dlg dialogResponder, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
 	s.m.requests.WithLabelValues("INVITE", strconv.Itoa(code)).Inc()
 	_ = dlg.Respond(code, reason, nil, hdrs...)
+}
+
+// acceptsSDP reports whether the request's Accept headers, if any, admit an SDP answer.
+func acceptsSDP(req *sip.Request) bool {
+	hs := req.GetHeaders("Accept")
+	if len(hs) == 0 {
+		return true
+	}
+	for _, h := range hs {
+		for _, t := range strings.Split(h.Value(), ",") {
+			mt, _, _ := strings.Cut(strings.TrimSpace(strings.ToLower(t)), ";")
+			if mt == "application/sdp" || mt == "application/*" || mt == "*/*" || strings.HasPrefix(mt, "multipart/") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func warning(text string) sip.Header { return sip.NewHeader("Warning", text) }

@@ -3,15 +3,17 @@ package sip
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	requests   *prometheus.CounterVec // method, code
-	calls      prometheus.Gauge
-	ended      *prometheus.CounterVec // reason
-	rtpPackets prometheus.Counter
-	rtpDropped *prometheus.CounterVec // reason: source, malformed, payload_type, late, duplicate
-	rtpLost    prometheus.Counter
-	gapFilled  prometheus.Counter
-	dtmf       prometheus.Counter
-	answer     prometheus.Histogram // INVITE received → 200 OK sent, placement included
+	requests       *prometheus.CounterVec // method, code
+	calls          prometheus.Gauge
+	ended          *prometheus.CounterVec // reason
+	rtpPackets     prometheus.Counter
+	rtpDropped     *prometheus.CounterVec // reason: source, malformed, payload_type, late, duplicate
+	rtpLost        prometheus.Counter
+	gapFilled      prometheus.Counter
+	dtmf           prometheus.Counter
+	malformed      prometheus.Counter
+	strayResponses prometheus.Counter
+	answer         prometheus.Histogram // INVITE received → 200 OK sent, placement included
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -27,9 +29,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rtpLost:   prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_rtp_lost_total", Help: "RTP packets given up on as lost (gap-filled)."}),
 		gapFilled: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_gap_filled_frames_total", Help: "Frames gap-filled for loss or silence."}),
 		dtmf:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_dtmf_events_total", Help: "RFC 4733 DTMF events published."}),
+		malformed: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_malformed_total",
+			Help: "SIP datagrams that could not be parsed (answered 400/416/505 when possible, else dropped)."}),
+		strayResponses: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_stray_responses_total",
+			Help: "SIP responses that matched no transaction (dropped)."}),
 		answer: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrouter_sip_answer_seconds",
 			Help: "INVITE received to 200 OK sent, placement included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 	}
-	reg.MustRegister(m.requests, m.calls, m.ended, m.rtpPackets, m.rtpDropped, m.rtpLost, m.gapFilled, m.dtmf, m.answer)
+	reg.MustRegister(m.requests, m.calls, m.ended, m.rtpPackets, m.rtpDropped, m.rtpLost, m.gapFilled, m.dtmf, m.malformed, m.strayResponses, m.answer)
 	return m
 }

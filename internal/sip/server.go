@@ -45,9 +45,9 @@ type Server struct {
 	ready chan struct{}
 	addr  atomic.Pointer[netip.AddrPort]
 
-	node    *ingest.Node
-	ctx     context.Context
-	client  *sipgo.Client
+	node     *ingest.Node
+	ctx      context.Context
+	client   *sipgo.Client
 	dialogs  map[string]*sipgo.DialogServerCache // by transport
 	contacts map[string]sip.ContactHeader
 
@@ -161,7 +161,8 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	}
 	slogger := newSlog(s.log)
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent("callrouter"), sipgo.WithUserAgentHostname(s.advertise.String()),
-		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger)),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger),
+			sip.WithTransactionLayerUnhandledResponseHandler(func(*sip.Response) { s.m.strayResponses.Inc() })),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(slogger)))
 	if err != nil {
 		return err
@@ -191,7 +192,7 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	defer cancelRun()
 	s.ctx = runCtx
 	srv.OnInvite(s.handle(s.onInvite))
-	srv.OnAck(s.onAck)
+	srv.OnAck(s.handle(s.onAck))
 	srv.OnBye(s.handle(s.onBye))
 	srv.OnCancel(s.handle(s.onCancel))
 	srv.OnOptions(s.handle(s.onOptions))
@@ -201,7 +202,8 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	var serveWG sync.WaitGroup
 	if pc != nil {
 		serveWG.Add(1)
-		go func() { defer serveWG.Done(); _ = srv.ServeUDP(pc) }()
+		g := &guardConn{PacketConn: pc, parser: sip.NewParser(), m: s.m}
+		go func() { defer serveWG.Done(); _ = srv.ServeUDP(g) }()
 	}
 	if l != nil {
 		serveWG.Add(1)
@@ -253,6 +255,9 @@ func (s *Server) handle(h func(*sip.Request, sip.ServerTransaction)) sipgo.Reque
 				s.respond(req, tx, 500, "Server Internal Error")
 			}
 		}()
+		if !s.precheck(req, tx) {
+			return
+		}
 		h(req, tx)
 	}
 }
@@ -328,6 +333,10 @@ func (s *Server) onUpdate(req *sip.Request, tx sip.ServerTransaction) {
 	s.respond(req, tx, 200, "OK", c.timerHeaders()...)
 }
 
+// onNoRoute answers methods callrouter knows but does not serve (REGISTER, MESSAGE, ...).
 func (s *Server) onNoRoute(req *sip.Request, tx sip.ServerTransaction) {
+	if req.Method == sip.ACK {
+		return
+	}
 	s.respond(req, tx, 405, "Method Not Allowed", s.allowHeaders()[0])
 }

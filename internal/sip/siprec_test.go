@@ -123,4 +123,3 @@ func TestSIPpSIPREC(t *testing.T) {
 		t.Errorf("metadata update %+v lacks Bob Agent on the agent leg", md.Participants)
 	}
 }
-

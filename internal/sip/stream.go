@@ -124,4 +124,6 @@ func (s *stream) emit(p []byte, gap bool) {
 	}
 }
 
-func netipAddrPort(a netip.Addr, port int) netip.AddrPort { return netip.AddrPortFrom(a.Unmap(), uint16(port)) }
+func netipAddrPort(a netip.Addr, port int) netip.AddrPort {
+	return netip.AddrPortFrom(a.Unmap(), uint16(port))
+}
