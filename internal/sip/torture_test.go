@@ -21,7 +21,7 @@ const tortureDir = "/work/shared/testdata/rfc4475"
 // normally) or "drop" (no response at all).
 var tortureWant = map[string]string{
 	"wsinv": "not400", "intmeth": "501", "esc01": "not400", "escnull": "405 501", "esc02": "501", "lwsdisp": "200",
-	"longreq": "any", // its Via names TCP to sip33.example.com: the answer goes elsewhere "dblreq": "405 501", "semiuri": "200 404", "transports": "200", "mpart01": "405 501 415",
+	"longreq":  "any", // its Via names TCP to sip33.example.com: the answer goes elsewhere "dblreq": "405 501", "semiuri": "200 404", "transports": "200", "mpart01": "405 501 415",
 	"unreason": "drop", "noreason": "drop", "badinv01": "400", "clerr": "400", "ncl": "400", "scalar02": "400",
 	"scalarlg": "drop", "quotbal": "any", "ltgtruri": "any", "lwsruri": "any", "lwsstart": "any", "trws": "any",
 	"escruri": "any", "baddate": "any", "regbadct": "any", "badaspec": "any", "baddn": "any", "badvers": "505",
