@@ -72,9 +72,28 @@ func rfc2543Branch(req *sip.Request, b []byte, n int) int {
 	if start < 0 || n+len(add) > len(b) {
 		return n
 	}
+	orig := append([]byte(nil), b[:n]...)
 	copy(b[start+len(add):n+len(add)], b[start:n])
 	copy(b[start:], add)
+	if !cookieBranch(b[:n+len(add)]) {
+		copy(b, orig) // an odd Via the insertion would break: leave the request to sipgo as it was
+		return n
+	}
 	return n + len(add)
+}
+
+// cookieBranch reports whether msg parses as a request whose top Via has an RFC 3261 branch.
+func cookieBranch(msg []byte) bool {
+	m, err := sip.NewParser().ParseSIP(msg)
+	if err != nil {
+		return false
+	}
+	req, ok := m.(*sip.Request)
+	if !ok || req.Via() == nil {
+		return false
+	}
+	br, _ := req.Via().Params.Get("branch")
+	return strings.HasPrefix(br, sip.RFC3261BranchMagicCookie) && len(br) > len(sip.RFC3261BranchMagicCookie)
 }
 
 // viaInsertPoint returns the offset in msg at the end of the first Via value (after its

@@ -14,7 +14,7 @@ import (
 	"time"
 )
 
-const tortureDir = "/work/shared/testdata/rfc4475"
+const tortureDir = "testdata/rfc4475"
 
 // tortureWant says, per RFC 4475 message, which final responses a UAS may send: a list of
 // codes, "any" (a liberal answer is allowed, or the response goes elsewhere), "not400" (process

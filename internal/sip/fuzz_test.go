@@ -1,0 +1,122 @@
+package sip
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/pion/rtp"
+)
+
+// FuzzSIPDatagram runs what callrouter does to every SIP datagram before sipgo sees it: parse,
+// the RFC 2543 branch rewrite of parseable requests (which must stay parseable), and the
+// stateless error response of unparseable ones. Seeds: the RFC 4475 torture messages.
+func FuzzSIPDatagram(f *testing.F) {
+	files, _ := filepath.Glob("testdata/rfc4475/*.dat")
+	for _, p := range files {
+		b, err := os.ReadFile(p)
+		if err == nil {
+			f.Add(b)
+		}
+	}
+	src := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5062}
+	parser := sip.NewParser()
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		buf := make([]byte, len(msg)+256)
+		n := copy(buf, msg)
+		m, err := parser.ParseSIP(buf[:n])
+		if err != nil {
+			res, dst := malformedResponse(msg, src)
+			if res != nil && (dst == nil || !bytes.HasPrefix(res, []byte("SIP/2.0 "))) {
+				t.Fatalf("bad error response %q to %v", res, dst)
+			}
+			return
+		}
+		req, ok := m.(*sip.Request)
+		if !ok {
+			return
+		}
+		n2 := rfc2543Branch(req, buf, n)
+		if n2 == n {
+			return
+		}
+		m2, err := sip.NewParser().ParseSIP(buf[:n2])
+		if err != nil {
+			t.Fatalf("rewritten request no longer parses: %v\n%q", err, buf[:n2])
+		}
+		if br, _ := m2.(*sip.Request).Via().Params.Get("branch"); !strings.HasPrefix(br, sip.RFC3261BranchMagicCookie) {
+			t.Fatalf("rewritten request has branch %q", br)
+		}
+	})
+}
+
+// FuzzBody fuzzes the INVITE body parsers: multipart splitting and rs-metadata XML.
+func FuzzBody(f *testing.F) {
+	sc, _ := os.ReadFile("testdata/sipp/siprec.xml")
+	if i := bytes.Index(sc, []byte("--foobar")); i > 0 {
+		j := bytes.Index(sc[i:], []byte("--foobar--"))
+		if j > 0 {
+			body := bytes.ReplaceAll(sc[i:i+j+10], []byte("\n      "), []byte("\r\n"))
+			f.Add("multipart/mixed;boundary=foobar", body)
+		}
+	}
+	f.Add("application/sdp", []byte("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n"))
+	f.Add("multipart/mixed", []byte("--x\r\n\r\n--x--"))
+	f.Fuzz(func(t *testing.T, ct string, b []byte) {
+		body, err := parseBody(ct, b)
+		if err != nil {
+			return
+		}
+		if body.metadata != nil {
+			if r, err := parseMetadata(body.metadata); err == nil {
+				r.senderOfLabel("1")
+				for _, p := range r.Participants {
+					p.identity()
+				}
+				r.merge(r)
+			}
+		}
+	})
+}
+
+// FuzzRTP feeds arbitrary datagrams through RTP parsing, the cutter and the DTMF detector: every
+// frame out is exactly 20 ms, whatever comes in.
+func FuzzRTP(f *testing.F) {
+	for _, p := range [][]byte{
+		append([]byte{0x80, 8, 0, 1, 0, 0, 0, 240, 0, 0, 0, 1}, make([]byte, 240)...),
+		{0x80, 101, 0, 2, 0, 0, 0, 240, 0, 0, 0, 1, 1, 0x8a, 8, 0xc0},
+		{0x90, 0, 0, 3, 0, 0, 1, 0, 0, 0, 0, 1, 0xbe, 0xde, 0, 1, 1, 2, 3, 4, 9, 9},
+	} {
+		f.Add(p, p, uint8(20))
+	}
+	f.Fuzz(func(t *testing.T, a, b []byte, gapMS uint8) {
+		c := newCutter(8000, 60*time.Millisecond, 400*time.Millisecond, 0xFF, func(p []byte, _ bool) {
+			if len(p) != 160 {
+				t.Fatalf("frame of %d bytes", len(p))
+			}
+		})
+		d := dtmfDetector{report: func(dtmfEvent) {}}
+		now := time.Unix(0, 0)
+		for _, raw := range [][]byte{a, b, a, b} {
+			var pkt rtp.Packet
+			if pkt.Unmarshal(raw) != nil {
+				continue
+			}
+			now = now.Add(time.Duration(gapMS) * time.Millisecond)
+			if pkt.PayloadType == 101 {
+				d.push(pkt.Timestamp, pkt.SSRC, pkt.Payload)
+			} else {
+				c.push(now, pkt.SequenceNumber, pkt.Timestamp, pkt.SSRC, pkt.Marker, pkt.Payload)
+			}
+			c.idle(now.Add(time.Second))
+			c.mediaPos(pkt.Timestamp, pkt.SSRC)
+		}
+		c.finish()
+		d.flush()
+	})
+}
