@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -154,13 +155,25 @@ type env struct {
 	events *eventLog
 }
 
+type workerConfig = worker.Config
+
+var netipLoopback = netip.MustParseAddr("127.0.0.1")
+
 // startEnv starts a stack with workers workers and a SIP server configured by mutate.
 func startEnv(t testing.TB, workers int, mutate func(*Config)) *env {
+	return startEnvW(t, workers, nil, mutate)
+}
+
+// startEnvW is startEnv with a worker configuration hook.
+func startEnvW(t testing.TB, workers int, wmutate func(*worker.Config), mutate func(*Config)) *env {
 	t.Helper()
 	rec.reset()
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", "siprecorder"}
 	wc.Capacity = 500
+	if wmutate != nil {
+		wmutate(&wc)
+	}
 	st, err := stack.Start(stack.Config{Workers: workers, Worker: wc, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,228 @@
+package sip
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// TestAnswersWithReasons covers the refusals of offers callrouter cannot serve.
+func TestAnswersWithReasons(t *testing.T) {
+	e := startEnv(t, 1, nil)
+	u := newUAC(t, e.addr)
+	cases := []struct {
+		name, ctype, body, hdrs, code, contains string
+	}{
+		{"unsupported body", "text/plain", "hello", "", "415", "Accept: application/sdp"},
+		{"bad sdp", "application/sdp", "v=0\r\nm=audio x RTP/AVP 0\r\n", "", "400", "Warning: 399"},
+		{"no codec", "application/sdp", "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n", "", "488", "Incompatible media format"},
+		{"srtp only", "application/sdp", "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/SAVP 0\r\n", "", "488", ""},
+		{"no offer", "", "", "", "488", "SDP offer is required"},
+		{"short session timer", "application/sdp", u.offer(), "Session-Expires: 30\r\n", "422", "Min-SE: 90"},
+		{"unknown extension", "application/sdp", u.offer(), "Require: 100rel, foo\r\n", "420", "Unsupported: 100rel, foo"},
+	}
+	for _, c := range cases {
+		res := u.request("INVITE", newCallID("refuse"), "", 1, c.hdrs, c.ctype, c.body)
+		if codeOf(res) != c.code || !strings.Contains(res, c.contains) {
+			t.Errorf("%s: got\n%s\nwant %s with %q", c.name, res, c.code, c.contains)
+		}
+	}
+	if res := u.request("BYE", newCallID("nodialog"), "abc", 2, "", "", ""); codeOf(res) != "481" {
+		t.Errorf("BYE outside a dialog: %s", res)
+	}
+	if res := u.request("OPTIONS", newCallID("opt"), "", 1, "", "", ""); codeOf(res) != "200" || !strings.Contains(res, "Allow: INVITE") {
+		t.Errorf("OPTIONS: %s", res)
+	}
+	if res := u.request("REGISTER", newCallID("reg"), "", 1, "", "", ""); codeOf(res) != "405" {
+		t.Errorf("REGISTER: %s", res)
+	}
+	if e.srv.Calls() != 0 {
+		t.Errorf("%d calls after refusals", e.srv.Calls())
+	}
+}
+
+// TestPlacementRefusedGets503 fills the only worker and checks that the next INVITE gets 503
+// with Retry-After, and that a BYE ends the first call.
+func TestPlacementRefusedGets503(t *testing.T) {
+	e := startEnvW(t, 1, func(wc *workerConfig) { wc.Capacity = 1 }, nil)
+	u := newUAC(t, e.addr)
+	first := newCallID("first")
+	res := u.invite(first, "")
+	if codeOf(res) != "200" {
+		t.Fatalf("first call: %s", res)
+	}
+	eventually(t, 5*time.Second, "the worker to report its load", func() bool {
+		ws := e.st.Routers[0].Workers()
+		return len(ws) == 1 && ws[0].Active == 1
+	})
+	res = u.request("INVITE", newCallID("second"), "", 1, "", "application/sdp", u.offer())
+	if codeOf(res) != "503" || !regexp.MustCompile(`(?m)^Retry-After: \d+`).MatchString(res) {
+		t.Errorf("second call: %s", res)
+	}
+	if res := u.request("BYE", first, toTagRe.FindStringSubmatch(res)[1], 2, "", "", ""); codeOf(res) != "481" {
+		t.Errorf("BYE with a wrong tag: %s", res)
+	}
+	e.srv.mu.Lock()
+	var tag string
+	for _, c := range e.srv.calls {
+		tag, _ = c.dlg.InviteRequest.To().Params.Get("tag")
+	}
+	e.srv.mu.Unlock()
+	if res := u.request("BYE", first, tag, 2, "", "", ""); codeOf(res) != "200" {
+		t.Errorf("BYE: %s", res)
+	}
+	eventually(t, 5*time.Second, "the call to end", func() bool { return e.srv.Calls() == 0 })
+}
+
+// TestDigestAuthAndAllowList checks the 401 challenge, a good and a bad answer to it, and the
+// source network allow-list.
+func TestDigestAuthAndAllowList(t *testing.T) {
+	e := startEnv(t, 1, func(c *Config) { c.AuthUsers = map[string]string{"alice": "s3cret"} })
+	u := newUAC(t, e.addr)
+	id := newCallID("auth")
+	res := u.request("INVITE", id, "", 1, "", "application/sdp", u.offer())
+	if codeOf(res) != "401" {
+		t.Fatalf("no challenge: %s", res)
+	}
+	nonce := regexp.MustCompile(`nonce="([^"]+)"`).FindStringSubmatch(res)[1]
+	uri := "sip:svc@" + e.addr
+	for _, c := range []struct {
+		pass, code string
+	}{{"wrong", "401"}, {"s3cret", "200"}} {
+		auth := fmt.Sprintf(`Authorization: Digest username="alice", realm="callrouter", nonce="%s", uri="%s", response="%s", algorithm=MD5, qop=auth, nc=00000001, cnonce="abc"`+"\r\n",
+			nonce, uri, digestResponse("alice", "callrouter", c.pass, "INVITE", uri, nonce, "abc", 1))
+		res := u.request("INVITE", id, "", 2, auth, "application/sdp", u.offer())
+		if codeOf(res) != c.code {
+			t.Errorf("password %q: %s", c.pass, res)
+		}
+		if c.code == "200" {
+			u.request("ACK", id, toTagRe.FindStringSubmatch(res)[1], 2, "", "", "")
+		}
+	}
+
+	e2 := startEnv(t, 1, func(c *Config) { c.AllowNets = []string{"10.0.0.0/8"} })
+	u2 := newUAC(t, e2.addr)
+	if res := u2.request("OPTIONS", newCallID("acl"), "", 1, "", "", ""); codeOf(res) != "403" {
+		t.Errorf("OPTIONS from outside the allow-list: %s", res)
+	}
+	if res := u2.request("INVITE", newCallID("acl"), "", 1, "", "application/sdp", u2.offer()); codeOf(res) != "403" {
+		t.Errorf("INVITE from outside the allow-list: %s", res)
+	}
+}
+
+// TestTenantRuleAndMetadata checks the header tenant rule, the tenant allow-list and the header
+// allow-list in call metadata.
+func TestTenantRuleAndMetadata(t *testing.T) {
+	e := startEnv(t, 1, func(c *Config) {
+		c.TenantRule, c.Tenants, c.HeaderMeta = "header:X-Tenant", []string{"acme"}, []string{"X-Customer-Id"}
+	})
+	u := newUAC(t, e.addr)
+	if res := u.invite(newCallID("evil"), "X-Tenant: evil\r\n"); codeOf(res) != "403" {
+		t.Errorf("unknown tenant: %s", res)
+	}
+	id := newCallID("acme")
+	if res := u.invite(id, "X-Tenant: acme\r\nX-Customer-Id: 42\r\nX-Secret: no\r\n"); codeOf(res) != "200" {
+		t.Fatalf("acme call: %s", res)
+	}
+	eventually(t, 5*time.Second, "a start event", func() bool { return len(e.events.of("start")) == 1 })
+	ev := e.events.of("start")[0]
+	var sd struct {
+		Meta map[string]string `json:"meta"`
+	}
+	_ = json.Unmarshal(ev.Data, &sd)
+	if ev.Tenant != "acme" || sd.Meta["sip.h.x-customer-id"] != "42" || sd.Meta["sip.h.x-secret"] != "" ||
+		sd.Meta["sip.call_id"] != id || sd.Meta["caller"] != "alice" || sd.Meta["sip.from_name"] != "Test" {
+		t.Errorf("tenant %q meta %v", ev.Tenant, sd.Meta)
+	}
+}
+
+// TestRTPSourceCheckAndInactivity sends RTP from the wrong port (dropped and counted), then from
+// the negotiated one, then stops: the server hangs up with BYE after the RTP timeout.
+func TestRTPSourceCheckAndInactivity(t *testing.T) {
+	e := startEnv(t, 1, func(c *Config) { c.RTPTimeout = time.Second })
+	u := newUAC(t, e.addr)
+	id := newCallID("rtp")
+	res := u.invite(id, "")
+	if codeOf(res) != "200" {
+		t.Fatalf("call: %s", res)
+	}
+	port := 0
+	fmt.Sscan(mPortRe.FindStringSubmatch(res)[1], &port)
+	stray, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stray.Close()
+	sendRTP(t, stray, port, 10, 100, 0)
+	sendRTP(t, u.rtp, port, 25, 200, 0)
+	if !u.awaitBye(id, 10*time.Second) {
+		t.Fatal("no BYE after the RTP timeout")
+	}
+	eventually(t, 5*time.Second, "the call to end", func() bool { return e.srv.Calls() == 0 })
+	if n := testutil.ToFloat64(e.srv.m.rtpDropped.WithLabelValues("source")); n != 10 {
+		t.Errorf("%v packets dropped for their source, want 10", n)
+	}
+	if n := testutil.ToFloat64(e.srv.m.ended.WithLabelValues("rtp_timeout")); n != 1 {
+		t.Errorf("rtp_timeout ends %v, want 1", n)
+	}
+	eventually(t, 5*time.Second, "the worker to stop the call", func() bool { return len(callKeys()) == 1 })
+	l := rec.snapshot(callKeys()[0] + "/0")
+	real := len(l.seqs) - l.gapFilled
+	if real != 25 || l.payload[0] != 0x11 || l.codec.String() != "pcmu" {
+		t.Errorf("%d real frames (want 25 from the negotiated source), codec %v", real, l.codec)
+	}
+}
+
+// TestSessionExpiry lets a session timer run out without a refresh: the server sends BYE.
+func TestSessionExpiry(t *testing.T) {
+	e := startEnv(t, 1, func(c *Config) { c.MinSessionExpires = time.Second })
+	u := newUAC(t, e.addr)
+	id := newCallID("timer")
+	res := u.invite(id, "Session-Expires: 2;refresher=uac\r\nSupported: timer\r\n")
+	if codeOf(res) != "200" || !strings.Contains(res, "Session-Expires: 2;refresher=uac") {
+		t.Fatalf("call: %s", res)
+	}
+	if !u.awaitBye(id, 6*time.Second) {
+		t.Fatal("no BYE after the session expired")
+	}
+	eventually(t, 5*time.Second, "the call to end", func() bool {
+		return testutil.ToFloat64(e.srv.m.ended.WithLabelValues("session_expired")) == 1
+	})
+}
+
+// TestPortQuarantine checks that a released port waits out its quarantine.
+func TestPortQuarantine(t *testing.T) {
+	lo, _ := freeRange(t, 0)
+	p := newPortPool(netipLoopback, lo, lo+3, time.Hour) // two ports: lo, lo+2
+	now := time.Unix(1000, 0)
+	p.now = func() time.Time { return now }
+	a, err := p.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa := a.LocalAddr().(*net.UDPAddr).Port
+	p.release(a)
+	if _, err := p.open(); err != ErrNoPorts {
+		t.Fatalf("open during quarantine: %v", err)
+	}
+	now = now.Add(time.Hour)
+	c, err := p.open()
+	if err != nil || c.LocalAddr().(*net.UDPAddr).Port != pa {
+		t.Fatalf("after quarantine: %v", err)
+	}
+	p.release(b)
+	p.release(c)
+	if used, free := p.stats(); used != 0 || free != 2 {
+		t.Errorf("stats %d used %d free", used, free)
+	}
+}
