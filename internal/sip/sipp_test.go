@@ -151,3 +151,20 @@ func TestSIPpHundredConcurrentCalls(t *testing.T) {
 		t.Errorf("%d dtmf events, want %d", n, calls)
 	}
 }
+
+// TestSIPpOverTCP plays the uac_pcap call with SIP over TCP.
+func TestSIPpOverTCP(t *testing.T) {
+	e := startEnv(t, 1, nil)
+	dir := pcapDir(t)
+	e.sipp(t, dir, 40*time.Second, "-sn", "uac_pcap", "-t", "t1", "-m", "1", "-l", "1")
+	eventually(t, 10*time.Second, "the worker to stop the call", func() bool { return len(callKeys()) == 1 })
+	var want []byte
+	for _, p := range pcapRTP(t, "/usr/share/sip-tester/g711a.pcap") {
+		want = append(want, p...)
+	}
+	checkPcapLeg(t, callKeys()[0]+"/0", rec.snapshot(callKeys()[0]+"/0"), want)
+	starts := e.events.of("start")
+	if len(starts) != 1 || !strings.Contains(string(starts[0].Data), `"sip.transport":"tcp"`) {
+		t.Errorf("start events %d, want one over tcp", len(starts))
+	}
+}

@@ -226,3 +226,20 @@ func TestPortQuarantine(t *testing.T) {
 		t.Errorf("stats %d used %d free", used, free)
 	}
 }
+
+// TestG722 answers a G.722-only offer and carries the leg as G.722 at 16 kHz.
+func TestG722(t *testing.T) {
+	e := startEnv(t, 1, nil)
+	u := newUAC(t, e.addr)
+	id := newCallID("g722")
+	offer := fmt.Sprintf("v=0\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio %d RTP/AVP 9\r\na=rtpmap:9 G722/8000\r\n", u.rtpPort())
+	res := u.request("INVITE", id, "", 1, "", "application/sdp", offer)
+	if codeOf(res) != "200" || !strings.Contains(res, "a=rtpmap:9 G722/8000") {
+		t.Fatalf("G.722 offer: %s", res)
+	}
+	eventually(t, 5*time.Second, "a start event", func() bool { return len(e.events.of("start")) == 1 })
+	if d := string(e.events.of("start")[0].Data); !strings.Contains(d, `"codec":"g722"`) || !strings.Contains(d, `"rate":16000`) {
+		t.Errorf("start event legs: %s", d)
+	}
+	u.request("ACK", id, toTagRe.FindStringSubmatch(res)[1], 1, "", "", "")
+}
