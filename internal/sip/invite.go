@@ -304,7 +304,11 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		res.AppendHeader(h)
 	}
 	res.AppendHeader(s.allowHeaders()[0])
-	s.m.answer.Observe(time.Since(start).Seconds())
+	took := time.Since(start)
+	s.m.answer.Observe(took.Seconds())
+	if s.answerHook != nil {
+		s.answerHook(took)
+	}
 	s.m.requests.WithLabelValues("INVITE", "200").Inc()
 	c.log.Info().Str("call", spec.Call).Int("legs", len(spec.Legs)).Dur("answer", time.Since(start)).Msg("SIP call answered")
 	if err := dlg.WriteResponse(res); err != nil {

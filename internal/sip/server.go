@@ -56,6 +56,8 @@ type Server struct {
 	draining bool
 	wg       sync.WaitGroup // call goroutines and in-flight request handlers
 	running  atomic.Bool
+
+	answerHook func(time.Duration) // tests: every INVITE → 200 OK time
 }
 
 // New validates cfg and builds a server; it does no I/O.
@@ -227,9 +229,15 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 		rest = append(rest, c)
 	}
 	s.mu.Unlock()
+	var fin sync.WaitGroup
 	for _, c := range rest {
-		c.finish("shutdown", true)
+		fin.Add(1)
+		go func() {
+			defer fin.Done()
+			c.finish("shutdown", true)
+		}()
 	}
+	fin.Wait()
 	cancelRun()
 	if pc != nil {
 		_ = pc.Close()
