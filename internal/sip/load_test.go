@@ -105,14 +105,16 @@ func TestSIPLoad(t *testing.T) {
 		return v[min(len(v)-1, int(p*float64(len(v))))]
 	}
 	pct := func(p float64) time.Duration { return pctOf(rtts, p) }
-	// Calls per core: the calls are up for 7 s (audio) + 2 s (silence until BYE) of the wall
-	// time; the CPU of the whole run is divided by the time the calls were all up.
+	// Calls per core: a live call needs 50 frames per second, so the CPU per published frame
+	// (everything in the process: SIP, RTP, ingest, NATS, router, workers) times 50 is the CPU
+	// one call costs per second.
+	frames := float64(n * len(want) / 160)
+	sipPerFrame, basePerFrame := sipCPU.Seconds()/frames, baseCPU.Seconds()/frames
 	t.Logf("%d calls (%d lost a frame): SIP+RTP %v CPU over %v wall, file-source baseline %v CPU over %v wall; ratio %.2f",
 		n, bad, sipCPU.Round(time.Millisecond), sipWall.Round(time.Millisecond), baseCPU.Round(time.Millisecond),
 		baseWall.Round(time.Millisecond), float64(sipCPU)/float64(baseCPU))
-	t.Logf("CPU per call-second: SIP %.3f ms, baseline %.3f ms; concurrent G.711 calls per core (whole one-process stack): SIP %.0f, baseline %.0f",
-		float64(sipCPU.Microseconds())/1000/(float64(n)*9), float64(baseCPU.Microseconds())/1000/(float64(n)*7.08),
-		float64(n)*9/sipCPU.Seconds(), float64(n)*7.08/baseCPU.Seconds())
+	t.Logf("CPU per frame: SIP %.1f µs, baseline %.1f µs; concurrent G.711 calls per core (whole one-process stack): SIP %.0f, baseline %.0f",
+		sipPerFrame*1e6, basePerFrame*1e6, 1/(50*sipPerFrame), 1/(50*basePerFrame))
 	t.Logf("INVITE received → 200 OK sent (server side, placement included), %d calls: p50 %v p90 %v p99 %v max %v", len(answers),
 		pctOf(answers, 0.5).Round(time.Microsecond), pctOf(answers, 0.9).Round(time.Microsecond), pctOf(answers, 0.99).Round(time.Microsecond),
 		pctOf(answers, 1).Round(time.Microsecond))
