@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -12,8 +13,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// TestAnswersWithReasons covers the refusals of offers callrouter cannot serve.
+// TestAnswersWithReasons covers the refusals of offers callrouter cannot serve, and checks that
+// the server and stack leave no goroutine behind.
 func TestAnswersWithReasons(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			buf := make([]byte, 1<<20)
+			t.Errorf("%d goroutines left behind (%d before):\n%s", n-before, before, buf[:runtime.Stack(buf, true)])
+		}
+	})
 	e := startEnv(t, 1, nil)
 	u := newUAC(t, e.addr)
 	cases := []struct {
