@@ -256,3 +256,55 @@ func TestG722(t *testing.T) {
 	}
 	u.request("ACK", id, toTagRe.FindStringSubmatch(res)[1], 1, "", "", "")
 }
+
+// TestCancelDuringPlacement cancels an INVITE while its placement waits for a router that is
+// gone: the CANCEL gets 200, the INVITE 487, and no call or RTP port is left behind.
+func TestCancelDuringPlacement(t *testing.T) {
+	e := startEnv(t, 1, nil)
+	e.st.Stop(e.st.Routers[0])
+	u := newUAC(t, e.addr)
+	id := newCallID("cancel")
+	branch := "z9hG4bKcancel" + id[:12]
+	head := func(method string) string {
+		return fmt.Sprintf("%s sip:svc@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;rport;branch=%s\r\nFrom: <sip:alice@127.0.0.1>;tag=c1\r\n"+
+			"To: <sip:svc@%s>\r\nCall-ID: %s\r\nCSeq: 1 %s\r\nContact: <sip:alice@%s>\r\nMax-Forwards: 70\r\n",
+			method, e.addr, u.local(), branch, e.addr, id, method, u.local())
+	}
+	body := u.offer()
+	invite := head("INVITE") + "Content-Type: application/sdp\r\nContent-Length: " + fmt.Sprint(len(body)) + "\r\n\r\n" + body
+	if _, err := u.conn.WriteToUDP([]byte(invite), u.dst); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	deadline := time.After(10 * time.Second)
+	sentCancel := false
+	for got["INVITE"] == "" || got["CANCEL"] == "" {
+		select {
+		case m := <-u.in:
+			cseq := headerRe("CSeq").FindStringSubmatch(m)
+			if cseq == nil {
+				continue
+			}
+			method := strings.Fields(cseq[1])[1]
+			if strings.HasPrefix(m, "SIP/2.0 100") && method == "INVITE" && !sentCancel {
+				sentCancel = true
+				if _, err := u.conn.WriteToUDP([]byte(head("CANCEL")+"Content-Length: 0\r\n\r\n"), u.dst); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			if !strings.HasPrefix(m, "SIP/2.0 1") {
+				got[method] = codeOf(m)
+			}
+		case <-deadline:
+			t.Fatalf("responses so far %v", got)
+		}
+	}
+	if got["CANCEL"] != "200" || got["INVITE"] != "487" {
+		t.Errorf("CANCEL %s, INVITE %s; want 200 and 487", got["CANCEL"], got["INVITE"])
+	}
+	eventually(t, 10*time.Second, "ports and calls released", func() bool {
+		used, _ := e.srv.ports.stats()
+		return used == 0 && e.srv.Calls() == 0 && len(e.st.Ingest.Calls()) == 0
+	})
+}
