@@ -79,30 +79,8 @@ func (s *stream) run() {
 			}
 			break // closed
 		}
-		if !s.sourceOK(from) {
-			s.m.rtpDropped.WithLabelValues("source").Inc()
-			continue
-		}
-		if err := s.pkt.Unmarshal(s.buf[:n]); err != nil || s.pkt.Version != 2 {
-			s.m.rtpDropped.WithLabelValues("malformed").Inc()
-			continue
-		}
-		switch {
-		case s.pkt.PayloadType == s.audioPT:
-			s.lastRTP.Store(now.UnixNano())
-			s.cut.push(now, s.pkt.SequenceNumber, s.pkt.Timestamp, s.pkt.SSRC, s.pkt.Marker, s.pkt.Payload)
-		case int(s.pkt.PayloadType) == s.eventPT:
-			s.lastRTP.Store(now.UnixNano())
-			if !s.dtmf.push(s.pkt.Timestamp, s.pkt.SSRC, s.pkt.Payload) {
-				s.m.rtpDropped.WithLabelValues("malformed").Inc()
-			}
-		case s.pkt.PayloadType == 13: // comfort noise (RFC 3389): the sender is silent
-			s.lastRTP.Store(now.UnixNano())
-		default:
-			s.m.rtpDropped.WithLabelValues("payload_type").Inc()
-			continue
-		}
-		s.m.rtpPackets.Inc()
+		s.handle(now, from, s.buf[:n])
+		s.cut.idle(now) // a flood of rejected packets must not hold off silence filling
 	}
 	s.cut.finish()
 	s.dtmf.flush()
@@ -111,6 +89,34 @@ func (s *stream) run() {
 	s.m.rtpDropped.WithLabelValues("duplicate").Add(float64(st.dups))
 	s.m.rtpLost.Add(float64(st.lost))
 	s.m.gapFilled.Add(float64(st.framesFilled))
+}
+
+// handle processes one datagram that arrived at now from from.
+func (s *stream) handle(now time.Time, from netip.AddrPort, raw []byte) {
+	if !s.sourceOK(from) {
+		s.m.rtpDropped.WithLabelValues("source").Inc()
+		return
+	}
+	if err := s.pkt.Unmarshal(raw); err != nil || s.pkt.Version != 2 {
+		s.m.rtpDropped.WithLabelValues("malformed").Inc()
+		return
+	}
+	switch {
+	case s.pkt.PayloadType == s.audioPT:
+		s.lastRTP.Store(now.UnixNano())
+		s.cut.push(now, s.pkt.SequenceNumber, s.pkt.Timestamp, s.pkt.SSRC, s.pkt.Marker, s.pkt.Payload)
+	case int(s.pkt.PayloadType) == s.eventPT:
+		s.lastRTP.Store(now.UnixNano())
+		if !s.dtmf.push(s.pkt.Timestamp, s.pkt.SSRC, s.pkt.Payload) {
+			s.m.rtpDropped.WithLabelValues("malformed").Inc()
+		}
+	case s.pkt.PayloadType == 13: // comfort noise (RFC 3389): the sender is silent
+		s.lastRTP.Store(now.UnixNano())
+	default:
+		s.m.rtpDropped.WithLabelValues("payload_type").Inc()
+		return
+	}
+	s.m.rtpPackets.Inc()
 }
 
 // emit is the cutter's frame callback.
