@@ -2,6 +2,7 @@ package sip
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/pion/rtp"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // FuzzSIPDatagram runs what callrouter does to every SIP datagram before sipgo sees it: parse,
@@ -118,5 +120,54 @@ func FuzzRTP(f *testing.F) {
 		}
 		c.finish()
 		d.flush()
+	})
+}
+
+// fakeConn is a net.Conn that reads from a byte slice and discards writes.
+type fakeConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (f *fakeConn) Read(p []byte) (int, error)  { return f.r.Read(p) }
+func (f *fakeConn) Write(p []byte) (int, error) { return len(p), nil }
+func (f *fakeConn) RemoteAddr() net.Addr        { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5060} }
+
+// FuzzTCPFraming feeds arbitrary streams through the TCP guard: it never panics, and every
+// message it hands to sipgo parses.
+func FuzzTCPFraming(f *testing.F) {
+	files, _ := filepath.Glob("testdata/rfc4475/*.dat")
+	for i, p := range files {
+		b, err := os.ReadFile(p)
+		if err == nil && i%3 == 0 {
+			f.Add(append(append([]byte("\r\n\r\n"), b...), b...))
+		}
+	}
+	m := newMetrics(prometheus.NewRegistry())
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		c := &guardTCPConn{Conn: &fakeConn{r: bytes.NewReader(stream)}, m: m, parser: sip.NewParser()}
+		var out []byte
+		buf := make([]byte, 1024)
+		for {
+			n, err := c.Read(buf)
+			out = append(out, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		rest := bytes.TrimLeft(out, "\r\n")
+		p := sip.NewParser()
+		for len(rest) > 0 {
+			end := bytes.Index(rest, []byte("\r\n\r\n"))
+			if end < 0 {
+				t.Fatalf("unframed bytes handed on: %q", rest)
+			}
+			cl, _ := contentLength(rest[:end])
+			msg := rest[:min(len(rest), end+4+cl)]
+			if _, err := p.ParseSIP(msg); err != nil {
+				t.Fatalf("handed on a message that does not parse: %v\n%q", err, msg)
+			}
+			rest = bytes.TrimLeft(rest[len(msg):], "\r\n")
+		}
 	})
 }

@@ -209,7 +209,8 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	}
 	if l != nil {
 		serveWG.Add(1)
-		go func() { defer serveWG.Done(); _ = srv.ServeTCP(l) }()
+		gl := &guardListener{Listener: l, m: s.m}
+		go func() { defer serveWG.Done(); _ = srv.ServeTCP(gl) }()
 	}
 	s.addr.Store(&local)
 	close(s.ready)
@@ -273,6 +274,7 @@ func (s *Server) handle(h func(*sip.Request, sip.ServerTransaction)) sipgo.Reque
 // respond sends a final response built from req with optional extra headers.
 func (s *Server) respond(req *sip.Request, tx sip.ServerTransaction, code int, reason string, hdrs ...sip.Header) {
 	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	res.SipVersion = "SIP/2.0" // a request of another version still gets a SIP/2.0 answer
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
