@@ -200,7 +200,8 @@ type dtmfData struct {
 	Seq        uint64 `json:"seq"`      // the leg's frame sequence number covering the start
 	Rate       uint32 `json:"rate"`     // the leg's sample rate
 	DurationMS int    `json:"duration_ms"`
-	Ended      bool   `json:"ended"` // false when every end packet was lost
+	Ended      bool   `json:"ended"`         // false when every end packet was lost
+	Via        string `json:"via,omitempty"` // "info" for SIP INFO; empty for RFC 4733
 }
 
 func (c *callState) onDTMF(st *stream, e dtmfEvent, pos int64) {

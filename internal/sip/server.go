@@ -199,6 +199,7 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	srv.OnCancel(s.handle(s.onCancel))
 	srv.OnOptions(s.handle(s.onOptions))
 	srv.OnUpdate(s.handle(s.onUpdate))
+	srv.OnInfo(s.handle(s.onInfo))
 	srv.OnNoRoute(s.handle(s.onNoRoute))
 
 	var serveWG sync.WaitGroup
@@ -320,7 +321,7 @@ func (s *Server) onCancel(req *sip.Request, tx sip.ServerTransaction) {
 }
 
 func (s *Server) allowHeaders() []sip.Header {
-	return []sip.Header{sip.NewHeader("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE"),
+	return []sip.Header{sip.NewHeader("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"),
 		sip.NewHeader("Accept", "application/sdp, multipart/mixed"), sip.NewHeader("Supported", "timer")}
 }
 

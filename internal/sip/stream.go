@@ -47,6 +47,7 @@ type stream struct {
 	pkt      rtp.Packet
 	buf      [maxPacket + 64]byte
 	sendErrs int
+	emitted  atomic.Uint64 // frames emitted, readable from other goroutines
 }
 
 func (s *stream) port() int { return s.conn.LocalAddr().(*net.UDPAddr).Port }
@@ -128,6 +129,7 @@ func (s *stream) emit(p []byte, gap bool) {
 	if err := s.send(s.leg, p, f); err != nil {
 		s.sendErrs++
 	}
+	s.emitted.Add(1)
 }
 
 func netipAddrPort(a netip.Addr, port int) netip.AddrPort {

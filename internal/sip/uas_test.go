@@ -308,3 +308,37 @@ func TestCancelDuringPlacement(t *testing.T) {
 		return used == 0 && e.srv.Calls() == 0 && len(e.st.Ingest.Calls()) == 0
 	})
 }
+
+// TestInfoDTMF sends DTMF as SIP INFO in both body formats.
+func TestInfoDTMF(t *testing.T) {
+	e := startEnv(t, 1, nil)
+	u := newUAC(t, e.addr)
+	id := newCallID("info")
+	res := u.invite(id, "")
+	if codeOf(res) != "200" {
+		t.Fatalf("call: %s", res)
+	}
+	tag := toTagRe.FindStringSubmatch(res)[1]
+	if r := u.request("INFO", id, tag, 2, "", "application/dtmf-relay", "Signal=#\r\nDuration=250\r\n"); codeOf(r) != "200" {
+		t.Errorf("INFO dtmf-relay: %s", r)
+	}
+	if r := u.request("INFO", id, tag, 3, "", "application/dtmf", "7"); codeOf(r) != "200" {
+		t.Errorf("INFO dtmf: %s", r)
+	}
+	if r := u.request("INFO", id, tag, 4, "", "application/dtmf-relay", "Signal=x\r\n"); codeOf(r) != "400" {
+		t.Errorf("INFO without a signal: %s", r)
+	}
+	if r := u.request("INFO", id, tag, 5, "", "text/plain", "hi"); codeOf(r) != "415" {
+		t.Errorf("INFO of another type: %s", r)
+	}
+	eventually(t, 5*time.Second, "two dtmf events", func() bool { return len(e.events.of("dtmf")) == 2 })
+	var got []string
+	for _, ev := range e.events.of("dtmf") {
+		var d dtmfData
+		_ = json.Unmarshal(ev.Data, &d)
+		got = append(got, fmt.Sprintf("%s/%d/%s", d.Digit, d.DurationMS, d.Via))
+	}
+	if strings.Join(got, " ") != "#/250/info 7/0/info" {
+		t.Errorf("events %v", got)
+	}
+}
