@@ -32,6 +32,10 @@ fuzz: ## run every fuzz target for 30 s
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./internal/audio
 	$(GO) test -run '^$$' -fuzz FuzzFrames -fuzztime 30s ./internal/proc
 	$(GO) test -run '^$$' -fuzz FuzzTelephoneEvent -fuzztime 30s ./internal/frame
+	$(GO) test -run '^$$' -fuzz FuzzSIPDatagram -fuzztime 30s ./internal/sip
+	$(GO) test -run '^$$' -fuzz FuzzTCPFraming -fuzztime 30s ./internal/sip
+	$(GO) test -run '^$$' -fuzz FuzzRTP -fuzztime 30s ./internal/sip
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/sdp
 
 clean: ## remove build output
 	rm -rf bin

@@ -25,6 +25,8 @@ var forbidden = map[string][]string{
 	"internal/router":   {"internal/ingest", "internal/worker", "internal/stack", "internal/cli"},
 	"internal/worker":   {"internal/ingest", "internal/router", "internal/stack", "internal/cli"},
 	"internal/audio":    {"internal/proc", "internal/worker", "internal/ingest", "internal/router", "internal/stack", "internal/bus", "internal/wire", "internal/session"},
+	"internal/sip":      {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip"},
+	"internal/sdp":      {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/sip"},
 	"internal/whip":     {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
 }
 

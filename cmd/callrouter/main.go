@@ -23,6 +23,7 @@ import (
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/sample"
+	"github.com/callrouter/callrouter/internal/sip"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/wav"
 	"github.com/callrouter/callrouter/internal/whip"
@@ -46,6 +47,7 @@ type options struct {
 	json     bool
 	whipUDP  string
 	recDir   string
+	sip      string
 }
 
 func run(args []string, out io.Writer) int {
@@ -61,6 +63,7 @@ func run(args []string, out io.Writer) int {
 	fs.StringVar(&o.logLevel, "log-level", "warn", "log level of the components: debug, info, warn, error")
 	fs.BoolVar(&o.json, "json", false, "print events as JSON lines instead of text")
 	fs.StringVar(&o.recDir, "record-dir", filepath.Join(os.TempDir(), "callrouter-recordings"), "directory for call recordings (one WAV per call, a channel per leg)")
+	fs.StringVar(&o.sip, "sip-listen", "", "also answer SIP calls (UDP+TCP) on this address, e.g. 127.0.0.1:5060")
 	fs.StringVar(&o.whipUDP, "whip-udp", "127.0.0.1:8443", "UDP address for WebRTC media of the browser call page (/call/)")
 	if err := cli.Parse(fs, args); err != nil {
 		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
@@ -126,6 +129,27 @@ func run(args []string, out io.Writer) int {
 			fmt.Fprintf(os.Stderr, "callrouter: WHIP: %v\n", err)
 		}
 	}() // before s.Close: sessions end while ingest still runs
+	if o.sip != "" {
+		scfg := sip.DefaultConfig()
+		scfg.Listen, scfg.DefaultTenant = o.sip, "demo"
+		if err := scfg.Validate(); err != nil {
+			fmt.Fprintf(os.Stderr, "callrouter: flag -sip-listen: %v\n", err)
+			return 2
+		}
+		ssrv, err := sip.New(scfg, sip.Deps{Log: log, Registry: reg})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "callrouter: flag -sip-listen: %v\n", err)
+			return 2
+		}
+		sipDone := make(chan error, 1)
+		go func() { sipDone <- ssrv.Run(ctx, s.Ingest) }()
+		defer func() {
+			stop()
+			if err := <-sipDone; err != nil {
+				fmt.Fprintf(os.Stderr, "callrouter: SIP: %v\n", err)
+			}
+		}()
+	}
 	go func() { _ = srv.Run(ctx) }()
 	fmt.Fprintf(out, "callrouter: NATS %s, metrics http://%s/metrics, call page http://%s/call/, %d workers; playing %d call(s) of %.1f s\n",
 		s.URL, srv.Addr(), srv.Addr(), o.workers, o.calls, float64(rec.Len())*0.02/o.speed)

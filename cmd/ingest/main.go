@@ -17,6 +17,7 @@ import (
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/sip"
 	"github.com/callrouter/callrouter/internal/whip"
 	"github.com/callrouter/callrouter/internal/whip/web"
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,6 +48,7 @@ func run(args []string) int {
 	fs.IntVar(&p.frames, "play-frames", 0, "frames per leg to play (0 = the whole file once; more loops it)")
 	fs.Float64Var(&p.speed, "play-speed", 1, "playback speed factor (1 = real time)")
 	wcfg, whipOn := WHIPFlags(fs)
+	scfg, sipListen := SIPFlags(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
 		return 2
@@ -61,6 +63,13 @@ func run(args []string) int {
 			return 2
 		}
 		if err := wcfg.Validate(); err != nil {
+			fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
+			return 2
+		}
+	}
+	if *sipListen != "" {
+		scfg.Listen = *sipListen
+		if err := scfg.Validate(); err != nil {
 			fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
 			return 2
 		}
@@ -88,6 +97,11 @@ func run(args []string) int {
 				return nil, err
 			}
 		}
+		if *sipListen != "" {
+			if svc.sip, err = sip.New(*scfg, sip.Deps{Log: log, Registry: reg}); err != nil {
+				return nil, err
+			}
+		}
 		return svc, nil
 	})
 }
@@ -99,6 +113,7 @@ type service struct {
 	p    player
 	log  zerolog.Logger
 	whip *whip.Server // nil with -whip=false
+	sip  *sip.Server  // nil without -sip-listen
 }
 
 // Mount serves WHIP and the call page on the -http server.
@@ -141,6 +156,15 @@ func (s *service) Run(ctx context.Context) error {
 			defer wg.Done()
 			if err := s.whip.Run(ctx, s.n); err != nil {
 				s.log.Error().Err(err).Msg("WHIP endpoint stopped")
+			}
+		}()
+	}
+	if s.sip != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.sip.Run(ctx, s.n); err != nil {
+				s.log.Error().Err(err).Msg("SIP user agent stopped")
 			}
 		}()
 	}

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"flag"
+	"strings"
+
+	"github.com/callrouter/callrouter/internal/cli"
+	"github.com/callrouter/callrouter/internal/sip"
+)
+
+// SIPFlags registers the SIP source's flags and returns the config they fill, and the listen
+// address (empty: SIP is off).
+func SIPFlags(fs *flag.FlagSet) (*sip.Config, *string) {
+	cfg := sip.DefaultConfig()
+	listen := new(string)
+	fs.StringVar(listen, "sip-listen", "", "SIP UDP+TCP listen address ip:port (empty disables SIP), e.g. 0.0.0.0:5060")
+	fs.Var((*cli.List)(&cfg.Transports), "sip-transports", "SIP transports, comma-separated: udp,tcp")
+	fs.StringVar(&cfg.AdvertiseIP, "sip-advertise-ip", "", "IP written into Contact and SDP (default: the listen IP)")
+	fs.StringVar(&cfg.MediaIP, "sip-media-ip", "", "IP the RTP sockets bind to (default: the listen IP)")
+	fs.IntVar(&cfg.RTPPortMin, "sip-rtp-port-min", cfg.RTPPortMin, "lowest RTP port")
+	fs.IntVar(&cfg.RTPPortMax, "sip-rtp-port-max", cfg.RTPPortMax, "highest RTP port")
+	fs.DurationVar(&cfg.PortQuarantine, "sip-port-quarantine", cfg.PortQuarantine, "how long a released RTP port rests before reuse")
+	fs.StringVar(&cfg.SourceCheck, "sip-source-check", cfg.SourceCheck, "RTP source check: addr (ip+port), ip, off")
+	fs.DurationVar(&cfg.JitterWindow, "sip-jitter-window", cfg.JitterWindow, "how long a missing RTP packet is waited for")
+	fs.DurationVar(&cfg.SilenceFill, "sip-silence-fill", cfg.SilenceFill, "RTP silence after which frames are gap-filled in real time")
+	fs.DurationVar(&cfg.RTPTimeout, "sip-rtp-timeout", cfg.RTPTimeout, "end a call with no RTP for this long (0 disables)")
+	fs.DurationVar(&cfg.MaxCallDuration, "sip-max-call-duration", cfg.MaxCallDuration, "end any call after this long (0 disables)")
+	fs.DurationVar(&cfg.MinSessionExpires, "sip-min-se", cfg.MinSessionExpires, "smallest Session-Expires accepted (RFC 4028)")
+	fs.IntVar(&cfg.MaxCalls, "sip-max-calls", cfg.MaxCalls, "calls at once on this node; past it INVITEs get 486")
+	fs.Var((*cli.List)(&cfg.Codecs), "sip-codecs", "codecs in answer preference order: pcmu,pcma,g722")
+	fs.StringVar(&cfg.TenantRule, "sip-tenant-rule", cfg.TenantRule, "tenant rule: static, ruri-user, header:<Name>, source")
+	fs.StringVar(&cfg.DefaultTenant, "sip-tenant", cfg.DefaultTenant, "tenant of the static rule, and the fallback")
+	fs.Func("sip-tenant-by-source", "source rule map: cidr=tenant,cidr=tenant", func(s string) error {
+		cfg.TenantBySource = map[string]string{}
+		for _, kv := range strings.Split(s, ",") {
+			if k, v, ok := strings.Cut(strings.TrimSpace(kv), "="); ok {
+				cfg.TenantBySource[k] = v
+			}
+		}
+		return nil
+	})
+	fs.Var((*cli.List)(&cfg.Tenants), "sip-tenants", "allow-list of tenants (empty allows any valid tenant)")
+	fs.Var((*cli.List)(&cfg.HeaderMeta), "sip-header-meta", "SIP headers copied into call metadata, comma-separated")
+	fs.StringVar(&cfg.LegName, "sip-leg-name", cfg.LegName, "leg name of a plain SIP call")
+	fs.Var((*cli.List)(&cfg.SIPRECLegNames), "sip-siprec-legs", "SIPREC leg names in metadata participant order")
+	fs.Var((*cli.List)(&cfg.AllowNets), "sip-allow", "allow-list of source networks (CIDR), comma-separated; empty allows all")
+	fs.Func("sip-auth-users", "digest users user:password,user:password (empty disables auth; prefer the env variable)", func(s string) error {
+		cfg.AuthUsers = map[string]string{}
+		for _, kv := range strings.Split(s, ",") {
+			if k, v, ok := strings.Cut(strings.TrimSpace(kv), ":"); ok {
+				cfg.AuthUsers[k] = v
+			}
+		}
+		return nil
+	})
+	fs.StringVar(&cfg.AuthRealm, "sip-auth-realm", cfg.AuthRealm, "digest realm")
+	fs.DurationVar(&cfg.DrainTimeout, "sip-drain-timeout", cfg.DrainTimeout, "on SIGTERM, how long calls may hang up before BYE")
+	return &cfg, listen
+}
