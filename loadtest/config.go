@@ -1,0 +1,145 @@
+package loadtest
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/subjects"
+)
+
+// Modes of a run.
+const (
+	// ModeNATS places calls through a real ingest node and publishes their frames onto NATS, as an
+	// ingest transport would, bypassing SIP/WebRTC: it loads the router and the workers.
+	ModeNATS = "nats"
+	// ModeBaseline publishes the same frames at the same rate from plain publishers to plain
+	// per-call subscribers: NATS alone, the denominator of callrouter's overhead.
+	ModeBaseline = "baseline"
+)
+
+// Config configures a load test run.
+type Config struct {
+	Mode     string   // ModeNATS or ModeBaseline
+	Baseline bool     // in ModeNATS, run a baseline phase first with the same load
+	Inputs   []string // WAV or pcap files, or directories of them, played round-robin
+	Legs     int      // legs per call taken from each input (0: every channel or stream)
+
+	Calls        int           // concurrent calls
+	Ramp         float64       // calls started per second
+	CallDuration time.Duration // per call; 0 plays each recording once; longer loops it
+	RunTime      time.Duration // keep Calls concurrent this long; 0 plays Calls calls once each
+	Speed        float64       // pacing speed factor (1 = real time)
+
+	Tenant  string // tenant of the test calls
+	NATSURL string // callrouter's NATS; empty starts a one-process stack in this process
+
+	Workers          int // in-process stack: workers in the pool
+	WorkerCapacity   int // in-process stack: calls per worker (0: enough for Calls, plus a margin)
+	Shards           int // pacer shards (0: one per CPU)
+	Tick             time.Duration
+	StartConcurrency int           // call setups in flight at once
+	Settle           time.Duration // how long to wait for worker reports after the last call ends
+	Progress         time.Duration // progress line interval (0: none)
+	PIDs             []int         // other processes to watch (CPU, memory)
+
+	MaxLoss     float64       // pass/fail: largest loss ratio allowed (negative: not checked)
+	MaxP99      time.Duration // pass/fail: largest p99 frame latency (0: not checked)
+	MaxP99Ratio float64       // pass/fail: largest p99 relative to the baseline's (0: not checked)
+	MaxRefused  float64       // pass/fail: largest ratio of refused call setups (negative: not checked)
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		Mode:             ModeNATS,
+		Calls:            10,
+		Ramp:             50,
+		Speed:            1,
+		Tenant:           "loadtest",
+		Workers:          2,
+		Tick:             time.Millisecond,
+		StartConcurrency: 64,
+		Settle:           15 * time.Second,
+		Progress:         5 * time.Second,
+		MaxLoss:          -1,
+		MaxRefused:       -1,
+	}
+}
+
+// Validate reports every bad field, naming it.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("loadtest: "+format, a...)) }
+	if c.Mode != ModeNATS && c.Mode != ModeBaseline {
+		bad("mode %q: want %q or %q", c.Mode, ModeNATS, ModeBaseline)
+	}
+	if c.Baseline && c.Mode != ModeNATS {
+		bad("baseline: only meaningful in mode %q", ModeNATS)
+	}
+	if len(c.Inputs) == 0 {
+		bad("inputs: at least one WAV or pcap file (or directory) is needed")
+	}
+	if c.Legs < 0 || c.Legs > 8 {
+		bad("legs %d: want 0-8", c.Legs)
+	}
+	if c.Calls < 1 {
+		bad("calls %d: want at least 1", c.Calls)
+	}
+	if c.Ramp <= 0 {
+		bad("ramp %v: want a positive number of calls per second", c.Ramp)
+	}
+	if c.CallDuration < 0 {
+		bad("call duration %v: want 0 (whole recording) or positive", c.CallDuration)
+	}
+	if c.RunTime < 0 {
+		bad("run time %v: want 0 (each call once) or positive", c.RunTime)
+	}
+	if c.Speed <= 0 || c.Speed > 100 {
+		bad("speed %v: want a factor in (0, 100]", c.Speed)
+	}
+	if err := subjects.Check("tenant", c.Tenant); err != nil {
+		bad("tenant: %v", err)
+	}
+	if c.Workers < 1 && c.NATSURL == "" {
+		bad("workers %d: the in-process stack needs at least 1", c.Workers)
+	}
+	if c.WorkerCapacity < 0 {
+		bad("worker capacity %d: want 0 (auto) or positive", c.WorkerCapacity)
+	}
+	if c.Shards < 0 {
+		bad("shards %d: want 0 (one per CPU) or positive", c.Shards)
+	}
+	if c.Tick <= 0 || c.Tick > 20*time.Millisecond {
+		bad("tick %v: want (0, 20ms]", c.Tick)
+	}
+	if c.StartConcurrency < 1 {
+		bad("start concurrency %d: want at least 1", c.StartConcurrency)
+	}
+	if c.Settle <= 0 {
+		bad("settle %v: want positive", c.Settle)
+	}
+	if c.Progress < 0 {
+		bad("progress %v: want 0 (off) or positive", c.Progress)
+	}
+	if c.MaxP99 < 0 {
+		bad("max p99 %v: want 0 (unchecked) or positive", c.MaxP99)
+	}
+	if c.MaxP99Ratio < 0 {
+		bad("max p99 ratio %v: want 0 (unchecked) or positive", c.MaxP99Ratio)
+	}
+	if c.MaxP99Ratio > 0 && !c.Baseline {
+		bad("max p99 ratio needs the baseline phase")
+	}
+	for _, p := range c.PIDs {
+		if p <= 0 {
+			bad("pid %d: want a positive process id", p)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checks reports whether any pass/fail threshold is set.
+func (c *Config) checks() bool {
+	return c.MaxLoss >= 0 || c.MaxP99 > 0 || c.MaxP99Ratio > 0 || c.MaxRefused >= 0
+}

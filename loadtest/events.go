@@ -1,0 +1,109 @@
+package loadtest
+
+import (
+	"encoding/json"
+	"strings"
+	"sync"
+	"time"
+
+	hdr "github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/callrouter/callrouter/internal/proc"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/nats-io/nats.go"
+)
+
+// eventSink collects a remote stack's worker-side reports of one phase from its events: the
+// "loadtest" event of workers that run the processor (counts and latency), else the default
+// "accounting" event (counts only), and "gap" events for the loss timeline.
+type eventSink struct {
+	col    *Collector
+	prefix string // call ids of this run start with it
+	subs   []*nats.Subscription
+
+	mu   sync.Mutex
+	acc  map[string]proc.Accounting
+	lt   map[string]CallReport
+	done bool
+}
+
+func subscribeEvents(nc *nats.Conn, tenant, runID string, col *Collector) (*eventSink, error) {
+	s := &eventSink{col: col, prefix: runID, acc: map[string]proc.Accounting{}, lt: map[string]CallReport{}}
+	for _, kind := range []string{"accounting", EventKind, "gap"} {
+		sub, err := nc.Subscribe(subjects.Event(tenant, "*", kind), s.onEvent)
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		_ = sub.SetPendingLimits(1<<20, 1<<30)
+		s.subs = append(s.subs, sub)
+	}
+	return s, nc.Flush()
+}
+
+func (s *eventSink) onEvent(m *nats.Msg) {
+	var ev wire.Event
+	if json.Unmarshal(m.Data, &ev) != nil || !strings.HasPrefix(ev.Call, s.prefix) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return
+	}
+	switch ev.Kind {
+	case "accounting":
+		var a proc.Accounting
+		if json.Unmarshal(ev.Data, &a) == nil {
+			s.acc[ev.Call] = a
+		}
+	case EventKind:
+		var cr CallReport
+		if json.Unmarshal(ev.Data, &cr) == nil {
+			s.lt[ev.Call] = cr
+		}
+	case "gap":
+		var g proc.Gap
+		if json.Unmarshal(ev.Data, &g) == nil {
+			s.col.loss(callKey(ev.Call), int64(g.Count()), time.Now())
+		}
+	}
+}
+
+// calls returns how many calls have reported.
+func (s *eventSink) calls() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int64(len(s.acc))
+}
+
+// finish merges the reports into the collector.
+func (s *eventSink) finish() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.done = true
+	for call, a := range s.acc {
+		if cr, ok := s.lt[call]; ok {
+			s.col.report(call, cr.Stop, cr.trackers())
+			if cr.Hist != nil {
+				s.col.mergeHist(callKey(call), hdr.Import(cr.Hist))
+			}
+			continue
+		}
+		s.col.report(call, a.Reason, legsFromAccounting(a))
+	}
+	for call, cr := range s.lt {
+		if _, ok := s.acc[call]; !ok {
+			s.col.report(call, cr.Stop, cr.trackers())
+			if cr.Hist != nil {
+				s.col.mergeHist(callKey(call), hdr.Import(cr.Hist))
+			}
+		}
+	}
+}
+
+func (s *eventSink) close() {
+	for _, sub := range s.subs {
+		_ = sub.Unsubscribe()
+	}
+}

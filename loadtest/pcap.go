@@ -1,0 +1,375 @@
+package loadtest
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/frame"
+)
+
+// ErrPcap means a capture file is not a classic pcap file this package understands.
+var ErrPcap = errors.New("loadtest: unsupported pcap")
+
+// Link types of the classic pcap format (tcpdump.org/linktypes.html).
+const (
+	linkNull     = 0   // BSD loopback: 4-byte address family
+	linkEthernet = 1   // Ethernet II, with 802.1Q tags
+	linkRaw      = 101 // raw IPv4 or IPv6
+	linkSLL      = 113 // Linux cooked capture v1
+	linkIPv4     = 228 // raw IPv4
+	linkIPv6     = 229 // raw IPv6
+	linkSLL2     = 276 // Linux cooked capture v2
+)
+
+// G.711 RTP static payload types (RFC 3551 section 6) and the silence byte of each law.
+const (
+	ptPCMU = 0
+	ptPCMA = 8
+)
+
+// g711Rate is the sample rate of G.711 RTP (one byte per sample).
+const g711Rate = 8000
+
+// Bounds that keep a hostile or odd capture from exhausting memory.
+const (
+	maxPcapGap    = 5 * g711Rate        // a timestamp jump beyond 5 s is a discontinuity, not silence
+	maxPcapStream = 4 * 3600 * g711Rate // 4 hours of audio per stream
+	maxPcapLegs   = 8
+)
+
+// PcapStats says what a capture held besides the audio that was kept.
+type PcapStats struct {
+	Packets  int // records in the file
+	RTP      int // G.711 RTP packets kept
+	Skipped  int // packets that were not UDP/RTP G.711 (RTCP, telephone-event, other protocols)
+	Streams  int // distinct SSRCs seen with G.711 audio
+	Dropped  int // streams dropped because their codec differed from the first stream's or past the leg limit
+	Reversed int // packets older than the stream's start, dropped
+}
+
+// rtpStream is one SSRC's audio, laid out by RTP timestamp.
+type rtpStream struct {
+	ssrc    uint32
+	pt      uint8
+	firstAt time.Duration // capture time of its first packet, relative to the file's first packet
+	base    uint32        // RTP timestamp that maps to offset 0
+	shift   int64         // added to offsets after discontinuities
+	audio   []byte
+}
+
+// ParsePcap reads a classic pcap capture (microsecond or nanosecond, either byte order) of RTP
+// over UDP over IPv4 or IPv6, keeps G.711 (PCMU or PCMA) streams, one leg per SSRC in order of
+// appearance (legs limits how many; 0 keeps up to 8), lays each stream out by RTP timestamp so
+// that any packet time is re-cut into 20 ms frames, fills lost or reordered packets' gaps with
+// silence, aligns the streams by capture time, and returns the recording.
+func ParsePcap(b []byte, legs int) (*filesrc.Recording, error) {
+	r, _, err := parsePcap(b, legs)
+	return r, err
+}
+
+// ParsePcapStats is ParsePcap that also reports what was skipped.
+func ParsePcapStats(b []byte, legs int) (*filesrc.Recording, PcapStats, error) {
+	return parsePcap(b, legs)
+}
+
+func parsePcap(b []byte, legs int) (*filesrc.Recording, PcapStats, error) {
+	var st PcapStats
+	if legs <= 0 || legs > maxPcapLegs {
+		legs = maxPcapLegs
+	}
+	if len(b) < 24 {
+		return nil, st, fmt.Errorf("%w: short file header", ErrPcap)
+	}
+	var bo binary.ByteOrder
+	nanos := false
+	switch m := binary.LittleEndian.Uint32(b); m {
+	case 0xa1b2c3d4, 0xa1b23c4d:
+		bo, nanos = binary.LittleEndian, m == 0xa1b23c4d
+	case 0xd4c3b2a1, 0x4d3cb2a1:
+		bo, nanos = binary.BigEndian, m == 0x4d3cb2a1
+	default:
+		return nil, st, fmt.Errorf("%w: magic %#08x is not classic pcap (pcapng is not supported; convert with editcap -F pcap)", ErrPcap, m)
+	}
+	link := bo.Uint32(b[20:]) & 0x0FFFFFFF
+	switch link {
+	case linkNull, linkEthernet, linkRaw, linkSLL, linkIPv4, linkIPv6, linkSLL2:
+	default:
+		return nil, st, fmt.Errorf("%w: link type %d", ErrPcap, link)
+	}
+	var (
+		streams []*rtpStream
+		t0      time.Duration
+		haveT0  bool
+	)
+	for p := 24; p+16 <= len(b); {
+		sec, frac := bo.Uint32(b[p:]), bo.Uint32(b[p+4:])
+		incl := int(bo.Uint32(b[p+8:]))
+		p += 16
+		if incl < 0 || incl > len(b)-p {
+			break // truncated last record
+		}
+		pkt := b[p : p+incl]
+		p += incl
+		st.Packets++
+		ts := time.Duration(sec) * time.Second
+		if nanos {
+			ts += time.Duration(frac)
+		} else {
+			ts += time.Duration(frac) * time.Microsecond
+		}
+		if !haveT0 {
+			t0, haveT0 = ts, true
+		}
+		payload, ok := udpPayload(link, pkt)
+		if !ok {
+			st.Skipped++
+			continue
+		}
+		h, audio, ok := parseRTP(payload)
+		if !ok || (h.pt != ptPCMU && h.pt != ptPCMA) {
+			st.Skipped++
+			continue
+		}
+		s := findStream(streams, h.ssrc)
+		if s == nil {
+			st.Streams++
+			if len(streams) >= legs || (len(streams) > 0 && streams[0].pt != h.pt) {
+				st.Dropped++
+				st.Skipped++
+				continue
+			}
+			s = &rtpStream{ssrc: h.ssrc, pt: h.pt, firstAt: ts - t0, base: h.ts}
+			streams = append(streams, s)
+		}
+		if s.pt != h.pt {
+			st.Skipped++
+			continue
+		}
+		off := int64(int32(h.ts-s.base)) + s.shift
+		if off < 0 {
+			st.Reversed++
+			continue
+		}
+		if off > int64(len(s.audio))+maxPcapGap {
+			// Discontinuity (a new talk spurt timeline, a re-INVITE): continue where the stream is.
+			s.shift += int64(len(s.audio)) - off
+			off = int64(len(s.audio))
+		}
+		if off+int64(len(audio)) > maxPcapStream {
+			st.Skipped++
+			continue
+		}
+		s.put(off, audio)
+		st.RTP++
+	}
+	if len(streams) == 0 {
+		return nil, st, fmt.Errorf("%w: no G.711 RTP stream found (%d packets)", ErrPcap, st.Packets)
+	}
+	return streamsToRecording(streams), st, nil
+}
+
+func findStream(ss []*rtpStream, ssrc uint32) *rtpStream {
+	for _, s := range ss {
+		if s.ssrc == ssrc {
+			return s
+		}
+	}
+	return nil
+}
+
+func silence(pt uint8) byte {
+	if pt == ptPCMA {
+		return 0xD5
+	}
+	return 0xFF
+}
+
+// put writes audio at offset off, filling any hole before it with silence.
+func (s *rtpStream) put(off int64, audio []byte) {
+	end := int(off) + len(audio)
+	for len(s.audio) < int(off) {
+		s.audio = append(s.audio, silence(s.pt))
+	}
+	if end > len(s.audio) {
+		s.audio = append(s.audio, make([]byte, end-len(s.audio))...)
+	}
+	copy(s.audio[off:end], audio)
+}
+
+// streamsToRecording aligns the streams by the capture time of their first packet, pads them to
+// one length and cuts them into 20 ms frames.
+func streamsToRecording(ss []*rtpStream) *filesrc.Recording {
+	codec := frame.CodecPCMU
+	if ss[0].pt == ptPCMA {
+		codec = frame.CodecPCMA
+	}
+	sil := silence(ss[0].pt)
+	const size = g711Rate / 50
+	chans := make([][]byte, len(ss))
+	longest := 0
+	for i, s := range ss {
+		lead := min(int(s.firstAt.Seconds()*g711Rate), maxPcapGap)
+		ch := make([]byte, 0, lead+len(s.audio))
+		for j := 0; j < lead; j++ {
+			ch = append(ch, sil)
+		}
+		chans[i] = append(ch, s.audio...)
+		longest = max(longest, len(chans[i]))
+	}
+	frames := (longest + size - 1) / size
+	r := &filesrc.Recording{Codec: codec, Rate: g711Rate, Frames: make([][][]byte, len(ss))}
+	for i, ch := range chans {
+		r.Frames[i] = make([][]byte, frames)
+		for f := 0; f < frames; f++ {
+			p := make([]byte, size)
+			n := 0
+			if f*size < len(ch) {
+				n = copy(p, ch[f*size:])
+			}
+			for k := n; k < size; k++ {
+				p[k] = sil
+			}
+			r.Frames[i][f] = p
+		}
+	}
+	return r
+}
+
+// udpPayload strips the link, IP and UDP headers; ok is false for anything but unfragmented UDP.
+func udpPayload(link uint32, pkt []byte) ([]byte, bool) {
+	var ipv int // 4 or 6; 0 means read the version nibble
+	switch link {
+	case linkNull:
+		if len(pkt) < 4 {
+			return nil, false
+		}
+		pkt = pkt[4:]
+	case linkEthernet:
+		if len(pkt) < 14 {
+			return nil, false
+		}
+		et := binary.BigEndian.Uint16(pkt[12:])
+		pkt = pkt[14:]
+		for et == 0x8100 || et == 0x88A8 { // 802.1Q / 802.1ad tags
+			if len(pkt) < 4 {
+				return nil, false
+			}
+			et = binary.BigEndian.Uint16(pkt[2:])
+			pkt = pkt[4:]
+		}
+		switch et {
+		case 0x0800:
+			ipv = 4
+		case 0x86DD:
+			ipv = 6
+		default:
+			return nil, false
+		}
+	case linkSLL:
+		if len(pkt) < 16 {
+			return nil, false
+		}
+		pkt = pkt[16:]
+	case linkSLL2:
+		if len(pkt) < 20 {
+			return nil, false
+		}
+		pkt = pkt[20:]
+	case linkIPv4:
+		ipv = 4
+	case linkIPv6:
+		ipv = 6
+	}
+	if len(pkt) < 1 {
+		return nil, false
+	}
+	if ipv == 0 {
+		ipv = int(pkt[0] >> 4)
+	}
+	var udp []byte
+	switch ipv {
+	case 4:
+		if len(pkt) < 20 || pkt[0]>>4 != 4 {
+			return nil, false
+		}
+		ihl := int(pkt[0]&0x0F) * 4
+		total := int(binary.BigEndian.Uint16(pkt[2:]))
+		if ihl < 20 || total < ihl || len(pkt) < ihl || pkt[9] != 17 {
+			return nil, false
+		}
+		if binary.BigEndian.Uint16(pkt[6:])&0x3FFF != 0 { // more fragments or a fragment offset
+			return nil, false
+		}
+		if total <= len(pkt) {
+			pkt = pkt[:total] // drop Ethernet padding
+		}
+		udp = pkt[ihl:]
+	case 6:
+		if len(pkt) < 40 || pkt[0]>>4 != 6 || pkt[6] != 17 {
+			return nil, false
+		}
+		plen := int(binary.BigEndian.Uint16(pkt[4:]))
+		udp = pkt[40:]
+		if plen <= len(udp) {
+			udp = udp[:plen]
+		}
+	default:
+		return nil, false
+	}
+	if len(udp) < 8 {
+		return nil, false
+	}
+	ulen := int(binary.BigEndian.Uint16(udp[4:]))
+	if ulen >= 8 && ulen <= len(udp) {
+		udp = udp[:ulen]
+	}
+	return udp[8:], true
+}
+
+// rtpHeader is the part of an RTP header (RFC 3550 section 5.1) that matters here.
+type rtpHeader struct {
+	pt   uint8
+	seq  uint16
+	ts   uint32
+	ssrc uint32
+}
+
+// parseRTP parses an RTP packet and returns its payload without padding; ok is false for
+// anything that is not RTP version 2 (including RTCP, RFC 5761 section 4).
+func parseRTP(b []byte) (h rtpHeader, payload []byte, ok bool) {
+	if len(b) < 12 || b[0]>>6 != 2 {
+		return h, nil, false
+	}
+	if pt := b[1] & 0x7F; pt >= 72 && pt <= 76 { // RTCP SR/RR/SDES/BYE/APP as seen by an RTP parser
+		return h, nil, false
+	}
+	h.pt = b[1] & 0x7F
+	h.seq = binary.BigEndian.Uint16(b[2:])
+	h.ts = binary.BigEndian.Uint32(b[4:])
+	h.ssrc = binary.BigEndian.Uint32(b[8:])
+	n := 12 + 4*int(b[0]&0x0F)
+	if len(b) < n {
+		return h, nil, false
+	}
+	if b[0]&0x10 != 0 { // header extension (section 5.3.1)
+		if len(b) < n+4 {
+			return h, nil, false
+		}
+		n += 4 + 4*int(binary.BigEndian.Uint16(b[n+2:]))
+		if len(b) < n {
+			return h, nil, false
+		}
+	}
+	end := len(b)
+	if b[0]&0x20 != 0 { // padding: the last byte counts the padding bytes
+		pad := int(b[end-1])
+		if pad == 0 || end-pad < n {
+			return h, nil, false
+		}
+		end -= pad
+	}
+	return h, b[n:end], true
+}

@@ -1,0 +1,179 @@
+package loadtest
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/callrouter/callrouter/internal/proc"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/nats-io/nats.go"
+)
+
+// target is where the pacer's calls go: callrouter through an ingest node, or plain NATS.
+type target interface {
+	// start sets a call up (placement, or a plain subscription) and returns it ready to send.
+	start(ctx context.Context, spec session.Spec) (callHandle, error)
+}
+
+// callHandle is one call being played.
+type callHandle interface {
+	send(leg int, payload []byte) error
+	end()
+}
+
+// ingestTarget places calls through a real ingest node, so placement, epochs and accounting are
+// callrouter's own.
+type ingestTarget struct{ n *ingest.Node }
+
+func (t ingestTarget) start(ctx context.Context, spec session.Spec) (callHandle, error) {
+	c, err := t.n.StartCall(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return ingestCall{c}, nil
+}
+
+type ingestCall struct{ c *ingest.Call }
+
+func (c ingestCall) send(leg int, payload []byte) error { return c.c.Send(leg, payload, 0) }
+func (c ingestCall) end()                               { c.c.End("hangup") }
+
+// rawPrefix is the subject class of the baseline's frames: rawbase.<tenant>.<call>.<leg>, the same
+// token count and lengths as callrouter's audio subjects.
+const rawPrefix = "rawbase"
+
+// rawTarget is the baseline: the same frames (same envelope, sizes and rate) from one plain
+// publisher connection to plain per-call subscriptions spread over subscriber connections, with
+// no router, no worker queue and no processors.
+type rawTarget struct {
+	pub     *nats.Conn
+	subs    []*nats.Conn
+	col     *Collector
+	pending int
+	next    atomic.Uint32
+}
+
+func (t *rawTarget) start(ctx context.Context, spec session.Spec) (callHandle, error) {
+	nc := t.subs[int(t.next.Add(1))%len(t.subs)]
+	rs := &rawSub{col: t.col, call: spec.Call, key: callKey(spec.Call), legs: make([]legTracker, len(spec.Legs))}
+	for i := range rs.legs {
+		rs.legs[i] = newLegTracker()
+	}
+	sub, err := nc.Subscribe(rawPrefix+"."+spec.Tenant+"."+spec.Call+".*", rs.onMsg)
+	if err != nil {
+		return nil, err
+	}
+	rs.sub = sub
+	if err := sub.SetPendingLimits(t.pending, t.pending*(frame.HeaderLen+frame.MaxPayload)); err != nil {
+		return nil, err
+	}
+	// One round trip, as placement's subscribe-then-answer has, so that no frame precedes the
+	// subscription.
+	if err := nc.FlushWithContext(ctx); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	rc := &rawCall{nc: t.pub, legs: make([]rawLeg, len(spec.Legs))}
+	for i, l := range spec.Legs {
+		if err := subjects.Check("leg", l.Name); err != nil {
+			return nil, err
+		}
+		rc.legs[i] = rawLeg{subject: rawPrefix + "." + spec.Tenant + "." + spec.Call + "." + l.Name,
+			h:       frame.Header{Codec: l.Codec, Leg: l.Index, SampleRate: l.Rate, Epoch: 1, DurationUS: uint16(frame.Duration / time.Microsecond)},
+			samples: l.Rate / 50}
+	}
+	return rc, nil
+}
+
+type rawLeg struct {
+	subject string
+	h       frame.Header
+	samples uint32
+	buf     []byte
+}
+
+type rawCall struct {
+	nc   *nats.Conn
+	mu   sync.Mutex
+	legs []rawLeg
+}
+
+func (c *rawCall) publish(leg int, payload []byte, flags frame.Flags) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if leg < 0 || leg >= len(c.legs) {
+		return ingest.ErrLeg
+	}
+	l := &c.legs[leg]
+	l.h.Flags = flags
+	l.h.Capture = time.Now().UnixNano()
+	l.h.MediaTS = l.h.Seq * l.samples
+	b, err := frame.Append(l.buf[:0], &l.h, payload)
+	if err != nil {
+		return err
+	}
+	l.buf = b
+	l.h.Seq++
+	return c.nc.Publish(l.subject, b)
+}
+
+func (c *rawCall) send(leg int, payload []byte) error { return c.publish(leg, payload, 0) }
+
+func (c *rawCall) end() {
+	for i := range c.legs {
+		_ = c.publish(i, nil, frame.FlagLast)
+	}
+}
+
+// rawSub is the baseline's receiving side of one call.
+type rawSub struct {
+	col   *Collector
+	call  string
+	key   uint32
+	sub   *nats.Subscription
+	legs  []legTracker
+	ended uint16
+	done  bool
+}
+
+// onMsg runs on the subscription's goroutine, one message at a time.
+func (s *rawSub) onMsg(m *nats.Msg) {
+	var h frame.Header
+	if _, err := h.Unmarshal(m.Data); err != nil || int(h.Leg) >= len(s.legs) || s.done {
+		return
+	}
+	t := &s.legs[h.Leg]
+	now := time.Now()
+	if h.Has(frame.FlagLast) {
+		if t.next >= 0 && int64(h.Seq) > t.next { // tail loss shows as a gap before the last frame
+			n := int64(h.Seq) - t.next
+			t.gap(proc.Gap{Leg: h.Leg, From: uint32(t.next), To: h.Seq - 1, Cause: proc.CauseBus})
+			s.col.loss(s.key, n, now)
+		}
+		s.ended |= 1 << h.Leg
+		if int(s.ended) == 1<<len(s.legs)-1 {
+			s.done = true
+			_ = s.sub.Unsubscribe()
+			s.col.report(s.call, "end", s.legs)
+		}
+		return
+	}
+	before := t.lost
+	inOrder := t.observe(h.Seq)
+	if t.lost > before {
+		s.col.loss(s.key, t.lost-before, now)
+	}
+	if inOrder {
+		s.col.frame(s.key, now.Sub(time.Unix(0, h.Capture)), now)
+	}
+}
+
+func (t *rawTarget) String() string {
+	return fmt.Sprintf("raw NATS (%d subscriber connections)", len(t.subs))
+}
