@@ -78,7 +78,7 @@ func (c *Config) Validate() error {
 		bad("baseline: only meaningful in mode %q", ModeNATS)
 	}
 	if len(c.Inputs) == 0 {
-		bad("inputs: at least one WAV or pcap file (or directory) is needed")
+		bad("input: at least one WAV or pcap file (or directory) is needed")
 	}
 	if c.Legs < 0 || c.Legs > 8 {
 		bad("legs %d: want 0-8", c.Legs)
@@ -90,10 +90,10 @@ func (c *Config) Validate() error {
 		bad("ramp %v: want a positive number of calls per second", c.Ramp)
 	}
 	if c.CallDuration < 0 {
-		bad("call duration %v: want 0 (whole recording) or positive", c.CallDuration)
+		bad("call-duration %v: want 0 (whole recording) or positive", c.CallDuration)
 	}
 	if c.RunTime < 0 {
-		bad("run time %v: want 0 (each call once) or positive", c.RunTime)
+		bad("run-time %v: want 0 (each call once) or positive", c.RunTime)
 	}
 	if c.Speed <= 0 || c.Speed > 100 {
 		bad("speed %v: want a factor in (0, 100]", c.Speed)
@@ -105,7 +105,7 @@ func (c *Config) Validate() error {
 		bad("workers %d: the in-process stack needs at least 1", c.Workers)
 	}
 	if c.WorkerCapacity < 0 {
-		bad("worker capacity %d: want 0 (auto) or positive", c.WorkerCapacity)
+		bad("worker-capacity %d: want 0 (auto) or positive", c.WorkerCapacity)
 	}
 	if c.Shards < 0 {
 		bad("shards %d: want 0 (one per CPU) or positive", c.Shards)
@@ -114,7 +114,7 @@ func (c *Config) Validate() error {
 		bad("tick %v: want (0, 20ms]", c.Tick)
 	}
 	if c.StartConcurrency < 1 {
-		bad("start concurrency %d: want at least 1", c.StartConcurrency)
+		bad("start-concurrency %d: want at least 1", c.StartConcurrency)
 	}
 	if c.Settle <= 0 {
 		bad("settle %v: want positive", c.Settle)
@@ -123,13 +123,19 @@ func (c *Config) Validate() error {
 		bad("progress %v: want 0 (off) or positive", c.Progress)
 	}
 	if c.MaxP99 < 0 {
-		bad("max p99 %v: want 0 (unchecked) or positive", c.MaxP99)
+		bad("max-p99 %v: want 0 (unchecked) or positive", c.MaxP99)
 	}
 	if c.MaxP99Ratio < 0 {
-		bad("max p99 ratio %v: want 0 (unchecked) or positive", c.MaxP99Ratio)
+		bad("max-p99-ratio %v: want 0 (unchecked) or positive", c.MaxP99Ratio)
 	}
 	if c.MaxP99Ratio > 0 && !c.Baseline {
-		bad("max p99 ratio needs the baseline phase")
+		bad("max-p99-ratio needs the baseline phase (-baseline)")
+	}
+	if c.MaxRefused > 1 {
+		bad("max-refused %v: want a ratio in [0, 1] (negative: unchecked)", c.MaxRefused)
+	}
+	if c.MaxLoss > 1 {
+		bad("max-loss %v: want a ratio in [0, 1] (negative: unchecked)", c.MaxLoss)
 	}
 	for _, p := range c.PIDs {
 		if p <= 0 {

@@ -24,7 +24,8 @@ import (
 
 // Deps are a run's collaborators.
 type Deps struct {
-	Log      zerolog.Logger // the run's own log and the in-process stack's
+	Log      zerolog.Logger // the run's own log
+	StackLog zerolog.Logger // the in-process stack's log
 	Progress io.Writer      // progress lines; nil for none
 	Command  string         // the command line, recorded in the report
 }
@@ -140,7 +141,7 @@ func (r *runner) connect(ctx context.Context) error {
 		if wc.Capacity == 0 {
 			wc.Capacity = (r.cfg.Calls+r.cfg.Workers-1)/r.cfg.Workers + r.cfg.Calls/10 + 10
 		}
-		st, err := stack.Start(stack.Config{Workers: r.cfg.Workers, Worker: wc, Log: log})
+		st, err := stack.Start(stack.Config{Workers: r.cfg.Workers, Worker: wc, Log: r.d.StackLog})
 		if err != nil {
 			return fmt.Errorf("loadtest: in-process stack: %w", err)
 		}
@@ -195,11 +196,14 @@ func (r *runner) dial(name string) (*nats.Conn, error) {
 }
 
 func (r *runner) close() {
-	if r.stop != nil {
-		r.stop()
+	if r.st == nil && r.stop != nil {
+		r.stop() // the remote mode's ingest node, before its connection
 	}
 	for _, nc := range r.conns {
 		nc.Close()
+	}
+	if r.st != nil {
+		r.stop() // the in-process stack and its server, after the connections to it
 	}
 }
 

@@ -75,7 +75,9 @@ func (t *rawTarget) start(ctx context.Context, spec session.Spec) (callHandle, e
 	}
 	// One round trip, as placement's subscribe-then-answer has, so that no frame precedes the
 	// subscription.
-	if err := nc.FlushWithContext(ctx); err != nil {
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := nc.FlushWithContext(fctx); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, err
 	}

@@ -1,0 +1,183 @@
+// Command loadtest replays recorded calls into callrouter at N concurrent calls, accounts for
+// every frame, and reports latency percentiles, loss with gap causes, CPU and memory, as text,
+// JSON and HTML, with an optional pass/fail verdict in its exit code (0 pass, 1 fail, 2 error).
+// Every flag has an environment equivalent: CALLROUTER_LOADTEST_<FLAG>, upper case, dashes as
+// underscores (CALLROUTER_LOADTEST_CALL_DURATION=30s); flags win over the environment.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/loadtest"
+)
+
+const envPrefix = "CALLROUTER_LOADTEST_"
+
+// options is what the flags fill beyond loadtest.Config.
+type options struct {
+	cfg      loadtest.Config
+	jsonOut  string
+	htmlOut  string
+	logLevel string
+	stackLog string
+	quiet    bool
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "loadtest:", err)
+		return 2
+	}
+	log, err := obs.Logger(stderr, o.logLevel, "loadtest", "loadtest")
+	if err != nil {
+		fmt.Fprintln(stderr, "loadtest: -log-level:", err)
+		return 2
+	}
+	stackLog, err := obs.Logger(stderr, o.stackLog, "callrouter", "in-process")
+	if err != nil {
+		fmt.Fprintln(stderr, "loadtest: -stack-log-level:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var progress io.Writer = stderr
+	if o.quiet {
+		progress = nil
+	}
+	rep, err := loadtest.Run(ctx, o.cfg, loadtest.Deps{Log: log, StackLog: stackLog, Progress: progress, Command: strings.Join(append([]string{"loadtest"}, args...), " ")})
+	if err != nil {
+		fmt.Fprintln(stderr, "loadtest:", err)
+		return 2
+	}
+	rep.WriteText(stdout)
+	if err := writeFile(o.jsonOut, rep.WriteJSON); err != nil {
+		fmt.Fprintln(stderr, "loadtest: -json:", err)
+		return 2
+	}
+	if err := writeFile(o.htmlOut, rep.WriteHTML); err != nil {
+		fmt.Fprintln(stderr, "loadtest: -html:", err)
+		return 2
+	}
+	if rep.Checked && !rep.Pass {
+		return 1
+	}
+	return 0
+}
+
+func writeFile(path string, write func(io.Writer) error) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// parse fills options from the environment, then the flags, then validates.
+func parse(args []string, stderr io.Writer) (*options, error) {
+	o := &options{cfg: loadtest.DefaultConfig(), logLevel: "warn", stackLog: "error"}
+	fs := Flags(&o.cfg)
+	fs.StringVar(&o.jsonOut, "json", "", "write the JSON report to this file")
+	fs.StringVar(&o.htmlOut, "html", "", "write the HTML report to this file")
+	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "log level of the tester: debug, info, warn, error")
+	fs.StringVar(&o.stackLog, "stack-log-level", o.stackLog, "log level of the in-process stack (its workers log every gap at warn)")
+	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: loadtest -input FILE|DIR [flags]\n\nReplays recorded calls into callrouter and accounts for every frame.\n"+
+			"Every flag can also be set as %s<FLAG> (upper case, - as _).\n\n", envPrefix)
+		fs.PrintDefaults()
+	}
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok && envErr == nil {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("%s=%q (flag -%s): %v", name, v, f.Name, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return nil, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (inputs go in -input)", fs.Arg(0))
+	}
+	if err := o.cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("bad flag (or %s* variable):\n%w", envPrefix, err)
+	}
+	return o, nil
+}
+
+// Flags registers the load test's flags on a new FlagSet, filling cfg (which should start as
+// loadtest.DefaultConfig()).
+func Flags(cfg *loadtest.Config) *flag.FlagSet {
+	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
+	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "nats: calls through a real ingest node onto NATS to the router and workers; baseline: raw NATS publishers to subscribers only")
+	fs.BoolVar(&cfg.Baseline, "baseline", cfg.Baseline, "in nats mode, first run a raw NATS baseline phase at the same message rate and sizes, and report the ratios")
+	fs.Func("input", "WAV (PCM16, μ-law, A-law; mono = 1 leg, stereo = 2) or classic pcap file, or a directory of them; repeat or comma-separate; played round-robin", func(s string) error {
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				cfg.Inputs = append(cfg.Inputs, p)
+			}
+		}
+		return nil
+	})
+	fs.IntVar(&cfg.Legs, "legs", cfg.Legs, "legs per call taken from each input (0: every channel or RTP stream)")
+	fs.IntVar(&cfg.Calls, "calls", cfg.Calls, "concurrent calls")
+	fs.Float64Var(&cfg.Ramp, "ramp", cfg.Ramp, "calls started per second")
+	fs.DurationVar(&cfg.CallDuration, "call-duration", cfg.CallDuration, "length of each call (0: the whole recording; longer loops it)")
+	fs.DurationVar(&cfg.RunTime, "run-time", cfg.RunTime, "keep -calls calls up this long, replacing the ones that end (0: play -calls calls once each)")
+	fs.Float64Var(&cfg.Speed, "speed", cfg.Speed, "pacing speed factor (1 = real time, 2 = twice as fast)")
+	fs.StringVar(&cfg.Tenant, "tenant", cfg.Tenant, "tenant of the test calls")
+	fs.StringVar(&cfg.NATSURL, "nats", cfg.NATSURL, "NATS URL of a running callrouter (empty: start a one-process callrouter in this process)")
+	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "in-process stack: workers in the pool (also the baseline's subscriber connections)")
+	fs.IntVar(&cfg.WorkerCapacity, "worker-capacity", cfg.WorkerCapacity, "in-process stack: calls per worker (0: enough for -calls plus 10%)")
+	fs.IntVar(&cfg.Shards, "shards", cfg.Shards, "pacer goroutines (0: one per CPU)")
+	fs.DurationVar(&cfg.Tick, "tick", cfg.Tick, "pacer tick")
+	fs.IntVar(&cfg.StartConcurrency, "start-concurrency", cfg.StartConcurrency, "call setups in flight at once")
+	fs.DurationVar(&cfg.Settle, "settle", cfg.Settle, "how long to wait for the workers' reports after the last call")
+	fs.DurationVar(&cfg.Progress, "progress", cfg.Progress, "progress line interval (0: none)")
+	fs.Func("pid", "also watch the CPU and memory of these processes (comma-separated pids), e.g. a remote stack's on this machine", func(s string) error {
+		for _, p := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(p))
+			if err != nil {
+				return fmt.Errorf("pid %q is not a number", p)
+			}
+			cfg.PIDs = append(cfg.PIDs, n)
+		}
+		return nil
+	})
+	fs.Float64Var(&cfg.MaxLoss, "max-loss", cfg.MaxLoss, "fail if lost+unaccounted frames exceed this ratio of those sent (0: none may be lost; negative: unchecked)")
+	fs.DurationVar(&cfg.MaxP99, "max-p99", cfg.MaxP99, "fail if the p99 frame latency exceeds this (0: unchecked)")
+	fs.Float64Var(&cfg.MaxP99Ratio, "max-p99-ratio", cfg.MaxP99Ratio, "fail if callrouter's p99 exceeds this multiple of the baseline's (needs -baseline; 0: unchecked)")
+	fs.Float64Var(&cfg.MaxRefused, "max-refused", cfg.MaxRefused, "fail if more than this ratio of call setups were refused or failed (negative: unchecked)")
+	return fs
+}
