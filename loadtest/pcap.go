@@ -57,6 +57,7 @@ type rtpStream struct {
 	firstAt time.Duration // capture time of its first packet, relative to the file's first packet
 	base    uint32        // RTP timestamp that maps to offset 0
 	shift   int64         // added to offsets after discontinuities
+	last    int64         // offset of the latest packet
 	audio   []byte
 }
 
@@ -149,14 +150,15 @@ func parsePcap(b []byte, legs int) (*filesrc.Recording, PcapStats, error) {
 			continue
 		}
 		off := int64(int32(h.ts-s.base)) + s.shift
-		if off < 0 {
-			st.Reversed++
-			continue
-		}
-		if off > int64(len(s.audio))+maxPcapGap {
-			// Discontinuity (a new talk spurt timeline, a re-INVITE): continue where the stream is.
+		if d := off - s.last; d > maxPcapGap || d < -maxPcapGap {
+			// A discontinuity (a new timeline after a re-INVITE or a source switch): carry on
+			// where the stream is rather than fill or overwrite seconds of audio.
 			s.shift += int64(len(s.audio)) - off
 			off = int64(len(s.audio))
+		}
+		if off < 0 {
+			st.Reversed++ // reordered ahead of the stream's first packet
+			continue
 		}
 		if off+int64(len(audio)) > maxPcapStream {
 			st.Skipped++
@@ -197,6 +199,7 @@ func (s *rtpStream) put(off int64, audio []byte) {
 		s.audio = append(s.audio, make([]byte, end-len(s.audio))...)
 	}
 	copy(s.audio[off:end], audio)
+	s.last = off
 }
 
 // streamsToRecording aligns the streams by the capture time of their first packet, pads them to
@@ -211,7 +214,7 @@ func streamsToRecording(ss []*rtpStream) *filesrc.Recording {
 	chans := make([][]byte, len(ss))
 	longest := 0
 	for i, s := range ss {
-		lead := min(int(s.firstAt.Seconds()*g711Rate), maxPcapGap)
+		lead := max(0, min(int(s.firstAt.Seconds()*g711Rate), maxPcapGap))
 		ch := make([]byte, 0, lead+len(s.audio))
 		for j := 0; j < lead; j++ {
 			ch = append(ch, sil)

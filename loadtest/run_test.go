@@ -101,3 +101,63 @@ func TestReplayTwentyCallsNoLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestBaselineAndRunTime runs both phases with a run time shorter than the calls' replacement
+// cycle: calls are replaced as they end and the ones still playing at the end are hung up, and
+// every frame is still accounted for; the reports render.
+func TestBaselineAndRunTime(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two 3 s phases")
+	}
+	cfg := DefaultConfig()
+	cfg.Inputs = []string{writeTone(t, t.TempDir(), 2*time.Second)}
+	cfg.Baseline = true
+	cfg.Calls = 6
+	cfg.Ramp = 100
+	cfg.CallDuration = time.Second
+	cfg.RunTime = 3 * time.Second
+	cfg.Tenant = "lt-baseline"
+	cfg.MaxLoss = 0
+	cfg.MaxP99Ratio = 1000
+	cfg.Progress = 0
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rep, err := Run(ctx, cfg, Deps{Log: testLog(t), StackLog: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text bytes.Buffer
+	rep.WriteText(&text)
+	t.Log(text.String())
+	if len(rep.Phases) != 2 || rep.Phases[0].Name != "baseline" || rep.Phases[1].Name != "callrouter" || rep.Ratio == nil {
+		t.Fatalf("phases %d, ratio %v", len(rep.Phases), rep.Ratio)
+	}
+	for _, p := range rep.Phases {
+		if p.Completed <= cfg.Calls || p.Totals.Sent == 0 || p.Totals.Received != p.Totals.Sent || p.LossRatio != 0 || p.Latency.Count == 0 {
+			t.Errorf("%s: %d calls set up (want more than %d: replaced), sent %d, received %d, loss %v, %d latencies",
+				p.Name, p.Completed, cfg.Calls, p.Totals.Sent, p.Totals.Received, p.LossRatio, p.Latency.Count)
+		}
+	}
+	if !rep.Pass {
+		t.Errorf("failures: %v", rep.Failures)
+	}
+	var js, page bytes.Buffer
+	if err := rep.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Phases) != 2 {
+		t.Fatalf("JSON round trip: %v", err)
+	}
+	if err := rep.WriteHTML(&page); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"<svg", "polyline", "callrouter / baseline", "PASS"} {
+		if !bytes.Contains(page.Bytes(), []byte(want)) {
+			t.Errorf("HTML report lacks %q", want)
+		}
+	}
+	if bytes.Contains(page.Bytes(), []byte("<script")) {
+		t.Error("HTML report has a script")
+	}
+}
