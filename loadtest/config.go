@@ -22,6 +22,7 @@ const (
 type Config struct {
 	Mode     string   // ModeNATS or ModeBaseline
 	Baseline bool     // in ModeNATS, run a baseline phase first with the same load
+	Rounds   int      // with Baseline: alternate baseline and callrouter phases this many times
 	Inputs   []string // WAV or pcap files, or directories of them, played round-robin
 	Legs     int      // legs per call taken from each input (0: every channel or stream)
 
@@ -56,6 +57,7 @@ func DefaultConfig() Config {
 		Calls:            10,
 		Ramp:             50,
 		Speed:            1,
+		Rounds:           1,
 		Tenant:           "loadtest",
 		Workers:          2,
 		Tick:             time.Millisecond,
@@ -79,6 +81,12 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Inputs) == 0 {
 		bad("input: at least one WAV or pcap file (or directory) is needed")
+	}
+	if c.Rounds < 1 || c.Rounds > 20 {
+		bad("rounds %d: want 1-20", c.Rounds)
+	}
+	if c.Rounds > 1 && !c.Baseline {
+		bad("rounds %d: alternating rounds need the baseline phase (-baseline)", c.Rounds)
 	}
 	if c.Legs < 0 || c.Legs > 8 {
 		bad("legs %d: want 0-8", c.Legs)

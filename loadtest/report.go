@@ -19,6 +19,7 @@ type Report struct {
 	Config   ReportConfig  `json:"config"`
 	Phases   []PhaseReport `json:"phases"`
 	Ratio    *Ratio        `json:"ratio_vs_baseline,omitempty"`
+	Rounds   []RoundReport `json:"rounds,omitempty"`
 	Checked  bool          `json:"checked"`
 	Pass     bool          `json:"pass"`
 	Failures []string      `json:"failures,omitempty"`
@@ -38,6 +39,7 @@ type Machine struct {
 // ReportConfig is the part of the configuration a reader of the report needs.
 type ReportConfig struct {
 	Mode         string   `json:"mode"`
+	Rounds       int      `json:"rounds"`
 	Inputs       []string `json:"inputs"`
 	Calls        int      `json:"calls"`
 	Legs         int      `json:"legs_per_call"`
@@ -78,6 +80,8 @@ type Ratio struct {
 	P90 float64 `json:"p90"`
 	P99 float64 `json:"p99"`
 	CPU float64 `json:"cpu,omitempty"`
+	// MedianRoundP99 is the median of the rounds' own p99 ratios, when phases alternated.
+	MedianRoundP99 float64 `json:"median_round_p99,omitempty"`
 }
 
 func describeMachine() Machine {
@@ -225,6 +229,13 @@ func (r *Report) WriteText(w io.Writer) {
 			tw(", CPU %.2f×", r.Ratio.CPU)
 		}
 		tw("\n")
+		for _, rr := range r.Rounds {
+			tw("  round %d: p50 %.3f / %.3f ms, p99 %.3f / %.3f ms (%.2f×)\n", rr.Round, rr.Callrouter.P50, rr.Baseline.P50,
+				rr.Callrouter.P99, rr.Baseline.P99, rr.P99Ratio)
+		}
+		if r.Ratio.MedianRoundP99 > 0 {
+			tw("  median of the rounds' p99 ratios: %.2f×\n", r.Ratio.MedianRoundP99)
+		}
 	}
 	switch {
 	case !r.Checked:

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	hdr "github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/ingest"
@@ -73,7 +74,7 @@ func (r *runner) run(ctx context.Context) (*Report, error) {
 		legs = max(legs, len(rec.Frames))
 	}
 	fps = float64(r.cfg.Calls*legs) * 50 * r.cfg.Speed
-	rep := &Report{Started: time.Now(), Machine: describeMachine(), Config: ReportConfig{Mode: r.cfg.Mode, Calls: r.cfg.Calls, Legs: legs,
+	rep := &Report{Started: time.Now(), Machine: describeMachine(), Config: ReportConfig{Mode: r.cfg.Mode, Rounds: r.cfg.Rounds, Calls: r.cfg.Calls, Legs: legs,
 		Ramp: r.cfg.Ramp, CallDuration: durOr(r.cfg.CallDuration, "whole recording"), RunTime: durOr(r.cfg.RunTime, "each call once"),
 		Speed: r.cfg.Speed, FramesPerSec: fps, Command: r.d.Command}}
 	for _, rec := range r.recs {
@@ -89,24 +90,54 @@ func (r *runner) run(ctx context.Context) (*Report, error) {
 	} else {
 		rep.Config.Stack = "remote " + r.url
 	}
-	if r.cfg.Mode == ModeBaseline || r.cfg.Baseline {
-		p, err := r.phase(ctx, "baseline", "raw NATS publishers → per-call subscribers")
+	if r.cfg.Mode == ModeBaseline {
+		p, _, err := r.phase(ctx, "baseline", baselinePath)
 		if err != nil {
 			return nil, err
 		}
 		rep.Phases = append(rep.Phases, p)
-	}
-	if r.cfg.Mode == ModeNATS && ctx.Err() == nil {
-		p, err := r.phase(ctx, "callrouter", "ingest.Node → NATS → router-placed workers")
-		if err != nil {
-			return nil, err
+	} else {
+		// Alternate the phases, so that a shared machine's changing background load falls on both.
+		var base, cr []phaseResult
+		for round := 0; round < r.cfg.Rounds && ctx.Err() == nil; round++ {
+			if r.cfg.Baseline {
+				p, h, err := r.phase(ctx, "baseline", baselinePath)
+				if err != nil {
+					return nil, err
+				}
+				base = append(base, phaseResult{p, h})
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			p, h, err := r.phase(ctx, "callrouter", callrouterPath)
+			if err != nil {
+				return nil, err
+			}
+			cr = append(cr, phaseResult{p, h})
+			if len(base) > round {
+				rep.Rounds = append(rep.Rounds, RoundReport{Round: round + 1, Baseline: base[round].p.Latency, Callrouter: p.Latency,
+					P99Ratio: ratio(p.Latency.P99, base[round].p.Latency.P99)})
+			}
 		}
-		rep.Phases = append(rep.Phases, p)
+		if len(base) > 0 {
+			rep.Phases = append(rep.Phases, mergePhases(base))
+		}
+		if len(cr) > 0 {
+			rep.Phases = append(rep.Phases, mergePhases(cr))
+		}
 	}
 	if len(rep.Phases) == 2 {
 		b, c := rep.Phases[0], rep.Phases[1]
 		rep.Ratio = &Ratio{P50: ratio(c.Latency.P50, b.Latency.P50), P90: ratio(c.Latency.P90, b.Latency.P90), P99: ratio(c.Latency.P99, b.Latency.P99),
 			CPU: ratio(sumCPU(c.Processes), sumCPU(b.Processes))}
+		if len(rep.Rounds) > 1 {
+			var rs []float64
+			for _, rr := range rep.Rounds {
+				rs = append(rs, rr.P99Ratio)
+			}
+			rep.Ratio.MedianRoundP99 = median(rs)
+		}
 	}
 	rep.verdict(&r.cfg)
 	if ctx.Err() != nil {
@@ -207,8 +238,15 @@ func (r *runner) close() {
 	}
 }
 
-// phase runs the configured load against one target and measures it.
-func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, error) {
+// Phase paths, as the report names them.
+const (
+	baselinePath   = "raw NATS publishers → per-call subscribers"
+	callrouterPath = "ingest.Node → NATS → router-placed workers"
+)
+
+// phase runs the configured load against one target and measures it; it also returns the
+// latency histogram, for merging rounds.
+func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hdr.Histogram, error) {
 	interval := time.Second
 	if est := r.estimate(); est > 240*time.Second {
 		interval = (est / 240).Round(time.Second)
@@ -223,13 +261,13 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, err
 	case "baseline":
 		pub, err := r.dial("loadtest baseline publisher")
 		if err != nil {
-			return pc, err
+			return pc, nil, err
 		}
 		rt := &rawTarget{pub: pub, col: col, pending: worker.DefaultConfig().PendingMsgs}
 		for i := 0; i < max(1, r.cfg.Workers); i++ {
 			nc, err := r.dial(fmt.Sprintf("loadtest baseline subscriber %d", i+1))
 			if err != nil {
-				return pc, err
+				return pc, nil, err
 			}
 			rt.subs = append(rt.subs, nc)
 		}
@@ -237,16 +275,16 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, err
 	default:
 		if r.st != nil {
 			if err := col.register(); err != nil {
-				return pc, err
+				return pc, nil, err
 			}
 			defer col.unregister()
 		} else {
 			nc, err := r.dial("loadtest events")
 			if err != nil {
-				return pc, err
+				return pc, nil, err
 			}
 			if events, err = subscribeEvents(nc, r.cfg.Tenant, r.id, col); err != nil {
-				return pc, err
+				return pc, nil, err
 			}
 			defer events.close()
 		}
@@ -311,7 +349,7 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, err
 	if got := col.stopped.Load(); events == nil && got < want {
 		pc.Errors = append(pc.Errors, fmt.Sprintf("%d of %d calls were not reported by the worker side within %v", want-got, want, r.cfg.Settle))
 	}
-	return pc, nil
+	return pc, lat, nil
 }
 
 // estimate guesses a phase's length, to size the timeline.

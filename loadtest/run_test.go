@@ -102,7 +102,7 @@ func TestReplayTwentyCallsNoLoss(t *testing.T) {
 	}
 }
 
-// TestBaselineAndRunTime runs both phases with a run time shorter than the calls' replacement
+// TestBaselineAndRunTime runs two rounds of both phases with a run time shorter than the calls' replacement
 // cycle: calls are replaced as they end and the ones still playing at the end are hung up, and
 // every frame is still accounted for; the reports render.
 func TestBaselineAndRunTime(t *testing.T) {
@@ -115,7 +115,8 @@ func TestBaselineAndRunTime(t *testing.T) {
 	cfg.Calls = 6
 	cfg.Ramp = 100
 	cfg.CallDuration = time.Second
-	cfg.RunTime = 3 * time.Second
+	cfg.RunTime = 2500 * time.Millisecond
+	cfg.Rounds = 2
 	cfg.Tenant = "lt-baseline"
 	cfg.MaxLoss = 0
 	cfg.MaxP99Ratio = 1000
@@ -131,6 +132,12 @@ func TestBaselineAndRunTime(t *testing.T) {
 	t.Log(text.String())
 	if len(rep.Phases) != 2 || rep.Phases[0].Name != "baseline" || rep.Phases[1].Name != "callrouter" || rep.Ratio == nil {
 		t.Fatalf("phases %d, ratio %v", len(rep.Phases), rep.Ratio)
+	}
+	if len(rep.Rounds) != 2 || rep.Ratio.MedianRoundP99 <= 0 {
+		t.Errorf("rounds %+v, median round p99 ratio %v; want 2 rounds and a ratio", rep.Rounds, rep.Ratio.MedianRoundP99)
+	}
+	if got, want := rep.Phases[1].Latency.Count, rep.Phases[1].Totals.Received; got != want {
+		t.Errorf("merged latency count %d, want the %d frames received over both rounds", got, want)
 	}
 	for _, p := range rep.Phases {
 		if p.Completed <= cfg.Calls || p.Totals.Sent == 0 || p.Totals.Received != p.Totals.Sent || p.LossRatio != 0 || p.Latency.Count == 0 {

@@ -150,6 +150,7 @@ func Flags(cfg *loadtest.Config) *flag.FlagSet {
 		}
 		return nil
 	})
+	fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "with -baseline: alternate baseline and callrouter phases this many times (fairer on a shared machine); percentiles over all rounds")
 	fs.IntVar(&cfg.Legs, "legs", cfg.Legs, "legs per call taken from each input (0: every channel or RTP stream)")
 	fs.IntVar(&cfg.Calls, "calls", cfg.Calls, "concurrent calls")
 	fs.Float64Var(&cfg.Ramp, "ramp", cfg.Ramp, "calls started per second")

@@ -1,0 +1,125 @@
+package loadtest
+
+import (
+	"slices"
+
+	hdr "github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// RoundReport is one baseline/callrouter pair of an alternating run.
+type RoundReport struct {
+	Round      int         `json:"round"`
+	Baseline   Percentiles `json:"baseline"`
+	Callrouter Percentiles `json:"callrouter"`
+	P99Ratio   float64     `json:"p99_ratio"`
+}
+
+type phaseResult struct {
+	p PhaseReport
+	h *hdr.Histogram
+}
+
+// mergePhases folds the rounds of one phase into one: counts add up, latency percentiles come
+// from the union of the rounds' histograms, timelines follow each other.
+func mergePhases(rs []phaseResult) PhaseReport {
+	if len(rs) == 1 {
+		return rs[0].p
+	}
+	out := rs[0].p
+	h := newHist()
+	h.Merge(rs[0].h)
+	setup := []Percentiles{rs[0].p.Setup}
+	for _, r := range rs[1:] {
+		p := r.p
+		h.Merge(r.h)
+		setup = append(setup, p.Setup)
+		offset := out.Duration
+		for _, t := range p.Timeline {
+			t.T += offset
+			out.Timeline = append(out.Timeline, t)
+		}
+		out.Duration = round3(out.Duration + p.Duration)
+		out.Started += p.Started
+		out.Completed += p.Completed
+		out.Refused += p.Refused
+		out.Failed += p.Failed
+		out.Errors = append(out.Errors, p.Errors...)
+		out.Totals = addTotals(out.Totals, p.Totals)
+		out.WorstLegs = append(out.WorstLegs, p.WorstLegs...)
+		out.PacerLate = max(out.PacerLate, p.PacerLate)
+		for i := range out.Processes {
+			if i < len(p.Processes) {
+				out.Processes[i].CPUCores = round3((out.Processes[i].CPUCores + p.Processes[i].CPUCores) / 2)
+				out.Processes[i].PeakCores = max(out.Processes[i].PeakCores, p.Processes[i].PeakCores)
+				out.Processes[i].MaxRSSMB = max(out.Processes[i].MaxRSSMB, p.Processes[i].MaxRSSMB)
+			}
+		}
+	}
+	out.Latency = summarize(h)
+	out.Curve = curve(h)
+	out.LossRatio = out.Totals.LossRatio()
+	if out.Duration > 0 {
+		out.FramesRate = round3(float64(out.Totals.Sent) / out.Duration)
+	}
+	// Setup: the median round's percentiles (the histograms are not kept).
+	slices.SortFunc(setup, func(a, b Percentiles) int { return cmpFloat(a.P99, b.P99) })
+	out.Setup = setup[len(setup)/2]
+	out.Setup.Count = 0
+	for _, s := range setup {
+		out.Setup.Count += s.Count
+	}
+	if len(out.WorstLegs) > 50 {
+		out.WorstLegs = out.WorstLegs[:50]
+	}
+	return out
+}
+
+func addTotals(a, b Totals) Totals {
+	a.Legs += b.Legs
+	a.Sent += b.Sent
+	a.Received += b.Received
+	a.Lost += b.Lost
+	a.Duplicated += b.Duplicated
+	a.Reordered += b.Reordered
+	a.Replayed += b.Replayed
+	a.Unaccounted += b.Unaccounted
+	lb := map[string]int64{}
+	for k, v := range a.LostBy {
+		lb[k] += v
+	}
+	for k, v := range b.LostBy {
+		lb[k] += v
+	}
+	a.LostBy = lb
+	st := map[string]int{}
+	for k, v := range a.Stops {
+		st[k] += v
+	}
+	for k, v := range b.Stops {
+		st[k] += v
+	}
+	a.Stops = st
+	return a
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return round3((s[len(s)/2-1] + s[len(s)/2]) / 2)
+}
