@@ -1,8 +1,6 @@
 package loadtest
 
 import (
-	"fmt"
-	"hash/fnv"
 	"math"
 	"sort"
 	"sync"
@@ -10,12 +8,13 @@ import (
 	"time"
 
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/callrouter/callrouter/internal/proc"
+	"github.com/callrouter/callrouter/loadtest/probe"
 )
 
-// collectors maps a tenant to the collector of the run in this process that owns it, so that
-// the "loadtest" processor of an in-process worker records straight into it.
-var collectors sync.Map // string → *Collector
+// CauseUnaccounted counts frames sent that a worker neither processed nor reported as lost: the
+// call's handler never started, stopped early, or its report never arrived. It joins the
+// workers' own gap causes (package proc).
+const CauseUnaccounted = "unaccounted"
 
 // LegStats is one leg's account: what the load tester sent and what the worker side saw.
 type LegStats struct {
@@ -101,28 +100,8 @@ func newCollector(tenant string, start time.Time, interval time.Duration, shards
 	return c
 }
 
-// register makes the collector the one the in-process "loadtest" processor writes to.
-func (c *Collector) register() error {
-	if _, dup := collectors.LoadOrStore(c.tenant, c); dup {
-		return fmt.Errorf("loadtest: tenant %q is already used by a run in this process", c.tenant)
-	}
-	return nil
-}
-
-func (c *Collector) unregister() { collectors.CompareAndDelete(c.tenant, c) }
-
-func lookupCollector(tenant string) *Collector {
-	if v, ok := collectors.Load(tenant); ok {
-		return v.(*Collector)
-	}
-	return nil
-}
-
-func callKey(call string) uint32 {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(call))
-	return h.Sum32()
-}
+// attach makes the collector the sink of the in-process "loadtest" processor for its tenant.
+func (c *Collector) attach() (detach func(), err error) { return probe.Attach(c.tenant, c) }
 
 func (c *Collector) slot(now time.Time) int {
 	i := int(now.Sub(c.start) / c.interval)
@@ -136,12 +115,12 @@ func growTL(tl []tlPoint, i int) []tlPoint {
 	return tl
 }
 
-// frame records one frame received at now with the given latency.
-func (c *Collector) frame(key uint32, lat time.Duration, now time.Time) {
+// Frame records one frame received at now with the given latency (probe.Sink).
+func (c *Collector) Frame(key uint32, lat time.Duration, now time.Time) {
 	i := c.slot(now)
 	sh := &c.shards[key%uint32(len(c.shards))]
 	sh.mu.Lock()
-	recordUS(sh.h, lat)
+	probe.RecordUS(sh.h, lat)
 	sh.tl = growTL(sh.tl, i)
 	p := &sh.tl[i]
 	p.received++
@@ -150,8 +129,8 @@ func (c *Collector) frame(key uint32, lat time.Duration, now time.Time) {
 	c.received.Add(1)
 }
 
-// loss records n frames reported lost at now.
-func (c *Collector) loss(key uint32, n int64, now time.Time) {
+// Loss records n frames reported lost at now (probe.Sink).
+func (c *Collector) Loss(key uint32, n int64, now time.Time) {
 	i := c.slot(now)
 	sh := &c.shards[key%uint32(len(c.shards))]
 	sh.mu.Lock()
@@ -202,23 +181,23 @@ func (c *Collector) sentAt(now time.Time, n int64) {
 
 func (c *Collector) setupTime(d time.Duration) {
 	c.mu.Lock()
-	recordUS(c.setup, d)
+	probe.RecordUS(c.setup, d)
 	c.mu.Unlock()
 }
 
-// report merges one worker-side call report.
-func (c *Collector) report(call string, stop string, legs []legTracker) {
+// Report merges one worker-side call report (probe.Sink).
+func (c *Collector) Report(call string, stop string, legs []probe.Leg) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := range legs {
 		t := &legs[i]
 		l := c.legLocked(call, uint8(i))
-		l.Received += t.received
-		l.Lost += t.lost
-		l.Duplicated += t.dup
-		l.Reordered += t.reordered
-		l.Replayed += t.replayed
-		for k, v := range t.lostBy {
+		l.Received += t.Received
+		l.Lost += t.Lost
+		l.Duplicated += t.Duplicated
+		l.Reordered += t.Reordered
+		l.Replayed += t.Replayed
+		for k, v := range t.LostBy {
 			if l.LostBy == nil {
 				l.LostBy = map[string]int64{}
 			}
@@ -368,30 +347,6 @@ func (c *Collector) timeline() []TimelinePoint {
 				break
 			}
 		}
-	}
-	return out
-}
-
-// legsFromAccounting turns a worker "accounting" event into trackers, for remote stacks whose
-// workers do not run the "loadtest" processor.
-func legsFromAccounting(a proc.Accounting) []legTracker {
-	out := make([]legTracker, 0, len(a.Legs))
-	for _, l := range a.Legs {
-		for int(l.Leg) > len(out) {
-			out = append(out, newLegTracker())
-		}
-		t := newLegTracker()
-		t.received = int64(l.Processed)
-		t.dup = int64(l.Duplicates)
-		t.lost = int64(l.Lost)
-		t.replayed = int64(l.Replayed)
-		for k, v := range l.LostBy {
-			if t.lostBy == nil {
-				t.lostBy = map[string]int64{}
-			}
-			t.lostBy[k] += int64(v)
-		}
-		out = append(out, t)
 	}
 	return out
 }

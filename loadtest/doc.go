@@ -5,7 +5,7 @@
 // sent/received/lost/duplicated/reordered counts with gap causes, samples the CPU and memory of
 // the processes it watches, and writes terminal, JSON and HTML reports with pass/fail thresholds.
 //
-// The worker side is the "loadtest" processor registered here: a worker pool that runs it
-// records into the Run's collector when the stack is in-process, and publishes a "loadtest"
-// event with its counts and histogram when it is not.
+// The worker side is package probe's "loadtest" processor: in-process workers write into the
+// run's Collector; remote workers that run it publish a "loadtest" event per call, and remote
+// workers that do not are still counted from their "accounting" events.
 package loadtest

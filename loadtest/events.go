@@ -10,6 +10,7 @@ import (
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/callrouter/callrouter/loadtest/probe"
 	"github.com/nats-io/nats.go"
 )
 
@@ -23,13 +24,13 @@ type eventSink struct {
 
 	mu   sync.Mutex
 	acc  map[string]proc.Accounting
-	lt   map[string]CallReport
+	lt   map[string]probe.CallReport
 	done bool
 }
 
 func subscribeEvents(nc *nats.Conn, tenant, runID string, col *Collector) (*eventSink, error) {
-	s := &eventSink{col: col, prefix: runID, acc: map[string]proc.Accounting{}, lt: map[string]CallReport{}}
-	for _, kind := range []string{"accounting", EventKind, "gap"} {
+	s := &eventSink{col: col, prefix: runID, acc: map[string]proc.Accounting{}, lt: map[string]probe.CallReport{}}
+	for _, kind := range []string{"accounting", probe.EventKind, "gap"} {
 		sub, err := nc.Subscribe(subjects.Event(tenant, "*", kind), s.onEvent)
 		if err != nil {
 			s.close()
@@ -57,15 +58,15 @@ func (s *eventSink) onEvent(m *nats.Msg) {
 		if json.Unmarshal(ev.Data, &a) == nil {
 			s.acc[ev.Call] = a
 		}
-	case EventKind:
-		var cr CallReport
+	case probe.EventKind:
+		var cr probe.CallReport
 		if json.Unmarshal(ev.Data, &cr) == nil {
 			s.lt[ev.Call] = cr
 		}
 	case "gap":
 		var g proc.Gap
 		if json.Unmarshal(ev.Data, &g) == nil {
-			s.col.loss(callKey(ev.Call), int64(g.Count()), time.Now())
+			s.col.Loss(probe.Key(ev.Call), int64(g.Count()), time.Now())
 		}
 	}
 }
@@ -84,19 +85,19 @@ func (s *eventSink) finish() {
 	s.done = true
 	for call, a := range s.acc {
 		if cr, ok := s.lt[call]; ok {
-			s.col.report(call, cr.Stop, cr.trackers())
+			s.col.Report(call, cr.Stop, cr.Accounts())
 			if cr.Hist != nil {
-				s.col.mergeHist(callKey(call), hdr.Import(cr.Hist))
+				s.col.mergeHist(probe.Key(call), hdr.Import(cr.Hist))
 			}
 			continue
 		}
-		s.col.report(call, a.Reason, legsFromAccounting(a))
+		s.col.Report(call, a.Reason, probe.FromAccounting(a))
 	}
 	for call, cr := range s.lt {
 		if _, ok := s.acc[call]; !ok {
-			s.col.report(call, cr.Stop, cr.trackers())
+			s.col.Report(call, cr.Stop, cr.Accounts())
 			if cr.Hist != nil {
-				s.col.mergeHist(callKey(call), hdr.Import(cr.Hist))
+				s.col.mergeHist(probe.Key(call), hdr.Import(cr.Hist))
 			}
 		}
 	}

@@ -2,32 +2,15 @@ package loadtest
 
 import (
 	"math"
-	"sync"
-	"time"
 
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/callrouter/callrouter/loadtest/probe"
 )
 
-// Histogram bounds: latencies are recorded in microseconds from 1 µs to 60 s with three
-// significant digits.
-const (
-	histMin    = 1
-	histMax    = 60_000_000
-	histDigits = 3
-)
+// histDigits is the precision of the load tester's own histograms.
+const histDigits = 3
 
-func newHist() *hdr.Histogram { return hdr.New(histMin, histMax, histDigits) }
-
-// recordUS records d in microseconds, clamped into the histogram's range.
-func recordUS(h *hdr.Histogram, d time.Duration) {
-	us := d.Microseconds()
-	if us < histMin {
-		us = histMin
-	} else if us > histMax {
-		us = histMax
-	}
-	_ = h.RecordValue(us)
-}
+func newHist() *hdr.Histogram { return hdr.New(probe.HistMin, probe.HistMax, histDigits) }
 
 // Percentiles summarizes a latency histogram in milliseconds.
 type Percentiles struct {
@@ -64,46 +47,4 @@ func curve(h *hdr.Histogram) []CurvePoint {
 		out = append(out, CurvePoint{Percentile: p, MS: float64(h.ValueAtQuantile(p)) / 1000})
 	}
 	return out
-}
-
-// shardedHist spreads concurrent recorders over a few mutex-guarded histograms.
-type shardedHist struct {
-	shards []histShard
-}
-
-type histShard struct {
-	mu sync.Mutex
-	h  *hdr.Histogram
-	_  [48]byte // keep shards on separate cache lines
-}
-
-func newShardedHist(n int) *shardedHist {
-	s := &shardedHist{shards: make([]histShard, n)}
-	for i := range s.shards {
-		s.shards[i].h = newHist()
-	}
-	return s
-}
-
-func (s *shardedHist) record(key uint32, d time.Duration) {
-	sh := &s.shards[key%uint32(len(s.shards))]
-	sh.mu.Lock()
-	recordUS(sh.h, d)
-	sh.mu.Unlock()
-}
-
-func (s *shardedHist) merge(h *hdr.Histogram) {
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		h.Merge(sh.h)
-		sh.mu.Unlock()
-	}
-}
-
-// snapshot returns a merged copy.
-func (s *shardedHist) snapshot() *hdr.Histogram {
-	h := newHist()
-	s.merge(h)
-	return h
 }

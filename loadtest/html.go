@@ -246,6 +246,8 @@ inputs: {{range .Inputs}}<code>{{.}}</code> {{end}}{{if .Command}}<br>command: <
 <tr><td class="l">latency max ms</td>{{range .Phases}}<td>{{.Latency.Max}}</td>{{end}}</tr>
 <tr><td class="l">CPU cores (watched processes)</td>{{range .Phases}}<td>{{printf "%.2f" (cpu .Processes)}}</td>{{end}}</tr>
 <tr><td class="l">pacer worst tick late ms</td>{{range .Phases}}<td>{{.PacerLate}}</td>{{end}}</tr>
+<tr><td class="l">machine busy cores (others)</td>{{range .Phases}}<td>{{.Machine.BusyCores}} ({{.Machine.BackgroundCores}})</td>{{end}}</tr>
+<tr><td class="l">load average at end</td>{{range .Phases}}<td>{{.Machine.LoadAvg}}</td>{{end}}</tr>
 </table>
 {{with .Ratio}}<p>callrouter / baseline in this run: p50 <b>{{.P50}}×</b>, p90 {{.P90}}×, p99 <b>{{.P99}}×</b>{{if .CPU}}, CPU {{.CPU}}×{{end}}{{if .MedianRoundP99}}; median of the rounds' p99 ratios {{.MedianRoundP99}}×{{end}}</p>{{end}}
 {{if .Rounds}}<table><tr><th>round</th><th>baseline p50 ms</th><th>callrouter p50 ms</th><th>baseline p99 ms</th><th>callrouter p99 ms</th><th>p99 ratio</th></tr>
@@ -257,6 +259,7 @@ inputs: {{range .Inputs}}<code>{{.}}</code> {{end}}{{if .Command}}<br>command: <
 {{if .Totals.LostBy}}<p>gap causes: {{range $k, $v := .Totals.LostBy}}{{$k}} = {{$v}}; {{end}}</p>{{end}}
 {{if .Totals.Stops}}<p>worker stop reasons: {{range $k, $v := .Totals.Stops}}{{$k}} = {{$v}}; {{end}}</p>{{end}}
 {{if .Errors}}<ul>{{range .Errors}}<li>{{.}}</li>{{end}}</ul>{{end}}
+{{if .Warnings}}<ul>{{range .Warnings}}<li class="fail">{{.}}</li>{{end}}</ul>{{end}}
 {{if .Processes}}<table><tr><th class="l">process</th><th>pid</th><th>CPU cores avg</th><th>peak</th><th>max RSS MB</th></tr>
 {{range .Processes}}<tr><td class="l">{{.Name}} {{.Note}}</td><td>{{.PID}}</td><td>{{.CPUCores}}</td><td>{{.PeakCores}}</td><td>{{.MaxRSSMB}}</td></tr>{{end}}</table>{{end}}
 {{if .WorstLegs}}<table><tr><th class="l">call</th><th>leg</th><th>sent</th><th>received</th><th>lost</th><th>unaccounted</th><th>dup</th><th>reordered</th><th class="l">causes</th><th class="l">stop</th></tr>

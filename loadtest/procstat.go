@@ -64,6 +64,38 @@ type procWatch struct {
 	start  time.Time
 	end    time.Time
 	latest float64 // total cores in the last sample, for the progress line
+
+	machine0, machine1 float64 // busy CPU seconds of the whole machine at start and at the last sample
+}
+
+// machineBusy returns the CPU seconds the whole machine has spent busy (all but idle and
+// iowait), from the first line of /proc/stat.
+func machineBusy() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0
+	}
+	var busy int64
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		if i == 3 || i == 4 || i >= 8 { // idle, iowait; guest time is already in user
+			continue
+		}
+		busy += n
+	}
+	return float64(busy) / clockTicks
+}
+
+// MachineUsage is what the whole machine did during a phase.
+type MachineUsage struct {
+	BusyCores       float64 `json:"busy_cores"`       // all processes
+	BackgroundCores float64 `json:"background_cores"` // processes the run does not watch (other work on a shared machine)
+	LoadAvg         string  `json:"loadavg_end"`
 }
 
 func newProcWatch(pids []int, notes map[int]string) *procWatch {
@@ -113,12 +145,34 @@ func (w *procWatch) sample(dt time.Duration) {
 	}
 	w.latest = total
 	w.end = time.Now()
+	if dt == 0 && w.machine0 == 0 {
+		w.machine0 = machineBusy()
+	}
+	w.machine1 = machineBusy()
 }
 
 func (w *procWatch) cores() float64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.latest
+}
+
+// machine returns the machine's usage over the watch; call after stop.
+func (w *procWatch) machine(watched []ProcUsage) MachineUsage {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var m MachineUsage
+	if wall := w.end.Sub(w.start).Seconds(); wall > 0 {
+		m.BusyCores = round3((w.machine1 - w.machine0) / wall)
+		m.BackgroundCores = round3(max(0, m.BusyCores-sumCPU(watched)))
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		f := strings.Fields(string(b))
+		if len(f) >= 3 {
+			m.LoadAvg = strings.Join(f[:3], " ")
+		}
+	}
+	return m
 }
 
 func (w *procWatch) stop() []ProcUsage {

@@ -71,6 +71,8 @@ type PhaseReport struct {
 	Timeline   []TimelinePoint `json:"timeline"`
 	Processes  []ProcUsage     `json:"processes,omitempty"`
 	PacerLate  float64         `json:"pacer_worst_tick_late_ms"`
+	Machine    MachineUsage    `json:"machine"`
+	Warnings   []string        `json:"warnings,omitempty"`
 	FramesRate float64         `json:"frames_per_s"`
 }
 
@@ -206,6 +208,8 @@ func (r *Report) WriteText(w io.Writer) {
 		return fmt.Sprintf("%.0f", s)
 	})
 	row("pacer worst late ms", func(p PhaseReport) string { return fmt.Sprintf("%.1f", p.PacerLate) })
+	row("machine busy cores", func(p PhaseReport) string { return fmt.Sprintf("%.2f", p.Machine.BusyCores) })
+	row("  of which others", func(p PhaseReport) string { return fmt.Sprintf("%.2f", p.Machine.BackgroundCores) })
 	for _, p := range r.Phases {
 		if len(p.Totals.LostBy) > 0 {
 			keys := make([]string, 0, len(p.Totals.LostBy))
@@ -221,6 +225,9 @@ func (r *Report) WriteText(w io.Writer) {
 		}
 		for _, e := range p.Errors {
 			tw("%s: %s\n", p.Name, e)
+		}
+		for _, e := range p.Warnings {
+			tw("%s: WARNING: %s\n", p.Name, e)
 		}
 	}
 	if r.Ratio != nil {

@@ -47,6 +47,10 @@ func mergePhases(rs []phaseResult) PhaseReport {
 		out.Totals = addTotals(out.Totals, p.Totals)
 		out.WorstLegs = append(out.WorstLegs, p.WorstLegs...)
 		out.PacerLate = max(out.PacerLate, p.PacerLate)
+		out.Warnings = append(out.Warnings, p.Warnings...)
+		out.Machine.BusyCores = round3((out.Machine.BusyCores + p.Machine.BusyCores) / 2)
+		out.Machine.BackgroundCores = round3((out.Machine.BackgroundCores + p.Machine.BackgroundCores) / 2)
+		out.Machine.LoadAvg = p.Machine.LoadAvg
 		for i := range out.Processes {
 			if i < len(p.Processes) {
 				out.Processes[i].CPUCores = round3((out.Processes[i].CPUCores + p.Processes[i].CPUCores) / 2)

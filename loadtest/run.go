@@ -19,6 +19,7 @@ import (
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/worker"
+	"github.com/callrouter/callrouter/loadtest/probe"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 )
@@ -167,7 +168,7 @@ func (r *runner) connect(ctx context.Context) error {
 	log := r.d.Log
 	if r.cfg.NATSURL == "" {
 		wc := worker.DefaultConfig()
-		wc.Processors = []string{"accounting", ProcessorName}
+		wc.Processors = []string{"accounting", probe.ProcessorName}
 		wc.Capacity = r.cfg.WorkerCapacity
 		if wc.Capacity == 0 {
 			wc.Capacity = (r.cfg.Calls+r.cfg.Workers-1)/r.cfg.Workers + r.cfg.Calls/10 + 10
@@ -274,10 +275,11 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 		tgt = rt
 	default:
 		if r.st != nil {
-			if err := col.register(); err != nil {
+			detach, err := col.attach()
+			if err != nil {
 				return pc, nil, err
 			}
-			defer col.unregister()
+			defer detach()
 		} else {
 			nc, err := r.dial("loadtest events")
 			if err != nil {
@@ -327,6 +329,7 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 	}
 	stopProgress()
 	pc.Processes = watch.stop()
+	pc.Machine = watch.machine(pc.Processes)
 
 	pc.Started = int(ld.started.Load())
 	pc.Completed = int(want)
@@ -345,6 +348,11 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 	pc.PacerLate = round3(float64(ld.pacer.lateNS.Load()) / 1e6)
 	if pc.Duration > 0 {
 		pc.FramesRate = round3(float64(pc.Totals.Sent) / pc.Duration)
+	}
+	if pc.PacerLate > 100 {
+		pc.Warnings = append(pc.Warnings, fmt.Sprintf("the tester fell %.0f ms behind its schedule at worst: the machine was short of CPU "+
+			"(%.2f busy cores, %.2f of them other work), so tails reflect the machine as much as the system under test", pc.PacerLate,
+			pc.Machine.BusyCores, pc.Machine.BackgroundCores))
 	}
 	if got := col.stopped.Load(); events == nil && got < want {
 		pc.Errors = append(pc.Errors, fmt.Sprintf("%d of %d calls were not reported by the worker side within %v", want-got, want, r.cfg.Settle))

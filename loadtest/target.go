@@ -12,6 +12,7 @@ import (
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/loadtest/probe"
 	"github.com/nats-io/nats.go"
 )
 
@@ -61,9 +62,9 @@ type rawTarget struct {
 
 func (t *rawTarget) start(ctx context.Context, spec session.Spec) (callHandle, error) {
 	nc := t.subs[int(t.next.Add(1))%len(t.subs)]
-	rs := &rawSub{col: t.col, call: spec.Call, key: callKey(spec.Call), legs: make([]legTracker, len(spec.Legs))}
+	rs := &rawSub{col: t.col, call: spec.Call, key: probe.Key(spec.Call), legs: make([]probe.Leg, len(spec.Legs))}
 	for i := range rs.legs {
-		rs.legs[i] = newLegTracker()
+		rs.legs[i] = probe.NewLeg()
 	}
 	sub, err := nc.Subscribe(rawPrefix+"."+spec.Tenant+"."+spec.Call+".*", rs.onMsg)
 	if err != nil {
@@ -139,7 +140,7 @@ type rawSub struct {
 	call  string
 	key   uint32
 	sub   *nats.Subscription
-	legs  []legTracker
+	legs  []probe.Leg
 	ended uint16
 	done  bool
 }
@@ -153,26 +154,25 @@ func (s *rawSub) onMsg(m *nats.Msg) {
 	t := &s.legs[h.Leg]
 	now := time.Now()
 	if h.Has(frame.FlagLast) {
-		if t.next >= 0 && int64(h.Seq) > t.next { // tail loss shows as a gap before the last frame
-			n := int64(h.Seq) - t.next
-			t.gap(proc.Gap{Leg: h.Leg, From: uint32(t.next), To: h.Seq - 1, Cause: proc.CauseBus})
-			s.col.loss(s.key, n, now)
+		if next := t.Next(); next >= 0 && int64(h.Seq) > next { // tail loss shows as a gap before the last frame
+			t.Gap(proc.Gap{Leg: h.Leg, From: uint32(next), To: h.Seq - 1, Cause: proc.CauseBus})
+			s.col.Loss(s.key, int64(h.Seq)-next, now)
 		}
 		s.ended |= 1 << h.Leg
 		if int(s.ended) == 1<<len(s.legs)-1 {
 			s.done = true
 			_ = s.sub.Unsubscribe()
-			s.col.report(s.call, "end", s.legs)
+			s.col.Report(s.call, "end", s.legs)
 		}
 		return
 	}
-	before := t.lost
-	inOrder := t.observe(h.Seq)
-	if t.lost > before {
-		s.col.loss(s.key, t.lost-before, now)
+	before := t.Lost
+	inOrder := t.Observe(h.Seq)
+	if t.Lost > before {
+		s.col.Loss(s.key, t.Lost-before, now)
 	}
 	if inOrder {
-		s.col.frame(s.key, now.Sub(time.Unix(0, h.Capture)), now)
+		s.col.Frame(s.key, now.Sub(time.Unix(0, h.Capture)), now)
 	}
 }
 

@@ -6,49 +6,24 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/proc"
+	"github.com/callrouter/callrouter/loadtest/probe"
 	"github.com/google/go-cmp/cmp"
 )
-
-func TestLegTrackerObserve(t *testing.T) {
-	tr := newLegTracker()
-	for _, s := range []uint32{0, 1, 2, 5, 3, 6, 6, 1, 7} {
-		tr.observe(s)
-	}
-	// 3 and 4 were a gap when 5 arrived: 3 arrives late (reordered), 4 never; 6 and 1 repeat.
-	got := map[string]int64{"received": tr.received, "lost": tr.lost, "reordered": tr.reordered, "dup": tr.dup, "next": tr.next}
-	want := map[string]int64{"received": 6, "lost": 2, "reordered": 1, "dup": 2, "next": 8}
-	if d := cmp.Diff(want, got); d != "" {
-		t.Errorf("tracker (-want +got):\n%s", d)
-	}
-	if tr.lostBy[proc.CauseBus] != 2 {
-		t.Errorf("lost by cause %v, want 2 bus_loss", tr.lostBy)
-	}
-}
-
-func TestLegTrackerKeepsBoundedGaps(t *testing.T) {
-	tr := newLegTracker()
-	for i := uint32(0); i < 200; i += 2 {
-		tr.observe(i)
-	}
-	if len(tr.gaps) != maxGapsKept || tr.lost != 99 {
-		t.Errorf("%d gaps kept, %d lost; want %d, 99", len(tr.gaps), tr.lost, maxGapsKept)
-	}
-}
 
 func TestCollectorAccounts(t *testing.T) {
 	c := newCollector("acct", time.Now(), time.Second, 2)
 	c.sent("a", []int64{10, 10})
 	c.sent("b", []int64{10})
-	ta, tb := newLegTracker(), newLegTracker()
+	ta, tb := probe.NewLeg(), probe.NewLeg()
 	for i := uint32(0); i < 10; i++ {
-		ta.inOrder(i)
-		c.frame(1, time.Millisecond, time.Now())
+		ta.InOrder(i)
+		c.Frame(1, time.Millisecond, time.Now())
 	}
-	tb.gap(proc.Gap{From: 0, To: 1, Cause: proc.CauseBackpressure})
+	tb.Gap(proc.Gap{From: 0, To: 1, Cause: proc.CauseBackpressure})
 	for i := uint32(2); i < 10; i++ {
-		tb.inOrder(i)
+		tb.InOrder(i)
 	}
-	c.report("a", proc.StopEnd, []legTracker{ta, tb})
+	c.Report("a", proc.StopEnd, []probe.Leg{ta, tb})
 	tot, bad := c.finish(10)
 	// Call b never reported: its 10 frames are unaccounted.
 	want := Totals{Legs: 3, Sent: 30, Received: 18, Lost: 2, Unaccounted: 10,

@@ -1,0 +1,67 @@
+package probe
+
+import (
+	hdr "github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/callrouter/callrouter/internal/proc"
+)
+
+// CallReport is the body of a "loadtest" event: one call's worker-side account.
+type CallReport struct {
+	Stop string        `json:"stop"`
+	Legs []LegReport   `json:"legs"`
+	Hist *hdr.Snapshot `json:"latency_us"`
+}
+
+// LegReport is one leg of a CallReport.
+type LegReport struct {
+	Received   int64            `json:"received"`
+	Lost       int64            `json:"lost"`
+	Duplicated int64            `json:"duplicated"`
+	Reordered  int64            `json:"reordered"`
+	Replayed   int64            `json:"replayed"`
+	LostBy     map[string]int64 `json:"lost_by_cause,omitempty"`
+}
+
+// NewCallReport builds the event body.
+func NewCallReport(stop string, legs []Leg, h *hdr.Histogram) CallReport {
+	cr := CallReport{Stop: stop}
+	if h != nil {
+		cr.Hist = h.Export()
+	}
+	for _, l := range legs {
+		cr.Legs = append(cr.Legs, LegReport{Received: l.Received, Lost: l.Lost, Duplicated: l.Duplicated, Reordered: l.Reordered,
+			Replayed: l.Replayed, LostBy: l.LostBy})
+	}
+	return cr
+}
+
+// Accounts turns a received report back into leg accounts.
+func (cr *CallReport) Accounts() []Leg {
+	out := make([]Leg, len(cr.Legs))
+	for i, l := range cr.Legs {
+		out[i] = Leg{Received: l.Received, Lost: l.Lost, Duplicated: l.Duplicated, Reordered: l.Reordered, Replayed: l.Replayed,
+			LostBy: l.LostBy, next: -1}
+	}
+	return out
+}
+
+// FromAccounting turns a worker's "accounting" event into leg accounts, for pools that do not
+// run this processor.
+func FromAccounting(a proc.Accounting) []Leg {
+	out := []Leg{}
+	for _, la := range a.Legs {
+		for int(la.Leg) > len(out) {
+			out = append(out, NewLeg())
+		}
+		l := NewLeg()
+		l.Received, l.Duplicated, l.Lost, l.Replayed = int64(la.Processed), int64(la.Duplicates), int64(la.Lost), int64(la.Replayed)
+		for k, v := range la.LostBy {
+			if l.LostBy == nil {
+				l.LostBy = map[string]int64{}
+			}
+			l.LostBy[k] += int64(v)
+		}
+		out = append(out, l)
+	}
+	return out
+}
