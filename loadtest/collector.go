@@ -8,6 +8,7 @@ import (
 	"time"
 
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/loadtest/probe"
 )
 
@@ -26,6 +27,7 @@ type LegStats struct {
 	Duplicated  int64            `json:"duplicated"`
 	Reordered   int64            `json:"reordered"`
 	Replayed    int64            `json:"replayed"`
+	GapFilled   int64            `json:"gap_filled"`
 	Unaccounted int64            `json:"unaccounted"`
 	LostBy      map[string]int64 `json:"lost_by_cause,omitempty"`
 	Stop        string           `json:"stop,omitempty"`
@@ -179,6 +181,19 @@ func (c *Collector) sentAt(now time.Time, n int64) {
 	c.mu.Unlock()
 }
 
+// injectedLoss counts frames the tester itself dropped (SIP mode impairments) where no worker
+// could see a gap: after the last packet of a leg.
+func (c *Collector) injectedLoss(call string, leg uint8, n int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l := c.legLocked(call, leg)
+	l.Lost += n
+	if l.LostBy == nil {
+		l.LostBy = map[string]int64{}
+	}
+	l.LostBy[proc.CauseNetwork] += n
+}
+
 func (c *Collector) setupTime(d time.Duration) {
 	c.mu.Lock()
 	probe.RecordUS(c.setup, d)
@@ -197,6 +212,7 @@ func (c *Collector) Report(call string, stop string, legs []probe.Leg) {
 		l.Duplicated += t.Duplicated
 		l.Reordered += t.Reordered
 		l.Replayed += t.Replayed
+		l.GapFilled += t.GapFilled
 		for k, v := range t.LostBy {
 			if l.LostBy == nil {
 				l.LostBy = map[string]int64{}
@@ -219,6 +235,7 @@ type Totals struct {
 	Duplicated  int64            `json:"duplicated"`
 	Reordered   int64            `json:"reordered"`
 	Replayed    int64            `json:"replayed"`
+	GapFilled   int64            `json:"gap_filled"`
 	Unaccounted int64            `json:"unaccounted"`
 	LostBy      map[string]int64 `json:"lost_by_cause,omitempty"`
 	Stops       map[string]int   `json:"worker_stops,omitempty"`
@@ -254,6 +271,7 @@ func (c *Collector) finish(maxBad int) (Totals, []LegStats) {
 		t.Duplicated += l.Duplicated
 		t.Reordered += l.Reordered
 		t.Replayed += l.Replayed
+		t.GapFilled += l.GapFilled
 		t.Unaccounted += l.Unaccounted
 		for k, v := range l.LostBy {
 			t.LostBy[k] += v

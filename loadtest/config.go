@@ -13,6 +13,9 @@ const (
 	// ModeNATS places calls through a real ingest node and publishes their frames onto NATS, as an
 	// ingest transport would, bypassing SIP/WebRTC: it loads the router and the workers.
 	ModeNATS = "nats"
+	// ModeSIP plays each call as a SIP user agent client with RTP (a SIPREC session for two or
+	// more legs) into callrouter's SIP ingest, with optional loss, jitter and reordering.
+	ModeSIP = "sip"
 	// ModeBaseline publishes the same frames at the same rate from plain publishers to plain
 	// per-call subscribers: NATS alone, the denominator of callrouter's overhead.
 	ModeBaseline = "baseline"
@@ -34,6 +37,8 @@ type Config struct {
 
 	Tenant  string // tenant of the test calls
 	NATSURL string // callrouter's NATS; empty starts a one-process stack in this process
+	SIP     string // SIP mode: host:port of a running SIP ingest (needs NATSURL); empty runs one in-process
+	Impair  Impairments
 
 	Workers          int // in-process stack: workers in the pool
 	WorkerCapacity   int // in-process stack: calls per worker (0: enough for Calls, plus a margin)
@@ -73,11 +78,29 @@ func DefaultConfig() Config {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("loadtest: "+format, a...)) }
-	if c.Mode != ModeNATS && c.Mode != ModeBaseline {
-		bad("mode %q: want %q or %q", c.Mode, ModeNATS, ModeBaseline)
+	if c.Mode != ModeNATS && c.Mode != ModeBaseline && c.Mode != ModeSIP {
+		bad("mode %q: want %q, %q or %q", c.Mode, ModeNATS, ModeSIP, ModeBaseline)
 	}
-	if c.Baseline && c.Mode != ModeNATS {
-		bad("baseline: only meaningful in mode %q", ModeNATS)
+	if c.Baseline && c.Mode == ModeBaseline {
+		bad("baseline: mode %q is the baseline already", ModeBaseline)
+	}
+	if c.SIP != "" && (c.Mode != ModeSIP || c.NATSURL == "") {
+		bad("sip %q: a remote SIP ingest needs -mode sip and -nats (its workers' events)", c.SIP)
+	}
+	if c.Mode == ModeSIP && c.NATSURL != "" && c.SIP == "" {
+		bad("nats: in SIP mode a remote stack also needs -sip host:port")
+	}
+	if c.Impair.any() && c.Mode != ModeSIP {
+		bad("loss, jitter and reorder impair RTP: they need -mode sip")
+	}
+	if c.Impair.Loss < 0 || c.Impair.Loss >= 1 {
+		bad("loss %v: want a probability in [0, 1)", c.Impair.Loss)
+	}
+	if c.Impair.Reorder < 0 || c.Impair.Reorder >= 1 {
+		bad("reorder %v: want a probability in [0, 1)", c.Impair.Reorder)
+	}
+	if c.Impair.Jitter < 0 || c.Impair.Jitter > 2*time.Second {
+		bad("jitter %v: want 0-2s", c.Impair.Jitter)
 	}
 	if len(c.Inputs) == 0 {
 		bad("input: at least one WAV or pcap file (or directory) is needed")

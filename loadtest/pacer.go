@@ -19,6 +19,12 @@ type stream struct {
 	done    func(*stream)
 }
 
+// ticker is implemented by call handles that have work between frames (the SIP mode's
+// jittered packets); the shard calls it on every tick.
+type ticker interface {
+	tick(now time.Time)
+}
+
 // pacer plays many calls from a few goroutines: each shard owns a set of streams and, on every
 // tick, sends the frames that have come due. One shard loop per core replaces a goroutine and a
 // timer per leg; the calls' phases stay where their setup put them, so the load is spread across
@@ -121,8 +127,12 @@ func (s *pshard) run() {
 		}
 		lastTick = now
 		var n int64
+		wall := time.Now()
 		for i := 0; i < len(s.active); {
 			st := s.active[i]
+			if tk, ok := st.h.(ticker); ok {
+				tk.tick(wall)
+			}
 			for burst := 0; st.due <= now && st.i < st.frames && st.sendErr == nil && burst < s.p.maxBurst; burst++ {
 				fi := st.i % st.rec.Len()
 				for leg := range st.rec.Frames {
@@ -148,7 +158,7 @@ func (s *pshard) run() {
 		}
 		if n > 0 {
 			s.p.sentFrames.Add(n)
-			s.p.col.sentAt(time.Now(), n)
+			s.p.col.sentAt(wall, n)
 		}
 	}
 }

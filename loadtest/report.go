@@ -54,26 +54,28 @@ type ReportConfig struct {
 
 // PhaseReport is one phase: callrouter, or the raw NATS baseline.
 type PhaseReport struct {
-	Name       string          `json:"name"`
-	Target     string          `json:"target"`
-	Duration   float64         `json:"duration_s"`
-	Started    int             `json:"calls_started"`
-	Completed  int             `json:"calls_completed"`
-	Refused    int             `json:"calls_refused"`
-	Failed     int             `json:"calls_failed"`
-	Errors     []string        `json:"errors,omitempty"`
-	Setup      Percentiles     `json:"setup"`
-	Latency    Percentiles     `json:"latency"`
-	Curve      []CurvePoint    `json:"latency_curve"`
-	Totals     Totals          `json:"frames"`
-	LossRatio  float64         `json:"loss_ratio"`
-	WorstLegs  []LegStats      `json:"worst_legs,omitempty"`
-	Timeline   []TimelinePoint `json:"timeline"`
-	Processes  []ProcUsage     `json:"processes,omitempty"`
-	PacerLate  float64         `json:"pacer_worst_tick_late_ms"`
-	Machine    MachineUsage    `json:"machine"`
-	Warnings   []string        `json:"warnings,omitempty"`
-	FramesRate float64         `json:"frames_per_s"`
+	Name      string          `json:"name"`
+	Target    string          `json:"target"`
+	Duration  float64         `json:"duration_s"`
+	Started   int             `json:"calls_started"`
+	Completed int             `json:"calls_completed"`
+	Refused   int             `json:"calls_refused"`
+	Failed    int             `json:"calls_failed"`
+	Errors    []string        `json:"errors,omitempty"`
+	Setup     Percentiles     `json:"setup"`
+	Latency   Percentiles     `json:"latency"`
+	Curve     []CurvePoint    `json:"latency_curve"`
+	Totals    Totals          `json:"frames"`
+	LossRatio float64         `json:"loss_ratio"`
+	WorstLegs []LegStats      `json:"worst_legs,omitempty"`
+	Timeline  []TimelinePoint `json:"timeline"`
+	Processes []ProcUsage     `json:"processes,omitempty"`
+	PacerLate float64         `json:"pacer_worst_tick_late_ms"`
+	Machine   MachineUsage    `json:"machine"`
+	Warnings  []string        `json:"warnings,omitempty"`
+	// Impairments counts what the SIP mode did to RTP: packets sent, dropped, delayed, reordered.
+	Impairments map[string]int64 `json:"rtp,omitempty"`
+	FramesRate  float64          `json:"frames_per_s"`
 }
 
 // Ratio compares callrouter with the baseline measured in the same run.
@@ -188,6 +190,7 @@ func (r *Report) WriteText(w io.Writer) {
 	row("unaccounted", func(p PhaseReport) string { return fmt.Sprint(p.Totals.Unaccounted) })
 	row("duplicated", func(p PhaseReport) string { return fmt.Sprint(p.Totals.Duplicated) })
 	row("reordered", func(p PhaseReport) string { return fmt.Sprint(p.Totals.Reordered) })
+	row("gap-filled by ingest", func(p PhaseReport) string { return fmt.Sprint(p.Totals.GapFilled) })
 	row("latency p50 ms", func(p PhaseReport) string { return fmt.Sprintf("%.3f", p.Latency.P50) })
 	row("latency p90 ms", func(p PhaseReport) string { return fmt.Sprintf("%.3f", p.Latency.P90) })
 	row("latency p99 ms", func(p PhaseReport) string { return fmt.Sprintf("%.3f", p.Latency.P99) })
@@ -225,6 +228,10 @@ func (r *Report) WriteText(w io.Writer) {
 		}
 		for _, e := range p.Errors {
 			tw("%s: %s\n", p.Name, e)
+		}
+		if len(p.Impairments) > 0 {
+			tw("%s RTP: sent %d, dropped %d, delayed %d, reordered %d\n", p.Name, p.Impairments["rtp_sent"], p.Impairments["dropped"],
+				p.Impairments["delayed"], p.Impairments["reordered"])
 		}
 		for _, e := range p.Warnings {
 			tw("%s: WARNING: %s\n", p.Name, e)

@@ -86,6 +86,7 @@ func addTotals(a, b Totals) Totals {
 	a.Duplicated += b.Duplicated
 	a.Reordered += b.Reordered
 	a.Replayed += b.Replayed
+	a.GapFilled += b.GapFilled
 	a.Unaccounted += b.Unaccounted
 	lb := map[string]int64{}
 	for k, v := range a.LostBy {

@@ -43,6 +43,13 @@ func Run(ctx context.Context, cfg Config, d Deps) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Mode == ModeSIP {
+		for i := range recs {
+			if err := toG711(&recs[i]); err != nil {
+				return nil, err
+			}
+		}
+	}
 	r := &runner{cfg: cfg, d: d, recs: recs, id: runID()}
 	if r.cfg.Shards == 0 {
 		r.cfg.Shards = runtime.GOMAXPROCS(0)
@@ -62,11 +69,12 @@ type runner struct {
 	recs []Recording
 	id   string
 
-	st    *stack.Stack
-	node  *ingest.Node // the ingest the calls go through
-	url   string
-	conns []*nats.Conn
-	stop  func() // stops what the runner started
+	st      *stack.Stack
+	node    *ingest.Node // the ingest the calls go through (NATS mode)
+	sipAddr string       // the SIP ingest the calls go to (SIP mode)
+	url     string
+	conns   []*nats.Conn
+	stop    func() // stops what the runner started
 }
 
 func (r *runner) run(ctx context.Context) (*Report, error) {
@@ -111,7 +119,11 @@ func (r *runner) run(ctx context.Context) (*Report, error) {
 			if ctx.Err() != nil {
 				break
 			}
-			p, h, err := r.phase(ctx, "callrouter", callrouterPath)
+			path := callrouterPath
+			if r.cfg.Mode == ModeSIP {
+				path = sipPath
+			}
+			p, h, err := r.phase(ctx, "callrouter", path)
 			if err != nil {
 				return nil, err
 			}
@@ -187,6 +199,23 @@ func (r *runner) connect(ctx context.Context) error {
 			time.Sleep(20 * time.Millisecond)
 		}
 		r.stop = func() { _ = st.Close() }
+		if r.cfg.Mode == ModeSIP {
+			legs := 1
+			for _, rec := range r.recs {
+				legs = max(legs, len(rec.Frames))
+			}
+			addr, stopSIP, err := startSIP(st.Ingest, r.cfg.Tenant, r.cfg.Calls, legs, r.d.StackLog)
+			if err != nil {
+				_ = st.Close()
+				return err
+			}
+			r.sipAddr = addr
+			r.stop = func() { stopSIP(); _ = st.Close() }
+		}
+		return nil
+	}
+	if r.cfg.Mode == ModeSIP {
+		r.url, r.sipAddr = r.cfg.NATSURL, r.cfg.SIP
 		return nil
 	}
 	r.url = r.cfg.NATSURL
@@ -243,6 +272,7 @@ func (r *runner) close() {
 const (
 	baselinePath   = "raw NATS publishers → per-call subscribers"
 	callrouterPath = "ingest.Node → NATS → router-placed workers"
+	sipPath        = "SIP UAC + RTP → SIP ingest → NATS → router-placed workers"
 )
 
 // phase runs the configured load against one target and measures it; it also returns the
@@ -256,6 +286,7 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 	var (
 		tgt    target
 		events *eventSink
+		sipT   *sipTarget
 		pc     = PhaseReport{Name: name, Target: what}
 	)
 	switch name {
@@ -290,7 +321,17 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 			}
 			defer events.close()
 		}
-		tgt = ingestTarget{r.node}
+		if r.cfg.Mode == ModeSIP {
+			st, err := newSIPTarget(r.sipAddr, r.cfg.Tenant, r.cfg.Impair, col)
+			if err != nil {
+				return pc, nil, err
+			}
+			defer st.close()
+			sipT = st
+			tgt = st
+		} else {
+			tgt = ingestTarget{r.node}
+		}
 	}
 	pids := []int{os.Getpid()}
 	notes := map[int]string{os.Getpid(): "the load tester"}
@@ -323,6 +364,11 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if sipT != nil {
+		sipT.close() // every BYE answered
+		pc.Impairments = map[string]int64{"rtp_sent": sipT.sent.Load(), "dropped": sipT.dropped.Load(), "delayed": sipT.delayed.Load(),
+			"reordered": sipT.reordered.Load()}
 	}
 	if events != nil {
 		events.finish()

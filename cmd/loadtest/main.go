@@ -140,7 +140,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 // loadtest.DefaultConfig()).
 func Flags(cfg *loadtest.Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
-	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "nats: calls through a real ingest node onto NATS to the router and workers; baseline: raw NATS publishers to subscribers only")
+	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "nats: calls through a real ingest node onto NATS to the router and workers; sip: SIP UAC + RTP into the SIP ingest (SIPREC for two legs); baseline: raw NATS publishers to subscribers only")
+	fs.StringVar(&cfg.SIP, "sip", cfg.SIP, "sip mode: host:port of a running SIP ingest (with -nats); empty runs one in-process")
+	fs.Float64Var(&cfg.Impair.Loss, "loss", 0, "sip mode: probability an RTP packet is dropped")
+	fs.DurationVar(&cfg.Impair.Jitter, "jitter", 0, "sip mode: each RTP packet is delayed by a uniform random 0..jitter")
+	fs.Float64Var(&cfg.Impair.Reorder, "reorder", 0, "sip mode: probability an RTP packet is sent after the next one (with -jitter 0)")
 	fs.BoolVar(&cfg.Baseline, "baseline", cfg.Baseline, "in nats mode, first run a raw NATS baseline phase at the same message rate and sizes, and report the ratios")
 	fs.Func("input", "WAV (PCM16, μ-law, A-law; mono = 1 leg, stereo = 2) or classic pcap file, or a directory of them; repeat or comma-separate; played round-robin", func(s string) error {
 		for _, p := range strings.Split(s, ",") {

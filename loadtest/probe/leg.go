@@ -12,6 +12,7 @@ type Leg struct {
 	Duplicated int64
 	Reordered  int64
 	Replayed   int64
+	GapFilled  int64 // frames ingest synthesized for media that never arrived (RTP loss)
 	LostBy     map[string]int64
 
 	next int64      // next expected sequence; -1 before the first frame

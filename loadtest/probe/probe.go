@@ -106,9 +106,13 @@ func (r *call) Frame(f *proc.Frame) {
 	}
 	l := &r.legs[f.Header.Leg]
 	l.InOrder(f.Header.Seq)
-	if f.Header.Has(frame.FlagReplayed) {
+	switch {
+	case f.Header.Has(frame.FlagReplayed):
 		l.Replayed++
 		return // a replayed frame's capture time says nothing about the live path
+	case f.Header.Has(frame.FlagGapFilled):
+		l.GapFilled++
+		return // nor does silence ingest made up
 	}
 	now := time.Now()
 	lat := now.Sub(time.Unix(0, f.Header.Capture))

@@ -19,6 +19,7 @@ type LegReport struct {
 	Duplicated int64            `json:"duplicated"`
 	Reordered  int64            `json:"reordered"`
 	Replayed   int64            `json:"replayed"`
+	GapFilled  int64            `json:"gap_filled"`
 	LostBy     map[string]int64 `json:"lost_by_cause,omitempty"`
 }
 
@@ -30,7 +31,7 @@ func NewCallReport(stop string, legs []Leg, h *hdr.Histogram) CallReport {
 	}
 	for _, l := range legs {
 		cr.Legs = append(cr.Legs, LegReport{Received: l.Received, Lost: l.Lost, Duplicated: l.Duplicated, Reordered: l.Reordered,
-			Replayed: l.Replayed, LostBy: l.LostBy})
+			Replayed: l.Replayed, GapFilled: l.GapFilled, LostBy: l.LostBy})
 	}
 	return cr
 }
@@ -40,7 +41,7 @@ func (cr *CallReport) Accounts() []Leg {
 	out := make([]Leg, len(cr.Legs))
 	for i, l := range cr.Legs {
 		out[i] = Leg{Received: l.Received, Lost: l.Lost, Duplicated: l.Duplicated, Reordered: l.Reordered, Replayed: l.Replayed,
-			LostBy: l.LostBy, next: -1}
+			GapFilled: l.GapFilled, LostBy: l.LostBy, next: -1}
 	}
 	return out
 }
@@ -55,6 +56,7 @@ func FromAccounting(a proc.Accounting) []Leg {
 		}
 		l := NewLeg()
 		l.Received, l.Duplicated, l.Lost, l.Replayed = int64(la.Processed), int64(la.Duplicates), int64(la.Lost), int64(la.Replayed)
+		l.GapFilled = int64(la.GapFilled)
 		for k, v := range la.LostBy {
 			if l.LostBy == nil {
 				l.LostBy = map[string]int64{}
