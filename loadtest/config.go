@@ -39,6 +39,9 @@ type Config struct {
 	NATSURL string // callrouter's NATS; empty starts a one-process stack in this process
 	SIP     string // SIP mode: host:port of a running SIP ingest (needs NATSURL); empty runs one in-process
 	Impair  Impairments
+	// HangupDelay is how long a SIP call waits after its last packet before it hangs up,
+	// as a person does; 0 races the hang-up against the last packets in flight.
+	HangupDelay time.Duration
 
 	Workers          int // in-process stack: workers in the pool
 	WorkerCapacity   int // in-process stack: calls per worker (0: enough for Calls, plus a margin)
@@ -63,6 +66,7 @@ func DefaultConfig() Config {
 		Ramp:             50,
 		Speed:            1,
 		Rounds:           1,
+		HangupDelay:      200 * time.Millisecond,
 		Tenant:           "loadtest",
 		Workers:          2,
 		Tick:             time.Millisecond,
@@ -78,7 +82,9 @@ func DefaultConfig() Config {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("loadtest: "+format, a...)) }
-	if c.Mode != ModeNATS && c.Mode != ModeBaseline && c.Mode != ModeSIP {
+	switch c.Mode {
+	case ModeNATS, ModeSIP, ModeBaseline:
+	default:
 		bad("mode %q: want %q, %q or %q", c.Mode, ModeNATS, ModeSIP, ModeBaseline)
 	}
 	if c.Baseline && c.Mode == ModeBaseline {
@@ -92,6 +98,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Impair.any() && c.Mode != ModeSIP {
 		bad("loss, jitter and reorder impair RTP: they need -mode sip")
+	}
+	if c.HangupDelay < 0 || c.HangupDelay > 10*time.Second {
+		bad("hangup-delay %v: want 0-10s", c.HangupDelay)
 	}
 	if c.Impair.Loss < 0 || c.Impair.Loss >= 1 {
 		bad("loss %v: want a probability in [0, 1)", c.Impair.Loss)

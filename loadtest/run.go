@@ -119,10 +119,7 @@ func (r *runner) run(ctx context.Context) (*Report, error) {
 			if ctx.Err() != nil {
 				break
 			}
-			path := callrouterPath
-			if r.cfg.Mode == ModeSIP {
-				path = sipPath
-			}
+			path := map[string]string{ModeNATS: callrouterPath, ModeSIP: sipPath}[r.cfg.Mode]
 			p, h, err := r.phase(ctx, "callrouter", path)
 			if err != nil {
 				return nil, err
@@ -322,7 +319,7 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 			defer events.close()
 		}
 		if r.cfg.Mode == ModeSIP {
-			st, err := newSIPTarget(r.sipAddr, r.cfg.Tenant, r.cfg.Impair, col)
+			st, err := newSIPTarget(r.sipAddr, r.cfg.Tenant, r.cfg.Impair, col, r.cfg.HangupDelay)
 			if err != nil {
 				return pc, nil, err
 			}

@@ -34,17 +34,18 @@ type sipTarget struct {
 	imp  Impairments
 	seed atomic.Uint64
 	ends sync.WaitGroup // BYE transactions in flight
+	wait time.Duration  // before each BYE
 	once sync.Once
 
 	dropped, delayed, reordered, sent atomic.Int64
 }
 
-func newSIPTarget(target, tenant string, imp Impairments, col *Collector) (*sipTarget, error) {
+func newSIPTarget(target, tenant string, imp Impairments, col *Collector, hangupDelay time.Duration) (*sipTarget, error) {
 	u, err := newUAC(target, tenant)
 	if err != nil {
 		return nil, err
 	}
-	return &sipTarget{u: u, imp: imp, col: col}, nil
+	return &sipTarget{u: u, imp: imp, col: col, wait: hangupDelay}, nil
 }
 
 // close waits for the BYEs in flight and closes the client; it may be called more than once.
@@ -99,7 +100,7 @@ func (t *sipTarget) start(ctx context.Context, spec session.Spec) (callHandle, e
 		err = fmt.Errorf("loadtest: answer has %d streams for %d legs", len(addrs), len(c.legs))
 	}
 	if err != nil {
-		t.hangup(c)
+		t.hangup(c, 0)
 		return nil, err
 	}
 	for i, l := range c.legs {
@@ -188,15 +189,16 @@ func (c *sipCall) end() {
 			c.t.col.injectedLoss(c.d.callID, uint8(i), l.tailDropped)
 		}
 	}
-	c.t.hangup(c)
+	c.t.hangup(c, c.t.wait)
 }
 
 // hangup sends the BYE off the pacer's goroutine and closes the RTP sockets once it is answered.
-func (t *sipTarget) hangup(c *sipCall) {
+func (t *sipTarget) hangup(c *sipCall, after time.Duration) {
 	t.ends.Add(1)
 	go func() {
 		defer t.ends.Done()
 		defer c.closeSockets()
+		time.Sleep(after)
 		if c.remoteEnded.Load() {
 			return
 		}
