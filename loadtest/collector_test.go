@@ -48,12 +48,12 @@ func TestCollectorAccounts(t *testing.T) {
 
 func TestConfigValidateNamesFields(t *testing.T) {
 	c := DefaultConfig()
-	c.Calls, c.Speed, c.Mode, c.MaxP99Ratio = 0, 0, "sip", 2
+	c.Calls, c.Speed, c.Mode, c.MaxP99Ratio = 0, 0, "smtp", 2
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"input", "calls 0", "speed 0", `mode "sip"`, "max-p99-ratio needs the baseline"} {
+	for _, want := range []string{"input", "calls 0", "speed 0", `mode "smtp"`, "max-p99-ratio needs the baseline"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
