@@ -40,6 +40,10 @@ const (
 	maxPcapLegs   = 8
 )
 
+// maxPcapFill bounds the silence a stream's holes may add: ten times its real audio plus a
+// minute, so that a small hostile file cannot expand into hours of audio.
+func maxPcapFill(real int64) int64 { return 10*real + 60*g711Rate }
+
 // PcapStats says what a capture held besides the audio that was kept.
 type PcapStats struct {
 	Packets  int // records in the file
@@ -58,6 +62,8 @@ type rtpStream struct {
 	base    uint32        // RTP timestamp that maps to offset 0
 	shift   int64         // added to offsets after discontinuities
 	last    int64         // offset of the latest packet
+	real    int64         // bytes of audio the packets carried
+	filled  int64         // bytes of silence put in holes
 	audio   []byte
 }
 
@@ -150,7 +156,8 @@ func parsePcap(b []byte, legs int) (*filesrc.Recording, PcapStats, error) {
 			continue
 		}
 		off := int64(int32(h.ts-s.base)) + s.shift
-		if d := off - s.last; d > maxPcapGap || d < -maxPcapGap {
+		hole := off - int64(len(s.audio))
+		if d := off - s.last; d > maxPcapGap || d < -maxPcapGap || (hole > 0 && s.filled+hole > maxPcapFill(s.real)) {
 			// A discontinuity (a new timeline after a re-INVITE or a source switch): carry on
 			// where the stream is rather than fill or overwrite seconds of audio.
 			s.shift += int64(len(s.audio)) - off
@@ -194,12 +201,14 @@ func (s *rtpStream) put(off int64, audio []byte) {
 	end := int(off) + len(audio)
 	for len(s.audio) < int(off) {
 		s.audio = append(s.audio, silence(s.pt))
+		s.filled++
 	}
 	if end > len(s.audio) {
 		s.audio = append(s.audio, make([]byte, end-len(s.audio))...)
 	}
 	copy(s.audio[off:end], audio)
 	s.last = off
+	s.real += int64(len(audio))
 }
 
 // streamsToRecording aligns the streams by the capture time of their first packet, pads them to

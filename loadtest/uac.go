@@ -312,6 +312,9 @@ func answerPorts(sdp string) ([]*net.UDPAddr, error) {
 			}
 		case strings.HasPrefix(l, "m=audio "):
 			f := strings.Fields(l)
+			if len(f) < 2 {
+				return nil, fmt.Errorf("loadtest: bad answer media line %q", l)
+			}
 			port, err := strconv.Atoi(f[1])
 			if err != nil || port <= 0 || port > 65535 {
 				return nil, fmt.Errorf("loadtest: bad answer media line %q", l)
