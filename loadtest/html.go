@@ -128,8 +128,8 @@ func latencyChart(r *Report) template.HTML {
 	for i, p := range r.Phases {
 		s := series{name: p.Name, color: phaseColors[i%len(phaseColors)]}
 		for _, c := range p.Curve {
-			if c.Percentile >= 100 {
-				continue
+			if c.Percentile >= 100 || c.Percentile <= 0 {
+				continue // the minimum and maximum have no place on a 1/(1-p) axis
 			}
 			s.xs = append(s.xs, 100/(100-c.Percentile))
 			s.ys = append(s.ys, math.Max(c.MS, 0.001))
@@ -173,6 +173,9 @@ func framesChart(r *Report) template.HTML {
 			dt := t.T
 			if k > 0 {
 				dt = t.T - p.Timeline[k-1].T
+			}
+			if dt <= 0 {
+				continue
 			}
 			sent.xs, sent.ys = append(sent.xs, t.T), append(sent.ys, float64(t.Sent)/dt)
 			recv.xs, recv.ys = append(recv.xs, t.T), append(recv.ys, float64(t.Received)/dt)

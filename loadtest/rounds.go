@@ -34,6 +34,9 @@ func mergePhases(rs []phaseResult) PhaseReport {
 		h.Merge(r.h)
 		setup = append(setup, p.Setup)
 		offset := out.Duration
+		if n := len(out.Timeline); n > 0 {
+			offset = max(offset, out.Timeline[n-1].T) // the last interval may end past the phase
+		}
 		for _, t := range p.Timeline {
 			t.T += offset
 			out.Timeline = append(out.Timeline, t)
