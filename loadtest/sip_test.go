@@ -5,6 +5,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/callrouter/callrouter/internal/stack"
+	"github.com/callrouter/callrouter/internal/worker"
+	"github.com/callrouter/callrouter/loadtest/probe"
 )
 
 // TestSIPModeInProcess plays SIPREC calls (two legs from a stereo file) through callrouter's own
@@ -117,4 +121,43 @@ func FuzzSIPResponse(f *testing.F) {
 			t.Fatalf("answer without media: %v", addrs)
 		}
 	})
+}
+
+// TestSIPModeRemote points the SIP mode at a SIP ingest and NATS it did not start (-sip, -nats):
+// the accounts come back from the workers' events.
+func TestSIPModeRemote(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 2 s SIP run")
+	}
+	wc := worker.DefaultConfig()
+	wc.Processors = []string{"accounting", probe.ProcessorName}
+	st, err := stack.Start(stack.Config{Workers: 1, Worker: wc, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	addr, stop, err := startSIP(st.Ingest, "lt-sip-remote", 4, 2, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	cfg := DefaultConfig()
+	cfg.Mode = ModeSIP
+	cfg.SIP, cfg.NATSURL = addr, st.URL
+	cfg.Inputs = []string{writeTone(t, t.TempDir(), 2*time.Second)}
+	cfg.Calls = 4
+	cfg.Ramp = 100
+	cfg.Tenant = "lt-sip-remote"
+	cfg.MaxLoss = 0
+	cfg.Progress = 0
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rep, err := Run(ctx, cfg, Deps{Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := rep.Phases[0]
+	if p.Totals.Sent != 4*2*100 || p.Totals.Received != p.Totals.Sent || p.Latency.Count != p.Totals.Sent || !rep.Pass {
+		t.Errorf("sent %d, received %d, %d timed, failures %v", p.Totals.Sent, p.Totals.Received, p.Latency.Count, rep.Failures)
+	}
 }
