@@ -5,9 +5,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/proc"
+	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/loadtest/probe"
 	"github.com/google/go-cmp/cmp"
+	"github.com/rs/zerolog"
 )
 
 func TestCollectorAccounts(t *testing.T) {
@@ -63,4 +66,59 @@ func TestConfigValidateNamesFields(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Errorf("defaults with an input: %v", err)
 	}
+}
+
+// TestFramePathAllocatesNothing pins the worker-side per-frame path (probe handler → collector)
+// at zero allocations.
+func TestFramePathAllocatesNothing(t *testing.T) {
+	c := newCollector("allocs", time.Now(), time.Hour, 4)
+	detach, err := c.attach()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer detach()
+	h := newProbeHandler(t, "allocs")
+	f := &proc.Frame{Header: frame.Header{Leg: 0, Capture: time.Now().UnixNano()}}
+	if n := testing.AllocsPerRun(1000, func() { f.Header.Seq++; h.Frame(f) }); n != 0 {
+		t.Errorf("%v allocations per frame, want 0", n)
+	}
+}
+
+func BenchmarkFramePath(b *testing.B) {
+	c := newCollector("bench-frames", time.Now(), time.Hour, 4)
+	detach, err := c.attach()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer detach()
+	h := newProbeHandler(b, "bench-frames")
+	f := &proc.Frame{Header: frame.Header{Leg: 0, Capture: time.Now().UnixNano()}}
+	b.ReportAllocs()
+	for b.Loop() {
+		f.Header.Seq++
+		h.Frame(f)
+	}
+}
+
+type nopCall struct{ spec session.Spec }
+
+func (c *nopCall) Spec() *session.Spec  { return &c.spec }
+func (c *nopCall) Epoch() uint32        { return 1 }
+func (c *nopCall) Worker() string       { return "w" }
+func (c *nopCall) Pool() string         { return "p" }
+func (c *nopCall) Emit(string, any)     {}
+func (c *nopCall) Log() *zerolog.Logger { l := zerolog.Nop(); return &l }
+
+func newProbeHandler(tb testing.TB, tenant string) proc.Handler {
+	tb.Helper()
+	ps, err := proc.Build([]string{probe.ProcessorName}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h, err := ps[0].Start(&nopCall{spec: session.Spec{ID: session.ID{Tenant: tenant, Call: "c"},
+		Legs: []session.Leg{{Index: 0, Name: "caller", Codec: frame.CodecPCMU, Rate: 8000}}}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h
 }
