@@ -16,6 +16,9 @@ const (
 	// ModeSIP plays each call as a SIP user agent client with RTP (a SIPREC session for two or
 	// more legs) into callrouter's SIP ingest, with optional loss, jitter and reordering.
 	ModeSIP = "sip"
+	// ModeWHIP plays each call as a WebRTC WHIP client (pion) into callrouter's WHIP ingest; one
+	// leg per call.
+	ModeWHIP = "whip"
 	// ModeBaseline publishes the same frames at the same rate from plain publishers to plain
 	// per-call subscribers: NATS alone, the denominator of callrouter's overhead.
 	ModeBaseline = "baseline"
@@ -35,11 +38,13 @@ type Config struct {
 	RunTime      time.Duration // keep Calls concurrent this long; 0 plays Calls calls once each
 	Speed        float64       // pacing speed factor (1 = real time)
 
-	Tenant  string // tenant of the test calls
-	NATSURL string // callrouter's NATS; empty starts a one-process stack in this process
-	SIP     string // SIP mode: host:port of a running SIP ingest (needs NATSURL); empty runs one in-process
-	Impair  Impairments
-	// HangupDelay is how long a SIP call waits after its last packet before it hangs up,
+	Tenant    string // tenant of the test calls
+	NATSURL   string // callrouter's NATS; empty starts a one-process stack in this process
+	SIP       string // SIP mode: host:port of a running SIP ingest (needs NATSURL); empty runs one in-process
+	Impair    Impairments
+	WHIP      string // WHIP mode: endpoint URL of a running WHIP ingest (needs NATSURL); empty runs one in-process
+	WHIPToken string // WHIP mode: bearer token
+	// HangupDelay is how long a SIP or WHIP call waits after its last packet before it hangs up,
 	// as a person does; 0 races the hang-up against the last packets in flight.
 	HangupDelay time.Duration
 
@@ -83,9 +88,15 @@ func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("loadtest: "+format, a...)) }
 	switch c.Mode {
-	case ModeNATS, ModeSIP, ModeBaseline:
+	case ModeNATS, ModeSIP, ModeWHIP, ModeBaseline:
 	default:
-		bad("mode %q: want %q, %q or %q", c.Mode, ModeNATS, ModeSIP, ModeBaseline)
+		bad("mode %q: want %q, %q, %q or %q", c.Mode, ModeNATS, ModeSIP, ModeWHIP, ModeBaseline)
+	}
+	if c.WHIP != "" && (c.Mode != ModeWHIP || c.NATSURL == "") {
+		bad("whip %q: a remote WHIP ingest needs -mode whip and -nats (its workers' events)", c.WHIP)
+	}
+	if c.Mode == ModeWHIP && c.NATSURL != "" && c.WHIP == "" {
+		bad("nats: in WHIP mode a remote stack also needs -whip URL")
 	}
 	if c.Baseline && c.Mode == ModeBaseline {
 		bad("baseline: mode %q is the baseline already", ModeBaseline)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,8 +44,11 @@ func Run(ctx context.Context, cfg Config, d Deps) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Mode == ModeSIP {
+	if cfg.Mode == ModeSIP || cfg.Mode == ModeWHIP {
 		for i := range recs {
+			if cfg.Mode == ModeWHIP && len(recs[i].Frames) > 1 {
+				recs[i].Frames = recs[i].Frames[:1] // a WHIP session carries one leg
+			}
 			if err := toG711(&recs[i]); err != nil {
 				return nil, err
 			}
@@ -72,6 +76,7 @@ type runner struct {
 	st      *stack.Stack
 	node    *ingest.Node // the ingest the calls go through (NATS mode)
 	sipAddr string       // the SIP ingest the calls go to (SIP mode)
+	whipURL string       // the WHIP endpoint the calls go to (WHIP mode)
 	url     string
 	conns   []*nats.Conn
 	stop    func() // stops what the runner started
@@ -119,7 +124,7 @@ func (r *runner) run(ctx context.Context) (*Report, error) {
 			if ctx.Err() != nil {
 				break
 			}
-			path := map[string]string{ModeNATS: callrouterPath, ModeSIP: sipPath}[r.cfg.Mode]
+			path := map[string]string{ModeNATS: callrouterPath, ModeSIP: sipPath, ModeWHIP: whipPath}[r.cfg.Mode]
 			p, h, err := r.phase(ctx, "callrouter", path)
 			if err != nil {
 				return nil, err
@@ -209,10 +214,23 @@ func (r *runner) connect(ctx context.Context) error {
 			r.sipAddr = addr
 			r.stop = func() { stopSIP(); _ = st.Close() }
 		}
+		if r.cfg.Mode == ModeWHIP {
+			u, stopWHIP, err := startWHIP(st.Ingest, r.cfg.Tenant, r.cfg.Calls, r.d.StackLog)
+			if err != nil {
+				_ = st.Close()
+				return err
+			}
+			r.whipURL = u
+			r.stop = func() { stopWHIP(); _ = st.Close() }
+		}
 		return nil
 	}
-	if r.cfg.Mode == ModeSIP {
+	switch r.cfg.Mode {
+	case ModeSIP:
 		r.url, r.sipAddr = r.cfg.NATSURL, r.cfg.SIP
+		return nil
+	case ModeWHIP:
+		r.url, r.whipURL = r.cfg.NATSURL, r.cfg.WHIP
 		return nil
 	}
 	r.url = r.cfg.NATSURL
@@ -270,6 +288,7 @@ const (
 	baselinePath   = "raw NATS publishers → per-call subscribers"
 	callrouterPath = "ingest.Node → NATS → router-placed workers"
 	sipPath        = "SIP UAC + RTP → SIP ingest → NATS → router-placed workers"
+	whipPath       = "WHIP client (pion) → WebRTC ingest → NATS → router-placed workers"
 )
 
 // phase runs the configured load against one target and measures it; it also returns the
@@ -284,6 +303,7 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 		tgt    target
 		events *eventSink
 		sipT   *sipTarget
+		whipT  *whipTarget
 		pc     = PhaseReport{Name: name, Target: what}
 	)
 	switch name {
@@ -313,7 +333,11 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 			if err != nil {
 				return pc, nil, err
 			}
-			if events, err = subscribeEvents(nc, r.cfg.Tenant, r.id, col); err != nil {
+			prefix := r.id
+			if r.cfg.Mode == ModeWHIP {
+				prefix = "" // the WHIP endpoint names its calls; the tenant should be the run's own
+			}
+			if events, err = subscribeEvents(nc, r.cfg.Tenant, prefix, col); err != nil {
 				return pc, nil, err
 			}
 			defer events.close()
@@ -326,6 +350,15 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 			defer st.close()
 			sipT = st
 			tgt = st
+		} else if r.cfg.Mode == ModeWHIP {
+			loopback := r.st != nil || strings.Contains(r.whipURL, "//127.") || strings.Contains(r.whipURL, "//localhost")
+			wt, err := newWHIPTarget(r.whipURL, r.cfg.WHIPToken, loopback, r.cfg.HangupDelay)
+			if err != nil {
+				return pc, nil, err
+			}
+			defer wt.close()
+			whipT = wt
+			tgt = wt
 		} else {
 			tgt = ingestTarget{r.node}
 		}
@@ -366,6 +399,10 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 		sipT.close() // every BYE answered
 		pc.Impairments = map[string]int64{"rtp_sent": sipT.sent.Load(), "dropped": sipT.dropped.Load(), "delayed": sipT.delayed.Load(),
 			"reordered": sipT.reordered.Load()}
+	}
+	if whipT != nil {
+		whipT.close() // every session deleted
+		pc.Impairments = map[string]int64{"rtp_sent": whipT.sent.Load()}
 	}
 	if events != nil {
 		events.finish()
@@ -578,6 +615,9 @@ func (ld *load) startCall(ctx context.Context, slots chan struct{}, allDone chan
 		return false
 	}
 	ld.col.setupTime(time.Since(t0))
+	if n, ok := h.(interface{ callID() string }); ok && n.callID() != "" {
+		call = n.callID() // the ingest named the call (WHIP): the workers report under that name
+	}
 	ld.completed.Add(1)
 	ld.active.Add(1)
 	frames := int(cfg.CallDuration / frame.Duration)

@@ -140,9 +140,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 // loadtest.DefaultConfig()).
 func Flags(cfg *loadtest.Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
-	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "nats: calls through a real ingest node onto NATS to the router and workers; sip: SIP UAC + RTP into the SIP ingest (SIPREC for two legs); baseline: raw NATS publishers to subscribers only")
+	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "nats: calls through a real ingest node onto NATS to the router and workers; sip: SIP UAC + RTP into the SIP ingest (SIPREC for two legs); whip: pion WHIP clients into the WebRTC ingest (one leg); baseline: raw NATS publishers to subscribers only")
 	fs.StringVar(&cfg.SIP, "sip", cfg.SIP, "sip mode: host:port of a running SIP ingest (with -nats); empty runs one in-process")
-	fs.DurationVar(&cfg.HangupDelay, "hangup-delay", cfg.HangupDelay, "sip mode: wait this long after a call's last packet before the BYE (0 races them)")
+	fs.StringVar(&cfg.WHIP, "whip", cfg.WHIP, "whip mode: endpoint URL of a running WHIP ingest (with -nats); empty runs one in-process")
+	fs.StringVar(&cfg.WHIPToken, "whip-token", cfg.WHIPToken, "whip mode: bearer token")
+	fs.DurationVar(&cfg.HangupDelay, "hangup-delay", cfg.HangupDelay, "sip and whip modes: wait this long after a call's last packet before BYE/DELETE (0 races them)")
 	fs.Float64Var(&cfg.Impair.Loss, "loss", 0, "sip mode: probability an RTP packet is dropped")
 	fs.DurationVar(&cfg.Impair.Jitter, "jitter", 0, "sip mode: each RTP packet is delayed by a uniform random 0..jitter")
 	fs.Float64Var(&cfg.Impair.Reorder, "reorder", 0, "sip mode: probability an RTP packet is sent after the next one (with -jitter 0)")

@@ -1,0 +1,42 @@
+package loadtest
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// TestWHIPModeInProcess plays calls as pion WHIP clients into callrouter's own WebRTC ingest:
+// ICE, DTLS and SRTP on loopback, one leg per call, every frame accounted for.
+func TestWHIPModeInProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 3 s WHIP run")
+	}
+	cfg := DefaultConfig()
+	cfg.Mode = ModeWHIP
+	cfg.Inputs = []string{writeTone(t, t.TempDir(), 3*time.Second)}
+	cfg.Calls = 4
+	cfg.Ramp = 50
+	cfg.Tenant = "lt-whip"
+	cfg.MaxLoss = 0
+	cfg.MaxRefused = 0
+	cfg.Progress = 0
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rep, err := Run(ctx, cfg, Deps{Log: testLog(t), StackLog: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := rep.Phases[0]
+	const want = 4 * 150
+	if p.Completed != 4 || p.Totals.Legs != 4 || p.Totals.Sent != want || p.Totals.Received != want || p.Latency.Count != want {
+		t.Errorf("%d calls, %d legs, sent %d, received %d, %d timed; want 4, 4, %d, %d, %d", p.Completed, p.Totals.Legs, p.Totals.Sent,
+			p.Totals.Received, p.Latency.Count, want, want, want)
+	}
+	if !rep.Pass || p.Totals.Stops["end"] != 4 {
+		t.Errorf("failures %v, stops %v, worst legs %+v", rep.Failures, p.Totals.Stops, p.WorstLegs)
+	}
+	if p.Setup.Count != 4 || p.Setup.P50 <= 0 {
+		t.Errorf("setup %+v: want 4 POST→connected times", p.Setup)
+	}
+}
