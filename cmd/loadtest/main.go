@@ -62,7 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if o.quiet {
 		progress = nil
 	}
-	rep, err := loadtest.Run(ctx, o.cfg, loadtest.Deps{Log: log, StackLog: stackLog, Progress: progress, Command: strings.Join(append([]string{"loadtest"}, args...), " ")})
+	rep, err := loadtest.Run(ctx, o.cfg, loadtest.Deps{Log: log, StackLog: stackLog, Progress: progress, Command: commandLine(args)})
 	if err != nil {
 		fmt.Fprintln(stderr, "loadtest:", err)
 		return 2
@@ -80,6 +80,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// commandLine is the command for the report, with the bearer token left out.
+func commandLine(args []string) string {
+	out := []string{"loadtest"}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "-whip-token" || a == "--whip-token":
+			out = append(out, a, "REDACTED")
+			i++
+		case strings.HasPrefix(a, "-whip-token=") || strings.HasPrefix(a, "--whip-token="):
+			k, _, _ := strings.Cut(a, "=")
+			out = append(out, k+"=REDACTED")
+		default:
+			out = append(out, a)
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 func writeFile(path string, write func(io.Writer) error) error {

@@ -74,3 +74,10 @@ func TestRunExitCodes(t *testing.T) {
 		t.Errorf("-h: exit %d, want 0", code)
 	}
 }
+
+func TestCommandLineRedactsToken(t *testing.T) {
+	got := commandLine([]string{"-mode", "whip", "-whip-token", "s3cret", "-whip-token=s3cret", "-calls", "2"})
+	if strings.Contains(got, "s3cret") || !strings.Contains(got, "-calls 2") {
+		t.Errorf("command line %q", got)
+	}
+}
