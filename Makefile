@@ -37,5 +37,9 @@ fuzz: ## run every fuzz target for 30 s
 	$(GO) test -run '^$$' -fuzz FuzzRTP -fuzztime 30s ./internal/sip
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/sdp
 
+loadtest: ## 1,000 two-leg calls vs raw NATS, 3 alternating rounds of 30 s; fails on any lost frame
+	$(GO) run ./cmd/loadtest -input internal/sample/call.wav -calls 1000 -ramp 250 -call-duration 60s \
+		-run-time 30s -baseline -rounds 3 -max-loss 0 -max-refused 0 -json loadtest.json -html loadtest.html
+
 clean: ## remove build output
 	rm -rf bin

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	_ "github.com/callrouter/callrouter/loadtest/probe" // registers the "loadtest" processor
 	"io"
 	"net/http"
 	"os"

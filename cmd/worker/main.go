@@ -5,6 +5,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	_ "github.com/callrouter/callrouter/loadtest/probe" // registers the "loadtest" processor
 	"os"
 	"strings"
 
