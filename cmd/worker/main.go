@@ -7,6 +7,7 @@ import (
 	"fmt"
 	_ "github.com/callrouter/callrouter/loadtest/probe" // registers the "loadtest" processor
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/callrouter/callrouter/internal/bus"
@@ -30,6 +31,10 @@ func run(args []string) int {
 	}
 	cfg.ProcessorOptions = map[string]proc.Options{}
 	for _, kv := range *opts {
+		if name, _, _ := strings.Cut(kv, "."); !slices.Contains(cfg.Processors, name) {
+			fmt.Fprintf(os.Stderr, "worker: flag -proc-opt: %q is for processor %q, which is not in -processors %v\n", kv, name, cfg.Processors)
+			return 2
+		}
 		k, v, ok := strings.Cut(kv, "=")
 		name, key, ok2 := strings.Cut(k, ".")
 		if !ok || !ok2 {
@@ -51,7 +56,7 @@ func run(args []string) int {
 }
 
 // Flags registers the worker's flags and returns the config they fill and the raw -proc-opt list.
-func Flags(fs *flag.FlagSet) (*worker.Config, *cli.List) {
+func Flags(fs *flag.FlagSet) (*worker.Config, *cli.Append) {
 	cfg := worker.DefaultConfig()
 	cfg.ID = cli.Hostname()
 	fs.StringVar(&cfg.ID, "id", cfg.ID, "worker id (unique; a subject token)")
@@ -69,7 +74,7 @@ func Flags(fs *flag.FlagSet) (*worker.Config, *cli.List) {
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for calls to migrate away")
 	fs.DurationVar(&cfg.ReplayTimeout, "replay-timeout", cfg.ReplayTimeout, "how long to wait for ingest to replay missed frames")
 	fs.Var((*cli.List)(&cfg.Processors), "processors", "processors to run, comma-separated, in order (known: "+strings.Join(proc.Names(), ", ")+")")
-	opts := &cli.List{}
+	opts := &cli.Append{}
 	fs.Var(opts, "proc-opt", "processor options, comma-separated processor.key=value (e.g. record.dir=/var/lib/callrouter)")
 	return &cfg, opts
 }

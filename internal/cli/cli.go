@@ -67,6 +67,20 @@ func (l *List) Set(s string) error {
 	return nil
 }
 
+// Append is a list flag that grows with every use: "-x a,b -x c" gives [a b c].
+type Append []string
+
+// String implements flag.Value.
+func (a *Append) String() string { return strings.Join(*a, ",") }
+
+// Set implements flag.Value; it appends.
+func (a *Append) Set(s string) error {
+	var l List
+	_ = l.Set(s)
+	*a = append(*a, l...)
+	return nil
+}
+
 // Common are the flags every binary has.
 type Common struct {
 	NATS     bus.Config

@@ -126,12 +126,16 @@ func (c *Call) End(reason string) {
 		c.mu.Lock()
 		c.ended = true
 		now := time.Now()
-		for i := range c.legs {
-			_ = c.publishLocked(&c.legs[i], nil, frame.FlagLast, now)
-		}
 		epoch := c.epoch
+		if epoch > 0 { // a call still being placed has published nothing and no one holds it
+			for i := range c.legs {
+				_ = c.publishLocked(&c.legs[i], nil, frame.FlagLast, now)
+			}
+		}
 		c.mu.Unlock()
-		c.n.event(c, epoch, "end", map[string]string{"reason": reason})
+		if epoch > 0 {
+			c.n.event(c, epoch, "end", map[string]string{"reason": reason})
+		}
 		c.n.remove(c)
 		c.log.Info().Str("reason", reason).Msg("call ended")
 		c.n.m.ended.WithLabelValues(reason).Inc()
@@ -172,6 +176,9 @@ func (c *Call) replay(dst []byte, r wire.LegRange) []byte {
 	}
 	l := &c.legs[r.Leg]
 	from, to := r.From, r.To
+	if from == session.FromRingStart {
+		from = 0
+	}
 	if from == session.FromEpochStart {
 		from = int64(l.startSeq)
 		if l.epochStart {

@@ -252,9 +252,13 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 		epoch := c.nextEpoch()
 		rep, err := n.requestPlace(ctx, c, epoch, n.cfg.Pools, nil, nil, resume, "new")
 		if err == nil && rep.OK {
-			c.setPlacement(epoch, rep.Placements)
+			c.log = c.log.With().Uint32("epoch", epoch).Logger() // before other goroutines can see the call placed
+			if !c.setPlacement(epoch, rep.Placements) {
+				n.releasePlacements(c, epoch, rep.Placements)
+				n.forget(c)
+				return nil, ErrEnded
+			}
 			n.m.starts.WithLabelValues("placed").Inc()
-			c.log = c.log.With().Uint32("epoch", epoch).Logger()
 			c.log.Info().Any("placements", rep.Placements).Msg("call placed")
 			n.event(c, epoch, "start", map[string]any{"ingest": n.cfg.ID, "legs": spec.Legs, "meta": spec.Meta})
 			return c, nil
@@ -276,6 +280,14 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 	n.forget(c)
 	n.m.starts.WithLabelValues("no_router").Inc()
 	return nil, fmt.Errorf("%w: %v", ErrNoRouter, lastErr)
+}
+
+// releasePlacements lets workers go of a call that ended while it was being placed.
+func (n *Node) releasePlacements(c *Call, epoch uint32, ps []wire.Placement) {
+	for _, p := range ps {
+		rel := wire.Release{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: epoch, Reason: "ended while placing"}
+		_ = bus.Publish(n.nc, subjects.WorkerVerb(p.Worker, subjects.WorkerVerbRelease), rel)
+	}
 }
 
 func (n *Node) forget(c *Call) {
@@ -339,7 +351,7 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 			return ErrEnded
 		case <-time.After(wait):
 		}
-		if reason != "worker_down" && attempt >= 2 {
+		if reason != "worker_down" && reason != wire.ReasonFenced && attempt >= 2 {
 			return err // a migration can wait for the next drain or rebalance round
 		}
 	}
@@ -382,7 +394,15 @@ func (n *Node) onMigrate(m *nats.Msg) {
 		for i := range resume {
 			resume[i] = session.LegSeq{Leg: uint8(i), Next: session.FromEpochStart}
 		}
-		if err := c.replace(req.Worker, req.Reason, resume); err != nil {
+		reason := req.Reason
+		if reason == wire.ReasonFenced {
+			// The worker already stopped: a failover from where it says it stopped.
+			resume = req.Progress
+			if len(resume) == 0 {
+				resume = nil
+			}
+		}
+		if err := c.replace(req.Worker, reason, resume); err != nil {
 			bus.Respond(m, wire.Fail(wire.CodeNoCapacity, err.Error()))
 			return
 		}
@@ -401,6 +421,11 @@ func (n *Node) onReplay(m *nats.Msg) {
 		bus.Respond(m, wire.Fail(wire.CodeUnknown, "not owned here"))
 		return
 	}
+	if cur := c.Epoch(); req.Epoch < cur {
+		// The asker has been superseded: it must not process the new owner's frames.
+		bus.Respond(m, wire.Fail(wire.CodeStale, fmt.Sprintf("call is at epoch %d", cur)))
+		return
+	}
 	var out []byte
 	for _, r := range req.Legs {
 		out = c.replay(out, r)
@@ -413,6 +438,9 @@ func (n *Node) onReplay(m *nats.Msg) {
 func (n *Node) reap() {
 	now := time.Now().UnixNano()
 	for _, c := range n.Calls() {
+		if c.Epoch() == 0 {
+			continue // still being placed; StartCall owns it until then
+		}
 		if now-c.lastMedia.Load() > int64(n.cfg.MediaTimeout) {
 			c.End("media_timeout")
 		}

@@ -72,7 +72,8 @@ func (r *Router) place(data []byte) wire.PlaceReply {
 }
 
 // resume says where the new worker of pool starts: as given by ingest, else (on a failover) from
-// the last progress the old worker reported, else from the oldest frame in ingest's ring.
+// the last progress the old worker reported, else from the oldest frame in ingest's ring
+// (session.FromRingStart).
 func (r *Router) resume(req *wire.PlaceRequest, pool string) []session.LegSeq {
 	if req.Resume != nil || req.Reason == "" || req.Reason == "new" {
 		return req.Resume
@@ -96,7 +97,7 @@ func (r *Router) resume(req *wire.PlaceRequest, pool string) []session.LegSeq {
 	}
 	out := make([]session.LegSeq, len(req.Call.Legs))
 	for i := range out {
-		out[i] = session.LegSeq{Leg: uint8(i), Next: 0}
+		out[i] = session.LegSeq{Leg: uint8(i), Next: session.FromRingStart}
 	}
 	for _, ls := range best {
 		if int(ls.Leg) < len(out) && ls.Next >= 0 {
@@ -127,6 +128,7 @@ func (r *Router) placePool(req *wire.PlaceRequest, offer *wire.Offer) (*wire.Pla
 		case err != nil:
 			r.m.offers.WithLabelValues("error").Inc()
 			r.unpend(wid)
+			r.abandon(wid, req)
 			lastCode, lastReason = wire.CodeNoCapacity, "offer to "+wid+": "+err.Error()
 		case !or.OK:
 			r.m.offers.WithLabelValues(or.Code).Inc()
@@ -183,6 +185,18 @@ func (r *Router) pick(req *wire.PlaceRequest, pool string, tried map[string]bool
 	return cands[0].id, "", ""
 }
 
+// abandon tells a worker whose answer never came to drop the call if it took it after all, so
+// two workers never hold one call at one epoch. It stops silently (ReasonOfferAbandoned).
+func (r *Router) abandon(wid string, req *wire.PlaceRequest) {
+	if slices.ContainsFunc(req.Keep, func(p wire.Placement) bool { return p.Worker == wid }) {
+		return // a kept worker holds the call anyway
+	}
+	rel := wire.Release{V: wire.V, Tenant: req.Call.Tenant, Call: req.Call.Call, Epoch: req.Epoch, Reason: wire.ReasonOfferAbandoned}
+	if data, err := json.Marshal(rel); err == nil {
+		_ = r.nc.Publish(subjects.WorkerVerb(wid, subjects.WorkerVerbRelease), data)
+	}
+}
+
 func (r *Router) unpend(wid string) {
 	r.mu.Lock()
 	if w := r.workers[wid]; w != nil && w.pending > 0 {
@@ -192,8 +206,13 @@ func (r *Router) unpend(wid string) {
 }
 
 // releaseAll undoes the placements already made for a call whose other pool was refused.
+// Kept workers are left alone: they advanced their epoch in place and still serve the call at the
+// epoch ingest keeps using.
 func (r *Router) releaseAll(req *wire.PlaceRequest, placed []wire.Placement) {
 	for _, p := range placed {
+		if slices.Contains(req.Keep, p) {
+			continue
+		}
 		rel := wire.Release{V: wire.V, Tenant: req.Call.Tenant, Call: req.Call.Call, Epoch: req.Epoch, Reason: "placement refused in another pool"}
 		if data, err := json.Marshal(rel); err == nil {
 			_ = r.nc.Publish(subjects.WorkerVerb(p.Worker, subjects.WorkerVerbRelease), data)

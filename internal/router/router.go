@@ -23,6 +23,10 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// maxUnreadHeartbeats: with more heartbeats than this waiting unread, the router is behind and
+// judges no one this tick (a few are normal on a busy bus).
+const maxUnreadHeartbeats = 64
+
 type workerInfo struct {
 	hb      wire.WorkerHeartbeat
 	seen    time.Time
@@ -200,7 +204,7 @@ func (r *Router) tick(heartbeat bool) {
 	// or heartbeats wait unread in its subscription, it judges no one this round.
 	late := !r.lastTick.IsZero() && now.Sub(r.lastTick) > 250*time.Millisecond
 	r.lastTick = now
-	if n, _, err := r.hbSub.Pending(); late || err != nil || n > 0 {
+	if n, _, err := r.hbSub.Pending(); late || err != nil || n > maxUnreadHeartbeats {
 		if heartbeat {
 			r.publishHeartbeat()
 		}

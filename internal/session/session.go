@@ -90,6 +90,9 @@ const (
 const (
 	// FromEpochStart asks for frames from the first one published at the current epoch.
 	FromEpochStart int64 = -1
+	// FromRingStart asks for every frame still in ingest's ring: the resume point is unknown, so
+	// no gap is reported before the first frame returned.
+	FromRingStart int64 = -2
 )
 
 // LegSeq is a per-leg sequence position. In progress reports Next is the next sequence number the

@@ -495,3 +495,34 @@ func TestFrameModePoolBalancesFrames(t *testing.T) {
 		t.Errorf("frames not balanced: %d and %d", a.FramesSeen(), b.FramesSeen())
 	}
 }
+
+// A re-placement refused in one pool must not release the worker it was keeping in another.
+func TestRefusedReplacementKeepsTheKeptWorker(t *testing.T) {
+	s, err := Start(fastConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	waitWorkers(t, s, 1)
+	c := startSilentCall(t, s.Ingest, "kept")
+	nc, err := nats.Connect(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	req := wire.PlaceRequest{V: 1, Call: c.Spec(), Ingest: s.Ingest.ID(), Epoch: 2, Pools: []string{"default", "missing"},
+		Keep: []wire.Placement{{Pool: "default", Worker: "worker-1"}}, Reason: "worker_down"}
+	var rep wire.PlaceReply
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := bus.Request(ctx, nc, subjects.Place, req, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK || rep.Code != wire.CodeNoWorkers {
+		t.Fatalf("reply %+v, want a no_workers refusal", rep)
+	}
+	time.Sleep(300 * time.Millisecond) // a wrongful release would be a publish already on its way (not an assertion)
+	if got := s.Workers[0].Calls(); got != 1 {
+		t.Errorf("the kept worker holds %d calls after the refused re-placement, want 1", got)
+	}
+}

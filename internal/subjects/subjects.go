@@ -123,7 +123,7 @@ func Encode(s string) string {
 	}
 	h := fnv.New64a()
 	h.Write([]byte(s))
-	return fmt.Sprintf("~h%016x%s", h.Sum64(), enc[:MaxToken-18])
+	return fmt.Sprintf("~=%016x%s", h.Sum64(), enc[:MaxToken-18])
 }
 
 // Decode reverses Encode where it can; hashed tokens come back as they are, with ok false.
@@ -131,7 +131,7 @@ func Decode(tok string) (string, bool) {
 	if !strings.HasPrefix(tok, "~") {
 		return tok, true
 	}
-	if strings.HasPrefix(tok, "~h") && len(tok) == MaxToken {
+	if strings.HasPrefix(tok, "~=") {
 		return tok, false
 	}
 	b, err := base64.RawURLEncoding.DecodeString(tok[1:])

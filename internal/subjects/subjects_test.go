@@ -35,6 +35,24 @@ func TestEncode(t *testing.T) {
 	}
 }
 
+func TestEncodeHashedTokensCannotCollideWithEncodedOnes(t *testing.T) {
+	long := strings.Repeat("0x@y.", 20)
+	tok := Encode(long)
+	if !strings.HasPrefix(tok, "~=") {
+		t.Fatalf("Encode of a long id = %q, want the hashed form", tok)
+	}
+	// Any string whose base64url is short enough is encoded as "~" + base64url, which never
+	// starts with '=', so it cannot equal a hashed token.
+	for _, s := range []string{"\x87\xbf[{nt", "h", strings.Repeat("a", 47)} {
+		if e := Encode(s); strings.HasPrefix(e, "~=") {
+			t.Errorf("Encode(%q) = %q takes the hashed prefix", s, e)
+		}
+		if back, ok := Decode(Encode(s)); !ok || back != s {
+			t.Errorf("Decode(Encode(%q)) = %q, %v", s, back, ok)
+		}
+	}
+}
+
 func TestParseAudio(t *testing.T) {
 	s := Audio("acme", "c1", "caller")
 	a, err := ParseAudio(s)

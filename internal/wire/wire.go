@@ -78,6 +78,14 @@ type OfferReply struct {
 	Worker string `json:"worker"`
 }
 
+// ReasonOfferAbandoned in a Release means the router gave up waiting for the worker's answer to
+// an offer at that epoch: a worker that took the call anyway drops it without publishing.
+const ReasonOfferAbandoned = "offer_abandoned"
+
+// ReasonFenced in a Migrate means the worker already dropped the call after its heartbeats
+// stalled; ingest re-places it from the Progress given.
+const ReasonFenced = "fenced"
+
 // Release asks one worker (subject worker.<id>.release) to let go of a call.
 type Release struct {
 	V      int    `json:"v"`
@@ -162,6 +170,9 @@ type Migrate struct {
 	Epoch  uint32 `json:"epoch"`
 	Worker string `json:"worker"`
 	Reason string `json:"reason"`
+	// Progress is where the worker stopped, when it has already stopped (reason "fenced"):
+	// ingest resumes the new placement from there.
+	Progress []session.LegSeq `json:"progress,omitempty"`
 }
 
 // LegRange asks for one leg's ring frames with From <= seq < To (To 0 means up to the newest).

@@ -51,6 +51,7 @@ type call struct {
 	lastFrame  atomic.Int64                  // unix nanos of the last frame received
 	lagNS      atomic.Int64                  // EWMA of capture→processing delay
 	superseded atomic.Bool
+	migrating  atomic.Bool // this worker asked ingest to move the call (drain, rebalance)
 
 	started  [session.MaxLegs]bool
 	ended    uint16
@@ -98,6 +99,7 @@ func (c *call) subscribe() error {
 	if err != nil {
 		return err
 	}
+	c.w.m.subs.Inc()
 	if err := c.audioSub.SetPendingLimits(c.w.cfg.PendingMsgs, c.w.cfg.PendingMsgs*int(frame.HeaderLen+frame.MaxPayload)); err != nil {
 		return err
 	}
@@ -111,7 +113,7 @@ func (c *call) subscribe() error {
 	if err != nil {
 		return err
 	}
-	c.w.m.subs.Add(2)
+	c.w.m.subs.Inc()
 	return nil
 }
 
@@ -226,6 +228,9 @@ func (c *call) process(it *item) string {
 		c.w.m.oldEpoch.Inc()
 		return ""
 	case h.Epoch > c.epoch.Load():
+		if c.migrating.Load() {
+			return proc.StopMigrated // the hand-over this worker asked for: it ends here, at L
+		}
 		return proc.StopSuperseded
 	}
 	now := time.Now().UnixNano()
@@ -236,8 +241,10 @@ func (c *call) process(it *item) string {
 	if !c.started[leg] {
 		c.started[leg] = true
 		from := c.from[leg]
-		if (from == session.FromEpochStart && !h.Has(frame.FlagEpochStart)) || (from >= 0 && int64(h.Seq) > from) {
-			c.replay(leg, from, h.Seq, proc.CauseReplacement)
+		if (from == session.FromEpochStart && !h.Has(frame.FlagEpochStart)) || from == session.FromRingStart || (from >= 0 && int64(h.Seq) > from) {
+			if c.replay(leg, from, h.Seq, proc.CauseReplacement) {
+				return proc.StopSuperseded
+			}
 		}
 	} else if next := c.next[leg].Load(); next >= 0 && int64(h.Seq) > next && !h.Has(frame.FlagReplayed) {
 		// Frames went missing between NATS and this worker (a reconnect, a slow-consumer drop):
@@ -247,10 +254,12 @@ func (c *call) process(it *item) string {
 		c.mu.Unlock()
 		if !own {
 			cause := c.gapCause(leg)
-			c.replay(leg, next, h.Seq, cause)
+			if c.replay(leg, next, h.Seq, cause) {
+				return proc.StopSuperseded
+			}
 		}
 	}
-	if age := now - h.Capture; age > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagReplayed) {
+	if age := now - h.Capture; age > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagReplayed) && !h.Has(frame.FlagLast) {
 		c.mu.Lock()
 		c.dropCause[leg] = proc.CauseStale
 		c.mu.Unlock()
@@ -328,8 +337,9 @@ func (c *call) gapCause(leg uint8) string {
 
 // replay asks the owning ingest for the frames of leg from `from` (or the epoch start) up to
 // `to` (exclusive) and delivers them, flagged as replayed, before the live frame at `to`.
-// Whatever the ring cannot fill is reported with cause.
-func (c *call) replay(leg uint8, from int64, to uint32, cause string) {
+// Whatever the ring cannot fill is reported with cause. It returns true when a replayed frame
+// carries a newer epoch than this worker's: the call has been superseded.
+func (c *call) replay(leg uint8, from int64, to uint32, cause string) (superseded bool) {
 	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: c.w.cfg.ID,
 		Legs: []wire.LegRange{{Leg: leg, From: from, To: int64(to)}}}
 	data, _ := json.Marshal(req)
@@ -340,7 +350,7 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) {
 		c.w.m.replays.WithLabelValues("error").Inc()
 		c.log.Warn().Err(err).Uint8("leg", leg).Msg("replay failed")
 		c.markLoss(leg, cause)
-		return
+		return false
 	}
 	buf := msg.Data
 	if len(buf) > 0 && buf[0] == '{' {
@@ -349,9 +359,10 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) {
 		c.w.m.replays.WithLabelValues("refused").Inc()
 		c.log.Warn().Str("code", r.Code).Str("reason", r.Reason).Msg("replay refused")
 		c.markLoss(leg, cause)
-		return
+		return r.Code == wire.CodeStale
 	}
 	c.w.m.replays.WithLabelValues("ok").Inc()
+	c.markLoss(leg, cause) // a hole before the ring's first frame has the same cause
 	n := 0
 	for len(buf) > 0 {
 		var h frame.Header
@@ -363,12 +374,16 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) {
 		if h.Leg != leg || h.Seq >= to {
 			continue
 		}
+		if h.Epoch > c.epoch.Load() {
+			return true
+		}
 		h.Flags |= frame.FlagReplayed
 		c.deliver(&h, p)
 		n++
 	}
 	c.markLoss(leg, cause)
 	c.log.Debug().Uint8("leg", leg).Int("frames", n).Msg("replayed")
+	return false
 }
 
 // markLoss attributes any gap left before the next live frame to cause.
@@ -427,6 +442,9 @@ func (c *call) control(m *nats.Msg) {
 
 func (c *call) finish(reason string) {
 	c.unsubscribe()
+	if reason == proc.StopIdle {
+		c.w.m.reapedSubs.Add(2)
+	}
 	if reason == proc.StopSuperseded {
 		c.superseded.Store(true)
 	}

@@ -92,6 +92,7 @@ func (c *Config) Validate() error {
 	dur("lag threshold", c.LagThreshold)
 	dur("drain timeout", c.DrainTimeout)
 	dur("replay timeout", c.ReplayTimeout)
+	dur("shed after", c.ShedAfter)
 	if c.FenceAfter <= c.HeartbeatInterval {
 		errs = append(errs, fmt.Errorf("worker: fence-after %v must exceed the heartbeat interval %v", c.FenceAfter, c.HeartbeatInterval))
 	}

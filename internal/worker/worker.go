@@ -25,6 +25,11 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// offerFlushTimeout bounds the flush that makes a new call's subscriptions reach the server
+// before the worker answers an offer; it stays below the router's default offer timeout (1 s) so
+// an answer is not sent after the router gave up.
+const offerFlushTimeout = 500 * time.Millisecond
+
 // Worker is one worker process's runtime.
 type Worker struct {
 	cfg    Config
@@ -135,6 +140,7 @@ func (w *Worker) tick() {
 		w.log.Warn().Msg("heartbeats stalled past the fence: dropping every call without publishing")
 		for _, c := range w.snapshot() {
 			c.stop(proc.StopSuperseded)
+			go w.handBack(c)
 		}
 	}
 	w.lastTick.Store(now.UnixNano())
@@ -142,7 +148,6 @@ func (w *Worker) tick() {
 	var worstCall *call
 	for _, c := range w.snapshot() {
 		if idle := now.UnixNano() - c.lastFrame.Load(); idle > int64(w.cfg.IdleTimeout) {
-			w.m.reapedSubs.Add(2)
 			c.stop(proc.StopIdle)
 			continue
 		}
@@ -219,11 +224,6 @@ func (w *Worker) onOffer(m *nats.Msg) {
 	}
 	id := o.Call.ID
 	w.mu.Lock()
-	if w.draining {
-		w.mu.Unlock()
-		reply(wire.Fail(wire.CodeDraining, "worker is draining"))
-		return
-	}
 	if old := w.calls[id]; old != nil {
 		cur := old.epoch.Load()
 		if cur > o.Epoch {
@@ -236,6 +236,11 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		old.epoch.Store(o.Epoch)
 		w.mu.Unlock()
 		reply(wire.OK())
+		return
+	}
+	if w.draining {
+		w.mu.Unlock()
+		reply(wire.Fail(wire.CodeDraining, "worker is draining"))
 		return
 	}
 	if len(w.calls) >= w.cfg.Capacity {
@@ -255,7 +260,7 @@ func (w *Worker) onOffer(m *nats.Msg) {
 
 	err := c.subscribe()
 	if err == nil {
-		err = w.nc.FlushTimeout(2 * time.Second)
+		err = w.nc.FlushTimeout(offerFlushTimeout)
 	}
 	if err != nil {
 		c.unsubscribe()
@@ -291,7 +296,7 @@ func (w *Worker) onRelease(m *nats.Msg) {
 		return
 	}
 	reason := proc.StopReleased
-	if r.Epoch > cur {
+	if r.Epoch > cur || r.Reason == wire.ReasonOfferAbandoned {
 		reason = proc.StopSuperseded
 	}
 	c.stop(reason)
@@ -319,16 +324,36 @@ func (w *Worker) forget(c *call) {
 // subscribes first, then ingest bumps the epoch and this worker stops at the last frame of its
 // own epoch.
 func (w *Worker) migrate(c *call, reason string) {
-	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: w.cfg.ID, Reason: reason}
-	var rep wire.Reply
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	w.migrateCtx(ctx, c, reason)
+}
+
+func (w *Worker) migrateCtx(ctx context.Context, c *call, reason string) {
+	c.migrating.Store(true)
+	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: w.cfg.ID, Reason: reason}
+	var rep wire.Reply
 	if err := bus.Request(ctx, w.nc, subjects.IngestVerb(c.ingest, subjects.IngestVerbPlace), req, &rep); err != nil {
 		c.log.Warn().Err(err).Str("reason", reason).Msg("migration request failed")
 		return
 	}
 	if !rep.OK {
 		c.log.Warn().Str("code", rep.Code).Str("why", rep.Reason).Msg("migration refused")
+	}
+}
+
+// handBack tells a fenced call's ingest that this worker no longer holds it, with where it
+// stopped, so the call is re-placed even if no router declared this worker down. If it was
+// already re-placed, ingest ignores the notice.
+func (w *Worker) handBack(c *call) {
+	<-c.done
+	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: w.cfg.ID,
+		Reason: wire.ReasonFenced, Progress: c.progress()}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var rep wire.Reply
+	if err := bus.Request(ctx, w.nc, subjects.IngestVerb(c.ingest, subjects.IngestVerbPlace), req, &rep); err != nil {
+		c.log.Warn().Err(err).Msg("hand-back after fencing failed")
 	}
 }
 
@@ -359,25 +384,29 @@ func (w *Worker) drain() {
 	calls := w.snapshot()
 	w.log.Info().Int("calls", len(calls)).Msg("draining")
 	start := time.Now()
-	var wg sync.WaitGroup
+	// One deadline for the whole drain: migration requests and the wait for calls to go.
+	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.DrainTimeout)
+	defer cancel()
 	sem := make(chan struct{}, 32)
-	for _, c := range calls {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			w.migrate(c, "drain")
-		}()
-	}
-	wg.Wait()
-	deadline := time.After(w.cfg.DrainTimeout)
+	go func() {
+		for _, c := range calls {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			go func() {
+				defer func() { <-sem }()
+				w.migrateCtx(ctx, c, "drain")
+			}()
+		}
+	}()
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 wait:
 	for len(w.snapshot()) > 0 {
 		select {
-		case <-deadline:
+		case <-ctx.Done():
 			break wait
 		case <-t.C:
 		}
