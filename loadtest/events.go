@@ -22,14 +22,20 @@ type eventSink struct {
 	prefix string // call ids of this run start with it
 	subs   []*nats.Subscription
 
-	mu   sync.Mutex
-	acc  map[string]proc.Accounting
-	lt   map[string]probe.CallReport
-	done bool
+	mu    sync.Mutex
+	acc   map[string]proc.Accounting
+	accAt map[string]time.Time // when each accounting event arrived
+	lt    map[string]probe.CallReport
+	done  bool
 }
 
+// probeGrace is how long a call's accounting event waits for the same call's "loadtest" event
+// before the call counts as reported without it (workers that do not run the probe). On a worker
+// that runs both, the probe's event follows the accounting one on the same connection.
+const probeGrace = time.Second
+
 func subscribeEvents(nc *nats.Conn, tenant, runID string, col *Collector) (*eventSink, error) {
-	s := &eventSink{col: col, prefix: runID, acc: map[string]proc.Accounting{}, lt: map[string]probe.CallReport{}}
+	s := &eventSink{col: col, prefix: runID, acc: map[string]proc.Accounting{}, accAt: map[string]time.Time{}, lt: map[string]probe.CallReport{}}
 	for _, kind := range []string{"accounting", probe.EventKind, "gap"} {
 		sub, err := nc.Subscribe(subjects.Event(tenant, "*", kind), s.onEvent)
 		if err != nil {
@@ -57,6 +63,7 @@ func (s *eventSink) onEvent(m *nats.Msg) {
 		var a proc.Accounting
 		if json.Unmarshal(ev.Data, &a) == nil {
 			s.acc[ev.Call] = a
+			s.accAt[ev.Call] = time.Now()
 		}
 	case probe.EventKind:
 		var cr probe.CallReport
@@ -71,11 +78,18 @@ func (s *eventSink) onEvent(m *nats.Msg) {
 	}
 }
 
-// calls returns how many calls have reported.
+// calls returns how many calls have reported: those with a "loadtest" event, and those with only
+// an accounting event that has waited probeGrace for one.
 func (s *eventSink) calls() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return int64(len(s.acc))
+	n := int64(len(s.lt))
+	for call, at := range s.accAt {
+		if _, ok := s.lt[call]; !ok && time.Since(at) >= probeGrace {
+			n++
+		}
+	}
+	return n
 }
 
 // finish merges the reports into the collector.

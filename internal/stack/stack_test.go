@@ -84,8 +84,12 @@ func tone(t testing.TB, n int) *filesrc.Recording {
 }
 
 func testLogger(t testing.TB) zerolog.Logger {
-	if os.Getenv("CALLROUTER_TEST_LOG") != "" {
-		return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	if v := os.Getenv("CALLROUTER_TEST_LOG"); v != "" {
+		lvl, err := zerolog.ParseLevel(v)
+		if err != nil || v == "1" {
+			lvl = zerolog.DebugLevel
+		}
+		return zerolog.New(zerolog.NewTestWriter(t)).Level(lvl)
 	}
 	return zerolog.Nop()
 }

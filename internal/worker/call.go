@@ -50,6 +50,7 @@ type call struct {
 	next       [session.MaxLegs]atomic.Int64 // progress, read by heartbeats
 	lastFrame  atomic.Int64                  // unix nanos of the last frame received
 	lagNS      atomic.Int64                  // EWMA of capture→processing delay
+	caughtUp   int64                         // unix nanos when the last replay ended; call goroutine only
 	superseded atomic.Bool
 	migrating  atomic.Bool // this worker asked ingest to move the call (drain, rebalance)
 
@@ -267,7 +268,10 @@ func (c *call) process(it *item) string {
 		return ""
 	}
 	c.deliver(h, it.payload)
-	if !h.Has(frame.FlagReplayed) {
+	// Frames captured before the last replay ended waited for that replay (a hand-over, a
+	// refetch), not for processing: they say nothing about this worker's backlog, and counting
+	// them would make every worker that takes over calls look lagging for a moment.
+	if !h.Has(frame.FlagReplayed) && h.Capture > c.caughtUp {
 		lag := now - h.Capture
 		old := c.lagNS.Load()
 		c.lagNS.Store(old + (lag-old)/8)
@@ -340,6 +344,7 @@ func (c *call) gapCause(leg uint8) string {
 // Whatever the ring cannot fill is reported with cause. It returns true when a replayed frame
 // carries a newer epoch than this worker's: the call has been superseded.
 func (c *call) replay(leg uint8, from int64, to uint32, cause string) (superseded bool) {
+	defer func() { c.caughtUp = time.Now().UnixNano() }()
 	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: c.w.cfg.ID,
 		Legs: []wire.LegRange{{Leg: leg, From: from, To: int64(to)}}}
 	data, _ := json.Marshal(req)
