@@ -34,13 +34,9 @@ type workerInfo struct {
 }
 
 func (w *workerInfo) eligible() bool {
-	return w.hb.Ready && !w.hb.Draining && w.hb.Mode != "frame" && w.hb.Active+w.pending < w.hb.Capacity && w.hb.LagMS*float64(time.Millisecond) < float64(lagLimit(w))
-}
-
-// lagLimit: a worker reporting lag above a quarter of its heartbeat interval, at least 200 ms,
-// gets no new offers.
-func lagLimit(w *workerInfo) time.Duration {
-	return max(200*time.Millisecond, time.Duration(w.hb.IntervalMS)*time.Millisecond/4)
+	// Lagging is the worker's own judgement against its -lag-threshold, the same one that makes
+	// it refuse offers and shed calls: one threshold, configured where the processing runs.
+	return w.hb.Ready && !w.hb.Draining && !w.hb.Lagging && w.hb.Mode != "frame" && w.hb.Active+w.pending < w.hb.Capacity
 }
 
 type ingestInfo struct {

@@ -121,6 +121,7 @@ type WorkerHeartbeat struct {
 	Capacity   int          `json:"capacity"`
 	Active     int          `json:"active"`
 	LagMS      float64      `json:"lag_ms"`
+	Lagging    bool         `json:"lagging"` // lag is over the worker's own -lag-threshold: no offers
 	Ready      bool         `json:"ready"`
 	Draining   bool         `json:"draining"`
 	IntervalMS int          `json:"interval_ms"`

@@ -199,6 +199,7 @@ func (w *Worker) heartbeat() {
 			Ingest: c.ingest, Progress: c.progress(), LagMS: float64(l) / 1e6})
 	}
 	hb.LagMS = float64(worst) / 1e6
+	hb.Lagging = w.lagging.Load()
 	if err := bus.Publish(w.nc, subjects.Heartbeat(subjects.Worker, w.cfg.ID), hb); err != nil {
 		w.log.Warn().Err(err).Msg("heartbeat not published")
 	}
@@ -329,16 +330,33 @@ func (w *Worker) migrate(c *call, reason string) {
 	w.migrateCtx(ctx, c, reason)
 }
 
-func (w *Worker) migrateCtx(ctx context.Context, c *call, reason string) {
+// migrateCtx reports whether ingest moved the call.
+func (w *Worker) migrateCtx(ctx context.Context, c *call, reason string) bool {
 	c.migrating.Store(true)
 	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: w.cfg.ID, Reason: reason}
 	var rep wire.Reply
 	if err := bus.Request(ctx, w.nc, subjects.IngestVerb(c.ingest, subjects.IngestVerbPlace), req, &rep); err != nil {
 		c.log.Warn().Err(err).Str("reason", reason).Msg("migration request failed")
-		return
+		return false
 	}
 	if !rep.OK {
 		c.log.Warn().Str("code", rep.Code).Str("why", rep.Reason).Msg("migration refused")
+	}
+	return rep.OK
+}
+
+// migrateUntil asks ingest to move the call until it has moved, it has ended or ctx is done: a
+// drain keeps trying for a call whose re-placement was refused (every other worker full for a
+// moment, an offer that timed out on a loaded machine) rather than dropping it at the deadline.
+func (w *Worker) migrateUntil(ctx context.Context, c *call, reason string) {
+	for !w.migrateCtx(ctx, c, reason) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.done:
+			return
+		case <-time.After(w.cfg.HeartbeatInterval):
+		}
 	}
 }
 
@@ -397,7 +415,7 @@ func (w *Worker) drain() {
 			}
 			go func() {
 				defer func() { <-sem }()
-				w.migrateCtx(ctx, c, "drain")
+				w.migrateUntil(ctx, c, "drain")
 			}()
 		}
 	}()
