@@ -83,14 +83,16 @@ func (a *Append) Set(s string) error {
 
 // Common are the flags every binary has.
 type Common struct {
-	NATS     bus.Config
-	HTTP     string
-	LogLevel string
+	NATS        bus.Config
+	HTTP        string
+	LogLevel    string
+	CheckConfig bool          // -check-config: validate, print what would be served, exit
+	fs          *flag.FlagSet // the binary's flags, printed by -check-config
 }
 
 // CommonFlags registers the shared flags with their defaults.
 func CommonFlags(fs *flag.FlagSet, httpDefault string) *Common {
-	c := &Common{NATS: bus.DefaultConfig()}
+	c := &Common{NATS: bus.DefaultConfig(), fs: fs}
 	fs.StringVar(&c.NATS.URL, "nats", c.NATS.URL, "NATS server URLs, comma-separated")
 	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS credentials file")
 	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client TLS certificate file")
@@ -99,6 +101,7 @@ func CommonFlags(fs *flag.FlagSet, httpDefault string) *Common {
 	fs.IntVar(&c.NATS.ReconnectBuf, "nats-reconnect-buf", c.NATS.ReconnectBuf, "bytes buffered while reconnecting")
 	fs.StringVar(&c.HTTP, "http", httpDefault, "address for /healthz, /readyz and /metrics")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&c.CheckConfig, "check-config", false, "validate the flags and environment, print what would be served as one JSON line, exit without connecting")
 	return c
 }
 
@@ -122,13 +125,21 @@ type Mounter interface {
 	Mount(mux *http.ServeMux)
 }
 
+// Build makes a main's service. It must do no I/O (the style of every New), so that
+// -check-config can call it with a nil connection.
+type Build func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (Service, error)
+
 // Main runs one component: logger, NATS connection, HTTP server, and build → Run until SIGTERM or
-// SIGINT. It returns the process exit code.
-func Main(component, id string, c *Common, build func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (Service, error)) int {
+// SIGINT. With -check-config it only checks the configuration (see Check). It returns the process
+// exit code.
+func Main(component, id string, c *Common, build Build) int {
 	log, err := obs.Logger(os.Stderr, c.LogLevel, component, id)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: flag -log-level: %v\n", component, err)
 		return 2
+	}
+	if c.CheckConfig {
+		return Check(component, id, c, build, log, os.Stdout, os.Stderr)
 	}
 	c.NATS.Name = component + " " + id
 	nc, err := bus.Connect(c.NATS, log)

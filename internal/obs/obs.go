@@ -56,16 +56,28 @@ type Server struct {
 	Mux *http.ServeMux
 }
 
+// Paths returns the paths every binary serves on its -http address: liveness, readiness and
+// Prometheus metrics, in that order.
+func Paths() []string { return []string{"/healthz", "/readyz", "/metrics"} }
+
+// NewMux returns a mux serving Paths: /healthz and /readyz answer 200 or 503 from h, /metrics
+// serves reg.
+func NewMux(h *Health, reg *prometheus.Registry) *http.ServeMux {
+	p := Paths()
+	mux := http.NewServeMux()
+	mux.HandleFunc(p[0], func(w http.ResponseWriter, _ *http.Request) { answer(w, h.live.Load()) })
+	mux.HandleFunc(p[1], func(w http.ResponseWriter, _ *http.Request) { answer(w, h.ready.Load()) })
+	mux.Handle(p[2], promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return mux
+}
+
 // Listen binds addr (":0" picks a port) and prepares the handlers; Serve starts them.
 func Listen(addr string, h *Health, reg *prometheus.Registry) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { answer(w, h.live.Load()) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { answer(w, h.ready.Load()) })
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux := NewMux(h, reg)
 	return &Server{ln: ln, Mux: mux, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}, nil
 }
 

@@ -1,0 +1,42 @@
+package k8s
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// docs/deploy.md names only metrics the binaries register, so what it tells operators to watch
+// exists.
+func TestDeployGuideNamesRegisteredMetrics(t *testing.T) {
+	guide, err := os.ReadFile("../docs/deploy.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	registered := map[string]bool{}
+	name := regexp.MustCompile(`Name:\s*"(callrouter_[a-z_]+)"`)
+	err = filepath.WalkDir("../internal", func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return err
+		}
+		src, err := os.ReadFile(path)
+		for _, m := range name.FindAllSubmatch(src, -1) {
+			registered[string(m[1])] = true
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := regexp.MustCompile(`callrouter_[a-z_]+[a-z]`).FindAllString(string(guide), -1)
+	if len(named) < 10 {
+		t.Fatalf("docs/deploy.md names %d metrics; the what-to-watch table is gone", len(named))
+	}
+	for _, m := range named {
+		if !registered[m] {
+			t.Errorf("docs/deploy.md names %s, which no binary registers", m)
+		}
+	}
+}
