@@ -171,6 +171,12 @@ func startEnvW(t testing.TB, workers int, wmutate func(*worker.Config), mutate f
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", "siprecorder"}
 	wc.Capacity = 500
+	// These tests check that every frame of every call arrives, on a shared 2-core machine that
+	// the race detector and other packages' tests load: a worker's overload protection (no
+	// offers past -lag-threshold, stale-frame drops) would rightly refuse or drop there, and is
+	// covered by internal/stack's tests.
+	wc.LagThreshold = time.Minute
+	wc.MaxFrameAge = time.Minute
 	if wmutate != nil {
 		wmutate(&wc)
 	}

@@ -134,6 +134,12 @@ func startEnvCapacity(t testing.TB, workers, capacity int, cfg Config) *env {
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", "whiptest"}
 	wc.Capacity = capacity
+	// These tests check that every frame of every call arrives, on a shared 2-core machine that
+	// the race detector and other packages' tests load: a worker's overload protection (no
+	// offers past -lag-threshold, stale-frame drops) would rightly refuse or drop there, and is
+	// covered by internal/stack's tests.
+	wc.LagThreshold = time.Minute
+	wc.MaxFrameAge = time.Minute
 	s, err := stack.Start(stack.Config{Workers: workers, Worker: wc, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
