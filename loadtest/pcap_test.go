@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/peertest"
 )
 
 // pcapWriter builds classic pcap files of Ethernet/IPv4/UDP/RTP packets for tests.
@@ -153,7 +154,7 @@ func TestParsePcapRawIPAndDiscontinuity(t *testing.T) {
 func TestParseSIPpPcap(t *testing.T) {
 	b, err := os.ReadFile("/usr/share/sip-tester/g711a.pcap")
 	if err != nil {
-		t.Skip("sip-tester not installed")
+		peertest.Missing(t, "sip-tester not installed")
 	}
 	rec, st, err := ParsePcapStats(b, 0)
 	if err != nil {

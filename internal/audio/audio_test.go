@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/wav"
 )
 
@@ -61,7 +62,7 @@ func TestG711RoundTrip(t *testing.T) {
 // sox's decoding of the same bytes, sample for sample.
 func TestG711MatchesSox(t *testing.T) {
 	if _, err := exec.LookPath("sox"); err != nil {
-		t.Skip("sox not installed")
+		peertest.Missing(t, "sox not installed")
 	}
 	dir := t.TempDir()
 	for _, enc := range []struct {

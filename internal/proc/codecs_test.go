@@ -9,6 +9,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/peertest"
 )
 
 // opusRecording reads a committed Opus fixture: the speech or DTMF fixture resampled to 48 kHz
@@ -44,7 +45,7 @@ func TestOpusCall(t *testing.T) {
 // TestG722Call encodes the fixtures to G.722 with ffmpeg at test time (skipped without it).
 func TestG722Call(t *testing.T) {
 	if _, err := exec.LookPath("ffmpeg"); err != nil {
-		t.Skip("ffmpeg not installed")
+		peertest.Missing(t, "ffmpeg not installed")
 	}
 	dir := t.TempDir()
 	g722 := func(name string) *filesrc.Recording {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/peertest"
 )
 
 func digitsFrom(c *fakeCall, leg uint8) (string, []DTMFEvent) {
@@ -64,7 +65,7 @@ func TestDTMFCommittedFixtures(t *testing.T) {
 // TestDTMFFreshSox generates other sequences with sox at test time.
 func TestDTMFFreshSox(t *testing.T) {
 	if !have("sox") {
-		t.Skip("sox not installed")
+		peertest.Missing(t, "sox not installed")
 	}
 	dir := t.TempDir()
 	for i, ds := range [][]digitTone{

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/peertest"
 )
 
 // segmentsOf pairs a leg's speech start and stop events into [start, stop) ms ranges.
@@ -111,7 +112,7 @@ func TestSpeechSegmentsMatchGroundTruth(t *testing.T) {
 // TestSpeechFreshEspeak generates new speech with other silences at test time.
 func TestSpeechFreshEspeak(t *testing.T) {
 	if !have("espeak-ng") || !have("sox") {
-		t.Skip("espeak-ng or sox not installed")
+		peertest.Missing(t, "espeak-ng or sox not installed")
 	}
 	path, truth := genSpeech(t, t.TempDir(), "fresh", []string{"Your call is important to us", "Goodbye"}, []int{260, 1500, 340})
 	rec, err := filesrc.Load(path, 0)
@@ -130,7 +131,7 @@ func TestSpeechFreshEspeak(t *testing.T) {
 func TestSpeechAlsaRecordings(t *testing.T) {
 	files, _ := filepath.Glob("/usr/share/sounds/alsa/*.wav")
 	if len(files) == 0 {
-		t.Skip("alsa-utils sounds not installed")
+		peertest.Missing(t, "alsa-utils sounds not installed")
 	}
 	for _, f := range files {
 		rec, err := filesrc.Load(f, 0)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/wire"
@@ -289,7 +290,7 @@ func (l *eventLog) of(kind string) []wire.Event {
 func (e *env) sipp(t testing.TB, dir string, timeout time.Duration, args ...string) string {
 	t.Helper()
 	if _, err := exec.LookPath("sipp"); err != nil {
-		t.Skip("sipp (Debian sip-tester) is not installed")
+		peertest.Missing(t, "sipp (Debian sip-tester) is not installed")
 	}
 	mp := 40000 + 2*rand.IntN(8000)
 	base := []string{e.addr, "-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", strconv.Itoa(mp), "-nostdin",
@@ -318,7 +319,7 @@ func tail(b []byte, n int) []byte {
 func pcapDir(t testing.TB) string {
 	dir := t.TempDir()
 	if _, err := os.Stat("/usr/share/sip-tester/g711a.pcap"); err != nil {
-		t.Skip("SIPp pcaps (/usr/share/sip-tester) not installed")
+		peertest.Missing(t, "SIPp pcaps (/usr/share/sip-tester) not installed")
 	}
 	if err := os.Symlink("/usr/share/sip-tester", filepath.Join(dir, "pcap")); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/wav"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4/pkg/media/oggwriter"
@@ -20,7 +21,7 @@ func opusLevels(t *testing.T, packets [][]byte) []float64 {
 	t.Helper()
 	dec, err := exec.LookPath("opusdec")
 	if err != nil {
-		t.Skip("opusdec (apt-get install opus-tools) is needed to decode Opus in this test")
+		peertest.Missing(t, "opusdec (apt-get install opus-tools) is needed to decode Opus in this test")
 	}
 	dir := t.TempDir()
 	in, out := filepath.Join(dir, "in.opus"), filepath.Join(dir, "out.wav")

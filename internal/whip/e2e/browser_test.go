@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/wav"
@@ -42,7 +44,7 @@ func TestBrowserCall(t *testing.T) {
 	chromium, errC := exec.LookPath("chromium")
 	node, errN := exec.LookPath("node")
 	if errC != nil || errN != nil {
-		t.Skipf("skipping the browser test: chromium (%v) and node (%v) are needed; apt-get install chromium nodejs npm", errC, errN)
+		peertest.Missing(t, fmt.Sprintf("the browser test needs chromium (%v) and node (%v): apt-get install chromium nodejs npm", errC, errN))
 	}
 	if _, err := os.Stat("node_modules/playwright-core"); err != nil {
 		npm, err := exec.LookPath("npm")
