@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,6 +32,7 @@ type options struct {
 	logLevel string
 	stackLog string
 	quiet    bool
+	cpuProf  string
 }
 
 func main() {
@@ -61,6 +63,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var progress io.Writer = stderr
 	if o.quiet {
 		progress = nil
+	}
+	if o.cpuProf != "" {
+		f, err := os.Create(o.cpuProf)
+		if err != nil {
+			fmt.Fprintln(stderr, "loadtest: -cpuprofile:", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "loadtest: -cpuprofile:", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
 	}
 	rep, err := loadtest.Run(ctx, o.cfg, loadtest.Deps{Log: log, StackLog: stackLog, Progress: progress, Command: commandLine(args)})
 	if err != nil {
@@ -125,6 +140,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "log level of the tester: debug, info, warn, error")
 	fs.StringVar(&o.stackLog, "stack-log-level", o.stackLog, "log level of the in-process stack (its workers log every gap at warn)")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
+	fs.StringVar(&o.cpuProf, "cpuprofile", "", "write a CPU profile of the whole run (tester and in-process stack) to this file, for go tool pprof")
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: loadtest -input FILE|DIR [flags]\n\nReplays recorded calls into callrouter and accounts for every frame.\n"+
