@@ -224,9 +224,10 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 	c := &Call{n: n, spec: spec, done: make(chan struct{}),
 		log: n.log.With().Str("tenant", spec.Tenant).Str("call", spec.Call).Logger()}
 	for _, l := range spec.Legs {
-		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/(frame.HeaderLen+nominalPayload(l))))
+		stride := frame.HeaderLen + nominalPayload(l)
+		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/stride))
 		c.legs = append(c.legs, leg{info: l, subject: subjects.Audio(spec.Tenant, spec.Call, l.Name), samples: samplesPerFrame(l),
-			epochStart: true, ring: newRing(frames)})
+			epochStart: true, ring: newRing(frames, stride)})
 	}
 	c.lastMedia.Store(time.Now().UnixNano())
 	n.mu.Lock()

@@ -1,38 +1,70 @@
 package ingest
 
-// ring keeps the most recent marshalled frames of one leg for replay. Slot buffers are reused, so
-// after warm-up storing a frame allocates nothing.
+// ring keeps the most recent marshalled frames of one leg for replay. The frames live in one
+// contiguous buffer of fixed-size slots: after warm-up storing a frame allocates nothing, and
+// the garbage collector sees one pointer-free object per leg instead of a buffer per frame (at
+// 1,000 two-leg calls with 5 s rings that is 2,000 objects to mark rather than 500,000). A frame
+// larger than its slot (a burst of a variable-rate codec) is kept in a buffer of its own, which
+// that slot then reuses for every later frame, so the ring still allocates nothing once warm.
 type ring struct {
-	slots [][]byte
-	seqs  []uint32
-	head  int // next slot to write
-	n     int
+	buf    []byte   // len(seqs) slots of stride bytes
+	stride int      // bytes per slot
+	lens   []int32  // bytes used in each slot; -1: the frame is in big
+	big    [][]byte // per slot, the own buffer of a slot that once overflowed; nil until the first one
+	seqs   []uint32
+	head   int // next slot to write
+	n      int
 }
 
-func newRing(frames int) *ring {
-	return &ring{slots: make([][]byte, frames), seqs: make([]uint32, frames)}
+func newRing(frames, stride int) *ring {
+	return &ring{buf: make([]byte, frames*stride), stride: stride, lens: make([]int32, frames), seqs: make([]uint32, frames)}
 }
 
-// slot returns the buffer to marshal the frame with sequence seq into; the caller stores the
-// result back with put.
-func (r *ring) slot() []byte { return r.slots[r.head][:0] }
+// slot returns an empty buffer with the capacity of the next slot, to marshal the next frame
+// into; the caller stores the result back with put.
+func (r *ring) slot() []byte {
+	if r.big != nil && r.big[r.head] != nil {
+		return r.big[r.head][:0]
+	}
+	off := r.head * r.stride
+	return r.buf[off : off : off+r.stride]
+}
 
+// put stores b, the frame with sequence seq, in the next slot. b is the buffer slot returned,
+// grown by append if the frame outgrew it; a grown one becomes the slot's own buffer.
 func (r *ring) put(seq uint32, b []byte) {
-	r.slots[r.head] = b
+	off := r.head * r.stride
+	if len(b) > 0 && len(b) <= r.stride && &b[0] == &r.buf[off] {
+		r.lens[r.head] = int32(len(b))
+	} else {
+		if r.big == nil {
+			r.big = make([][]byte, len(r.seqs))
+		}
+		r.big[r.head] = b
+		r.lens[r.head] = -1
+	}
 	r.seqs[r.head] = seq
-	r.head = (r.head + 1) % len(r.slots)
-	if r.n < len(r.slots) {
+	r.head = (r.head + 1) % len(r.seqs)
+	if r.n < len(r.seqs) {
 		r.n++
 	}
 }
 
+func (r *ring) frame(k int) []byte {
+	if r.lens[k] < 0 {
+		return r.big[k]
+	}
+	off := k * r.stride
+	return r.buf[off : off+int(r.lens[k])]
+}
+
 // each calls f for the stored frames with from <= seq < to, oldest first.
 func (r *ring) each(from, to int64, f func(b []byte)) {
-	start := (r.head - r.n + len(r.slots)) % len(r.slots)
+	start := (r.head - r.n + len(r.seqs)) % len(r.seqs)
 	for i := 0; i < r.n; i++ {
-		k := (start + i) % len(r.slots)
+		k := (start + i) % len(r.seqs)
 		if s := int64(r.seqs[k]); s >= from && s < to {
-			f(r.slots[k])
+			f(r.frame(k))
 		}
 	}
 }
