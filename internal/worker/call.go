@@ -64,7 +64,7 @@ type call struct {
 func newCall(w *Worker, o *wire.Offer) *call {
 	c := &call{
 		w: w, spec: o.Call, join: o.Epoch, ingest: o.Ingest,
-		buf:    make([]item, w.cfg.QueueFrames),
+		buf:    make([]item, min(queueStart, w.cfg.QueueFrames)),
 		wake:   make(chan struct{}, 1),
 		ctl:    make(chan *nats.Msg, 16),
 		stopCh: make(chan string, 1),
@@ -138,6 +138,9 @@ func (c *call) onAudio(m *nats.Msg) {
 	it.payload = p
 	c.lastFrame.Store(time.Now().UnixNano())
 	c.mu.Lock()
+	if c.n == len(c.buf) && len(c.buf) < c.w.cfg.QueueFrames {
+		c.grow()
+	}
 	if c.n == len(c.buf) {
 		old := &c.buf[c.head]
 		c.dropCause[old.h.Leg] = proc.CauseBackpressure
@@ -153,6 +156,20 @@ func (c *call) onAudio(m *nats.Msg) {
 	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// queueStart is the capacity a call's queue starts with. A call that keeps up holds a frame or
+// two; the queue doubles up to QueueFrames only for one that falls behind, so a thousand healthy
+// calls do not keep a quarter of a million pointer-holding slots for the GC to scan.
+const queueStart = 8
+
+// grow doubles the queue, up to QueueFrames, keeping its frames in order; c.mu is held.
+func (c *call) grow() {
+	nb := make([]item, min(2*len(c.buf), c.w.cfg.QueueFrames))
+	for i := 0; i < c.n; i++ {
+		nb[i] = c.buf[(c.head+i)%len(c.buf)]
+	}
+	c.buf, c.head = nb, 0
 }
 
 func (c *call) pop() (item, bool) {
