@@ -22,11 +22,16 @@ type eventSink struct {
 	prefix string // call ids of this run start with it
 	subs   []*nats.Subscription
 
-	mu    sync.Mutex
-	acc   map[string]proc.Accounting
-	accAt map[string]time.Time // when each accounting event arrived
-	lt    map[string]probe.CallReport
-	done  bool
+	mu   sync.Mutex
+	acc  map[string]accReport
+	lt   map[string]probe.CallReport
+	done bool
+}
+
+// accReport is a call's accounting event and when it arrived.
+type accReport struct {
+	proc.Accounting
+	at time.Time
 }
 
 // probeGrace is how long a call's accounting event waits for the same call's "loadtest" event
@@ -35,7 +40,7 @@ type eventSink struct {
 const probeGrace = time.Second
 
 func subscribeEvents(nc *nats.Conn, tenant, runID string, col *Collector) (*eventSink, error) {
-	s := &eventSink{col: col, prefix: runID, acc: map[string]proc.Accounting{}, accAt: map[string]time.Time{}, lt: map[string]probe.CallReport{}}
+	s := &eventSink{col: col, prefix: runID, acc: map[string]accReport{}, lt: map[string]probe.CallReport{}}
 	for _, kind := range []string{"accounting", probe.EventKind, "gap"} {
 		sub, err := nc.Subscribe(subjects.Event(tenant, "*", kind), s.onEvent)
 		if err != nil {
@@ -62,8 +67,7 @@ func (s *eventSink) onEvent(m *nats.Msg) {
 	case "accounting":
 		var a proc.Accounting
 		if json.Unmarshal(ev.Data, &a) == nil {
-			s.acc[ev.Call] = a
-			s.accAt[ev.Call] = time.Now()
+			s.acc[ev.Call] = accReport{a, time.Now()}
 		}
 	case probe.EventKind:
 		var cr probe.CallReport
@@ -84,8 +88,8 @@ func (s *eventSink) calls() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := int64(len(s.lt))
-	for call, at := range s.accAt {
-		if _, ok := s.lt[call]; !ok && time.Since(at) >= probeGrace {
+	for call, a := range s.acc {
+		if _, ok := s.lt[call]; !ok && time.Since(a.at) >= probeGrace {
 			n++
 		}
 	}
@@ -105,7 +109,7 @@ func (s *eventSink) finish() {
 			}
 			continue
 		}
-		s.col.Report(call, a.Reason, probe.FromAccounting(a))
+		s.col.Report(call, a.Reason, probe.FromAccounting(a.Accounting))
 	}
 	for call, cr := range s.lt {
 		if _, ok := s.acc[call]; !ok {
