@@ -1,6 +1,7 @@
 package sip
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -292,20 +293,52 @@ func (e *env) sipp(t testing.TB, dir string, timeout time.Duration, args ...stri
 	if _, err := exec.LookPath("sipp"); err != nil {
 		peertest.Missing(t, "sipp (Debian sip-tester) is not installed")
 	}
-	mp := 40000 + 2*rand.IntN(8000)
-	base := []string{e.addr, "-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", strconv.Itoa(mp), "-nostdin",
-		"-cp", strconv.Itoa(freeUDPPort(t)), "-ci", "127.0.0.1", "-timeout", strconv.Itoa(int(timeout.Seconds())) + "s",
-		"-timeout_error", "-trace_err", "-error_file", filepath.Join(dir, "errors.log")}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout+10*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "sipp", append(base, args...)...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		errs, _ := os.ReadFile(filepath.Join(dir, "errors.log"))
+	errFile := filepath.Join(dir, "errors.log")
+	// SIPp binds its media port and the three above it; another process can take one of them
+	// between our probe and SIPp's bind, so a bind failure (and only that) is retried.
+	for attempt := 1; ; attempt++ {
+		base := []string{e.addr, "-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", strconv.Itoa(sippMediaPort(t)), "-nostdin",
+			"-cp", strconv.Itoa(freeUDPPort(t)), "-ci", "127.0.0.1", "-timeout", strconv.Itoa(int(timeout.Seconds())) + "s",
+			"-timeout_error", "-trace_err", "-error_file", errFile}
+		_ = os.Remove(errFile)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout+10*time.Second)
+		cmd := exec.CommandContext(ctx, "sipp", append(base, args...)...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err == nil {
+			return string(out)
+		}
+		errs, _ := os.ReadFile(errFile)
+		if attempt < 3 && bytes.Contains(errs, []byte("Unable to bind")) {
+			t.Logf("sipp could not bind its ports (attempt %d), retrying: %s", attempt, tail(errs, 300))
+			continue
+		}
 		t.Fatalf("sipp %v: %v\n%s\nerrors:\n%s", args, err, tail(out, 3000), tail(errs, 3000))
 	}
-	return string(out)
+}
+
+// sippMediaPort returns an even port p such that p..p+3 (SIPp's audio and video RTP/RTCP) are
+// free on 127.0.0.1 right now. It picks below the kernel's ephemeral range (32768 and up here)
+// and below the ingest RTP ranges of freeRange, so no outgoing socket can take one by chance.
+func sippMediaPort(t testing.TB) int {
+	for range 100 {
+		p := 12000 + 4*rand.IntN(1900)
+		free := true
+		for i := range 4 {
+			c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p + i})
+			if err != nil {
+				free = false
+				break
+			}
+			c.Close()
+		}
+		if free {
+			return p
+		}
+	}
+	t.Fatal("no four free consecutive UDP ports for SIPp")
+	return 0
 }
 
 func tail(b []byte, n int) []byte {
