@@ -319,11 +319,12 @@ func (e *env) sipp(t testing.TB, dir string, timeout time.Duration, args ...stri
 }
 
 // sippMediaPort returns an even port p such that p..p+3 (SIPp's audio and video RTP/RTCP) are
-// free on 127.0.0.1 right now. It picks below the kernel's ephemeral range (32768 and up here)
-// and below the ingest RTP ranges of freeRange, so no outgoing socket can take one by chance.
+// free on 127.0.0.1 right now. It picks below the kernel's ephemeral range (32768 and up here),
+// between the loadtest package's SIP RTP ports (10000 up) and the ingest RTP ranges of freeRange
+// (20000 up), so neither an outgoing socket nor another test's RTP can take one by chance.
 func sippMediaPort(t testing.TB) int {
 	for range 100 {
-		p := 12000 + 4*rand.IntN(1900)
+		p := 12400 + 4*rand.IntN(1800)
 		free := true
 		for i := range 4 {
 			c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p + i})
