@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"encoding/json"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,14 +16,16 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// item is one queued frame; payload aliases the NATS message.
+// item is one frame being processed; payload aliases the NATS message.
 type item struct {
 	h       frame.Header
 	payload []byte
 }
 
-// call is one call held by a session-mode worker. The NATS subscription's goroutine only parses
-// and enqueues (onAudio); everything else runs on the call's own goroutine (run).
+// call is one call held by a session-mode worker. Its audio subscription is a channel
+// subscription: nats.go's reader puts each message straight on the call's channel, and the
+// call's own goroutine (run) does everything else, so a frame wakes one goroutine on its way to
+// the processors, as it would for a plain NATS subscriber.
 type call struct {
 	w      *Worker
 	spec   session.Spec
@@ -36,13 +37,13 @@ type call struct {
 
 	audioSub, ctlSub *nats.Subscription
 
-	mu         sync.Mutex
-	buf        []item // ring, bounded; overflow drops the oldest
-	head, n    int
+	// audio holds the frames not yet processed: at most PendingMsgs (beyond that nats.go drops
+	// new ones, counted by the subscription as a slow consumer), and the call goroutine drops
+	// the oldest while more than QueueFrames wait (worker backpressure).
+	audio      chan *nats.Msg
 	dropCause  [session.MaxLegs]string // cause of the last frame dropped before the next gap
 	subDropped int                     // sub.Dropped() at the last check
 
-	wake   chan struct{}
 	ctl    chan *nats.Msg
 	stopCh chan string
 	done   chan struct{}
@@ -64,8 +65,7 @@ type call struct {
 func newCall(w *Worker, o *wire.Offer) *call {
 	c := &call{
 		w: w, spec: o.Call, join: o.Epoch, ingest: o.Ingest,
-		buf:    make([]item, min(queueStart, w.cfg.QueueFrames)),
-		wake:   make(chan struct{}, 1),
+		audio:  make(chan *nats.Msg, w.cfg.PendingMsgs),
 		ctl:    make(chan *nats.Msg, 16),
 		stopCh: make(chan string, 1),
 		done:   make(chan struct{}),
@@ -96,14 +96,11 @@ func newCall(w *Worker, o *wire.Offer) *call {
 // subscribe creates the per-call subscriptions.
 func (c *call) subscribe() error {
 	var err error
-	c.audioSub, err = c.w.nc.Subscribe(subjects.AudioCall(c.spec.Tenant, c.spec.Call), c.onAudio)
+	c.audioSub, err = c.w.nc.ChanSubscribe(subjects.AudioCall(c.spec.Tenant, c.spec.Call), c.audio)
 	if err != nil {
 		return err
 	}
 	c.w.m.subs.Inc()
-	if err := c.audioSub.SetPendingLimits(c.w.cfg.PendingMsgs, c.w.cfg.PendingMsgs*int(frame.HeaderLen+frame.MaxPayload)); err != nil {
-		return err
-	}
 	c.ctlSub, err = c.w.nc.Subscribe(subjects.Ctl(c.spec.Tenant, c.spec.Call), func(m *nats.Msg) {
 		select {
 		case c.ctl <- m:
@@ -127,62 +124,24 @@ func (c *call) unsubscribe() {
 	}
 }
 
-// onAudio runs on the subscription's goroutine: parse, enqueue, wake.
-func (c *call) onAudio(m *nats.Msg) {
-	var it item
-	p, err := it.h.Unmarshal(m.Data)
-	if err != nil || int(it.h.Leg) >= len(c.spec.Legs) {
-		c.w.m.bad.Inc()
-		return
-	}
-	it.payload = p
+// onAudio takes one message off the call's channel: a bad frame is counted and dropped, and
+// while more than QueueFrames frames wait behind it the frame is dropped as the oldest.
+func (c *call) onAudio(m *nats.Msg) string {
 	c.lastFrame.Store(time.Now().UnixNano())
-	c.mu.Lock()
-	if c.n == len(c.buf) && len(c.buf) < c.w.cfg.QueueFrames {
-		c.grow()
+	p, err := c.cur.h.Unmarshal(m.Data)
+	if err != nil || int(c.cur.h.Leg) >= len(c.spec.Legs) {
+		c.w.m.bad.Inc()
+		return ""
 	}
-	if c.n == len(c.buf) {
-		old := &c.buf[c.head]
-		c.dropCause[old.h.Leg] = proc.CauseBackpressure
-		*old = item{}
-		c.head = (c.head + 1) % len(c.buf)
-		c.n--
+	if len(c.audio) >= c.w.cfg.QueueFrames {
+		c.dropCause[c.cur.h.Leg] = proc.CauseBackpressure
 		c.w.m.dropBackpressure.Inc()
+		return ""
 	}
-	c.buf[(c.head+c.n)%len(c.buf)] = it
-	c.n++
-	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-}
-
-// queueStart is the capacity a call's queue starts with. A call that keeps up holds a frame or
-// two; the queue doubles up to QueueFrames only for one that falls behind, so a thousand healthy
-// calls do not keep a quarter of a million pointer-holding slots for the GC to scan.
-const queueStart = 8
-
-// grow doubles the queue, up to QueueFrames, keeping its frames in order; c.mu is held.
-func (c *call) grow() {
-	nb := make([]item, min(2*len(c.buf), c.w.cfg.QueueFrames))
-	for i := 0; i < c.n; i++ {
-		nb[i] = c.buf[(c.head+i)%len(c.buf)]
-	}
-	c.buf, c.head = nb, 0
-}
-
-func (c *call) pop() (item, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.n == 0 {
-		return item{}, false
-	}
-	it := c.buf[c.head]
-	c.buf[c.head] = item{}
-	c.head = (c.head + 1) % len(c.buf)
-	c.n--
-	return it, true
+	c.cur.payload = p
+	r := c.process(&c.cur)
+	c.cur = item{}
+	return r
 }
 
 // stop asks the call goroutine to finish with reason; it does not wait.
@@ -200,8 +159,8 @@ func (c *call) run() {
 	reason := ""
 	for reason == "" {
 		select {
-		case <-c.wake:
-			reason = c.drain()
+		case m := <-c.audio:
+			reason = c.onAudio(m)
 		case m := <-c.ctl:
 			c.control(m)
 		case reason = <-c.stopCh:
@@ -218,23 +177,6 @@ func (c *call) startHandlers() {
 			continue
 		}
 		c.handlers = append(c.handlers, h)
-	}
-}
-
-func (c *call) drain() string {
-	for {
-		select {
-		case reason := <-c.stopCh:
-			return reason
-		default:
-		}
-		var ok bool
-		if c.cur, ok = c.pop(); !ok {
-			return ""
-		}
-		if r := c.process(&c.cur); r != "" {
-			return r
-		}
 	}
 }
 
@@ -267,10 +209,7 @@ func (c *call) process(it *item) string {
 	} else if next := c.next[leg].Load(); next >= 0 && int64(h.Seq) > next && !h.Has(frame.FlagReplayed) {
 		// Frames went missing between NATS and this worker (a reconnect, a slow-consumer drop):
 		// fetch them from ingest's ring before going on. The worker's own drops are not refetched.
-		c.mu.Lock()
-		own := c.dropCause[leg] != ""
-		c.mu.Unlock()
-		if !own {
+		if own := c.dropCause[leg] != ""; !own {
 			cause := c.gapCause(leg)
 			if c.replay(leg, next, h.Seq, cause) {
 				return proc.StopSuperseded
@@ -278,9 +217,7 @@ func (c *call) process(it *item) string {
 		}
 	}
 	if age := now - h.Capture; age > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagReplayed) && !h.Has(frame.FlagLast) {
-		c.mu.Lock()
 		c.dropCause[leg] = proc.CauseStale
-		c.mu.Unlock()
 		c.w.m.dropStale.Inc()
 		return ""
 	}
@@ -326,9 +263,7 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 			}
 		}
 	}
-	c.mu.Lock()
 	c.dropCause[leg] = ""
-	c.mu.Unlock()
 	c.next[leg].Store(seq + 1)
 	if h.Has(frame.FlagReplayed) {
 		c.w.m.replayed.Inc()
@@ -344,8 +279,6 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 }
 
 func (c *call) gapCause(leg uint8) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if cause := c.dropCause[leg]; cause != "" {
 		return cause
 	}
@@ -410,11 +343,9 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 
 // markLoss attributes any gap left before the next live frame to cause.
 func (c *call) markLoss(leg uint8, cause string) {
-	c.mu.Lock()
 	if c.dropCause[leg] == "" {
 		c.dropCause[leg] = cause
 	}
-	c.mu.Unlock()
 }
 
 func (c *call) progress() []session.LegSeq {

@@ -24,8 +24,8 @@ type Config struct {
 	Pool              string
 	Mode              string
 	Capacity          int           // calls held at once
-	QueueFrames       int           // per-call queue bound; overflow drops the oldest frame
-	PendingMsgs       int           // NATS pending-message limit per call subscription
+	QueueFrames       int           // frames a call may have waiting; beyond that the oldest is dropped
+	PendingMsgs       int           // capacity of a call's subscription channel; NATS drops what does not fit
 	MaxFrameAge       time.Duration // older live frames are dropped as stale
 	IdleTimeout       time.Duration // a call with no frame for this long is reaped
 	HeartbeatInterval time.Duration
@@ -81,6 +81,9 @@ func (c *Config) Validate() error {
 	pos("capacity", c.Capacity)
 	pos("queue frames", c.QueueFrames)
 	pos("pending msgs", c.PendingMsgs)
+	if c.QueueFrames > c.PendingMsgs {
+		errs = append(errs, fmt.Errorf("worker: queue-frames %d must not exceed pending-msgs %d (a call's queue lives inside its NATS pending limit)", c.QueueFrames, c.PendingMsgs))
+	}
 	dur := func(name string, v time.Duration) {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("worker: %s %v must be positive", name, v))
