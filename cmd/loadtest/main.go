@@ -33,6 +33,7 @@ type options struct {
 	stackLog string
 	quiet    bool
 	cpuProf  string
+	memProf  string
 }
 
 func main() {
@@ -80,6 +81,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	rep, err := loadtest.Run(ctx, o.cfg, loadtest.Deps{Log: log, StackLog: stackLog, Progress: progress, Command: commandLine(args)})
 	if err != nil {
 		fmt.Fprintln(stderr, "loadtest:", err)
+		return 2
+	}
+	if err := writeFile(o.memProf, func(w io.Writer) error { return pprof.Lookup("allocs").WriteTo(w, 0) }); err != nil {
+		fmt.Fprintln(stderr, "loadtest: -memprofile:", err)
 		return 2
 	}
 	rep.WriteText(stdout)
@@ -141,6 +146,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.stackLog, "stack-log-level", o.stackLog, "log level of the in-process stack (its workers log every gap at warn)")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	fs.StringVar(&o.cpuProf, "cpuprofile", "", "write a CPU profile of the whole run (tester and in-process stack) to this file, for go tool pprof")
+	fs.StringVar(&o.memProf, "memprofile", "", "write an allocation profile of the whole run to this file at the end, for go tool pprof")
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: loadtest -input FILE|DIR [flags]\n\nReplays recorded calls into callrouter and accounts for every frame.\n"+

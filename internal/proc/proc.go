@@ -53,6 +53,9 @@ type Call interface {
 type Frame struct {
 	Header  frame.Header
 	Payload []byte
+	// Received is when the worker took the frame off the bus (unix nanos); for a replayed frame,
+	// when the live frame that set off the replay was. It saves handlers a clock read per frame.
+	Received int64
 }
 
 // Gap reports frames that will never arrive: sequence numbers From..To inclusive on a leg.

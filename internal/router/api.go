@@ -49,13 +49,13 @@ func (r *Router) Calls() []wire.CallView {
 	defer r.mu.Unlock()
 	progress := map[session.ID][]session.LegSeq{}
 	for _, w := range r.workers {
-		for _, c := range w.hb.Calls {
+		for _, c := range r.workerCalls(w) {
 			progress[session.ID{Tenant: c.Tenant, Call: c.Call}] = c.Progress
 		}
 	}
 	var out []wire.CallView
 	for iid, in := range r.ingests {
-		for id, c := range in.calls {
+		for id, c := range r.ingestCalls(in) {
 			out = append(out, wire.CallView{Tenant: id.Tenant, Call: id.Call, Epoch: c.Epoch, Ingest: iid, Placements: c.Placements, Progress: progress[id]})
 		}
 	}

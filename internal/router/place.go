@@ -86,7 +86,7 @@ func (r *Router) resume(req *wire.PlaceRequest, pool string) []session.LegSeq {
 		if w.hb.Pool != pool {
 			continue
 		}
-		for _, c := range w.hb.Calls {
+		for _, c := range r.workerCalls(w) {
 			if c.Tenant == req.Call.Tenant && c.Call == req.Call.Call && c.Epoch < req.Epoch && c.Epoch >= bestEpoch {
 				best, bestEpoch = c.Progress, c.Epoch
 			}

@@ -28,7 +28,8 @@ import (
 const maxUnreadHeartbeats = 64
 
 type workerInfo struct {
-	hb      wire.WorkerHeartbeat
+	hb      wire.WorkerHeartbeat // summary fields; hb.Calls is unused, see calls
+	calls   lazyCalls[wire.WorkerCall]
 	seen    time.Time
 	pending int // offers accepted since the last heartbeat
 }
@@ -40,9 +41,10 @@ func (w *workerInfo) eligible() bool {
 }
 
 type ingestInfo struct {
-	hb    wire.IngestHeartbeat
-	seen  time.Time
-	calls map[session.ID]wire.IngestCall
+	hb   wire.IngestHeartbeat // summary fields; hb.Calls is unused, see calls
+	list lazyCalls[wire.IngestCall]
+	byID map[session.ID]wire.IngestCall // built from list on first use
+	seen time.Time
 }
 
 type lostKey struct {
@@ -76,8 +78,9 @@ type Router struct {
 	orphans map[orphanKey]time.Time
 	lost    map[lostKey]lostProgress // progress of calls on workers declared down, for resumes
 
-	hbSub    *nats.Subscription
-	lastTick time.Time
+	hbSub     *nats.Subscription
+	lastTick  time.Time
+	lastSweep time.Time // of the orphan sweep
 
 	inflight chan struct{}
 	wg       sync.WaitGroup
@@ -172,22 +175,18 @@ func (r *Router) onHeartbeat(m *nats.Msg) {
 	switch comp {
 	case subjects.Worker:
 		var hb wire.WorkerHeartbeat
-		if json.Unmarshal(m.Data, &hb) != nil || hb.ID != id {
+		if decodeSummary(m.Data, &hb) != nil || hb.ID != id {
 			r.m.badHB.Inc()
 			return
 		}
-		r.workers[id] = &workerInfo{hb: hb, seen: now}
+		r.workers[id] = &workerInfo{hb: hb, calls: newLazyCalls[wire.WorkerCall](m.Data), seen: now}
 	case subjects.Ingest:
 		var hb wire.IngestHeartbeat
-		if json.Unmarshal(m.Data, &hb) != nil || hb.ID != id {
+		if decodeSummary(m.Data, &hb) != nil || hb.ID != id {
 			r.m.badHB.Inc()
 			return
 		}
-		in := &ingestInfo{hb: hb, seen: now, calls: make(map[session.ID]wire.IngestCall, len(hb.Calls))}
-		for _, c := range hb.Calls {
-			in.calls[session.ID{Tenant: c.Tenant, Call: c.Call}] = c
-		}
-		r.ingests[id] = in
+		r.ingests[id] = &ingestInfo{hb: hb, list: newLazyCalls[wire.IngestCall](m.Data), seen: now}
 	case subjects.Router:
 		r.routers[id] = now
 	}
@@ -213,7 +212,7 @@ func (r *Router) tick(heartbeat bool) {
 	for id, w := range r.workers {
 		if now.Sub(w.seen) > time.Duration(r.cfg.Misses*max(w.hb.IntervalMS, 1))*time.Millisecond {
 			delete(r.workers, id)
-			for _, c := range w.hb.Calls {
+			for _, c := range r.workerCalls(w) {
 				r.lost[lostKey{session.ID{Tenant: c.Tenant, Call: c.Call}, w.hb.Pool}] = lostProgress{c.Progress, now}
 			}
 			downs = append(downs, wire.Down{V: wire.V, Component: subjects.Worker, ID: id, Reason: "missed heartbeats", By: r.cfg.ID})
@@ -235,11 +234,13 @@ func (r *Router) tick(heartbeat bool) {
 			delete(r.routers, id)
 		}
 	}
-	// Orphans: calls a worker holds that no live ingest owns at that worker and epoch.
-	if now.Sub(r.start) > r.cfg.OrphanGrace {
+	// Orphans: calls a worker holds that no live ingest owns at that worker and epoch. The sweep
+	// reads every call list, so it runs a few times per grace period, not every tick.
+	if now.Sub(r.start) > r.cfg.OrphanGrace && now.Sub(r.lastSweep) >= max(r.cfg.OrphanGrace/3, 100*time.Millisecond) {
+		r.lastSweep = now
 		seen := map[orphanKey]bool{}
 		for wid, w := range r.workers {
-			for _, c := range w.hb.Calls {
+			for _, c := range r.workerCalls(w) {
 				id := session.ID{Tenant: c.Tenant, Call: c.Call}
 				key := orphanKey{id, wid}
 				if r.owned(id, wid, c.Ingest) {
@@ -302,6 +303,30 @@ func (r *Router) lastProgress(id session.ID, pool string) []session.LegSeq {
 	return r.lost[lostKey{id, pool}].progress
 }
 
+// workerCalls returns the calls of a worker's latest heartbeat. Must hold r.mu.
+func (r *Router) workerCalls(w *workerInfo) []wire.WorkerCall {
+	calls, ok := w.calls.get()
+	if !ok {
+		r.m.badHB.Inc()
+	}
+	return calls
+}
+
+// ingestCalls returns the calls of an ingest's latest heartbeat by id. Must hold r.mu.
+func (r *Router) ingestCalls(in *ingestInfo) map[session.ID]wire.IngestCall {
+	if in.byID == nil {
+		list, ok := in.list.get()
+		if !ok {
+			r.m.badHB.Inc()
+		}
+		in.byID = make(map[session.ID]wire.IngestCall, len(list))
+		for _, c := range list {
+			in.byID[session.ID{Tenant: c.Tenant, Call: c.Call}] = c
+		}
+	}
+	return in.byID
+}
+
 // owned reports whether a live ingest lists call id as placed on worker wid. A worker left behind
 // by a newer epoch is not an owner. Must hold r.mu.
 func (r *Router) owned(id session.ID, wid, ingest string) bool {
@@ -309,7 +334,7 @@ func (r *Router) owned(id session.ID, wid, ingest string) bool {
 	if in == nil {
 		return false
 	}
-	c, ok := in.calls[id]
+	c, ok := r.ingestCalls(in)[id]
 	if !ok {
 		return false
 	}

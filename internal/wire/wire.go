@@ -114,18 +114,20 @@ type WorkerCall struct {
 
 // WorkerHeartbeat is published on hb.worker.<id>.
 type WorkerHeartbeat struct {
-	V          int          `json:"v"`
-	ID         string       `json:"id"`
-	Pool       string       `json:"pool"`
-	Mode       string       `json:"mode"`
-	Capacity   int          `json:"capacity"`
-	Active     int          `json:"active"`
-	LagMS      float64      `json:"lag_ms"`
-	Lagging    bool         `json:"lagging"` // lag is over the worker's own -lag-threshold: no offers
-	Ready      bool         `json:"ready"`
-	Draining   bool         `json:"draining"`
-	IntervalMS int          `json:"interval_ms"`
-	Calls      []WorkerCall `json:"calls"`
+	V          int     `json:"v"`
+	ID         string  `json:"id"`
+	Pool       string  `json:"pool"`
+	Mode       string  `json:"mode"`
+	Capacity   int     `json:"capacity"`
+	Active     int     `json:"active"`
+	LagMS      float64 `json:"lag_ms"`
+	Lagging    bool    `json:"lagging"` // lag is over the worker's own -lag-threshold: no offers
+	Ready      bool    `json:"ready"`
+	Draining   bool    `json:"draining"`
+	IntervalMS int     `json:"interval_ms"`
+	// Calls stays the last field: routers read the fields before it on every heartbeat and the
+	// list only when they need it.
+	Calls []WorkerCall `json:"calls"`
 }
 
 // IngestCall is one call in an ingest heartbeat.
@@ -138,11 +140,12 @@ type IngestCall struct {
 
 // IngestHeartbeat is published on hb.ingest.<id>.
 type IngestHeartbeat struct {
-	V          int          `json:"v"`
-	ID         string       `json:"id"`
-	Draining   bool         `json:"draining"`
-	IntervalMS int          `json:"interval_ms"`
-	Calls      []IngestCall `json:"calls"`
+	V          int    `json:"v"`
+	ID         string `json:"id"`
+	Draining   bool   `json:"draining"`
+	IntervalMS int    `json:"interval_ms"`
+	// Calls stays the last field, as in WorkerHeartbeat.
+	Calls []IngestCall `json:"calls"`
 }
 
 // RouterHeartbeat is published on hb.router.<id>.

@@ -25,7 +25,8 @@ type item struct {
 // call is one call held by a session-mode worker. Its audio subscription is a channel
 // subscription: nats.go's reader puts each message straight on the call's channel, and the
 // call's own goroutine (run) does everything else, so a frame wakes one goroutine on its way to
-// the processors, as it would for a plain NATS subscriber.
+// the processors, as it would for a plain NATS subscriber. Control requests and the stop signal
+// come on the same channel, so the goroutine waits on one channel, not a select.
 type call struct {
 	w      *Worker
 	spec   session.Spec
@@ -44,9 +45,8 @@ type call struct {
 	dropCause  [session.MaxLegs]string // cause of the last frame dropped before the next gap
 	subDropped int                     // sub.Dropped() at the last check
 
-	ctl    chan *nats.Msg
-	stopCh chan string
-	done   chan struct{}
+	stopReq atomic.Pointer[string] // set by stop; the goroutine checks it before each message
+	done    chan struct{}
 
 	next       [session.MaxLegs]atomic.Int64 // progress, read by heartbeats
 	lastFrame  atomic.Int64                  // unix nanos of the last frame received
@@ -59,17 +59,16 @@ type call struct {
 	ended    uint16
 	handlers []proc.Handler
 	cur      item       // the frame being processed; a field so the frame path does not allocate
+	now      int64      // unix nanos when cur was taken off the channel
 	out      proc.Frame // what handlers receive; reused for the same reason
 }
 
 func newCall(w *Worker, o *wire.Offer) *call {
 	c := &call{
 		w: w, spec: o.Call, join: o.Epoch, ingest: o.Ingest,
-		audio:  make(chan *nats.Msg, w.cfg.PendingMsgs),
-		ctl:    make(chan *nats.Msg, 16),
-		stopCh: make(chan string, 1),
-		done:   make(chan struct{}),
-		from:   make([]int64, len(o.Call.Legs)),
+		audio: make(chan *nats.Msg, w.cfg.PendingMsgs),
+		done:  make(chan struct{}),
+		from:  make([]int64, len(o.Call.Legs)),
 	}
 	c.epoch.Store(o.Epoch)
 	c.log = w.log.With().Str("tenant", o.Call.Tenant).Str("call", o.Call.Call).Uint32("epoch", o.Epoch).Logger()
@@ -103,7 +102,7 @@ func (c *call) subscribe() error {
 	c.w.m.subs.Inc()
 	c.ctlSub, err = c.w.nc.Subscribe(subjects.Ctl(c.spec.Tenant, c.spec.Call), func(m *nats.Msg) {
 		select {
-		case c.ctl <- m:
+		case c.audio <- m: // m.Sub tells it from audio
 		default:
 			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeInternal, "control queue full"), Worker: c.w.cfg.ID})
 		}
@@ -127,7 +126,8 @@ func (c *call) unsubscribe() {
 // onAudio takes one message off the call's channel: a bad frame is counted and dropped, and
 // while more than QueueFrames frames wait behind it the frame is dropped as the oldest.
 func (c *call) onAudio(m *nats.Msg) string {
-	c.lastFrame.Store(time.Now().UnixNano())
+	c.now = time.Now().UnixNano()
+	c.lastFrame.Store(c.now)
 	p, err := c.cur.h.Unmarshal(m.Data)
 	if err != nil || int(c.cur.h.Leg) >= len(c.spec.Legs) {
 		c.w.m.bad.Inc()
@@ -144,11 +144,17 @@ func (c *call) onAudio(m *nats.Msg) string {
 	return r
 }
 
-// stop asks the call goroutine to finish with reason; it does not wait.
+// stopSignal is put on a call's channel to wake its goroutine for a stop.
+var stopSignal = &nats.Msg{}
+
+// stop asks the call goroutine to finish with reason; it does not wait. The first reason wins.
+// When the channel is full the goroutine is busy and sees the request before its next message.
 func (c *call) stop(reason string) {
-	select {
-	case c.stopCh <- reason:
-	default:
+	if c.stopReq.CompareAndSwap(nil, &reason) {
+		select {
+		case c.audio <- stopSignal:
+		default:
+		}
 	}
 }
 
@@ -158,12 +164,15 @@ func (c *call) run() {
 	c.startHandlers()
 	reason := ""
 	for reason == "" {
-		select {
-		case m := <-c.audio:
-			reason = c.onAudio(m)
-		case m := <-c.ctl:
+		m := <-c.audio
+		switch r := c.stopReq.Load(); {
+		case r != nil:
+			reason = *r
+		case m == stopSignal:
+		case m.Sub == c.ctlSub:
 			c.control(m)
-		case reason = <-c.stopCh:
+		default:
+			reason = c.onAudio(m)
 		}
 	}
 	c.finish(reason)
@@ -193,7 +202,7 @@ func (c *call) process(it *item) string {
 		}
 		return proc.StopSuperseded
 	}
-	now := time.Now().UnixNano()
+	now := c.now
 	if c.w.fenced(now) {
 		return proc.StopSuperseded
 	}
@@ -272,7 +281,7 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 	if h.Has(frame.FlagLast) && len(payload) == 0 {
 		return
 	}
-	c.out = proc.Frame{Header: *h, Payload: payload}
+	c.out = proc.Frame{Header: *h, Payload: payload, Received: c.now}
 	for _, hd := range c.handlers {
 		hd.Frame(&c.out)
 	}

@@ -114,7 +114,10 @@ func (r *call) Frame(f *proc.Frame) {
 		l.GapFilled++
 		return // nor does silence ingest made up
 	}
-	now := time.Now()
+	now := time.Unix(0, f.Received)
+	if f.Received == 0 {
+		now = time.Now()
+	}
 	lat := now.Sub(time.Unix(0, f.Header.Capture))
 	if r.sink != nil {
 		r.sink.Frame(r.key, lat, now)
