@@ -48,7 +48,7 @@ func DefaultConfig() Config {
 		Mode:              ModeSession,
 		Capacity:          200,
 		QueueFrames:       250,
-		PendingMsgs:       2000,
+		PendingMsgs:       500,
 		MaxFrameAge:       2 * time.Second,
 		IdleTimeout:       5 * time.Second,
 		HeartbeatInterval: 500 * time.Millisecond,
