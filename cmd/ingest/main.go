@@ -58,6 +58,7 @@ func run(args []string) int {
 		return 2
 	}
 	if *whipOn {
+		wcfg.DrainTimeout = cfg.DrainTimeout // WHIP sessions drain with the node's calls
 		if err := wcfg.LoadTokens(); err != nil {
 			fmt.Fprintf(os.Stderr, "ingest: flag -whip-token-file: %v\n", err)
 			return 2
@@ -185,7 +186,7 @@ func Flags(fs *flag.FlagSet) *ingest.Config {
 	fs.DurationVar(&cfg.MediaTimeout, "media-timeout", cfg.MediaTimeout, "a call with no media for this long is ended")
 	fs.DurationVar(&cfg.Ring, "ring", cfg.Ring, "per-leg replay ring length")
 	fs.IntVar(&cfg.RingMaxBytes, "ring-max-bytes", cfg.RingMaxBytes, "per-leg replay ring bound in bytes")
-	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for calls to end")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for calls (played, WHIP; SIP has -sip-drain-timeout) to end")
 	return &cfg
 }
 

@@ -61,6 +61,9 @@ type Config struct {
 	// Linger keeps an ended session's URL answering (DELETE, event stream) this long, so a page
 	// sees the call's last events.
 	Linger time.Duration
+	// DrainTimeout is how long Run, once its context ends, keeps the sessions it has up for their
+	// clients to hang up, refusing new ones with 503; then it ends the rest. 0 ends them at once.
+	DrainTimeout time.Duration
 	// EventBuffer is how many recent events a session keeps for event-stream clients that
 	// connect late; SSEClients bounds the event-stream clients per session.
 	EventBuffer int
@@ -141,6 +144,9 @@ func (c *Config) Validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("whip: %s %v must be positive", name, d))
 		}
+	}
+	if c.DrainTimeout < 0 {
+		errs = append(errs, fmt.Errorf("whip: drain timeout %v must not be negative", c.DrainTimeout))
 	}
 	if c.ReorderWindow < 0 || c.ReorderWindow > time.Second {
 		errs = append(errs, fmt.Errorf("whip: reorder window %v must be 0 to 1s", c.ReorderWindow))

@@ -184,8 +184,8 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
-	if !s.acquire(tenant) {
-		s.unavailable(w, r, s.cfg.RetryAfter, "too many sessions")
+	if ok, why := s.acquire(tenant); !ok {
+		s.unavailable(w, r, s.cfg.RetryAfter, why)
 		return
 	}
 	sess := newSession(s, tenant, c)

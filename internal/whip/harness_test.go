@@ -109,6 +109,9 @@ type env struct {
 	whip  *Server
 	http  *httptest.Server
 	url   string // the endpoint URL
+	// stopWhip ends the WHIP server's Run (as SIGTERM does) and returns its error once it has
+	// returned; the stack keeps running. Safe to call more than once.
+	stopWhip func() error
 }
 
 const (
@@ -150,15 +153,19 @@ func startEnvCapacity(t testing.TB, workers, capacity int, cfg Config) *env {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { errc <- w.Run(ctx, s.Ingest) }()
+	runDone := make(chan struct{})
+	go func() { errc <- w.Run(ctx, s.Ingest); close(runDone) }()
 	mux := http.NewServeMux()
 	w.Mount(mux)
 	hs := httptest.NewServer(mux)
-	e := &env{stack: s, whip: w, http: hs, url: hs.URL + cfg.Path}
+	stopWhip := sync.OnceValue(func() error {
+		cancel()
+		return <-errc
+	})
+	e := &env{stack: s, whip: w, http: hs, url: hs.URL + cfg.Path, stopWhip: stopWhip}
 	t.Cleanup(func() {
 		hs.Close()
-		cancel()
-		if err := <-errc; err != nil {
+		if err := stopWhip(); err != nil {
 			t.Errorf("whip Run: %v", err)
 		}
 		if err := s.Close(); err != nil {
@@ -167,8 +174,8 @@ func startEnvCapacity(t testing.TB, workers, capacity int, cfg Config) *env {
 	})
 	select {
 	case <-w.Ready():
-	case err := <-errc:
-		t.Fatal(err)
+	case <-runDone:
+		t.Fatal(stopWhip())
 	}
 	eventually(t, 10*time.Second, "workers visible to the router", func() bool { return len(s.Routers[0].Workers()) == workers })
 	return e

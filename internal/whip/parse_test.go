@@ -152,13 +152,21 @@ func TestSessionBounds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := []bool{s.acquire("a"), s.acquire("a"), s.acquire("a"), s.acquire("b"), s.acquire("c")}
+	take := func(tenant string) bool { ok, _ := s.acquire(tenant); return ok }
+	got := []bool{take("a"), take("a"), take("a"), take("b"), take("c")}
 	if want := []bool{true, true, false, true, false}; !slices.Equal(got, want) {
 		t.Fatalf("acquire: %v, want %v", got, want)
 	}
 	s.releaseSlot("a")
-	if !s.acquire("c") || s.Sessions() != 3 {
+	if !take("c") || s.Sessions() != 3 {
 		t.Fatalf("after a release: %d sessions", s.Sessions())
+	}
+	s.releaseSlot("c")
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+	if ok, why := s.acquire("c"); ok || !strings.Contains(why, "draining") {
+		t.Fatalf("acquire while draining: %v %q", ok, why)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/pion/ice/v4"
@@ -52,6 +53,7 @@ type Server struct {
 	cert webrtc.Certificate
 
 	mu        sync.Mutex
+	draining  bool                // Run's context ended: no new sessions, the ones up go on
 	closing   bool                // Run is shutting down: no new goroutines, no new sessions
 	sessions  map[string]*session // by URL id, including ended ones that linger
 	active    int
@@ -99,8 +101,9 @@ func (s *Server) UDPAddr() net.Addr {
 	return s.udp.LocalAddr()
 }
 
-// Run binds the UDP port, takes calls into n until ctx ends, then ends every session (reason
-// "shutdown") and returns once all of its goroutines have exited.
+// Run binds the UDP port and takes calls into n until ctx ends. Then it drains: new sessions get
+// 503 while the ones up have the drain timeout to end; it ends the rest (reason "shutdown") and
+// returns once all of its goroutines have exited.
 func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("whip: Run called twice")
@@ -112,6 +115,7 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	close(s.ready)
 	s.log.Info().Str("udp", s.udp.LocalAddr().String()).Strs("public_ips", s.cfg.PublicIPs).Msg("whip endpoint serving")
 	<-ctx.Done()
+	s.drain()
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
@@ -129,6 +133,25 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 		return err
 	}
 	return nil
+}
+
+// drain refuses new sessions and waits, up to the drain timeout, for the ones up to end.
+func (s *Server) drain() {
+	s.mu.Lock()
+	s.draining = true
+	n := s.active
+	s.mu.Unlock()
+	if n == 0 || s.cfg.DrainTimeout <= 0 {
+		return
+	}
+	s.log.Info().Int("sessions", n).Dur("timeout", s.cfg.DrainTimeout).Msg("whip draining")
+	deadline := time.Now().Add(s.cfg.DrainTimeout)
+	for s.Sessions() > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := s.Sessions(); n > 0 {
+		s.log.Info().Int("sessions", n).Msg("drain timeout: ending the sessions still up")
+	}
 }
 
 func (s *Server) listen() error {
@@ -187,15 +210,19 @@ func (s *Server) listen() error {
 }
 
 // acquire takes a session slot for tenant.
-func (s *Server) acquire(tenant string) bool {
+// acquire takes a session slot for tenant, or says why there is none.
+func (s *Server) acquire(tenant string) (ok bool, why string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.active >= s.cfg.MaxSessions || (s.cfg.MaxSessionsPerTenant > 0 && s.perTenant[tenant] >= s.cfg.MaxSessionsPerTenant) {
-		return false
+	switch {
+	case s.draining || s.closing:
+		return false, "draining: this node takes no new sessions"
+	case s.active >= s.cfg.MaxSessions || (s.cfg.MaxSessionsPerTenant > 0 && s.perTenant[tenant] >= s.cfg.MaxSessionsPerTenant):
+		return false, "too many sessions"
 	}
 	s.active++
 	s.perTenant[tenant]++
-	return true
+	return true, ""
 }
 
 func (s *Server) releaseSlot(tenant string) {
