@@ -23,7 +23,9 @@ func talking(t *testing.T, ctx context.Context, e *env) (c *client, sess *sessio
 	go func() {
 		defer close(sending)
 		for sendCtx.Err() == nil {
-			_ = c.send(sendCtx, frames)
+			if err := c.send(sendCtx, frames); err != nil && sendCtx.Err() == nil {
+				time.Sleep(20 * time.Millisecond) // the session went away: do not spin
+			}
 		}
 	}()
 	stop = func() { cancel(); <-sending }

@@ -175,7 +175,7 @@ func startEnvCapacity(t testing.TB, workers, capacity int, cfg Config) *env {
 	select {
 	case <-w.Ready():
 	case <-runDone:
-		t.Fatal(stopWhip())
+		t.Fatal("whip Run returned before it was ready") // the cleanup reports its error
 	}
 	eventually(t, 10*time.Second, "workers visible to the router", func() bool { return len(s.Routers[0].Workers()) == workers })
 	return e

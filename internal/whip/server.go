@@ -209,7 +209,6 @@ func (s *Server) listen() error {
 	return nil
 }
 
-// acquire takes a session slot for tenant.
 // acquire takes a session slot for tenant, or says why there is none.
 func (s *Server) acquire(tenant string) (ok bool, why string) {
 	s.mu.Lock()

@@ -223,6 +223,8 @@ func (c *call) process(it *item) string {
 			if c.replay(leg, next, h.Seq, cause) {
 				return proc.StopSuperseded
 			}
+		} else if d, err := c.audioSub.Dropped(); err == nil {
+			c.subDropped = d // NATS drops inside this hole are not a later gap's cause
 		}
 	}
 	if age := now - h.Capture; age > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagReplayed) && !h.Has(frame.FlagLast) {
