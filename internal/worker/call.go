@@ -40,8 +40,10 @@ type call struct {
 
 	// audio holds the frames not yet processed: at most PendingMsgs (beyond that nats.go drops
 	// new ones, counted by the subscription as a slow consumer), and the call goroutine drops
-	// the oldest while more than QueueFrames wait (worker backpressure).
+	// the oldest while more than queue wait (worker backpressure). Both bounds are for two legs
+	// and grow with a call that has more (legScale).
 	audio      chan *nats.Msg
+	queue      int
 	dropCause  [session.MaxLegs]string // cause of the last frame dropped before the next gap
 	subDropped int                     // sub.Dropped() at the last check
 
@@ -64,9 +66,11 @@ type call struct {
 }
 
 func newCall(w *Worker, o *wire.Offer) *call {
+	scale := legScale(len(o.Call.Legs))
 	c := &call{
 		w: w, spec: o.Call, join: o.Epoch, ingest: o.Ingest,
-		audio: make(chan *nats.Msg, w.cfg.PendingMsgs),
+		audio: make(chan *nats.Msg, w.cfg.PendingMsgs*scale),
+		queue: w.cfg.QueueFrames * scale,
 		done:  make(chan struct{}),
 		from:  make([]int64, len(o.Call.Legs)),
 	}
@@ -91,6 +95,10 @@ func newCall(w *Worker, o *wire.Offer) *call {
 	c.lastFrame.Store(time.Now().UnixNano())
 	return c
 }
+
+// legScale is how many times the per-call bounds (-queue-frames, -pending-msgs), which are set
+// for a two-leg call, a call with legs legs gets, so that they hold the same time of audio.
+func legScale(legs int) int { return max(1, (legs+1)/2) }
 
 // subscribe creates the per-call subscriptions.
 func (c *call) subscribe() error {
@@ -124,7 +132,7 @@ func (c *call) unsubscribe() {
 }
 
 // onAudio takes one message off the call's channel: a bad frame is counted and dropped, and
-// while more than QueueFrames frames wait behind it the frame is dropped as the oldest.
+// while more than c.queue frames wait behind it the frame is dropped as the oldest.
 func (c *call) onAudio(m *nats.Msg) string {
 	c.now = time.Now().UnixNano()
 	c.lastFrame.Store(c.now)
@@ -133,7 +141,7 @@ func (c *call) onAudio(m *nats.Msg) string {
 		c.w.m.bad.Inc()
 		return ""
 	}
-	if len(c.audio) >= c.w.cfg.QueueFrames {
+	if len(c.audio) >= c.queue {
 		c.dropCause[c.cur.h.Leg] = proc.CauseBackpressure
 		c.w.m.dropBackpressure.Inc()
 		return ""

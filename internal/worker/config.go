@@ -24,8 +24,8 @@ type Config struct {
 	Pool              string
 	Mode              string
 	Capacity          int           // calls held at once
-	QueueFrames       int           // frames a call may have waiting; beyond that the oldest is dropped
-	PendingMsgs       int           // capacity of a call's subscription channel; NATS drops what does not fit
+	QueueFrames       int           // frames a two-leg call may have waiting; beyond that the oldest is dropped (scaled for more legs)
+	PendingMsgs       int           // capacity of a two-leg call's subscription channel; NATS drops what does not fit (scaled for more legs)
 	MaxFrameAge       time.Duration // older live frames are dropped as stale
 	IdleTimeout       time.Duration // a call with no frame for this long is reaped
 	HeartbeatInterval time.Duration
