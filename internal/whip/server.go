@@ -214,7 +214,7 @@ func (s *Server) acquire(tenant string) (ok bool, why string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case s.draining || s.closing:
+	case s.draining: // set before closing
 		return false, "draining: this node takes no new sessions"
 	case s.active >= s.cfg.MaxSessions || (s.cfg.MaxSessionsPerTenant > 0 && s.perTenant[tenant] >= s.cfg.MaxSessionsPerTenant):
 		return false, "too many sessions"
