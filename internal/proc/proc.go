@@ -34,6 +34,8 @@ const (
 	CauseStale        = "stale"               // dropped as older than the worker's max frame age
 	CauseReplacement  = "replacement"         // lost across a re-placement, ring could not fill it
 	CauseSilence      = "client_silence"      // the client sent nothing (silence suppression)
+	CauseIngestStall  = "ingest_stall"        // ingest stalled or was cut off past its ring; lost on the way back
+	CauseResync       = "resync"              // a forward sequence jump beyond the worker's ring: the stream was re-anchored
 )
 
 // Call is what the worker runtime tells a handler about its call.

@@ -70,7 +70,15 @@ type Offer struct {
 	Pool   string           `json:"pool"`
 	Router string           `json:"router"`
 	Resume []session.LegSeq `json:"resume,omitempty"`
+	// Reason is the PlaceRequest's reason (new, worker_down, drain, rebalance, ingest_stall); a
+	// worker names what its replay cannot fill after it: replacement, or ingest_stall when the
+	// call is re-placed because ingest stalled past the router's orphan grace.
+	Reason string `json:"reason,omitempty"`
 }
+
+// ReasonIngestStall in a PlaceRequest or Offer means the call lost its worker while its ingest
+// was stalled or cut off (the router reaped it as owned by nobody); ingest re-places it.
+const ReasonIngestStall = "ingest_stall"
 
 // OfferReply answers an Offer.
 type OfferReply struct {
