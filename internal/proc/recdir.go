@@ -69,8 +69,9 @@ var (
 
 // openRecDir creates dir if needed, checks that a file can be created in it, and the first time
 // in this process finishes the .part files a crash left there. Its error stops the processor
-// from being built, so a worker with an unusable record directory does not start.
-func openRecDir(dir string) (*recDir, error) {
+// from being built, so a worker with an unusable record directory does not start. With a
+// max_bytes budget the bytes under dir are counted here, before the worker takes calls.
+func openRecDir(dir string, maxBytes int64) (*recDir, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("record: dir %q: %w", dir, err)
@@ -87,18 +88,30 @@ func openRecDir(dir string) (*recDir, error) {
 
 	recDirsMu.Lock()
 	defer recDirsMu.Unlock()
-	if d := recDirs[abs]; d != nil {
-		return d, nil
+	for p := range recDirs { // forget directories that were removed (tests, fuzzing)
+		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+			delete(recDirs, p)
+		}
 	}
-	d := &recDir{path: abs}
-	d.recovered = recoverDir(abs)
-	d.count()
-	recDirs[abs] = d
+	d := recDirs[abs]
+	if d == nil {
+		d = &recDir{path: abs}
+		d.recovered = recoverDir(abs)
+		recDirs[abs] = d
+	}
+	if maxBytes > 0 {
+		d.mu.Lock()
+		if d.counted.IsZero() {
+			d.used.Store(d.walk())
+			d.counted = time.Now()
+		}
+		d.mu.Unlock()
+	}
 	return d, nil
 }
 
-// count sets used to the bytes under the directory now.
-func (d *recDir) count() {
+// walk returns the bytes under the directory now (about a microsecond a file).
+func (d *recDir) walk() int64 {
 	var n int64
 	_ = filepath.WalkDir(d.path, func(_ string, e fs.DirEntry, err error) error {
 		if err == nil && e.Type().IsRegular() {
@@ -108,21 +121,23 @@ func (d *recDir) count() {
 		}
 		return nil
 	})
-	d.used.Store(n)
-	d.counted = time.Now()
+	return n
 }
 
 // overBudget reports why a new recording must not start, or "".
 func (d *recDir) overBudget(maxBytes, minFree int64) string {
 	if maxBytes > 0 {
+		// Counted again at most every budgetRescan, by the one call that finds the count stale
+		// (on its goroutine, at its start); the others use the last figure meanwhile.
 		d.mu.Lock()
 		recount := !d.counting && time.Since(d.counted) > budgetRescan
 		d.counting = d.counting || recount
 		d.mu.Unlock()
-		if recount { // one call at a time counts; the others use the last figure
-			d.count()
+		if recount {
+			n := d.walk()
 			d.mu.Lock()
-			d.counting = false
+			d.used.Store(n)
+			d.counted, d.counting = time.Now(), false
 			d.mu.Unlock()
 		}
 		if u := d.used.Load(); u >= maxBytes {

@@ -88,7 +88,7 @@ func newRecord(o Options) (Processor, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	d, err := openRecDir(c.Dir)
+	d, err := openRecDir(c.Dir, c.MaxBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -328,7 +328,7 @@ func (r *recordCall) fillSilence(b []byte) {
 // of samples that starts at fillSlack, grows with the wall-clock time between frames (when the
 // worker took them off the bus), is spent by every sample the file grows by and never exceeds
 // fillSlack. A forward jump the credit does not cover (a far-forward or re-anchored sequence) is
-// not written as silence: the leg goes on where the file is, and the jump is a discontinuity
+// not written as silence: the leg goes on where it left off, and the jump is a discontinuity
 // in the event. Over any stretch, the silence written is at most the wall time elapsed (plus
 // 1/64 of it, so a leg that once ran ahead regains its slack) plus fillSlack.
 func (r *recordCall) Frame(f *Frame) {
@@ -434,24 +434,19 @@ func (r *recordCall) earn(f *Frame) {
 	r.lastWall = now
 }
 
-// discontinuity places a frame whose jump the credit does not cover: where another leg's
-// earlier discontinuity puts the same sequence number (so legs that jumped together stay
-// aligned), else at the end of the file. It returns the frame's position.
+// discontinuity places a frame whose jump the credit does not cover where its leg left off
+// (legs that jump together stay aligned; a leg's first frame goes to the end of the file) and
+// notes the jump. It returns the frame's position.
 func (r *recordCall) discontinuity(h *frame.Header, l *recLeg, pos int64, cause string) int64 {
-	shift := l.shift + pos - r.end
-	for i := range r.legs {
-		o := &r.legs[i]
-		if p := r.place(h.Seq, o.shift); o.started && o.shift != l.shift && p >= l.next && p-r.end <= r.credit {
-			shift = o.shift
-			break
-		}
+	np := r.end
+	if l.started {
+		np = max(l.next, r.winStart)
 	}
-	skipped := shift - l.shift
-	l.shift = shift
+	skipped := pos - np
+	l.shift += skipped
 	if cause == "" {
 		cause = "sequence_jump"
 	}
-	np := r.place(h.Seq, shift)
 	ms := func(n int64) int64 { return n * 1000 / int64(r.rate) }
 	r.out.DiscontinuityCount++
 	r.out.SkippedMS += ms(skipped)
