@@ -230,7 +230,7 @@ func (p recordProc) Start(c Call) (Handler, error) {
 	}
 	r.win = make([]byte, p.cfg.WindowMS*r.rate/1000*r.chans*r.bps)
 	r.fillSilence(r.win)
-	r.credit = int64(fillSlack) * int64(r.rate) / int64(time.Second)
+	r.credit = r.maxCredit()
 	return r, nil
 }
 
@@ -239,7 +239,7 @@ func (r *recordCall) open(dir string) error {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(r.tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	f, err := os.OpenFile(r.tmp, os.O_CREATE|os.O_WRONLY, 0o640) // truncated once it is ours
 	if err != nil {
 		return err
 	}
@@ -249,6 +249,10 @@ func (r *recordCall) open(dir string) error {
 	}
 	hdr := r.header(0)
 	r.hdrLen = int64(len(hdr))
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return err
+	}
 	if _, err := f.Write(hdr); err != nil {
 		f.Close()
 		os.Remove(r.tmp)
