@@ -212,9 +212,14 @@ func (p recordProc) Start(c Call) (Handler, error) {
 	for _, l := range spec.Legs {
 		r.out.Channels = append(r.out.Channels, l.Name)
 	}
-	for _, rec := range p.dir.takeRecovered() {
-		c.Log().Warn().Str("file", rec.Path).Str("status", rec.Status).Int64("samples", rec.Samples).
-			Str("error", rec.Error).Msg("recording left by a crash: " + rec.Status + " at setup")
+	if left := p.dir.takeRecovered(); len(left) > 0 {
+		for _, rec := range left[:min(len(left), 20)] {
+			c.Log().Warn().Str("file", rec.Path).Str("status", rec.Status).Int64("samples", rec.Samples).
+				Str("error", rec.Error).Msg("recording left by a crash: " + rec.Status + " at setup")
+		}
+		if len(left) > 20 {
+			c.Log().Warn().Int("more", len(left)-20).Msg("more recordings left by a crash (callrouter_recordings_total{status=\"recovered\"})")
+		}
 	}
 	dir := filepath.Join(p.dir.path, safeName(spec.Tenant))
 	name := fmt.Sprintf("%s-e%d.wav", safeName(spec.Call), c.Epoch())
