@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -145,11 +144,11 @@ func (d *recDir) overBudget(maxBytes, minFree int64) string {
 		}
 	}
 	if minFree > 0 {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(d.path, &st); err != nil {
+		free, err := freeBytes(d.path)
+		if err != nil {
 			return fmt.Sprintf("free space of %s unknown: %v", d.path, err)
 		}
-		if free := int64(uint64(st.Bavail) * uint64(st.Bsize)); free < minFree {
+		if free < minFree {
 			return fmt.Sprintf("%d bytes free on %s, min_free %d", free, d.path, minFree)
 		}
 	}
@@ -176,13 +175,6 @@ func syncDir(dir string) error {
 		err = cerr
 	}
 	return err
-}
-
-// lockFile takes an exclusive advisory lock on f without waiting. A recording holds it on its
-// .part file while it writes, so setup in another worker or process never touches a live file;
-// the kernel drops it when the process dies.
-func lockFile(f *os.File) error {
-	return syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 }
 
 // recoverDir finishes the .part files under dir/<tenant>/ that no live recording holds.
