@@ -551,3 +551,35 @@ func TestRecordRecoversCrashParts(t *testing.T) {
 		t.Fatalf("live recording: %+v", r)
 	}
 }
+
+// TestRecordFinishFailureKeepsPart: when the rename fails (a directory holds the final name),
+// the event says failed/finish and the .part stays, complete with its header; the next setup of
+// the directory recovers it under another name.
+func TestRecordFinishFailureKeepsPart(t *testing.T) {
+	speech, _ := readPCM(t, "testdata/speech.wav")
+	rec := mono(t, speech, 8000, true)
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "acme", "blocked-e1.wav"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	c := newFakeCall(rec, "blocked")
+	playFrames(start(t, c, []string{"record"}, recordOpts(dir)), rec, nil)
+	r := oneRecording(t, c)
+	if r.Status != RecFailed || r.Reason != "finish" || r.Path != "" || !strings.Contains(r.Error, "kept for recovery") {
+		t.Fatalf("%+v", r)
+	}
+	alias := filepath.Join(t.TempDir(), "alias") // the same directory, new to this process
+	if err := os.Symlink(dir, alias); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Build([]string{"record"}, recordOpts(alias)); err != nil {
+		t.Fatal(err)
+	}
+	a, err := wav.ReadFile(filepath.Join(dir, "acme", "blocked-e1-recovered.wav"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.Channels[0], concat(rec.Frames[0])) {
+		t.Fatal("the recovered recording differs from the call")
+	}
+}
