@@ -71,6 +71,7 @@ func New(cfg Config, d Deps) (*Worker, error) {
 	if d.Registry == nil {
 		d.Registry = prometheus.NewRegistry()
 	}
+	proc.RegisterMetrics(d.Registry)
 	if d.Health == nil {
 		d.Health = &obs.Health{}
 	}
