@@ -238,13 +238,13 @@ func TestWorkerConnectionBlackholed(t *testing.T) {
 	}
 }
 
-// TestWorkerConnectionDelayed delays w1's NATS traffic by 250 ms each way (1 s long) from mid-call
+// TestWorkerConnectionDelayed delays w1's NATS traffic by 500 ms each way (1.5 s long) from mid-call
 // to the end: its lag rises past -lag-threshold (300 ms), so it sheds calls; nothing may be lost.
 func TestWorkerConnectionDelayed(t *testing.T) {
 	c, p, _ := proxiedPair(t, "slow")
-	d := 250 * time.Millisecond
+	d := 500 * time.Millisecond
 	if long() {
-		d = time.Second
+		d = 1500 * time.Millisecond
 	}
 	t0 := time.Now()
 	p.setDelay(d)

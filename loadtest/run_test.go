@@ -119,7 +119,6 @@ func TestBaselineAndRunTime(t *testing.T) {
 	cfg.Rounds = 2
 	cfg.Tenant = "lt-baseline"
 	cfg.MaxLoss = 0
-	cfg.MaxP99Ratio = 1000
 	cfg.Progress = 0
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
