@@ -195,24 +195,32 @@ func proxiedPair(t *testing.T, prefix string) (*cluster, *faultProxy, *process) 
 	return c, p, w1
 }
 
+// TestWorkerConnectionReset cuts w1's NATS connection and lets it reconnect at once: it is not
+// declared down; what it missed while reconnecting it fetches again from ingest's ring.
+func TestWorkerConnectionReset(t *testing.T) { connectionCut(t, "reset", 0) }
+
 // TestWorkerConnectionCut cuts w1's NATS connection and refuses its reconnection for 3 s (15 s
-// long): it is declared down, its calls are re-placed and replayed from ingest's ring; once back
-// it must not process or publish for the calls it lost.
+// long): it is declared down, its calls are re-placed and replayed from ingest's ring.
 func TestWorkerConnectionCut(t *testing.T) {
-	c, p, _ := proxiedPair(t, "cut")
 	outage := 3 * time.Second
 	if long() {
 		outage = 15 * time.Second
 	}
+	connectionCut(t, "cut", outage)
+}
+
+func connectionCut(t *testing.T, prefix string, outage time.Duration) {
+	c, p, _ := proxiedPair(t, prefix)
 	t0 := time.Now()
 	p.cut()
 	time.Sleep(outage)
 	p.heal()
 	eventually(t, 20*time.Second, "w1 to reconnect", func() bool { return p.active() > 0 })
-	c.waitEnded("cut", calls, 60*time.Second)
-	as := c.audit("cut", calls, frames)
-	missing, unflagged, uncaused := c.figures(fmt.Sprintf("w1's connection cut for %v", outage), "cut", as, t0)
-	if c.firstDown(t0).IsZero() || c.first("replaced", t0).IsZero() {
+	reconnected := time.Since(t0)
+	c.waitEnded(prefix, calls, 60*time.Second)
+	as := c.audit(prefix, calls, frames)
+	missing, unflagged, uncaused := c.figures(fmt.Sprintf("w1's connection cut, reconnection refused for %v (reconnected after %v)", outage, reconnected.Round(time.Millisecond)), prefix, as, t0)
+	if outage > 2*time.Second && (c.firstDown(t0).IsZero() || c.first("replaced", t0).IsZero()) {
 		t.Errorf("w1 cut off for %v was not declared down and re-placed", outage)
 	}
 	if missing != 0 || unflagged != 0 || uncaused != 0 {
@@ -225,9 +233,14 @@ func TestWorkerConnectionCut(t *testing.T) {
 // pings (5 s × 3) and reconnects through the proxy, which passes new connections.
 func TestWorkerConnectionBlackholed(t *testing.T) {
 	c, p, _ := proxiedPair(t, "hole")
+	before := p.acceptedCount()
 	t0 := time.Now()
 	p.blackhole()
 	c.waitEnded("hole", calls, 60*time.Second)
+	if long() { // w1's own detection: PingInterval 5 s × MaxPingsOutstanding 3
+		eventually(t, 60*time.Second, "w1 to give up the blackholed connection and reconnect", func() bool { return p.acceptedCount() > before })
+		t.Logf("FIGURES w1 found its connection dead and reconnected after %v", time.Since(t0).Round(time.Millisecond))
+	}
 	as := c.audit("hole", calls, frames)
 	missing, unflagged, uncaused := c.figures("w1's connection blackholed", "hole", as, t0)
 	if c.firstDown(t0).IsZero() || c.first("replaced", t0).IsZero() {

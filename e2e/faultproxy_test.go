@@ -17,8 +17,9 @@ type faultProxy struct {
 	target string
 
 	mu     sync.Mutex
-	refuse bool
-	delay  time.Duration
+	refuse   bool
+	delay    time.Duration
+	accepted int // connections forwarded so far
 	conns  map[*proxied]struct{}
 	closed bool
 	wg     sync.WaitGroup
@@ -78,6 +79,7 @@ func (p *faultProxy) accept() {
 			continue
 		}
 		p.conns[c] = struct{}{}
+		p.accepted++
 		p.wg.Add(2)
 		p.mu.Unlock()
 		go p.pipe(c, cl, sv)
@@ -181,6 +183,12 @@ func (p *faultProxy) active() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.conns)
+}
+
+func (p *faultProxy) acceptedCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.accepted
 }
 
 func (p *faultProxy) close() {
