@@ -16,13 +16,13 @@ type faultProxy struct {
 	ln     net.Listener
 	target string
 
-	mu     sync.Mutex
+	mu       sync.Mutex
 	refuse   bool
 	delay    time.Duration
 	accepted int // connections forwarded so far
-	conns  map[*proxied]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	conns    map[*proxied]struct{}
+	closed   bool
+	wg       sync.WaitGroup
 }
 
 // proxied is one client connection and its upstream.
