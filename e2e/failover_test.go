@@ -142,7 +142,13 @@ func TestKillRouters(t *testing.T) {
 func TestKillNATSNode(t *testing.T) {
 	c := newCluster(t, 3)
 	c.router("r1")
-	ws := threeWorkers(c)
+	ws, addrs := map[string]*process{}, map[string]string{}
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("w%d", i)
+		addrs[id] = addr(t)
+		ws[id] = c.worker(id, "-http", addrs[id])
+	}
+	c.waitWorkers(3)
 	c.ingest("i1", "natskill", calls, frames)
 	waitPlaying(c, "natskill")
 	// Kill the node the busiest worker is attached to (its connection is named "worker <id>").
@@ -157,12 +163,14 @@ func TestKillNATSNode(t *testing.T) {
 		t.Fatalf("no node lists worker %s in /connz", id)
 	}
 	withIngest := node.hasClient("ingest i1")
+	replays := metric(addrs[id], "callrouter_worker_replays_total", `result="ok"`)
 	t0 := time.Now()
 	node.signal(syscall.SIGKILL)
 	c.waitEnded("natskill", calls, 90*time.Second)
 	as := c.audit("natskill", calls, frames)
 	missing, dups, unflagged := totals(as)
-	t.Logf("ingest on the killed node: %v", withIngest)
+	t.Logf("ingest on the killed node: %v; %s's successful replays from ingest's ring since the kill: %v", withIngest, id,
+		metric(addrs[id], "callrouter_worker_replays_total", `result="ok"`)-replays)
 	c.figures("kill -9 the NATS node of "+id, "natskill", as, t0)
 	// The README's claim: no frame missing. A frame the worker missed during its reconnect is
 	// refetched from ingest's ring; a gap event with a cause would not be enough.

@@ -38,6 +38,35 @@ func httpStatus(addr, path string) int {
 
 func addr(t *testing.T) string { return fmt.Sprintf("127.0.0.1:%d", freePort(t)) }
 
+// metric sums the samples of a Prometheus metric (every label set whose text contains match)
+// served on addr's /metrics; -1 when it cannot be read.
+func metric(addr, name, match string) float64 {
+	cl := http.Client{Timeout: 2 * time.Second}
+	resp, err := cl.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return -1
+	}
+	sum := 0.0
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, name) || !strings.Contains(line, match) {
+			continue
+		}
+		if rest := strings.TrimPrefix(line, name); rest != "" && rest[0] != '{' && rest[0] != ' ' {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
 // uncaused counts the missing frames of an audit that no gap event (with a cause) of the same
 // call and leg covers.
 func (c *cluster) uncaused(as []legAudit) int {
@@ -173,11 +202,12 @@ func TestNATSUnavailableAtStart(t *testing.T) {
 
 // proxiedPair starts the router, worker w1 through a fault proxy and w2 directly, and an ingest
 // playing calls; it returns once w1 holds some of them.
-func proxiedPair(t *testing.T, prefix string) (*cluster, *faultProxy, *process) {
+func proxiedPair(t *testing.T, prefix string) (*cluster, *faultProxy, string) {
 	c := newCluster(t, 1)
 	p := newFaultProxy(t, strings.TrimPrefix(c.nats[0].url(), "nats://"))
 	c.router("r1")
-	w1 := c.worker("w1", "-nats", p.url())
+	w1 := addr(t)
+	c.worker("w1", "-nats", p.url(), "-http", w1)
 	c.worker("w2")
 	c.waitWorkers(2)
 	c.ingest("i1", prefix, calls, frames)
@@ -210,16 +240,19 @@ func TestWorkerConnectionCut(t *testing.T) {
 }
 
 func connectionCut(t *testing.T, prefix string, outage time.Duration) {
-	c, p, _ := proxiedPair(t, prefix)
+	c, p, w1 := proxiedPair(t, prefix)
+	replays := metric(w1, "callrouter_worker_replays_total", `result="ok"`)
+	before := p.acceptedCount()
 	t0 := time.Now()
 	p.cut()
 	time.Sleep(outage)
 	p.heal()
-	eventually(t, 20*time.Second, "w1 to reconnect", func() bool { return p.active() > 0 })
+	eventually(t, 20*time.Second, "w1 to reconnect", func() bool { return p.acceptedCount() > before })
 	reconnected := time.Since(t0)
 	c.waitEnded(prefix, calls, 60*time.Second)
 	as := c.audit(prefix, calls, frames)
-	missing, unflagged, uncaused := c.figures(fmt.Sprintf("w1's connection cut, reconnection refused for %v (reconnected after %v)", outage, reconnected.Round(time.Millisecond)), prefix, as, t0)
+	missing, unflagged, uncaused := c.figures(fmt.Sprintf("w1's connection cut, reconnection refused for %v (reconnected after %v; w1's successful replays from ingest's ring since the cut: %v)",
+		outage, reconnected.Round(time.Millisecond), metric(w1, "callrouter_worker_replays_total", `result="ok"`)-replays), prefix, as, t0)
 	if outage > 2*time.Second && (c.firstDown(t0).IsZero() || c.first("replaced", t0).IsZero()) {
 		t.Errorf("w1 cut off for %v was not declared down and re-placed", outage)
 	}

@@ -179,12 +179,6 @@ func (p *faultProxy) setDelay(d time.Duration) {
 	p.mu.Unlock()
 }
 
-func (p *faultProxy) active() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.conns)
-}
-
 func (p *faultProxy) acceptedCount() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
