@@ -72,17 +72,17 @@ func (h *Health) AddReadyCheck(name string, f func() error) {
 }
 
 // LiveErr is the /healthz answer: nil, or why not.
-func (h *Health) LiveErr() error { return h.eval(&h.live, "live", h.liveChecks) }
+func (h *Health) LiveErr() error { return h.eval(&h.live, "live", &h.liveChecks) }
 
 // ReadyErr is the /readyz answer: nil, or why not.
-func (h *Health) ReadyErr() error { return h.eval(&h.ready, "ready", h.readyChecks) }
+func (h *Health) ReadyErr() error { return h.eval(&h.ready, "ready", &h.readyChecks) }
 
-func (h *Health) eval(flag *atomic.Bool, what string, checks []check) error {
+func (h *Health) eval(flag *atomic.Bool, what string, checks *[]check) error {
 	if !flag.Load() {
 		return errors.New("not " + what)
 	}
 	h.mu.Lock()
-	cs := checks[:len(checks):len(checks)]
+	cs := *checks
 	h.mu.Unlock()
 	for _, c := range cs {
 		if err := c.f(); err != nil {
