@@ -356,3 +356,53 @@ func ingestStall(t *testing.T, stall time.Duration) {
 
 func TestIngestStall2s(t *testing.T) { ingestStall(t, 2*time.Second) }
 func TestIngestStall7s(t *testing.T) { ingestStall(t, 7*time.Second) }
+
+// proxiedIngest starts a router, three workers and an ingest whose NATS connection goes through a
+// fault proxy, playing calls.
+func proxiedIngest(t *testing.T, prefix string) (*cluster, *faultProxy) {
+	c := newCluster(t, 1)
+	p := newFaultProxy(t, strings.TrimPrefix(c.nats[0].url(), "nats://"))
+	c.router("r1")
+	threeWorkers(c)
+	c.ingest("i1", prefix, calls, frames, "-nats", p.url())
+	waitPlaying(c, prefix)
+	return c, p
+}
+
+// TestIngestConnectionCut cuts the ingest's NATS connection and refuses its reconnection for 2 s:
+// its publishes wait in the reconnect buffer (-nats-reconnect-buf) and go out on reconnection,
+// inside the routers' reap grace; the workers drop those older than -max-frame-age (2 s) as
+// stale, with that cause, and every call goes on to its end. Longer cuts (past the grace) need the
+// ingest-stall reconciliation: TestIngestConnectionCutLong, behind CALLROUTER_FAULT_INGEST_STALL=1.
+func TestIngestConnectionCut(t *testing.T) { ingestCut(t, "icut", 2*time.Second) }
+
+func TestIngestConnectionCutLong(t *testing.T) {
+	if os.Getenv("CALLROUTER_FAULT_INGEST_STALL") != "1" {
+		t.Skip("needs the ingest-stall reconciliation; set CALLROUTER_FAULT_INGEST_STALL=1 once merged")
+	}
+	ingestCut(t, "icutl", 7*time.Second)
+}
+
+func ingestCut(t *testing.T, prefix string, outage time.Duration) {
+	c, p := proxiedIngest(t, prefix)
+	before := p.acceptedCount()
+	t0 := time.Now()
+	p.cut()
+	time.Sleep(outage)
+	p.heal()
+	eventually(t, 20*time.Second, "the ingest to reconnect", func() bool { return p.acceptedCount() > before })
+	reconnected := time.Since(t0)
+	c.waitEnded(prefix, calls, 90*time.Second)
+	as := c.audit(prefix, calls, frames)
+	_, unflagged, uncaused := c.figures(fmt.Sprintf("ingest's connection cut, reconnection refused for %v (reconnected after %v)", outage, reconnected.Round(time.Millisecond)), prefix, as, t0)
+	for _, a := range as {
+		for _, s := range a.missing {
+			if int(s) == frames-1 {
+				t.Errorf("%s: the last frame was never processed: the call was stranded", a.key)
+			}
+		}
+	}
+	if uncaused != 0 || unflagged != 0 {
+		t.Errorf("%d missing frames without a cause, %d duplicates not flagged replayed; want 0", uncaused, unflagged)
+	}
+}
