@@ -142,7 +142,13 @@ func TestKillRouters(t *testing.T) {
 func TestKillNATSNode(t *testing.T) {
 	c := newCluster(t, 3)
 	c.router("r1")
-	ws := threeWorkers(c)
+	ws, addrs := map[string]*process{}, map[string]string{}
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("w%d", i)
+		addrs[id] = addr(t)
+		ws[id] = c.worker(id, "-http", addrs[id])
+	}
+	c.waitWorkers(3)
 	c.ingest("i1", "natskill", calls, frames)
 	waitPlaying(c, "natskill")
 	// Kill the node the busiest worker is attached to (its connection is named "worker <id>").
@@ -157,16 +163,19 @@ func TestKillNATSNode(t *testing.T) {
 		t.Fatalf("no node lists worker %s in /connz", id)
 	}
 	withIngest := node.hasClient("ingest i1")
+	replays := metric(addrs[id], "callrouter_worker_replays_total", `result="ok"`)
 	t0 := time.Now()
 	node.signal(syscall.SIGKILL)
 	c.waitEnded("natskill", calls, 90*time.Second)
 	as := c.audit("natskill", calls, frames)
 	missing, dups, unflagged := totals(as)
-	c.report("kill -9 the NATS node of "+id, as, fmt.Sprintf(" (ingest on the same node: %v); gap events: %d, re-placements: %d",
-		withIngest, c.count("gap", "natskill-"), c.count("replaced", "natskill-")))
-	_ = t0
-	if missing != 0 && c.count("gap", "natskill-") == 0 {
-		t.Errorf("%d frames missing and no gap event reported a cause", missing)
+	t.Logf("ingest on the killed node: %v; %s's successful replays from ingest's ring since the kill: %v", withIngest, id,
+		metric(addrs[id], "callrouter_worker_replays_total", `result="ok"`)-replays)
+	c.figures("kill -9 the NATS node of "+id, "natskill", as, t0)
+	// The README's claim: no frame missing. A frame the worker missed during its reconnect is
+	// refetched from ingest's ring; a gap event with a cause would not be enough.
+	if missing != 0 {
+		t.Errorf("%d frames missing (%d without a cause), want 0", missing, c.uncaused(as))
 	}
 	if unflagged != 0 {
 		t.Errorf("%d duplicates not flagged replayed (of %d)", unflagged, dups)

@@ -138,6 +138,7 @@ func (p *process) exited() bool {
 // natsNode is a nats-server process.
 type natsNode struct {
 	*process
+	index                      int
 	port, clusterPort, monPort int
 }
 
@@ -170,34 +171,45 @@ func (n *natsNode) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.po
 // startNATS starts one server, or a cluster of n joined by routes.
 func startNATS(t *testing.T, n int) []*natsNode {
 	t.Helper()
-	nodes := make([]*natsNode, n)
-	for i := range nodes {
-		nodes[i] = &natsNode{port: freePort(t), clusterPort: freePort(t), monPort: freePort(t)}
-	}
-	for i, nd := range nodes {
-		args := []string{"-a", "127.0.0.1", "-p", fmt.Sprint(nd.port), "-m", fmt.Sprint(nd.monPort), "-n", fmt.Sprintf("n%d", i+1)}
-		if n > 1 {
-			var routes []string
-			for j, o := range nodes {
-				if j != i {
-					routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", o.clusterPort))
-				}
-			}
-			args = append(args, "--cluster_name", "e2e", "--cluster", fmt.Sprintf("nats://127.0.0.1:%d", nd.clusterPort), "--routes", strings.Join(routes, ","))
-		}
-		nd.process = start(t, fmt.Sprintf("nats-%d", i+1), "nats-server", args...)
-	}
+	nodes := allocNATS(t, n)
 	for _, nd := range nodes {
-		eventually(t, 20*time.Second, "nats-server "+nd.name+" to accept clients", func() bool {
-			nc, err := nats.Connect(nd.url())
-			if err != nil {
-				return false
-			}
-			nc.Close()
-			return true
-		})
+		nd.start(t, nodes)
 	}
 	return nodes
+}
+
+// allocNATS picks the ports of n nodes without starting them.
+func allocNATS(t *testing.T, n int) []*natsNode {
+	t.Helper()
+	nodes := make([]*natsNode, n)
+	for i := range nodes {
+		nodes[i] = &natsNode{index: i, port: freePort(t), clusterPort: freePort(t), monPort: freePort(t)}
+	}
+	return nodes
+}
+
+// start runs the node (again, after it was killed: same ports) and waits until it accepts clients.
+func (nd *natsNode) start(t *testing.T, all []*natsNode) {
+	t.Helper()
+	args := []string{"-a", "127.0.0.1", "-p", fmt.Sprint(nd.port), "-m", fmt.Sprint(nd.monPort), "-n", fmt.Sprintf("n%d", nd.index+1)}
+	if len(all) > 1 {
+		var routes []string
+		for _, o := range all {
+			if o != nd {
+				routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", o.clusterPort))
+			}
+		}
+		args = append(args, "--cluster_name", "e2e", "--cluster", fmt.Sprintf("nats://127.0.0.1:%d", nd.clusterPort), "--routes", strings.Join(routes, ","))
+	}
+	nd.process = start(t, fmt.Sprintf("nats-%d", nd.index+1), "nats-server", args...)
+	eventually(t, 20*time.Second, "nats-server "+nd.name+" to accept clients", func() bool {
+		nc, err := nats.Connect(nd.url())
+		if err != nil {
+			return false
+		}
+		nc.Close()
+		return true
+	})
 }
 
 func urls(nodes []*natsNode) string {
@@ -224,9 +236,30 @@ type cluster struct {
 
 func newCluster(t *testing.T, natsNodes int) *cluster {
 	t.Helper()
-	c := &cluster{t: t, nats: startNATS(t, natsNodes), seqDir: t.TempDir()}
+	c := prepareCluster(t, natsNodes)
+	for _, nd := range c.nats {
+		nd.start(t, c.nats)
+	}
+	c.waitConnected()
+	return c
+}
+
+// waitConnected waits for the test's own connection, then flushes its subscriptions.
+func (c *cluster) waitConnected() {
+	c.t.Helper()
+	eventually(c.t, 20*time.Second, "the test's NATS connection", c.nc.IsConnected)
+	if err := c.nc.Flush(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// prepareCluster is newCluster without starting NATS: the test's own connection and its
+// subscriptions wait for the servers (start each with nd.start(t, c.nats)).
+func prepareCluster(t *testing.T, natsNodes int) *cluster {
+	t.Helper()
+	c := &cluster{t: t, nats: allocNATS(t, natsNodes), seqDir: t.TempDir()}
 	c.natsURL = urls(c.nats)
-	nc, err := nats.Connect(c.natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	nc, err := nats.Connect(c.natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.RetryOnFailedConnect(true))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +282,6 @@ func newCluster(t *testing.T, natsNodes int) *cluster {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	_ = nc.Flush()
 	c.wav = filepath.Join(t.TempDir(), "call.wav")
 	writeTone(t, c.wav)
 	return c

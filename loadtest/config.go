@@ -59,9 +59,14 @@ type Config struct {
 
 	MaxLoss     float64       // pass/fail: largest loss ratio allowed (negative: not checked)
 	MaxP99      time.Duration // pass/fail: largest p99 frame latency (0: not checked)
-	MaxP99Ratio float64       // pass/fail: largest p99 relative to the baseline's (0: not checked)
+	MaxP99Ratio float64       // pass/fail: largest p99 relative to the baseline's (0: not checked; at most MaxP99RatioLimit)
 	MaxRefused  float64       // pass/fail: largest ratio of refused call setups (negative: not checked)
 }
+
+// MaxP99RatioLimit is the largest MaxP99Ratio accepted: a bound of more than ten times the
+// baseline's p99 cannot catch a regression, so it would only look like a check. The README's
+// bar is 2 (make loadtest: -max-p99-ratio 2).
+const MaxP99RatioLimit = 10
 
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
@@ -176,8 +181,8 @@ func (c *Config) Validate() error {
 	if c.MaxP99 < 0 {
 		bad("max-p99 %v: want 0 (unchecked) or positive", c.MaxP99)
 	}
-	if c.MaxP99Ratio < 0 {
-		bad("max-p99-ratio %v: want 0 (unchecked) or positive", c.MaxP99Ratio)
+	if c.MaxP99Ratio < 0 || c.MaxP99Ratio > MaxP99RatioLimit {
+		bad("max-p99-ratio %v: want 0 (unchecked) or a ratio in (0, %d]; a larger bound cannot fail", c.MaxP99Ratio, MaxP99RatioLimit)
 	}
 	if c.MaxP99Ratio > 0 && !c.Baseline {
 		bad("max-p99-ratio needs the baseline phase (-baseline)")

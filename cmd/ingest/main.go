@@ -87,7 +87,7 @@ func run(args []string) int {
 			return 2
 		}
 	}
-	return cli.Main("ingest", cfg.ID, common, func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (cli.Service, error) {
+	return cli.Main("ingest", cfg.ID, cfg.HeartbeatInterval, common, func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (cli.Service, error) {
 		n, err := ingest.New(*cfg, ingest.Deps{NC: nc, Log: log, Registry: reg, Health: h})
 		if err != nil {
 			return nil, err

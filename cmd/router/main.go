@@ -30,7 +30,7 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "router: %v\n", err)
 		return 2
 	}
-	return cli.Main("router", cfg.ID, common, func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (cli.Service, error) {
+	return cli.Main("router", cfg.ID, cfg.HeartbeatInterval, common, func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (cli.Service, error) {
 		return router.New(*cfg, router.Deps{NC: nc, Log: log, Registry: reg, Health: h})
 	})
 }

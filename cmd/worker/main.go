@@ -50,7 +50,7 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
 		return 2
 	}
-	return cli.Main("worker", cfg.ID, common, func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (cli.Service, error) {
+	return cli.Main("worker", cfg.ID, cfg.HeartbeatInterval, common, func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (cli.Service, error) {
 		return worker.New(*cfg, worker.Deps{NC: nc, Log: log, Registry: reg, Health: h})
 	})
 }

@@ -28,6 +28,11 @@ type Config struct {
 	TLSCA        string // CA file to verify the servers
 	ReconnectBuf int    // bytes buffered while reconnecting; beyond it publishes fail
 	PendingMsgs  int    // default per-subscription pending message limit
+	// WaitForServer makes Connect return at once when no server answers and keep trying in the
+	// background (nats.RetryOnFailedConnect), as after a disconnect: the binaries start without
+	// NATS and become ready when it comes. Subscriptions made before the first connection are
+	// sent when it is made; publishes wait in the reconnect buffer. Without it Connect fails.
+	WaitForServer bool
 }
 
 // DefaultConfig returns a Config for a local server.
@@ -63,7 +68,10 @@ func Connect(cfg Config, log zerolog.Logger) (*nats.Conn, error) {
 		nats.ReconnectBufSize(cfg.ReconnectBuf),
 		nats.PingInterval(5 * time.Second),
 		nats.MaxPingsOutstanding(3),
-		nats.RetryOnFailedConnect(false),
+		nats.RetryOnFailedConnect(cfg.WaitForServer),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("nats connected")
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil when the connection was closed on purpose
 				log.Warn().Err(err).Msg("nats disconnected")
@@ -94,6 +102,22 @@ func Connect(cfg Config, log zerolog.Logger) (*nats.Conn, error) {
 		return nil, fmt.Errorf("bus: connect %s: %w", cfg.URL, err)
 	}
 	return nc, nil
+}
+
+// ErrNotConnected is returned by Connected while the connection is down, being made for the first
+// time, or closed.
+var ErrNotConnected = errors.New("bus: not connected to NATS")
+
+// Connected reports nil when nc is connected to a server (draining counts: it still delivers), or
+// ErrNotConnected naming the connection's state.
+func Connected(nc *nats.Conn) error {
+	if nc == nil {
+		return ErrNotConnected
+	}
+	if nc.IsConnected() {
+		return nil
+	}
+	return fmt.Errorf("%w (%s)", ErrNotConnected, strings.ToLower(nc.Status().String()))
 }
 
 // Request sends req as JSON and decodes the JSON reply into resp.

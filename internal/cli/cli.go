@@ -11,11 +11,15 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -129,10 +133,20 @@ type Mounter interface {
 // -check-config can call it with a nil connection.
 type Build func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (Service, error)
 
+// LiveMisses is how many of its own heartbeat intervals a component may go without a heartbeat
+// seen on NATS before /healthz fails (while connected; without NATS nothing can be judged).
+const LiveMisses = 10
+
 // Main runs one component: logger, NATS connection, HTTP server, and build → Run until SIGTERM or
 // SIGINT. With -check-config it only checks the configuration (see Check). It returns the process
 // exit code.
-func Main(component, id string, c *Common, build Build) int {
+//
+// NATS need not be up: the binary starts, serves /healthz (200) and /readyz (503), keeps trying,
+// and runs the component once connected. /readyz fails whenever the connection is down; /healthz
+// fails when the component, connected, has not published its heartbeat on hb.<component>.<id>
+// (every heartbeat) for LiveMisses intervals: its own loop is stuck. HTTP handlers the component
+// mounts answer 503 with Retry-After until it runs.
+func Main(component, id string, heartbeat time.Duration, c *Common, build Build) int {
 	log, err := obs.Logger(os.Stderr, c.LogLevel, component, id)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: flag -log-level: %v\n", component, err)
@@ -141,7 +155,14 @@ func Main(component, id string, c *Common, build Build) int {
 	if c.CheckConfig {
 		return Check(component, id, c, build, log, os.Stdout, os.Stderr)
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return run(ctx, component, id, heartbeat, c, build, log)
+}
+
+func run(ctx context.Context, component, id string, heartbeat time.Duration, c *Common, build Build, log zerolog.Logger) int {
 	c.NATS.Name = component + " " + id
+	c.NATS.WaitForServer = true
 	nc, err := bus.Connect(c.NATS, log)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot connect to NATS")
@@ -150,6 +171,11 @@ func Main(component, id string, c *Common, build Build) int {
 	defer nc.Close()
 	reg := obs.NewRegistry()
 	h := &obs.Health{}
+	h.SetLive(true) // waiting for NATS is healthy; the component's loop is judged once it runs
+	h.AddReadyCheck("nats", func() error { return bus.Connected(nc) })
+	live := &liveness{nc: nc, window: LiveMisses * heartbeat}
+	live.beat()
+	h.AddLiveCheck("heartbeat", live.check)
 	svc, err := build(nc, log, reg, h)
 	if err != nil {
 		log.Error().Err(err).Msg("bad configuration")
@@ -160,22 +186,100 @@ func Main(component, id string, c *Common, build Build) int {
 		log.Error().Err(err).Str("flag", "http").Msg("cannot listen")
 		return 2
 	}
+	var running atomic.Bool
 	if m, ok := svc.(Mounter); ok {
-		m.Mount(srv.Mux)
+		app := http.NewServeMux()
+		m.Mount(app)
+		srv.Mux.Handle("/", gate(&running, app))
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
+	// The component's own heartbeats, echoed by the server, are its liveness; this subscription,
+	// made before the first connection, is sent when it is made.
+	sub, err := nc.Subscribe(subjects.Heartbeat(component, id), func(*nats.Msg) { live.beat() })
+	if err != nil {
+		log.Error().Err(err).Msg("cannot subscribe to its own heartbeat")
+		return 1
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	httpCtx, httpStop := context.WithCancel(context.Background())
-	go func() { _ = srv.Run(httpCtx) }()
-	log.Info().Str("http", srv.Addr()).Str("nats", nc.ConnectedUrlRedacted()).Msg("started")
+	defer httpStop()
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = srv.Run(httpCtx) }()
+	go func() { defer wg.Done(); live.run(httpCtx, heartbeat) }()
+	defer context.AfterFunc(ctx, live.stop)()
+
+	log.Info().Str("http", srv.Addr()).Str("nats", redactURLs(c.NATS.URL)).Msg("started; waiting for NATS")
+	for bus.Connected(nc) != nil {
+		select {
+		case <-ctx.Done():
+			log.Info().Msg("stopped before NATS was reached")
+			return 0
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	live.beat()
+	running.Store(true)
+	log.Info().Str("nats", nc.ConnectedUrlRedacted()).Msg("running")
 	err = svc.Run(ctx)
 	// Let in-flight publishes reach the server before the connection closes.
 	_ = nc.FlushTimeout(2 * time.Second)
-	httpStop()
 	if err != nil {
 		log.Error().Err(err).Msg("stopped with error")
 		return 1
 	}
 	log.Info().Msg("stopped")
 	return 0
+}
+
+// gate serves next once running is set, and 503 with Retry-After before: the component's own
+// handlers (WHIP) wait for it to run.
+func gate(running *atomic.Bool, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !running.Load() {
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "not running yet: waiting for NATS", http.StatusServiceUnavailable)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// liveness judges the component's own loop by its heartbeats as echoed by the server. Without a
+// connection nothing can be judged, so the time of the last beat moves on while disconnected, and
+// a (re)connection gets a whole window to see one; after shutdown begins nothing is judged.
+type liveness struct {
+	nc       bus.Conn
+	window   time.Duration
+	last     atomic.Int64 // unix ns of the last heartbeat seen (or disconnected moment)
+	stopping atomic.Bool
+}
+
+func (l *liveness) beat() { l.last.Store(time.Now().UnixNano()) }
+func (l *liveness) stop() { l.stopping.Store(true) }
+
+// run beats every interval while disconnected, until ctx ends.
+func (l *liveness) run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if bus.Connected(l.nc) != nil {
+				l.beat()
+			}
+		}
+	}
+}
+
+func (l *liveness) check() error {
+	if l.stopping.Load() || bus.Connected(l.nc) != nil {
+		return nil
+	}
+	if since := time.Since(time.Unix(0, l.last.Load())); since > l.window {
+		return fmt.Errorf("no heartbeat of its own seen for %v", since.Round(time.Millisecond))
+	}
+	return nil
 }

@@ -1,0 +1,31 @@
+package loadtest
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestP99RatioBarCanFail holds the p99 bar to account: a bound too loose to ever fail is refused,
+// and the README's 2× bar fails a run 2.5× the baseline and passes one 1.8×.
+func TestP99RatioBarCanFail(t *testing.T) {
+	c := DefaultConfig()
+	c.Inputs, c.Baseline = []string{"x.wav"}, true
+	c.MaxP99Ratio = 1000
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "max-p99-ratio 1000") {
+		t.Errorf("max-p99-ratio 1000: %v, want refused", err)
+	}
+	c.MaxP99Ratio = 2
+	if err := c.Validate(); err != nil {
+		t.Fatalf("max-p99-ratio 2: %v", err)
+	}
+	for _, tc := range []struct {
+		p99  float64
+		pass bool
+	}{{2.5, false}, {1.8, true}} {
+		r := &Report{Phases: []PhaseReport{{Name: "callrouter", Totals: Totals{Sent: 1, Received: 1}}}, Ratio: &Ratio{P99: tc.p99}}
+		r.verdict(&c)
+		if r.Pass != tc.pass {
+			t.Errorf("p99 %.1f× the baseline against a 2× bar: pass %v, want %v (%v)", tc.p99, r.Pass, tc.pass, r.Failures)
+		}
+	}
+}
