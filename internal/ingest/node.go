@@ -106,7 +106,6 @@ func New(cfg Config, d Deps) (*Node, error) {
 	if d.Health == nil {
 		d.Health = &obs.Health{}
 	}
-	guard.Register(d.Registry)
 	return &Node{cfg: cfg, nc: d.NC, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
 		health: d.Health, calls: map[session.ID]*Call{}}, nil
 }
@@ -263,9 +262,10 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 	for i := range resume {
 		resume[i] = session.LegSeq{Leg: uint8(i), Next: session.FromEpochStart}
 	}
-	// Refusals (a router that has not heard the workers yet, a full pool) and unanswered requests
-	// (no router running) are retried with backoff and jitter, each at a new epoch, for at most
-	// PlaceAttempts attempts within PlaceTimeout; bad requests are not.
+	// Unanswered requests (no router running, one that died mid-request) and no_workers refusals
+	// (a router that may not have heard the workers yet) are retried with backoff and jitter, each
+	// at a new epoch, for at most PlaceAttempts attempts within PlaceTimeout. Other refusals (no
+	// capacity, a bad request) are the answer.
 	deadline := time.Now().Add(n.cfg.PlaceTimeout)
 	var lastErr error
 	var refused *RefusedError
@@ -289,8 +289,8 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 		if err == nil {
 			refused = &RefusedError{Code: rep.Code, Reason: rep.Reason, RetryAfter: time.Duration(rep.RetryAfterMS) * time.Millisecond}
 			lastErr = refused
-			if rep.Code == wire.CodeBadRequest {
-				break
+			if rep.Code != wire.CodeNoWorkers {
+				break // no capacity is an answer (503); no workers may be a router that just started
 			}
 		} else {
 			refused, lastErr = nil, err

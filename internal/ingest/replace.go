@@ -64,9 +64,15 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 				keep = append(keep, p)
 			}
 		}
+		// A worker that is alive and merely lost the call (the ingest stalled, a message was lost)
+		// may take it again; one that died, drains or lags may not.
+		var exclude []string
+		if reason != wire.ReasonIngestStall && reason != wire.ReasonReconcile {
+			exclude = []string{worker}
+		}
 		epoch := c.nextEpoch()
 		start := time.Now()
-		rep, err := n.requestPlace(context.Background(), c, epoch, n.cfg.Pools, keep, []string{worker}, resume, reason)
+		rep, err := n.requestPlace(context.Background(), c, epoch, n.cfg.Pools, keep, exclude, resume, reason)
 		if err == nil && rep.OK {
 			if c.setPlacement(epoch, rep.Placements) {
 				n.m.replacements.WithLabelValues(reason).Inc()

@@ -110,7 +110,6 @@ func New(cfg Config, d Deps) (*Router, error) {
 	if d.Health == nil {
 		d.Health = &obs.Health{}
 	}
-	guard.Register(d.Registry)
 	return &Router{
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("router", cfg.ID).Logger(), m: newMetrics(d.Registry), health: d.Health,
 		workers: map[string]*workerInfo{}, ingests: map[string]*ingestInfo{}, routers: map[string]time.Time{},
