@@ -65,6 +65,10 @@ func RetryAfter(err error) (time.Duration, bool) {
 	return 0, false
 }
 
+// handlerHook, when set (by tests, before Run), runs first in every NATS handler with the
+// handler's name: a test makes it panic to prove the node keeps serving.
+var handlerHook func(where string)
+
 // Source is a transport that brings calls into ingest: the file player, the SIP user agent, the
 // WHIP endpoint. Run serves until ctx ends, starting calls with Node.StartCall.
 type Source interface {
@@ -129,9 +133,13 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	handle := func(where string, h nats.MsgHandler) nats.MsgHandler {
 		return guard.Handler(where, n.log, func(m *nats.Msg) {
-			if !n.paused.Load() {
-				h(m)
+			if n.paused.Load() {
+				return
 			}
+			if handlerHook != nil {
+				handlerHook(where)
+			}
+			h(m)
 		})
 	}
 	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbReplay), handle("ingest_replay", n.onReplay))); err != nil {

@@ -134,15 +134,15 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		r.g.Close()
 	}()
-	hbSub, err := r.nc.Subscribe(subjects.AllHeartbeats, guard.Handler("router_heartbeat", r.log, r.onHeartbeat))
+	hbSub, err := r.nc.Subscribe(subjects.AllHeartbeats, r.handler("router_heartbeat", r.onHeartbeat))
 	if err := add(hbSub, err); err != nil {
 		return err
 	}
 	r.hbSub = hbSub
-	if err := add(r.nc.QueueSubscribe(subjects.Place, subjects.RouterQueue, guard.Handler("router_place", r.log, r.onPlace))); err != nil {
+	if err := add(r.nc.QueueSubscribe(subjects.Place, subjects.RouterQueue, r.handler("router_place", r.onPlace))); err != nil {
 		return err
 	}
-	if err := add(r.nc.QueueSubscribe(subjects.APIPrefix+"*", subjects.RouterQueue, guard.Handler("router_api", r.log, r.onAPI))); err != nil {
+	if err := add(r.nc.QueueSubscribe(subjects.APIPrefix+"*", subjects.RouterQueue, r.handler("router_api", r.onAPI))); err != nil {
 		return err
 	}
 	if err := r.nc.Flush(); err != nil {
@@ -381,6 +381,20 @@ func (r *Router) Close() {
 	if r.closed.CompareAndSwap(false, true) {
 		r.g.Close()
 	}
+}
+
+// handlerHook, when set (by tests, before Run), runs first in every NATS handler with the
+// handler's name: a test makes it panic to prove the router keeps serving.
+var handlerHook func(where string)
+
+// handler contains panics in h: the message is dropped and counted, the router goes on.
+func (r *Router) handler(where string, h nats.MsgHandler) nats.MsgHandler {
+	return guard.Handler(where, r.log, func(m *nats.Msg) {
+		if handlerHook != nil {
+			handlerHook(where)
+		}
+		h(m)
+	})
 }
 
 func (r *Router) started() time.Time { return time.Unix(0, r.start.Load()) }
