@@ -44,6 +44,11 @@ func (r *Router) reconcile(now time.Time, held map[orphanKey]uint32) []notice {
 				if e, ok := held[orphanKey{id, p.Worker}]; ok && e >= c.Epoch {
 					continue
 				}
+				if w := r.workers[p.Worker]; w != nil {
+					if _, ok := w.calls.get(); !ok {
+						continue // its call list did not decode: what it holds is unknown
+					}
+				}
 				key := strandKey{id, iid, p.Worker, c.Epoch}
 				seen[key] = true
 				since, ok := r.strands[key]

@@ -32,7 +32,8 @@ type workerInfo struct {
 	hb      wire.WorkerHeartbeat // summary fields; hb.Calls is unused, see calls
 	calls   lazyCalls[wire.WorkerCall]
 	seen    time.Time
-	pending int // offers accepted since the last heartbeat
+	pending int  // offers accepted since the last heartbeat
+	counted bool // a call list that did not decode has been counted as a bad heartbeat
 }
 
 func (w *workerInfo) eligible() bool {
@@ -330,7 +331,8 @@ func (r *Router) lastProgress(id session.ID, pool string) []session.LegSeq {
 // workerCalls returns the calls of a worker's latest heartbeat. Must hold r.mu.
 func (r *Router) workerCalls(w *workerInfo) []wire.WorkerCall {
 	calls, ok := w.calls.get()
-	if !ok {
+	if !ok && !w.counted {
+		w.counted = true
 		r.m.badHB.Inc()
 	}
 	return calls
