@@ -158,6 +158,16 @@ func faultConfig(t *testing.T) Config {
 }
 
 func TestIngestStalledSevenSecondsLosesOnlyWhatItsRingCannotCover(t *testing.T) {
+	stall(t, 7*time.Second)
+}
+
+func TestIngestStalledTwoSecondsLosesNothing(t *testing.T) {
+	stall(t, 2*time.Second)
+}
+
+// stall pauses the ingest for d (past the workers' idle timeout and the routers' miss limit, so
+// its calls are dropped while it is silent) and accounts for every frame.
+func stall(t *testing.T, d time.Duration) {
 	recorded.reset()
 	cfg := faultConfig(t)
 	s, err := Start(cfg)
@@ -171,6 +181,7 @@ func TestIngestStalledSevenSecondsLosesOnlyWhatItsRingCannotCover(t *testing.T) 
 	eventually(t, 10*time.Second, "a second of audio", func() bool { return p.sent.Load() >= 50 })
 
 	s.Ingest.Pause(true) // no frames, heartbeats or answers leave the node; capture goes on
+	pausedAt := time.Now()
 	stalled := p.sent.Load()
 	eventually(t, 15*time.Second, "the workers to drop the silent calls", func() bool {
 		for _, w := range s.Workers {
@@ -180,7 +191,7 @@ func TestIngestStalledSevenSecondsLosesOnlyWhatItsRingCannotCover(t *testing.T) 
 		}
 		return true
 	})
-	time.Sleep(7*time.Second - time.Duration(p.sent.Load()-stalled)*20*time.Millisecond) // the rest of the 7 s stall
+	time.Sleep(d - time.Since(pausedAt)) // the rest of the stall
 	s.Ingest.Pause(false)
 	resumed := time.Now()
 	after := p.sent.Load() // frames from here on were sent after the stall
@@ -210,9 +221,9 @@ func TestIngestStalledSevenSecondsLosesOnlyWhatItsRingCannotCover(t *testing.T) 
 	sent := p.end(t, s)
 
 	tl := account(t, calls, sent, after)
-	t.Logf("ingest stall 7 s, %d two-leg calls: detected %v after the stall, resumed %v after it; %d frames sent per leg, "+
+	t.Logf("ingest stall %v, %d two-leg calls: detected %v after the stall, resumed %v after it; %d frames sent per leg, "+
 		"%d missing (causes %s), %d duplicated, %d unaccounted, %d after the stall not processed",
-		len(calls), detect.Round(time.Millisecond), resume.Round(time.Millisecond), sent, tl.missing, causes(tl.causes),
+		d, len(calls), detect.Round(time.Millisecond), resume.Round(time.Millisecond), sent, tl.missing, causes(tl.causes),
 		tl.duplicated, tl.unaccounted, tl.notAfter)
 	if detect == 0 {
 		t.Error("no router noticed the stranded placements")
@@ -220,11 +231,15 @@ func TestIngestStalledSevenSecondsLosesOnlyWhatItsRingCannotCover(t *testing.T) 
 	if tl.unaccounted != 0 || tl.notAfter != 0 || tl.duplicated != 0 {
 		t.Errorf("%d frames unaccounted, %d after the stall not processed, %d duplicated; want 0", tl.unaccounted, tl.notAfter, tl.duplicated)
 	}
-	// The ring holds 5 s: of the 7 s stall and the re-placement after it, at most what lies before
-	// the ring's oldest frame is lost, and at least 1 s of it.
+	// The ring holds 5 s: of the stall and the re-placement after it, only what lies before the
+	// ring's oldest frame may be lost (of a 7 s stall, at least 1 s).
 	perLeg := tl.missing / (2 * len(calls))
-	if perLeg < 50 || int64(perLeg) > after-stalled {
-		t.Errorf("%d frames missing per leg; want between 50 and the %d frames of the stall", perLeg, after-stalled)
+	ring := int64(cfg.Ingest.Ring / (20 * time.Millisecond))
+	if d < cfg.Ingest.Ring-time.Second && perLeg != 0 {
+		t.Errorf("%d frames missing per leg after a %v stall; the %v ring covers it", perLeg, d, cfg.Ingest.Ring)
+	}
+	if d > cfg.Ingest.Ring+time.Second && (int64(perLeg) < after-stalled-ring || int64(perLeg) > after-stalled) {
+		t.Errorf("%d frames missing per leg; want between %d (the stall less the ring) and %d (the stall)", perLeg, after-stalled-ring, after-stalled)
 	}
 	for cause := range tl.causes {
 		if cause != proc.CauseIngestStall && cause != proc.CauseReplacement {
