@@ -279,7 +279,9 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 	var refused *RefusedError
 	for attempt := 0; attempt < n.cfg.PlaceAttempts; attempt++ {
 		epoch := c.nextEpoch()
-		rctx, cancel := context.WithDeadline(ctx, deadline)
+		// One request may use half the budget (at least a second), so that a router that took it
+		// and died leaves time to ask another.
+		rctx, cancel := context.WithTimeout(ctx, min(time.Until(deadline), max(n.cfg.PlaceTimeout/2, time.Second)))
 		rep, err := n.requestPlace(rctx, c, epoch, n.cfg.Pools, nil, nil, resume, "new")
 		cancel()
 		if err == nil && rep.OK {
