@@ -44,7 +44,8 @@ func (r *Router) reconcile(now time.Time, held map[orphanKey]uint32) []notice {
 				if e, ok := held[orphanKey{id, p.Worker}]; ok && e >= c.Epoch {
 					continue
 				}
-				if w := r.workers[p.Worker]; w != nil {
+				w := r.workers[p.Worker]
+				if w != nil {
 					if _, ok := w.calls.get(); !ok {
 						continue // its call list did not decode: what it holds is unknown
 					}
@@ -58,15 +59,17 @@ func (r *Router) reconcile(now time.Time, held map[orphanKey]uint32) []notice {
 				}
 				// A call this router reaped itself is known not to be held: no grace. Otherwise the
 				// worker's heartbeat may predate the offer it accepted, so the mismatch must last.
+				// A live worker must also have sent a heartbeat since the mismatch was first seen: a
+				// router reading heartbeats late does not take its own delay for a lost call.
 				_, reaped := r.reaped[orphanKey{id, p.Worker}]
-				if !reaped && now.Sub(since) < r.cfg.ReconcileGrace {
+				if !reaped && (now.Sub(since) < r.cfg.ReconcileGrace || w != nil && !w.seen.After(since)) {
 					continue
 				}
 				reason := wire.ReasonReconcile
 				switch {
 				case reaped:
 					reason = wire.ReasonIngestStall
-				case r.workers[p.Worker] == nil:
+				case w == nil:
 					reason = wire.ReasonWorkerDown
 				case stalled:
 					reason = wire.ReasonIngestStall
