@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
@@ -115,6 +116,7 @@ func (n *Node) startReplace(c *Call, worker, reason string, resume []session.Leg
 	}
 	ok := n.g.Go(func() {
 		defer c.replacing.Add(-1)
+		defer guard.Recover("ingest_replace", c.log, nil)
 		err := c.replace(worker, reason, resume)
 		if then != nil {
 			then(err)
