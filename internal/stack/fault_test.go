@@ -11,6 +11,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/proc"
+	"github.com/callrouter/callrouter/internal/router"
 	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -158,18 +159,27 @@ func faultConfig(t *testing.T) Config {
 }
 
 func TestIngestStalledSevenSecondsLosesOnlyWhatItsRingCannotCover(t *testing.T) {
-	stall(t, 7*time.Second)
+	stall(t, 7*time.Second, faultConfig(t))
 }
 
 func TestIngestStalledTwoSecondsLosesNothing(t *testing.T) {
-	stall(t, 2*time.Second)
+	stall(t, 2*time.Second, faultConfig(t))
 }
 
-// stall pauses the ingest for d (past the workers' idle timeout and the routers' miss limit, so
+// TestIngestStalledSevenSecondsDefaultTimers is the 7 s stall with every timer at its default
+// (heartbeats 500 ms, 3 misses, orphan grace 3 s, idle timeout 5 s, reconcile grace 2 s): the
+// router reaps the calls while the ingest is silent.
+func TestIngestStalledSevenSecondsDefaultTimers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("15 s")
+	}
+	stall(t, 7*time.Second, Config{Workers: 2, Worker: testWorkerConfig(), Router: router.DefaultConfig(), Ingest: ingest.DefaultConfig(), Log: testLogger(t)})
+}
+
+// stall pauses the ingest for d (past the workers' idle timeout or the routers' orphan grace, so
 // its calls are dropped while it is silent) and accounts for every frame.
-func stall(t *testing.T, d time.Duration) {
+func stall(t *testing.T, d time.Duration, cfg Config) {
 	recorded.reset()
-	cfg := faultConfig(t)
 	s, err := Start(cfg)
 	if err != nil {
 		t.Fatal(err)
