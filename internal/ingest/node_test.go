@@ -220,3 +220,20 @@ func TestPanicInAHandlerIsContained(t *testing.T) {
 		t.Errorf("panics counted: %v, want 1", got)
 	}
 }
+
+func TestReplacementsAreRefusedOnceShutdownBegins(t *testing.T) {
+	n, nc := testNode(t, 0)
+	c := pcmCall(t, n, 3)
+	n.g.Close() // what Run does once its calls are drained, before it unsubscribes
+	var rep wire.Reply
+	req := wire.Migrate{V: wire.V, Tenant: "acme", Call: "c1", Epoch: c.Epoch(), Worker: "w1", Reason: "drain"}
+	if err := bus.Request(context.Background(), nc, subjects.IngestVerb("in-1", subjects.IngestVerbPlace), req, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK || rep.Code != wire.CodeDraining {
+		t.Errorf("migration during shutdown: %+v, want %s", rep, wire.CodeDraining)
+	}
+	if got := c.replacing.Load(); got != 0 {
+		t.Errorf("%d re-placements counted as running", got)
+	}
+}
