@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"sync"
@@ -12,6 +13,8 @@ import (
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/router"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -186,6 +189,27 @@ func stall(t *testing.T, d time.Duration, cfg Config) {
 	}
 	defer s.Close()
 	waitWorkers(t, s, 2)
+	// Offers say why a call is placed: after the stall, ingest_stall (the worker names the gap so).
+	spy, err := nats.Connect(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spy.Close()
+	var mu sync.Mutex
+	reasons := map[string]int{}
+	if _, err := spy.Subscribe(subjects.WorkerVerb("*", subjects.WorkerVerbOffer), func(m *nats.Msg) {
+		var o wire.Offer
+		if json.Unmarshal(m.Data, &o) == nil {
+			mu.Lock()
+			reasons[o.Reason]++
+			mu.Unlock()
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	calls := startCalls(t, s.Ingest, "stall", 4)
 	p := play(t, calls)
 	eventually(t, 10*time.Second, "a second of audio", func() bool { return p.sent.Load() >= 50 })
@@ -251,6 +275,11 @@ func stall(t *testing.T, d time.Duration, cfg Config) {
 	if d > cfg.Ingest.Ring+time.Second && (int64(perLeg) < after-stalled-ring || int64(perLeg) > after-stalled) {
 		t.Errorf("%d frames missing per leg; want between %d (the stall less the ring) and %d (the stall)", perLeg, after-stalled-ring, after-stalled)
 	}
+	mu.Lock()
+	if reasons[wire.ReasonIngestStall] < len(calls) {
+		t.Errorf("offers by reason %v: want one with reason %s per call", reasons, wire.ReasonIngestStall)
+	}
+	mu.Unlock()
 	for cause := range tl.causes {
 		if cause != proc.CauseIngestStall && cause != proc.CauseReplacement {
 			t.Errorf("missing frames with cause %q; want %s", cause, proc.CauseIngestStall)
