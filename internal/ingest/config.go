@@ -12,7 +12,7 @@ import (
 type Config struct {
 	ID                string
 	Pools             []string      // worker pools every call is placed on
-	PlaceTimeout      time.Duration // a new call's placement, retries included
+	PlaceTimeout      time.Duration // one placement request; a new call's retries stop at twice this
 	PlaceAttempts     int           // attempts (each at a new epoch) before giving up on a new call
 	ReplaceTimeout    time.Duration // how long one failover re-placement retries before leaving it to reconciliation
 	HeartbeatInterval time.Duration

@@ -272,16 +272,15 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 	}
 	// Unanswered requests (no router running, one that died mid-request) and no_workers refusals
 	// (a router that may not have heard the workers yet) are retried with backoff and jitter, each
-	// at a new epoch, for at most PlaceAttempts attempts within PlaceTimeout. Other refusals (no
-	// capacity, a bad request) are the answer.
-	deadline := time.Now().Add(n.cfg.PlaceTimeout)
+	// at a new epoch, for at most PlaceAttempts attempts within twice PlaceTimeout (one request
+	// may take PlaceTimeout, enough for a router's every offer). Other refusals (no capacity, a
+	// bad request) are the answer.
+	deadline := time.Now().Add(2 * n.cfg.PlaceTimeout)
 	var lastErr error
 	var refused *RefusedError
 	for attempt := 0; attempt < n.cfg.PlaceAttempts; attempt++ {
 		epoch := c.nextEpoch()
-		// One request may use half the budget (at least a second), so that a router that took it
-		// and died leaves time to ask another.
-		rctx, cancel := context.WithTimeout(ctx, min(time.Until(deadline), max(n.cfg.PlaceTimeout/2, time.Second)))
+		rctx, cancel := context.WithDeadline(ctx, deadline)
 		rep, err := n.requestPlace(rctx, c, epoch, n.cfg.Pools, nil, nil, resume, "new")
 		cancel()
 		if err == nil && rep.OK {
