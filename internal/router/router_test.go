@@ -21,7 +21,7 @@ import (
 )
 
 // testRouter runs a router on an embedded server and returns it with a client connection.
-func testRouter(t *testing.T) (*Router, *nats.Conn) {
+func testRouter(t *testing.T, tune ...func(*Config)) (*Router, *nats.Conn) {
 	t.Helper()
 	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1})
 	if err != nil {
@@ -39,6 +39,9 @@ func testRouter(t *testing.T) (*Router, *nats.Conn) {
 	cfg := DefaultConfig()
 	cfg.ID = "r1"
 	cfg.HeartbeatInterval = 100 * time.Millisecond
+	for _, f := range tune {
+		f(&cfg)
+	}
 	h := &obs.Health{}
 	r, err := New(cfg, Deps{NC: conn(), Log: zerolog.Nop(), Health: h})
 	if err != nil {
@@ -132,5 +135,45 @@ func TestHeartbeatWithAnIntervalNoOneCouldMissIsRefused(t *testing.T) {
 	}
 	if ws := r.Workers(); len(ws) != 1 || ws[0].ID != "w2" {
 		t.Errorf("workers %+v, want only w2", ws)
+	}
+}
+
+func TestColdRouterWaitsForWorkersInsteadOfRefusing(t *testing.T) {
+	// Misses 20 × 100 ms: the router is cold for 2.1 s after it starts.
+	r, nc := testRouter(t, func(c *Config) { c.Misses = 20 })
+	if _, err := nc.Subscribe(subjects.WorkerVerb("w1", subjects.WorkerVerbOffer), func(m *nats.Msg) {
+		bus.Respond(m, wire.OfferReply{Reply: wire.OK(), Worker: "w1"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	spec := session.Spec{ID: session.ID{Tenant: "acme", Call: "c1"}, Legs: []session.Leg{{Index: 0, Name: "a", Codec: frame.CodecPCMU, Rate: 8000}}}
+	type result struct {
+		rep wire.PlaceReply
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		var rep wire.PlaceReply
+		err := bus.Request(context.Background(), nc, subjects.Place, wire.PlaceRequest{V: wire.V, Call: spec, Ingest: "in-1", Epoch: 1, Pools: []string{"default"}}, &rep)
+		res <- result{rep, err}
+	}()
+	// The worker's first heartbeat comes after the request.
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(r.m.coldWaits) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the placement did not wait")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	data, _ := json.Marshal(wire.WorkerHeartbeat{V: wire.V, ID: "w1", Pool: "default", Mode: "session", Capacity: 4, Ready: true, IntervalMS: 100})
+	if err := nc.Publish(subjects.Heartbeat(subjects.Worker, "w1"), data); err != nil {
+		t.Fatal(err)
+	}
+	got := <-res
+	if got.err != nil || !got.rep.OK || len(got.rep.Placements) != 1 || got.rep.Placements[0].Worker != "w1" {
+		t.Errorf("placement on a cold router: %v %+v, want w1", got.err, got.rep)
 	}
 }

@@ -372,7 +372,8 @@ func TestWorkerDeathNoRouterHeardIsReconciled(t *testing.T) {
 }
 
 // TestRouterRestartWhileCallsStartRefusesNone: calls keep starting while the only router is
-// stopped, no router runs for half a second, and a new one starts that has heard no heartbeat.
+// replaced at once by one that has heard no heartbeat yet, and later stopped with no router at all
+// for half a second before a third starts.
 func TestRouterRestartWhileCallsStartRefusesNone(t *testing.T) {
 	cfg := faultConfig(t)
 	s, err := Start(cfg)
@@ -385,13 +386,16 @@ func TestRouterRestartWhileCallsStartRefusesNone(t *testing.T) {
 	var slowest time.Duration
 	var failed []error
 	var calls []*ingest.Call
-	ten := make(chan struct{})
+	ten, thirty := make(chan struct{}), make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for i := 0; i < n; i++ {
-			if i == 10 {
+			switch i {
+			case 10:
 				close(ten)
+			case 30:
+				close(thirty)
 			}
 			start := time.Now()
 			c, err := s.Ingest.StartCall(context.Background(), tone(t, 1).Spec("acme", fmt.Sprintf("restart-%d", i), nil))
@@ -406,6 +410,12 @@ func TestRouterRestartWhileCallsStartRefusesNone(t *testing.T) {
 	}()
 	<-ten
 	s.Stop(s.Routers[0])
+	r2, err := s.AddRouter("router-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-thirty
+	s.Stop(r2)
 	probe, err := nats.Connect(s.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -417,14 +427,14 @@ func TestRouterRestartWhileCallsStartRefusesNone(t *testing.T) {
 	})
 	gone := time.Now()
 	time.Sleep(500 * time.Millisecond) // the outage: no router at all
-	if _, err := s.AddRouter("router-2"); err != nil {
+	if _, err := s.AddRouter("router-3"); err != nil {
 		t.Fatal(err)
 	}
 	outage := time.Since(gone)
 	<-done
 	retries := counter(t, s.Registry(), "callrouter_ingest_place_retries_total", nil)
 	waits := counter(t, s.Registry(), "callrouter_router_cold_waits_total", nil)
-	t.Logf("router restart (%v with no router) while %d calls start: %d refused or failed, slowest placement %v, %v ingest retries, %v cold waits",
+	t.Logf("router restarted twice (at once, then after %v with no router) while %d calls start: %d refused or failed, slowest placement %v, %v ingest retries, %v cold waits",
 		outage.Round(time.Millisecond), n, len(failed), slowest.Round(time.Millisecond), retries, waits)
 	for _, err := range failed {
 		t.Errorf("a call was not placed: %v", err)
