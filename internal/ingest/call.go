@@ -36,7 +36,8 @@ type Call struct {
 	legs       []leg
 	ended      bool
 
-	placing   sync.Mutex // one re-placement at a time
+	placing   sync.Mutex   // one re-placement at a time
+	replacing atomic.Int32 // re-placements started and not finished; repeated notices wait for them
 	lastMedia atomic.Int64
 	done      chan struct{}
 	endOnce   sync.Once
@@ -112,6 +113,9 @@ func (c *Call) publishLocked(l *leg, payload []byte, flags frame.Flags, capture 
 	}
 	l.ring.put(l.seq, b)
 	l.seq++
+	if c.n.paused.Load() {
+		return nil // Pause: captured and kept in the ring, lost on the way out
+	}
 	if err := c.n.nc.Publish(l.subject, b); err != nil {
 		c.n.m.publishErr.Inc()
 		return err
@@ -166,13 +170,15 @@ func (c *Call) nextEpoch() uint32 {
 	return c.maxEpoch
 }
 
-// replay appends to dst the ring frames of a leg in [from, to), with the replayed flag set.
-// from == session.FromEpochStart means from the first frame of the current epoch.
-func (c *Call) replay(dst []byte, r wire.LegRange) []byte {
+// replay appends to dst the ring frames of a leg in [from, to), with the replayed flag set, as long
+// as dst stays within limit bytes. It returns the sequence of the first frame left out when the
+// limit cut the range short (more is then true). from == session.FromEpochStart means from the
+// first frame of the current epoch; session.FromRingStart from the oldest frame in the ring.
+func (c *Call) replay(dst []byte, r wire.LegRange, limit int) (out []byte, next uint32, more bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if int(r.Leg) >= len(c.legs) {
-		return dst
+		return dst, 0, false
 	}
 	l := &c.legs[r.Leg]
 	from, to := r.From, r.To
@@ -188,10 +194,15 @@ func (c *Call) replay(dst []byte, r wire.LegRange) []byte {
 	if to <= 0 {
 		to = int64(l.seq)
 	}
-	l.ring.each(from, to, func(b []byte) {
+	l.ring.each(from, to, func(seq uint32, b []byte) bool {
+		if len(dst)+len(b) > limit {
+			next, more = seq, true
+			return false
+		}
 		n := len(dst)
 		dst = append(dst, b...)
 		dst[n+1] |= byte(frame.FlagReplayed)
+		return true
 	})
-	return dst
+	return dst, next, more
 }

@@ -12,8 +12,9 @@ import (
 type Config struct {
 	ID                string
 	Pools             []string      // worker pools every call is placed on
-	PlaceTimeout      time.Duration // one placement request
+	PlaceTimeout      time.Duration // one placement request; a new call's retries stop at twice this
 	PlaceAttempts     int           // attempts (each at a new epoch) before giving up on a new call
+	ReplaceTimeout    time.Duration // how long one failover re-placement retries before leaving it to reconciliation
 	HeartbeatInterval time.Duration
 	MediaTimeout      time.Duration // a call with no media for this long is ended
 	Ring              time.Duration // per-leg replay ring length
@@ -26,7 +27,8 @@ func DefaultConfig() Config {
 	return Config{
 		Pools:             []string{"default"},
 		PlaceTimeout:      4 * time.Second,
-		PlaceAttempts:     3,
+		PlaceAttempts:     8,
+		ReplaceTimeout:    30 * time.Second,
 		HeartbeatInterval: 500 * time.Millisecond,
 		MediaTimeout:      10 * time.Second,
 		Ring:              5 * time.Second,
@@ -50,7 +52,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for name, d := range map[string]time.Duration{"place timeout": c.PlaceTimeout, "heartbeat interval": c.HeartbeatInterval,
-		"media timeout": c.MediaTimeout, "ring": c.Ring, "drain timeout": c.DrainTimeout} {
+		"media timeout": c.MediaTimeout, "ring": c.Ring, "drain timeout": c.DrainTimeout, "replace timeout": c.ReplaceTimeout} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("ingest: %s %v must be positive", name, d))
 		}

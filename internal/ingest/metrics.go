@@ -9,6 +9,8 @@ type metrics struct {
 	frames       *prometheus.CounterVec // result
 	replacements *prometheus.CounterVec // reason
 	replays      prometheus.Counter
+	placeRetries prometheus.Counter
+	badRequests  *prometheus.CounterVec // verb
 
 	published, publishErr, badFrame prometheus.Counter
 }
@@ -21,10 +23,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		frames:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_frames_total", Help: "Frames by result."}, []string{"result"}),
 		replacements: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_replacements_total", Help: "Re-placements by reason."}, []string{"reason"}),
 		replays:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_replays_total", Help: "Replay requests served."}),
+		placeRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_place_retries_total", Help: "New-call placements retried after a refusal or an unanswered request."}),
+		badRequests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_bad_requests_total", Help: "Requests refused as malformed or out of bounds, by verb."}, []string{"verb"}),
 	}
 	m.published = m.frames.WithLabelValues("published")
 	m.publishErr = m.frames.WithLabelValues("publish_error")
 	m.badFrame = m.frames.WithLabelValues("bad")
-	reg.MustRegister(m.calls, m.starts, m.ended, m.frames, m.replacements, m.replays)
+	reg.MustRegister(m.calls, m.starts, m.ended, m.frames, m.replacements, m.replays, m.placeRetries, m.badRequests)
 	return m
 }

@@ -10,13 +10,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
@@ -65,6 +65,10 @@ func RetryAfter(err error) (time.Duration, bool) {
 	return 0, false
 }
 
+// handlerHook, when set (by tests, before Run), runs first in every NATS handler with the
+// handler's name: a test makes it panic to prove the node keeps serving.
+var handlerHook func(where string)
+
 // Source is a transport that brings calls into ingest: the file player, the SIP user agent, the
 // WHIP endpoint. Run serves until ctx ends, starting calls with Node.StartCall.
 type Source interface {
@@ -82,8 +86,9 @@ type Node struct {
 	mu       sync.Mutex
 	calls    map[session.ID]*Call
 	draining bool
-	wg       sync.WaitGroup
+	g        guard.Group // goroutines started from NATS callbacks (re-placements)
 	closed   atomic.Bool
+	paused   atomic.Bool // fault injection (Pause): publish nothing, answer nothing
 }
 
 // Deps are the node's collaborators.
@@ -126,13 +131,24 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbReplay), n.onReplay)); err != nil {
+	handle := func(where string, h nats.MsgHandler) nats.MsgHandler {
+		return guard.Handler(where, n.log, func(m *nats.Msg) {
+			if n.paused.Load() {
+				return
+			}
+			if handlerHook != nil {
+				handlerHook(where)
+			}
+			h(m)
+		})
+	}
+	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbReplay), handle("ingest_replay", n.onReplay))); err != nil {
 		return err
 	}
-	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbPlace), n.onMigrate)); err != nil {
+	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbPlace), handle("ingest_migrate", n.onMigrate))); err != nil {
 		return err
 	}
-	if err := add(n.nc.Subscribe(subjects.Bcast(subjects.TopicDown), n.onDown)); err != nil {
+	if err := add(n.nc.Subscribe(subjects.Bcast(subjects.TopicDown), handle("ingest_down", n.onDown))); err != nil {
 		return err
 	}
 	defer func() {
@@ -155,7 +171,7 @@ func (n *Node) Run(ctx context.Context) error {
 			n.heartbeat()
 		case <-ctx.Done():
 			n.drain()
-			n.wg.Wait()
+			n.g.Close()
 			n.heartbeat()
 			return nil
 		}
@@ -185,8 +201,14 @@ func (n *Node) Close() {
 	for _, c := range n.Calls() {
 		c.End("ingest_shutdown")
 	}
-	n.wg.Wait()
+	n.g.Close()
 }
+
+// Pause injects a fault for tests and drills: while paused the node publishes nothing (no frames,
+// heartbeats or events) and answers no request, as a node cut off from NATS or stopped by the
+// kernel would, but it keeps capturing: frames still go into the replay rings. Unpaused, it goes
+// on as a node whose connection came back.
+func (n *Node) Pause(on bool) { n.paused.Store(on) }
 
 // Calls returns the calls this node owns.
 func (n *Node) Calls() []*Call {
@@ -248,10 +270,19 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 	for i := range resume {
 		resume[i] = session.LegSeq{Leg: uint8(i), Next: session.FromEpochStart}
 	}
+	// Unanswered requests (no router running, one that died mid-request) and no_workers refusals
+	// (a router that may not have heard the workers yet) are retried with backoff and jitter, each
+	// at a new epoch, for at most PlaceAttempts attempts within twice PlaceTimeout (one request
+	// may take PlaceTimeout, enough for a router's every offer). Other refusals (no capacity, a
+	// bad request) are the answer.
+	deadline := time.Now().Add(2 * n.cfg.PlaceTimeout)
 	var lastErr error
+	var refused *RefusedError
 	for attempt := 0; attempt < n.cfg.PlaceAttempts; attempt++ {
 		epoch := c.nextEpoch()
-		rep, err := n.requestPlace(ctx, c, epoch, n.cfg.Pools, nil, nil, resume, "new")
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		rep, err := n.requestPlace(rctx, c, epoch, n.cfg.Pools, nil, nil, resume, "new")
+		cancel()
 		if err == nil && rep.OK {
 			c.log = c.log.With().Uint32("epoch", epoch).Logger() // before other goroutines can see the call placed
 			if !c.setPlacement(epoch, rep.Placements) {
@@ -260,25 +291,34 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 				return nil, ErrEnded
 			}
 			n.m.starts.WithLabelValues("placed").Inc()
-			c.log.Info().Any("placements", rep.Placements).Msg("call placed")
+			c.log.Info().Any("placements", rep.Placements).Int("attempt", attempt).Msg("call placed")
 			n.event(c, epoch, "start", map[string]any{"ingest": n.cfg.ID, "legs": spec.Legs, "meta": spec.Meta})
 			return c, nil
 		}
 		if err == nil {
-			n.forget(c)
-			n.m.starts.WithLabelValues("refused").Inc()
-			return nil, &RefusedError{Code: rep.Code, Reason: rep.Reason, RetryAfter: time.Duration(rep.RetryAfterMS) * time.Millisecond}
+			refused = &RefusedError{Code: rep.Code, Reason: rep.Reason, RetryAfter: time.Duration(rep.RetryAfterMS) * time.Millisecond}
+			lastErr = refused
+			if rep.Code != wire.CodeNoWorkers {
+				break // no capacity is an answer (503); no workers may be a router that just started
+			}
+		} else {
+			refused, lastErr = nil, err
 		}
-		lastErr = err
-		if ctx.Err() != nil {
+		wait := backoff(attempt, placeBackoff, placeBackoffMax)
+		if ctx.Err() != nil || time.Until(deadline) < wait {
 			break
 		}
+		n.m.placeRetries.Inc()
 		select {
-		case <-time.After(time.Duration(attempt+1) * 250 * time.Millisecond):
+		case <-time.After(wait):
 		case <-ctx.Done():
 		}
 	}
 	n.forget(c)
+	if refused != nil {
+		n.m.starts.WithLabelValues("refused").Inc()
+		return nil, refused
+	}
 	n.m.starts.WithLabelValues("no_router").Inc()
 	return nil, fmt.Errorf("%w: %v", ErrNoRouter, lastErr)
 }
@@ -305,134 +345,14 @@ func (n *Node) requestPlace(ctx context.Context, c *Call, epoch uint32, pools []
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.PlaceTimeout)
 	defer cancel()
 	var rep wire.PlaceReply
+	if n.paused.Load() {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
 	if err := bus.Request(ctx, n.nc, subjects.Place, req, &rep); err != nil {
 		return nil, err
 	}
 	return &rep, nil
-}
-
-// replace moves the call's placement in pool away from worker (make-before-break): a new epoch is
-// placed, keeping the call's other pools where they are, and only then does the call switch its
-// frames to the new epoch. It retries until it succeeds or the call ends.
-func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
-	c.placing.Lock()
-	defer c.placing.Unlock()
-	n := c.n
-	for attempt := 0; ; attempt++ {
-		cur := c.Placements()
-		if !slices.ContainsFunc(cur, func(p wire.Placement) bool { return p.Worker == worker }) {
-			return nil // already moved
-		}
-		var keep []wire.Placement
-		for _, p := range cur {
-			if p.Worker != worker {
-				keep = append(keep, p)
-			}
-		}
-		epoch := c.nextEpoch()
-		start := time.Now()
-		rep, err := n.requestPlace(context.Background(), c, epoch, n.cfg.Pools, keep, []string{worker}, resume, reason)
-		if err == nil && rep.OK {
-			if c.setPlacement(epoch, rep.Placements) {
-				n.m.replacements.WithLabelValues(reason).Inc()
-				c.log.Info().Str("from", worker).Any("placements", rep.Placements).Uint32("epoch", epoch).Str("reason", reason).
-					Dur("took", time.Since(start)).Msg("call re-placed")
-				n.event(c, epoch, "replaced", map[string]any{"from": worker, "placements": rep.Placements, "reason": reason})
-			}
-			return nil
-		}
-		wait := 250 * time.Millisecond
-		if err == nil {
-			wait = max(wait, time.Duration(rep.RetryAfterMS)*time.Millisecond)
-			err = &RefusedError{Code: rep.Code, Reason: rep.Reason}
-		}
-		c.log.Warn().Err(err).Int("attempt", attempt).Str("reason", reason).Msg("re-placement failed; retrying")
-		select {
-		case <-c.done:
-			return ErrEnded
-		case <-time.After(wait):
-		}
-		if reason != "worker_down" && reason != wire.ReasonFenced && attempt >= 2 {
-			return err // a migration can wait for the next drain or rebalance round
-		}
-	}
-}
-
-func (n *Node) onDown(m *nats.Msg) {
-	var d wire.Down
-	if json.Unmarshal(m.Data, &d) != nil || d.Component != subjects.Worker {
-		return
-	}
-	for _, c := range n.Calls() {
-		for _, p := range c.Placements() {
-			if p.Worker == d.ID {
-				n.wg.Add(1)
-				go func() {
-					defer n.wg.Done()
-					_ = c.replace(d.ID, "worker_down", nil)
-				}()
-				break
-			}
-		}
-	}
-}
-
-func (n *Node) onMigrate(m *nats.Msg) {
-	var req wire.Migrate
-	if err := json.Unmarshal(m.Data, &req); err != nil {
-		bus.Respond(m, wire.Fail(wire.CodeBadRequest, err.Error()))
-		return
-	}
-	c := n.Call(session.ID{Tenant: req.Tenant, Call: req.Call})
-	if c == nil {
-		bus.Respond(m, wire.Fail(wire.CodeUnknown, "not owned here"))
-		return
-	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		resume := make([]session.LegSeq, len(c.spec.Legs))
-		for i := range resume {
-			resume[i] = session.LegSeq{Leg: uint8(i), Next: session.FromEpochStart}
-		}
-		reason := req.Reason
-		if reason == wire.ReasonFenced {
-			// The worker already stopped: a failover from where it says it stopped.
-			resume = req.Progress
-			if len(resume) == 0 {
-				resume = nil
-			}
-		}
-		if err := c.replace(req.Worker, reason, resume); err != nil {
-			bus.Respond(m, wire.Fail(wire.CodeNoCapacity, err.Error()))
-			return
-		}
-		bus.Respond(m, wire.OK())
-	}()
-}
-
-func (n *Node) onReplay(m *nats.Msg) {
-	var req wire.ReplayRequest
-	if err := json.Unmarshal(m.Data, &req); err != nil {
-		bus.Respond(m, wire.Fail(wire.CodeBadRequest, err.Error()))
-		return
-	}
-	c := n.Call(session.ID{Tenant: req.Tenant, Call: req.Call})
-	if c == nil {
-		bus.Respond(m, wire.Fail(wire.CodeUnknown, "not owned here"))
-		return
-	}
-	if cur := c.Epoch(); req.Epoch < cur {
-		// The asker has been superseded: it must not process the new owner's frames.
-		bus.Respond(m, wire.Fail(wire.CodeStale, fmt.Sprintf("call is at epoch %d", cur)))
-		return
-	}
-	var out []byte
-	for _, r := range req.Legs {
-		out = c.replay(out, r)
-	}
-	n.m.replays.Inc()
-	_ = m.Respond(out)
 }
 
 // reap ends calls whose media stopped without a hang-up.
@@ -464,12 +384,18 @@ func (n *Node) heartbeat() {
 		}
 		c.mu.Unlock()
 	}
+	if n.paused.Load() {
+		return
+	}
 	if err := bus.Publish(n.nc, subjects.Heartbeat(subjects.Ingest, n.cfg.ID), hb); err != nil {
 		n.log.Warn().Err(err).Msg("heartbeat not published")
 	}
 }
 
 func (n *Node) event(c *Call, epoch uint32, kind string, data any) {
+	if n.paused.Load() {
+		return
+	}
 	body, _ := json.Marshal(data)
 	_ = bus.Publish(n.nc, subjects.Event(c.spec.Tenant, c.spec.Call, kind), wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant,
 		Call: c.spec.Call, Epoch: epoch, Time: time.Now().UTC(), Source: "ingest/" + n.cfg.ID, Data: body})

@@ -58,13 +58,13 @@ func (r *ring) frame(k int) []byte {
 	return r.buf[off : off+int(r.lens[k])]
 }
 
-// each calls f for the stored frames with from <= seq < to, oldest first.
-func (r *ring) each(from, to int64, f func(b []byte)) {
+// each calls f for the stored frames with from <= seq < to, oldest first, until f returns false.
+func (r *ring) each(from, to int64, f func(seq uint32, b []byte) bool) {
 	start := (r.head - r.n + len(r.seqs)) % len(r.seqs)
 	for i := 0; i < r.n; i++ {
 		k := (start + i) % len(r.seqs)
-		if s := int64(r.seqs[k]); s >= from && s < to {
-			f(r.frame(k))
+		if s := int64(r.seqs[k]); s >= from && s < to && !f(r.seqs[k], r.frame(k)) {
+			return
 		}
 	}
 }

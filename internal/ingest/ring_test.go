@@ -12,12 +12,12 @@ func TestRingKeepsTheNewest(t *testing.T) {
 		r.put(seq, append(r.slot(), byte(seq)))
 	}
 	var got []byte
-	r.each(0, 100, func(b []byte) { got = append(got, b[0]) })
+	r.each(0, 100, func(_ uint32, b []byte) bool { got = append(got, b[0]); return true })
 	if d := cmp.Diff([]byte{6, 7, 8, 9}, got); d != "" {
 		t.Errorf("ring (-want +got)\n%s", d)
 	}
 	got = nil
-	r.each(7, 9, func(b []byte) { got = append(got, b[0]) })
+	r.each(7, 9, func(_ uint32, b []byte) bool { got = append(got, b[0]); return true })
 	if d := cmp.Diff([]byte{7, 8}, got); d != "" {
 		t.Errorf("range [7,9) (-want +got)\n%s", d)
 	}
@@ -42,7 +42,7 @@ func TestRingKeepsFramesLargerThanTheirSlot(t *testing.T) {
 		r.put(seq, append(r.slot(), frameOf(seq)...))
 	}
 	var got [][]byte
-	r.each(0, 100, func(b []byte) { got = append(got, append([]byte(nil), b...)) })
+	r.each(0, 100, func(_ uint32, b []byte) bool { got = append(got, append([]byte(nil), b...)); return true })
 	want := [][]byte{frameOf(6), frameOf(7), frameOf(8)}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("ring (-want +got)\n%s", d)

@@ -20,6 +20,10 @@ const (
 )
 
 func (r *Router) onAPI(m *nats.Msg) {
+	if len(m.Data) > wire.MaxControlBytes {
+		bus.Respond(m, wire.Fail(wire.CodeBadRequest, "request too large"))
+		return
+	}
 	switch strings.TrimPrefix(m.Subject, subjects.APIPrefix) {
 	case VerbCalls:
 		bus.Respond(m, wire.CallsReply{Reply: wire.OK(), Calls: r.Calls()})

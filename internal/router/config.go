@@ -16,6 +16,7 @@ type Config struct {
 	OfferTimeout      time.Duration // how long a worker has to answer an offer
 	OfferAttempts     int           // workers tried per pool before refusing
 	OrphanGrace       time.Duration // how long a worker may hold a call no ingest owns
+	ReconcileGrace    time.Duration // how long an ingest may list a worker that does not hold the call
 	RetryAfter        time.Duration // suggested retry delay in refusals
 	MaxInflight       int           // placements handled at once
 }
@@ -28,6 +29,7 @@ func DefaultConfig() Config {
 		OfferTimeout:      time.Second,
 		OfferAttempts:     3,
 		OrphanGrace:       3 * time.Second,
+		ReconcileGrace:    2 * time.Second,
 		RetryAfter:        time.Second,
 		MaxInflight:       64,
 	}
@@ -39,8 +41,8 @@ func (c *Config) Validate() error {
 	if err := subjects.Check("router id", c.ID); err != nil {
 		errs = append(errs, err)
 	}
-	if c.HeartbeatInterval <= 0 || c.OfferTimeout <= 0 || c.OrphanGrace <= 0 || c.RetryAfter <= 0 {
-		errs = append(errs, errors.New("router: heartbeat interval, offer timeout, orphan grace and retry-after must be positive"))
+	if c.HeartbeatInterval <= 0 || c.OfferTimeout <= 0 || c.OrphanGrace <= 0 || c.ReconcileGrace <= 0 || c.RetryAfter <= 0 {
+		errs = append(errs, errors.New("router: heartbeat interval, offer timeout, orphan and reconcile grace and retry-after must be positive"))
 	}
 	if c.Misses < 1 || c.OfferAttempts < 1 || c.MaxInflight < 1 {
 		errs = append(errs, fmt.Errorf("router: misses %d, offer attempts %d and max inflight %d must be at least 1", c.Misses, c.OfferAttempts, c.MaxInflight))

@@ -84,6 +84,7 @@ type lazyCalls[T any] struct {
 	raw    []byte
 	calls  []T
 	parsed bool
+	bad    bool // the list did not decode
 }
 
 // newLazyCalls keeps data without copying it: a nats.go message's Data is its own copy, taken
@@ -100,10 +101,10 @@ func (l *lazyCalls[T]) get() (calls []T, ok bool) {
 			Calls []T `json:"calls"`
 		}
 		if err := json.Unmarshal(l.raw, &body); err != nil {
-			l.raw = nil
+			l.raw, l.bad = nil, true
 			return nil, false
 		}
 		l.calls, l.raw = body.Calls, nil
 	}
-	return l.calls, true
+	return l.calls, !l.bad
 }

@@ -11,6 +11,8 @@ type metrics struct {
 	ingests    prometheus.Gauge
 	downs      *prometheus.CounterVec
 	reaped     prometheus.Counter
+	reconciled *prometheus.CounterVec // reason
+	coldWaits  prometheus.Counter
 	badHB      prometheus.Counter
 }
 
@@ -24,8 +26,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		ingests:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_router_ingests", Help: "Live ingest nodes seen in heartbeats."}),
 		downs:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_router_declared_down_total", Help: "Components declared down."}, []string{"component"}),
 		reaped:     prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_router_reaped_calls_total", Help: "Orphan calls released from workers."}),
-		badHB:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_router_bad_heartbeats_total", Help: "Heartbeats that did not parse."}),
+		badHB:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_router_bad_heartbeats_total", Help: "Heartbeats that did not parse or validate."}),
+		reconciled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_router_stranded_notices_total", Help: "Notices sent to ingests whose listed worker does not hold a call, by reason."}, []string{"reason"}),
+		coldWaits:  prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_router_cold_waits_total", Help: "Placements that waited for the first heartbeat round instead of being refused."}),
 	}
-	reg.MustRegister(m.placements, m.refusals, m.offers, m.placeTime, m.workers, m.ingests, m.downs, m.reaped, m.badHB)
+	reg.MustRegister(m.placements, m.refusals, m.offers, m.placeTime, m.workers, m.ingests, m.downs, m.reaped, m.badHB, m.reconciled, m.coldWaits)
 	return m
 }

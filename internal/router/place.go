@@ -3,41 +3,91 @@ package router
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
 )
 
-// onPlace runs each placement on its own goroutine, at most MaxInflight at once.
+// Bounds on a placement request, checked before any work.
+const (
+	maxPools   = 8
+	maxExclude = 64
+)
+
+// onPlace runs each placement on its own goroutine, at most MaxInflight at once. Once the router
+// is shutting down it starts none: the request goes unanswered and ingest retries another replica.
 func (r *Router) onPlace(m *nats.Msg) {
+	if len(m.Data) > wire.MaxControlBytes {
+		bus.Respond(m, r.refuse(wire.CodeBadRequest, fmt.Sprintf("request of %d bytes; at most %d", len(m.Data), wire.MaxControlBytes)))
+		return
+	}
 	r.inflight <- struct{}{}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	if !r.g.Go(func() {
 		defer func() { <-r.inflight }()
+		defer guard.Recover("router_place", r.log, nil)
 		start := time.Now()
 		rep := r.place(m.Data)
 		r.m.placeTime.Observe(time.Since(start).Seconds())
 		bus.Respond(m, rep)
-	}()
+	}) {
+		<-r.inflight
+	}
+}
+
+func (r *Router) refuse(code, reason string) wire.PlaceReply {
+	r.m.placements.WithLabelValues("refused").Inc()
+	r.m.refusals.WithLabelValues(code).Inc()
+	return wire.PlaceReply{Router: r.cfg.ID, Reply: wire.Fail(code, reason), RetryAfterMS: int(r.cfg.RetryAfter / time.Millisecond)}
+}
+
+// checkPlace bounds a placement request's lists: pools are few and distinct, every worker and pool
+// id is a valid token, resume has at most one entry per leg.
+func checkPlace(req *wire.PlaceRequest) error {
+	if !subjects.Valid(req.Ingest) || len(req.Pools) == 0 || req.Epoch == 0 {
+		return errors.New("place needs an ingest id, at least one pool and an epoch > 0")
+	}
+	if len(req.Pools) > maxPools || len(req.Keep) > len(req.Pools) || len(req.Exclude) > maxExclude || len(req.Resume) > len(req.Call.Legs) {
+		return fmt.Errorf("place takes at most %d pools, one kept worker per pool, %d excluded workers and one resume entry per leg", maxPools, maxExclude)
+	}
+	for i, p := range req.Pools {
+		if !subjects.Valid(p) || slices.Contains(req.Pools[:i], p) {
+			return fmt.Errorf("pool %q is not a valid token or is named twice", p)
+		}
+	}
+	for _, k := range req.Keep {
+		if !subjects.Valid(k.Worker) || !slices.Contains(req.Pools, k.Pool) {
+			return fmt.Errorf("kept placement %s/%s is not valid", k.Pool, k.Worker)
+		}
+	}
+	for _, w := range req.Exclude {
+		if !subjects.Valid(w) {
+			return fmt.Errorf("excluded worker %q is not a valid token", w)
+		}
+	}
+	for _, ls := range req.Resume {
+		if int(ls.Leg) >= len(req.Call.Legs) || ls.Next < session.FromRingStart {
+			return fmt.Errorf("resume entry for leg %d at %d is out of range", ls.Leg, ls.Next)
+		}
+	}
+	return nil
 }
 
 func (r *Router) place(data []byte) wire.PlaceReply {
 	var req wire.PlaceRequest
 	rep := wire.PlaceReply{Router: r.cfg.ID}
 	refuse := func(code, reason string) wire.PlaceReply {
-		rep.Reply = wire.Fail(code, reason)
-		rep.RetryAfterMS = int(r.cfg.RetryAfter / time.Millisecond)
-		r.m.placements.WithLabelValues("refused").Inc()
-		r.m.refusals.WithLabelValues(code).Inc()
-		return rep
+		out := r.refuse(code, reason)
+		out.Epoch = req.Epoch
+		return out
 	}
 	if err := json.Unmarshal(data, &req); err != nil {
 		return refuse(wire.CodeBadRequest, err.Error())
@@ -46,14 +96,14 @@ func (r *Router) place(data []byte) wire.PlaceReply {
 	if err := req.Call.Validate(); err != nil {
 		return refuse(wire.CodeBadRequest, err.Error())
 	}
-	if !subjects.Valid(req.Ingest) || len(req.Pools) == 0 || req.Epoch == 0 {
-		return refuse(wire.CodeBadRequest, "place needs an ingest id, at least one pool and an epoch > 0")
+	if err := checkPlace(&req); err != nil {
+		return refuse(wire.CodeBadRequest, err.Error())
 	}
 	log := r.log.With().Str("tenant", req.Call.Tenant).Str("call", req.Call.Call).Uint32("epoch", req.Epoch).Logger()
 	var placed []wire.Placement
 	for _, pool := range req.Pools {
 		offer := wire.Offer{V: wire.V, Call: req.Call, Ingest: req.Ingest, Epoch: req.Epoch, Pool: pool, Router: r.cfg.ID,
-			Resume: r.resume(&req, pool)}
+			Resume: r.resume(&req, pool), Reason: req.Reason}
 		p, code, reason := r.placePool(&req, &offer)
 		if p == nil {
 			r.releaseAll(&req, placed)
@@ -112,7 +162,7 @@ func (r *Router) placePool(req *wire.PlaceRequest, offer *wire.Offer) (*wire.Pla
 	tried := map[string]bool{}
 	lastCode, lastReason := wire.CodeNoWorkers, fmt.Sprintf("no live worker in pool %q", offer.Pool)
 	for attempt := 0; attempt < r.cfg.OfferAttempts; attempt++ {
-		wid, code, reason := r.pick(req, offer.Pool, tried)
+		wid, code, reason := r.pickWarm(req, offer.Pool, tried)
 		if wid == "" {
 			if attempt == 0 || code != wire.CodeNoWorkers {
 				lastCode, lastReason = code, reason
@@ -140,6 +190,25 @@ func (r *Router) placePool(req *wire.PlaceRequest, offer *wire.Offer) (*wire.Pla
 		}
 	}
 	return nil, lastCode, lastReason
+}
+
+// pickWarm is pick, except that a router that has not yet heard a full heartbeat round (Misses
+// intervals since it started) may not know the workers that exist: instead of refusing, it waits
+// for them, at most until that round is over.
+func (r *Router) pickWarm(req *wire.PlaceRequest, pool string, tried map[string]bool) (string, string, string) {
+	warm := r.started().Add(time.Duration(r.cfg.Misses+1) * r.cfg.HeartbeatInterval)
+	waited := false
+	for {
+		wid, code, reason := r.pick(req, pool, tried)
+		if wid != "" || code != wire.CodeNoWorkers && code != wire.CodeNoCapacity || !time.Now().Before(warm) {
+			return wid, code, reason
+		}
+		if !waited {
+			waited = true
+			r.m.coldWaits.Inc()
+		}
+		time.Sleep(min(50*time.Millisecond, time.Until(warm)+time.Millisecond))
+	}
 }
 
 // pick chooses the kept worker if it is alive, else the eligible worker with the lowest load, and

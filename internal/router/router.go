@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
@@ -31,7 +32,8 @@ type workerInfo struct {
 	hb      wire.WorkerHeartbeat // summary fields; hb.Calls is unused, see calls
 	calls   lazyCalls[wire.WorkerCall]
 	seen    time.Time
-	pending int // offers accepted since the last heartbeat
+	pending int  // offers accepted since the last heartbeat
+	counted bool // a call list that did not decode has been counted as a bad heartbeat
 }
 
 func (w *workerInfo) eligible() bool {
@@ -69,21 +71,24 @@ type Router struct {
 	log    zerolog.Logger
 	m      *metrics
 	health *obs.Health
-	start  time.Time
+	start  atomic.Int64 // unix nanos when Run began; handlers read it
 
 	mu      sync.Mutex
 	workers map[string]*workerInfo
 	ingests map[string]*ingestInfo
 	routers map[string]time.Time
 	orphans map[orphanKey]time.Time
-	lost    map[lostKey]lostProgress // progress of calls on workers declared down, for resumes
+	lost    map[lostKey]lostProgress // last progress workers reported for calls (live or lost), for resumes
+	strands map[strandKey]time.Time  // placements an ingest lists that their worker does not hold, since
+	reaped  map[orphanKey]time.Time  // calls this router released as orphans, when
+	silent  map[string]time.Time     // ingests declared down, when
 
 	hbSub     *nats.Subscription
 	lastTick  time.Time
 	lastSweep time.Time // of the orphan sweep
 
 	inflight chan struct{}
-	wg       sync.WaitGroup
+	g        guard.Group // placements, each on a goroutine started by the place handler
 	closed   atomic.Bool
 }
 
@@ -109,13 +114,14 @@ func New(cfg Config, d Deps) (*Router, error) {
 	return &Router{
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("router", cfg.ID).Logger(), m: newMetrics(d.Registry), health: d.Health,
 		workers: map[string]*workerInfo{}, ingests: map[string]*ingestInfo{}, routers: map[string]time.Time{},
-		orphans: map[orphanKey]time.Time{}, lost: map[lostKey]lostProgress{}, inflight: make(chan struct{}, cfg.MaxInflight),
+		orphans: map[orphanKey]time.Time{}, lost: map[lostKey]lostProgress{},
+		strands: map[strandKey]time.Time{}, reaped: map[orphanKey]time.Time{}, silent: map[string]time.Time{}, inflight: make(chan struct{}, cfg.MaxInflight),
 	}, nil
 }
 
 // Run serves until ctx ends and returns after every goroutine it started has exited.
 func (r *Router) Run(ctx context.Context) error {
-	r.start = time.Now()
+	r.start.Store(time.Now().UnixNano())
 	var subs []*nats.Subscription
 	add := func(s *nats.Subscription, err error) error {
 		if err == nil {
@@ -127,17 +133,17 @@ func (r *Router) Run(ctx context.Context) error {
 		for _, s := range subs {
 			_ = s.Unsubscribe()
 		}
-		r.wg.Wait()
+		r.g.Close()
 	}()
-	hbSub, err := r.nc.Subscribe(subjects.AllHeartbeats, r.onHeartbeat)
+	hbSub, err := r.nc.Subscribe(subjects.AllHeartbeats, r.handler("router_heartbeat", r.onHeartbeat))
 	if err := add(hbSub, err); err != nil {
 		return err
 	}
 	r.hbSub = hbSub
-	if err := add(r.nc.QueueSubscribe(subjects.Place, subjects.RouterQueue, r.onPlace)); err != nil {
+	if err := add(r.nc.QueueSubscribe(subjects.Place, subjects.RouterQueue, r.handler("router_place", r.onPlace))); err != nil {
 		return err
 	}
-	if err := add(r.nc.QueueSubscribe(subjects.APIPrefix+"*", subjects.RouterQueue, r.onAPI)); err != nil {
+	if err := add(r.nc.QueueSubscribe(subjects.APIPrefix+"*", subjects.RouterQueue, r.handler("router_api", r.onAPI))); err != nil {
 		return err
 	}
 	if err := r.nc.Flush(); err != nil {
@@ -175,14 +181,14 @@ func (r *Router) onHeartbeat(m *nats.Msg) {
 	switch comp {
 	case subjects.Worker:
 		var hb wire.WorkerHeartbeat
-		if decodeSummary(m.Data, &hb) != nil || hb.ID != id {
+		if decodeSummary(m.Data, &hb) != nil || hb.ID != id || !validInterval(hb.IntervalMS) || hb.Capacity < 0 || hb.Active < 0 {
 			r.m.badHB.Inc()
 			return
 		}
 		r.workers[id] = &workerInfo{hb: hb, calls: newLazyCalls[wire.WorkerCall](m.Data), seen: now}
 	case subjects.Ingest:
 		var hb wire.IngestHeartbeat
-		if decodeSummary(m.Data, &hb) != nil || hb.ID != id {
+		if decodeSummary(m.Data, &hb) != nil || hb.ID != id || !validInterval(hb.IntervalMS) {
 			r.m.badHB.Inc()
 			return
 		}
@@ -221,6 +227,7 @@ func (r *Router) tick(heartbeat bool) {
 	for id, in := range r.ingests {
 		if now.Sub(in.seen) > time.Duration(r.cfg.Misses*max(in.hb.IntervalMS, 1))*time.Millisecond {
 			delete(r.ingests, id)
+			r.silent[id] = now
 			downs = append(downs, wire.Down{V: wire.V, Component: subjects.Ingest, ID: id, Reason: "missed heartbeats", By: r.cfg.ID})
 		}
 	}
@@ -229,20 +236,35 @@ func (r *Router) tick(heartbeat bool) {
 			delete(r.lost, k)
 		}
 	}
+	for k, t := range r.reaped {
+		if now.Sub(t) > time.Minute {
+			delete(r.reaped, k)
+		}
+	}
+	for k, t := range r.silent {
+		if now.Sub(t) > time.Minute {
+			delete(r.silent, k)
+		}
+	}
 	for id, t := range r.routers {
 		if now.Sub(t) > time.Duration(r.cfg.Misses+1)*r.cfg.HeartbeatInterval {
 			delete(r.routers, id)
 		}
 	}
-	// Orphans: calls a worker holds that no live ingest owns at that worker and epoch. The sweep
-	// reads every call list, so it runs a few times per grace period, not every tick.
-	if now.Sub(r.start) > r.cfg.OrphanGrace && now.Sub(r.lastSweep) >= max(r.cfg.OrphanGrace/3, 100*time.Millisecond) {
+	// Orphans: calls a worker holds that no live ingest owns at that worker and epoch; and
+	// strands, the reverse (reconcile). The sweep reads every call list, so it runs a few times
+	// per grace period, not every tick.
+	var notices []notice
+	if now.Sub(r.started()) > r.cfg.OrphanGrace && now.Sub(r.lastSweep) >= max(r.cfg.OrphanGrace/3, 100*time.Millisecond) {
 		r.lastSweep = now
 		seen := map[orphanKey]bool{}
+		held := map[orphanKey]uint32{}
 		for wid, w := range r.workers {
 			for _, c := range r.workerCalls(w) {
 				id := session.ID{Tenant: c.Tenant, Call: c.Call}
 				key := orphanKey{id, wid}
+				held[key] = max(held[key], c.Epoch)
+				r.lost[lostKey{id, w.hb.Pool}] = lostProgress{c.Progress, now}
 				if r.owned(id, wid, c.Ingest) {
 					continue
 				}
@@ -256,6 +278,7 @@ func (r *Router) tick(heartbeat bool) {
 				// make-before-break hand-over it stops by itself at the first frame of the new epoch.
 				if now.Sub(since) > r.cfg.OrphanGrace {
 					delete(r.orphans, key)
+					r.reaped[key] = now
 					releases = append(releases, wire.Release{V: wire.V, Tenant: c.Tenant, Call: c.Call, Epoch: c.Epoch, Reason: "orphan"})
 					releaseTo = append(releaseTo, wid)
 				}
@@ -266,6 +289,7 @@ func (r *Router) tick(heartbeat bool) {
 				delete(r.orphans, k)
 			}
 		}
+		notices = r.reconcile(now, held)
 	}
 	r.m.workers.Set(float64(len(r.workers)))
 	r.m.ingests.Set(float64(len(r.ingests)))
@@ -285,6 +309,7 @@ func (r *Router) tick(heartbeat bool) {
 		}
 		r.event(rel.Tenant, rel.Call, rel.Epoch, "reaped", map[string]string{"worker": releaseTo[i], "reason": "no ingest owns the call"})
 	}
+	r.notify(notices)
 	if heartbeat {
 		r.publishHeartbeat()
 	}
@@ -306,7 +331,8 @@ func (r *Router) lastProgress(id session.ID, pool string) []session.LegSeq {
 // workerCalls returns the calls of a worker's latest heartbeat. Must hold r.mu.
 func (r *Router) workerCalls(w *workerInfo) []wire.WorkerCall {
 	calls, ok := w.calls.get()
-	if !ok {
+	if !ok && !w.counted {
+		w.counted = true
 		r.m.badHB.Inc()
 	}
 	return calls
@@ -352,12 +378,32 @@ func (r *Router) event(tenant, call string, epoch uint32, kind string, data any)
 		Epoch: epoch, Time: time.Now().UTC(), Source: "router/" + r.cfg.ID, Data: body})
 }
 
-// Close waits for in-flight placements; safe to call more than once.
+// Close refuses new placements and waits for in-flight ones; safe to call more than once.
 func (r *Router) Close() {
 	if r.closed.CompareAndSwap(false, true) {
-		r.wg.Wait()
+		r.g.Close()
 	}
 }
+
+// handlerHook, when set (by tests, before Run), runs first in every NATS handler with the
+// handler's name: a test makes it panic to prove the router keeps serving.
+var handlerHook func(where string)
+
+// handler contains panics in h: the message is dropped and counted, the router goes on.
+func (r *Router) handler(where string, h nats.MsgHandler) nats.MsgHandler {
+	return guard.Handler(where, r.log, func(m *nats.Msg) {
+		if handlerHook != nil {
+			handlerHook(where)
+		}
+		h(m)
+	})
+}
+
+func (r *Router) started() time.Time { return time.Unix(0, r.start.Load()) }
+
+// validInterval bounds a heartbeat's announced interval: one claiming an hour would never be
+// declared down.
+func validInterval(ms int) bool { return ms >= 1 && ms <= 60_000 }
 
 // Workers returns the router's current view of the workers, sorted by id.
 func (r *Router) Workers() []wire.WorkerView {

@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/router"
@@ -75,6 +76,7 @@ func Start(cfg Config) (*Stack, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
+	guard.Register(cfg.Registry) // once, unlabelled: the components' registerers are wrapped
 	s := &Stack{URL: cfg.NATSURL, log: cfg.Log, reg: cfg.Registry, cfg: cfg, cancels: map[any]context.CancelFunc{}, Health: &obs.Health{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.URL == "" {

@@ -80,6 +80,16 @@ type Offer struct {
 // was stalled or cut off (the router reaped it as owned by nobody); ingest re-places it.
 const ReasonIngestStall = "ingest_stall"
 
+// Reasons a router gives in a Migrate it sends an ingest whose heartbeat lists a placement that
+// does not hold (see docs/protocol.md, "Reconciliation"): ReasonWorkerDown when the worker is dead
+// or unknown, ReasonReconcile when a live worker no longer holds the call (its release or end
+// crossed a lost message). ReasonIngestStall is used instead of either when the ingest itself was
+// silent past the router's miss limit.
+const (
+	ReasonWorkerDown = "worker_down"
+	ReasonReconcile  = "reconcile"
+)
+
 // OfferReply answers an Offer.
 type OfferReply struct {
 	Reply
@@ -174,7 +184,10 @@ type Down struct {
 }
 
 // Migrate asks an ingest node (subject ingest.<id>.place) to re-place a call away from a worker:
-// sent by a draining or lagging worker.
+// sent by a draining, lagging or fenced worker (a request), or by a router whose reconciliation
+// found the placement stranded (published without a reply subject, repeated every sweep until the
+// ingest's heartbeat shows the call at a newer epoch). A Migrate at an epoch older than the call's
+// is stale and ignored.
 type Migrate struct {
 	V      int    `json:"v"`
 	Tenant string `json:"tenant"`
@@ -182,8 +195,9 @@ type Migrate struct {
 	Epoch  uint32 `json:"epoch"`
 	Worker string `json:"worker"`
 	Reason string `json:"reason"`
-	// Progress is where the worker stopped, when it has already stopped (reason "fenced"):
-	// ingest resumes the new placement from there.
+	// Progress is where the worker stopped, when it has already stopped (reason "fenced"), or
+	// the last progress the router knew (reconciliation): ingest resumes the new placement from
+	// there; absent, the router resumes from what it knows, else from the oldest frame in the ring.
 	Progress []session.LegSeq `json:"progress,omitempty"`
 }
 

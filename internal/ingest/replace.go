@@ -1,0 +1,216 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/guard"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/nats-io/nats.go"
+)
+
+// Backoff between placement attempts: new calls start fast (a router that just started answers
+// within a heartbeat round), re-placements of running calls more patiently.
+const (
+	placeBackoff      = 50 * time.Millisecond
+	placeBackoffMax   = time.Second
+	replaceBackoff    = 250 * time.Millisecond
+	replaceBackoffMax = 5 * time.Second
+)
+
+// backoff returns the wait before retry attempt+1: base doubled per attempt up to max, with full
+// jitter over its upper half, so that nodes refused together do not come back together.
+func backoff(attempt int, base, maxWait time.Duration) time.Duration {
+	d := base << min(attempt, 16)
+	if d <= 0 || d > maxWait {
+		d = maxWait
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// failover reports whether reason re-places a call that has (or may have) lost its worker
+// already: such a re-placement keeps retrying; a migration away from a live worker can wait.
+func failover(reason string) bool {
+	switch reason {
+	case wire.ReasonWorkerDown, wire.ReasonFenced, wire.ReasonIngestStall, wire.ReasonReconcile:
+		return true
+	}
+	return false
+}
+
+// replace moves the call's placement in pool away from worker (make-before-break): a new epoch is
+// placed, keeping the call's other pools where they are, and only then does the call switch its
+// frames to the new epoch. A failover retries with backoff for up to ReplaceTimeout (the routers'
+// reconciliation asks again after that); a migration gives up after three attempts.
+func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
+	c.placing.Lock()
+	defer c.placing.Unlock()
+	n := c.n
+	deadline := time.Now().Add(n.cfg.ReplaceTimeout)
+	for attempt := 0; ; attempt++ {
+		cur := c.Placements()
+		if !slices.ContainsFunc(cur, func(p wire.Placement) bool { return p.Worker == worker }) {
+			return nil // already moved
+		}
+		var keep []wire.Placement
+		for _, p := range cur {
+			if p.Worker != worker {
+				keep = append(keep, p)
+			}
+		}
+		// A worker that is alive and merely lost the call (the ingest stalled, a message was lost)
+		// may take it again; one that died, drains or lags may not.
+		var exclude []string
+		if reason != wire.ReasonIngestStall && reason != wire.ReasonReconcile {
+			exclude = []string{worker}
+		}
+		epoch := c.nextEpoch()
+		start := time.Now()
+		rep, err := n.requestPlace(context.Background(), c, epoch, n.cfg.Pools, keep, exclude, resume, reason)
+		if err == nil && rep.OK {
+			if c.setPlacement(epoch, rep.Placements) {
+				n.m.replacements.WithLabelValues(reason).Inc()
+				c.log.Info().Str("from", worker).Any("placements", rep.Placements).Uint32("epoch", epoch).Str("reason", reason).
+					Dur("took", time.Since(start)).Msg("call re-placed")
+				n.event(c, epoch, "replaced", map[string]any{"from": worker, "placements": rep.Placements, "reason": reason})
+			}
+			return nil
+		}
+		wait := backoff(attempt, replaceBackoff, replaceBackoffMax)
+		if err == nil {
+			wait = max(wait, time.Duration(rep.RetryAfterMS)*time.Millisecond)
+			err = &RefusedError{Code: rep.Code, Reason: rep.Reason}
+		}
+		if !failover(reason) && attempt >= 2 {
+			return err // a migration can wait for the next drain or rebalance round
+		}
+		if time.Now().Add(wait).After(deadline) {
+			c.log.Error().Err(err).Int("attempt", attempt).Str("reason", reason).
+				Msg("re-placement still failing; leaving it to the routers' reconciliation")
+			return err
+		}
+		c.log.Warn().Err(err).Int("attempt", attempt).Str("reason", reason).Dur("wait", wait).Msg("re-placement failed; retrying")
+		select {
+		case <-c.done:
+			return ErrEnded
+		case <-time.After(wait):
+		}
+	}
+}
+
+// startReplace re-places c away from worker on a tracked goroutine and calls then (may be nil)
+// with the result. With dedupe, a notice that arrives while a re-placement of c is running is
+// dropped: the senders repeat theirs (the router every sweep) until the heartbeat shows the call
+// at a new epoch. It reports false when the node is shutting down.
+func (n *Node) startReplace(c *Call, worker, reason string, resume []session.LegSeq, dedupe bool, then func(error)) bool {
+	if c.replacing.Add(1) > 1 && dedupe {
+		c.replacing.Add(-1)
+		return true
+	}
+	ok := n.g.Go(func() {
+		defer c.replacing.Add(-1)
+		defer guard.Recover("ingest_replace", c.log, nil)
+		err := c.replace(worker, reason, resume)
+		if then != nil {
+			then(err)
+		}
+	})
+	if !ok {
+		c.replacing.Add(-1)
+	}
+	return ok
+}
+
+func (n *Node) onDown(m *nats.Msg) {
+	var d wire.Down
+	if len(m.Data) > wire.MaxControlBytes || json.Unmarshal(m.Data, &d) != nil || d.Component != subjects.Worker {
+		return
+	}
+	for _, c := range n.Calls() {
+		if slices.ContainsFunc(c.Placements(), func(p wire.Placement) bool { return p.Worker == d.ID }) {
+			n.startReplace(c, d.ID, wire.ReasonWorkerDown, nil, true, nil)
+		}
+	}
+}
+
+// onMigrate serves ingest.<id>.place: a worker's request to move a call away from it (drain,
+// rebalance, fenced), or a router's notice that a placement is stranded (published without a
+// reply subject, repeated every sweep).
+func (n *Node) onMigrate(m *nats.Msg) {
+	fail := func(code, reason string) {
+		if code == wire.CodeBadRequest {
+			n.m.badRequests.WithLabelValues("place").Inc()
+		}
+		if m.Reply != "" {
+			bus.Respond(m, wire.Fail(code, reason))
+		}
+	}
+	if len(m.Data) > wire.MaxControlBytes {
+		fail(wire.CodeBadRequest, fmt.Sprintf("request of %d bytes; at most %d", len(m.Data), wire.MaxControlBytes))
+		return
+	}
+	var req wire.Migrate
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		fail(wire.CodeBadRequest, err.Error())
+		return
+	}
+	if !subjects.Valid(req.Worker) || len(req.Progress) > session.MaxLegs {
+		fail(wire.CodeBadRequest, "place needs a valid worker id and at most one progress entry per leg")
+		return
+	}
+	c := n.Call(session.ID{Tenant: req.Tenant, Call: req.Call})
+	if c == nil {
+		fail(wire.CodeUnknown, "not owned here")
+		return
+	}
+	if cur := c.Epoch(); req.Epoch != 0 && req.Epoch < cur {
+		fail(wire.CodeStale, fmt.Sprintf("call is at epoch %d", cur)) // it has moved on already
+		return
+	}
+	reason := req.Reason
+	var resume []session.LegSeq
+	if failover(reason) {
+		// The worker has stopped already: resume from where it (or the router) says it stopped,
+		// the oldest frame in the ring for legs it does not know; with nothing known the router
+		// looks the progress up itself.
+		if len(req.Progress) > 0 {
+			resume = make([]session.LegSeq, len(c.spec.Legs))
+			for i := range resume {
+				resume[i] = session.LegSeq{Leg: uint8(i), Next: session.FromRingStart}
+			}
+			for _, ls := range req.Progress {
+				if int(ls.Leg) < len(resume) && ls.Next >= 0 {
+					resume[ls.Leg].Next = ls.Next
+				}
+			}
+		}
+	} else {
+		resume = make([]session.LegSeq, len(c.spec.Legs))
+		for i := range resume {
+			resume[i] = session.LegSeq{Leg: uint8(i), Next: session.FromEpochStart}
+		}
+	}
+	fromRouter := m.Reply == ""
+	then := func(err error) {
+		if err != nil {
+			fail(wire.CodeNoCapacity, err.Error())
+			return
+		}
+		if m.Reply != "" {
+			bus.Respond(m, wire.OK())
+		}
+	}
+	if fromRouter {
+		c.log.Warn().Str("worker_id", req.Worker).Str("reason", reason).Uint32("at_epoch", req.Epoch).Msg("router reports the placement stranded")
+	}
+	if !n.startReplace(c, req.Worker, reason, resume, fromRouter, then) {
+		fail(wire.CodeDraining, "ingest is shutting down")
+	}
+}
