@@ -51,9 +51,8 @@ type call struct {
 	done    chan struct{}
 
 	next       [session.MaxLegs]atomic.Int64 // progress, read by heartbeats
-	lastFrame  atomic.Int64                  // unix nanos of the last frame received
-	lagNS      atomic.Int64                  // EWMA of capture→processing delay
-	caughtUp   int64                         // unix nanos when the last replay ended; call goroutine only
+	lastFrame  atomic.Int64                  // w.mono() when the last frame was received
+	lagNS      atomic.Int64                  // EWMA of live frames' excess delay (see excess)
 	superseded atomic.Bool
 	migrating  atomic.Bool // this worker asked ingest to move the call (drain, rebalance)
 
@@ -61,8 +60,16 @@ type call struct {
 	ended    uint16
 	handlers []proc.Handler
 	cur      item       // the frame being processed; a field so the frame path does not allocate
-	now      int64      // unix nanos when cur was taken off the channel
+	now      int64      // w.mono() when cur was taken off the channel
 	out      proc.Frame // what handlers receive; reused for the same reason
+
+	// Delay baseline (call goroutine only): the lowest arrival−capture seen, which holds the
+	// constant offset between ingest's clock and this worker's plus the fastest trip; a live
+	// frame's excess over it is its lag. See excess.
+	base, baseAt int64 // baseline, and w.mono() when it last rose
+	haveBase     bool
+	offBand      int // consecutive live frames more than MaxFrameAge off the baseline
+	skipLag      int // live frames still to leave out of lag: they queued behind a replay
 }
 
 func newCall(w *Worker, o *wire.Offer) *call {
@@ -92,7 +99,7 @@ func newCall(w *Worker, o *wire.Offer) *call {
 			c.next[i].Store(f)
 		}
 	}
-	c.lastFrame.Store(time.Now().UnixNano())
+	c.lastFrame.Store(w.mono())
 	return c
 }
 
@@ -134,7 +141,7 @@ func (c *call) unsubscribe() {
 // onAudio takes one message off the call's channel: a bad frame is counted and dropped, and
 // while more than c.queue frames wait behind it the frame is dropped as the oldest.
 func (c *call) onAudio(m *nats.Msg) string {
-	c.now = time.Now().UnixNano()
+	c.now = c.w.mono()
 	c.lastFrame.Store(c.now)
 	p, err := c.cur.h.Unmarshal(m.Data)
 	if err != nil || int(c.cur.h.Leg) >= len(c.spec.Legs) {
@@ -235,19 +242,27 @@ func (c *call) process(it *item) string {
 			c.subDropped = d // NATS drops inside this hole are not a later gap's cause
 		}
 	}
-	if age := now - h.Capture; age > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagReplayed) && !h.Has(frame.FlagLast) {
-		c.dropCause[leg] = proc.CauseStale
-		c.w.m.dropStale.Inc()
-		return ""
+	live := !h.Has(frame.FlagReplayed)
+	var excess int64
+	if live {
+		excess = c.excess(c.w.wall0 + now - h.Capture)
+		if excess > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagLast) {
+			c.dropCause[leg] = proc.CauseStale
+			c.w.m.dropStale.Inc()
+			return ""
+		}
 	}
 	c.deliver(h, it.payload)
-	// Frames captured before the last replay ended waited for that replay (a hand-over, a
-	// refetch), not for processing: they say nothing about this worker's backlog, and counting
+	// Frames that queued behind the last replay (a hand-over, a refetch) waited for that
+	// replay, not for processing: they say nothing about this worker's backlog, and counting
 	// them would make every worker that takes over calls look lagging for a moment.
-	if !h.Has(frame.FlagReplayed) && h.Capture > c.caughtUp {
-		lag := now - h.Capture
-		old := c.lagNS.Load()
-		c.lagNS.Store(old + (lag-old)/8)
+	if live {
+		if c.skipLag > 0 {
+			c.skipLag--
+		} else {
+			old := c.lagNS.Load()
+			c.lagNS.Store(old + (max(excess, 0)-old)/8)
+		}
 	}
 	if h.Has(frame.FlagLast) {
 		c.ended |= 1 << leg
@@ -256,6 +271,42 @@ func (c *call) process(it *item) string {
 		}
 	}
 	return ""
+}
+
+// baseRise is the rate at which a call's delay baseline may creep up: 1 ns per baseRise ns
+// (100 ppm), so that clock rates that differ by up to that much do not read as a growing lag,
+// while a real backlog, which grows by a frame per frame time, still does.
+const baseRise = 10_000
+
+// excess takes a live frame's delay d (arrival on this worker's clock minus capture on
+// ingest's) and returns how much it exceeds the call's baseline, the lowest delay seen. A
+// constant offset between the two clocks is in every d and in the baseline, so it cancels: a
+// worker whose clock is seconds off processes the same as one in sync. A single frame far off
+// the baseline (a hostile capture time) does not move it; MaxFrameAge-off frames that keep
+// coming for more than the call's channel holds (ingest's clock was stepped, not a backlog,
+// which stale drops would have cleared by then) re-anchor it.
+func (c *call) excess(d int64) int64 {
+	if !c.haveBase {
+		c.base, c.baseAt, c.haveBase = d, c.now, true
+		return 0
+	}
+	if rise := (c.now - c.baseAt) / baseRise; rise > 0 {
+		c.base += rise
+		c.baseAt = c.now
+	}
+	e := d - c.base
+	if band := int64(c.w.cfg.MaxFrameAge); e > band || e < -band {
+		if c.offBand++; c.offBand <= cap(c.audio) {
+			return e
+		}
+		c.log.Warn().Dur("step", time.Duration(e)).Msg("capture clock stepped: delay baseline re-anchored")
+		c.base, e = d, 0
+	}
+	c.offBand = 0
+	if e < 0 {
+		c.base, e = d, 0
+	}
+	return e
 }
 
 // deliver checks order and passes an in-order frame to the handlers.
@@ -291,7 +342,7 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 	if h.Has(frame.FlagLast) && len(payload) == 0 {
 		return
 	}
-	c.out = proc.Frame{Header: *h, Payload: payload, Received: c.now}
+	c.out = proc.Frame{Header: *h, Payload: payload, Received: c.w.wall0 + c.now}
 	for _, hd := range c.handlers {
 		hd.Frame(&c.out)
 	}
@@ -313,7 +364,7 @@ func (c *call) gapCause(leg uint8) string {
 // Whatever the ring cannot fill is reported with cause. It returns true when a replayed frame
 // carries a newer epoch than this worker's: the call has been superseded.
 func (c *call) replay(leg uint8, from int64, to uint32, cause string) (superseded bool) {
-	defer func() { c.caughtUp = time.Now().UnixNano() }()
+	defer func() { c.skipLag = len(c.audio) }()
 	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: c.w.cfg.ID,
 		Legs: []wire.LegRange{{Leg: leg, From: from, To: int64(to)}}}
 	data, _ := json.Marshal(req)
@@ -448,7 +499,7 @@ func (c *call) Emit(kind string, data any) {
 		return
 	}
 	ev := wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(),
-		Time: time.Now().UTC(), Source: "worker/" + c.w.cfg.ID, Data: body}
+		Time: c.w.cfg.Now().UTC(), Source: "worker/" + c.w.cfg.ID, Data: body}
 	if err := bus.Publish(c.w.nc, subjects.Event(c.spec.Tenant, c.spec.Call, kind), ev); err != nil {
 		c.log.Warn().Err(err).Str("kind", kind).Msg("event not published")
 	}

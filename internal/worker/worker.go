@@ -44,10 +44,17 @@ type Worker struct {
 	draining bool
 	wg       sync.WaitGroup
 
-	lagSince  time.Time // when lag first went over the threshold; zero when under
+	// Clocks. start holds a monotonic reading: mono() (nanoseconds since New) never steps, so
+	// fencing, idle reaping and arrival times do not move when the wall clock is stepped.
+	// wall0 is Config.Now at New: arrival times are wall0+mono(), on the scale of capture times
+	// but only offset from them by a constant, which the per-call delay baseline absorbs.
+	start time.Time
+	wall0 int64
+
+	lagSince  int64 // mono() when lag first went over the threshold; 0 when under
 	lagging   atomic.Bool
 	frameSeen atomic.Uint64 // frame mode
-	lastTick  atomic.Int64  // unix nanos of the last heartbeat tick; see Config.FenceAfter
+	lastTick  atomic.Int64  // mono() at the last heartbeat tick; see Config.FenceAfter
 	closed    atomic.Bool
 }
 
@@ -74,12 +81,20 @@ func New(cfg Config, d Deps) (*Worker, error) {
 	if d.Health == nil {
 		d.Health = &obs.Health{}
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	return &Worker{
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("worker", cfg.ID).Str("pool", cfg.Pool).Logger(),
 		m: newMetrics(d.Registry), health: d.Health, procs: procs,
 		calls: map[session.ID]*call{},
+		start: time.Now(), wall0: cfg.Now().UnixNano(),
 	}, nil
 }
+
+// mono returns the worker's monotonic time: nanoseconds since New (at least 1, so 0 can mean
+// never).
+func (w *Worker) mono() int64 { return int64(time.Since(w.start)) + 1 }
 
 // ID returns the worker's id.
 func (w *Worker) ID() string { return w.cfg.ID }
@@ -120,7 +135,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	t := time.NewTicker(w.cfg.HeartbeatInterval)
 	defer t.Stop()
-	w.lastTick.Store(time.Now().UnixNano())
+	w.lastTick.Store(w.mono())
 	w.heartbeat()
 	for {
 		select {
@@ -135,19 +150,19 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // tick reaps idle calls, updates lag, sheds load and heartbeats.
 func (w *Worker) tick() {
-	now := time.Now()
-	if w.fenced(now.UnixNano()) {
+	now := w.mono()
+	if w.fenced(now) {
 		w.log.Warn().Msg("heartbeats stalled past the fence: dropping every call without publishing")
 		for _, c := range w.snapshot() {
 			c.stop(proc.StopSuperseded)
 			go w.handBack(c)
 		}
 	}
-	w.lastTick.Store(now.UnixNano())
+	w.lastTick.Store(now)
 	var worst int64
 	var worstCall *call
 	for _, c := range w.snapshot() {
-		if idle := now.UnixNano() - c.lastFrame.Load(); idle > int64(w.cfg.IdleTimeout) {
+		if idle := now - c.lastFrame.Load(); idle > int64(w.cfg.IdleTimeout) {
 			c.stop(proc.StopIdle)
 			continue
 		}
@@ -159,10 +174,10 @@ func (w *Worker) tick() {
 	over := time.Duration(worst) > w.cfg.LagThreshold
 	switch {
 	case !over:
-		w.lagSince = time.Time{}
-	case w.lagSince.IsZero():
+		w.lagSince = 0
+	case w.lagSince == 0:
 		w.lagSince = now
-	case now.Sub(w.lagSince) > w.cfg.ShedAfter && worstCall != nil:
+	case time.Duration(now-w.lagSince) > w.cfg.ShedAfter && worstCall != nil:
 		// Shed the worst call to another worker, make-before-break, then give it time to go.
 		w.lagSince = now
 		w.log.Warn().Dur("lag", time.Duration(worst)).Str("call", worstCall.spec.Call).Msg("lagging: shedding a call")
@@ -390,7 +405,7 @@ func (w *Worker) drain() {
 		t := time.NewTicker(w.cfg.HeartbeatInterval)
 		defer t.Stop()
 		for {
-			w.lastTick.Store(time.Now().UnixNano())
+			w.lastTick.Store(w.mono())
 			w.heartbeat()
 			select {
 			case <-stopHB:
@@ -458,8 +473,8 @@ func (w *Worker) Calls() int {
 	return len(w.calls)
 }
 
-// fenced reports whether the heartbeat loop has stalled longer than FenceAfter: the routers will
-// have declared this worker down and its calls are being re-placed.
+// fenced reports whether the heartbeat loop has stalled longer than FenceAfter (now is mono()):
+// the routers will have declared this worker down and its calls are being re-placed.
 func (w *Worker) fenced(now int64) bool {
 	return now-w.lastTick.Load() > int64(w.cfg.FenceAfter)
 }
