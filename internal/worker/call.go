@@ -30,7 +30,11 @@ type item struct {
 type call struct {
 	w      *Worker
 	spec   session.Spec
-	epoch  atomic.Uint32 // advanced in place when ingest re-places the call's other pools
+	// state is the call's epoch (low 32 bits: advanced in place when ingest re-places the call's
+	// other pools) and whether it is stopping (stoppingBit), in one word so that an offer that
+	// advances the epoch and a decision to stop are ordered: an offer never succeeds on a call
+	// that is already on its way out (see advance, supersededBy).
+	state  atomic.Uint64
 	join   uint32        // the epoch this worker joined at; older frames belong to the previous owner
 	ingest string
 	from   []int64 // per leg: where to resume (session.FromEpochStart or a sequence)
@@ -81,7 +85,7 @@ func newCall(w *Worker, o *wire.Offer) *call {
 		done:  make(chan struct{}),
 		from:  make([]int64, len(o.Call.Legs)),
 	}
-	c.epoch.Store(o.Epoch)
+	c.state.Store(uint64(o.Epoch))
 	c.log = w.log.With().Str("tenant", o.Call.Tenant).Str("call", o.Call.Call).Uint32("epoch", o.Epoch).Logger()
 	for i := range c.from {
 		c.from[i] = session.FromEpochStart
@@ -159,12 +163,55 @@ func (c *call) onAudio(m *nats.Msg) string {
 	return r
 }
 
+const stoppingBit = 1 << 32
+
+// curEpoch returns the epoch the call is held at.
+func (c *call) curEpoch() uint32 { return uint32(c.state.Load()) }
+
+// stopping reports whether the call has begun to stop.
+func (c *call) stopping() bool { return c.state.Load()&stoppingBit != 0 }
+
+// markStopping records that the call is stopping; offers no longer advance it.
+func (c *call) markStopping() { c.state.Or(stoppingBit) }
+
+// advance moves the call to epoch e (if higher) for an offer that keeps this worker, and
+// reports false if the call is stopping: the offer must not be answered OK for it.
+func (c *call) advance(e uint32) bool {
+	for {
+		s := c.state.Load()
+		if s&stoppingBit != 0 {
+			return false
+		}
+		if e <= uint32(s) || c.state.CompareAndSwap(s, uint64(e)) {
+			return true
+		}
+	}
+}
+
+// supersededBy reports whether a frame or replay at epoch e ends the call, marking it stopping
+// if so; false means an offer advanced the call to e meanwhile.
+func (c *call) supersededBy(e uint32) bool {
+	for {
+		s := c.state.Load()
+		if s&stoppingBit != 0 {
+			return true
+		}
+		if e <= uint32(s) {
+			return false
+		}
+		if c.state.CompareAndSwap(s, s|stoppingBit) {
+			return true
+		}
+	}
+}
+
 // stopSignal is put on a call's channel to wake its goroutine for a stop.
 var stopSignal = &nats.Msg{}
 
 // stop asks the call goroutine to finish with reason; it does not wait. The first reason wins.
 // When the channel is full the goroutine is busy and sees the request before its next message.
 func (c *call) stop(reason string) {
+	c.markStopping()
 	if c.stopReq.CompareAndSwap(nil, &reason) {
 		select {
 		case c.audio <- stopSignal:
@@ -190,6 +237,7 @@ func (c *call) run() {
 			reason = c.onAudio(m)
 		}
 	}
+	c.markStopping()
 	c.finish(reason)
 }
 
@@ -211,7 +259,7 @@ func (c *call) process(it *item) string {
 	case h.Epoch < c.join:
 		c.w.m.oldEpoch.Inc()
 		return ""
-	case h.Epoch > c.epoch.Load():
+	case h.Epoch > c.curEpoch() && c.supersededBy(h.Epoch):
 		if c.migrating.Load() {
 			return proc.StopMigrated // the hand-over this worker asked for: it ends here, at L
 		}
@@ -365,7 +413,7 @@ func (c *call) gapCause(leg uint8) string {
 // carries a newer epoch than this worker's: the call has been superseded.
 func (c *call) replay(leg uint8, from int64, to uint32, cause string) (superseded bool) {
 	defer func() { c.skipLag = len(c.audio) }()
-	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: c.w.cfg.ID,
+	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Worker: c.w.cfg.ID,
 		Legs: []wire.LegRange{{Leg: leg, From: from, To: int64(to)}}}
 	data, _ := json.Marshal(req)
 	ctx, cancel := context.WithTimeout(context.Background(), c.w.cfg.ReplayTimeout)
@@ -399,7 +447,7 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 		if h.Leg != leg || h.Seq >= to {
 			continue
 		}
-		if h.Epoch > c.epoch.Load() {
+		if h.Epoch > c.curEpoch() && c.supersededBy(h.Epoch) {
 			return true
 		}
 		h.Flags |= frame.FlagReplayed
@@ -428,7 +476,7 @@ func (c *call) progress() []session.LegSeq {
 
 // control answers a ctl.<tenant>.<call> request on the call goroutine.
 func (c *call) control(m *nats.Msg) {
-	rep := wire.CtlReply{Worker: c.w.cfg.ID, Pool: c.w.cfg.Pool, Epoch: c.epoch.Load()}
+	rep := wire.CtlReply{Worker: c.w.cfg.ID, Pool: c.w.cfg.Pool, Epoch: c.curEpoch()}
 	var req wire.CtlRequest
 	if err := json.Unmarshal(m.Data, &req); err != nil || req.Command == "" {
 		rep.Reply = wire.Fail(wire.CodeBadRequest, "want {\"v\":1,\"command\":...}")
@@ -483,7 +531,7 @@ func (c *call) finish(reason string) {
 // proc.Call implementation.
 
 func (c *call) Spec() *session.Spec  { return &c.spec }
-func (c *call) Epoch() uint32        { return c.epoch.Load() }
+func (c *call) Epoch() uint32        { return c.curEpoch() }
 func (c *call) Worker() string       { return c.w.cfg.ID }
 func (c *call) Pool() string         { return c.w.cfg.Pool }
 func (c *call) Log() *zerolog.Logger { return &c.log }
@@ -498,7 +546,7 @@ func (c *call) Emit(kind string, data any) {
 		c.log.Error().Err(err).Str("kind", kind).Msg("event does not marshal")
 		return
 	}
-	ev := wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(),
+	ev := wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(),
 		Time: c.w.cfg.Now().UTC(), Source: "worker/" + c.w.cfg.ID, Data: body}
 	if err := bus.Publish(c.w.nc, subjects.Event(c.spec.Tenant, c.spec.Call, kind), ev); err != nil {
 		c.log.Warn().Err(err).Str("kind", kind).Msg("event not published")

@@ -16,7 +16,7 @@ import (
 // none is dropped as stale, it does not report itself lagging, sheds nothing and is not fenced.
 func TestClockOffset(t *testing.T) {
 	for _, tc := range []struct {
-		name        string
+		name         string
 		offset, step time.Duration // the clock's offset from the start, and the step added mid-call
 	}{
 		{"ahead 3s", 3 * time.Second, 0},

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -10,14 +11,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/router"
+	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/stack"
+	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wav"
+	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/callrouter/callrouter/internal/worker"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
@@ -276,4 +282,122 @@ func hasLabels(m *dto.Metric, labels map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// lone is one worker on an embedded nats-server with no router or ingest: the test plays both,
+// sending offers and releases and publishing crafted frames.
+type lone struct {
+	srv *bus.Embedded
+	w   *worker.Worker
+	nc  *nats.Conn // the test's own connection
+	reg *prometheus.Registry
+	id  string
+}
+
+func startLone(t *testing.T, wc worker.Config) *lone {
+	t.Helper()
+	rec.reset()
+	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	wnc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(wnc.Close)
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if wc.ID == "" {
+		wc.ID = "w1"
+	}
+	reg := prometheus.NewRegistry()
+	w, err := worker.New(wc, worker.Deps{NC: wnc, Log: testLogger(t), Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("worker run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("worker did not stop")
+		}
+	})
+	l := &lone{srv: srv, w: w, nc: nc, reg: reg, id: wc.ID}
+	// Run has subscribed once its first heartbeat is out.
+	hb, err := nc.SubscribeSync(subjects.Heartbeat(subjects.Worker, wc.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hb.Unsubscribe()
+	if _, err := hb.NextMsg(10 * time.Second); err != nil {
+		t.Fatalf("no heartbeat: %v", err)
+	}
+	return l
+}
+
+// spec is a two-leg PCMU call.
+func spec(call string) session.Spec {
+	return session.Spec{ID: session.ID{Tenant: "acme", Call: call}, Legs: []session.Leg{
+		{Index: 0, Name: "caller", Codec: frame.CodecPCMU, Rate: 8000},
+		{Index: 1, Name: "callee", Codec: frame.CodecPCMU, Rate: 8000}}}
+}
+
+// offer sends an offer as a router would and returns the worker's answer.
+func (l *lone) offer(t *testing.T, o wire.Offer) wire.OfferReply {
+	t.Helper()
+	o.V = wire.V
+	if o.Pool == "" {
+		o.Pool = "default"
+	}
+	if o.Ingest == "" {
+		o.Ingest = "in1"
+	}
+	data, err := json.Marshal(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.offerRaw(t, data)
+}
+
+func (l *lone) offerRaw(t *testing.T, data []byte) wire.OfferReply {
+	t.Helper()
+	m, err := l.nc.Request(subjects.WorkerVerb(l.id, subjects.WorkerVerbOffer), data, 5*time.Second)
+	if err != nil {
+		t.Fatalf("offer: %v", err)
+	}
+	var r wire.OfferReply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		t.Fatalf("offer reply %q: %v", m.Data, err)
+	}
+	return r
+}
+
+// send publishes one live frame of call's leg as ingest would, captured now.
+func (l *lone) send(t *testing.T, call string, leg uint8, epoch, seq uint32, flags frame.Flags) {
+	t.Helper()
+	h := frame.Header{Flags: flags, Codec: frame.CodecPCMU, Leg: leg, SampleRate: 8000, Epoch: epoch, Seq: seq,
+		MediaTS: seq * 160, Capture: time.Now().UnixNano(), DurationUS: 20000}
+	payload := make([]byte, 160)
+	if flags&frame.FlagLast != 0 {
+		payload = nil
+	}
+	buf, err := frame.Append(nil, &h, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.nc.Publish(subjects.Audio("acme", call, spec(call).Legs[leg].Name), buf); err != nil {
+		t.Fatal(err)
+	}
 }

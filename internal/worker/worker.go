@@ -30,6 +30,10 @@ import (
 // an answer is not sent after the router gave up.
 const offerFlushTimeout = 500 * time.Millisecond
 
+// stoppingWait bounds how long an offer for a call that is stopping waits for it to go before
+// taking it fresh; with offerFlushTimeout it stays below the router's offer timeout.
+const stoppingWait = 300 * time.Millisecond
+
 // Worker is one worker process's runtime.
 type Worker struct {
 	cfg    Config
@@ -161,7 +165,10 @@ func (w *Worker) tick() {
 	w.lastTick.Store(now)
 	var worst int64
 	var worstCall *call
-	for _, c := range w.snapshot() {
+	// Under w.mu, so an offer that advances a call in place (and refreshes lastFrame) is
+	// ordered with the decision to reap it.
+	w.mu.Lock()
+	for _, c := range w.calls {
 		if idle := now - c.lastFrame.Load(); idle > int64(w.cfg.IdleTimeout) {
 			c.stop(proc.StopIdle)
 			continue
@@ -170,6 +177,7 @@ func (w *Worker) tick() {
 			worst, worstCall = l, c
 		}
 	}
+	w.mu.Unlock()
 	w.m.lag.Set(float64(worst) / 1e9)
 	over := time.Duration(worst) > w.cfg.LagThreshold
 	switch {
@@ -210,7 +218,7 @@ func (w *Worker) heartbeat() {
 	for _, c := range calls {
 		l := c.lagNS.Load()
 		worst = max(worst, l)
-		hb.Calls = append(hb.Calls, wire.WorkerCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Pool: w.cfg.Pool,
+		hb.Calls = append(hb.Calls, wire.WorkerCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Pool: w.cfg.Pool,
 			Ingest: c.ingest, Progress: c.progress(), LagMS: float64(l) / 1e6})
 	}
 	hb.LagMS = float64(worst) / 1e6
@@ -241,18 +249,36 @@ func (w *Worker) onOffer(m *nats.Msg) {
 	id := o.Call.ID
 	w.mu.Lock()
 	if old := w.calls[id]; old != nil {
-		cur := old.epoch.Load()
-		if cur > o.Epoch {
+		if cur := old.curEpoch(); cur > o.Epoch {
 			w.mu.Unlock()
 			reply(wire.Fail(wire.CodeStale, fmt.Sprintf("holding epoch %d", cur)))
 			return
 		}
 		// A retried offer, or ingest re-placing the call's other pools and keeping this worker:
-		// advance the epoch in place, without a gap.
-		old.epoch.Store(o.Epoch)
+		// advance the epoch in place, without a gap. The offer counts as a sign of life, under
+		// w.mu like the idle reaper, so the call is not reaped just after the answer.
+		old.lastFrame.Store(w.mono())
+		if old.advance(o.Epoch) {
+			w.mu.Unlock()
+			reply(wire.OK())
+			return
+		}
+		// The call is stopping (reaped, released, superseded): answering OK would leave ingest
+		// believing it placed while the call removes itself. Wait for it to go, then take the
+		// call fresh at the offered epoch and resume point.
 		w.mu.Unlock()
-		reply(wire.OK())
-		return
+		select {
+		case <-old.done:
+		case <-time.After(stoppingWait):
+			reply(wire.Fail(wire.CodeFull, "call is stopping"))
+			return
+		}
+		w.mu.Lock()
+		if w.calls[id] != nil {
+			w.mu.Unlock()
+			reply(wire.Fail(wire.CodeFull, "call is stopping"))
+			return
+		}
 	}
 	if w.draining {
 		w.mu.Unlock()
@@ -306,7 +332,7 @@ func (w *Worker) onRelease(m *nats.Msg) {
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeUnknown, "not holding "+r.Tenant+"/"+r.Call)})
 		return
 	}
-	cur := c.epoch.Load()
+	cur := c.curEpoch()
 	if r.Epoch != 0 && r.Epoch < cur {
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeStale, fmt.Sprintf("holding epoch %d", cur))})
 		return
@@ -348,7 +374,7 @@ func (w *Worker) migrate(c *call, reason string) {
 // migrateCtx reports whether ingest moved the call.
 func (w *Worker) migrateCtx(ctx context.Context, c *call, reason string) bool {
 	c.migrating.Store(true)
-	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: w.cfg.ID, Reason: reason}
+	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Worker: w.cfg.ID, Reason: reason}
 	var rep wire.Reply
 	if err := bus.Request(ctx, w.nc, subjects.IngestVerb(c.ingest, subjects.IngestVerbPlace), req, &rep); err != nil {
 		c.log.Warn().Err(err).Str("reason", reason).Msg("migration request failed")
@@ -380,7 +406,7 @@ func (w *Worker) migrateUntil(ctx context.Context, c *call, reason string) {
 // already re-placed, ingest ignores the notice.
 func (w *Worker) handBack(c *call) {
 	<-c.done
-	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: w.cfg.ID,
+	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Worker: w.cfg.ID,
 		Reason: wire.ReasonFenced, Progress: c.progress()}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
