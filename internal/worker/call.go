@@ -3,11 +3,13 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sync/atomic"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
@@ -28,14 +30,14 @@ type item struct {
 // the processors, as it would for a plain NATS subscriber. Control requests and the stop signal
 // come on the same channel, so the goroutine waits on one channel, not a select.
 type call struct {
-	w      *Worker
-	spec   session.Spec
+	w    *Worker
+	spec session.Spec
 	// state is the call's epoch (low 32 bits: advanced in place when ingest re-places the call's
 	// other pools) and whether it is stopping (stoppingBit), in one word so that an offer that
 	// advances the epoch and a decision to stop are ordered: an offer never succeeds on a call
 	// that is already on its way out (see advance, supersededBy).
 	state  atomic.Uint64
-	join   uint32        // the epoch this worker joined at; older frames belong to the previous owner
+	join   uint32 // the epoch this worker joined at; older frames belong to the previous owner
 	ingest string
 	from   []int64 // per leg: where to resume (session.FromEpochStart or a sequence)
 	log    zerolog.Logger
@@ -59,6 +61,8 @@ type call struct {
 	lagNS      atomic.Int64                  // EWMA of live frames' excess delay (see excess)
 	superseded atomic.Bool
 	migrating  atomic.Bool // this worker asked ingest to move the call (drain, rebalance)
+
+	finishing bool // finish has begun (call goroutine only)
 
 	started  [session.MaxLegs]bool
 	ended    uint16
@@ -119,13 +123,13 @@ func (c *call) subscribe() error {
 		return err
 	}
 	c.w.m.subs.Inc()
-	c.ctlSub, err = c.w.nc.Subscribe(subjects.Ctl(c.spec.Tenant, c.spec.Call), func(m *nats.Msg) {
+	c.ctlSub, err = c.w.nc.Subscribe(subjects.Ctl(c.spec.Tenant, c.spec.Call), guard.Handler("worker_ctl", c.log, func(m *nats.Msg) {
 		select {
 		case c.audio <- m: // m.Sub tells it from audio
 		default:
 			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeInternal, "control queue full"), Worker: c.w.cfg.ID})
 		}
-	})
+	}))
 	if err != nil {
 		return err
 	}
@@ -223,6 +227,9 @@ func (c *call) stop(reason string) {
 // run is the call's goroutine.
 func (c *call) run() {
 	defer close(c.done)
+	// A panic anywhere on the call's goroutine (a processor's Start, Frame, Gap, Control, or the
+	// worker's own frame path) ends this call only; the loop has no per-frame defer.
+	defer guard.Recover("worker_call", c.log, c.failed)
 	c.startHandlers()
 	reason := ""
 	for reason == "" {
@@ -511,7 +518,30 @@ func (c *call) control(m *nats.Msg) {
 	bus.Respond(m, rep)
 }
 
+// stopError is the stop reason of a call whose goroutine panicked.
+const stopError = "error"
+
+// failed ends the call after a panic on its goroutine: an error event, then the usual stop
+// (processors' Stop, accounting, stopped event, slot freed). A panic in the stop itself frees
+// the slot and nothing more.
+func (c *call) failed(v any) {
+	c.markStopping()
+	if c.finishing {
+		c.unsubscribe()
+		c.w.removeCall(c)
+		return
+	}
+	c.w.m.panics.Inc()
+	msg := fmt.Sprint(v)
+	if len(msg) > 200 {
+		msg = msg[:200]
+	}
+	c.Emit("error", map[string]any{"reason": "panic", "panic": msg, "progress": c.progress()})
+	c.finish(stopError)
+}
+
 func (c *call) finish(reason string) {
+	c.finishing = true
 	c.unsubscribe()
 	if reason == proc.StopIdle {
 		c.w.m.reapedSubs.Add(2)
@@ -520,12 +550,19 @@ func (c *call) finish(reason string) {
 		c.superseded.Store(true)
 	}
 	for _, h := range c.handlers {
-		h.Stop(reason)
+		c.stopHandler(h, reason)
 	}
 	c.Emit("stopped", map[string]any{"reason": reason, "progress": c.progress()})
 	c.log.Info().Str("reason", reason).Msg("call stopped")
 	c.w.m.ended.WithLabelValues(reason).Inc()
 	c.w.removeCall(c)
+}
+
+// stopHandler calls h.Stop; a panic in it is counted and does not keep the other processors
+// from stopping.
+func (c *call) stopHandler(h proc.Handler, reason string) {
+	defer guard.Recover("worker_processor_stop", c.log, nil)
+	h.Stop(reason)
 }
 
 // proc.Call implementation.

@@ -1,6 +1,9 @@
 package worker
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/callrouter/callrouter/internal/guard"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	calls      prometheus.Gauge
@@ -13,6 +16,7 @@ type metrics struct {
 	subs       prometheus.Gauge
 	reapedSubs prometheus.Counter
 	replays    *prometheus.CounterVec // result
+	panics     prometheus.Counter     // calls ended by a panic on their goroutine
 
 	// Per-frame counters, resolved once so the frame path does no label lookups.
 	processed, replayed, duplicate, oldEpoch, bad, dropBackpressure, dropStale prometheus.Counter
@@ -30,6 +34,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		subs:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_subscriptions", Help: "Per-call NATS subscriptions held."}),
 		reapedSubs: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_reaped_subscriptions_total", Help: "Per-call subscriptions removed by the idle reaper."}),
 		replays:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_replays_total", Help: "Replay requests to ingest by result."}, []string{"result"}),
+		panics:     prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_call_panics_total", Help: "Calls ended by a panic on their goroutine (a processor bug); callrouter_panics_total counts every recovered panic."}),
 	}
 	m.processed = m.frames.WithLabelValues("processed")
 	m.replayed = m.frames.WithLabelValues("replayed")
@@ -38,6 +43,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.bad = m.frames.WithLabelValues("bad")
 	m.dropBackpressure = m.drops.WithLabelValues("backpressure")
 	m.dropStale = m.drops.WithLabelValues("stale")
-	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.subs, m.reapedSubs, m.replays)
+	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.subs, m.reapedSubs, m.replays, m.panics)
+	guard.Register(reg)
 	return m
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
@@ -119,14 +120,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}()
 	if w.cfg.Mode == ModeFrame {
-		if err := sub(w.nc.QueueSubscribe(subjects.AllAudio, "pool."+w.cfg.Pool, w.onFrameMode)); err != nil {
+		if err := sub(w.nc.QueueSubscribe(subjects.AllAudio, "pool."+w.cfg.Pool, guard.Handler("worker_frame", w.log, w.onFrameMode))); err != nil {
 			return err
 		}
 	} else {
-		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), w.onOffer)); err != nil {
+		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), guard.Handler("worker_offer", w.log, w.onOffer))); err != nil {
 			return err
 		}
-		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbRelease), w.onRelease)); err != nil {
+		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbRelease), guard.Handler("worker_release", w.log, w.onRelease))); err != nil {
 			return err
 		}
 	}
@@ -299,14 +300,19 @@ func (w *Worker) onOffer(m *nats.Msg) {
 	w.calls[id] = c // the slot is reserved before anything else happens
 	w.m.calls.Set(float64(len(w.calls)))
 	w.mu.Unlock()
+	started := false
+	defer func() { // also while a panic unwinds: the slot is not kept by a call that never ran
+		if !started {
+			c.unsubscribe()
+			w.forget(c)
+		}
+	}()
 
 	err := c.subscribe()
 	if err == nil {
 		err = w.nc.FlushTimeout(offerFlushTimeout)
 	}
 	if err != nil {
-		c.unsubscribe()
-		w.forget(c)
 		reply(wire.Fail(wire.CodeInternal, err.Error()))
 		return
 	}
@@ -315,6 +321,7 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		defer w.wg.Done()
 		c.run()
 	}()
+	started = true
 	c.log.Info().Msg("call accepted")
 	reply(wire.OK())
 }
