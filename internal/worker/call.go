@@ -64,6 +64,15 @@ type call struct {
 
 	finishing bool // finish has begun (call goroutine only)
 
+	// Forward jumps (call goroutine only). credit is how many missing frames a leg's next
+	// forward jump may explain as loss: it accrues at real time (a frame per frame duration),
+	// up to the call's queue bound, and each jump spends it. anchor is a frame beyond the credit
+	// held back as a possible new sequence start.
+	credit, creditAt [session.MaxLegs]int64
+	anchor           [session.MaxLegs]uint32
+	anchored         [session.MaxLegs]bool
+	resumeCause      string // cause of what the first replay after joining cannot fill
+
 	started  [session.MaxLegs]bool
 	ended    uint16
 	handlers []proc.Handler
@@ -88,6 +97,13 @@ func newCall(w *Worker, o *wire.Offer) *call {
 		queue: w.cfg.QueueFrames * scale,
 		done:  make(chan struct{}),
 		from:  make([]int64, len(o.Call.Legs)),
+
+		resumeCause: proc.CauseReplacement,
+	}
+	if o.Reason == wire.ReasonIngestStall {
+		// Re-placed because ingest stalled past the routers' grace: what its ring no longer
+		// holds was lost to the stall, not to the hand-over.
+		c.resumeCause = proc.CauseIngestStall
 	}
 	c.state.Store(uint64(o.Epoch))
 	c.log = w.log.With().Str("tenant", o.Call.Tenant).Str("call", o.Call.Call).Uint32("epoch", o.Epoch).Logger()
@@ -279,22 +295,51 @@ func (c *call) process(it *item) string {
 	leg := h.Leg
 	if !c.started[leg] {
 		c.started[leg] = true
+		c.credit[leg], c.creditAt[leg] = int64(c.queue), now
 		from := c.from[leg]
 		if (from == session.FromEpochStart && !h.Has(frame.FlagEpochStart)) || from == session.FromRingStart || (from >= 0 && int64(h.Seq) > from) {
-			if c.replay(leg, from, h.Seq, proc.CauseReplacement) {
+			if c.replay(leg, from, h.Seq, c.resumeCause) {
 				return proc.StopSuperseded
 			}
 		}
-	} else if next := c.next[leg].Load(); next >= 0 && int64(h.Seq) > next && !h.Has(frame.FlagReplayed) {
-		// Frames went missing between NATS and this worker (a reconnect, a slow-consumer drop):
-		// fetch them from ingest's ring before going on. The worker's own drops are not refetched.
-		if own := c.dropCause[leg] != ""; !own {
-			cause := c.gapCause(leg)
-			if c.replay(leg, next, h.Seq, cause) {
-				return proc.StopSuperseded
+	} else if !h.Has(frame.FlagReplayed) {
+		if k := (now - c.creditAt[leg]) / int64(frame.Duration); k > 0 {
+			c.credit[leg] = min(c.credit[leg]+k, int64(c.queue))
+			c.creditAt[leg] += k * int64(frame.Duration)
+		}
+		next := c.next[leg].Load()
+		switch jump := int64(h.Seq) - next; {
+		case next < 0 || jump <= 0:
+		case jump > c.credit[leg]:
+			// More frames missing than real time since this leg's last frame (plus the queue's
+			// worth) can explain: not a loss but a sequence that jumped (a broken or hostile
+			// sender). A single such frame is dropped; a second one right after it confirms the
+			// new sequence, and the stream is re-anchored there: the hole is one gap with cause
+			// resync (processors must not fill it), no replay is asked for.
+			if !c.anchored[leg] || c.anchor[leg] != h.Seq-1 {
+				c.anchor[leg], c.anchored[leg] = h.Seq, true
+				c.w.m.jumpHeld.Inc()
+				return ""
 			}
-		} else if d, err := c.audioSub.Dropped(); err == nil {
-			c.subDropped = d // NATS drops inside this hole are not a later gap's cause
+			c.anchored[leg] = false
+			c.dropCause[leg] = proc.CauseResync
+			c.w.m.resyncs.Inc()
+		default:
+			c.credit[leg] -= jump
+			// Frames went missing between NATS and this worker (a reconnect, a slow-consumer
+			// drop): fetch them from ingest's ring before going on. The worker's own drops are
+			// not refetched.
+			if own := c.dropCause[leg] != ""; !own {
+				cause := c.gapCause(leg)
+				if c.replay(leg, next, h.Seq, cause) {
+					return proc.StopSuperseded
+				}
+			} else if d, err := c.audioSub.Dropped(); err == nil {
+				c.subDropped = d // NATS drops inside this hole are not a later gap's cause
+			}
+		}
+		if c.anchored[leg] && h.Seq != c.anchor[leg] {
+			c.anchored[leg] = false // the jump was a stray frame; the stream went on
 		}
 	}
 	live := !h.Has(frame.FlagReplayed)

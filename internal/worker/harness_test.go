@@ -327,6 +327,7 @@ func startLone(t *testing.T, wc worker.Config) *lone {
 	if wc.ID == "" {
 		wc.ID = "w1"
 	}
+	wc.DrainTimeout = time.Second // no ingest to migrate to
 	reg := prometheus.NewRegistry()
 	w, err := worker.New(wc, worker.Deps{NC: wnc, Log: testLogger(t), Registry: reg})
 	if err != nil {
