@@ -47,7 +47,10 @@ type Worker struct {
 	mu       sync.Mutex
 	calls    map[session.ID]*call
 	draining bool
-	wg       sync.WaitGroup
+	// group runs every goroutine the worker starts outside Run's own: call goroutines and what
+	// NATS callbacks and ticks set off (release answers, migrations, hand-backs). Once shutdown
+	// closes it, callbacks that fire late are refused instead of racing with the wait.
+	group guard.Group
 
 	// Clocks. start holds a monotonic reading: mono() (nanoseconds since New) never steps, so
 	// fencing, idle reaping and arrival times do not move when the wall clock is stepped.
@@ -160,7 +163,7 @@ func (w *Worker) tick() {
 		w.log.Warn().Msg("heartbeats stalled past the fence: dropping every call without publishing")
 		for _, c := range w.snapshot() {
 			c.stop(proc.StopSuperseded)
-			go w.handBack(c)
+			w.group.Go(func() { w.handBack(c) })
 		}
 	}
 	w.lastTick.Store(now)
@@ -190,7 +193,7 @@ func (w *Worker) tick() {
 		// Shed the worst call to another worker, make-before-break, then give it time to go.
 		w.lagSince = now
 		w.log.Warn().Dur("lag", time.Duration(worst)).Str("call", worstCall.spec.Call).Msg("lagging: shedding a call")
-		go w.migrate(worstCall, "rebalance")
+		w.group.Go(func() { w.migrate(worstCall, "rebalance") })
 	}
 	w.lagging.Store(over)
 	w.heartbeat()
@@ -316,11 +319,10 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		reply(wire.Fail(wire.CodeInternal, err.Error()))
 		return
 	}
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		c.run()
-	}()
+	if !w.group.Go(c.run) {
+		reply(wire.Fail(wire.CodeDraining, "worker is shutting down"))
+		return
+	}
 	started = true
 	c.log.Info().Msg("call accepted")
 	reply(wire.OK())
@@ -349,10 +351,13 @@ func (w *Worker) onRelease(m *nats.Msg) {
 		reason = proc.StopSuperseded
 	}
 	c.stop(reason)
-	go func() {
+	answer := func() {
 		<-c.done
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.OK(), Progress: c.progress()})
-	}()
+	}
+	if !w.group.Go(answer) {
+		answer() // shutting down: the call is being stopped anyway, and the wait is short
+	}
 }
 
 // removeCall frees a call's slot; called by the call goroutine as it finishes.
@@ -454,19 +459,19 @@ func (w *Worker) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.DrainTimeout)
 	defer cancel()
 	sem := make(chan struct{}, 32)
-	go func() {
+	w.group.Go(func() {
 		for _, c := range calls {
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
 				return
 			}
-			go func() {
+			w.group.Go(func() {
 				defer func() { <-sem }()
 				w.migrateUntil(ctx, c, "drain")
-			}()
+			})
 		}
-	}()
+	})
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 wait:
@@ -481,7 +486,8 @@ wait:
 	for _, c := range left {
 		c.stop(proc.StopShutdown)
 	}
-	w.wg.Wait()
+	cancel()
+	w.group.Close()
 	close(stopHB)
 	<-hbDone
 	w.heartbeat()
@@ -493,10 +499,13 @@ func (w *Worker) Close() {
 	if !w.closed.CompareAndSwap(false, true) {
 		return
 	}
+	w.mu.Lock()
+	w.draining = true
+	w.mu.Unlock()
 	for _, c := range w.snapshot() {
 		c.stop(proc.StopShutdown)
 	}
-	w.wg.Wait()
+	w.group.Close()
 }
 
 // Calls returns the number of calls held.
