@@ -53,8 +53,9 @@ type call struct {
 	dropCause  [session.MaxLegs]string // cause of the last frame dropped before the next gap
 	subDropped int                     // sub.Dropped() at the last check
 
-	stopReq atomic.Pointer[string] // set by stop; the goroutine checks it before each message
-	done    chan struct{}
+	stopReq    atomic.Pointer[string] // set by stop; the goroutine checks it before each message
+	ctlPending atomic.Int32           // control requests on the channel (maxCtlPending)
+	done       chan struct{}
 
 	next       [session.MaxLegs]atomic.Int64 // progress, read by heartbeats
 	lastFrame  atomic.Int64                  // w.mono() when the last frame was received
@@ -140,9 +141,19 @@ func (c *call) subscribe() error {
 	}
 	c.w.m.subs.Inc()
 	c.ctlSub, err = c.w.nc.Subscribe(subjects.Ctl(c.spec.Tenant, c.spec.Call), guard.Handler("worker_ctl", c.log, func(m *nats.Msg) {
+		if len(m.Data) > maxCtlBytes {
+			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeBadRequest, fmt.Sprintf("request of %d bytes: at most %d", len(m.Data), maxCtlBytes)), Worker: c.w.cfg.ID})
+			return
+		}
+		if c.ctlPending.Add(1) > maxCtlPending {
+			c.ctlPending.Add(-1)
+			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeInternal, "control queue full"), Worker: c.w.cfg.ID})
+			return
+		}
 		select {
 		case c.audio <- m: // m.Sub tells it from audio
 		default:
+			c.ctlPending.Add(-1)
 			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeInternal, "control queue full"), Worker: c.w.cfg.ID})
 		}
 	}))
@@ -255,6 +266,7 @@ func (c *call) run() {
 			reason = *r
 		case m == stopSignal:
 		case m.Sub == c.ctlSub:
+			c.ctlPending.Add(-1)
 			c.control(m)
 		default:
 			reason = c.onAudio(m)
@@ -532,6 +544,11 @@ func (c *call) control(m *nats.Msg) {
 	var req wire.CtlRequest
 	if err := json.Unmarshal(m.Data, &req); err != nil || req.Command == "" {
 		rep.Reply = wire.Fail(wire.CodeBadRequest, "want {\"v\":1,\"command\":...}")
+		bus.Respond(m, rep)
+		return
+	}
+	if err := checkCtl(&req); err != nil {
+		rep.Reply = wire.Fail(wire.CodeBadRequest, err.Error())
 		bus.Respond(m, rep)
 		return
 	}

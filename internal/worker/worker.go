@@ -238,16 +238,16 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		w.m.offers.WithLabelValues(map[bool]string{true: "accepted", false: r.Code}[r.OK]).Inc()
 		bus.Respond(m, wire.OfferReply{Reply: r, Worker: w.cfg.ID})
 	}
+	if len(m.Data) > maxOfferBytes {
+		reply(wire.Fail(wire.CodeBadRequest, fmt.Sprintf("offer of %d bytes: at most %d", len(m.Data), maxOfferBytes)))
+		return
+	}
 	if err := json.Unmarshal(m.Data, &o); err != nil {
 		reply(wire.Fail(wire.CodeBadRequest, err.Error()))
 		return
 	}
-	if err := o.Call.Validate(); err != nil {
+	if err := checkOffer(&o, w.cfg.Pool); err != nil {
 		reply(wire.Fail(wire.CodeBadRequest, err.Error()))
-		return
-	}
-	if o.Pool != w.cfg.Pool || !subjects.Valid(o.Ingest) {
-		reply(wire.Fail(wire.CodeBadRequest, fmt.Sprintf("offer for pool %q, ingest %q; this worker is in pool %q", o.Pool, o.Ingest, w.cfg.Pool)))
 		return
 	}
 	id := o.Call.ID
@@ -330,7 +330,15 @@ func (w *Worker) onOffer(m *nats.Msg) {
 
 func (w *Worker) onRelease(m *nats.Msg) {
 	var r wire.Release
+	if len(m.Data) > maxReleaseBytes {
+		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeBadRequest, fmt.Sprintf("release of %d bytes: at most %d", len(m.Data), maxReleaseBytes))})
+		return
+	}
 	if err := json.Unmarshal(m.Data, &r); err != nil {
+		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeBadRequest, err.Error())})
+		return
+	}
+	if err := checkRelease(&r); err != nil {
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeBadRequest, err.Error())})
 		return
 	}
