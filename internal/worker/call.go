@@ -175,8 +175,11 @@ func (c *call) unsubscribe() {
 
 // onAudio takes one message off the call's channel: a bad frame is counted and dropped, and
 // while more than c.queue frames wait behind it the frame is dropped as the oldest.
-func (c *call) onAudio(m *nats.Msg) string {
-	c.now = c.w.mono()
+func (c *call) onAudio(m *nats.Msg) string { return c.take(m, c.w.mono()) }
+
+// take is onAudio with the time the message was taken off the channel (w.mono()).
+func (c *call) take(m *nats.Msg, now int64) string {
+	c.now = now
 	c.lastFrame.Store(c.now)
 	p, err := c.cur.h.Unmarshal(m.Data)
 	if err != nil || int(c.cur.h.Leg) >= len(c.spec.Legs) {
