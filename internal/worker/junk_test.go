@@ -3,9 +3,13 @@ package worker_test
 import (
 	"encoding/json"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
@@ -114,5 +118,61 @@ func TestJunkControlMessages(t *testing.T) {
 	}
 	if rep := l.release(t, wire.Release{Tenant: "acme", Call: "good", Epoch: 1, Reason: "test"}); !rep.OK {
 		t.Fatalf("release of the good call: %+v", rep.Reply)
+	}
+}
+
+// gateProc ("wtgate") holds every frame of calls named gate-* until the test closes frameGate:
+// a call whose goroutine is busy.
+type gateProc struct{}
+type gateCall struct{ gated bool }
+
+var frameGate = make(chan struct{})
+
+func init() {
+	proc.Register("wtgate", func(proc.Options) (proc.Processor, error) { return gateProc{}, nil })
+}
+
+func (gateProc) Start(c proc.Call) (proc.Handler, error) {
+	return gateCall{strings.HasPrefix(c.Spec().Call, "gate-")}, nil
+}
+func (g gateCall) Frame(*proc.Frame) {
+	if g.gated {
+		<-frameGate
+	}
+}
+func (gateCall) Stop(string) {}
+
+// A flood of control requests to a busy call is answered at once beyond a few waiting, instead
+// of filling the call's channel (where they would crowd out its audio) and timing out.
+func TestControlFloodIsBounded(t *testing.T) {
+	wc := workerConfig()
+	wc.Processors = []string{"wtgate"}
+	l := startLone(t, wc)
+	if r := l.offer(t, wire.Offer{Call: spec("gate-1"), Epoch: 1}); !r.OK {
+		t.Fatalf("offer refused: %+v", r.Reply)
+	}
+	l.send(t, "gate-1", 0, 1, 0, frame.FlagEpochStart) // the call's goroutine now waits in Frame
+	defer close(frameGate)
+	data, _ := json.Marshal(wire.CtlRequest{V: 1, Command: "status"})
+	const flood = 40
+	var full atomic.Int32
+	var wg sync.WaitGroup
+	for range flood {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := l.nc.Request(subjects.Ctl("acme", "gate-1"), data, 2*time.Second)
+			if err != nil {
+				return // waiting behind the busy call
+			}
+			var r wire.CtlReply
+			if json.Unmarshal(m.Data, &r) == nil && !r.OK && strings.Contains(r.Reason, "control queue full") {
+				full.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := full.Load(); n < flood-8 {
+		t.Fatalf("%d of %d control requests to a busy call were refused at once, want at least %d", n, flood, flood-8)
 	}
 }
