@@ -319,7 +319,8 @@ func (c *call) process(it *item) string {
 		}
 	} else if !h.Has(frame.FlagReplayed) {
 		if k := (now - c.creditAt[leg]) / int64(frame.Duration); k > 0 {
-			c.credit[leg] = min(c.credit[leg]+k, int64(c.queue))
+			// Credit saved from before is capped; the time just elapsed always counts.
+			c.credit[leg] = min(c.credit[leg], int64(c.queue)) + k
 			c.creditAt[leg] += k * int64(frame.Duration)
 		}
 		next := c.next[leg].Load()
@@ -328,10 +329,11 @@ func (c *call) process(it *item) string {
 		case jump > c.credit[leg]:
 			// More frames missing than real time since this leg's last frame (plus the queue's
 			// worth) can explain: not a loss but a sequence that jumped (a broken or hostile
-			// sender). A single such frame is dropped; a second one right after it confirms the
-			// new sequence, and the stream is re-anchored there: the hole is one gap with cause
-			// resync (processors must not fill it), no replay is asked for.
-			if !c.anchored[leg] || c.anchor[leg] != h.Seq-1 {
+			// sender). A single such frame is dropped; a second one shortly after it (within
+			// the queue bound) confirms the new sequence, and the stream is re-anchored there:
+			// the hole is one gap with cause resync (processors must not fill it), no replay is
+			// asked for.
+			if !c.anchored[leg] || h.Seq <= c.anchor[leg] || int64(h.Seq-c.anchor[leg]) > int64(c.queue) {
 				c.anchor[leg], c.anchored[leg] = h.Seq, true
 				c.w.m.jumpHeld.Inc()
 				return ""
@@ -353,7 +355,7 @@ func (c *call) process(it *item) string {
 				c.subDropped = d // NATS drops inside this hole are not a later gap's cause
 			}
 		}
-		if c.anchored[leg] && h.Seq != c.anchor[leg] {
+		if c.anchored[leg] {
 			c.anchored[leg] = false // the jump was a stray frame; the stream went on
 		}
 	}

@@ -308,6 +308,7 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		if !started {
 			c.unsubscribe()
 			w.forget(c)
+			close(c.done) // a release that found the call meanwhile is not left waiting
 		}
 	}()
 
