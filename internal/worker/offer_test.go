@@ -56,7 +56,7 @@ func TestOfferToStoppingCall(t *testing.T) {
 		call    string
 		unblock time.Duration // when the stop may finish; 0 never during the offer
 		want    bool
-	}{{"slow-stop", 50 * time.Millisecond, true}, {"stuck-stop", 0, false}} {
+	}{{"slow-stop", 10 * time.Millisecond, true}, {"stuck-stop", 0, false}} {
 		gate := make(chan struct{})
 		stopGates.Store("acme/"+tc.call, gate)
 		if r := l.offer(t, wire.Offer{Call: spec(tc.call), Epoch: 1}); !r.OK {
