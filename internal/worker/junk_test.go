@@ -126,7 +126,7 @@ func TestJunkControlMessages(t *testing.T) {
 type gateProc struct{}
 type gateCall struct{ gated bool }
 
-var frameGate = make(chan struct{})
+var frameGate atomic.Pointer[chan struct{}] // set by each run of the test
 
 func init() {
 	proc.Register("wtgate", func(proc.Options) (proc.Processor, error) { return gateProc{}, nil })
@@ -137,7 +137,7 @@ func (gateProc) Start(c proc.Call) (proc.Handler, error) {
 }
 func (g gateCall) Frame(*proc.Frame) {
 	if g.gated {
-		<-frameGate
+		<-*frameGate.Load()
 	}
 }
 func (gateCall) Stop(string) {}
@@ -145,6 +145,8 @@ func (gateCall) Stop(string) {}
 // A flood of control requests to a busy call is answered at once beyond a few waiting, instead
 // of filling the call's channel (where they would crowd out its audio) and timing out.
 func TestControlFloodIsBounded(t *testing.T) {
+	gate := make(chan struct{})
+	frameGate.Store(&gate)
 	wc := workerConfig()
 	wc.Processors = []string{"wtgate"}
 	l := startLone(t, wc)
@@ -152,7 +154,7 @@ func TestControlFloodIsBounded(t *testing.T) {
 		t.Fatalf("offer refused: %+v", r.Reply)
 	}
 	l.send(t, "gate-1", 0, 1, 0, frame.FlagEpochStart) // the call's goroutine now waits in Frame
-	defer close(frameGate)
+	defer close(gate)
 	data, _ := json.Marshal(wire.CtlRequest{V: 1, Command: "status"})
 	const flood = 40
 	var full atomic.Int32
