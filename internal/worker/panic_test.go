@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/subjects"
@@ -102,4 +103,59 @@ func TestProcessorPanicEndsOnlyItsCall(t *testing.T) {
 	// The worker still takes calls.
 	play(t, s, "after", 1, 20)
 	waitComplete(t, "after", 1, 20)
+}
+
+// Control panics on the command "boom".
+func (panicCall) Control(cmd string, _ map[string]string) (any, bool, error) {
+	if cmd == "boom" {
+		panic("control bug")
+	}
+	return nil, false, nil
+}
+
+// A control command that panics in a processor ends that call (error event) and no other.
+func TestControlPanicEndsOnlyItsCall(t *testing.T) {
+	wc := workerConfig()
+	wc.Processors = []string{"wtseq", "wtpanic"}
+	l := startLone(t, wc)
+	evs, err := l.nc.SubscribeSync(subjects.Event("acme", "victim", "error"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evs.Unsubscribe()
+	for _, call := range []string{"victim", "bystander"} {
+		if r := l.offer(t, wire.Offer{Call: spec(call), Epoch: 1}); !r.OK {
+			t.Fatalf("offer %s: %+v", call, r.Reply)
+		}
+	}
+	boom, _ := json.Marshal(wire.CtlRequest{V: 1, Command: "boom"})
+	if err := l.nc.Publish(subjects.Ctl("acme", "victim"), boom); err != nil {
+		t.Fatal(err)
+	}
+	m, err := evs.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatalf("no error event: %v", err)
+	}
+	var ev wire.Event
+	if err := json.Unmarshal(m.Data, &ev); err != nil || !strings.Contains(string(ev.Data), `"reason":"panic"`) {
+		t.Fatalf("error event %s", m.Data)
+	}
+	eventually(t, 5*time.Second, "the victim to go", func() bool { return l.w.Calls() == 1 })
+	for seq := range uint32(10) {
+		var fl frame.Flags
+		if seq == 0 {
+			fl = frame.FlagEpochStart
+		}
+		l.send(t, "bystander", 0, 1, seq, fl)
+	}
+	eventually(t, 5*time.Second, "the bystander's frames", func() bool { return len(rec.seqsOf("acme/bystander/0")) == 10 })
+	status, _ := json.Marshal(wire.CtlRequest{V: 1, Command: "status"})
+	rm, err := l.nc.Request(subjects.Ctl("acme", "bystander"), status, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep wire.CtlReply
+	if err := json.Unmarshal(rm.Data, &rep); err != nil || !rep.OK {
+		t.Fatalf("bystander status after the panic: %s", rm.Data)
+	}
 }
