@@ -3,11 +3,13 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sync/atomic"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
@@ -28,10 +30,14 @@ type item struct {
 // the processors, as it would for a plain NATS subscriber. Control requests and the stop signal
 // come on the same channel, so the goroutine waits on one channel, not a select.
 type call struct {
-	w      *Worker
-	spec   session.Spec
-	epoch  atomic.Uint32 // advanced in place when ingest re-places the call's other pools
-	join   uint32        // the epoch this worker joined at; older frames belong to the previous owner
+	w    *Worker
+	spec session.Spec
+	// state is the call's epoch (low 32 bits: advanced in place when ingest re-places the call's
+	// other pools) and whether it is stopping (stoppingBit), in one word so that an offer that
+	// advances the epoch and a decision to stop are ordered: an offer never succeeds on a call
+	// that is already on its way out (see advance, supersededBy).
+	state  atomic.Uint64
+	join   uint32 // the epoch this worker joined at; older frames belong to the previous owner
 	ingest string
 	from   []int64 // per leg: where to resume (session.FromEpochStart or a sequence)
 	log    zerolog.Logger
@@ -47,22 +53,41 @@ type call struct {
 	dropCause  [session.MaxLegs]string // cause of the last frame dropped before the next gap
 	subDropped int                     // sub.Dropped() at the last check
 
-	stopReq atomic.Pointer[string] // set by stop; the goroutine checks it before each message
-	done    chan struct{}
+	stopReq    atomic.Pointer[string] // set by stop; the goroutine checks it before each message
+	ctlPending atomic.Int32           // control requests on the channel (maxCtlPending)
+	done       chan struct{}
 
 	next       [session.MaxLegs]atomic.Int64 // progress, read by heartbeats
-	lastFrame  atomic.Int64                  // unix nanos of the last frame received
-	lagNS      atomic.Int64                  // EWMA of capture→processing delay
-	caughtUp   int64                         // unix nanos when the last replay ended; call goroutine only
+	lastFrame  atomic.Int64                  // w.mono() when the last frame was received
+	lagNS      atomic.Int64                  // EWMA of live frames' excess delay (see excess)
 	superseded atomic.Bool
 	migrating  atomic.Bool // this worker asked ingest to move the call (drain, rebalance)
+
+	finishing bool // finish has begun (call goroutine only)
+
+	// Forward jumps (call goroutine only). credit is how many missing frames a leg's next
+	// forward jump may explain as loss: it accrues at real time (a frame per frame duration),
+	// up to the call's queue bound, and each jump spends it. anchor is a frame beyond the credit
+	// held back as a possible new sequence start.
+	credit, creditAt [session.MaxLegs]int64
+	anchor           [session.MaxLegs]uint32
+	anchored         [session.MaxLegs]bool
+	resumeCause      string // cause of what the first replay after joining cannot fill
 
 	started  [session.MaxLegs]bool
 	ended    uint16
 	handlers []proc.Handler
 	cur      item       // the frame being processed; a field so the frame path does not allocate
-	now      int64      // unix nanos when cur was taken off the channel
+	now      int64      // w.mono() when cur was taken off the channel
 	out      proc.Frame // what handlers receive; reused for the same reason
+
+	// Delay baseline (call goroutine only): the lowest arrival−capture seen, which holds the
+	// constant offset between ingest's clock and this worker's plus the fastest trip; a live
+	// frame's excess over it is its lag. See excess.
+	base, baseAt int64 // baseline, and w.mono() when it last rose
+	haveBase     bool
+	offBand      int // consecutive live frames more than MaxFrameAge off the baseline
+	skipLag      int // live frames still to leave out of lag: they queued behind a replay
 }
 
 func newCall(w *Worker, o *wire.Offer) *call {
@@ -73,8 +98,15 @@ func newCall(w *Worker, o *wire.Offer) *call {
 		queue: w.cfg.QueueFrames * scale,
 		done:  make(chan struct{}),
 		from:  make([]int64, len(o.Call.Legs)),
+
+		resumeCause: proc.CauseReplacement,
 	}
-	c.epoch.Store(o.Epoch)
+	if o.Reason == wire.ReasonIngestStall {
+		// Re-placed because ingest stalled past the routers' grace: what its ring no longer
+		// holds was lost to the stall, not to the hand-over.
+		c.resumeCause = proc.CauseIngestStall
+	}
+	c.state.Store(uint64(o.Epoch))
 	c.log = w.log.With().Str("tenant", o.Call.Tenant).Str("call", o.Call.Call).Uint32("epoch", o.Epoch).Logger()
 	for i := range c.from {
 		c.from[i] = session.FromEpochStart
@@ -92,7 +124,7 @@ func newCall(w *Worker, o *wire.Offer) *call {
 			c.next[i].Store(f)
 		}
 	}
-	c.lastFrame.Store(time.Now().UnixNano())
+	c.lastFrame.Store(w.mono())
 	return c
 }
 
@@ -108,13 +140,23 @@ func (c *call) subscribe() error {
 		return err
 	}
 	c.w.m.subs.Inc()
-	c.ctlSub, err = c.w.nc.Subscribe(subjects.Ctl(c.spec.Tenant, c.spec.Call), func(m *nats.Msg) {
+	c.ctlSub, err = c.w.nc.Subscribe(subjects.Ctl(c.spec.Tenant, c.spec.Call), guard.Handler("worker_ctl", c.log, func(m *nats.Msg) {
+		if len(m.Data) > maxCtlBytes {
+			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeBadRequest, fmt.Sprintf("request of %d bytes: at most %d", len(m.Data), maxCtlBytes)), Worker: c.w.cfg.ID})
+			return
+		}
+		if c.ctlPending.Add(1) > maxCtlPending {
+			c.ctlPending.Add(-1)
+			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeInternal, "control queue full"), Worker: c.w.cfg.ID})
+			return
+		}
 		select {
 		case c.audio <- m: // m.Sub tells it from audio
 		default:
+			c.ctlPending.Add(-1)
 			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeInternal, "control queue full"), Worker: c.w.cfg.ID})
 		}
-	})
+	}))
 	if err != nil {
 		return err
 	}
@@ -133,8 +175,11 @@ func (c *call) unsubscribe() {
 
 // onAudio takes one message off the call's channel: a bad frame is counted and dropped, and
 // while more than c.queue frames wait behind it the frame is dropped as the oldest.
-func (c *call) onAudio(m *nats.Msg) string {
-	c.now = time.Now().UnixNano()
+func (c *call) onAudio(m *nats.Msg) string { return c.take(m, c.w.mono()) }
+
+// take is onAudio with the time the message was taken off the channel (w.mono()).
+func (c *call) take(m *nats.Msg, now int64) string {
+	c.now = now
 	c.lastFrame.Store(c.now)
 	p, err := c.cur.h.Unmarshal(m.Data)
 	if err != nil || int(c.cur.h.Leg) >= len(c.spec.Legs) {
@@ -152,12 +197,55 @@ func (c *call) onAudio(m *nats.Msg) string {
 	return r
 }
 
+const stoppingBit = 1 << 32
+
+// curEpoch returns the epoch the call is held at.
+func (c *call) curEpoch() uint32 { return uint32(c.state.Load()) }
+
+// stopping reports whether the call has begun to stop.
+func (c *call) stopping() bool { return c.state.Load()&stoppingBit != 0 }
+
+// markStopping records that the call is stopping; offers no longer advance it.
+func (c *call) markStopping() { c.state.Or(stoppingBit) }
+
+// advance moves the call to epoch e (if higher) for an offer that keeps this worker, and
+// reports false if the call is stopping: the offer must not be answered OK for it.
+func (c *call) advance(e uint32) bool {
+	for {
+		s := c.state.Load()
+		if s&stoppingBit != 0 {
+			return false
+		}
+		if e <= uint32(s) || c.state.CompareAndSwap(s, uint64(e)) {
+			return true
+		}
+	}
+}
+
+// supersededBy reports whether a frame or replay at epoch e ends the call, marking it stopping
+// if so; false means an offer advanced the call to e meanwhile.
+func (c *call) supersededBy(e uint32) bool {
+	for {
+		s := c.state.Load()
+		if s&stoppingBit != 0 {
+			return true
+		}
+		if e <= uint32(s) {
+			return false
+		}
+		if c.state.CompareAndSwap(s, s|stoppingBit) {
+			return true
+		}
+	}
+}
+
 // stopSignal is put on a call's channel to wake its goroutine for a stop.
 var stopSignal = &nats.Msg{}
 
 // stop asks the call goroutine to finish with reason; it does not wait. The first reason wins.
 // When the channel is full the goroutine is busy and sees the request before its next message.
 func (c *call) stop(reason string) {
+	c.markStopping()
 	if c.stopReq.CompareAndSwap(nil, &reason) {
 		select {
 		case c.audio <- stopSignal:
@@ -169,6 +257,9 @@ func (c *call) stop(reason string) {
 // run is the call's goroutine.
 func (c *call) run() {
 	defer close(c.done)
+	// A panic anywhere on the call's goroutine (a processor's Start, Frame, Gap, Control, or the
+	// worker's own frame path) ends this call only; the loop has no per-frame defer.
+	defer guard.Recover("worker_call", c.log, c.failed)
 	c.startHandlers()
 	reason := ""
 	for reason == "" {
@@ -178,11 +269,13 @@ func (c *call) run() {
 			reason = *r
 		case m == stopSignal:
 		case m.Sub == c.ctlSub:
+			c.ctlPending.Add(-1)
 			c.control(m)
 		default:
 			reason = c.onAudio(m)
 		}
 	}
+	c.markStopping()
 	c.finish(reason)
 }
 
@@ -204,7 +297,7 @@ func (c *call) process(it *item) string {
 	case h.Epoch < c.join:
 		c.w.m.oldEpoch.Inc()
 		return ""
-	case h.Epoch > c.epoch.Load():
+	case h.Epoch > c.curEpoch() && c.supersededBy(h.Epoch):
 		if c.migrating.Load() {
 			return proc.StopMigrated // the hand-over this worker asked for: it ends here, at L
 		}
@@ -217,37 +310,76 @@ func (c *call) process(it *item) string {
 	leg := h.Leg
 	if !c.started[leg] {
 		c.started[leg] = true
+		c.credit[leg], c.creditAt[leg] = int64(c.queue), now
 		from := c.from[leg]
 		if (from == session.FromEpochStart && !h.Has(frame.FlagEpochStart)) || from == session.FromRingStart || (from >= 0 && int64(h.Seq) > from) {
-			if c.replay(leg, from, h.Seq, proc.CauseReplacement) {
+			if c.replay(leg, from, h.Seq, c.resumeCause) {
 				return proc.StopSuperseded
 			}
 		}
-	} else if next := c.next[leg].Load(); next >= 0 && int64(h.Seq) > next && !h.Has(frame.FlagReplayed) {
-		// Frames went missing between NATS and this worker (a reconnect, a slow-consumer drop):
-		// fetch them from ingest's ring before going on. The worker's own drops are not refetched.
-		if own := c.dropCause[leg] != ""; !own {
-			cause := c.gapCause(leg)
-			if c.replay(leg, next, h.Seq, cause) {
-				return proc.StopSuperseded
+	} else if !h.Has(frame.FlagReplayed) {
+		if k := (now - c.creditAt[leg]) / int64(frame.Duration); k > 0 {
+			// Credit saved from before is capped; the time just elapsed always counts.
+			c.credit[leg] = min(c.credit[leg], int64(c.queue)) + k
+			c.creditAt[leg] += k * int64(frame.Duration)
+		}
+		next := c.next[leg].Load()
+		switch jump := int64(h.Seq) - next; {
+		case next < 0 || jump <= 0:
+		case jump > c.credit[leg]:
+			// More frames missing than real time since this leg's last frame (plus the queue's
+			// worth) can explain: not a loss but a sequence that jumped (a broken or hostile
+			// sender). A single such frame is dropped; a second one shortly after it (within
+			// the queue bound) confirms the new sequence, and the stream is re-anchored there:
+			// the hole is one gap with cause resync (processors must not fill it), no replay is
+			// asked for.
+			if !c.anchored[leg] || h.Seq <= c.anchor[leg] || int64(h.Seq-c.anchor[leg]) > int64(c.queue) {
+				c.anchor[leg], c.anchored[leg] = h.Seq, true
+				c.w.m.jumpHeld.Inc()
+				return ""
 			}
-		} else if d, err := c.audioSub.Dropped(); err == nil {
-			c.subDropped = d // NATS drops inside this hole are not a later gap's cause
+			c.anchored[leg] = false
+			c.dropCause[leg] = proc.CauseResync
+			c.w.m.resyncs.Inc()
+		default:
+			c.credit[leg] -= jump
+			// Frames went missing between NATS and this worker (a reconnect, a slow-consumer
+			// drop): fetch them from ingest's ring before going on. The worker's own drops are
+			// not refetched.
+			if own := c.dropCause[leg] != ""; !own {
+				cause := c.gapCause(leg)
+				if c.replay(leg, next, h.Seq, cause) {
+					return proc.StopSuperseded
+				}
+			} else if d, err := c.audioSub.Dropped(); err == nil {
+				c.subDropped = d // NATS drops inside this hole are not a later gap's cause
+			}
+		}
+		if c.anchored[leg] {
+			c.anchored[leg] = false // the jump was a stray frame; the stream went on
 		}
 	}
-	if age := now - h.Capture; age > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagReplayed) && !h.Has(frame.FlagLast) {
-		c.dropCause[leg] = proc.CauseStale
-		c.w.m.dropStale.Inc()
-		return ""
+	live := !h.Has(frame.FlagReplayed)
+	var excess int64
+	if live {
+		excess = c.excess(c.w.wall0 + now - h.Capture)
+		if excess > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagLast) {
+			c.dropCause[leg] = proc.CauseStale
+			c.w.m.dropStale.Inc()
+			return ""
+		}
 	}
 	c.deliver(h, it.payload)
-	// Frames captured before the last replay ended waited for that replay (a hand-over, a
-	// refetch), not for processing: they say nothing about this worker's backlog, and counting
+	// Frames that queued behind the last replay (a hand-over, a refetch) waited for that
+	// replay, not for processing: they say nothing about this worker's backlog, and counting
 	// them would make every worker that takes over calls look lagging for a moment.
-	if !h.Has(frame.FlagReplayed) && h.Capture > c.caughtUp {
-		lag := now - h.Capture
-		old := c.lagNS.Load()
-		c.lagNS.Store(old + (lag-old)/8)
+	if live {
+		if c.skipLag > 0 {
+			c.skipLag--
+		} else {
+			old := c.lagNS.Load()
+			c.lagNS.Store(old + (max(excess, 0)-old)/8)
+		}
 	}
 	if h.Has(frame.FlagLast) {
 		c.ended |= 1 << leg
@@ -256,6 +388,42 @@ func (c *call) process(it *item) string {
 		}
 	}
 	return ""
+}
+
+// baseRise is the rate at which a call's delay baseline may creep up: 1 ns per baseRise ns
+// (100 ppm), so that clock rates that differ by up to that much do not read as a growing lag,
+// while a real backlog, which grows by a frame per frame time, still does.
+const baseRise = 10_000
+
+// excess takes a live frame's delay d (arrival on this worker's clock minus capture on
+// ingest's) and returns how much it exceeds the call's baseline, the lowest delay seen. A
+// constant offset between the two clocks is in every d and in the baseline, so it cancels: a
+// worker whose clock is seconds off processes the same as one in sync. A single frame far off
+// the baseline (a hostile capture time) does not move it; MaxFrameAge-off frames that keep
+// coming for more than the call's channel holds (ingest's clock was stepped, not a backlog,
+// which stale drops would have cleared by then) re-anchor it.
+func (c *call) excess(d int64) int64 {
+	if !c.haveBase {
+		c.base, c.baseAt, c.haveBase = d, c.now, true
+		return 0
+	}
+	if rise := (c.now - c.baseAt) / baseRise; rise > 0 {
+		c.base += rise
+		c.baseAt = c.now
+	}
+	e := d - c.base
+	if band := int64(c.w.cfg.MaxFrameAge); e > band || e < -band {
+		if c.offBand++; c.offBand <= cap(c.audio) {
+			return e
+		}
+		c.log.Warn().Dur("step", time.Duration(e)).Msg("capture clock stepped: delay baseline re-anchored")
+		c.base, e = d, 0
+	}
+	c.offBand = 0
+	if e < 0 {
+		c.base, e = d, 0
+	}
+	return e
 }
 
 // deliver checks order and passes an in-order frame to the handlers.
@@ -291,7 +459,7 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 	if h.Has(frame.FlagLast) && len(payload) == 0 {
 		return
 	}
-	c.out = proc.Frame{Header: *h, Payload: payload, Received: c.now}
+	c.out = proc.Frame{Header: *h, Payload: payload, Received: c.w.wall0 + c.now}
 	for _, hd := range c.handlers {
 		hd.Frame(&c.out)
 	}
@@ -313,8 +481,8 @@ func (c *call) gapCause(leg uint8) string {
 // Whatever the ring cannot fill is reported with cause. It returns true when a replayed frame
 // carries a newer epoch than this worker's: the call has been superseded.
 func (c *call) replay(leg uint8, from int64, to uint32, cause string) (superseded bool) {
-	defer func() { c.caughtUp = time.Now().UnixNano() }()
-	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: c.w.cfg.ID,
+	defer func() { c.skipLag = len(c.audio) }()
+	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Worker: c.w.cfg.ID,
 		Legs: []wire.LegRange{{Leg: leg, From: from, To: int64(to)}}}
 	data, _ := json.Marshal(req)
 	ctx, cancel := context.WithTimeout(context.Background(), c.w.cfg.ReplayTimeout)
@@ -348,7 +516,7 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 		if h.Leg != leg || h.Seq >= to {
 			continue
 		}
-		if h.Epoch > c.epoch.Load() {
+		if h.Epoch > c.curEpoch() && c.supersededBy(h.Epoch) {
 			return true
 		}
 		h.Flags |= frame.FlagReplayed
@@ -377,10 +545,15 @@ func (c *call) progress() []session.LegSeq {
 
 // control answers a ctl.<tenant>.<call> request on the call goroutine.
 func (c *call) control(m *nats.Msg) {
-	rep := wire.CtlReply{Worker: c.w.cfg.ID, Pool: c.w.cfg.Pool, Epoch: c.epoch.Load()}
+	rep := wire.CtlReply{Worker: c.w.cfg.ID, Pool: c.w.cfg.Pool, Epoch: c.curEpoch()}
 	var req wire.CtlRequest
 	if err := json.Unmarshal(m.Data, &req); err != nil || req.Command == "" {
 		rep.Reply = wire.Fail(wire.CodeBadRequest, "want {\"v\":1,\"command\":...}")
+		bus.Respond(m, rep)
+		return
+	}
+	if err := checkCtl(&req); err != nil {
+		rep.Reply = wire.Fail(wire.CodeBadRequest, err.Error())
 		bus.Respond(m, rep)
 		return
 	}
@@ -412,7 +585,30 @@ func (c *call) control(m *nats.Msg) {
 	bus.Respond(m, rep)
 }
 
+// stopError is the stop reason of a call whose goroutine panicked.
+const stopError = "error"
+
+// failed ends the call after a panic on its goroutine: an error event, then the usual stop
+// (processors' Stop, accounting, stopped event, slot freed). A panic in the stop itself frees
+// the slot and nothing more.
+func (c *call) failed(v any) {
+	c.markStopping()
+	if c.finishing {
+		c.unsubscribe()
+		c.w.removeCall(c)
+		return
+	}
+	c.w.m.panics.Inc()
+	msg := fmt.Sprint(v)
+	if len(msg) > 200 {
+		msg = msg[:200]
+	}
+	c.Emit("error", map[string]any{"reason": "panic", "panic": msg, "progress": c.progress()})
+	c.finish(stopError)
+}
+
 func (c *call) finish(reason string) {
+	c.finishing = true
 	c.unsubscribe()
 	if reason == proc.StopIdle {
 		c.w.m.reapedSubs.Add(2)
@@ -421,7 +617,7 @@ func (c *call) finish(reason string) {
 		c.superseded.Store(true)
 	}
 	for _, h := range c.handlers {
-		h.Stop(reason)
+		c.stopHandler(h, reason)
 	}
 	c.Emit("stopped", map[string]any{"reason": reason, "progress": c.progress()})
 	c.log.Info().Str("reason", reason).Msg("call stopped")
@@ -429,10 +625,17 @@ func (c *call) finish(reason string) {
 	c.w.removeCall(c)
 }
 
+// stopHandler calls h.Stop; a panic in it is counted and does not keep the other processors
+// from stopping.
+func (c *call) stopHandler(h proc.Handler, reason string) {
+	defer guard.Recover("worker_processor_stop", c.log, nil)
+	h.Stop(reason)
+}
+
 // proc.Call implementation.
 
 func (c *call) Spec() *session.Spec  { return &c.spec }
-func (c *call) Epoch() uint32        { return c.epoch.Load() }
+func (c *call) Epoch() uint32        { return c.curEpoch() }
 func (c *call) Worker() string       { return c.w.cfg.ID }
 func (c *call) Pool() string         { return c.w.cfg.Pool }
 func (c *call) Log() *zerolog.Logger { return &c.log }
@@ -447,8 +650,8 @@ func (c *call) Emit(kind string, data any) {
 		c.log.Error().Err(err).Str("kind", kind).Msg("event does not marshal")
 		return
 	}
-	ev := wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(),
-		Time: time.Now().UTC(), Source: "worker/" + c.w.cfg.ID, Data: body}
+	ev := wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(),
+		Time: c.w.cfg.Now().UTC(), Source: "worker/" + c.w.cfg.ID, Data: body}
 	if err := bus.Publish(c.w.nc, subjects.Event(c.spec.Tenant, c.spec.Call, kind), ev); err != nil {
 		c.log.Warn().Err(err).Str("kind", kind).Msg("event not published")
 	}

@@ -39,6 +39,10 @@ type Config struct {
 	ReplayTimeout    time.Duration
 	Processors       []string // processor names, in order (package proc registry)
 	ProcessorOptions map[string]proc.Options
+	// Now is the worker's wall clock: event times and the zero of the arrival times that frames'
+	// capture times are compared with. Nil means time.Now. Lag, staleness, fencing and idle
+	// reaping do not depend on its offset from other hosts' clocks or on its steps (tests offset it).
+	Now func() time.Time
 }
 
 // DefaultConfig returns the defaults documented in docs/protocol.md.

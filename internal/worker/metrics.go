@@ -1,11 +1,14 @@
 package worker
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/callrouter/callrouter/internal/guard"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	calls      prometheus.Gauge
 	offers     *prometheus.CounterVec // result
-	frames     *prometheus.CounterVec // result: processed, duplicate, old_epoch, bad, replayed
+	frames     *prometheus.CounterVec // result: processed, duplicate, old_epoch, bad, jump_held, replayed
 	drops      *prometheus.CounterVec // reason: backpressure, stale, slow_consumer
 	lost       *prometheus.CounterVec // cause
 	ended      *prometheus.CounterVec // reason
@@ -13,9 +16,11 @@ type metrics struct {
 	subs       prometheus.Gauge
 	reapedSubs prometheus.Counter
 	replays    *prometheus.CounterVec // result
+	panics     prometheus.Counter     // calls ended by a panic on their goroutine
+	resyncs    prometheus.Counter     // legs re-anchored after a forward sequence jump
 
 	// Per-frame counters, resolved once so the frame path does no label lookups.
-	processed, replayed, duplicate, oldEpoch, bad, dropBackpressure, dropStale prometheus.Counter
+	processed, replayed, duplicate, oldEpoch, bad, jumpHeld, dropBackpressure, dropStale prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -30,14 +35,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		subs:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_subscriptions", Help: "Per-call NATS subscriptions held."}),
 		reapedSubs: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_reaped_subscriptions_total", Help: "Per-call subscriptions removed by the idle reaper."}),
 		replays:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_replays_total", Help: "Replay requests to ingest by result."}, []string{"result"}),
+		resyncs:    prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_resyncs_total", Help: "Legs re-anchored after a forward sequence jump larger than real time explains (the hole is a gap with cause resync)."}),
+		panics:     prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_call_panics_total", Help: "Calls ended by a panic on their goroutine (a processor bug); callrouter_panics_total counts every recovered panic."}),
 	}
 	m.processed = m.frames.WithLabelValues("processed")
 	m.replayed = m.frames.WithLabelValues("replayed")
 	m.duplicate = m.frames.WithLabelValues("duplicate")
 	m.oldEpoch = m.frames.WithLabelValues("old_epoch")
 	m.bad = m.frames.WithLabelValues("bad")
+	m.jumpHeld = m.frames.WithLabelValues("jump_held")
 	m.dropBackpressure = m.drops.WithLabelValues("backpressure")
 	m.dropStale = m.drops.WithLabelValues("stale")
-	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.subs, m.reapedSubs, m.replays)
+	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.subs, m.reapedSubs, m.replays, m.panics, m.resyncs)
+	guard.Register(reg)
 	return m
 }

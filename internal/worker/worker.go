@@ -15,6 +15,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
@@ -30,6 +31,10 @@ import (
 // an answer is not sent after the router gave up.
 const offerFlushTimeout = 500 * time.Millisecond
 
+// stoppingWait bounds how long an offer for a call that is stopping waits for it to go before
+// taking it fresh; with offerFlushTimeout it stays below the router's offer timeout.
+const stoppingWait = 300 * time.Millisecond
+
 // Worker is one worker process's runtime.
 type Worker struct {
 	cfg    Config
@@ -42,12 +47,22 @@ type Worker struct {
 	mu       sync.Mutex
 	calls    map[session.ID]*call
 	draining bool
-	wg       sync.WaitGroup
+	// group runs every goroutine the worker starts outside Run's own: call goroutines and what
+	// NATS callbacks and ticks set off (release answers, migrations, hand-backs). Once shutdown
+	// closes it, callbacks that fire late are refused instead of racing with the wait.
+	group guard.Group
 
-	lagSince  time.Time // when lag first went over the threshold; zero when under
+	// Clocks. start holds a monotonic reading: mono() (nanoseconds since New) never steps, so
+	// fencing, idle reaping and arrival times do not move when the wall clock is stepped.
+	// wall0 is Config.Now at New: arrival times are wall0+mono(), on the scale of capture times
+	// but only offset from them by a constant, which the per-call delay baseline absorbs.
+	start time.Time
+	wall0 int64
+
+	lagSince  int64 // mono() when lag first went over the threshold; 0 when under
 	lagging   atomic.Bool
 	frameSeen atomic.Uint64 // frame mode
-	lastTick  atomic.Int64  // unix nanos of the last heartbeat tick; see Config.FenceAfter
+	lastTick  atomic.Int64  // mono() at the last heartbeat tick; see Config.FenceAfter
 	closed    atomic.Bool
 }
 
@@ -75,12 +90,20 @@ func New(cfg Config, d Deps) (*Worker, error) {
 	if d.Health == nil {
 		d.Health = &obs.Health{}
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	return &Worker{
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("worker", cfg.ID).Str("pool", cfg.Pool).Logger(),
 		m: newMetrics(d.Registry), health: d.Health, procs: procs,
 		calls: map[session.ID]*call{},
+		start: time.Now(), wall0: cfg.Now().UnixNano(),
 	}, nil
 }
+
+// mono returns the worker's monotonic time: nanoseconds since New (at least 1, so 0 can mean
+// never).
+func (w *Worker) mono() int64 { return int64(time.Since(w.start)) + 1 }
 
 // ID returns the worker's id.
 func (w *Worker) ID() string { return w.cfg.ID }
@@ -101,14 +124,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}()
 	if w.cfg.Mode == ModeFrame {
-		if err := sub(w.nc.QueueSubscribe(subjects.AllAudio, "pool."+w.cfg.Pool, w.onFrameMode)); err != nil {
+		if err := sub(w.nc.QueueSubscribe(subjects.AllAudio, "pool."+w.cfg.Pool, guard.Handler("worker_frame", w.log, w.onFrameMode))); err != nil {
 			return err
 		}
 	} else {
-		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), w.onOffer)); err != nil {
+		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), guard.Handler("worker_offer", w.log, w.onOffer))); err != nil {
 			return err
 		}
-		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbRelease), w.onRelease)); err != nil {
+		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbRelease), guard.Handler("worker_release", w.log, w.onRelease))); err != nil {
 			return err
 		}
 	}
@@ -121,7 +144,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	t := time.NewTicker(w.cfg.HeartbeatInterval)
 	defer t.Stop()
-	w.lastTick.Store(time.Now().UnixNano())
+	w.lastTick.Store(w.mono())
 	w.heartbeat()
 	for {
 		select {
@@ -136,19 +159,22 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // tick reaps idle calls, updates lag, sheds load and heartbeats.
 func (w *Worker) tick() {
-	now := time.Now()
-	if w.fenced(now.UnixNano()) {
+	now := w.mono()
+	if w.fenced(now) {
 		w.log.Warn().Msg("heartbeats stalled past the fence: dropping every call without publishing")
 		for _, c := range w.snapshot() {
 			c.stop(proc.StopSuperseded)
-			go w.handBack(c)
+			w.group.Go(func() { w.handBack(c) })
 		}
 	}
-	w.lastTick.Store(now.UnixNano())
+	w.lastTick.Store(now)
 	var worst int64
 	var worstCall *call
-	for _, c := range w.snapshot() {
-		if idle := now.UnixNano() - c.lastFrame.Load(); idle > int64(w.cfg.IdleTimeout) {
+	// Under w.mu, so an offer that advances a call in place (and refreshes lastFrame) is
+	// ordered with the decision to reap it.
+	w.mu.Lock()
+	for _, c := range w.calls {
+		if idle := now - c.lastFrame.Load(); idle > int64(w.cfg.IdleTimeout) {
 			c.stop(proc.StopIdle)
 			continue
 		}
@@ -156,18 +182,19 @@ func (w *Worker) tick() {
 			worst, worstCall = l, c
 		}
 	}
+	w.mu.Unlock()
 	w.m.lag.Set(float64(worst) / 1e9)
 	over := time.Duration(worst) > w.cfg.LagThreshold
 	switch {
 	case !over:
-		w.lagSince = time.Time{}
-	case w.lagSince.IsZero():
+		w.lagSince = 0
+	case w.lagSince == 0:
 		w.lagSince = now
-	case now.Sub(w.lagSince) > w.cfg.ShedAfter && worstCall != nil:
+	case time.Duration(now-w.lagSince) > w.cfg.ShedAfter && worstCall != nil:
 		// Shed the worst call to another worker, make-before-break, then give it time to go.
 		w.lagSince = now
 		w.log.Warn().Dur("lag", time.Duration(worst)).Str("call", worstCall.spec.Call).Msg("lagging: shedding a call")
-		go w.migrate(worstCall, "rebalance")
+		w.group.Go(func() { w.migrate(worstCall, "rebalance") })
 	}
 	w.lagging.Store(over)
 	w.heartbeat()
@@ -196,7 +223,7 @@ func (w *Worker) heartbeat() {
 	for _, c := range calls {
 		l := c.lagNS.Load()
 		worst = max(worst, l)
-		hb.Calls = append(hb.Calls, wire.WorkerCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Pool: w.cfg.Pool,
+		hb.Calls = append(hb.Calls, wire.WorkerCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Pool: w.cfg.Pool,
 			Ingest: c.ingest, Progress: c.progress(), LagMS: float64(l) / 1e6})
 	}
 	hb.LagMS = float64(worst) / 1e6
@@ -212,33 +239,51 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		w.m.offers.WithLabelValues(map[bool]string{true: "accepted", false: r.Code}[r.OK]).Inc()
 		bus.Respond(m, wire.OfferReply{Reply: r, Worker: w.cfg.ID})
 	}
+	if len(m.Data) > maxOfferBytes {
+		reply(wire.Fail(wire.CodeBadRequest, fmt.Sprintf("offer of %d bytes: at most %d", len(m.Data), maxOfferBytes)))
+		return
+	}
 	if err := json.Unmarshal(m.Data, &o); err != nil {
 		reply(wire.Fail(wire.CodeBadRequest, err.Error()))
 		return
 	}
-	if err := o.Call.Validate(); err != nil {
+	if err := checkOffer(&o, w.cfg.Pool); err != nil {
 		reply(wire.Fail(wire.CodeBadRequest, err.Error()))
-		return
-	}
-	if o.Pool != w.cfg.Pool || !subjects.Valid(o.Ingest) {
-		reply(wire.Fail(wire.CodeBadRequest, fmt.Sprintf("offer for pool %q, ingest %q; this worker is in pool %q", o.Pool, o.Ingest, w.cfg.Pool)))
 		return
 	}
 	id := o.Call.ID
 	w.mu.Lock()
 	if old := w.calls[id]; old != nil {
-		cur := old.epoch.Load()
-		if cur > o.Epoch {
+		if cur := old.curEpoch(); cur > o.Epoch {
 			w.mu.Unlock()
 			reply(wire.Fail(wire.CodeStale, fmt.Sprintf("holding epoch %d", cur)))
 			return
 		}
 		// A retried offer, or ingest re-placing the call's other pools and keeping this worker:
-		// advance the epoch in place, without a gap.
-		old.epoch.Store(o.Epoch)
+		// advance the epoch in place, without a gap. The offer counts as a sign of life, under
+		// w.mu like the idle reaper, so the call is not reaped just after the answer.
+		old.lastFrame.Store(w.mono())
+		if old.advance(o.Epoch) {
+			w.mu.Unlock()
+			reply(wire.OK())
+			return
+		}
+		// The call is stopping (reaped, released, superseded): answering OK would leave ingest
+		// believing it placed while the call removes itself. Wait for it to go, then take the
+		// call fresh at the offered epoch and resume point.
 		w.mu.Unlock()
-		reply(wire.OK())
-		return
+		select {
+		case <-old.done:
+		case <-time.After(stoppingWait):
+			reply(wire.Fail(wire.CodeFull, "call is stopping"))
+			return
+		}
+		w.mu.Lock()
+		if w.calls[id] != nil {
+			w.mu.Unlock()
+			reply(wire.Fail(wire.CodeFull, "call is stopping"))
+			return
+		}
 	}
 	if w.draining {
 		w.mu.Unlock()
@@ -259,29 +304,43 @@ func (w *Worker) onOffer(m *nats.Msg) {
 	w.calls[id] = c // the slot is reserved before anything else happens
 	w.m.calls.Set(float64(len(w.calls)))
 	w.mu.Unlock()
+	started := false
+	defer func() { // also while a panic unwinds: the slot is not kept by a call that never ran
+		if !started {
+			c.unsubscribe()
+			w.forget(c)
+			close(c.done) // a release that found the call meanwhile is not left waiting
+		}
+	}()
 
 	err := c.subscribe()
 	if err == nil {
 		err = w.nc.FlushTimeout(offerFlushTimeout)
 	}
 	if err != nil {
-		c.unsubscribe()
-		w.forget(c)
 		reply(wire.Fail(wire.CodeInternal, err.Error()))
 		return
 	}
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		c.run()
-	}()
+	if !w.group.Go(c.run) {
+		reply(wire.Fail(wire.CodeDraining, "worker is shutting down"))
+		return
+	}
+	started = true
 	c.log.Info().Msg("call accepted")
 	reply(wire.OK())
 }
 
 func (w *Worker) onRelease(m *nats.Msg) {
 	var r wire.Release
+	if len(m.Data) > maxReleaseBytes {
+		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeBadRequest, fmt.Sprintf("release of %d bytes: at most %d", len(m.Data), maxReleaseBytes))})
+		return
+	}
 	if err := json.Unmarshal(m.Data, &r); err != nil {
+		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeBadRequest, err.Error())})
+		return
+	}
+	if err := checkRelease(&r); err != nil {
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeBadRequest, err.Error())})
 		return
 	}
@@ -292,7 +351,7 @@ func (w *Worker) onRelease(m *nats.Msg) {
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeUnknown, "not holding "+r.Tenant+"/"+r.Call)})
 		return
 	}
-	cur := c.epoch.Load()
+	cur := c.curEpoch()
 	if r.Epoch != 0 && r.Epoch < cur {
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeStale, fmt.Sprintf("holding epoch %d", cur))})
 		return
@@ -302,10 +361,13 @@ func (w *Worker) onRelease(m *nats.Msg) {
 		reason = proc.StopSuperseded
 	}
 	c.stop(reason)
-	go func() {
+	answer := func() {
 		<-c.done
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.OK(), Progress: c.progress()})
-	}()
+	}
+	if !w.group.Go(answer) {
+		answer() // shutting down: the call is being stopped anyway, and the wait is short
+	}
 }
 
 // removeCall frees a call's slot; called by the call goroutine as it finishes.
@@ -334,7 +396,7 @@ func (w *Worker) migrate(c *call, reason string) {
 // migrateCtx reports whether ingest moved the call.
 func (w *Worker) migrateCtx(ctx context.Context, c *call, reason string) bool {
 	c.migrating.Store(true)
-	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: w.cfg.ID, Reason: reason}
+	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Worker: w.cfg.ID, Reason: reason}
 	var rep wire.Reply
 	if err := bus.Request(ctx, w.nc, subjects.IngestVerb(c.ingest, subjects.IngestVerbPlace), req, &rep); err != nil {
 		c.log.Warn().Err(err).Str("reason", reason).Msg("migration request failed")
@@ -366,7 +428,7 @@ func (w *Worker) migrateUntil(ctx context.Context, c *call, reason string) {
 // already re-placed, ingest ignores the notice.
 func (w *Worker) handBack(c *call) {
 	<-c.done
-	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch.Load(), Worker: w.cfg.ID,
+	req := wire.Migrate{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Worker: w.cfg.ID,
 		Reason: wire.ReasonFenced, Progress: c.progress()}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -391,7 +453,7 @@ func (w *Worker) drain() {
 		t := time.NewTicker(w.cfg.HeartbeatInterval)
 		defer t.Stop()
 		for {
-			w.lastTick.Store(time.Now().UnixNano())
+			w.lastTick.Store(w.mono())
 			w.heartbeat()
 			select {
 			case <-stopHB:
@@ -407,19 +469,19 @@ func (w *Worker) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.DrainTimeout)
 	defer cancel()
 	sem := make(chan struct{}, 32)
-	go func() {
+	w.group.Go(func() {
 		for _, c := range calls {
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
 				return
 			}
-			go func() {
+			w.group.Go(func() {
 				defer func() { <-sem }()
 				w.migrateUntil(ctx, c, "drain")
-			}()
+			})
 		}
-	}()
+	})
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 wait:
@@ -434,7 +496,8 @@ wait:
 	for _, c := range left {
 		c.stop(proc.StopShutdown)
 	}
-	w.wg.Wait()
+	cancel()
+	w.group.Close()
 	close(stopHB)
 	<-hbDone
 	w.heartbeat()
@@ -446,10 +509,13 @@ func (w *Worker) Close() {
 	if !w.closed.CompareAndSwap(false, true) {
 		return
 	}
+	w.mu.Lock()
+	w.draining = true
+	w.mu.Unlock()
 	for _, c := range w.snapshot() {
 		c.stop(proc.StopShutdown)
 	}
-	w.wg.Wait()
+	w.group.Close()
 }
 
 // Calls returns the number of calls held.
@@ -459,8 +525,8 @@ func (w *Worker) Calls() int {
 	return len(w.calls)
 }
 
-// fenced reports whether the heartbeat loop has stalled longer than FenceAfter: the routers will
-// have declared this worker down and its calls are being re-placed.
+// fenced reports whether the heartbeat loop has stalled longer than FenceAfter (now is mono()):
+// the routers will have declared this worker down and its calls are being re-placed.
 func (w *Worker) fenced(now int64) bool {
 	return now-w.lastTick.Load() > int64(w.cfg.FenceAfter)
 }
