@@ -1,9 +1,12 @@
 package sip
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/emiago/sipgo/sip"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
-	requests       *prometheus.CounterVec // method, code
+	requests       *prometheus.CounterVec // method (methodLabel), code (chosen in code)
 	calls          prometheus.Gauge
 	ended          *prometheus.CounterVec // reason
 	rtpPackets     prometheus.Counter
@@ -19,7 +22,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_sip_responses_total",
-			Help: "SIP final responses sent, by request method and status code."}, []string{"method", "code"}),
+			Help: "SIP final responses sent, by request method (methods outside RFC 3261 and its extensions count as other) and status code."}, []string{"method", "code"}),
 		calls: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_sip_calls", Help: "SIP calls in progress."}),
 		ended: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_sip_calls_ended_total",
 			Help: "SIP calls ended, by reason."}, []string{"reason"}),
@@ -38,4 +41,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.requests, m.calls, m.ended, m.rtpPackets, m.rtpDropped, m.rtpLost, m.gapFilled, m.dtmf, m.malformed, m.strayResponses, m.answer)
 	return m
+}
+
+// methodLabel maps a request method to its label value: the methods of RFC 3261 and its
+// extensions (knownMethods) as they are, any other name "other". A method name comes from the
+// network, and every distinct label value is a new series kept until the process ends.
+func methodLabel(m sip.RequestMethod) string {
+	if knownMethods[string(m)] {
+		return string(m)
+	}
+	return "other"
 }

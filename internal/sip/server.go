@@ -279,7 +279,7 @@ func (s *Server) respond(req *sip.Request, tx sip.ServerTransaction, code int, r
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
-	s.m.requests.WithLabelValues(string(req.Method), strconv.Itoa(code)).Inc()
+	s.m.requests.WithLabelValues(methodLabel(req.Method), strconv.Itoa(code)).Inc()
 	if tx != nil {
 		_ = tx.Respond(res)
 	}
