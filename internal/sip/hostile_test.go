@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/guard"
+	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 )
 
@@ -110,5 +113,74 @@ func TestMethodFloodKeepsSeriesBounded(t *testing.T) {
 	t.Logf("%d distinct methods: %s series %d → %d, registry text %d → %d bytes", n, name, before, after, sizeBefore, sizeAfter)
 	if after > before+1 {
 		t.Fatalf("%s grew from %d to %d series on %d unknown method names; want at most one more (other)", name, before, after, n)
+	}
+}
+
+// TestPanicsEndOneCall injects a panic into a request handler and into one call's RTP read loop:
+// the request gets 500, the call with the poisoned packet ends (reason error, BYE to the peer),
+// and a call running next to it keeps every frame.
+func TestPanicsEndOneCall(t *testing.T) {
+	e := startEnv(t, 1, nil)
+	handlerPanic := func(req *sip.Request) {
+		if req.GetHeader("X-Test-Panic") != nil {
+			panic("injected handler panic")
+		}
+	}
+	e.srv.handlerHook.Store(&handlerPanic)
+	packetPanic := func(raw []byte) {
+		if len(raw) > 12 && raw[12] == 0xEE {
+			panic("injected RTP panic")
+		}
+	}
+	e.srv.packetHook.Store(&packetPanic)
+	panics := func(where string) float64 { return testutil.ToFloat64(guard.Panics.WithLabelValues(where)) }
+	h0, r0 := panics("sip_handler"), panics("sip_rtp")
+
+	bad := newUAC(t, e.addr)
+	if res := bad.request("OPTIONS", newCallID("panic"), "", 1, "X-Test-Panic: 1\r\n", "", ""); codeOf(res) != "500" {
+		t.Fatalf("a panicking handler answered %q, want 500", res[:min(len(res), 40)])
+	}
+	good, victim := newUAC(t, e.addr), newUAC(t, e.addr)
+	goodID, victimID := newCallID("good"), newCallID("victim")
+	ports, tags := map[string]int{}, map[string]string{}
+	for id, u := range map[string]*uac{goodID: good, victimID: victim} {
+		res := u.invite(id, "")
+		if codeOf(res) != "200" {
+			t.Fatalf("call %s after a handler panic: %s", id, res)
+		}
+		p := 0
+		fmt.Sscan(mPortRe.FindStringSubmatch(res)[1], &p)
+		ports[id], tags[id] = p, toTagRe.FindStringSubmatch(res)[1]
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); sendRTP(t, good.rtp, ports[goodID], 100, 1, 0) }()
+	sendRTP(t, victim.rtp, ports[victimID], 5, 1, 0)
+	poison := make([]byte, 12+160)
+	poison[0], poison[3], poison[11], poison[12] = 0x80, 6, 9, 0xEE
+	if _, err := victim.rtp.WriteToUDP(poison, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: ports[victimID]}); err != nil {
+		t.Fatal(err)
+	}
+	if !victim.awaitBye(victimID, 10*time.Second) {
+		t.Fatal("no BYE for the call whose read loop panicked")
+	}
+	<-done
+	if res := good.request("BYE", goodID, tags[goodID], 2, "", "", ""); codeOf(res) != "200" {
+		t.Fatalf("BYE of the other call: %s", res)
+	}
+	eventually(t, 10*time.Second, "both calls to end", func() bool { return len(rec.stoppedCalls()) == 2 })
+	if n := testutil.ToFloat64(e.srv.m.ended.WithLabelValues(reasonError)); n != 1 {
+		t.Errorf("%v calls ended with reason error, want 1", n)
+	}
+	if h, r := panics("sip_handler")-h0, panics("sip_rtp")-r0; h != 1 || r != 1 {
+		t.Errorf("panics counted: handler %v, rtp %v; want 1 and 1", h, r)
+	}
+	for _, k := range callKeys() {
+		if !strings.Contains(k, "good") {
+			continue
+		}
+		l := rec.snapshot(k + "/0")
+		if real := len(l.seqs) - l.gapFilled; real != 100 || len(l.gaps) != 0 {
+			t.Errorf("the other call: %d real frames of 100, gaps %v", real, l.gaps)
+		}
 	}
 }

@@ -262,7 +262,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	_ = dlg.Respond(100, "Trying", nil)
 
 	c := &callState{s: s, dlg: dlg, tenant: tenant, expires: expires, refresher: refresher, rec: rec, start: time.Now(),
-		done: make(chan struct{})}
+		done: make(chan struct{}), failed: make(chan struct{})}
 	c.log = s.log.With().Str("tenant", tenant).Str("sip_call_id", req.CallID().Value()).Logger()
 	if err := c.openStreams(plans, answers); err != nil {
 		c.releaseStreams()

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
@@ -57,7 +58,9 @@ type Server struct {
 	wg       sync.WaitGroup // call goroutines and in-flight request handlers
 	running  atomic.Bool
 
-	answerHook func(time.Duration) // tests: every INVITE → 200 OK time
+	answerHook  func(time.Duration)                // tests: every INVITE → 200 OK time
+	handlerHook atomic.Pointer[func(*sip.Request)] // tests: runs before every request handler
+	packetHook  atomic.Pointer[func([]byte)]       // tests: runs on every RTP packet of calls placed after it is set
 }
 
 // New validates cfg and builds a server; it does no I/O.
@@ -69,6 +72,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		d.Registry = prometheus.NewRegistry()
 	}
 	lis := netip.MustParseAddrPort(cfg.Listen)
+	guard.Register(d.Registry)
 	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "sip").Logger(), m: newMetrics(d.Registry), pol: newPolicy(&cfg),
 		listenIP: lis.Addr(), advertise: lis.Addr(), ready: make(chan struct{}), calls: map[string]*callState{}}
 	if cfg.AdvertiseIP != "" {
@@ -254,19 +258,20 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 }
 
 // handle wraps a request handler so that Run waits for it, and so that a panic in one request
-// never takes the process (and the other calls) down.
+// never takes the process (and the other calls) down: the request gets 500 and the panic is
+// counted (callrouter_panics_total{where="sip_handler"}).
 func (s *Server) handle(h func(*sip.Request, sip.ServerTransaction)) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
 		s.wg.Add(1)
 		defer s.wg.Done()
-		defer func() {
-			if r := recover(); r != nil {
-				s.log.Error().Any("panic", r).Str("method", string(req.Method)).Msg("SIP handler panicked")
-				s.respond(req, tx, 500, "Server Internal Error")
-			}
-		}()
+		defer guard.Recover("sip_handler", s.log.With().Str("method", methodLabel(req.Method)).Logger(), func(any) {
+			s.respond(req, tx, 500, "Server Internal Error")
+		})
 		if !s.precheck(req, tx) {
 			return
+		}
+		if hook := s.handlerHook.Load(); hook != nil {
+			(*hook)(req)
 		}
 		h(req, tx)
 	}
