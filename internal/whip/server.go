@@ -15,10 +15,12 @@ import (
 	"crypto/rand"
 	"errors"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
@@ -59,6 +61,9 @@ type Server struct {
 	active    int
 	perTenant map[string]int
 	wg        sync.WaitGroup
+
+	handlerHook atomic.Pointer[func(*http.Request)]           // tests: runs before every request is served
+	packetHook  atomic.Pointer[func(call string, raw []byte)] // tests: runs on every RTP packet a track reads
 }
 
 var _ ingest.Source = (*Server)(nil)
@@ -72,6 +77,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if d.Registry == nil {
 		d.Registry = prometheus.NewRegistry()
 	}
+	guard.Register(d.Registry)
 	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "whip").Logger(),
 		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), ready: make(chan struct{}), stop: make(chan struct{}),
 		sessions: map[string]*session{}, perTenant: map[string]int{}}
