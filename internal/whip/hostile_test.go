@@ -8,6 +8,8 @@ import (
 
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/guard"
+	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -71,5 +73,41 @@ func TestPanicsEndOneSession(t *testing.T) {
 	}
 	if h, r := panics("whip_handler")-h0, panics("whip_track")-r0; h != 1 || r != 1 {
 		t.Errorf("panics counted: handler %v, track %v; want 1 and 1", h, r)
+	}
+}
+
+// TestEventStreamOutlivesServerTimeouts serves the endpoint on an obs server with short read and
+// write timeouts: a call's event stream stays open past them and still delivers the call's end.
+func TestEventStreamOutlivesServerTimeouts(t *testing.T) {
+	e := startEnv(t, 1, testConfig())
+	l := obs.DefaultLimits()
+	l.ReadTimeout, l.WriteTimeout = 2*time.Second, 2*time.Second
+	hs, err := obs.ListenLimits("127.0.0.1:0", &obs.Health{}, prometheus.NewRegistry(), l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.whip.Mount(hs.Mux)
+	sctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- hs.Run(sctx) }()
+	defer func() { stop(); <-served }()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := dial(ctx, "http://"+hs.Addr()+"/whip", tokenAcme, "pcmu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := follow(t, ctx, c.location+"/events")
+	time.Sleep(2 * l.WriteTimeout) // the stream must outlive the server's timeouts
+	if _, err := c.hangup(); err != nil {
+		t.Fatal(err)
+	}
+	ended := false
+	for ev := range events {
+		ended = ended || (ev.Kind == "state" && ev.State == stateEnded)
+	}
+	if !ended {
+		t.Fatal("the event stream closed before the call's end was on it")
 	}
 }
