@@ -184,3 +184,24 @@ func TestPanicsEndOneCall(t *testing.T) {
 		}
 	}
 }
+
+// TestRejectionSentOnceOverUDP sends INVITEs that are refused from a source that never ACKs, as a
+// forged source address would: each gets its rejection once, never the timer G retransmissions
+// (0.5 s, 1.5 s, 3.5 s, ...) that would reflect ten responses for one datagram.
+func TestRejectionSentOnceOverUDP(t *testing.T) {
+	e := startEnv(t, 1, func(c *Config) { c.Codecs = []string{"g722"} })
+	p := newUDPPeer(t, net.IPv4(127, 0, 0, 1), e.addr)
+	pcmu := "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+	const n = 5
+	for i := 0; i < n; i++ {
+		p.send(t, "INVITE", fmt.Sprintf("spoofed-%d", i), "Content-Type: application/sdp\r\n", pcmu)
+	}
+	eventually(t, 10*time.Second, "the rejections", func() bool { return p.final.Load() >= n })
+	time.Sleep(2 * time.Second) // past timer G's first two retransmissions (0.5 s and 1.5 s)
+	if got := p.final.Load(); got != n {
+		t.Fatalf("%d final responses to %d rejected INVITEs from a source that never ACKed; want %d", got, n, n)
+	}
+	if m := <-p.byMsg; !strings.HasPrefix(m, "SIP/2.0 488") {
+		t.Fatalf("rejection: %.40q, want 488", m)
+	}
+}

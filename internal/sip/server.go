@@ -287,6 +287,19 @@ func (s *Server) respond(req *sip.Request, tx sip.ServerTransaction, code int, r
 	s.m.requests.WithLabelValues(methodLabel(req.Method), strconv.Itoa(code)).Inc()
 	if tx != nil {
 		_ = tx.Respond(res)
+		sendOnce(req, tx, code)
+	}
+}
+
+// sendOnce ends the server transaction of a rejected INVITE that came over UDP right after its
+// final response went out, so the response is sent once and never retransmitted (RFC 3261 timer
+// G would resend it for 32 s, waiting for an ACK). A UDP source address is spoofable: answering
+// one forged INVITE with ten rejections would make callrouter a reflector. A real client that
+// lost the rejection retransmits its INVITE (timer A) and gets it again, one for one; a client
+// that had a 100 Trying first gives up at its timer B.
+func sendOnce(req *sip.Request, tx sip.ServerTransaction, code int) {
+	if code >= 300 && req.IsInvite() && req.Transport() == "UDP" && tx != nil {
+		tx.Terminate()
 	}
 }
 
