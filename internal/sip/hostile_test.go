@@ -6,10 +6,12 @@ import (
 	"net"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/guard"
+	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -152,8 +154,8 @@ func TestPanicsEndOneCall(t *testing.T) {
 		fmt.Sscan(mPortRe.FindStringSubmatch(res)[1], &p)
 		ports[id], tags[id] = p, toTagRe.FindStringSubmatch(res)[1]
 	}
-	done := make(chan struct{})
-	go func() { defer close(done); sendRTP(t, good.rtp, ports[goodID], 100, 1, 0) }()
+	done := make(chan error, 1)
+	go func() { done <- rtpStream(good.rtp, ports[goodID], 100) }()
 	sendRTP(t, victim.rtp, ports[victimID], 5, 1, 0)
 	poison := make([]byte, 12+160)
 	poison[0], poison[3], poison[11], poison[12] = 0x80, 6, 9, 0xEE
@@ -163,7 +165,9 @@ func TestPanicsEndOneCall(t *testing.T) {
 	if !victim.awaitBye(victimID, 10*time.Second) {
 		t.Fatal("no BYE for the call whose read loop panicked")
 	}
-	<-done
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 	if res := good.request("BYE", goodID, tags[goodID], 2, "", "", ""); codeOf(res) != "200" {
 		t.Fatalf("BYE of the other call: %s", res)
 	}
@@ -204,4 +208,151 @@ func TestRejectionSentOnceOverUDP(t *testing.T) {
 	if m := <-p.byMsg; !strings.HasPrefix(m, "SIP/2.0 488") {
 		t.Fatalf("rejection: %.40q, want 488", m)
 	}
+}
+
+// rtpStream sends n 20 ms PCMU packets from conn to port and returns the first error (for use on
+// goroutines other than the test's).
+func rtpStream(conn *net.UDPConn, port, n int) error {
+	dst := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
+	pkt := make([]byte, 12+160)
+	pkt[0], pkt[11] = 0x80, 7
+	for j := 12; j < len(pkt); j++ {
+		pkt[j] = 0x11
+	}
+	next := time.Now()
+	for i := 0; i < n; i++ {
+		seq, ts := uint16(1+i), uint32(160*i)
+		pkt[2], pkt[3] = byte(seq>>8), byte(seq)
+		pkt[4], pkt[5], pkt[6], pkt[7] = byte(ts>>24), byte(ts>>16), byte(ts>>8), byte(ts)
+		if _, err := conn.WriteToUDP(pkt, dst); err != nil {
+			return err
+		}
+		next = next.Add(20 * time.Millisecond)
+		time.Sleep(time.Until(next))
+	}
+	return nil
+}
+
+// answered places a call from u and returns its RTP port and To tag.
+func answered(t *testing.T, u *uac, id string) (port int, tag string) {
+	t.Helper()
+	res := u.invite(id, "")
+	if codeOf(res) != "200" {
+		t.Fatalf("call %s: %.60q", id, res)
+	}
+	fmt.Sscan(mPortRe.FindStringSubmatch(res)[1], &port)
+	return port, toTagRe.FindStringSubmatch(res)[1]
+}
+
+// everyFrame checks that the worker saw n real frames and no gap on every call whose key
+// contains prefix, and that there are want such calls.
+func everyFrame(t *testing.T, prefix string, want, n int) {
+	t.Helper()
+	got := 0
+	for _, k := range callKeys() {
+		if !strings.Contains(k, prefix) {
+			continue
+		}
+		got++
+		l := rec.snapshot(k + "/0")
+		if real := len(l.seqs) - l.gapFilled; real != n || len(l.gaps) != 0 {
+			t.Errorf("%s: %d real frames of %d, gaps %v", k, real, n, l.gaps)
+		}
+	}
+	if got != want {
+		t.Errorf("%d calls %s* ended at the worker, want %d", got, prefix, want)
+	}
+}
+
+// TestInviteFloodFromOneSource floods INVITEs over UDP from 127.0.0.2 past its rate: the ones
+// past the bucket are dropped unanswered (and counted), while a call from 127.0.0.1 that was up
+// keeps every frame and a new call from 127.0.0.1 during the flood still connects.
+func TestInviteFloodFromOneSource(t *testing.T) {
+	const rate, burst = 20, 20
+	e := startEnv(t, 1, func(c *Config) { c.InviteRate, c.InviteBurst = rate, burst })
+	u1, u2 := newUAC(t, e.addr), newUAC(t, e.addr)
+	id1, id2 := newCallID("steady"), newCallID("steady")
+	port1, tag1 := answered(t, u1, id1)
+
+	flood := newUDPPeer(t, net.IPv4(127, 0, 0, 2), e.addr)
+	// G.729 only: an INVITE the bucket lets through gets 488 (sent once), not a call.
+	offer := "v=0\r\no=t 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n"
+	const n = 3000
+	var cpu0, cpu1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &cpu0)
+	start := time.Now()
+	flooding := make(chan error, 1)
+	go func() {
+		for i := 0; i < n; i++ {
+			msg := fmt.Sprintf("INVITE sip:svc@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-f%d\r\nFrom: <sip:x@127.0.0.2>;tag=f%d\r\n"+
+				"To: <sip:svc@%s>\r\nCall-ID: flood-%d\r\nCSeq: 1 INVITE\r\nContact: <sip:x@%s>\r\nMax-Forwards: 70\r\n"+
+				"Content-Type: application/sdp\r\nContent-Length: %d\r\n\r\n%s", e.addr, flood.local(), i, i, e.addr, i, flood.local(), len(offer), offer)
+			if _, err := flood.conn.WriteToUDP([]byte(msg), flood.dst); err != nil {
+				flooding <- err
+				return
+			}
+			if i%20 == 19 {
+				time.Sleep(5 * time.Millisecond) // about 4,000 INVITEs a second
+			}
+		}
+		flooding <- nil
+	}()
+	streaming := make(chan error, 1)
+	go func() { streaming <- rtpStream(u1.rtp, port1, 150) }()
+	port2, tag2 := answered(t, u2, id2) // from another source, during the flood
+	if err := rtpStream(u2.rtp, port2, 100); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-flooding; err != nil {
+		t.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	if err := <-streaming; err != nil {
+		t.Fatal(err)
+	}
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &cpu1)
+	for _, c := range []struct {
+		u   *uac
+		id  string
+		tag string
+	}{{u1, id1, tag1}, {u2, id2, tag2}} {
+		if res := c.u.request("BYE", c.id, c.tag, 2, "", "", ""); codeOf(res) != "200" {
+			t.Fatalf("BYE %s: %.40q", c.id, res)
+		}
+	}
+	eventually(t, 10*time.Second, "both calls to end at the worker", func() bool { return len(callKeys()) == 2 })
+
+	dropped := testutil.ToFloat64(e.srv.m.refused.WithLabelValues("invite_rate"))
+	answeredFlood := flood.final.Load()
+	allowed := burst + rate*elapsed.Seconds() + 1
+	cpu := time.Duration(cpu1.Utime.Nano()+cpu1.Stime.Nano()-cpu0.Utime.Nano()-cpu0.Stime.Nano()) * time.Nanosecond
+	t.Logf("%d INVITEs from one source in %v: %v dropped by its rate, %d answered; process CPU %v", n, elapsed.Round(time.Millisecond), dropped, answeredFlood, cpu.Round(time.Millisecond))
+	if float64(answeredFlood) > allowed {
+		t.Errorf("%d flood INVITEs answered in %v, want at most %.0f (burst %d + %d/s)", answeredFlood, elapsed, allowed, burst, rate)
+	}
+	if dropped < n-allowed-1 {
+		t.Errorf("%v INVITEs dropped for their rate, want at least %.0f", dropped, n-allowed-1)
+	}
+	l1 := rec.snapshot(keyOf(t, id1) + "/0")
+	l2 := rec.snapshot(keyOf(t, id2) + "/0")
+	for _, c := range []struct {
+		l    legLog
+		want int
+	}{{l1, 150}, {l2, 100}} {
+		if real := len(c.l.seqs) - c.l.gapFilled; real != c.want || len(c.l.gaps) != 0 {
+			t.Errorf("a call from the other source: %d real frames of %d, gaps %v", real, c.want, c.l.gaps)
+		}
+	}
+}
+
+// keyOf returns the recorder key ("tenant/call") of the SIP Call-ID id.
+func keyOf(t *testing.T, id string) string {
+	t.Helper()
+	for _, k := range callKeys() {
+		if strings.Contains(k, subjects.Encode(id)) {
+			return k
+		}
+	}
+	t.Fatalf("no call %s at the worker (have %v)", id, callKeys())
+	return ""
 }

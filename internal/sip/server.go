@@ -37,6 +37,7 @@ type Server struct {
 	log       zerolog.Logger
 	m         *metrics
 	pol       *policy
+	lim       *sourceLimits
 	auth      *digestAuth
 	ports     *portPool
 	codecs    []codec
@@ -73,7 +74,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 	}
 	lis := netip.MustParseAddrPort(cfg.Listen)
 	guard.Register(d.Registry)
-	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "sip").Logger(), m: newMetrics(d.Registry), pol: newPolicy(&cfg),
+	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "sip").Logger(), m: newMetrics(d.Registry), pol: newPolicy(&cfg), lim: newSourceLimits(&cfg),
 		listenIP: lis.Addr(), advertise: lis.Addr(), ready: make(chan struct{}), calls: map[string]*callState{}}
 	if cfg.AdvertiseIP != "" {
 		s.advertise = netip.MustParseAddr(cfg.AdvertiseIP)
@@ -209,12 +210,12 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	var serveWG sync.WaitGroup
 	if pc != nil {
 		serveWG.Add(1)
-		g := &guardConn{PacketConn: pc, parser: sip.NewParser(), m: s.m}
+		g := &guardConn{PacketConn: pc, parser: sip.NewParser(), m: s.m, lim: s.lim}
 		go func() { defer serveWG.Done(); _ = srv.ServeUDP(g) }()
 	}
 	if l != nil {
 		serveWG.Add(1)
-		gl := &guardListener{Listener: l, m: s.m}
+		gl := &guardListener{Listener: l, m: s.m, lim: s.lim, idle: s.cfg.TCPIdleTimeout, message: s.cfg.TCPMessageTimeout}
 		go func() { defer serveWG.Done(); _ = srv.ServeTCP(gl) }()
 	}
 	s.addr.Store(&local)
