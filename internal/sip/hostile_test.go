@@ -1,8 +1,11 @@
 package sip
 
 import (
+	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -355,4 +358,92 @@ func keyOf(t *testing.T, id string) string {
 	}
 	t.Fatalf("no call %s at the worker (have %v)", id, callKeys())
 	return ""
+}
+
+// TestTCPLimits holds SIP TCP connections the way an attacker would: past the per-source cap a
+// connection is closed at once while another source still gets served; a connection that says
+// nothing, one that stops half way through a message and one left idle after a message are each
+// closed by their timeout; INVITEs past the source's rate get 503 with Retry-After.
+func TestTCPLimits(t *testing.T) {
+	const perSource = 4
+	e := startEnv(t, 1, func(c *Config) {
+		c.TCPConnsPerSource, c.TCPMessageTimeout, c.TCPIdleTimeout = perSource, 500*time.Millisecond, time.Second
+		c.InviteRate, c.InviteBurst = 1, 2
+	})
+	dialFrom := func(ip net.IP) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}}
+		c, err := d.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// closed reports whether the server closes c within d (reading what it sends first).
+	closed := func(c net.Conn, d time.Duration) bool {
+		_ = c.SetReadDeadline(time.Now().Add(d))
+		_, err := io.Copy(io.Discard, c)
+		var ne net.Error
+		return !(errors.As(err, &ne) && ne.Timeout())
+	}
+	request := func(method, callID string) string {
+		return fmt.Sprintf("%s sip:svc@%s SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK-%s\r\nFrom: <sip:a@127.0.0.1>;tag=f%s\r\n"+
+			"To: <sip:svc@%s>\r\nCall-ID: %s\r\nCSeq: 1 %s\r\nContact: <sip:a@127.0.0.1;transport=tcp>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+			method, e.addr, callID, callID, e.addr, callID, method)
+	}
+	src2 := net.IPv4(127, 0, 0, 2)
+	var held []net.Conn
+	for i := 0; i < perSource; i++ {
+		held = append(held, dialFrom(src2))
+	}
+	if !closed(dialFrom(src2), 5*time.Second) {
+		t.Error("a connection past the per-source cap was kept open")
+	}
+	other := dialFrom(net.IPv4(127, 0, 0, 1))
+	if _, err := io.WriteString(other, request("OPTIONS", "tcp-opt")); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(other)
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "SIP/2.0 200") {
+		t.Fatalf("OPTIONS from another source while one is at its cap: %q %v", line, err)
+	}
+	for i, c := range held {
+		if i == 1 {
+			_, _ = io.WriteString(c, "OPTIONS sip:svc@x SIP/2.0\r\nVia: SIP/2.0/TCP") // and no more
+		}
+		if !closed(c, 10*time.Second) {
+			t.Errorf("held connection %d is still open after 10 s", i)
+		}
+	}
+	if !closed(other, 10*time.Second) {
+		t.Error("an idle connection is still open after 10 s")
+	}
+	for _, reason := range []string{"tcp_source_conns", "tcp_slow", "tcp_idle"} {
+		if v := testutil.ToFloat64(e.srv.m.refused.WithLabelValues(reason)); v < 1 {
+			t.Errorf("refused{%s} = %v", reason, v)
+		}
+	}
+
+	inv := dialFrom(src2)
+	var codes []string
+	r = bufio.NewReader(inv)
+	for i := 0; i < 4; i++ {
+		if _, err := io.WriteString(inv, request("INVITE", fmt.Sprintf("tcp-inv-%d", i))); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			_ = inv.SetReadDeadline(time.Now().Add(10 * time.Second))
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("INVITE %d over TCP: %v", i, err)
+			}
+			if strings.HasPrefix(line, "SIP/2.0 ") && !strings.HasPrefix(line, "SIP/2.0 1") {
+				codes = append(codes, line[8:11])
+				break
+			}
+		}
+	}
+	if codes[2] != "503" || codes[3] != "503" || codes[0] == "503" {
+		t.Errorf("INVITEs over TCP past a burst of 2 answered %v, want the last two 503", codes)
+	}
 }
