@@ -168,6 +168,11 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		s.unavailable(w, r, s.cfg.RetryAfter, "not serving")
 		return
 	}
+	if !s.post.allow(r.RemoteAddr, start) {
+		w.Header().Set("Retry-After", "1")
+		s.fail(w, r, http.StatusTooManyRequests, "too many requests from this address")
+		return
+	}
 	tenant, err := s.auth.tenant(r.Header.Get("Authorization"))
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="callrouter"`)

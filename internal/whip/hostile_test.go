@@ -2,7 +2,11 @@ package whip
 
 import (
 	"context"
+	"errors"
+	"io"
+	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,5 +113,73 @@ func TestEventStreamOutlivesServerTimeouts(t *testing.T) {
 	}
 	if !ended {
 		t.Fatal("the event stream closed before the call's end was on it")
+	}
+}
+
+// TestPostLimits floods POSTs from 127.0.0.2 past its rate (429 with Retry-After before the
+// token is looked at), fills a tenant's session cap (503 for that tenant, 201 for another), and
+// checks that a call up from 127.0.0.1 through all of it keeps every frame.
+func TestPostLimits(t *testing.T) {
+	cfg := testConfig()
+	cfg.PostRate, cfg.PostBurst, cfg.MaxSessionsPerTenant = 2, 5, 1
+	e := startEnv(t, 1, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	live, err := dial(ctx, e.url, tokenAcme, "pcmu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames := pcmuFrames(t, "testdata/speech-pcmu.wav")
+	frames = append(frames, frames...)
+	sent := make(chan error, 1)
+	go func() { sent <- live.send(ctx, frames) }()
+
+	flooder := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
+	defer flooder.CloseIdleConnections()
+	const n = 60
+	codes := map[int]int{}
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.url, strings.NewReader("v=0\r\n"))
+		req.Header.Set("Content-Type", "application/sdp")
+		req.Header.Set("Authorization", "Bearer "+tokenGlobex)
+		res, err := flooder.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		codes[res.StatusCode]++
+		if res.StatusCode == http.StatusTooManyRequests && res.Header.Get("Retry-After") == "" {
+			t.Fatal("429 without Retry-After")
+		}
+	}
+	elapsed := time.Since(start)
+	allowed := float64(cfg.PostBurst) + cfg.PostRate*elapsed.Seconds() + 1
+	t.Logf("%d POSTs from one source in %v: %v", n, elapsed.Round(time.Millisecond), codes)
+	if passed := n - codes[http.StatusTooManyRequests]; float64(passed) > allowed {
+		t.Errorf("%d of %d POSTs from one source got past its rate in %v, want at most %.0f", passed, n, elapsed, allowed)
+	}
+
+	_, err = dial(ctx, e.url, tokenAcme, "pcmu")
+	var he *httpError
+	if !errors.As(err, &he) || he.code != http.StatusServiceUnavailable || !strings.Contains(he.body, "too many sessions") {
+		t.Errorf("a second session of a tenant at its cap: %v, want 503 too many sessions", err)
+	}
+	other, err := dial(ctx, e.url, tokenGlobex, "pcmu")
+	if err != nil {
+		t.Fatalf("another tenant while one is at its cap: %v", err)
+	}
+	defer other.hangup()
+
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "every frame of the live call", func() bool { return len(processed.frames(live.call)) >= len(frames) })
+	if code, err := live.hangup(); err != nil || code != http.StatusOK {
+		t.Fatalf("DELETE: %d %v", code, err)
+	}
+	if got, gaps := processed.frames(live.call), processed.gapsOf(live.call); len(got) != len(frames) || len(gaps) != 0 {
+		t.Fatalf("the live call: %d frames of %d, gaps %v", len(got), len(frames), gaps)
 	}
 }

@@ -43,6 +43,7 @@ type Server struct {
 	log  zerolog.Logger
 	m    *metrics
 	auth *authenticator
+	post *postLimits
 
 	node    atomic.Pointer[ingest.Node] // set while Run serves
 	ready   chan struct{}
@@ -79,7 +80,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 	}
 	guard.Register(d.Registry)
 	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "whip").Logger(),
-		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), ready: make(chan struct{}), stop: make(chan struct{}),
+		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), post: newPostLimits(cfg.PostRate, cfg.PostBurst), ready: make(chan struct{}), stop: make(chan struct{}),
 		sessions: map[string]*session{}, perTenant: map[string]int{}}
 	s.m = newMetrics(d.Registry, s.countState)
 	return s, nil
