@@ -37,7 +37,9 @@ func FuzzSIPHandler(f *testing.F) {
 			"From: <sip:a@127.0.0.1>;tag=f1\r\nTo: <sip:svc@127.0.0.1>%s\r\nCall-ID: seed@127.0.0.1\r\nCSeq: 1 %s\r\n"+
 			"Contact: <sip:a@127.0.0.1:5062>\r\nMax-Forwards: 70\r\n%sContent-Length: %d\r\n\r\n%s", m.method, m.to, m.method, m.hdrs, len(m.body), m.body)))
 	}
-	e := startEnv(f, 1, func(c *Config) { c.RTPTimeout, c.MaxCalls, c.InviteRate, c.Codecs = time.Second, 20, 0, []string{"g722"} })
+	e := startEnv(f, 1, func(c *Config) {
+		c.RTPTimeout, c.MaxCalls, c.InviteRate, c.Codecs = time.Second, 20, 0, []string{"g722"}
+	})
 	panics := func() float64 {
 		return testutil.ToFloat64(guard.Panics.WithLabelValues("sip_handler")) + testutil.ToFloat64(guard.Panics.WithLabelValues("sip_rtp"))
 	}
