@@ -81,7 +81,7 @@ func TestSlowClientsAreCut(t *testing.T) {
 // closes.
 func TestConnectionCap(t *testing.T) {
 	l := DefaultLimits()
-	l.MaxConns = 4
+	l.MaxConns, l.MaxConnsPerSource = 4, 0
 	s := serve(t, l)
 	var held []net.Conn
 	for i := 0; i < l.MaxConns; i++ {
@@ -120,5 +120,37 @@ func TestConnectionCap(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("the waiting connection was not served after a slot freed")
+	}
+}
+
+// TestConnectionCapPerSource holds MaxConnsPerSource connections from 127.0.0.2: its next one is
+// closed at once while a client at 127.0.0.1 is still served.
+func TestConnectionCapPerSource(t *testing.T) {
+	l := DefaultLimits()
+	l.MaxConnsPerSource = 3
+	s := serve(t, l)
+	dialFrom := func(ip net.IP) net.Conn {
+		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}}).Dial("tcp", s.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	src := net.IPv4(127, 0, 0, 2)
+	for i := 0; i < l.MaxConnsPerSource; i++ {
+		c := dialFrom(src)
+		_, _ = io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+		if res, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || res.StatusCode != 200 {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	if !closedWithin(dialFrom(src), 5*time.Second) {
+		t.Error("a connection past the per-source cap was kept open")
+	}
+	c := dialFrom(net.IPv4(127, 0, 0, 1))
+	_, _ = io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	if res, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("another source while one is at its cap: %v", err)
 	}
 }
