@@ -98,7 +98,7 @@ type Limits struct {
 // DefaultLimits returns the limits Listen applies.
 func DefaultLimits() Limits {
 	return Limits{ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10, MaxConns: 4096, MaxConnsPerSource: 256}
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10, MaxConns: 4096, MaxConnsPerSource: 1024}
 }
 
 // Listen binds addr (":0" picks a port) with DefaultLimits and prepares the handlers; Serve
