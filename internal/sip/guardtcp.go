@@ -174,7 +174,7 @@ func (c *guardTCPConn) frame() bool {
 	if err != nil {
 		c.m.malformed.Inc()
 		if res, _ := malformedResponse(msg, c.Conn.RemoteAddr()); res != nil {
-			_, _ = c.Conn.Write(res)
+			_, _ = c.Write(res)
 		}
 		return true
 	}
@@ -199,7 +199,7 @@ func (c *guardTCPConn) frame() bool {
 func (c *guardTCPConn) reject(msg []byte) {
 	c.m.malformed.Inc()
 	if res, _ := malformedResponse(msg, c.Conn.RemoteAddr()); res != nil {
-		_, _ = c.Conn.Write(res)
+		_, _ = c.Write(res)
 	}
 	c.closed = true
 	c.in = nil
