@@ -259,6 +259,8 @@ func (s *Server) add(c *callState) bool {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		// A panic in the call's own goroutine ends the call (reason error), never the process.
+		defer guard.Recover("sip_call", c.log, func(any) { c.finish(reasonError, true) })
 		c.watch()
 	}()
 	return true

@@ -257,7 +257,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
-	if !s.spawn(sess.watch) {
+	if !s.spawn(func() {
+		defer guard.Recover("whip_session", sess.log, sess.failed)
+		sess.watch()
+	}) {
 		sess.end(reasonShutdown)
 		s.unavailable(w, r, s.cfg.RetryAfter, "shutting down")
 		return
