@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"golang.org/x/net/netutil"
 )
 
 // Logger returns a JSON logger at the given level ("debug", "info", "warn", "error").
@@ -121,14 +122,103 @@ func NewMux(h *Health, reg *prometheus.Registry) *http.ServeMux {
 	return mux
 }
 
-// Listen binds addr (":0" picks a port) and prepares the handlers; Serve starts them.
+// Limits bound what HTTP clients can hold of a server: a slow or silent client is cut off by the
+// timeouts, and past MaxConns open connections new ones wait in the listen backlog until one
+// closes. Handlers that stream (Server-Sent Events) lift the read and write deadlines of their own
+// request with http.ResponseController.
+type Limits struct {
+	// ReadHeaderTimeout bounds reading a request's headers; ReadTimeout the whole request, body
+	// included.
+	ReadHeaderTimeout, ReadTimeout time.Duration
+	// WriteTimeout bounds a request from the end of its headers to the end of its response (a
+	// WHIP POST's placement included).
+	WriteTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection that sends no next request.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request's header section.
+	MaxHeaderBytes int
+	// MaxConns bounds open connections (0: no bound); MaxConnsPerSource bounds those from one
+	// client address, so one client cannot take every slot (a connection past it is closed at
+	// once; 0: no bound). Behind a proxy every client shares the proxy's address.
+	MaxConns          int
+	MaxConnsPerSource int
+}
+
+// DefaultLimits returns the limits Listen applies.
+func DefaultLimits() Limits {
+	return Limits{ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10, MaxConns: 4096, MaxConnsPerSource: 1024}
+}
+
+// Listen binds addr (":0" picks a port) with DefaultLimits and prepares the handlers; Serve
+// starts them.
 func Listen(addr string, h *Health, reg *prometheus.Registry) (*Server, error) {
+	return ListenLimits(addr, h, reg, DefaultLimits())
+}
+
+// ListenLimits is Listen with the given limits.
+func ListenLimits(addr string, h *Health, reg *prometheus.Registry, l Limits) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
+	if l.MaxConnsPerSource > 0 {
+		ln = &sourceListener{Listener: ln, max: l.MaxConnsPerSource, open: map[string]int{}}
+	}
+	if l.MaxConns > 0 {
+		ln = netutil.LimitListener(ln, l.MaxConns)
+	}
 	mux := NewMux(h, reg)
-	return &Server{ln: ln, Mux: mux, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}, nil
+	return &Server{ln: ln, Mux: mux, srv: &http.Server{Handler: mux, ReadHeaderTimeout: l.ReadHeaderTimeout, ReadTimeout: l.ReadTimeout,
+		WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes}}, nil
+}
+
+// sourceListener closes a new connection at once when its client address already holds max.
+type sourceListener struct {
+	net.Listener
+	max  int
+	mu   sync.Mutex
+	open map[string]int // by client IP
+}
+
+func (l *sourceListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ip, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		l.mu.Lock()
+		full := l.open[ip] >= l.max
+		if !full {
+			l.open[ip]++
+		}
+		l.mu.Unlock()
+		if full {
+			_ = c.Close()
+			continue
+		}
+		return &sourceConn{Conn: c, l: l, ip: ip}, nil
+	}
+}
+
+type sourceConn struct {
+	net.Conn
+	l    *sourceListener
+	ip   string
+	once sync.Once
+}
+
+func (c *sourceConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		if c.l.open[c.ip]--; c.l.open[c.ip] <= 0 {
+			delete(c.l.open, c.ip)
+		}
+		c.l.mu.Unlock()
+	})
+	return err
 }
 
 func answer(w http.ResponseWriter, err error) {

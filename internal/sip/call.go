@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/sdp"
 	"github.com/callrouter/callrouter/internal/session"
@@ -17,6 +18,9 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/rs/zerolog"
 )
+
+// reasonError ends a call whose own code failed (a panic in its RTP read loop).
+const reasonError = "error"
 
 // callState is one SIP call: its dialog, its RTP streams and its ingest call.
 type callState struct {
@@ -44,6 +48,8 @@ type callState struct {
 
 	done     chan struct{}
 	finishMu sync.Once
+	failed   chan struct{} // closed (failOnce) when a stream's read loop panicked: watch ends the call
+	failOnce sync.Once
 }
 
 // openStreams binds one RTP socket per leg; the legs take the plans' order.
@@ -54,7 +60,8 @@ func (c *callState) openStreams(plans []legPlan, answers []sdp.Answer) error {
 		if err != nil {
 			return err
 		}
-		st := &stream{conn: conn, leg: i, codec: p.codec, audioPT: p.audioPT, eventPT: p.eventPT, check: c.s.cfg.SourceCheck, m: c.s.m}
+		st := &stream{conn: conn, leg: i, codec: p.codec, audioPT: p.audioPT, eventPT: p.eventPT, check: c.s.cfg.SourceCheck, m: c.s.m,
+			hook: c.s.packetHook.Load()}
 		st.setRemote(p.remote)
 		st.cut = newCutter(p.codec.clock, c.s.cfg.JitterWindow, c.s.cfg.SilenceFill, p.codec.silence, st.emit)
 		st.dtmf.report = func(e dtmfEvent) {
@@ -81,6 +88,9 @@ func (c *callState) startStreams() {
 		c.swg.Add(1)
 		go func() {
 			defer c.swg.Done()
+			// A panic in the read loop ends this call (reason "error"), never the process. The
+			// loop's goroutine cannot end the call itself: finish waits for it.
+			defer guard.Recover("sip_rtp", c.log, func(any) { c.failOnce.Do(func() { close(c.failed) }) })
 			st.run()
 		}()
 	}
@@ -249,6 +259,8 @@ func (s *Server) add(c *callState) bool {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		// A panic in the call's own goroutine ends the call (reason error), never the process.
+		defer guard.Recover("sip_call", c.log, func(any) { c.finish(reasonError, true) })
 		c.watch()
 	}()
 	return true
@@ -265,6 +277,9 @@ func (c *callState) watch() {
 			return
 		case <-c.call.Done():
 			c.finish("ingest_ended", true)
+			return
+		case <-c.failed:
+			c.finish(reasonError, true)
 			return
 		case now := <-t.C:
 			cfg := &c.s.cfg

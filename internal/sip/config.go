@@ -80,6 +80,21 @@ type Config struct {
 	DrainTimeout time.Duration
 	// EventsPerCall bounds the DTMF and metadata events one call may publish per second.
 	EventsPerCall int
+
+	// InviteRate bounds new INVITEs per second from one source address (a token bucket of
+	// InviteBurst); past it an INVITE over UDP is dropped unanswered (a source address can be
+	// forged) and one over TCP gets 503 with Retry-After. 0 disables the bound.
+	InviteRate  float64
+	InviteBurst int
+	// MaxTCPConns bounds open SIP TCP connections, TCPConnsPerSource those from one source
+	// address (0: no bound); a connection past either is closed at once.
+	MaxTCPConns       int
+	TCPConnsPerSource int
+	// TCPIdleTimeout closes a SIP TCP connection that carries no message (CRLF keep-alives
+	// count) for this long; TCPMessageTimeout bounds how long one message may take to arrive
+	// once begun (and the first one after the connection opens), and each write.
+	TCPIdleTimeout    time.Duration
+	TCPMessageTimeout time.Duration
 }
 
 // DefaultConfig returns the documented defaults.
@@ -106,6 +121,12 @@ func DefaultConfig() Config {
 		PlaceTimeout:      8 * time.Second,
 		DrainTimeout:      30 * time.Second,
 		EventsPerCall:     50,
+		InviteRate:        50,
+		InviteBurst:       100,
+		MaxTCPConns:       4096,
+		TCPConnsPerSource: 64,
+		TCPIdleTimeout:    10 * time.Minute,
+		TCPMessageTimeout: 10 * time.Second,
 	}
 }
 
@@ -205,6 +226,15 @@ func (c *Config) Validate() error {
 	}
 	if len(c.AuthUsers) > 0 && c.AuthRealm == "" {
 		bad("auth realm is needed with auth users")
+	}
+	if c.InviteRate < 0 || (c.InviteRate > 0 && c.InviteBurst < 1) {
+		bad("invite rate %v and burst %d: want a rate of 0 (no bound) or more with a burst of at least 1", c.InviteRate, c.InviteBurst)
+	}
+	if c.MaxTCPConns < 0 || c.TCPConnsPerSource < 0 {
+		bad("tcp connection bounds %d and %d must not be negative", c.MaxTCPConns, c.TCPConnsPerSource)
+	}
+	if c.TCPIdleTimeout <= 0 || c.TCPMessageTimeout <= 0 {
+		bad("tcp idle timeout %v and message timeout %v must be positive", c.TCPIdleTimeout, c.TCPMessageTimeout)
 	}
 	if c.EventsPerCall < 1 {
 		bad("events per call %d must be at least 1", c.EventsPerCall)

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -18,10 +19,15 @@ import (
 // a request-URI scheme callrouter does not serve) built from its raw Via, From, To, Call-ID and
 // CSeq lines, so that the sender learns why (RFC 3261 section 8.2); anything unanswerable is
 // dropped and counted. sipgo itself only ever sees messages it can parse.
+//
+// It also applies the per-source INVITE rate (sourceLimits): an initial INVITE past its source's
+// bucket is dropped unanswered, since a UDP source address can be forged and any answer would
+// be reflected at whoever owns it.
 type guardConn struct {
 	net.PacketConn
 	parser *sip.Parser
 	m      *metrics
+	lim    *sourceLimits
 }
 
 func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
@@ -33,6 +39,10 @@ func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		msg, perr := g.parser.ParseSIP(b[:n])
 		if perr == nil {
 			if req, ok := msg.(*sip.Request); ok {
+				if initialInvite(req) && !g.lim.allowInvite(addrOf(addr), time.Now()) {
+					g.m.refused.WithLabelValues("invite_rate").Inc()
+					continue
+				}
 				n = rfc2543Branch(req, b, n)
 			}
 			return n, addr, nil
@@ -42,6 +52,19 @@ func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
 			_, _ = g.PacketConn.WriteTo(res, dst)
 		}
 	}
+}
+
+// initialInvite reports whether req is an INVITE outside a dialog (no To tag): a new call.
+func initialInvite(req *sip.Request) bool {
+	if req.Method != sip.INVITE {
+		return false
+	}
+	to := req.To()
+	if to == nil || to.Params == nil {
+		return true
+	}
+	tag, ok := to.Params.Get("tag")
+	return !ok || tag == ""
 }
 
 // rfc2543Branch gives a request without an RFC 3261 branch (RFC 2543 clients, RFC 4475's wsinv
@@ -156,11 +179,7 @@ func viaInsertPoint(msg []byte) int {
 // it: the source address, at the top Via's port (or the source port with rport; RFC 3261
 // section 18.2.2, RFC 3581). It returns nil for responses and for requests without a Via.
 func malformedResponse(msg []byte, src net.Addr) ([]byte, net.Addr) {
-	head := msg
-	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {
-		head = msg[:i]
-	}
-	lines := strings.Split(strings.ReplaceAll(string(head), "\r\n", "\n"), "\n")
+	lines := headLines(msg)
 	if len(lines) < 2 || strings.HasPrefix(lines[0], "SIP/") {
 		return nil, nil
 	}
@@ -172,6 +191,25 @@ func malformedResponse(msg []byte, src net.Addr) ([]byte, net.Addr) {
 		if scheme, _, ok := strings.Cut(fields[1], ":"); ok && schemeToken(scheme) && !servedScheme(scheme) {
 			code, reason = 416, "Unsupported URI Scheme"
 		}
+	}
+	return statelessResponse(lines, src, code, reason, "")
+}
+
+// headLines returns the lines of a message's header section.
+func headLines(msg []byte) []string {
+	head := msg
+	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {
+		head = msg[:i]
+	}
+	return strings.Split(strings.ReplaceAll(string(head), "\r\n", "\n"), "\n")
+}
+
+// statelessResponse builds a response with code and reason (and extra header lines, each ending
+// in CRLF) to the request whose header lines are given, from its raw Via, From, To, Call-ID and
+// CSeq, and where to send it (RFC 3261 section 18.2.2).
+func statelessResponse(lines []string, src net.Addr, code int, reason, extra string) ([]byte, net.Addr) {
+	if len(lines) < 2 {
+		return nil, nil
 	}
 	var out strings.Builder
 	out.WriteString("SIP/2.0 " + strconv.Itoa(code) + " " + reason + "\r\n")
@@ -210,7 +248,7 @@ func malformedResponse(msg []byte, src net.Addr) ([]byte, net.Addr) {
 	if topVia == "" {
 		return nil, nil
 	}
-	out.WriteString("Server: callrouter\r\nContent-Length: 0\r\n\r\n")
+	out.WriteString(extra + "Server: callrouter\r\nContent-Length: 0\r\n\r\n")
 	srcAP, err := netip.ParseAddrPort(src.String())
 	if err != nil {
 		return nil, nil

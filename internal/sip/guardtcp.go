@@ -2,10 +2,14 @@ package sip
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -17,18 +21,33 @@ const (
 )
 
 // guardListener wraps the SIP TCP listener so that every connection is framed and checked by
-// callrouter before sipgo reads it: the TCP counterpart of guardConn.
+// callrouter before sipgo reads it: the TCP counterpart of guardConn. It also bounds connections
+// (in all and per source address: one past either is closed at once) and their time: a
+// connection that carries nothing for the idle timeout, or takes longer than the message timeout
+// to send one message (the first one included) or to take one write, is closed.
 type guardListener struct {
 	net.Listener
-	m *metrics
+	m       *metrics
+	lim     *sourceLimits
+	idle    time.Duration
+	message time.Duration
 }
 
 func (l *guardListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		key, refused := l.lim.acquireConn(addrOf(c.RemoteAddr()))
+		if refused != "" {
+			l.m.refused.WithLabelValues(refused).Inc()
+			_ = c.Close()
+			continue
+		}
+		return &guardTCPConn{Conn: c, m: l.m, parser: sip.NewParser(), lim: l.lim, key: key, idle: l.idle, message: l.message,
+			begun: time.Now()}, nil
 	}
-	return &guardTCPConn{Conn: c, m: l.m, parser: sip.NewParser()}, nil
 }
 
 // guardTCPConn frames the byte stream into SIP messages (RFC 3261 section 18.3: the header
@@ -45,6 +64,41 @@ type guardTCPConn struct {
 	out    []byte // framed and checked, for sipgo
 	buf    [16 << 10]byte
 	closed bool
+
+	lim     *sourceLimits
+	key     netip.Addr // the connection's count in lim
+	idle    time.Duration
+	message time.Duration
+	begun   time.Time // when the message being read began (or the connection opened)
+	release sync.Once
+}
+
+// Close closes the connection and gives its slot back.
+func (c *guardTCPConn) Close() error {
+	err := c.Conn.Close()
+	c.release.Do(func() { c.lim.releaseConn(c.key) })
+	return err
+}
+
+// Write bounds each write by the message timeout: a peer that stops reading is cut off.
+func (c *guardTCPConn) Write(p []byte) (int, error) {
+	if c.message > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.message))
+	}
+	return c.Conn.Write(p)
+}
+
+// readDeadline is when the next read must have returned: the message timeout from the start of a
+// message that is partly in (or from the connection's start, before its first message), else the
+// idle timeout from now.
+func (c *guardTCPConn) readDeadline(now time.Time) time.Time {
+	if len(c.in) > 0 || !c.begun.IsZero() {
+		if c.begun.IsZero() {
+			c.begun = now
+		}
+		return c.begun.Add(c.message)
+	}
+	return now.Add(c.idle)
 }
 
 func (c *guardTCPConn) Read(p []byte) (int, error) {
@@ -53,11 +107,27 @@ func (c *guardTCPConn) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if c.frame() {
+			c.begun = time.Time{} // a message (or keep-alive) is through: the idle timeout runs
 			continue
+		}
+		if c.message > 0 {
+			_ = c.Conn.SetReadDeadline(c.readDeadline(time.Now()))
 		}
 		n, err := c.Conn.Read(c.buf[:])
 		c.in = append(c.in, c.buf[:n]...)
 		if err != nil && n == 0 {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// An idle or too slow peer: closed, and to sipgo the end of the stream.
+				reason := "tcp_idle"
+				if len(c.in) > 0 || !c.begun.IsZero() {
+					reason = "tcp_slow"
+				}
+				c.m.refused.WithLabelValues(reason).Inc()
+				c.closed = true
+				_ = c.Conn.Close()
+				return 0, io.EOF
+			}
 			return 0, err
 		}
 	}
@@ -104,11 +174,19 @@ func (c *guardTCPConn) frame() bool {
 	if err != nil {
 		c.m.malformed.Inc()
 		if res, _ := malformedResponse(msg, c.Conn.RemoteAddr()); res != nil {
-			_, _ = c.Conn.Write(res)
+			_, _ = c.Write(res)
 		}
 		return true
 	}
 	if req, ok := m.(*sip.Request); ok {
+		if initialInvite(req) && !c.lim.allowInvite(addrOf(c.Conn.RemoteAddr()), time.Now()) {
+			// Over TCP the source completed a handshake: it is told to come back later.
+			c.m.refused.WithLabelValues("invite_rate").Inc()
+			if res, _ := statelessResponse(headLines(msg), c.Conn.RemoteAddr(), 503, "Service Unavailable", "Retry-After: 1\r\n"); res != nil {
+				_, _ = c.Write(res)
+			}
+			return true
+		}
 		b := make([]byte, len(msg)+128)
 		n := copy(b, msg)
 		msg = b[:rfc2543Branch(req, b, n)]
@@ -121,7 +199,7 @@ func (c *guardTCPConn) frame() bool {
 func (c *guardTCPConn) reject(msg []byte) {
 	c.m.malformed.Inc()
 	if res, _ := malformedResponse(msg, c.Conn.RemoteAddr()); res != nil {
-		_, _ = c.Conn.Write(res)
+		_, _ = c.Write(res)
 	}
 	c.closed = true
 	c.in = nil

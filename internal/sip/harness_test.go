@@ -25,6 +25,7 @@ import (
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -154,6 +155,7 @@ type env struct {
 	st     *stack.Stack
 	srv    *Server
 	addr   string
+	reg    *prometheus.Registry // the SIP server's metrics
 	events *eventLog
 }
 
@@ -200,11 +202,12 @@ func startEnvW(t testing.TB, workers int, wmutate func(*worker.Config), mutate f
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	srv, err := New(cfg, Deps{Log: testLogger(t)})
+	reg := prometheus.NewRegistry()
+	srv, err := New(cfg, Deps{Log: testLogger(t), Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{st: st, srv: srv, events: watchEvents(t, st.URL)}
+	e := &env{st: st, srv: srv, reg: reg, events: watchEvents(t, st.URL)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx, st.Ingest) }()

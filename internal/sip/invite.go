@@ -262,11 +262,11 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	_ = dlg.Respond(100, "Trying", nil)
 
 	c := &callState{s: s, dlg: dlg, tenant: tenant, expires: expires, refresher: refresher, rec: rec, start: time.Now(),
-		done: make(chan struct{})}
+		done: make(chan struct{}), failed: make(chan struct{})}
 	c.log = s.log.With().Str("tenant", tenant).Str("sip_call_id", req.CallID().Value()).Logger()
 	if err := c.openStreams(plans, answers); err != nil {
 		c.releaseStreams()
-		s.respondDialog(dlg, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"), warning(`399 callrouter "no RTP port free"`))
+		s.respondDialog(dlg, req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"), warning(`399 callrouter "no RTP port free"`))
 		return
 	}
 	spec := session.Spec{ID: session.ID{Tenant: tenant, Call: subjects.Encode(req.CallID().Value())}, Meta: s.pol.metadata(req)}
@@ -286,7 +286,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	cancel()
 	if err != nil {
 		c.releaseStreams()
-		s.refuse(dlg, req, err)
+		s.refuse(dlg, req, tx, err)
 		return
 	}
 	c.call = call
@@ -294,7 +294,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	if !s.add(c) {
 		call.End("shutdown")
 		c.releaseStreams()
-		s.respondDialog(dlg, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		s.respondDialog(dlg, req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
 		return
 	}
 	c.startStreams()
@@ -322,20 +322,20 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 }
 
 // refuse answers a failed placement: 503 with Retry-After for refusals and temporary trouble.
-func (s *Server) refuse(dlg dialogResponder, req *sip.Request, err error) {
+func (s *Server) refuse(dlg dialogResponder, req *sip.Request, tx sip.ServerTransaction, err error) {
 	if ra, ok := ingest.RetryAfter(err); ok {
 		secs := int(math.Ceil(ra.Seconds()))
-		s.respondDialog(dlg, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", strconv.Itoa(max(1, secs))),
+		s.respondDialog(dlg, req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", strconv.Itoa(max(1, secs))),
 			warning(`399 callrouter "`+quote(err.Error())+`"`))
 		return
 	}
 	switch {
 	case errors.Is(err, ingest.ErrDuplicate):
-		s.respondDialog(dlg, req, 482, "Loop Detected", warning(`399 callrouter "call already in progress"`))
+		s.respondDialog(dlg, req, tx, 482, "Loop Detected", warning(`399 callrouter "call already in progress"`))
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		s.respondDialog(dlg, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		s.respondDialog(dlg, req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
 	default:
-		s.respondDialog(dlg, req, 500, "Server Internal Error", warning(`399 callrouter "`+quote(err.Error())+`"`))
+		s.respondDialog(dlg, req, tx, 500, "Server Internal Error", warning(`399 callrouter "`+quote(err.Error())+`"`))
 	}
 }
 
@@ -343,9 +343,10 @@ type dialogResponder interface {
 	Respond(code int, reason string, body []byte, hdrs ...sip.Header) error
 }
 
-func (s *Server) respondDialog(dlg dialogResponder, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
+func (s *Server) respondDialog(dlg dialogResponder, req *sip.Request, tx sip.ServerTransaction, code int, reason string, hdrs ...sip.Header) {
 	s.m.requests.WithLabelValues("INVITE", strconv.Itoa(code)).Inc()
 	_ = dlg.Respond(code, reason, nil, hdrs...)
+	sendOnce(req, tx, code)
 }
 
 // acceptsSDP reports whether the request's Accept headers, if any, admit an SDP answer.

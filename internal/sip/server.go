@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
@@ -36,6 +37,7 @@ type Server struct {
 	log       zerolog.Logger
 	m         *metrics
 	pol       *policy
+	lim       *sourceLimits
 	auth      *digestAuth
 	ports     *portPool
 	codecs    []codec
@@ -57,7 +59,9 @@ type Server struct {
 	wg       sync.WaitGroup // call goroutines and in-flight request handlers
 	running  atomic.Bool
 
-	answerHook func(time.Duration) // tests: every INVITE → 200 OK time
+	answerHook  func(time.Duration)                // tests: every INVITE → 200 OK time
+	handlerHook atomic.Pointer[func(*sip.Request)] // tests: runs before every request handler
+	packetHook  atomic.Pointer[func([]byte)]       // tests: runs on every RTP packet of calls placed after it is set
 }
 
 // New validates cfg and builds a server; it does no I/O.
@@ -69,7 +73,8 @@ func New(cfg Config, d Deps) (*Server, error) {
 		d.Registry = prometheus.NewRegistry()
 	}
 	lis := netip.MustParseAddrPort(cfg.Listen)
-	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "sip").Logger(), m: newMetrics(d.Registry), pol: newPolicy(&cfg),
+	guard.Register(d.Registry)
+	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "sip").Logger(), m: newMetrics(d.Registry), pol: newPolicy(&cfg), lim: newSourceLimits(&cfg),
 		listenIP: lis.Addr(), advertise: lis.Addr(), ready: make(chan struct{}), calls: map[string]*callState{}}
 	if cfg.AdvertiseIP != "" {
 		s.advertise = netip.MustParseAddr(cfg.AdvertiseIP)
@@ -205,12 +210,12 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	var serveWG sync.WaitGroup
 	if pc != nil {
 		serveWG.Add(1)
-		g := &guardConn{PacketConn: pc, parser: sip.NewParser(), m: s.m}
+		g := &guardConn{PacketConn: pc, parser: sip.NewParser(), m: s.m, lim: s.lim}
 		go func() { defer serveWG.Done(); _ = srv.ServeUDP(g) }()
 	}
 	if l != nil {
 		serveWG.Add(1)
-		gl := &guardListener{Listener: l, m: s.m}
+		gl := &guardListener{Listener: l, m: s.m, lim: s.lim, idle: s.cfg.TCPIdleTimeout, message: s.cfg.TCPMessageTimeout}
 		go func() { defer serveWG.Done(); _ = srv.ServeTCP(gl) }()
 	}
 	s.addr.Store(&local)
@@ -254,19 +259,20 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 }
 
 // handle wraps a request handler so that Run waits for it, and so that a panic in one request
-// never takes the process (and the other calls) down.
+// never takes the process (and the other calls) down: the request gets 500 and the panic is
+// counted (callrouter_panics_total{where="sip_handler"}).
 func (s *Server) handle(h func(*sip.Request, sip.ServerTransaction)) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
 		s.wg.Add(1)
 		defer s.wg.Done()
-		defer func() {
-			if r := recover(); r != nil {
-				s.log.Error().Any("panic", r).Str("method", string(req.Method)).Msg("SIP handler panicked")
-				s.respond(req, tx, 500, "Server Internal Error")
-			}
-		}()
+		defer guard.Recover("sip_handler", s.log.With().Str("method", methodLabel(req.Method)).Logger(), func(any) {
+			s.respond(req, tx, 500, "Server Internal Error")
+		})
 		if !s.precheck(req, tx) {
 			return
+		}
+		if hook := s.handlerHook.Load(); hook != nil {
+			(*hook)(req)
 		}
 		h(req, tx)
 	}
@@ -279,9 +285,22 @@ func (s *Server) respond(req *sip.Request, tx sip.ServerTransaction, code int, r
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
-	s.m.requests.WithLabelValues(string(req.Method), strconv.Itoa(code)).Inc()
+	s.m.requests.WithLabelValues(methodLabel(req.Method), strconv.Itoa(code)).Inc()
 	if tx != nil {
 		_ = tx.Respond(res)
+		sendOnce(req, tx, code)
+	}
+}
+
+// sendOnce ends the server transaction of a rejected INVITE that came over UDP right after its
+// final response went out, so the response is sent once and never retransmitted (RFC 3261 timer
+// G would resend it for 32 s, waiting for an ACK). A UDP source address is spoofable: answering
+// one forged INVITE with ten rejections would make callrouter a reflector. A real client that
+// lost the rejection retransmits its INVITE (timer A) and gets it again, one for one; a client
+// that had a 100 Trying first gives up at its timer B.
+func sendOnce(req *sip.Request, tx sip.ServerTransaction, code int) {
+	if code >= 300 && req.IsInvite() && req.Transport() == "UDP" && tx != nil {
+		tx.Terminate()
 	}
 }
 

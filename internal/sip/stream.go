@@ -48,6 +48,7 @@ type stream struct {
 	buf      [maxPacket + 64]byte
 	sendErrs int
 	emitted  atomic.Uint64 // frames emitted, readable from other goroutines
+	hook     *func([]byte) // tests: runs on every packet (Server.packetHook)
 }
 
 func (s *stream) port() int { return s.conn.LocalAddr().(*net.UDPAddr).Port }
@@ -94,6 +95,9 @@ func (s *stream) run() {
 
 // handle processes one datagram that arrived at now from from.
 func (s *stream) handle(now time.Time, from netip.AddrPort, raw []byte) {
+	if s.hook != nil {
+		(*s.hook)(raw)
+	}
 	if !s.sourceOK(from) {
 		s.m.rtpDropped.WithLabelValues("source").Inc()
 		return

@@ -37,7 +37,7 @@ func do(t *testing.T, method, url, token, ctype, body string) (*http.Response, s
 }
 
 // offerSDP returns a real audio offer from a pion client (its peer connection is closed).
-func offerSDP(t *testing.T, codec string) string {
+func offerSDP(t testing.TB, codec string) string {
 	t.Helper()
 	pc, _, err := newClientPC(codec)
 	if err != nil {

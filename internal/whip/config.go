@@ -34,9 +34,15 @@ type Config struct {
 	// AllowOrigin is the Access-Control-Allow-Origin answered to browsers ("*" allows any page).
 	AllowOrigin string
 	// MaxSessions bounds the sessions (calls being set up or running) on this node;
-	// MaxSessionsPerTenant (0: no bound) bounds them per tenant. Past either, POST gets 503.
+	// MaxSessionsPerTenant (0: no bound) bounds them per tenant, so one tenant (or one leaked
+	// token) cannot take the whole node. Past either, POST gets 503.
 	MaxSessions          int
 	MaxSessionsPerTenant int
+	// PostRate bounds POSTs per second from one source address (a token bucket of PostBurst);
+	// past it POST gets 429 with Retry-After, before the token is even looked at. 0 disables it.
+	// Behind a proxy every client shares the proxy's address: raise it or disable it there.
+	PostRate  float64
+	PostBurst int
 	// MaxBody bounds the size of an SDP offer.
 	MaxBody int64
 	// RetryAfter is the Retry-After sent when the node itself refuses (session bound reached).
@@ -73,24 +79,27 @@ type Config struct {
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		Path:            "/whip",
-		UDPAddr:         "0.0.0.0:8443",
-		Codecs:          []string{"opus", "pcmu", "pcma"},
-		AllowOrigin:     "*",
-		MaxSessions:     1000,
-		MaxBody:         64 << 10,
-		RetryAfter:      2 * time.Second,
-		SetupTimeout:    10 * time.Second,
-		ConnectTimeout:  10 * time.Second,
-		MediaTimeout:    10 * time.Second,
-		ICEDisconnected: 5 * time.Second,
-		ICEFailed:       10 * time.Second,
-		ICEKeepalive:    2 * time.Second,
-		ReorderWindow:   40 * time.Millisecond,
-		MaxFill:         10 * time.Second,
-		Linger:          30 * time.Second,
-		EventBuffer:     256,
-		SSEClients:      4,
+		Path:                 "/whip",
+		UDPAddr:              "0.0.0.0:8443",
+		Codecs:               []string{"opus", "pcmu", "pcma"},
+		AllowOrigin:          "*",
+		MaxSessions:          1000,
+		MaxSessionsPerTenant: 500,
+		PostRate:             20,
+		PostBurst:            100,
+		MaxBody:              64 << 10,
+		RetryAfter:           2 * time.Second,
+		SetupTimeout:         10 * time.Second,
+		ConnectTimeout:       10 * time.Second,
+		MediaTimeout:         10 * time.Second,
+		ICEDisconnected:      5 * time.Second,
+		ICEFailed:            10 * time.Second,
+		ICEKeepalive:         2 * time.Second,
+		ReorderWindow:        40 * time.Millisecond,
+		MaxFill:              10 * time.Second,
+		Linger:               30 * time.Second,
+		EventBuffer:          256,
+		SSEClients:           4,
 	}
 }
 
@@ -134,6 +143,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxSessionsPerTenant < 0 {
 		errs = append(errs, fmt.Errorf("whip: max sessions per tenant %d must not be negative", c.MaxSessionsPerTenant))
+	}
+	if c.PostRate < 0 || (c.PostRate > 0 && c.PostBurst < 1) {
+		errs = append(errs, fmt.Errorf("whip: post rate %v and burst %d: want a rate of 0 (no bound) or more with a burst of at least 1", c.PostRate, c.PostBurst))
 	}
 	if c.MaxBody < 1024 || c.MaxBody > 1<<20 {
 		errs = append(errs, fmt.Errorf("whip: max body %d must be 1 KiB to 1 MiB", c.MaxBody))

@@ -93,6 +93,9 @@ func (l *eventLog) close() {
 // sseKeepalive is how often an idle event stream sends a comment, so proxies keep it open.
 const sseKeepalive = 15 * time.Second
 
+// sseWriteTimeout bounds one write to an event stream: a client that stops reading is cut off.
+const sseWriteTimeout = 10 * time.Second
+
 // serveEvents streams a session's events as Server-Sent Events: first the recorded ones, then
 // each new one, until the client leaves or the session is forgotten. Each event's data is its
 // JSON: a wire.Event as published on events.<tenant>.<call>.<kind>, or a "state" event for the
@@ -107,7 +110,11 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, sess *sessi
 	defer sess.events.unsubscribe(ch)
 	s.m.sse.Inc()
 	defer s.m.sse.Dec()
+	// The stream outlives the HTTP server's read and write timeouts (obs.Limits): lift the read
+	// deadline, and give each write its own, so a client that stops reading is still cut off.
 	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Now().Add(sseWriteTimeout))
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
@@ -130,10 +137,12 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, sess *sessi
 	for {
 		select {
 		case e := <-ch:
+			_ = rc.SetWriteDeadline(time.Now().Add(sseWriteTimeout))
 			if write(e) != nil || rc.Flush() != nil {
 				return
 			}
 		case <-t.C:
+			_ = rc.SetWriteDeadline(time.Now().Add(sseWriteTimeout))
 			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil || rc.Flush() != nil {
 				return
 			}

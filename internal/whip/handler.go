@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	callsession "github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
@@ -67,6 +68,14 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		}
 		s.m.requests.WithLabelValues(methodLabel(r.Method), strconv.Itoa(w.code)).Inc()
 	}()
+	defer guard.Recover("whip_handler", s.log, func(any) {
+		if w.code == 0 {
+			s.fail(w, r, http.StatusInternalServerError, "internal error")
+		}
+	})
+	if hook := s.handlerHook.Load(); hook != nil {
+		(*hook)(r)
+	}
 	s.cors(w, r)
 	rest, ok := strings.CutPrefix(r.URL.Path, s.cfg.Path)
 	switch {
@@ -159,6 +168,11 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		s.unavailable(w, r, s.cfg.RetryAfter, "not serving")
 		return
 	}
+	if !s.post.allow(r.RemoteAddr, start) {
+		w.Header().Set("Retry-After", "1")
+		s.fail(w, r, http.StatusTooManyRequests, "too many requests from this address")
+		return
+	}
 	tenant, err := s.auth.tenant(r.Header.Get("Authorization"))
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="callrouter"`)
@@ -208,7 +222,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Subscribe to the call's events before it starts, so the event stream has its "start".
-	sess.sub, err = node.NC().Subscribe(subjects.EventsCall(tenant, sess.callID), sess.onEvent)
+	sess.sub, err = node.NC().Subscribe(subjects.EventsCall(tenant, sess.callID), guard.Handler("whip_events", sess.log, sess.onEvent))
 	if err != nil {
 		s.unavailable(w, r, s.cfg.RetryAfter, "events: "+err.Error())
 		return
@@ -243,7 +257,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
-	if !s.spawn(sess.watch) {
+	if !s.spawn(func() {
+		defer guard.Recover("whip_session", sess.log, sess.failed)
+		sess.watch()
+	}) {
 		sess.end(reasonShutdown)
 		s.unavailable(w, r, s.cfg.RetryAfter, "shutting down")
 		return

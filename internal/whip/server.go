@@ -15,10 +15,12 @@ import (
 	"crypto/rand"
 	"errors"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
@@ -41,6 +43,7 @@ type Server struct {
 	log  zerolog.Logger
 	m    *metrics
 	auth *authenticator
+	post *postLimits
 
 	node    atomic.Pointer[ingest.Node] // set while Run serves
 	ready   chan struct{}
@@ -59,6 +62,9 @@ type Server struct {
 	active    int
 	perTenant map[string]int
 	wg        sync.WaitGroup
+
+	handlerHook atomic.Pointer[func(*http.Request)]           // tests: runs before every request is served
+	packetHook  atomic.Pointer[func(call string, raw []byte)] // tests: runs on every RTP packet a track reads
 }
 
 var _ ingest.Source = (*Server)(nil)
@@ -72,8 +78,9 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if d.Registry == nil {
 		d.Registry = prometheus.NewRegistry()
 	}
+	guard.Register(d.Registry)
 	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "whip").Logger(),
-		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), ready: make(chan struct{}), stop: make(chan struct{}),
+		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), post: newPostLimits(cfg.PostRate, cfg.PostBurst), ready: make(chan struct{}), stop: make(chan struct{}),
 		sessions: map[string]*session{}, perTenant: map[string]int{}}
 	s.m = newMetrics(d.Registry, s.countState)
 	return s, nil

@@ -14,6 +14,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
@@ -41,6 +42,7 @@ const (
 	reasonMediaTimeout   = "media_timeout"
 	reasonShutdown       = "shutdown"
 	reasonIngestEnded    = "ingest_ended"
+	reasonError          = "error" // the session's own code failed (a panic in its media loop or a callback)
 )
 
 // session is one WHIP session: a peer connection and the call it feeds.
@@ -107,8 +109,13 @@ func (sess *session) onEvent(m *nats.Msg) {
 	sess.events.add(kind, append([]byte(nil), m.Data...))
 }
 
+// failed is the onPanic of the session's goroutines and pion callbacks (defer guard.Recover(where,
+// sess.log, sess.failed)): a panic there ends this session with reason error, never the process.
+func (sess *session) failed(any) { sess.goEnd(reasonError) }
+
 // onConnectionState follows the peer connection: connected, or failed (ICE or DTLS), or closed.
 func (sess *session) onConnectionState(st webrtc.PeerConnectionState) {
+	defer guard.Recover("whip_callback", sess.log, sess.failed)
 	switch st {
 	case webrtc.PeerConnectionStateConnected:
 		sess.setState(stateConnected, "")
@@ -223,6 +230,7 @@ func (sess *session) forget() {
 
 // onTrack reads the first audio track until the call ends.
 func (sess *session) onTrack(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+	defer guard.Recover("whip_callback", sess.log, sess.failed)
 	if t.Kind() != webrtc.RTPCodecTypeAudio || !strings.EqualFold(t.Codec().MimeType, sess.codec.params.MimeType) ||
 		!sess.track.CompareAndSwap(false, true) {
 		return
@@ -233,6 +241,7 @@ func (sess *session) onTrack(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
 // read is the session's media loop: RTP in, 20 ms frames out. The read deadline doubles as the
 // reorder window's timer and the media timeout.
 func (sess *session) read(t *webrtc.TrackRemote) {
+	defer guard.Recover("whip_track", sess.log, sess.failed) // deferred first: the accounting below still runs
 	select {
 	case <-sess.placed:
 	case <-sess.done:
@@ -270,6 +279,9 @@ func (sess *session) read(t *webrtc.TrackRemote) {
 				continue
 			}
 			return // closed
+		}
+		if hook := sess.s.packetHook.Load(); hook != nil {
+			(*hook)(sess.callID, buf[:n])
 		}
 		if pkt.Unmarshal(buf[:n]) != nil {
 			continue
