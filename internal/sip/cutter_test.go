@@ -73,8 +73,8 @@ func TestCutterReordersWithinWindow(t *testing.T) {
 			t.Errorf("frame %d holds packet %d (filled %v)", i, f[0], r.filled[i])
 		}
 	}
-	if r.c.stats.reordered != 2 {
-		t.Errorf("reordered %d, want 2", r.c.stats.reordered)
+	if r.c.stats().Reordered != 2 {
+		t.Errorf("reordered %d, want 2", r.c.stats().Reordered)
 	}
 }
 
@@ -100,8 +100,8 @@ func TestCutterFillsLossAfterWindowAndDropsLate(t *testing.T) {
 		t.Errorf("lost frame filled with %#x, want A-law silence", r.frames[3][0])
 	}
 	r.pkt(3, 480, 20, false, 9) // arrives too late
-	if len(r.frames) != 8 || r.c.stats.late != 1 || r.c.stats.lost != 1 {
-		t.Errorf("late packet: %d frames, late %d, lost %d", len(r.frames), r.c.stats.late, r.c.stats.lost)
+	if len(r.frames) != 8 || r.c.stats().Late != 1 || r.c.stats().Lost != 1 {
+		t.Errorf("late packet: %d frames, late %d, lost %d", len(r.frames), r.c.stats().Late, r.c.stats().Lost)
 	}
 	r.pkt(7, 160*7, 20, false, 9) // duplicate
 	if len(r.frames) != 8 {
@@ -160,8 +160,8 @@ func TestCutterSSRCChangeAndJump(t *testing.T) {
 			t.Errorf("frame %d: %d filled %v", i, f[0], r.filled[i])
 		}
 	}
-	if r.c.stats.jumps != 1 || r.c.stats.ssrcChanges != 1 {
-		t.Errorf("jumps %d ssrc changes %d", r.c.stats.jumps, r.c.stats.ssrcChanges)
+	if r.c.stats().Jumps != 1 || r.c.stats().SSRCChanges != 1 {
+		t.Errorf("jumps %d ssrc changes %d", r.c.stats().Jumps, r.c.stats().SSRCChanges)
 	}
 }
 
