@@ -42,9 +42,10 @@ const (
 	// ReorderSlots is the most packets a reorder buffer holds.
 	ReorderSlots = 32
 	// MaxFramesPerPacket bounds the frames any one packet can cause: the fill one packet may buy
-	// (MaxFillFrames), plus, for each packet a push can release from a reorder buffer, its own
-	// media and the rounding of its fill and of a padded partial frame.
-	MaxFramesPerPacket = MaxFillFrames + ReorderSlots*(MaxPacketFrames+2)
+	// (MaxFillFrames), plus, for each packet a push can release from a reorder buffer (the ones
+	// it holds and the pushed one), its own media and the rounding of its fill and of a padded
+	// partial frame. With the constants above it is 929, 18.6 s of audio.
+	MaxFramesPerPacket = MaxFillFrames + (ReorderSlots+1)*(MaxPacketFrames+2)
 )
 
 // Rules are a stream's jump and fill rules in RTP clock ticks.
