@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"testing"
 	"time"
+
+	"github.com/callrouter/callrouter/internal/timeline"
 )
 
 // cutRig feeds a cutter and records what it emits.
@@ -162,6 +164,30 @@ func TestCutterSSRCChangeAndJump(t *testing.T) {
 	}
 	if r.c.stats().Jumps != 1 || r.c.stats().SSRCChanges != 1 {
 		t.Errorf("jumps %d ssrc changes %d", r.c.stats().Jumps, r.c.stats().SSRCChanges)
+	}
+}
+
+// TestCutterHeldBackPacketThenJump: one packet held back so the next waits in the reorder
+// buffer, then a packet 2^30 ticks ahead. The jump check used to run only with an empty buffer:
+// that packet made 6.7 million frames. Now it re-anchors and the stream flows on.
+func TestCutterHeldBackPacketThenJump(t *testing.T) {
+	r := newRig()
+	for i := 0; i < 5; i++ {
+		r.pkt(uint16(i), uint32(160*i), 20, false, 1)
+		r.now = r.now.Add(20 * time.Millisecond)
+	}
+	r.pkt(6, 160*6, 20, false, 2) // 5 is held back
+	r.now = r.now.Add(20 * time.Millisecond)
+	r.pkt(7, 160*7+1<<30, 20, false, 3)
+	if len(r.frames) > 5+timeline.MaxFramesPerPacket {
+		t.Fatalf("%d frames after the jump", len(r.frames))
+	}
+	for i := 8; i < 18; i++ {
+		r.now = r.now.Add(20 * time.Millisecond)
+		r.pkt(uint16(i), uint32(160*i)+1<<30, 20, false, 4)
+	}
+	if len(r.frames) != 18 || r.frames[17][0] != 4 || r.c.stats().Jumps != 1 {
+		t.Errorf("%d frames, want 18 (the held back one filled), jumps %d", len(r.frames), r.c.stats().Jumps)
 	}
 }
 
