@@ -100,14 +100,15 @@ func (c *Cutter) Push(now time.Time, seq uint16, ts, ssrc uint32, marker bool, p
 	d := int64(int32(ts - c.lastTS))
 	t := c.extTS + d + c.off
 	n := int64(len(payload))
-	elapsed := now.Sub(c.lastArr)
-	if t < c.pos && c.filledSince() && t >= c.lastArrPos {
+	switch {
+	case t == c.pos: // in order: the steady path
+	case t < c.pos && c.filledSince() && t >= c.lastArrPos:
 		// The sender's clock fell behind ours while we filled its silence in real time: move
 		// its timeline forward rather than dropping its audio.
 		c.off += c.pos - t
 		t = c.pos
 		c.Stats.Jumps++
-	} else if c.Jump(t-c.pos, elapsed, 0) {
+	case c.Jump(t-c.pos, now.Sub(c.lastArr), 0):
 		// A jump the wall clock does not explain: re-anchor, fill nothing, whatever waits.
 		c.Stats.Jumps++
 		c.restart(seq, ts)

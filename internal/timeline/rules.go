@@ -85,7 +85,10 @@ func (r *Rules) Allowed(elapsed time.Duration, spent int64) int64 {
 // Jump reports whether a packet gap ticks ahead of (negative: behind) the next wanted position
 // re-anchors the stream.
 func (r *Rules) Jump(gap int64, elapsed time.Duration, spent int64) bool {
-	return gap > r.Allowed(elapsed, spent) || gap < -r.MaxFill
+	if gap <= 0 {
+		return gap < -r.MaxFill
+	}
+	return gap > r.Allowed(elapsed, spent)
 }
 
 // SeqJump reports whether a sequence number d ahead of (negative: behind) the expected one
