@@ -149,6 +149,8 @@ func BenchmarkCutter30ms(b *testing.B) {
 func FuzzCutter(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0, 0, 160, 20, 0, 1, 0, 0, 0, 160, 20, 0, 3, 0x40, 0, 0, 160, 1, 0, 2, 0, 0, 0, 160, 20})
 	f.Add([]byte{0, 0, 0, 0, 0, 160, 20, 0, 2, 0, 1, 0, 160, 20, 0, 3, 0x40, 0, 0, 160, 20})
+	// The attack: the second packet waits for a missing one, the third jumps 2^30 ticks.
+	f.Add([]byte{0, 0, 0, 0, 0, 80, 20, 0, 2, 0, 0, 2, 27, 20, 0, 3, 0x40, 0, 0, 27, 20})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		frames := 0
 		c := New(Config{Clock: 8000, Window: 60 * time.Millisecond, SilenceAfter: 400 * time.Millisecond, Silence: 0xD5,
