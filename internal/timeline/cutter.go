@@ -35,6 +35,7 @@ type Cutter struct {
 	lastSeq    uint16
 	lastArr    time.Time // arrival of the last packet
 	lastArrPos int64     // pos right after the last packet was consumed
+	credit     Credit
 
 	cur     []byte // the frame being filled, len FrameTicks
 	fill    int
@@ -84,6 +85,7 @@ func (c *Cutter) Push(now time.Time, seq uint16, ts, ssrc uint32, marker bool, p
 		return
 	}
 	c.Stats.Packets++
+	c.Accrue(&c.credit, now.UnixNano())
 	switch {
 	case !c.started:
 		c.started, c.ssrc = true, ssrc
@@ -108,7 +110,7 @@ func (c *Cutter) Push(now time.Time, seq uint16, ts, ssrc uint32, marker bool, p
 		c.off += c.pos - t
 		t = c.pos
 		c.Stats.Jumps++
-	case c.Jump(t-c.pos, now.Sub(c.lastArr), 0):
+	case c.Jump(t-c.pos, &c.credit):
 		// A jump the wall clock does not explain: re-anchor, fill nothing, whatever waits.
 		c.Stats.Jumps++
 		c.restart(seq, ts)
@@ -222,8 +224,11 @@ func (c *Cutter) consume(t int64, p []byte) {
 	}
 }
 
-// fillTo fills silence from c.pos up to timeline position t.
+// fillTo fills silence from c.pos up to timeline position t, spending the credit.
 func (c *Cutter) fillTo(t int64) {
+	if t > c.pos {
+		c.credit.Spend(t - c.pos)
+	}
 	for c.pos < t {
 		k := min(int64(len(c.cur)-c.fill), t-c.pos)
 		for i := c.fill; i < c.fill+int(k); i++ {
@@ -254,6 +259,7 @@ func (c *Cutter) Idle(now time.Time) {
 	if !c.started {
 		return
 	}
+	c.Accrue(&c.credit, now.UnixNano())
 	since := now.Sub(c.lastArr)
 	if c.np > 0 {
 		if since >= c.WindowDur {

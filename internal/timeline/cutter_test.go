@@ -86,19 +86,30 @@ func TestSequenceJumpRestarts(t *testing.T) {
 	}
 }
 
-// TestFillNeedsWallClock: a gap the wall clock explains is filled, a larger one re-anchors.
+// TestFillNeedsWallClock: a gap the credit (the wall clock) explains is filled, a larger one
+// re-anchors.
 func TestFillNeedsWallClock(t *testing.T) {
 	r := newRig()
 	r.push(0, 0, 1)
 	r.now = r.now.Add(500 * time.Millisecond)
-	// 20 frames of DTX after 500 ms: explained (500 + 60 + 20 ms), filled as silence.
+	// 20 frames of DTX after 500 ms: the credit is 60 + 20 + 500 ms; filled as silence, 180 left.
 	if n := r.push(1, 160*21, 2); n != 21 || !r.filled[1] || r.c.Stats.Jumps != 0 {
 		t.Fatalf("DTX: %d frames, jumps %d", n, r.c.Stats.Jumps)
 	}
 	r.now = r.now.Add(20 * time.Millisecond)
-	// 50 frames ahead after 20 ms: not explained, re-anchored.
+	// 50 frames ahead after 20 ms more: beyond the 200 ms of credit, re-anchored.
 	if n := r.push(2, 160*72, 3); n != 1 || r.c.Stats.Jumps != 1 {
 		t.Fatalf("jump: %d frames, jumps %d", n, r.c.Stats.Jumps)
+	}
+	// Packets faster than real time cannot buy fill one after the other: each 20 ms packet
+	// claims 3 frames of DTX; the credit pays for it while it lasts, then they re-anchor.
+	filled := 0
+	for i := 0; i < 100; i++ {
+		r.now = r.now.Add(20 * time.Millisecond)
+		filled += r.push(uint16(3+i), 160*72+uint32(160*4*(i+1)), 4) - 1
+	}
+	if filled > 200/20+100 {
+		t.Errorf("%d frames filled in 2 s", filled)
 	}
 }
 

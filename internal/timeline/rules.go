@@ -9,11 +9,12 @@
 //     before it; after that they are lost and their media is filled with gap-filled frames.
 //   - Silence (DTX, silence suppression): a timestamp gap with no sequence gap (or a marker bit)
 //     is filled at once with codec silence; it is not loss.
-//   - Jumps: a forward gap larger than the wall clock explains (the time since the previous packet
-//     plus the window plus one frame, never more than the stream's max fill, at most MaxFill) or
-//     a backward one larger than the max fill, and a sequence jump beyond ResyncSeq either way,
-//     re-anchor the stream: the packet is placed where the frames are, nothing is filled for the
-//     gap. This holds whatever the reorder buffer holds: what waits there is released first.
+//   - Jumps: a forward gap larger than the stream's Credit (the wall clock's allowance for
+//     synthesized media: the window plus one frame to start with, growing with the wall clock
+//     up to the stream's max fill, at most MaxFill, spent by every fill) or a backward one larger
+//     than the max fill, and a sequence jump beyond ResyncSeq either way, re-anchor the stream:
+//     the packet is placed where the frames are, nothing is filled for the gap. This holds
+//     whatever the reorder buffer holds: what waits there is released first.
 //   - Bound: one packet makes at most MaxFramesPerPacket frames, whatever it carries.
 package timeline
 
@@ -72,23 +73,38 @@ func NewRules(clock int, window, maxFill time.Duration) Rules {
 // Ticks converts a duration to clock ticks.
 func (r *Rules) Ticks(d time.Duration) int64 { return int64(d) * r.Clock / int64(time.Second) }
 
-// Allowed is the largest forward gap a packet that arrived elapsed after the previous one may
-// fill when spent ticks were already filled for the same push: the wall clock must explain it.
-func (r *Rules) Allowed(elapsed time.Duration, spent int64) int64 {
-	a := r.Window + r.FrameTicks
-	if elapsed > 0 {
-		a += r.Ticks(min(elapsed, MaxFill))
-	}
-	return max(0, min(a, r.MaxFill-spent))
+// Credit is the media a stream may still synthesize, in ticks: it starts at the window plus
+// one frame, grows with the wall clock up to the max fill, and every tick filled spends it. A
+// forward gap larger than the credit is a jump. So a stream's filled media never runs ahead of
+// the wall clock by more than the max fill, however its packets are spaced.
+type Credit struct {
+	ticks   int64
+	at      int64 // Unix ns of the last accrual
+	started bool
 }
 
+// Accrue adds the wall-clock time from the last accrual to now (Unix ns); time going backward
+// adds nothing.
+func (r *Rules) Accrue(c *Credit, now int64) {
+	switch {
+	case !c.started:
+		c.ticks, c.at, c.started = r.Window+r.FrameTicks, now, true
+	case now > c.at:
+		c.ticks = min(r.MaxFill, c.ticks+r.Ticks(time.Duration(min(now-c.at, int64(MaxFill)))))
+		c.at = now
+	}
+}
+
+// Spend takes n filled ticks from the credit (never below zero).
+func (c *Credit) Spend(n int64) { c.ticks = max(0, c.ticks-n) }
+
 // Jump reports whether a packet gap ticks ahead of (negative: behind) the next wanted position
-// re-anchors the stream.
-func (r *Rules) Jump(gap int64, elapsed time.Duration, spent int64) bool {
+// re-anchors the stream: ahead by more than the credit, or behind by more than the max fill.
+func (r *Rules) Jump(gap int64, c *Credit) bool {
 	if gap <= 0 {
 		return gap < -r.MaxFill
 	}
-	return gap > r.Allowed(elapsed, spent)
+	return gap > min(c.ticks, r.MaxFill)
 }
 
 // SeqJump reports whether a sequence number d ahead of (negative: behind) the expected one

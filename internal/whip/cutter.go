@@ -64,8 +64,7 @@ type cutter struct {
 
 	timeline bool
 	nextTS   uint32 // RTP timestamp of the next sample (G.711) or frame (Opus) to publish
-	lastAt   int64  // arrival of the last packet placed (Unix ns)
-	spent    int64  // ticks filled for the packet being pushed (or the poll)
+	credit   timeline.Credit
 	acc      []byte // G.711 samples of the frame being cut
 	accFill  int    // what acc holds besides real samples: fillNone, fillSilence or fillLoss
 	silence  []byte // one frame of codec silence (G.711)
@@ -98,7 +97,6 @@ func newCutter(c *codec, window, maxFill time.Duration, emit emitFunc) *cutter {
 // push takes one RTP packet that arrived at now (Unix ns).
 func (k *cutter) push(seq uint16, ts uint32, payload []byte, now int64) {
 	k.Packets++
-	k.spent = 0
 	if !k.started {
 		k.started, k.nextSeq, k.highSeq = true, seq, seq
 	}
@@ -133,18 +131,13 @@ func (k *cutter) push(seq uint16, ts uint32, payload []byte, now int64) {
 	s.used, s.seq, s.ts, s.arrival = true, seq, ts, now
 	s.buf = append(s.buf[:0], payload...)
 	k.buffered++
-	k.releaseDue(now)
+	k.poll(now)
 }
 
 // poll releases what can be released at now: packets in order, and, once the oldest waiting
 // packet has waited the window, the missing ones before it as lost. It returns when the next
 // poll is due (Unix ns), or 0 when nothing waits.
 func (k *cutter) poll(now int64) int64 {
-	k.spent = 0
-	return k.releaseDue(now)
-}
-
-func (k *cutter) releaseDue(now int64) int64 {
 	for k.buffered > 0 {
 		s := &k.slots[k.nextSeq%reorderSlots]
 		if s.used {
@@ -206,10 +199,11 @@ func (k *cutter) place(ts uint32, payload []byte, lost bool, at int64) {
 		return // padding-only packet: no media, no time
 	}
 	if !k.timeline {
-		k.timeline, k.nextTS, k.lastAt = true, ts, at
+		k.timeline, k.nextTS = true, ts
 	}
+	k.rules.Accrue(&k.credit, at)
 	diff := int32(ts - k.nextTS)
-	if k.rules.Jump(int64(diff), time.Duration(at-k.lastAt), k.spent) {
+	if k.rules.Jump(int64(diff), &k.credit) {
 		if diff > 0 {
 			k.Skipped += uint64(uint32(diff) / k.c.samples)
 		}
@@ -217,7 +211,6 @@ func (k *cutter) place(ts uint32, payload []byte, lost bool, at int64) {
 		k.padAcc(at)
 		k.nextTS, diff = ts, 0
 	}
-	k.lastAt = max(k.lastAt, at)
 	if diff < 0 {
 		if k.c.frame == frame.CodecOpus || int(-diff) >= len(payload) {
 			k.Late++ // overlaps media already published
@@ -245,7 +238,7 @@ const (
 
 // fill publishes n RTP ticks of missing media: gap-filled after loss, codec silence otherwise.
 func (k *cutter) fill(n uint32, lost bool, at int64) {
-	k.spent += int64(n)
+	k.credit.Spend(int64(n))
 	if k.c.frame != frame.CodecOpus {
 		kind := fillSilence
 		if lost {
