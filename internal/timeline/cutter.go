@@ -19,7 +19,9 @@ type Config struct {
 // the window, drops duplicates and late packets, fills lost packets and silence (both flagged
 // gap-filled), follows SSRC changes and re-anchors on jumps. It owns no goroutine and reads no
 // clock: the caller passes arrival times in. It is not safe for concurrent use and allocates
-// nothing per packet.
+// nothing per packet. One Push makes at most (MaxFill + window + 2×MaxPacket ticks) / FrameTicks
+// + 3 frames (572 at 8 kHz): the fill its credit allows, the pending packets (which span at most
+// the window, or at most an allowed gap and a packet), and its own payload.
 type Cutter struct {
 	Rules
 	silence  time.Duration

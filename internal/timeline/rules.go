@@ -25,7 +25,8 @@ const (
 	FrameDur = 20 * time.Millisecond
 	// MaxWindow is the longest reorder window a cutter accepts.
 	MaxWindow = time.Second
-	// MaxFill is the most missing media one packet may cause to be synthesized.
+	// MaxFill is the ceiling of a stream's fill Credit: the most missing media one packet may
+	// cause to be synthesized.
 	MaxFill = 10 * time.Second
 	// MaxFillFrames is MaxFill in frames.
 	MaxFillFrames = int(MaxFill / FrameDur)
@@ -55,7 +56,7 @@ type Rules struct {
 	FrameTicks int64 // ticks per frame
 	Window     int64 // reorder window in ticks
 	WindowDur  time.Duration
-	MaxFill    int64 // most ticks one packet may fill
+	MaxFill    int64 // the Credit's ceiling: most ticks one packet may fill
 }
 
 // NewRules returns the rules for a clock rate, a reorder window and a max fill; the window is
