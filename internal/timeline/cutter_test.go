@@ -181,8 +181,9 @@ func FuzzCutter(f *testing.F) {
 			now = now.Add(time.Duration(d[6]) * time.Millisecond)
 			before := frames
 			c.Push(now, seq, ts, ssrc, d[4]&1 != 0, buf[:min(n, MaxPacket)])
-			if got := frames - before; got > MaxFramesPerPacket {
-				t.Fatalf("one packet made %d frames, bound %d", got, MaxFramesPerPacket)
+			own := (c.MaxFill+c.Window+2*MaxPacket)/c.FrameTicks + 3 // the byte cutter's bound
+			if got := frames - before; got > MaxFramesPerPacket || int64(got) > own {
+				t.Fatalf("one packet made %d frames, bound %d (this cutter %d)", got, MaxFramesPerPacket, own)
 			}
 			if d[6]&0x80 != 0 {
 				c.Idle(now.Add(time.Duration(d[6]&0x7F) * 10 * time.Millisecond))
