@@ -8,6 +8,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/timeline"
 )
 
 // ErrPcap means a capture file is not a classic pcap file this package understands.
@@ -35,13 +36,18 @@ const g711Rate = 8000
 
 // Bounds that keep a hostile or odd capture from exhausting memory.
 const (
-	maxPcapGap    = 5 * g711Rate        // a timestamp jump beyond 5 s is a discontinuity, not silence
+	maxPcapGap    = 5 * time.Second     // the most silence one packet fills, and a stream's lead
 	maxPcapStream = 4 * 3600 * g711Rate // 4 hours of audio per stream
 	maxPcapLegs   = 8
+	// pcapWindow is the reorder window, in media time: the cutter is not idled between
+	// packets (capture times may be anything), so a missing packet is waited for until the
+	// packets after it span this much.
+	pcapWindow = 200 * time.Millisecond
 )
 
-// maxPcapFill bounds the silence a stream's holes may add: ten times its real audio plus a
-// minute, so that a small hostile file cannot expand into hours of audio.
+// maxPcapFill bounds the gap-filled audio a stream may hold: ten times its real audio plus a
+// minute, so that a small hostile file cannot expand into hours of audio; packets past it are
+// skipped.
 func maxPcapFill(real int64) int64 { return 10*real + 60*g711Rate }
 
 // PcapStats says what a capture held besides the audio that was kept.
@@ -51,27 +57,38 @@ type PcapStats struct {
 	Skipped  int // packets that were not UDP/RTP G.711 (RTCP, telephone-event, other protocols)
 	Streams  int // distinct SSRCs seen with G.711 audio
 	Dropped  int // streams dropped because their codec differed from the first stream's or past the leg limit
-	Reversed int // packets older than the stream's start, dropped
+	Reversed int // packets older than what was already laid out (late or duplicate), dropped
 }
 
-// rtpStream is one SSRC's audio, laid out by RTP timestamp.
+// rtpStream is one SSRC's audio, cut by a timeline.Cutter fed in capture order.
 type rtpStream struct {
 	ssrc    uint32
 	pt      uint8
 	firstAt time.Duration // capture time of its first packet, relative to the file's first packet
-	base    uint32        // RTP timestamp that maps to offset 0
-	shift   int64         // added to offsets after discontinuities
-	last    int64         // offset of the latest packet
-	real    int64         // bytes of audio the packets carried
-	filled  int64         // bytes of silence put in holes
+	cut     *timeline.Cutter
+	real    int64 // bytes of audio the packets carried
+	filled  int64 // bytes of frames that were gap-filled
 	audio   []byte
+}
+
+func newRTPStream(ssrc uint32, pt uint8, firstAt time.Duration) *rtpStream {
+	s := &rtpStream{ssrc: ssrc, pt: pt, firstAt: firstAt}
+	s.cut = timeline.New(timeline.Config{Clock: g711Rate, Window: pcapWindow, MaxFill: maxPcapGap, Silence: silence(pt),
+		Emit: func(p []byte, gapFilled bool) {
+			s.audio = append(s.audio, p...)
+			if gapFilled {
+				s.filled += int64(len(p))
+			}
+		}})
+	return s
 }
 
 // ParsePcap reads a classic pcap capture (microsecond or nanosecond, either byte order) of RTP
 // over UDP over IPv4 or IPv6, keeps G.711 (PCMU or PCMA) streams, one leg per SSRC in order of
-// appearance (legs limits how many; 0 keeps up to 8), lays each stream out by RTP timestamp so
-// that any packet time is re-cut into 20 ms frames, fills lost or reordered packets' gaps with
-// silence, aligns the streams by capture time, and returns the recording.
+// appearance (legs limits how many; 0 keeps up to 8), cuts each stream into 20 ms frames by the
+// rules of package timeline (any packet time, reordering, lost packets and silence filled,
+// jumps re-anchored) with capture times as arrival times, aligns the streams by capture time,
+// and returns the recording.
 func ParsePcap(b []byte, legs int) (*filesrc.Recording, error) {
 	r, _, err := parsePcap(b, legs)
 	return r, err
@@ -148,34 +165,27 @@ func parsePcap(b []byte, legs int) (*filesrc.Recording, PcapStats, error) {
 				st.Skipped++
 				continue
 			}
-			s = &rtpStream{ssrc: h.ssrc, pt: h.pt, firstAt: ts - t0, base: h.ts}
+			s = newRTPStream(h.ssrc, h.pt, ts-t0)
 			streams = append(streams, s)
 		}
-		if s.pt != h.pt {
+		if s.pt != h.pt || len(audio) == 0 || len(audio) > timeline.MaxPacket {
 			st.Skipped++
 			continue
 		}
-		off := int64(int32(h.ts-s.base)) + s.shift
-		hole := off - int64(len(s.audio))
-		if d := off - s.last; d > maxPcapGap || d < -maxPcapGap || (hole > 0 && s.filled+hole > maxPcapFill(s.real)) {
-			// A discontinuity (a new timeline after a re-INVITE or a source switch): carry on
-			// where the stream is rather than fill or overwrite seconds of audio.
-			s.shift += int64(len(s.audio)) - off
-			off = int64(len(s.audio))
-		}
-		if off < 0 {
-			st.Reversed++ // reordered ahead of the stream's first packet
+		if int64(len(s.audio))+int64(len(audio)) > maxPcapStream || s.filled > maxPcapFill(s.real) {
+			st.Skipped++ // past the stream's length or silence budget
 			continue
 		}
-		if off+int64(len(audio)) > maxPcapStream {
-			st.Skipped++
-			continue
-		}
-		s.put(off, audio)
+		s.cut.Push(time.Unix(0, 0).Add(ts), h.seq, h.ts, h.ssrc, h.marker, audio)
+		s.real += int64(len(audio))
 		st.RTP++
 	}
 	if len(streams) == 0 {
 		return nil, st, fmt.Errorf("%w: no G.711 RTP stream found (%d packets)", ErrPcap, st.Packets)
+	}
+	for _, s := range streams {
+		s.cut.Finish()
+		st.Reversed += int(s.cut.Stats.Late + s.cut.Stats.Dups)
 	}
 	return streamsToRecording(streams), st, nil
 }
@@ -196,21 +206,6 @@ func silence(pt uint8) byte {
 	return 0xFF
 }
 
-// put writes audio at offset off, filling any hole before it with silence.
-func (s *rtpStream) put(off int64, audio []byte) {
-	end := int(off) + len(audio)
-	for len(s.audio) < int(off) {
-		s.audio = append(s.audio, silence(s.pt))
-		s.filled++
-	}
-	if end > len(s.audio) {
-		s.audio = append(s.audio, make([]byte, end-len(s.audio))...)
-	}
-	copy(s.audio[off:end], audio)
-	s.last = off
-	s.real += int64(len(audio))
-}
-
 // streamsToRecording aligns the streams by the capture time of their first packet, pads them to
 // one length and cuts them into 20 ms frames.
 func streamsToRecording(ss []*rtpStream) *filesrc.Recording {
@@ -223,7 +218,7 @@ func streamsToRecording(ss []*rtpStream) *filesrc.Recording {
 	chans := make([][]byte, len(ss))
 	longest := 0
 	for i, s := range ss {
-		lead := max(0, min(int(s.firstAt.Seconds()*g711Rate), maxPcapGap))
+		lead := max(0, min(int(s.firstAt.Seconds()*g711Rate), int(maxPcapGap.Seconds()*g711Rate)))
 		ch := make([]byte, 0, lead+len(s.audio))
 		for j := 0; j < lead; j++ {
 			ch = append(ch, sil)
@@ -343,10 +338,11 @@ func udpPayload(link uint32, pkt []byte) ([]byte, bool) {
 
 // rtpHeader is the part of an RTP header (RFC 3550 section 5.1) that matters here.
 type rtpHeader struct {
-	pt   uint8
-	seq  uint16
-	ts   uint32
-	ssrc uint32
+	pt     uint8
+	marker bool
+	seq    uint16
+	ts     uint32
+	ssrc   uint32
 }
 
 // parseRTP parses an RTP packet and returns its payload without padding; ok is false for
@@ -358,7 +354,7 @@ func parseRTP(b []byte) (h rtpHeader, payload []byte, ok bool) {
 	if pt := b[1] & 0x7F; pt >= 72 && pt <= 76 { // RTCP SR/RR/SDES/BYE/APP as seen by an RTP parser
 		return h, nil, false
 	}
-	h.pt = b[1] & 0x7F
+	h.pt, h.marker = b[1]&0x7F, b[1]&0x80 != 0
 	h.seq = binary.BigEndian.Uint16(b[2:])
 	h.ts = binary.BigEndian.Uint32(b[4:])
 	h.ssrc = binary.BigEndian.Uint32(b[8:])

@@ -8,6 +8,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/peertest"
+	"github.com/callrouter/callrouter/internal/timeline"
 )
 
 // pcapWriter builds classic pcap files of Ethernet/IPv4/UDP/RTP packets for tests.
@@ -178,12 +179,18 @@ func FuzzParsePcap(f *testing.F) {
 		f.Add(b[:4096])
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		rec, _, err := ParsePcapStats(b, 0)
+		rec, st, err := ParsePcapStats(b, 0)
 		if err != nil {
 			return
 		}
 		if len(rec.Frames) == 0 || len(rec.Frames) > maxPcapLegs {
 			t.Fatalf("%d legs", len(rec.Frames))
+		}
+		// Each packet makes at most timeline.MaxFramesPerPacket frames, Finish at most one
+		// window's, and a leg's lead is at most maxPcapGap.
+		lead := int(maxPcapGap / timeline.FrameDur)
+		if bound := lead + (st.RTP+1)*timeline.MaxFramesPerPacket; rec.Len() > bound {
+			t.Fatalf("%d frames from %d packets, bound %d", rec.Len(), st.RTP, bound)
 		}
 		for _, leg := range rec.Frames {
 			if len(leg) != rec.Len() {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"testing"
 	"time"
+
+	"github.com/callrouter/callrouter/internal/timeline"
 )
 
 // cutRig feeds a cutter and records what it emits.
@@ -73,8 +75,8 @@ func TestCutterReordersWithinWindow(t *testing.T) {
 			t.Errorf("frame %d holds packet %d (filled %v)", i, f[0], r.filled[i])
 		}
 	}
-	if r.c.stats.reordered != 2 {
-		t.Errorf("reordered %d, want 2", r.c.stats.reordered)
+	if r.c.stats().Reordered != 2 {
+		t.Errorf("reordered %d, want 2", r.c.stats().Reordered)
 	}
 }
 
@@ -100,8 +102,8 @@ func TestCutterFillsLossAfterWindowAndDropsLate(t *testing.T) {
 		t.Errorf("lost frame filled with %#x, want A-law silence", r.frames[3][0])
 	}
 	r.pkt(3, 480, 20, false, 9) // arrives too late
-	if len(r.frames) != 8 || r.c.stats.late != 1 || r.c.stats.lost != 1 {
-		t.Errorf("late packet: %d frames, late %d, lost %d", len(r.frames), r.c.stats.late, r.c.stats.lost)
+	if len(r.frames) != 8 || r.c.stats().Late != 1 || r.c.stats().Lost != 1 {
+		t.Errorf("late packet: %d frames, late %d, lost %d", len(r.frames), r.c.stats().Late, r.c.stats().Lost)
 	}
 	r.pkt(7, 160*7, 20, false, 9) // duplicate
 	if len(r.frames) != 8 {
@@ -160,8 +162,32 @@ func TestCutterSSRCChangeAndJump(t *testing.T) {
 			t.Errorf("frame %d: %d filled %v", i, f[0], r.filled[i])
 		}
 	}
-	if r.c.stats.jumps != 1 || r.c.stats.ssrcChanges != 1 {
-		t.Errorf("jumps %d ssrc changes %d", r.c.stats.jumps, r.c.stats.ssrcChanges)
+	if r.c.stats().Jumps != 1 || r.c.stats().SSRCChanges != 1 {
+		t.Errorf("jumps %d ssrc changes %d", r.c.stats().Jumps, r.c.stats().SSRCChanges)
+	}
+}
+
+// TestCutterHeldBackPacketThenJump: one packet held back so the next waits in the reorder
+// buffer, then a packet 2^30 ticks ahead. The jump check used to run only with an empty buffer:
+// that packet made 6.7 million frames. Now it re-anchors and the stream flows on.
+func TestCutterHeldBackPacketThenJump(t *testing.T) {
+	r := newRig()
+	for i := 0; i < 5; i++ {
+		r.pkt(uint16(i), uint32(160*i), 20, false, 1)
+		r.now = r.now.Add(20 * time.Millisecond)
+	}
+	r.pkt(6, 160*6, 20, false, 2) // 5 is held back
+	r.now = r.now.Add(20 * time.Millisecond)
+	r.pkt(7, 160*7+1<<30, 20, false, 3)
+	if len(r.frames) > 5+timeline.MaxFramesPerPacket {
+		t.Fatalf("%d frames after the jump", len(r.frames))
+	}
+	for i := 8; i < 18; i++ {
+		r.now = r.now.Add(20 * time.Millisecond)
+		r.pkt(uint16(i), uint32(160*i)+1<<30, 20, false, 4)
+	}
+	if len(r.frames) != 18 || r.frames[17][0] != 4 || r.c.stats().Jumps != 1 {
+		t.Errorf("%d frames, want 18 (the held back one filled), jumps %d", len(r.frames), r.c.stats().Jumps)
 	}
 }
 

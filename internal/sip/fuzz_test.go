@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/timeline"
 	"github.com/emiago/sipgo/sip"
 	"github.com/pion/rtp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -87,24 +88,32 @@ func FuzzBody(f *testing.F) {
 }
 
 // FuzzRTP feeds arbitrary datagrams through RTP parsing, the cutter and the DTMF detector: every
-// frame out is exactly 20 ms, whatever comes in.
+// frame out is exactly 20 ms and one packet makes at most timeline.MaxFramesPerPacket frames,
+// whatever comes in.
 func FuzzRTP(f *testing.F) {
 	for _, p := range [][]byte{
 		append([]byte{0x80, 8, 0, 1, 0, 0, 0, 240, 0, 0, 0, 1}, make([]byte, 240)...),
 		{0x80, 101, 0, 2, 0, 0, 0, 240, 0, 0, 0, 1, 1, 0x8a, 8, 0xc0},
 		{0x90, 0, 0, 3, 0, 0, 1, 0, 0, 0, 0, 1, 0xbe, 0xde, 0, 1, 1, 2, 3, 4, 9, 9},
 	} {
-		f.Add(p, p, uint8(20))
+		f.Add(p, p, p, uint8(20))
+		f.Add(p, p, p, uint8(0x80|20))
 	}
-	f.Fuzz(func(t *testing.T, a, b []byte, gapMS uint8) {
+	// The attack: b waits for the packet between a and it, c jumps 2^30 ticks.
+	f.Add(append([]byte{0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1}, make([]byte, 160)...),
+		append([]byte{0x80, 0, 0, 3, 0, 0, 1, 64, 0, 0, 0, 1}, make([]byte, 160)...),
+		append([]byte{0x80, 0, 0, 4, 64, 0, 1, 224, 0, 0, 0, 1}, make([]byte, 160)...), uint8(20))
+	f.Fuzz(func(t *testing.T, a, b, c3 []byte, gapMS uint8) {
+		frames := 0
 		c := newCutter(8000, 60*time.Millisecond, 400*time.Millisecond, 0xFF, func(p []byte, _ bool) {
 			if len(p) != 160 {
 				t.Fatalf("frame of %d bytes", len(p))
 			}
+			frames++
 		})
 		d := dtmfDetector{report: func(dtmfEvent) {}}
 		now := time.Unix(0, 0)
-		for _, raw := range [][]byte{a, b, a, b} {
+		for _, raw := range [][]byte{a, b, c3, a, b, c3} {
 			var pkt rtp.Packet
 			if pkt.Unmarshal(raw) != nil {
 				continue
@@ -113,9 +122,15 @@ func FuzzRTP(f *testing.F) {
 			if pkt.PayloadType == 101 {
 				d.push(pkt.Timestamp, pkt.SSRC, pkt.Payload)
 			} else {
+				before := frames
 				c.push(now, pkt.SequenceNumber, pkt.Timestamp, pkt.SSRC, pkt.Marker, pkt.Payload)
+				if n := frames - before; n > timeline.MaxFramesPerPacket {
+					t.Fatalf("one packet made %d frames, bound %d", n, timeline.MaxFramesPerPacket)
+				}
 			}
-			c.idle(now.Add(time.Second))
+			if gapMS&0x80 != 0 { // a pause: the reorder buffer gives up, silence is filled
+				c.idle(now.Add(time.Second))
+			}
 			c.mediaPos(pkt.Timestamp, pkt.SSRC)
 		}
 		c.finish()

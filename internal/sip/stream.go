@@ -86,11 +86,11 @@ func (s *stream) run() {
 	}
 	s.cut.finish()
 	s.dtmf.flush()
-	st := s.cut.stats
-	s.m.rtpDropped.WithLabelValues("late").Add(float64(st.late))
-	s.m.rtpDropped.WithLabelValues("duplicate").Add(float64(st.dups))
-	s.m.rtpLost.Add(float64(st.lost))
-	s.m.gapFilled.Add(float64(st.framesFilled))
+	st := s.cut.stats()
+	s.m.rtpDropped.WithLabelValues("late").Add(float64(st.Late))
+	s.m.rtpDropped.WithLabelValues("duplicate").Add(float64(st.Dups))
+	s.m.rtpLost.Add(float64(st.Lost))
+	s.m.gapFilled.Add(float64(st.FramesFilled))
 }
 
 // handle processes one datagram that arrived at now from from.

@@ -4,15 +4,12 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/timeline"
 )
 
 // reorderSlots is the reorder buffer's size in packets (a power of two); a packet further ahead
 // than this forces the oldest missing ones to be given up whatever the window.
-const reorderSlots = 32
-
-// resyncSeq is the sequence jump (either way) past which a stream counts as restarted rather
-// than reordered or lost.
-const resyncSeq = 1000
+const reorderSlots = timeline.ReorderSlots
 
 // Stats counts what the receiver did with one call's RTP. Every 20 ms of media time between the
 // first and the last packet is in exactly one of Frames' parts (real, FilledLoss, FilledSilence)
@@ -27,7 +24,7 @@ type Stats struct {
 	Frames        uint64 `json:"frames"`                // frames published, including filled ones
 	FilledLoss    uint64 `json:"filled_loss_frames"`    // published with FlagGapFilled: media lost
 	FilledSilence uint64 `json:"filled_silence_frames"` // codec silence where the sender sent nothing (DTX)
-	Skipped       uint64 `json:"skipped_frames"`        // media time not filled: a jump past MaxFill
+	Skipped       uint64 `json:"skipped_frames"`        // media time not filled: a jump (package timeline)
 	Resyncs       uint64 `json:"resyncs"`               // the stream restarted (sequence or timestamp jump)
 	Unpublished   uint64 `json:"unpublished_frames"`    // cut after the call had ended (hang-up race), not sent
 }
@@ -43,18 +40,19 @@ type slot struct {
 	buf     []byte
 }
 
-// cutter turns one RTP stream into 20 ms frames: a small reorder buffer puts packets back in
-// sequence order (waiting at most window for a missing one), and a media timeline driven by RTP
-// timestamps cuts G.711 into 160-sample frames and Opus into one packet per 20 ms. Missing media
-// is filled: after lost packets with gap-filled frames (empty payload for Opus, so a decoder
-// conceals; G.711 silence), after a timestamp jump with no sequence gap (DTX or silence
-// suppression) with codec silence. It is not safe for concurrent use; after warm-up it allocates
-// nothing.
+// cutter turns one RTP stream into 20 ms frames by the rules of package timeline: a small
+// reorder buffer puts packets back in sequence order (waiting at most window for a missing one),
+// and a media timeline driven by RTP timestamps cuts G.711 into 160-sample frames and Opus into
+// one packet per 20 ms. Missing media is filled: after lost packets with gap-filled frames (empty
+// payload for Opus, so a decoder conceals; G.711 silence), after a timestamp jump with no
+// sequence gap (DTX or silence suppression) with codec silence. A jump the rules do not let fill
+// re-anchors the timeline; one push makes at most timeline.MaxFramesPerPacket frames. It is not
+// safe for concurrent use; after warm-up it allocates nothing.
 type cutter struct {
-	c       *codec
-	window  int64  // ns
-	maxFill uint32 // RTP clock ticks
-	emit    emitFunc
+	c      *codec
+	window int64 // ns
+	rules  timeline.Rules
+	emit   emitFunc
 
 	slots    [reorderSlots]slot
 	buffered int
@@ -66,6 +64,7 @@ type cutter struct {
 
 	timeline bool
 	nextTS   uint32 // RTP timestamp of the next sample (G.711) or frame (Opus) to publish
+	credit   timeline.Credit
 	acc      []byte // G.711 samples of the frame being cut
 	accFill  int    // what acc holds besides real samples: fillNone, fillSilence or fillLoss
 	silence  []byte // one frame of codec silence (G.711)
@@ -76,7 +75,7 @@ type cutter struct {
 }
 
 func newCutter(c *codec, window, maxFill time.Duration, emit emitFunc) *cutter {
-	k := &cutter{c: c, window: int64(window), maxFill: uint32(maxFill / frame.Duration * time.Duration(c.samples)), emit: emit}
+	k := &cutter{c: c, window: int64(window), rules: timeline.NewRules(int(c.samples)*50, window, maxFill), emit: emit}
 	if c.frame != frame.CodecOpus {
 		k.acc = make([]byte, 0, c.samples)
 		k.silence = make([]byte, c.samples)
@@ -102,7 +101,7 @@ func (k *cutter) push(seq uint16, ts uint32, payload []byte, now int64) {
 		k.started, k.nextSeq, k.highSeq = true, seq, seq
 	}
 	d := int16(seq - k.nextSeq)
-	if d > resyncSeq || d < -resyncSeq {
+	if timeline.SeqJump(d) {
 		k.flush()
 		k.Resyncs++
 		k.nextSeq, k.highSeq, k.lostRun, k.released = seq, seq, false, 0
@@ -202,8 +201,9 @@ func (k *cutter) place(ts uint32, payload []byte, lost bool, at int64) {
 	if !k.timeline {
 		k.timeline, k.nextTS = true, ts
 	}
+	k.rules.Accrue(&k.credit, at)
 	diff := int32(ts - k.nextTS)
-	if diff > int32(k.maxFill) || diff < -int32(k.maxFill) {
+	if k.rules.Jump(int64(diff), &k.credit) {
 		if diff > 0 {
 			k.Skipped += uint64(uint32(diff) / k.c.samples)
 		}
@@ -238,6 +238,7 @@ const (
 
 // fill publishes n RTP ticks of missing media: gap-filled after loss, codec silence otherwise.
 func (k *cutter) fill(n uint32, lost bool, at int64) {
+	k.credit.Spend(int64(n))
 	if k.c.frame != frame.CodecOpus {
 		kind := fillSilence
 		if lost {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/timeline"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -224,13 +225,16 @@ func BenchmarkCutterOpus(b *testing.B) {
 	}
 }
 
+// FuzzCutter pushes arbitrary packets: every frame is well formed, one push makes at most
+// timeline.MaxFramesPerPacket frames, and every frame emitted is counted.
 func FuzzCutter(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 1, 0xF8, 1, 0, 2, 0x01, 0x02})
+	f.Add([]byte{0, 0, 0, 1, 0xF8, 0, 2, 0xFF, 0x41, 0xF8, 0, 3, 0xFF, 0x41, 0xF8, 0, 9, 0, 0x01, 0xF8})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, name := range []string{"opus", "pcmu"} {
 			cd, _ := codecByName(name)
 			frames := 0
-			k := newCutter(cd, 40*time.Millisecond, 200*time.Millisecond, func(p []byte, fl frame.Flags, _ time.Time) {
+			k := newCutter(cd, 40*time.Millisecond, timeline.MaxFill, func(p []byte, fl frame.Flags, _ time.Time) {
 				frames++
 				if name == "pcmu" && len(p) != 160 {
 					t.Fatalf("pcmu frame of %d bytes", len(p))
@@ -246,16 +250,87 @@ func FuzzCutter(f *testing.F) {
 			d := data
 			for len(d) >= 4 {
 				seq := uint16(d[0])<<8 | uint16(d[1])
-				ts := uint32(d[2]) * cd.samples / 4
+				ts := uint32(d[2]) * cd.samples / 4 * uint32(seq%7)
+				if d[3]&0x40 != 0 { // jumps of up to the max fill and beyond
+					ts = uint32(d[2]) * cd.samples * 3 * uint32(seq%7)
+				}
 				n := min(int(d[3])%64, len(d)-4)
 				now += int64(d[3]%8) * 10e6
-				k.push(seq, ts*uint32(seq%7), d[4:4+n], now)
+				before := frames
+				k.push(seq, ts, d[4:4+n], now)
+				if got := frames - before; got > timeline.MaxFramesPerPacket {
+					t.Fatalf("one packet made %d frames, bound %d", got, timeline.MaxFramesPerPacket)
+				}
 				d = d[4+n:]
 			}
+			before := frames
 			k.poll(now + 1e9)
+			if got := frames - before; got > timeline.MaxFramesPerPacket {
+				t.Fatalf("the last poll made %d frames", got)
+			}
 			if uint64(frames) != k.Frames {
 				t.Fatalf("%d frames emitted, %d counted", frames, k.Frames)
 			}
 		}
 	})
+}
+
+// TestCutterHeldBackPacketThenJumps is the attack on the reorder buffer: one packet is held
+// back, so those after it wait; they are sent with timestamps each just under the max fill ahead
+// of the one before, then one more packet forces them all out. Each alone is within the max
+// fill, together they asked for 31 of them (about 15 000 frames) from one packet; now the
+// fill one push can buy is bounded, and a 2^30 jump while packets wait re-anchors.
+func TestCutterHeldBackPacketThenJumps(t *testing.T) {
+	for _, name := range []string{"pcmu", "opus"} {
+		t.Run(name, func(t *testing.T) {
+			cd, _ := codecByName(name)
+			frames := 0
+			k := newCutter(cd, 40*time.Millisecond, 10*time.Second, func([]byte, frame.Flags, time.Time) { frames++ })
+			p := g711(1, 160)
+			if name == "opus" {
+				p = opus20(1)
+			}
+			now := int64(0)
+			push := func(seq uint16, ts uint32) int {
+				before := frames
+				k.push(seq, ts, p, now)
+				return frames - before
+			}
+			push(0, 0)
+			ts := cd.samples
+			for seq := uint16(2); seq < reorderSlots+1; seq++ { // 1 is held back
+				ts += 495 * cd.samples // 9.9 s ahead
+				now += 1e6
+				push(seq, ts)
+			}
+			now += 1e6
+			if n := push(reorderSlots+1, ts+cd.samples); n > timeline.MaxFramesPerPacket {
+				t.Fatalf("one packet made %d frames, bound %d", n, timeline.MaxFramesPerPacket)
+			}
+			// Hold back again, then a 2^30 jump while the next waits.
+			now += 20e6
+			seq := uint16(reorderSlots + 3)
+			ts += 3 * cd.samples
+			push(seq, ts)
+			now += 20e6
+			if n := push(seq+1, ts+1<<30); n > timeline.MaxFramesPerPacket {
+				t.Fatalf("the jump made %d frames", n)
+			}
+			// The call keeps flowing: the held back packet is given up after the window, then
+			// one frame per 20 ms packet.
+			for i := uint16(2); i < 12; i++ {
+				now += 20e6
+				n := push(seq+i, ts+1<<30+uint32(i-1)*cd.samples)
+				if n > 4 || (i > 2 && n != 1) {
+					t.Fatalf("packet %d after the jump made %d frames", i, n)
+				}
+			}
+			if k.buffered != 0 {
+				t.Errorf("%d packets still wait", k.buffered)
+			}
+			if k.Resyncs == 0 {
+				t.Errorf("no resync counted: %+v", k.Stats)
+			}
+		})
+	}
 }
