@@ -1,0 +1,38 @@
+package hostile
+
+import (
+	"testing"
+
+	"github.com/callrouter/callrouter/internal/peertest"
+)
+
+// TestHostile attacks one node (nats-server, a router, a worker and the ingest under attack,
+// all real processes on loopback) while it plays three two-leg victim calls, and prints the
+// hostile-input table. Every row checks that the node stays alive and that the victims lose no
+// frame; rows whose intended behaviour today's code lacks fail, after printing their row.
+func TestHostile(t *testing.T) {
+	if buildErr != "" {
+		peertest.Missing(t, buildErr)
+	}
+	if testing.Short() {
+		t.Skip("the hostile-input suite takes minutes")
+	}
+	s := &suite{n: startNode(t)}
+	// Destructive rows last, so that what an earlier one broke does not show in the others.
+	s.attack(t, "RFC 4475 torture messages (UDP)", s.rfc4475)
+	s.attack(t, "SIP method flood (20,000 distinct methods)", s.methodFlood)
+	s.attack(t, "SIP header flood and oversized datagrams", s.headerFlood)
+	s.attack(t, "INVITE flood from one source (2,000 in a burst)", s.inviteFlood)
+	s.attack(t, "WHIP POST flood, unknown token", s.whipBadToken)
+	s.attack(t, "WHIP POST flood, good token, junk SDP", s.whipJunk)
+	s.attack(t, "WHIP POST with a 10 MB body", s.whipOversized)
+	s.attack(t, "slowloris HTTP (200 connections)", s.slowloris)
+	s.attack(t, "NATS control-message junk", s.natsJunk)
+	s.attack(t, "NATS replay request with 100,000 legs", s.replayLegs)
+	s.attack(t, "RTP flood to unallocated ports (100,000)", s.rtpUnallocated)
+	s.attack(t, "RTP flood to a call's port from another source (100,000)", s.rtpAllocatedSpoofed)
+	s.attack(t, "RTP timestamp jump of 2^30 behind a held-back packet", s.rtpTimestampJump)
+	s.attack(t, "RTP from the peer with random sequence numbers and timestamps (10,000)", s.rtpPeerRandom)
+	s.attack(t, "frame with a far-forward sequence number on a victim's subject", s.farForward)
+	s.report(t, "Measured by `go test ./hostile -run TestHostile -v -count=1` against one node (nats-server, router, worker, ingest as processes on loopback) playing three two-leg victim calls.")
+}
