@@ -91,6 +91,20 @@ func (s *suite) whipJunk(t *testing.T, r *row) {
 	}
 }
 
+// whipValid sends 300 valid offers with a good token from one source in a burst: the per-source
+// and per-tenant bounds must refuse most of them (each accepted one is deleted at once).
+func (s *suite) whipValid(t *testing.T, r *row) {
+	const n, bound = 300, 100
+	got, failed := s.postFlood(n, whipToken, validOffer)
+	r.didf("%d POSTs with a good token and a valid offer: %s, %d failed (each 201 deleted at once)", n, codes(got), failed)
+	if got[http.StatusCreated] > bound {
+		r.failf("%d of %d offers from one source in a burst were accepted, want ≤ %d (bounded per source and tenant)", got[http.StatusCreated], n, bound)
+	}
+	if !eventually(20*time.Second, func() bool { return s.n.metric("callrouter_ingest_calls") <= victimCalls }) {
+		r.didf("%.0f calls still up 20 s later", s.n.metric("callrouter_ingest_calls"))
+	}
+}
+
 // whipOversized sends a 10 MB body: the node must answer 413 without reading it all.
 func (s *suite) whipOversized(t *testing.T, r *row) {
 	const size = 10 << 20

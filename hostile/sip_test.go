@@ -133,6 +133,26 @@ func (c *sipClient) finals() map[int]int {
 	return out
 }
 
+// rejections counts the Call-IDs answered with a final response of 300 or more, and those
+// responses all told (retransmissions included).
+func (c *sipClient) rejections() (calls, msgs int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rs := range c.resp {
+		n := 0
+		for _, r := range rs {
+			if m := statusRe.FindStringSubmatch(r); m != nil && m[1][0] >= '3' {
+				n++
+			}
+		}
+		if n > 0 {
+			calls++
+			msgs += n
+		}
+	}
+	return calls, msgs
+}
+
 func codes(m map[int]int) string {
 	var ks []int
 	for k := range m {
@@ -149,13 +169,12 @@ func codes(m map[int]int) string {
 	return strings.Join(out, ", ")
 }
 
-// sendPaced sends msgs keeping at most window without an answer, and gives up waiting for
-// answers after d.
-func (c *sipClient) sendPaced(msgs [][]byte, window int, d time.Duration) {
+// sendPaced sends msgs keeping at most window without an answer; a message waits at most 20 ms
+// for room, so that messages the node drops do not stall the flood.
+func (c *sipClient) sendPaced(msgs [][]byte, window int) {
 	base := c.received()
-	deadline := time.Now().Add(d)
 	for i, m := range msgs {
-		for i-(c.received()-base) >= window && time.Now().Before(deadline) {
+		for wait := 0; i-(c.received()-base) >= window && wait < 20; wait++ {
 			time.Sleep(time.Millisecond)
 		}
 		c.send(m)

@@ -79,7 +79,7 @@ func (s *suite) methodFlood(t *testing.T, r *row) {
 	for i := range msgs {
 		msgs[i] = c.request(fmt.Sprintf("XFLOOD%d", i), c.ruri(), fmt.Sprintf("mf-%d", i), 1, c.toHdr(), "", "")
 	}
-	c.sendPaced(msgs, 200, 60*time.Second)
+	c.sendPaced(msgs, 200)
 	c.quiet(time.Second, 10*time.Second)
 	r.didf("%d requests: %s, %d unanswered", n, codes(c.finals()), n-c.received())
 	_, after := s.n.metrics()
@@ -112,7 +112,7 @@ func (s *suite) headerFlood(t *testing.T, r *row) {
 			c.request("OPTIONS", c.ruri(), fmt.Sprintf("hl-%d", i), 1, c.toHdr(), long.String(), ""),
 			junk)
 	}
-	c.sendPaced(msgs, 50, 30*time.Second)
+	c.sendPaced(msgs, 50)
 	c.quiet(time.Second, 10*time.Second)
 	r.didf("UDP: %d with 4,000 headers, %d with a 60 KB header, %d junk 65,000-byte datagrams: %s", each, each, each, codes(c.finals()))
 
@@ -170,6 +170,11 @@ func (s *suite) inviteFlood(t *testing.T, r *row) {
 		}
 		return k
 	}())
+	rejected, rejections := c.rejections()
+	r.didf("%d rejections sent for %d rejected INVITEs (retransmitted toward a source that never ACKed)", rejections, rejected)
+	if rejections > rejected {
+		r.failf("%d retransmitted rejections toward a source that never completed a handshake, want 0", rejections-rejected)
+	}
 	if call != nil {
 		r.didf("an INVITE from 127.0.0.2 connected")
 		call.bye()

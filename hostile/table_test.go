@@ -153,7 +153,7 @@ func (r *row) cells() []string {
 		did,
 		fmt.Sprintf("%.2f s in %.1f s", r.cpu.Seconds(), r.took.Seconds()),
 		fmt.Sprintf("%+.1f MB", float64(r.rssDelta)/(1<<20)),
-		fmt.Sprintf("%.1f → %.1f KB (%d → %d)", float64(r.metrics[0])/1024, float64(r.metrics[1])/1024, r.series[0], r.series[1]),
+		fmt.Sprintf("%s → %s", metricsCell(r.metrics[0], r.series[0]), metricsCell(r.metrics[1], r.series[1])),
 		frames,
 		lost,
 		verdict,
@@ -191,4 +191,11 @@ func (s *suite) report(t *testing.T, intro string) {
 			t.Errorf("writing %s: %v", path, err)
 		}
 	}
+}
+
+func metricsCell(size, series int) string {
+	if size < 0 {
+		return "no answer"
+	}
+	return fmt.Sprintf("%.1f KB (%d)", float64(size)/1024, series)
 }
