@@ -469,6 +469,7 @@ func (fc *frameCounter) count() int {
 }
 
 func (fc *frameCounter) stop() int {
+	n := fc.count() // before unsubscribing: the dropped count goes with the subscription
 	_ = fc.sub.Unsubscribe()
-	return fc.count()
+	return n
 }

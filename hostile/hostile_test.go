@@ -1,7 +1,11 @@
 package hostile
 
 import (
+	"fmt"
+	"os/exec"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/callrouter/callrouter/internal/peertest"
 )
@@ -17,7 +21,8 @@ func TestHostile(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the hostile-input suite takes minutes")
 	}
-	s := &suite{n: startNode(t)}
+	s := &suite{t: t, n: startNode(t)}
+	legs0, t0 := s.n.victimLegs(), time.Now()
 	// Destructive rows last, so that what an earlier one broke does not show in the others.
 	s.attack(t, "RFC 4475 torture messages (UDP)", s.rfc4475)
 	s.attack(t, "SIP method flood (20,000 distinct methods)", s.methodFlood)
@@ -35,5 +40,28 @@ func TestHostile(t *testing.T) {
 	s.attack(t, "RTP from the peer with random sequence numbers and timestamps (10,000)", s.rtpPeerRandom)
 	s.attack(t, "frame with a far-forward sequence number on a victim's subject", s.farForward)
 	s.attack(t, "NATS replay request with 2,000 legs", s.replayLegs)
-	s.report(t, "Measured by `go test ./hostile -run TestHostile -v -count=1` against one node (nats-server, router, worker, ingest as processes on loopback) playing three two-leg victim calls.")
+	s.report(t, s.summary(legs0, time.Since(t0)))
+}
+
+// summary checks the victims over the whole suite (between the rows too) and says what ran.
+func (s *suite) summary(legs0 []legState, took time.Duration) string {
+	before := map[string]legState{}
+	for _, l := range legs0 {
+		before[l.key] = l
+	}
+	frames, holes, legs := 0, 0, 0
+	for _, l := range s.n.victimLegs() {
+		b := before[l.key]
+		frames += l.max - b.max
+		holes += l.holes - b.holes
+		legs++
+	}
+	if holes > 0 {
+		s.t.Errorf("the victim calls lost %d frames over the suite", holes)
+	}
+	rev, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	return fmt.Sprintf("Measured %s at commit %s by `go test ./hostile -run TestHostile -v -count=1`: one node (nats-server, a router, "+
+		"a worker, the ingest under attack; processes on loopback) playing %d two-leg victim calls throughout. Over the %.0f s of attacks "+
+		"the %d victim legs still audited (one call is given up to the far-forward frame) processed %d frames and lost %d (seqlog files).",
+		time.Now().UTC().Format("2006-01-02"), strings.TrimSpace(string(rev)), victimCalls, took.Seconds(), legs, frames, holes)
 }

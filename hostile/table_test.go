@@ -39,6 +39,7 @@ func (r *row) failf(format string, a ...any) {
 
 // suite runs attacks against one node, one row each.
 type suite struct {
+	t    *testing.T
 	n    *node
 	rows []*row
 }
