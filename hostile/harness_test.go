@@ -135,8 +135,8 @@ func (p *process) exited() bool {
 
 // usage is a process's CPU time and resident memory, from /proc.
 type usage struct {
-	cpu time.Duration
-	rss int64 // bytes
+	cpu       time.Duration
+	rss, peak int64 // bytes: resident now, and the most ever (VmHWM)
 }
 
 func (p *process) usage() usage {
@@ -156,9 +156,14 @@ func (p *process) usage() usage {
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
 		sc := bufio.NewScanner(bytes.NewReader(b))
 		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-				kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-				u.rss = kb * 1024
+			for _, f := range []struct {
+				name string
+				to   *int64
+			}{{"VmRSS:", &u.rss}, {"VmHWM:", &u.peak}} {
+				if v, ok := strings.CutPrefix(sc.Text(), f.name); ok {
+					kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+					*f.to = kb * 1024
+				}
 			}
 		}
 	}

@@ -18,6 +18,8 @@ type row struct {
 	did      []string // what the node did
 	cpu      time.Duration
 	rssDelta int64
+	peak     int64  // the ingest's peak RSS after the attack
+	peakUp   int64  // how much the attack raised it
 	metrics  [2]int // /metrics bytes before, after
 	series   [2]int // series before, after
 	frames   string // frames published for the attacked call; "" when none is
@@ -59,7 +61,7 @@ func (s *suite) attack(t *testing.T, name string, fn func(t *testing.T, r *row))
 		defer func() {
 			r.took = time.Since(t0)
 			u1 := n.ing.usage()
-			r.cpu, r.rssDelta = u1.cpu-u0.cpu, u1.rss-u0.rss
+			r.cpu, r.rssDelta, r.peak, r.peakUp = u1.cpu-u0.cpu, u1.rss-u0.rss, u1.peak, u1.peak-u0.peak
 			r.metrics[1], r.series[1] = n.metrics()
 			s.victims(r, legs0, gaps0)
 			if ok, why := n.alive(); !ok {
@@ -121,7 +123,7 @@ func (s *suite) victims(r *row, legs0 []legState, gaps0 map[string]int) {
 }
 
 func header() []string {
-	return []string{"attack", "what the node did", "ingest CPU", "ingest RSS Δ", "/metrics (series)", "frames of the attacked call", "victims' frames lost", "verdict"}
+	return []string{"attack", "what the node did", "ingest CPU", "ingest RSS Δ (peak)", "/metrics (series)", "frames of the attacked call", "victims' frames lost", "verdict"}
 }
 
 func (r *row) cells() []string {
@@ -153,7 +155,7 @@ func (r *row) cells() []string {
 		r.attack,
 		did,
 		fmt.Sprintf("%.2f s in %.1f s", r.cpu.Seconds(), r.took.Seconds()),
-		fmt.Sprintf("%+.1f MB", float64(r.rssDelta)/(1<<20)),
+		fmt.Sprintf("%+.1f MB (%.0f MB%s)", float64(r.rssDelta)/(1<<20), float64(r.peak)/(1<<20), peakUp(r.peakUp)),
 		fmt.Sprintf("%s → %s", metricsCell(r.metrics[0], r.series[0]), metricsCell(r.metrics[1], r.series[1])),
 		frames,
 		lost,
@@ -199,4 +201,11 @@ func metricsCell(size, series int) string {
 		return "no answer"
 	}
 	return fmt.Sprintf("%.1f KB (%d)", float64(size)/1024, series)
+}
+
+func peakUp(b int64) string {
+	if b <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(", +%.0f", float64(b)/(1<<20))
 }
