@@ -33,7 +33,7 @@ func TestHostile(t *testing.T) {
 	s.attack(t, "WHIP POST flood, good token, junk SDP", s.whipJunk)
 	s.attack(t, "WHIP POST flood, good token, valid offers (300 from one source)", s.whipValid)
 	s.attack(t, "WHIP POST with a 10 MB body", s.whipOversized)
-	s.attack(t, "slowloris HTTP (200 connections)", s.slowloris)
+	s.attack(t, "slowloris HTTP (200) and idle SIP TCP (1,000) connections", s.slowloris)
 	s.attack(t, "NATS control-message junk", s.natsJunk)
 	s.attack(t, "RTP flood to unallocated ports (100,000)", s.rtpUnallocated)
 	s.attack(t, "RTP flood to a call's port from another source (100,000)", s.rtpAllocatedSpoofed)

@@ -163,7 +163,9 @@ func (s *suite) whipOversized(t *testing.T, r *row) {
 
 // slowloris opens 200 connections to the ingest's HTTP server: 100 send their headers one byte a
 // second, 100 send full headers of a POST and then its body one byte a second. The node must close
-// them all within 40 s (a 30 s read timeout passes) and keep answering /healthz.
+// them all within 40 s (a 30 s read timeout passes) and keep answering /healthz. In the same
+// window 1,000 TCP connections to the SIP port from one source send nothing: a per-source cap or
+// an idle timeout must have closed some of them.
 func (s *suite) slowloris(t *testing.T, r *row) {
 	const perKind, bound = 100, 40 * time.Second
 	type slow struct {
@@ -171,39 +173,70 @@ func (s *suite) slowloris(t *testing.T, r *row) {
 		body   bool
 		closed chan time.Time
 	}
-	var conns []*slow
+	var conns, sipConns []*slow
 	defer func() {
-		for _, c := range conns {
+		for _, c := range append(conns, sipConns...) {
 			c.conn.Close()
 		}
-		for _, c := range conns {
+		for _, c := range append(conns, sipConns...) {
 			<-c.closed
 		}
 	}()
+	watch := func(conn net.Conn) *slow {
+		c := &slow{conn: conn, closed: make(chan time.Time, 1)}
+		go func() {
+			_, _ = io.Copy(io.Discard, conn) // returns when the node closes it (or we do)
+			c.closed <- time.Now()
+		}()
+		return c
+	}
 	t0 := time.Now()
+	const idleSIP = 1000
+	sipRefused := 0
+	for i := 0; i < idleSIP; i++ {
+		if time.Since(t0) > 5*time.Second {
+			sipRefused += idleSIP - i // not accepted in time: as good as refused
+			break
+		}
+		conn, err := net.DialTimeout("tcp", s.n.sip.String(), 500*time.Millisecond)
+		if err != nil {
+			sipRefused++
+			continue
+		}
+		sipConns = append(sipConns, watch(conn))
+	}
 	for i := 0; i < 2*perKind; i++ {
 		conn, err := net.DialTimeout("tcp", s.n.httpAddr, 5*time.Second)
 		if err != nil {
 			r.failf("connection %d refused: %v", i, err)
 			break
 		}
-		c := &slow{conn: conn, body: i%2 == 1, closed: make(chan time.Time, 1)}
+		c := watch(conn)
+		c.body = i%2 == 1
 		conns = append(conns, c)
-		go func() {
-			_, _ = io.Copy(io.Discard, conn) // returns when the node closes it (or we do)
-			c.closed <- time.Now()
-		}()
 		if c.body {
 			fmt.Fprintf(conn, "POST /whip HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\nAuthorization: Bearer %s\r\nContent-Length: 100000\r\n\r\n", whipToken)
 		} else {
 			fmt.Fprintf(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
 		}
 	}
+	sipOpen := func() int {
+		n := 0
+		for _, c := range sipConns {
+			select {
+			case at := <-c.closed:
+				c.closed <- at
+			default:
+				n++
+			}
+		}
+		return n
+	}
 	closedAt := map[*slow]time.Duration{}
 	healthFails := 0
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	for time.Since(t0) < bound && len(closedAt) < len(conns) {
+	for time.Since(t0) < bound && (len(closedAt) < len(conns) || sipOpen() == idleSIP) {
 		<-tick.C
 		for _, c := range conns {
 			if _, done := closedAt[c]; done {
@@ -238,6 +271,11 @@ func (s *suite) slowloris(t *testing.T, r *row) {
 	}
 	r.didf("%d slow connections: header dribblers still open after %v: %d, body dribblers: %d (the last closed one after %v); /healthz failed %d times meanwhile",
 		len(conns), bound, openHead, openBody, last.Round(100*time.Millisecond), healthFails)
+	open := sipOpen()
+	r.didf("%d idle SIP TCP connections from one source: %d refused, %d still open after %v", idleSIP, sipRefused, open, time.Since(t0).Round(time.Second))
+	if open == idleSIP {
+		r.failf("all %d idle SIP TCP connections from one source still open after %v: no per-source cap, no idle timeout", idleSIP, time.Since(t0).Round(time.Second))
+	}
 	if openHead+openBody > 0 {
 		r.failf("%d of %d slow connections still open after %v", openHead+openBody, len(conns), bound)
 	}
