@@ -18,8 +18,8 @@ import (
 )
 
 // The fault suite: NATS unavailable at start, a worker's connection cut, blackholed and delayed
-// through a faultProxy, and (behind CALLROUTER_FAULT_INGEST_STALL=1) an ingest stopped for 2 s and
-// 7 s. Each logs one line of figures: detection, time to resume, frames missing and duplicated,
+// through a faultProxy, an ingest stopped (SIGSTOP) for 2 s and 7 s and its connection cut for 2 s
+// and 7 s. Each logs one line of figures: detection, time to resume, frames missing and duplicated,
 // and how many missing frames no gap event explains. CALLROUTER_FAULT_LONG=1 lengthens the faults.
 
 func long() bool { return os.Getenv("CALLROUTER_FAULT_LONG") == "1" }
@@ -319,12 +319,10 @@ func (c *cluster) countAfter(kind string, t0 time.Time) int {
 	return n
 }
 
-// Ingest stalls (SIGSTOP, then SIGCONT) need the ingest-stall reconciliation (issue 12 item 1)
-// from another branch; until it is merged they run only with CALLROUTER_FAULT_INGEST_STALL=1.
+// ingestStall stops the ingest (SIGSTOP) for stall, then continues it (SIGCONT). Past the routers'
+// reap grace its calls were reaped: the routers' reconciliation tells the ingest, which re-places
+// them and replays what its ring holds; the rest is a gap with cause ingest_stall.
 func ingestStall(t *testing.T, stall time.Duration) {
-	if os.Getenv("CALLROUTER_FAULT_INGEST_STALL") != "1" {
-		t.Skip("needs the ingest-stall reconciliation; set CALLROUTER_FAULT_INGEST_STALL=1 once merged")
-	}
 	prefix := fmt.Sprintf("stall%d", stall/time.Second)
 	c := newCluster(t, 1)
 	c.router("r1")
@@ -372,16 +370,11 @@ func proxiedIngest(t *testing.T, prefix string) (*cluster, *faultProxy) {
 // TestIngestConnectionCut cuts the ingest's NATS connection and refuses its reconnection for 2 s:
 // its publishes wait in the reconnect buffer (-nats-reconnect-buf) and go out on reconnection,
 // inside the routers' reap grace; the workers drop those older than -max-frame-age (2 s) as
-// stale, with that cause, and every call goes on to its end. Longer cuts (past the grace) need the
-// ingest-stall reconciliation: TestIngestConnectionCutLong, behind CALLROUTER_FAULT_INGEST_STALL=1.
+// stale, with that cause, and every call goes on to its end. TestIngestConnectionCutLong cuts it
+// past the grace: the calls are reaped and reconciled as after a stall.
 func TestIngestConnectionCut(t *testing.T) { ingestCut(t, "icut", 2*time.Second) }
 
-func TestIngestConnectionCutLong(t *testing.T) {
-	if os.Getenv("CALLROUTER_FAULT_INGEST_STALL") != "1" {
-		t.Skip("needs the ingest-stall reconciliation; set CALLROUTER_FAULT_INGEST_STALL=1 once merged")
-	}
-	ingestCut(t, "icutl", 7*time.Second)
-}
+func TestIngestConnectionCutLong(t *testing.T) { ingestCut(t, "icutl", 7*time.Second) }
 
 func ingestCut(t *testing.T, prefix string, outage time.Duration) {
 	c, p := proxiedIngest(t, prefix)

@@ -22,6 +22,9 @@ func startSIP(n *ingest.Node, tenant string, calls, legs int, log zerolog.Logger
 	cfg.PortQuarantine = 2 * time.Second
 	cfg.DefaultTenant = tenant
 	cfg.MaxCalls = calls + calls/10 + 10
+	// Every INVITE comes from the tester's one address: the per-source INVITE bound that
+	// protects a public trunk port would drop the load itself.
+	cfg.InviteRate = 0
 	cfg.DrainTimeout = 2 * time.Second
 	srv, err := sip.New(cfg, sip.Deps{Log: log})
 	if err != nil {

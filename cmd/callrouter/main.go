@@ -59,6 +59,7 @@ func run(args []string, out io.Writer) int {
 	fs.IntVar(&o.workers, "workers", 2, "workers in the pool")
 	fs.IntVar(&o.natsPort, "nats-port", -1, "embedded NATS client port (-1 picks a free one)")
 	fs.StringVar(&o.http, "http", "127.0.0.1:8080", "address for /healthz, /readyz and /metrics")
+	httpLimits := cli.HTTPLimitFlags(fs)
 	fs.BoolVar(&o.serve, "serve", false, "keep running after the calls end, until SIGTERM")
 	fs.Float64Var(&o.speed, "speed", 1, "playback speed factor (1 = real time)")
 	fs.StringVar(&o.logLevel, "log-level", "warn", "log level of the components: debug, info, warn, error")
@@ -95,6 +96,10 @@ func run(args []string, out io.Writer) int {
 		fmt.Fprintf(os.Stderr, "callrouter: flag -log-level: %v\n", err)
 		return 2
 	}
+	if err := httpLimits.Check(); err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
+		return 2
+	}
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", "speech", "dtmf", "levels", "record", "summary"}
 	wc.ProcessorOptions = map[string]proc.Options{"record": {"dir": o.recDir}}
@@ -105,7 +110,7 @@ func run(args []string, out io.Writer) int {
 		return 1
 	}
 	defer s.Close()
-	srv, err := obs.Listen(o.http, s.Health, reg)
+	srv, err := obs.ListenLimits(o.http, s.Health, reg, *httpLimits)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "callrouter: flag -http: %v\n", err)
 		return 2

@@ -54,6 +54,12 @@ func SIPFlags(fs *flag.FlagSet) (*sip.Config, *string) {
 		return nil
 	})
 	fs.StringVar(&cfg.AuthRealm, "sip-auth-realm", cfg.AuthRealm, "digest realm")
+	fs.Float64Var(&cfg.InviteRate, "sip-invite-rate", cfg.InviteRate, "new INVITEs per second from one source address (0: no bound); past it UDP INVITEs are dropped, TCP ones get 503")
+	fs.IntVar(&cfg.InviteBurst, "sip-invite-burst", cfg.InviteBurst, "INVITEs one source address may send at once before -sip-invite-rate applies")
+	fs.IntVar(&cfg.MaxTCPConns, "sip-max-tcp-conns", cfg.MaxTCPConns, "open SIP TCP connections at most (0: no bound)")
+	fs.IntVar(&cfg.TCPConnsPerSource, "sip-tcp-conns-per-source", cfg.TCPConnsPerSource, "open SIP TCP connections from one source address (0: no bound)")
+	fs.DurationVar(&cfg.TCPIdleTimeout, "sip-tcp-idle-timeout", cfg.TCPIdleTimeout, "close a SIP TCP connection that carries no message (keep-alives count) for this long")
+	fs.DurationVar(&cfg.TCPMessageTimeout, "sip-tcp-message-timeout", cfg.TCPMessageTimeout, "how long one SIP message may take to arrive over TCP")
 	fs.DurationVar(&cfg.DrainTimeout, "sip-drain-timeout", cfg.DrainTimeout, "on SIGTERM, how long calls may hang up before BYE")
 	return &cfg, listen
 }

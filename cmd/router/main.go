@@ -45,6 +45,7 @@ func Flags(fs *flag.FlagSet) *router.Config {
 	fs.DurationVar(&cfg.OfferTimeout, "offer-timeout", cfg.OfferTimeout, "how long a worker has to answer an offer")
 	fs.IntVar(&cfg.OfferAttempts, "offer-attempts", cfg.OfferAttempts, "workers tried per pool before refusing")
 	fs.DurationVar(&cfg.OrphanGrace, "orphan-grace", cfg.OrphanGrace, "how long a worker may hold a call no ingest owns")
+	fs.DurationVar(&cfg.ReconcileGrace, "reconcile-grace", cfg.ReconcileGrace, "how long an ingest may list a call on a worker that does not hold it before the ingest is told to re-place it")
 	fs.DurationVar(&cfg.RetryAfter, "retry-after", cfg.RetryAfter, "retry delay suggested in refusals")
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", cfg.MaxInflight, "placements handled at once")
 	return &cfg

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/nats-io/nats.go"
@@ -89,6 +90,7 @@ func (a *Append) Set(s string) error {
 type Common struct {
 	NATS        bus.Config
 	HTTP        string
+	HTTPLimits  *obs.Limits
 	LogLevel    string
 	CheckConfig bool          // -check-config: validate, print what would be served, exit
 	fs          *flag.FlagSet // the binary's flags, printed by -check-config
@@ -104,9 +106,20 @@ func CommonFlags(fs *flag.FlagSet, httpDefault string) *Common {
 	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA file for the NATS servers")
 	fs.IntVar(&c.NATS.ReconnectBuf, "nats-reconnect-buf", c.NATS.ReconnectBuf, "bytes buffered while reconnecting")
 	fs.StringVar(&c.HTTP, "http", httpDefault, "address for /healthz, /readyz and /metrics")
+	c.HTTPLimits = HTTPLimitFlags(fs)
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&c.CheckConfig, "check-config", false, "validate the flags and environment, print what would be served as one JSON line, exit without connecting")
 	return c
+}
+
+// HTTPLimitFlags registers the flags that bound the HTTP server's connections (obs.Limits) and
+// returns the limits they fill, starting from obs.DefaultLimits.
+func HTTPLimitFlags(fs *flag.FlagSet) *obs.Limits {
+	l := obs.DefaultLimits()
+	fs.IntVar(&l.MaxConns, "http-max-conns", l.MaxConns, "open HTTP connections at most (0: no bound)")
+	fs.IntVar(&l.MaxConnsPerSource, "http-max-conns-per-source", l.MaxConnsPerSource,
+		"open HTTP connections from one client address (0: no bound; raise it behind a proxy, where every client shares its address)")
+	return &l
 }
 
 // Hostname returns the host name, or "local".
@@ -152,6 +165,10 @@ func Main(component, id string, heartbeat time.Duration, c *Common, build Build)
 		fmt.Fprintf(os.Stderr, "%s: flag -log-level: %v\n", component, err)
 		return 2
 	}
+	if err := c.HTTPLimits.Check(); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", component, err)
+		return 2
+	}
 	if c.CheckConfig {
 		return Check(component, id, c, build, log, os.Stdout, os.Stderr)
 	}
@@ -170,6 +187,7 @@ func run(ctx context.Context, component, id string, heartbeat time.Duration, c *
 	}
 	defer nc.Close()
 	reg := obs.NewRegistry()
+	guard.Register(reg) // callrouter_panics_total, whichever component runs
 	h := &obs.Health{}
 	h.SetLive(true) // waiting for NATS is healthy; the component's loop is judged once it runs
 	h.AddReadyCheck("nats", func() error { return bus.Connected(nc) })
@@ -181,7 +199,7 @@ func run(ctx context.Context, component, id string, heartbeat time.Duration, c *
 		log.Error().Err(err).Msg("bad configuration")
 		return 2
 	}
-	srv, err := obs.Listen(c.HTTP, h, reg)
+	srv, err := obs.ListenLimits(c.HTTP, h, reg, *c.HTTPLimits)
 	if err != nil {
 		log.Error().Err(err).Str("flag", "http").Msg("cannot listen")
 		return 2

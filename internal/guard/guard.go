@@ -15,7 +15,9 @@ import (
 )
 
 // Panics counts recovered panics by where they happened (a closed set of names chosen in code,
-// never a value from the network). Register it with each component's registry (Register).
+// never a value from the network). The owner of a process's registry registers it once
+// (Register): cli.Main for a component binary, stack.Start for the one-process stack; components
+// never do, since theirs may be wrapped with constant labels.
 var Panics = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Name: "callrouter_panics_total",
 	Help: "Panics recovered (the call or message they hit was dropped; the process kept running), by where.",

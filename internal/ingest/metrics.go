@@ -1,6 +1,9 @@
 package ingest
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	calls        prometheus.Gauge
@@ -31,4 +34,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.badFrame = m.frames.WithLabelValues("bad")
 	reg.MustRegister(m.calls, m.starts, m.ended, m.frames, m.replacements, m.replays, m.placeRetries, m.badRequests)
 	return m
+}
+
+// replaceReasons are the re-placement reasons senders use (worker: rebalance, drain, fenced;
+// router: worker_down, reconcile, ingest_stall); the reason arrives in a message, so any other
+// value is counted as "other" and cannot grow the label set.
+var replaceReasons = map[string]bool{"rebalance": true, "drain": true, wire.ReasonFenced: true,
+	wire.ReasonWorkerDown: true, wire.ReasonReconcile: true, wire.ReasonIngestStall: true}
+
+func replaceReasonLabel(reason string) string {
+	if replaceReasons[reason] {
+		return reason
+	}
+	return "other"
 }

@@ -76,7 +76,7 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 		rep, err := n.requestPlace(context.Background(), c, epoch, n.cfg.Pools, keep, exclude, resume, reason)
 		if err == nil && rep.OK {
 			if c.setPlacement(epoch, rep.Placements) {
-				n.m.replacements.WithLabelValues(reason).Inc()
+				n.m.replacements.WithLabelValues(replaceReasonLabel(reason)).Inc()
 				c.log.Info().Str("from", worker).Any("placements", rep.Placements).Uint32("epoch", epoch).Str("reason", reason).
 					Dur("took", time.Since(start)).Msg("call re-placed")
 				n.event(c, epoch, "replaced", map[string]any{"from": worker, "placements": rep.Placements, "reason": reason})

@@ -144,6 +144,17 @@ type Limits struct {
 	MaxConnsPerSource int
 }
 
+// Check reports a bound that cannot be meant, naming its flag.
+func (l Limits) Check() error {
+	if l.MaxConns < 0 {
+		return fmt.Errorf("flag -http-max-conns: %d must not be negative (0: no bound)", l.MaxConns)
+	}
+	if l.MaxConnsPerSource < 0 {
+		return fmt.Errorf("flag -http-max-conns-per-source: %d must not be negative (0: no bound)", l.MaxConnsPerSource)
+	}
+	return nil
+}
+
 // DefaultLimits returns the limits Listen applies.
 func DefaultLimits() Limits {
 	return Limits{ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second,

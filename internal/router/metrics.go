@@ -1,6 +1,9 @@
 package router
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	placements *prometheus.CounterVec // result: placed, refused
@@ -32,4 +35,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.placements, m.refusals, m.offers, m.placeTime, m.workers, m.ingests, m.downs, m.reaped, m.badHB, m.reconciled, m.coldWaits)
 	return m
+}
+
+// offerCodeLabel bounds the result label of a refused offer to the codes a worker gives; the
+// code arrives in a reply, so any other value is counted as "other".
+func offerCodeLabel(code string) string {
+	switch code {
+	case wire.CodeFull, wire.CodeDraining, wire.CodeNoCapacity, wire.CodeBadRequest, wire.CodeStale, wire.CodeInternal:
+		return code
+	}
+	return "other"
 }

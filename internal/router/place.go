@@ -181,7 +181,7 @@ func (r *Router) placePool(req *wire.PlaceRequest, offer *wire.Offer) (*wire.Pla
 			r.abandon(wid, req)
 			lastCode, lastReason = wire.CodeNoCapacity, "offer to "+wid+": "+err.Error()
 		case !or.OK:
-			r.m.offers.WithLabelValues(or.Code).Inc()
+			r.m.offers.WithLabelValues(offerCodeLabel(or.Code)).Inc()
 			r.unpend(wid)
 			lastCode, lastReason = wire.CodeNoCapacity, wid+": "+or.Reason
 		default:

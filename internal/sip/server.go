@@ -73,7 +73,6 @@ func New(cfg Config, d Deps) (*Server, error) {
 		d.Registry = prometheus.NewRegistry()
 	}
 	lis := netip.MustParseAddrPort(cfg.Listen)
-	guard.Register(d.Registry)
 	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "sip").Logger(), m: newMetrics(d.Registry), pol: newPolicy(&cfg), lim: newSourceLimits(&cfg),
 		listenIP: lis.Addr(), advertise: lis.Addr(), ready: make(chan struct{}), calls: map[string]*callState{}}
 	if cfg.AdvertiseIP != "" {

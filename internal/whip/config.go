@@ -9,6 +9,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/timeline"
 )
 
 // Config configures the WHIP endpoint.
@@ -163,8 +164,8 @@ func (c *Config) Validate() error {
 	if c.ReorderWindow < 0 || c.ReorderWindow > time.Second {
 		errs = append(errs, fmt.Errorf("whip: reorder window %v must be 0 to 1s", c.ReorderWindow))
 	}
-	if c.MaxFill < frame.Duration {
-		errs = append(errs, fmt.Errorf("whip: max fill %v must be at least one frame", c.MaxFill))
+	if c.MaxFill < frame.Duration || c.MaxFill > timeline.MaxFill {
+		errs = append(errs, fmt.Errorf("whip: max fill %v must be one frame to %v (the media timeline's bound)", c.MaxFill, timeline.MaxFill))
 	}
 	if c.EventBuffer < 1 || c.SSEClients < 1 {
 		errs = append(errs, fmt.Errorf("whip: event buffer %d and sse clients %d must be at least 1", c.EventBuffer, c.SSEClients))

@@ -20,7 +20,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
@@ -78,7 +77,6 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if d.Registry == nil {
 		d.Registry = prometheus.NewRegistry()
 	}
-	guard.Register(d.Registry)
 	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "whip").Logger(),
 		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), post: newPostLimits(cfg.PostRate, cfg.PostBurst), ready: make(chan struct{}), stop: make(chan struct{}),
 		sessions: map[string]*session{}, perTenant: map[string]int{}}

@@ -484,24 +484,20 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 	defer func() { c.skipLag = len(c.audio) }()
 	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Worker: c.w.cfg.ID,
 		Legs: []wire.LegRange{{Leg: leg, From: from, To: int64(to)}}}
-	data, _ := json.Marshal(req)
 	ctx, cancel := context.WithTimeout(context.Background(), c.w.cfg.ReplayTimeout)
 	defer cancel()
-	msg, err := c.w.nc.RequestWithContext(ctx, subjects.IngestVerb(c.ingest, subjects.IngestVerbReplay), data)
+	buf, r, err := wire.RequestReplay(ctx, c.w.nc, subjects.IngestVerb(c.ingest, subjects.IngestVerbReplay), req)
+	if r != nil {
+		c.w.m.replays.WithLabelValues("refused").Inc()
+		c.log.Warn().Str("code", r.Code).Str("reason", r.Reason).Msg("replay refused")
+		c.markLoss(leg, cause)
+		return r.Code == wire.CodeStale
+	}
 	if err != nil {
 		c.w.m.replays.WithLabelValues("error").Inc()
 		c.log.Warn().Err(err).Uint8("leg", leg).Msg("replay failed")
 		c.markLoss(leg, cause)
 		return false
-	}
-	buf := msg.Data
-	if len(buf) > 0 && buf[0] == '{' {
-		var r wire.Reply
-		_ = json.Unmarshal(buf, &r)
-		c.w.m.replays.WithLabelValues("refused").Inc()
-		c.log.Warn().Str("code", r.Code).Str("reason", r.Reason).Msg("replay refused")
-		c.markLoss(leg, cause)
-		return r.Code == wire.CodeStale
 	}
 	c.w.m.replays.WithLabelValues("ok").Inc()
 	c.markLoss(leg, cause) // a hole before the ring's first frame has the same cause

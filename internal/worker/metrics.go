@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -47,6 +46,5 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.dropBackpressure = m.drops.WithLabelValues("backpressure")
 	m.dropStale = m.drops.WithLabelValues("stale")
 	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.subs, m.reapedSubs, m.replays, m.panics, m.resyncs)
-	guard.Register(reg)
 	return m
 }
