@@ -2,7 +2,7 @@
 GO ?= go
 PKGS ?= ./...
 
-.PHONY: help run build test bench vet fuzz loadtest clean
+.PHONY: help run build test bench vet fuzz loadtest fault hostile clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,13 @@ fuzz: ## run every fuzz target in the tree (found by name, none skipped) for FUZ
 loadtest: ## 1,000 two-leg calls vs raw NATS, 3 alternating rounds of 30 s; fails on any lost frame, any refusal or a p99 over 2x raw NATS
 	$(GO) run ./cmd/loadtest -input internal/sample/call.wav -calls 1000 -ramp 250 -call-duration 60s \
 		-run-time 30s -baseline -rounds 3 -max-loss 0 -max-refused 0 -max-p99-ratio 2 -json loadtest.json -html loadtest.html
+
+fault: ## the fault suite (NATS down at start, worker and ingest cut, blackholed, delayed, stopped; killed nodes): one FIGURES line per fault; CALLROUTER_FAULT_LONG=1 lengthens the faults
+	@rc=0; $(GO) test -count=1 -timeout 20m -v -run 'Test(Kill|Drain|Paused|NATSUnavailableAtStart|WorkerConnection|IngestConnection|IngestStall|FaultProxy)' ./e2e > fault.log 2>&1 || rc=$$?; \
+	grep -E '^(--- |ok|FAIL)|FIGURES' fault.log; echo "full output: fault.log"; exit $$rc
+
+hostile: ## the hostile-input table (floods, torture messages, timestamp jumps, oversized requests) written to hostile.md; fails on any row that fails
+	CALLROUTER_HOSTILE_REPORT=hostile.md $(GO) test -count=1 -timeout 20m -run TestHostile -v ./hostile
 
 clean: ## remove build output
 	rm -rf bin

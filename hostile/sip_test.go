@@ -221,9 +221,26 @@ func (c *sipClient) call(t *testing.T, callID string) (*sipCall, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rtp.Close() })
-	c.send(c.request("INVITE", c.ruri(), callID, 1, c.toHdr(), "", sdpOffer(rtp.LocalAddr().(*net.UDPAddr))))
+	// Like any UAC over UDP (RFC 3261 Timer A), the INVITE is sent again, at doubling intervals,
+	// until something answers it: a flood may have filled the node's socket buffer.
+	invite := c.request("INVITE", c.ruri(), callID, 1, c.toHdr(), "", sdpOffer(rtp.LocalAddr().(*net.UDPAddr)))
+	c.send(invite)
+	interval, next := 500*time.Millisecond, time.Now().Add(500*time.Millisecond)
 	var fin string
-	eventually(20*time.Second, func() bool { fin = c.final(callID); return fin != "" })
+	eventually(20*time.Second, func() bool {
+		if fin = c.final(callID); fin != "" {
+			return true
+		}
+		c.mu.Lock()
+		answered := len(c.resp[callID]) > 0
+		c.mu.Unlock()
+		if !answered && time.Now().After(next) {
+			c.send(invite)
+			interval = min(2*interval, 4*time.Second)
+			next = time.Now().Add(interval)
+		}
+		return false
+	})
 	if fin == "" {
 		return nil, "no final response in 20 s"
 	}

@@ -122,6 +122,14 @@ func HTTPLimitFlags(fs *flag.FlagSet) *obs.Limits {
 	return &l
 }
 
+// httpLimits returns the limits the flags set, or the defaults for a Common built by hand.
+func (c *Common) httpLimits() obs.Limits {
+	if c.HTTPLimits == nil {
+		return obs.DefaultLimits()
+	}
+	return *c.HTTPLimits
+}
+
 // Hostname returns the host name, or "local".
 func Hostname() string {
 	h, err := os.Hostname()
@@ -165,7 +173,7 @@ func Main(component, id string, heartbeat time.Duration, c *Common, build Build)
 		fmt.Fprintf(os.Stderr, "%s: flag -log-level: %v\n", component, err)
 		return 2
 	}
-	if err := c.HTTPLimits.Check(); err != nil {
+	if err := c.httpLimits().Check(); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", component, err)
 		return 2
 	}
@@ -199,7 +207,7 @@ func run(ctx context.Context, component, id string, heartbeat time.Duration, c *
 		log.Error().Err(err).Msg("bad configuration")
 		return 2
 	}
-	srv, err := obs.ListenLimits(c.HTTP, h, reg, *c.HTTPLimits)
+	srv, err := obs.ListenLimits(c.HTTP, h, reg, c.httpLimits())
 	if err != nil {
 		log.Error().Err(err).Str("flag", "http").Msg("cannot listen")
 		return 2
