@@ -44,7 +44,7 @@ fault: ## the fault suite (NATS down at start, worker and ingest cut, blackholed
 	grep -E '^(--- |ok|FAIL)|FIGURES' fault.log; echo "full output: fault.log"; exit $$rc
 
 hostile: ## the hostile-input table (floods, torture messages, timestamp jumps, oversized requests) written to hostile.md; fails on any row that fails
-	CALLROUTER_HOSTILE_REPORT=hostile.md $(GO) test -count=1 -timeout 20m -run TestHostile -v ./hostile
+	CALLROUTER_HOSTILE_REPORT=$(CURDIR)/hostile.md $(GO) test -count=1 -timeout 20m -run TestHostile -v ./hostile
 
 clean: ## remove build output
 	rm -rf bin

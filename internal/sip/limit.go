@@ -6,64 +6,35 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
+	"github.com/callrouter/callrouter/internal/guard"
 )
 
-// maxSources bounds the per-source table of the limits: sources past it (a flood from forged
-// addresses) share one bucket and one connection count instead of growing the table.
+// maxSources bounds the per-source connection table: sources past it (a flood from forged
+// addresses) share one connection count instead of growing the table.
 const maxSources = 1 << 16
 
 // sourceLimits holds the per-source bounds the transport guards apply before sipgo sees a
 // message: a token bucket of new INVITEs per source address, and the open TCP connections per
 // source address and in all.
 type sourceLimits struct {
-	rate         rate.Limit // 0: INVITEs are not limited
-	burst        int
+	invites      *guard.SourceRate
 	perSource    int // TCP connections per source (0: no bound)
 	total        int // TCP connections in all (0: no bound)
 	mu           sync.Mutex
-	buckets      map[netip.Addr]*rate.Limiter
-	overflow     *rate.Limiter // the bucket of sources past maxSources
-	swept        time.Time
 	conns        map[netip.Addr]int
 	open         int
 	overflowConn netip.Addr // the key of sources past maxSources in conns
 }
 
 func newSourceLimits(cfg *Config) *sourceLimits {
-	l := &sourceLimits{rate: rate.Limit(cfg.InviteRate), burst: cfg.InviteBurst, perSource: cfg.TCPConnsPerSource,
-		total: cfg.MaxTCPConns, buckets: map[netip.Addr]*rate.Limiter{}, conns: map[netip.Addr]int{},
-		overflowConn: netip.IPv6Unspecified()}
-	l.overflow = rate.NewLimiter(l.rate, l.burst)
-	return l
+	return &sourceLimits{invites: guard.NewSourceRate(cfg.InviteRate, cfg.InviteBurst), perSource: cfg.TCPConnsPerSource,
+		total: cfg.MaxTCPConns, conns: map[netip.Addr]int{}, overflowConn: netip.IPv6Unspecified()}
 }
 
 // allowInvite takes a token from src's INVITE bucket and reports whether there was one. A nil
 // sourceLimits allows everything.
 func (l *sourceLimits) allowInvite(src netip.Addr, now time.Time) bool {
-	if l == nil || l.rate <= 0 {
-		return true
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b := l.buckets[src]
-	if b == nil {
-		if len(l.buckets) >= maxSources && now.Sub(l.swept) > time.Second {
-			l.swept = now
-			for a, lim := range l.buckets { // full buckets hold nothing a new one would not
-				if lim.TokensAt(now) >= float64(l.burst) {
-					delete(l.buckets, a)
-				}
-			}
-		}
-		if len(l.buckets) >= maxSources {
-			b = l.overflow
-		} else {
-			b = rate.NewLimiter(l.rate, l.burst)
-			l.buckets[src] = b
-		}
-	}
-	return b.AllowN(now, 1)
+	return l == nil || l.invites.Allow(src, now)
 }
 
 // acquireConn counts a new TCP connection from src under the key it returns (for releaseConn);

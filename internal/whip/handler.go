@@ -8,6 +8,7 @@ import (
 	"math"
 	"mime"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -168,7 +169,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		s.unavailable(w, r, s.cfg.RetryAfter, "not serving")
 		return
 	}
-	if !s.post.allow(r.RemoteAddr, start) {
+	if !s.post.Allow(remoteIP(r.RemoteAddr), start) {
 		w.Header().Set("Retry-After", "1")
 		s.fail(w, r, http.StatusTooManyRequests, "too many requests from this address")
 		return
@@ -318,4 +319,13 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request, sess *session) {
 	}
 	sess.end(reasonDelete)
 	w.WriteHeader(http.StatusOK)
+}
+
+// remoteIP is the IP of a request's remote address (host:port), or the zero Addr.
+func remoteIP(remote string) netip.Addr {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr()
 }

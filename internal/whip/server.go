@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
@@ -42,7 +43,7 @@ type Server struct {
 	log  zerolog.Logger
 	m    *metrics
 	auth *authenticator
-	post *postLimits
+	post *guard.SourceRate
 
 	node    atomic.Pointer[ingest.Node] // set while Run serves
 	ready   chan struct{}
@@ -78,7 +79,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		d.Registry = prometheus.NewRegistry()
 	}
 	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "whip").Logger(),
-		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), post: newPostLimits(cfg.PostRate, cfg.PostBurst), ready: make(chan struct{}), stop: make(chan struct{}),
+		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), post: guard.NewSourceRate(cfg.PostRate, cfg.PostBurst), ready: make(chan struct{}), stop: make(chan struct{}),
 		sessions: map[string]*session{}, perTenant: map[string]int{}}
 	s.m = newMetrics(d.Registry, s.countState)
 	return s, nil
