@@ -182,6 +182,7 @@ func Flags(fs *flag.FlagSet) *ingest.Config {
 	fs.Var((*cli.List)(&cfg.Pools), "pools", "worker pools every call is placed on, comma-separated")
 	fs.DurationVar(&cfg.PlaceTimeout, "place-timeout", cfg.PlaceTimeout, "timeout of one placement request")
 	fs.IntVar(&cfg.PlaceAttempts, "place-attempts", cfg.PlaceAttempts, "placement attempts for a new call")
+	fs.DurationVar(&cfg.StrandedAfter, "stranded-after", cfg.StrandedAfter, "back from an absence this long (NATS cut off, or the process stopped), re-place every call at once instead of waiting for the routers' notice (0: wait)")
 	fs.DurationVar(&cfg.ReplaceTimeout, "replace-timeout", cfg.ReplaceTimeout, "how long one failover re-placement retries (with backoff) before leaving the call to the routers' reconciliation")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", cfg.HeartbeatInterval, "heartbeat interval")
 	fs.DurationVar(&cfg.MediaTimeout, "media-timeout", cfg.MediaTimeout, "a call with no media for this long is ended")

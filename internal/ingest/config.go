@@ -20,6 +20,10 @@ type Config struct {
 	Ring              time.Duration // per-leg replay ring length
 	RingMaxBytes      int           // per-leg replay ring bound in bytes
 	DrainTimeout      time.Duration // how long SIGTERM waits for calls to end
+	// StrandedAfter: an ingest that was away this long (cut off from NATS, or itself stopped:
+	// its heartbeats did not go out) re-places every call the moment it is back, since the
+	// routers and workers may have let them go meanwhile; 0 leaves it to the routers' notices.
+	StrandedAfter time.Duration
 }
 
 // DefaultConfig returns the documented defaults.
@@ -34,6 +38,7 @@ func DefaultConfig() Config {
 		Ring:              5 * time.Second,
 		RingMaxBytes:      1 << 20,
 		DrainTimeout:      30 * time.Second,
+		StrandedAfter:     3 * time.Second,
 	}
 }
 
@@ -56,6 +61,9 @@ func (c *Config) Validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("ingest: %s %v must be positive", name, d))
 		}
+	}
+	if c.StrandedAfter < 0 {
+		errs = append(errs, fmt.Errorf("ingest: stranded-after %v must not be negative (0: off)", c.StrandedAfter))
 	}
 	if c.PlaceAttempts < 1 {
 		errs = append(errs, fmt.Errorf("ingest: place attempts %d must be at least 1", c.PlaceAttempts))

@@ -13,6 +13,7 @@ type metrics struct {
 	replacements *prometheus.CounterVec // reason
 	replays      prometheus.Counter
 	placeRetries prometheus.Counter
+	absences     prometheus.Counter
 	badRequests  *prometheus.CounterVec // verb
 
 	published, publishErr, badFrame prometheus.Counter
@@ -27,12 +28,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		replacements: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_replacements_total", Help: "Re-placements by reason."}, []string{"reason"}),
 		replays:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_replays_total", Help: "Replay requests served."}),
 		placeRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_place_retries_total", Help: "New-call placements retried after a refusal or an unanswered request."}),
+		absences:     prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_absences_total", Help: "Returns from an absence longer than -stranded-after (NATS cut off, or the process stopped), after which every call was re-placed."}),
 		badRequests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_bad_requests_total", Help: "Requests refused as malformed or out of bounds, by verb."}, []string{"verb"}),
 	}
 	m.published = m.frames.WithLabelValues("published")
 	m.publishErr = m.frames.WithLabelValues("publish_error")
 	m.badFrame = m.frames.WithLabelValues("bad")
-	reg.MustRegister(m.calls, m.starts, m.ended, m.frames, m.replacements, m.replays, m.placeRetries, m.badRequests)
+	reg.MustRegister(m.calls, m.starts, m.ended, m.frames, m.replacements, m.replays, m.placeRetries, m.absences, m.badRequests)
 	return m
 }
 

@@ -164,16 +164,52 @@ func (n *Node) Run(ctx context.Context) error {
 	t := time.NewTicker(n.cfg.HeartbeatInterval)
 	defer t.Stop()
 	n.heartbeat()
+	back := n.absence()
 	for {
 		select {
 		case <-t.C:
 			n.reap()
 			n.heartbeat()
+			back()
 		case <-ctx.Done():
 			n.drain()
 			n.g.Close()
 			n.heartbeat()
 			return nil
+		}
+	}
+}
+
+// absence returns a check, run after each heartbeat, that notices when this node comes back
+// from an absence longer than StrandedAfter (no heartbeat went out while connected: a cut or
+// refused connection, or the process stopped) and then re-places every call at once with reason
+// ingest_stall. The routers would tell it the same after their next sweep; by then the tail of
+// a call that ends soon after would be published to no worker.
+func (n *Node) absence() func() {
+	last := time.Now() // monotonic: a wall-clock step is not an absence
+	return func() {
+		now := time.Now()
+		if bus.Connected(n.nc) != nil || n.paused.Load() {
+			return
+		}
+		away := now.Sub(last)
+		last = now
+		if n.cfg.StrandedAfter <= 0 || away <= n.cfg.StrandedAfter {
+			return
+		}
+		n.mu.Lock()
+		calls := make([]*Call, 0, len(n.calls))
+		for _, c := range n.calls {
+			calls = append(calls, c)
+		}
+		n.mu.Unlock()
+		n.m.absences.Inc()
+		n.log.Warn().Dur("away", away).Int("calls", len(calls)).Msg("back after an absence: re-placing every call")
+		for _, c := range calls {
+			for _, p := range c.Placements() {
+				// Resume nil: the routers resume from the progress the workers last reported.
+				n.startReplace(c, p.Worker, wire.ReasonIngestStall, nil, true, nil)
+			}
 		}
 	}
 }
