@@ -20,6 +20,7 @@ type Config struct {
 	Ring              time.Duration // per-leg replay ring length
 	RingMaxBytes      int           // per-leg replay ring bound in bytes
 	DrainTimeout      time.Duration // how long SIGTERM waits for calls to end
+	MaxPause          time.Duration // a secure pause not resumed for this long resumes by itself
 }
 
 // DefaultConfig returns the documented defaults.
@@ -34,6 +35,7 @@ func DefaultConfig() Config {
 		Ring:              5 * time.Second,
 		RingMaxBytes:      1 << 20,
 		DrainTimeout:      30 * time.Second,
+		MaxPause:          10 * time.Minute,
 	}
 }
 
@@ -52,7 +54,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for name, d := range map[string]time.Duration{"place timeout": c.PlaceTimeout, "heartbeat interval": c.HeartbeatInterval,
-		"media timeout": c.MediaTimeout, "ring": c.Ring, "drain timeout": c.DrainTimeout, "replace timeout": c.ReplaceTimeout} {
+		"media timeout": c.MediaTimeout, "ring": c.Ring, "drain timeout": c.DrainTimeout, "replace timeout": c.ReplaceTimeout, "max pause (-max-pause)": c.MaxPause} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("ingest: %s %v must be positive", name, d))
 		}

@@ -14,6 +14,7 @@ type metrics struct {
 	replays      prometheus.Counter
 	placeRetries prometheus.Counter
 	badRequests  *prometheus.CounterVec // verb
+	pauses       *prometheus.CounterVec // event: paused, resumed, expired
 
 	published, publishErr, badFrame prometheus.Counter
 }
@@ -28,11 +29,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		replays:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_replays_total", Help: "Replay requests served."}),
 		placeRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_place_retries_total", Help: "New-call placements retried after a refusal or an unanswered request."}),
 		badRequests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_bad_requests_total", Help: "Requests refused as malformed or out of bounds, by verb."}, []string{"verb"}),
+		pauses:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_pauses_total", Help: "Secure pauses by event: paused, resumed (by request or expiry), expired (resumed after -max-pause)."}, []string{"event"}),
 	}
 	m.published = m.frames.WithLabelValues("published")
 	m.publishErr = m.frames.WithLabelValues("publish_error")
 	m.badFrame = m.frames.WithLabelValues("bad")
-	reg.MustRegister(m.calls, m.starts, m.ended, m.frames, m.replacements, m.replays, m.placeRetries, m.badRequests)
+	reg.MustRegister(m.calls, m.starts, m.ended, m.frames, m.replacements, m.replays, m.placeRetries, m.badRequests, m.pauses)
 	return m
 }
 
