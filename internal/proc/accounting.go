@@ -83,6 +83,9 @@ func (a *accountingCall) Paused(h *frame.Header) {
 	}
 	l.LastSeq = int64(h.Seq)
 	l.Paused++
+	if h.Has(frame.FlagReplayed) {
+		l.Replayed++
+	}
 }
 
 func (a *accountingCall) Duplicate(h *frame.Header) {
