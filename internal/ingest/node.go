@@ -384,7 +384,7 @@ func (n *Node) heartbeat() {
 	for _, c := range calls {
 		c.mu.Lock()
 		if c.epoch > 0 {
-			hb.Calls = append(hb.Calls, wire.IngestCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch, Placements: c.placements})
+			hb.Calls = append(hb.Calls, wire.IngestCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch, Placements: c.placements, Paused: c.pause.on})
 		}
 		c.mu.Unlock()
 	}

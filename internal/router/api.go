@@ -63,7 +63,7 @@ func (r *Router) Calls() []wire.CallView {
 	var out []wire.CallView
 	for iid, in := range r.ingests {
 		for id, c := range r.ingestCalls(in) {
-			out = append(out, wire.CallView{Tenant: id.Tenant, Call: id.Call, Epoch: c.Epoch, Ingest: iid, Placements: c.Placements, Progress: progress[id]})
+			out = append(out, wire.CallView{Tenant: id.Tenant, Call: id.Call, Epoch: c.Epoch, Ingest: iid, Placements: c.Placements, Progress: progress[id], Paused: c.Paused})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {

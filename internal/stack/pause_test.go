@@ -170,6 +170,12 @@ func TestSecurePauseOverTheAdminAPI(t *testing.T) {
 			if rep := pauseVia(t, nc, subjects.API("pause"), "pci", true); rep.Ingest != "ingest-1" || rep.Seq[0].Next != pauseAt {
 				t.Fatalf("pause reply %+v, want ingest-1 from frame %d", rep, pauseAt)
 			}
+			eventually(t, 5*time.Second, "router.api.call to show the pause", func() bool {
+				var one wire.CallReply
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				return bus.Request(ctx, nc, subjects.API("call"), wire.CallQuery{V: 1, Tenant: "acme", Call: "pci"}, &one) == nil && one.OK && one.Call.Paused
+			})
 		case resumeAt:
 			if rep := pauseVia(t, nc, subjects.API("pause"), "pci", false); rep.Seq[0].Next != resumeAt {
 				t.Fatalf("resume reply %+v, want from frame %d", rep, resumeAt)
