@@ -39,13 +39,22 @@ func (c *Call) Paused() bool {
 // state changed. reason and by go into the event. It returns the reply that describes the state
 // after it, for the requester.
 func (c *Call) SetPaused(on bool, reason, by string) wire.PauseReply {
-	now := time.Now()
+	return c.setPaused(on, reason, by, time.Now(), false)
+}
+
+// setPaused is SetPaused; with expire it resumes only a pause whose bound has passed by now,
+// checked under the same lock as the change, so it never ends a pause begun meanwhile.
+func (c *Call) setPaused(on bool, reason, by string, now time.Time, expire bool) wire.PauseReply {
 	c.mu.Lock()
 	if c.ended {
 		c.mu.Unlock()
 		return wire.PauseReply{Reply: wire.Fail(wire.CodeUnknown, "call ended")}
 	}
-	changed := c.pause.on != on
+	changed := c.pause.on != on && (!expire || !now.Before(c.pause.until))
+	if expire && !changed {
+		c.mu.Unlock()
+		return wire.PauseReply{} // the reaper's check, every heartbeat: nothing to build
+	}
 	var held time.Duration
 	if changed {
 		if on {
@@ -60,16 +69,21 @@ func (c *Call) SetPaused(on bool, reason, by string) wire.PauseReply {
 	for i := range c.legs {
 		rep.Seq[i] = session.LegSeq{Leg: uint8(i), Next: int64(c.legs[i].seq)}
 	}
-	epoch := c.epoch
-	c.mu.Unlock()
+	// The event goes out under the lock that orders the call's frames, so "paused" and "resumed"
+	// events of racing requests (a resume and the expiry) keep the order of the changes.
+	defer c.mu.Unlock()
 	if !changed {
 		return rep
 	}
+	epoch := c.epoch
 	if on {
 		c.n.m.pauses.WithLabelValues("paused").Inc()
 		c.log.Info().Str("reason", reason).Str("by", by).Msg("call paused")
 		c.n.event(c, epoch, "paused", map[string]any{"reason": reason, "by": by, "until": rep.Until.UTC(), "seq": rep.Seq})
 	} else {
+		if expire {
+			c.n.m.pauses.WithLabelValues("expired").Inc()
+		}
 		c.n.m.pauses.WithLabelValues("resumed").Inc()
 		c.log.Info().Str("reason", reason).Str("by", by).Dur("held", held).Msg("call resumed")
 		c.n.event(c, epoch, "resumed", map[string]any{"reason": reason, "by": by, "paused_ms": held.Milliseconds(), "seq": rep.Seq})
@@ -79,13 +93,7 @@ func (c *Call) SetPaused(on bool, reason, by string) wire.PauseReply {
 
 // expirePause resumes a pause that has lasted MaxPause.
 func (c *Call) expirePause(now time.Time) {
-	c.mu.Lock()
-	expired := c.pause.on && !now.Before(c.pause.until)
-	c.mu.Unlock()
-	if expired {
-		c.n.m.pauses.WithLabelValues("expired").Inc()
-		c.SetPaused(false, wire.ResumeMaxPause, "ingest/"+c.n.cfg.ID)
-	}
+	c.setPaused(false, wire.ResumeMaxPause, "ingest/"+c.n.cfg.ID, now, true)
 }
 
 // onPause serves ingest.<id>.pause (wire.PauseRequest), from routers (router.api.pause forwards
