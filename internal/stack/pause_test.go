@@ -374,3 +374,77 @@ func TestSecurePauseSurvivesFailover(t *testing.T) {
 	}
 	t.Logf("paused from %d to %d; worker-1 accounted %+v", pauseAt, resumeAt, acct.Legs[0])
 }
+
+// A drain (make-before-break migration) during a pause: the new worker starts paused, from the
+// flag on the frames, and nothing of the span reaches a processor on either worker.
+func TestSecurePauseSurvivesDrain(t *testing.T) {
+	recorded.reset()
+	cfg := fastConfig(t)
+	cfg.Workers = 2
+	cfg.Worker.MaxFrameAge = time.Minute
+	s, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	waitWorkers(t, s, 2)
+	nc, err := nats.Connect(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	evs := watchEvents(t, nc, "pd")
+	c, err := s.Ingest.StartCall(t.Context(), pciSpec("pd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := c.Placements()[0].Worker
+	audio := pciAudio(1, nil)
+	tk := time.NewTicker(frame.Duration)
+	defer tk.Stop()
+	sent := 0
+	send := func(k int) {
+		for j := 0; j < k; j++ {
+			<-tk.C
+			for leg := 0; leg < 2; leg++ {
+				if err := c.Send(leg, audio[leg][0], 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sent++
+		}
+	}
+	send(20)
+	pauseAt := uint32(pauseVia(t, nc, subjects.API("pause"), "pd", true).Seq[0].Next)
+	send(5)
+	for _, w := range s.Workers {
+		if w.ID() == first {
+			s.Stop(w) // drains: the call migrates in the middle of the pause
+		}
+	}
+	for i := 0; i < 500 && c.Placements()[0].Worker == first; i++ {
+		send(1)
+	}
+	second := c.Placements()[0].Worker
+	if second == first {
+		t.Fatal("the call did not migrate")
+	}
+	send(10)
+	if !c.Paused() {
+		t.Fatal("the migration ended the pause")
+	}
+	resumeAt := uint32(pauseVia(t, nc, subjects.API("pause"), "pd", false).Seq[0].Next)
+	send(20)
+	c.End("hangup")
+	eventually(t, 15*time.Second, "the new worker's accounting", func() bool { return len(evs.of("accounting", "worker/"+second)) == 1 })
+	checkNoAudio(t, "pd", pauseAt, resumeAt)
+	var acct proc.Accounting
+	if err := json.Unmarshal(evs.of("accounting", "worker/"+second)[0].Data, &acct); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range acct.Legs {
+		if l.Lost != 0 || l.Paused == 0 || l.Processed != sent-int(resumeAt) {
+			t.Errorf("%s leg %d accounting %+v: want paused frames, %d processed, none lost", second, l.Leg, l, sent-int(resumeAt))
+		}
+	}
+}
