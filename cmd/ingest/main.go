@@ -188,6 +188,7 @@ func Flags(fs *flag.FlagSet) *ingest.Config {
 	fs.DurationVar(&cfg.MediaTimeout, "media-timeout", cfg.MediaTimeout, "a call with no media for this long is ended")
 	fs.DurationVar(&cfg.Ring, "ring", cfg.Ring, "per-leg replay ring length")
 	fs.IntVar(&cfg.RingMaxBytes, "ring-max-bytes", cfg.RingMaxBytes, "per-leg replay ring bound in bytes")
+	fs.DurationVar(&cfg.MaxPause, "max-pause", cfg.MaxPause, "a secure pause (ingest.<id>.pause, router.api.pause) not resumed for this long resumes by itself, with a \"resumed\" event (reason max_pause)")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for calls (played, WHIP; SIP has -sip-drain-timeout) to end")
 	return &cfg
 }

@@ -4,7 +4,7 @@
 //
 //	offset size field
 //	0      1    version (1)
-//	1      1    flags (bit 0 gap-filled, bit 1 replayed, bit 2 last, bit 3 epoch start)
+//	1      1    flags (bit 0 gap-filled, bit 1 replayed, bit 2 last, bit 3 epoch start, bit 4 paused)
 //	2      1    codec (see Codec)
 //	3      1    leg index
 //	4      4    sample rate, Hz
@@ -48,6 +48,10 @@ const (
 	FlagLast Flags = 1 << 2
 	// FlagEpochStart marks the first frame of a leg published at a new epoch.
 	FlagEpochStart Flags = 1 << 3
+	// FlagPaused marks a frame captured while the call was paused (a secure pause, e.g. while a
+	// card number is taken): ingest withheld its audio, so the payload is empty, and the frame
+	// only keeps the leg's sequence gap-free. A replayed paused frame keeps the flag.
+	FlagPaused Flags = 1 << 4
 )
 
 // Codec identifies the payload encoding.

@@ -35,6 +35,7 @@ type Call struct {
 	placements []wire.Placement
 	legs       []leg
 	ended      bool
+	pause      pauseState // a secure pause (pause.go)
 
 	placing   sync.Mutex   // one re-placement at a time
 	replacing atomic.Int32 // re-placements started and not finished; repeated notices wait for them
@@ -99,6 +100,9 @@ func (c *Call) SendAt(legIdx int, payload []byte, flags frame.Flags, capture tim
 }
 
 func (c *Call) publishLocked(l *leg, payload []byte, flags frame.Flags, capture time.Time) error {
+	if c.pause.on && flags&frame.FlagLast == 0 {
+		payload, flags = nil, flags|frame.FlagPaused // withheld here, so neither the bus nor the ring has it
+	}
 	if l.epochStart {
 		flags |= frame.FlagEpochStart
 		l.epochStart = false

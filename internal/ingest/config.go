@@ -20,6 +20,7 @@ type Config struct {
 	Ring              time.Duration // per-leg replay ring length
 	RingMaxBytes      int           // per-leg replay ring bound in bytes
 	DrainTimeout      time.Duration // how long SIGTERM waits for calls to end
+	MaxPause          time.Duration // a secure pause not resumed for this long resumes by itself
 	// StrandedAfter: an ingest that was away this long (cut off from NATS, or itself stopped:
 	// its heartbeats did not go out) re-places every call the moment it is back, since the
 	// routers and workers may have let them go meanwhile; 0 leaves it to the routers' notices.
@@ -38,6 +39,7 @@ func DefaultConfig() Config {
 		Ring:              5 * time.Second,
 		RingMaxBytes:      1 << 20,
 		DrainTimeout:      30 * time.Second,
+		MaxPause:          10 * time.Minute,
 		StrandedAfter:     3 * time.Second,
 	}
 }
@@ -57,7 +59,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for name, d := range map[string]time.Duration{"place timeout": c.PlaceTimeout, "heartbeat interval": c.HeartbeatInterval,
-		"media timeout": c.MediaTimeout, "ring": c.Ring, "drain timeout": c.DrainTimeout, "replace timeout": c.ReplaceTimeout} {
+		"media timeout": c.MediaTimeout, "ring": c.Ring, "drain timeout": c.DrainTimeout, "replace timeout": c.ReplaceTimeout, "max pause (-max-pause)": c.MaxPause} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("ingest: %s %v must be positive", name, d))
 		}

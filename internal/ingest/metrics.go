@@ -15,6 +15,7 @@ type metrics struct {
 	placeRetries prometheus.Counter
 	absences     prometheus.Counter
 	badRequests  *prometheus.CounterVec // verb
+	pauses       *prometheus.CounterVec // event: paused, resumed, expired
 
 	published, publishErr, badFrame prometheus.Counter
 }
@@ -30,11 +31,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		placeRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_place_retries_total", Help: "New-call placements retried after a refusal or an unanswered request."}),
 		absences:     prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_absences_total", Help: "Returns from an absence longer than -stranded-after (NATS cut off, or the process stopped), after which every call was re-placed."}),
 		badRequests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_bad_requests_total", Help: "Requests refused as malformed or out of bounds, by verb."}, []string{"verb"}),
+		pauses:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_pauses_total", Help: "Secure pauses by event: paused, resumed (by request or expiry), expired (resumed after -max-pause)."}, []string{"event"}),
 	}
 	m.published = m.frames.WithLabelValues("published")
 	m.publishErr = m.frames.WithLabelValues("publish_error")
 	m.badFrame = m.frames.WithLabelValues("bad")
-	reg.MustRegister(m.calls, m.starts, m.ended, m.frames, m.replacements, m.replays, m.placeRetries, m.absences, m.badRequests)
+	reg.MustRegister(m.calls, m.starts, m.ended, m.frames, m.replacements, m.replays, m.placeRetries, m.absences, m.badRequests, m.pauses)
 	return m
 }
 

@@ -148,6 +148,9 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbPlace), handle("ingest_migrate", n.onMigrate))); err != nil {
 		return err
 	}
+	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbPause), handle("ingest_pause", n.onPause))); err != nil {
+		return err
+	}
 	if err := add(n.nc.Subscribe(subjects.Bcast(subjects.TopicDown), handle("ingest_down", n.onDown))); err != nil {
 		return err
 	}
@@ -391,10 +394,11 @@ func (n *Node) requestPlace(ctx context.Context, c *Call, epoch uint32, pools []
 	return &rep, nil
 }
 
-// reap ends calls whose media stopped without a hang-up.
+// reap ends calls whose media stopped without a hang-up and resumes pauses past MaxPause.
 func (n *Node) reap() {
 	now := time.Now().UnixNano()
 	for _, c := range n.Calls() {
+		c.expirePause(time.Unix(0, now))
 		if c.Epoch() == 0 {
 			continue // still being placed; StartCall owns it until then
 		}
@@ -416,7 +420,7 @@ func (n *Node) heartbeat() {
 	for _, c := range calls {
 		c.mu.Lock()
 		if c.epoch > 0 {
-			hb.Calls = append(hb.Calls, wire.IngestCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch, Placements: c.placements})
+			hb.Calls = append(hb.Calls, wire.IngestCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch, Placements: c.placements, Paused: c.pause.on})
 		}
 		c.mu.Unlock()
 	}

@@ -8,22 +8,25 @@ func init() {
 	Register("accounting", func(Options) (Processor, error) { return accounting{}, nil })
 }
 
-// accounting counts, per leg, the frames processed, gap-filled, replayed, duplicated and lost (by
-// cause), publishes a "gap" event for every gap and an "accounting" summary when the call stops.
+// accounting counts, per leg, the frames processed, gap-filled, replayed, duplicated, paused and
+// lost (by cause), publishes a "gap" event for every gap and an "accounting" summary when the call stops.
 type accounting struct{}
 
 // LegAccount is the per-leg summary in the "accounting" event.
 type LegAccount struct {
-	Leg        uint8          `json:"leg"`
-	Name       string         `json:"name"`
-	Processed  int            `json:"processed"`
-	GapFilled  int            `json:"gap_filled"`
-	Replayed   int            `json:"replayed"`
-	Duplicates int            `json:"duplicates"`
-	Lost       int            `json:"lost"`
-	LostBy     map[string]int `json:"lost_by_cause,omitempty"`
-	FirstSeq   int64          `json:"first_seq"`
-	LastSeq    int64          `json:"last_seq"`
+	Leg        uint8  `json:"leg"`
+	Name       string `json:"name"`
+	Processed  int    `json:"processed"`
+	GapFilled  int    `json:"gap_filled"`
+	Replayed   int    `json:"replayed"`
+	Duplicates int    `json:"duplicates"`
+	// Paused counts frames of a secure pause (frame.FlagPaused) and frames missing between two
+	// of them (gap cause paused): withheld by ingest, not lost, so never in Lost or LostBy.
+	Paused   int            `json:"paused"`
+	Lost     int            `json:"lost"`
+	LostBy   map[string]int `json:"lost_by_cause,omitempty"`
+	FirstSeq int64          `json:"first_seq"`
+	LastSeq  int64          `json:"last_seq"`
 }
 
 // Accounting is the body of the "accounting" event.
@@ -70,6 +73,21 @@ func (a *accountingCall) Frame(f *Frame) {
 	}
 }
 
+func (a *accountingCall) Paused(h *frame.Header) {
+	l := a.leg(h.Leg)
+	if l == nil {
+		return
+	}
+	if l.FirstSeq < 0 {
+		l.FirstSeq = int64(h.Seq)
+	}
+	l.LastSeq = int64(h.Seq)
+	l.Paused++
+	if h.Has(frame.FlagReplayed) {
+		l.Replayed++
+	}
+}
+
 func (a *accountingCall) Duplicate(h *frame.Header) {
 	if l := a.leg(h.Leg); l != nil {
 		l.Duplicates++
@@ -79,6 +97,11 @@ func (a *accountingCall) Duplicate(h *frame.Header) {
 func (a *accountingCall) Gap(g Gap) {
 	l := a.leg(g.Leg)
 	if l == nil {
+		return
+	}
+	if g.Cause == CausePaused {
+		l.Paused += g.Count()
+		a.c.Emit("gap", g)
 		return
 	}
 	l.Lost += g.Count()

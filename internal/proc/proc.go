@@ -36,6 +36,9 @@ const (
 	CauseSilence      = "client_silence"      // the client sent nothing (silence suppression)
 	CauseIngestStall  = "ingest_stall"        // ingest stalled or was cut off past its ring; lost on the way back
 	CauseResync       = "resync"              // a forward sequence jump beyond the worker's ring: the stream was re-anchored
+	// CausePaused is not a loss: frames missing between two paused frames (frame.FlagPaused)
+	// carried no audio. Accounting counts them with the paused frames, never in lost.
+	CausePaused = "paused"
 )
 
 // Call is what the worker runtime tells a handler about its call.
@@ -86,6 +89,13 @@ type GapHandler interface {
 // are never passed to Frame.
 type DupHandler interface {
 	Duplicate(h *frame.Header)
+}
+
+// PauseHandler is implemented by handlers that want to hear of paused frames (frame.FlagPaused:
+// ingest withheld the audio during a secure pause), which are never passed to Frame. A handler
+// without it sees a paused span as a forward jump in sequence numbers at the next frame.
+type PauseHandler interface {
+	Paused(h *frame.Header)
 }
 
 // Controller is implemented by handlers that answer commands sent on ctl.<tenant>.<call>.

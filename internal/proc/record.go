@@ -117,7 +117,10 @@ type Recording struct {
 	Discontinuities    []Discontinuity `json:"discontinuities,omitempty"`
 	DiscontinuityCount int             `json:"discontinuity_count,omitempty"`
 	SkippedMS          int64           `json:"skipped_ms,omitempty"` // the jumps' total, not written
-	Error              string          `json:"error,omitempty"`
+	// PausedMS is the longest leg's span of secure pauses (frame.FlagPaused): their audio never
+	// reached the worker; the file has silence there (or a discontinuity with cause paused).
+	PausedMS int64  `json:"paused_ms,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // Discontinuity is one sequence jump that was not filled with silence.
@@ -146,6 +149,7 @@ type recLeg struct {
 	next     int64 // timeline position after the last sample written
 	shift    int64 // samples taken off this leg's positions by discontinuities
 	gapCause string
+	paused   int64 // paused frames seen
 }
 
 type recordCall struct {
@@ -419,6 +423,15 @@ func (r *recordCall) Gap(g Gap) {
 	}
 }
 
+// Paused notes a paused frame (a secure pause): it has no audio, and the leg's next frame jumps
+// over it, which the timeline fills with silence like any gap the wall time covers.
+func (r *recordCall) Paused(h *frame.Header) {
+	if int(h.Leg) < len(r.legs) {
+		r.legs[h.Leg].gapCause = CausePaused
+		r.legs[h.Leg].paused++
+	}
+}
+
 func (r *recordCall) place(seq uint32, shift int64) int64 {
 	return int64(seq-r.origin)*int64(r.spf) - shift
 }
@@ -555,6 +568,9 @@ func (r *recordCall) conclude(status, reason string, cause error) {
 		r.out.Error = cause.Error()
 	}
 	r.out.Status, r.out.Reason = status, reason
+	for _, l := range r.legs {
+		r.out.PausedMS = max(r.out.PausedMS, l.paused*int64(frame.Duration/time.Millisecond))
+	}
 	r.out.Samples = r.written
 	r.out.DurationMS = r.written * 1000 / int64(r.rate)
 	Recordings.WithLabelValues(status).Inc()

@@ -17,6 +17,7 @@ const (
 	VerbCalls   = "calls"
 	VerbCall    = "call"
 	VerbWorkers = "workers"
+	VerbPause   = "pause"
 )
 
 func (r *Router) onAPI(m *nats.Msg) {
@@ -42,8 +43,10 @@ func (r *Router) onAPI(m *nats.Msg) {
 		bus.Respond(m, wire.CallReply{Reply: wire.Fail(wire.CodeUnknown, "no ingest owns "+q.Tenant+"/"+q.Call)})
 	case VerbWorkers:
 		bus.Respond(m, wire.WorkersReply{Reply: wire.OK(), Workers: r.Workers()})
+	case VerbPause:
+		r.forwardPause(m)
 	default:
-		bus.Respond(m, wire.Fail(wire.CodeBadRequest, "unknown verb; known: calls, call, workers"))
+		bus.Respond(m, wire.Fail(wire.CodeBadRequest, "unknown verb; known: calls, call, workers, pause"))
 	}
 }
 
@@ -60,7 +63,7 @@ func (r *Router) Calls() []wire.CallView {
 	var out []wire.CallView
 	for iid, in := range r.ingests {
 		for id, c := range r.ingestCalls(in) {
-			out = append(out, wire.CallView{Tenant: id.Tenant, Call: id.Call, Epoch: c.Epoch, Ingest: iid, Placements: c.Placements, Progress: progress[id]})
+			out = append(out, wire.CallView{Tenant: id.Tenant, Call: id.Call, Epoch: c.Epoch, Ingest: iid, Placements: c.Placements, Progress: progress[id], Paused: c.Paused})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -70,4 +73,36 @@ func (r *Router) Calls() []wire.CallView {
 		return out[i].Call < out[j].Call
 	})
 	return out
+}
+
+// forwardPause serves router.api.pause: it finds the ingest that owns the call (from ingest
+// heartbeats) and forwards the wire.PauseRequest to ingest.<id>.pause with the asker's reply
+// subject, so the owner answers the asker directly and no router handler waits on an ingest.
+func (r *Router) forwardPause(m *nats.Msg) {
+	var req wire.PauseRequest
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		bus.Respond(m, wire.PauseReply{Reply: wire.Fail(wire.CodeBadRequest, `want {"v":1,"tenant":...,"call":...,"paused":true|false}`)})
+		return
+	}
+	if err := req.Check(); err != nil {
+		bus.Respond(m, wire.PauseReply{Reply: wire.Fail(wire.CodeBadRequest, err.Error())})
+		return
+	}
+	id := session.ID{Tenant: req.Tenant, Call: req.Call}
+	owner := ""
+	r.mu.Lock()
+	for iid, in := range r.ingests {
+		if _, ok := r.ingestCalls(in)[id]; ok {
+			owner = iid
+			break
+		}
+	}
+	r.mu.Unlock()
+	if owner == "" || m.Reply == "" {
+		bus.Respond(m, wire.PauseReply{Reply: wire.Fail(wire.CodeUnknown, "no ingest owns "+req.Tenant+"/"+req.Call)})
+		return
+	}
+	if err := r.nc.PublishRequest(subjects.IngestVerb(owner, subjects.IngestVerbPause), m.Reply, m.Data); err != nil {
+		bus.Respond(m, wire.PauseReply{Reply: wire.Fail(wire.CodeInternal, err.Error())})
+	}
 }

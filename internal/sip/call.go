@@ -214,6 +214,16 @@ type dtmfData struct {
 	Via        string `json:"via,omitempty"` // "info" for SIP INFO; empty for RFC 4733
 }
 
+// maskedDTMF is a "dtmf" event during a secure pause (ingest.Call.Paused): that a key was pressed,
+// when and for how long, but not which; "digit" and "event" are left out (the outer fields, zero
+// and omitted, hide the embedded ones).
+type maskedDTMF struct {
+	dtmfData
+	Digit  string `json:"digit,omitempty"`
+	Event  *uint8 `json:"event,omitempty"`
+	Masked bool   `json:"masked"`
+}
+
 func (c *callState) onDTMF(st *stream, e dtmfEvent, pos int64) {
 	c.s.m.dtmf.Inc()
 	mul := uint64(st.codec.rate) / uint64(st.codec.clock)
@@ -238,6 +248,9 @@ func (c *callState) publish(kind string, data any) {
 	c.mu.Unlock()
 	if over || c.call == nil {
 		return
+	}
+	if d, ok := data.(dtmfData); ok && c.call.Paused() {
+		data = maskedDTMF{dtmfData: d, Masked: true}
 	}
 	body, _ := json.Marshal(data)
 	ev := wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.call.Epoch(), Time: now.UTC(),

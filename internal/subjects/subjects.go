@@ -73,6 +73,7 @@ const (
 	WorkerVerbHandoff = "handoff"
 	IngestVerbReplay  = "replay"
 	IngestVerbPlace   = "place"
+	IngestVerbPause   = "pause"
 )
 
 func validByte(c byte) bool {

@@ -154,6 +154,7 @@ type IngestCall struct {
 	Call       string      `json:"call"`
 	Epoch      uint32      `json:"epoch"`
 	Placements []Placement `json:"placements"`
+	Paused     bool        `json:"paused,omitempty"` // in a secure pause
 }
 
 // IngestHeartbeat is published on hb.ingest.<id>.
@@ -256,6 +257,7 @@ type CallView struct {
 	Ingest     string           `json:"ingest,omitempty"`
 	Placements []Placement      `json:"placements"`
 	Progress   []session.LegSeq `json:"progress,omitempty"`
+	Paused     bool             `json:"paused,omitempty"` // in a secure pause (router.api.pause)
 }
 
 // WorkerView is one worker in the admin API.

@@ -75,6 +75,7 @@ type call struct {
 	resumeCause      string // cause of what the first replay after joining cannot fill
 
 	started  [session.MaxLegs]bool
+	paused   [session.MaxLegs]bool // the leg's last frame in order was paused (frame.FlagPaused)
 	ended    uint16
 	handlers []proc.Handler
 	cur      item       // the frame being processed; a field so the frame path does not allocate
@@ -363,7 +364,8 @@ func (c *call) process(it *item) string {
 	var excess int64
 	if live {
 		excess = c.excess(c.w.wall0 + now - h.Capture)
-		if excess > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagLast) {
+		// A paused frame carries no audio: it is never stale, only accounted.
+		if excess > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagLast) && !h.Has(frame.FlagPaused) {
 			c.dropCause[leg] = proc.CauseStale
 			c.w.m.dropStale.Inc()
 			return ""
@@ -440,9 +442,16 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 		}
 		return
 	}
+	paused := h.Has(frame.FlagPaused)
 	if next >= 0 && seq > next {
 		g := proc.Gap{Leg: leg, From: uint32(next), To: uint32(seq - 1), Cause: c.gapCause(leg)}
-		c.w.m.lost.WithLabelValues(g.Cause).Add(float64(g.Count()))
+		if paused && c.paused[leg] {
+			// Between two paused frames: whatever went missing had no audio to lose.
+			g.Cause = proc.CausePaused
+			c.w.m.paused.Add(float64(g.Count()))
+		} else {
+			c.w.m.lost.WithLabelValues(g.Cause).Add(float64(g.Count()))
+		}
 		c.log.Warn().Uint8("leg", leg).Uint32("from", g.From).Uint32("to", g.To).Str("cause", g.Cause).Msg("gap")
 		for _, hd := range c.handlers {
 			if gh, ok := hd.(proc.GapHandler); ok {
@@ -454,6 +463,18 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 	c.next[leg].Store(seq + 1)
 	if h.Has(frame.FlagReplayed) {
 		c.w.m.replayed.Inc()
+	}
+	c.paused[leg] = paused
+	if paused {
+		// A secure pause: ingest withheld the audio. Processors hear of the frame (accounting
+		// counts it as paused), never of a payload, even one a forged frame might carry.
+		c.w.m.paused.Inc()
+		for _, hd := range c.handlers {
+			if ph, ok := hd.(proc.PauseHandler); ok {
+				ph.Paused(h)
+			}
+		}
+		return
 	}
 	c.w.m.processed.Inc()
 	if h.Has(frame.FlagLast) && len(payload) == 0 {

@@ -7,7 +7,7 @@ import (
 type metrics struct {
 	calls      prometheus.Gauge
 	offers     *prometheus.CounterVec // result
-	frames     *prometheus.CounterVec // result: processed, duplicate, old_epoch, bad, jump_held, replayed
+	frames     *prometheus.CounterVec // result: processed, duplicate, old_epoch, bad, jump_held, replayed, paused
 	drops      *prometheus.CounterVec // reason: backpressure, stale, slow_consumer
 	lost       *prometheus.CounterVec // cause
 	ended      *prometheus.CounterVec // reason
@@ -19,7 +19,7 @@ type metrics struct {
 	resyncs    prometheus.Counter     // legs re-anchored after a forward sequence jump
 
 	// Per-frame counters, resolved once so the frame path does no label lookups.
-	processed, replayed, duplicate, oldEpoch, bad, jumpHeld, dropBackpressure, dropStale prometheus.Counter
+	processed, replayed, duplicate, oldEpoch, bad, jumpHeld, paused, dropBackpressure, dropStale prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -43,6 +43,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.oldEpoch = m.frames.WithLabelValues("old_epoch")
 	m.bad = m.frames.WithLabelValues("bad")
 	m.jumpHeld = m.frames.WithLabelValues("jump_held")
+	m.paused = m.frames.WithLabelValues("paused")
 	m.dropBackpressure = m.drops.WithLabelValues("backpressure")
 	m.dropStale = m.drops.WithLabelValues("stale")
 	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.subs, m.reapedSubs, m.replays, m.panics, m.resyncs)
