@@ -1,4 +1,4 @@
-package loadtest
+package inproc
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/worker"
+	"github.com/callrouter/callrouter/loadtest"
 	"github.com/callrouter/callrouter/loadtest/probe"
 )
 
@@ -16,8 +17,8 @@ func TestWHIPModeInProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 3 s WHIP run")
 	}
-	cfg := DefaultConfig()
-	cfg.Mode = ModeWHIP
+	cfg := loadtest.DefaultConfig()
+	cfg.Mode = loadtest.ModeWHIP
 	cfg.Inputs = []string{writeTone(t, t.TempDir(), 3*time.Second)}
 	cfg.Calls = 4
 	cfg.Ramp = 50
@@ -27,7 +28,7 @@ func TestWHIPModeInProcess(t *testing.T) {
 	cfg.Progress = 0
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	rep, err := Run(ctx, cfg, Deps{Log: testLog(t), StackLog: testLog(t)})
+	rep, err := loadtest.Run(ctx, cfg, loadtest.Deps{Harness: Start, Log: testLog(t), StackLog: testLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,8 +64,8 @@ func TestWHIPModeRemote(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop()
-	cfg := DefaultConfig()
-	cfg.Mode = ModeWHIP
+	cfg := loadtest.DefaultConfig()
+	cfg.Mode = loadtest.ModeWHIP
 	cfg.WHIP, cfg.NATSURL = url, st.URL
 	cfg.Inputs = []string{writeTone(t, t.TempDir(), 2*time.Second)}
 	cfg.Calls = 3
@@ -74,7 +75,7 @@ func TestWHIPModeRemote(t *testing.T) {
 	cfg.Progress = 0
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	rep, err := Run(ctx, cfg, Deps{Log: testLog(t)})
+	rep, err := loadtest.Run(ctx, cfg, loadtest.Deps{Log: testLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
