@@ -3,7 +3,7 @@ package loadtest
 import (
 	"context"
 
-	"github.com/callrouter/callrouter/loadtest/probe"
+	"github.com/callrouter/callrouter/loadtest/account"
 	"github.com/rs/zerolog"
 )
 
@@ -36,7 +36,7 @@ type Local struct {
 	Ingest Target // ModeInproc: the in-process ingest node
 	// Attach makes sink the in-process workers' probe sink for tenant's calls until detach; nil
 	// when the workers are remote (they publish "loadtest" events instead).
-	Attach func(tenant string, sink probe.Sink) (detach func(), err error)
+	Attach func(tenant string, sink account.Sink) (detach func(), err error)
 	Close  func()
 }
 

@@ -8,10 +8,9 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
-	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
-	"github.com/callrouter/callrouter/loadtest/probe"
+	"github.com/callrouter/callrouter/loadtest/account"
 	"github.com/nats-io/nats.go"
 )
 
@@ -46,9 +45,9 @@ type rawTarget struct {
 
 func (t *rawTarget) Start(ctx context.Context, spec session.Spec) (Call, error) {
 	nc := t.subs[int(t.next.Add(1))%len(t.subs)]
-	rs := &rawSub{col: t.col, call: spec.Call, key: probe.Key(spec.Call), legs: make([]probe.Leg, len(spec.Legs))}
+	rs := &rawSub{col: t.col, call: spec.Call, key: account.Key(spec.Call), legs: make([]account.Leg, len(spec.Legs))}
 	for i := range rs.legs {
-		rs.legs[i] = probe.NewLeg()
+		rs.legs[i] = account.NewLeg()
 	}
 	sub, err := nc.Subscribe(rawPrefix+"."+spec.Tenant+"."+spec.Call+".*", rs.onMsg)
 	if err != nil {
@@ -124,7 +123,7 @@ type rawSub struct {
 	call  string
 	key   uint32
 	sub   *nats.Subscription
-	legs  []probe.Leg
+	legs  []account.Leg
 	ended uint16
 	done  bool
 }
@@ -139,7 +138,7 @@ func (s *rawSub) onMsg(m *nats.Msg) {
 	now := time.Now()
 	if h.Has(frame.FlagLast) {
 		if next := t.Next(); next >= 0 && int64(h.Seq) > next { // tail loss shows as a gap before the last frame
-			t.Gap(proc.Gap{Leg: h.Leg, From: uint32(next), To: h.Seq - 1, Cause: proc.CauseBus})
+			t.Gap(account.Gap{Leg: h.Leg, From: uint32(next), To: h.Seq - 1, Cause: account.CauseBus})
 			s.col.Loss(s.key, int64(h.Seq)-next, now)
 		}
 		s.ended |= 1 << h.Leg
