@@ -50,27 +50,59 @@ func testLog(t testing.TB) zerolog.Logger {
 	return zerolog.Nop()
 }
 
+// shortConfig is a test run: calls of a two-leg tone of the given length (none: no input yet),
+// no frame may be lost, no progress lines.
+func shortConfig(t *testing.T, mode, tenant string, calls int, ramp float64, tone time.Duration) loadtest.Config {
+	cfg := loadtest.DefaultConfig()
+	cfg.Mode, cfg.Tenant, cfg.Calls, cfg.Ramp = mode, tenant, calls, ramp
+	if tone > 0 {
+		cfg.Inputs = []string{writeTone(t, t.TempDir(), tone)}
+	}
+	cfg.MaxLoss = 0
+	cfg.Progress = 0
+	return cfg
+}
+
+// run runs cfg within a minute, failing the test if the run could not take place.
+func run(t *testing.T, cfg loadtest.Config, d loadtest.Deps) *loadtest.Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rep, err := loadtest.Run(ctx, cfg, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// remoteStack starts a callrouter the tester is to treat as remote, its workers running
+// processors, and waits until the router sees them; it stops when the test ends.
+func remoteStack(t *testing.T, workers int, processors ...string) *stack.Stack {
+	t.Helper()
+	wc := worker.DefaultConfig()
+	wc.Processors = processors
+	st, err := stack.Start(stack.Config{Workers: workers, Worker: wc, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	if err := waitWorkers(context.Background(), st, workers); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 // TestReplayTwentyCallsNoLoss is the short replay of the issue: 20 two-leg calls of 10 s through
 // the one-process stack in NATS mode, every frame accounted for and none lost.
 func TestReplayTwentyCallsNoLoss(t *testing.T) {
 	if testing.Short() {
 		t.Skip("10 s replay")
 	}
-	cfg := loadtest.DefaultConfig()
-	cfg.Inputs = []string{writeTone(t, t.TempDir(), 10*time.Second)}
-	cfg.Calls = 20
-	cfg.Ramp = 200
-	cfg.Tenant = "lt-replay"
-	cfg.MaxLoss = 0
+	cfg := shortConfig(t, loadtest.ModeInproc, "lt-replay", 20, 200, 10*time.Second)
 	cfg.MaxRefused = 0
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	var progress bytes.Buffer
 	cfg.Progress = 2 * time.Second
-	rep, err := loadtest.Run(ctx, cfg, loadtest.Deps{Harness: Start, Log: testLog(t), Progress: &progress})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := run(t, cfg, loadtest.Deps{Harness: Start, Log: testLog(t), Progress: &progress})
 	var text bytes.Buffer
 	rep.WriteText(&text)
 	t.Log(text.String())
@@ -113,23 +145,13 @@ func TestBaselineAndRunTime(t *testing.T) {
 	if testing.Short() {
 		t.Skip("two 3 s phases")
 	}
-	cfg := loadtest.DefaultConfig()
-	cfg.Inputs = []string{writeTone(t, t.TempDir(), 2*time.Second)}
+	cfg := shortConfig(t, loadtest.ModeInproc, "lt-baseline", 6, 100, 2*time.Second)
 	cfg.Baseline = true
-	cfg.Calls = 6
-	cfg.Ramp = 100
 	cfg.CallDuration = time.Second
 	cfg.RunTime = 2500 * time.Millisecond
 	cfg.Rounds = 2
-	cfg.Tenant = "lt-baseline"
-	cfg.MaxLoss = 0 // no latency bar: a timed unit test on a shared machine proves nothing about speed
-	cfg.Progress = 0
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	rep, err := loadtest.Run(ctx, cfg, loadtest.Deps{Harness: Start, Log: testLog(t), StackLog: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// No latency bar: a timed unit test on a shared machine proves nothing about speed.
+	rep := run(t, cfg, loadtest.Deps{Harness: Start, Log: testLog(t), StackLog: testLog(t)})
 	var text bytes.Buffer
 	rep.WriteText(&text)
 	t.Log(text.String())
@@ -188,34 +210,10 @@ func TestRemoteStackFromEvents(t *testing.T) {
 		{"accounting only", []string{"accounting"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			wc := worker.DefaultConfig()
-			wc.Processors = tc.processors
-			st, err := stack.Start(stack.Config{Workers: 2, Worker: wc, Log: testLog(t)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			deadline := time.Now().Add(10 * time.Second)
-			for len(st.Routers[0].Workers()) < 2 {
-				if time.Now().After(deadline) {
-					t.Fatal("workers not visible to the router")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			cfg := loadtest.DefaultConfig()
-			cfg.Inputs = []string{writeTone(t, t.TempDir(), 2*time.Second)}
+			st := remoteStack(t, 2, tc.processors...)
+			cfg := shortConfig(t, loadtest.ModeInproc, "lt-remote", 5, 100, 2*time.Second)
 			cfg.NATSURL = st.URL
-			cfg.Calls = 5
-			cfg.Ramp = 100
-			cfg.Tenant = "lt-remote"
-			cfg.MaxLoss = 0
-			cfg.Progress = 0
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			rep, err := loadtest.Run(ctx, cfg, loadtest.Deps{Harness: Start, Log: testLog(t)})
-			if err != nil {
-				t.Fatal(err)
-			}
+			rep := run(t, cfg, loadtest.Deps{Harness: Start, Log: testLog(t)})
 			p := rep.Phases[0]
 			const want = 5 * 2 * 100
 			if p.Totals.Sent != want || p.Totals.Received != want || p.LossRatio != 0 || p.Totals.Stops["end"] != 5 {

@@ -1,12 +1,9 @@
 package inproc
 
 import (
-	"context"
 	"testing"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/stack"
-	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/callrouter/callrouter/loadtest"
 	"github.com/callrouter/callrouter/loadtest/probe"
 )
@@ -27,24 +24,14 @@ func TestSIPModeInProcess(t *testing.T) {
 		{"loss and jitter", loadtest.Impairments{Loss: 0.05, Jitter: 30 * time.Millisecond}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := loadtest.DefaultConfig()
-			cfg.Mode = loadtest.ModeSIP
+			cfg := shortConfig(t, loadtest.ModeSIP, "lt-sip", 8, 100, 0)
 			cfg.Inputs = []string{in}
-			cfg.Calls = 8
-			cfg.Ramp = 100
-			cfg.Tenant = "lt-sip"
 			cfg.Impair = tc.imp
-			if !(tc.imp.Loss > 0 || tc.imp.Jitter > 0) {
-				cfg.MaxLoss = 0
+			if tc.imp.Loss > 0 || tc.imp.Jitter > 0 {
+				cfg.MaxLoss = -1
 			}
 			cfg.MaxRefused = 0
-			cfg.Progress = 0
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			rep, err := loadtest.Run(ctx, cfg, loadtest.Deps{Harness: Start, Log: testLog(t), StackLog: testLog(t)})
-			if err != nil {
-				t.Fatal(err)
-			}
+			rep := run(t, cfg, loadtest.Deps{Harness: Start, Log: testLog(t), StackLog: testLog(t)})
 			p := rep.Phases[0]
 			const want = 8 * 2 * 150
 			if p.Completed != 8 || p.Totals.Sent != want || p.Totals.Stops["end"] != 8 {
@@ -85,33 +72,15 @@ func TestSIPModeRemote(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 2 s SIP run")
 	}
-	wc := worker.DefaultConfig()
-	wc.Processors = []string{"accounting", probe.ProcessorName}
-	st, err := stack.Start(stack.Config{Workers: 1, Worker: wc, Log: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := remoteStack(t, 1, "accounting", probe.ProcessorName)
 	addr, stop, err := startSIP(st.Ingest, "lt-sip-remote", 4, 2, testLog(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stop()
-	cfg := loadtest.DefaultConfig()
-	cfg.Mode = loadtest.ModeSIP
+	cfg := shortConfig(t, loadtest.ModeSIP, "lt-sip-remote", 4, 100, 2*time.Second)
 	cfg.SIP, cfg.NATSURL = addr, st.URL
-	cfg.Inputs = []string{writeTone(t, t.TempDir(), 2*time.Second)}
-	cfg.Calls = 4
-	cfg.Ramp = 100
-	cfg.Tenant = "lt-sip-remote"
-	cfg.MaxLoss = 0
-	cfg.Progress = 0
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	rep, err := loadtest.Run(ctx, cfg, loadtest.Deps{Log: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := run(t, cfg, loadtest.Deps{Log: testLog(t)}) // a black-box run: no harness
 	p := rep.Phases[0]
 	if p.Totals.Sent != 4*2*100 || p.Totals.Received != p.Totals.Sent || p.Latency.Count != p.Totals.Sent || !rep.Pass {
 		t.Errorf("sent %d, received %d, %d timed, failures %v", p.Totals.Sent, p.Totals.Received, p.Latency.Count, rep.Failures)
