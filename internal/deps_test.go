@@ -6,6 +6,7 @@ import (
 	"go/token"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -30,6 +31,18 @@ var forbidden = map[string][]string{
 	"internal/whip":     {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
 	"internal/timeline": {"internal/"},
 	"hostile":           {"internal/"}, // tests only: it attacks the built binaries from outside
+	"loadtest/inproc":   {"internal/cli"},
+}
+
+// only maps a package to the only module packages it may import (directly).
+var only = map[string][]string{
+	// The load tester's black-box client speaks callrouter's wire contract and reads recordings,
+	// nothing more: the services run in its process only through loadtest/inproc, which
+	// cmd/loadtest hands it.
+	"loadtest": {"internal/frame", "internal/subjects", "internal/wire", "internal/session",
+		"internal/wav", "internal/filesrc", "internal/timeline", "loadtest/account"},
+	"loadtest/account": {},
+	"loadtest/probe":   {"internal/frame", "internal/proc", "loadtest/account"}, // linked into a worker only with -tags loadtest
 }
 
 // packages returns every directory under the module root holding non-test Go files.
@@ -75,6 +88,9 @@ func TestImportDirection(t *testing.T) {
 					if strings.HasPrefix(target, bad) {
 						t.Errorf("%s imports %s: %s must not depend on %s", f, target, pkg, bad)
 					}
+				}
+				if allowed, ok := only[pkg]; ok && !slices.Contains(allowed, target) {
+					t.Errorf("%s imports %s: %s may import only %v", f, target, pkg, allowed)
 				}
 			}
 		}

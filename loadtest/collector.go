@@ -8,8 +8,7 @@ import (
 	"time"
 
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/callrouter/callrouter/internal/proc"
-	"github.com/callrouter/callrouter/loadtest/probe"
+	"github.com/callrouter/callrouter/loadtest/account"
 )
 
 // CauseUnaccounted counts frames sent that a worker neither processed nor reported as lost: the
@@ -102,9 +101,6 @@ func newCollector(tenant string, start time.Time, interval time.Duration, shards
 	return c
 }
 
-// attach makes the collector the sink of the in-process "loadtest" processor for its tenant.
-func (c *Collector) attach() (detach func(), err error) { return probe.Attach(c.tenant, c) }
-
 func (c *Collector) slot(now time.Time) int {
 	i := int(now.Sub(c.start) / c.interval)
 	return max(0, min(i, maxTL-1))
@@ -117,12 +113,12 @@ func growTL(tl []tlPoint, i int) []tlPoint {
 	return tl
 }
 
-// Frame records one frame received at now with the given latency (probe.Sink).
+// Frame records one frame received at now with the given latency (account.Sink).
 func (c *Collector) Frame(key uint32, lat time.Duration, now time.Time) {
 	i := c.slot(now)
 	sh := &c.shards[key%uint32(len(c.shards))]
 	sh.mu.Lock()
-	probe.RecordUS(sh.h, lat)
+	account.RecordUS(sh.h, lat)
 	sh.tl = growTL(sh.tl, i)
 	p := &sh.tl[i]
 	p.received++
@@ -131,7 +127,7 @@ func (c *Collector) Frame(key uint32, lat time.Duration, now time.Time) {
 	c.received.Add(1)
 }
 
-// Loss records n frames reported lost at now (probe.Sink).
+// Loss records n frames reported lost at now (account.Sink).
 func (c *Collector) Loss(key uint32, n int64, now time.Time) {
 	i := c.slot(now)
 	sh := &c.shards[key%uint32(len(c.shards))]
@@ -191,17 +187,17 @@ func (c *Collector) injectedLoss(call string, leg uint8, n int64) {
 	if l.LostBy == nil {
 		l.LostBy = map[string]int64{}
 	}
-	l.LostBy[proc.CauseNetwork] += n
+	l.LostBy[account.CauseNetwork] += n
 }
 
 func (c *Collector) setupTime(d time.Duration) {
 	c.mu.Lock()
-	probe.RecordUS(c.setup, d)
+	account.RecordUS(c.setup, d)
 	c.mu.Unlock()
 }
 
-// Report merges one worker-side call report (probe.Sink).
-func (c *Collector) Report(call string, stop string, legs []probe.Leg) {
+// Report merges one worker-side call report (account.Sink).
+func (c *Collector) Report(call string, stop string, legs []account.Leg) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := range legs {

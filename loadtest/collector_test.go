@@ -8,6 +8,7 @@ import (
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/loadtest/account"
 	"github.com/callrouter/callrouter/loadtest/probe"
 	"github.com/google/go-cmp/cmp"
 	"github.com/rs/zerolog"
@@ -17,16 +18,16 @@ func TestCollectorAccounts(t *testing.T) {
 	c := newCollector("acct", time.Now(), time.Second, 2)
 	c.sent("a", []int64{10, 10})
 	c.sent("b", []int64{10})
-	ta, tb := probe.NewLeg(), probe.NewLeg()
+	ta, tb := account.NewLeg(), account.NewLeg()
 	for i := uint32(0); i < 10; i++ {
 		ta.InOrder(i)
 		c.Frame(1, time.Millisecond, time.Now())
 	}
-	tb.Gap(proc.Gap{From: 0, To: 1, Cause: proc.CauseBackpressure})
+	tb.Gap(account.Gap{From: 0, To: 1, Cause: proc.CauseBackpressure})
 	for i := uint32(2); i < 10; i++ {
 		tb.InOrder(i)
 	}
-	c.Report("a", proc.StopEnd, []probe.Leg{ta, tb})
+	c.Report("a", proc.StopEnd, []account.Leg{ta, tb})
 	tot, bad := c.finish(10)
 	// Call b never reported: its 10 frames are unaccounted.
 	want := Totals{Legs: 3, Sent: 30, Received: 18, Lost: 2, Unaccounted: 10,
@@ -72,7 +73,7 @@ func TestConfigValidateNamesFields(t *testing.T) {
 // at zero allocations.
 func TestFramePathAllocatesNothing(t *testing.T) {
 	c := newCollector("allocs", time.Now(), time.Hour, 4)
-	detach, err := c.attach()
+	detach, err := probe.Attach(c.tenant, c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +87,7 @@ func TestFramePathAllocatesNothing(t *testing.T) {
 
 func BenchmarkFramePath(b *testing.B) {
 	c := newCollector("bench-frames", time.Now(), time.Hour, 4)
-	detach, err := c.attach()
+	detach, err := probe.Attach(c.tenant, c)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -10,8 +10,12 @@ import (
 
 // Modes of a run.
 const (
-	// ModeNATS places calls through a real ingest node and publishes their frames onto NATS, as an
-	// ingest transport would, bypassing SIP/WebRTC: it loads the router and the workers.
+	// ModeInproc places calls through an ingest node running in the tester's own process (package
+	// inproc) and publishes their frames onto NATS, as an ingest transport would, bypassing
+	// SIP/WebRTC: a white-box mode that loads the router and the workers (in-process, or remote
+	// with a NATS URL) but never a remote ingest.
+	ModeInproc = "inproc"
+	// ModeNATS is the old name of ModeInproc, still accepted.
 	ModeNATS = "nats"
 	// ModeSIP plays each call as a SIP user agent client with RTP (a SIPREC session for two or
 	// more legs) into callrouter's SIP ingest, with optional loss, jitter and reordering.
@@ -24,10 +28,18 @@ const (
 	ModeBaseline = "baseline"
 )
 
+// canonicalMode maps the old name of a mode to its current one.
+func canonicalMode(m string) string {
+	if m == ModeNATS {
+		return ModeInproc
+	}
+	return m
+}
+
 // Config configures a load test run.
 type Config struct {
-	Mode     string   // ModeNATS or ModeBaseline
-	Baseline bool     // in ModeNATS, run a baseline phase first with the same load
+	Mode     string   // ModeInproc, ModeSIP, ModeWHIP or ModeBaseline
+	Baseline bool     // run a baseline phase first with the same load
 	Rounds   int      // with Baseline: alternate baseline and callrouter phases this many times
 	Inputs   []string // WAV or pcap files, or directories of them, played round-robin
 	Legs     int      // legs per call taken from each input (0: every channel or stream)
@@ -39,7 +51,7 @@ type Config struct {
 	Speed        float64       // pacing speed factor (1 = real time)
 
 	Tenant    string // tenant of the test calls
-	NATSURL   string // callrouter's NATS; empty starts a one-process stack in this process
+	NATSURL   string // callrouter's NATS; empty starts a one-process stack in this process (package inproc)
 	SIP       string // SIP mode: host:port of a running SIP ingest (needs NATSURL); empty runs one in-process
 	Impair    Impairments
 	WHIP      string // WHIP mode: endpoint URL of a running WHIP ingest (needs NATSURL); empty runs one in-process
@@ -71,7 +83,7 @@ const MaxP99RatioLimit = 10
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		Mode:             ModeNATS,
+		Mode:             ModeInproc,
 		Calls:            10,
 		Ramp:             50,
 		Speed:            1,
@@ -90,115 +102,146 @@ func DefaultConfig() Config {
 
 // Validate reports every bad field, naming it.
 func (c *Config) Validate() error {
-	var errs []error
-	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("loadtest: "+format, a...)) }
+	var p problems
+	c.checkMode(&p)
+	c.checkImpairments(&p)
+	c.checkLoad(&p)
+	c.checkTester(&p)
+	c.checkThresholds(&p)
+	return errors.Join(p...)
+}
+
+// problems collects a config's errors, each naming its field.
+type problems []error
+
+func (p *problems) add(format string, a ...any) {
+	*p = append(*p, fmt.Errorf("loadtest: "+format, a...))
+}
+
+// checkMode checks the mode and the remote endpoints it needs.
+func (c *Config) checkMode(p *problems) {
 	switch c.Mode {
-	case ModeNATS, ModeSIP, ModeWHIP, ModeBaseline:
+	case ModeInproc, ModeNATS, ModeSIP, ModeWHIP, ModeBaseline:
 	default:
-		bad("mode %q: want %q, %q, %q or %q", c.Mode, ModeNATS, ModeSIP, ModeWHIP, ModeBaseline)
+		p.add("mode %q: want %q (or its old name %q), %q, %q or %q", c.Mode, ModeInproc, ModeNATS, ModeSIP, ModeWHIP, ModeBaseline)
 	}
 	if c.WHIP != "" && (c.Mode != ModeWHIP || c.NATSURL == "") {
-		bad("whip %q: a remote WHIP ingest needs -mode whip and -nats (its workers' events)", c.WHIP)
+		p.add("whip %q: a remote WHIP ingest needs -mode whip and -nats (its workers' events)", c.WHIP)
 	}
 	if c.Mode == ModeWHIP && c.NATSURL != "" && c.WHIP == "" {
-		bad("nats: in WHIP mode a remote stack also needs -whip URL")
+		p.add("nats: in WHIP mode a remote stack also needs -whip URL")
 	}
 	if c.Baseline && c.Mode == ModeBaseline {
-		bad("baseline: mode %q is the baseline already", ModeBaseline)
+		p.add("baseline: mode %q is the baseline already", ModeBaseline)
 	}
 	if c.SIP != "" && (c.Mode != ModeSIP || c.NATSURL == "") {
-		bad("sip %q: a remote SIP ingest needs -mode sip and -nats (its workers' events)", c.SIP)
+		p.add("sip %q: a remote SIP ingest needs -mode sip and -nats (its workers' events)", c.SIP)
 	}
 	if c.Mode == ModeSIP && c.NATSURL != "" && c.SIP == "" {
-		bad("nats: in SIP mode a remote stack also needs -sip host:port")
+		p.add("nats: in SIP mode a remote stack also needs -sip host:port")
 	}
+}
+
+// checkImpairments checks the RTP impairments and the hang-up delay of the SIP and WHIP modes.
+func (c *Config) checkImpairments(p *problems) {
 	if c.Impair.any() && c.Mode != ModeSIP {
-		bad("loss, jitter and reorder impair RTP: they need -mode sip")
+		p.add("loss, jitter and reorder impair RTP: they need -mode sip")
 	}
 	if c.HangupDelay < 0 || c.HangupDelay > 10*time.Second {
-		bad("hangup-delay %v: want 0-10s", c.HangupDelay)
+		p.add("hangup-delay %v: want 0-10s", c.HangupDelay)
 	}
 	if c.Impair.Loss < 0 || c.Impair.Loss >= 1 {
-		bad("loss %v: want a probability in [0, 1)", c.Impair.Loss)
+		p.add("loss %v: want a probability in [0, 1)", c.Impair.Loss)
 	}
 	if c.Impair.Reorder < 0 || c.Impair.Reorder >= 1 {
-		bad("reorder %v: want a probability in [0, 1)", c.Impair.Reorder)
+		p.add("reorder %v: want a probability in [0, 1)", c.Impair.Reorder)
 	}
 	if c.Impair.Jitter < 0 || c.Impair.Jitter > 2*time.Second {
-		bad("jitter %v: want 0-2s", c.Impair.Jitter)
+		p.add("jitter %v: want 0-2s", c.Impair.Jitter)
 	}
+}
+
+// checkLoad checks what is played: the inputs, the rounds and the shape of the load.
+func (c *Config) checkLoad(p *problems) {
 	if len(c.Inputs) == 0 {
-		bad("input: at least one WAV or pcap file (or directory) is needed")
+		p.add("input: at least one WAV or pcap file (or directory) is needed")
 	}
 	if c.Rounds < 1 || c.Rounds > 20 {
-		bad("rounds %d: want 1-20", c.Rounds)
+		p.add("rounds %d: want 1-20", c.Rounds)
 	}
 	if c.Rounds > 1 && !c.Baseline {
-		bad("rounds %d: alternating rounds need the baseline phase (-baseline)", c.Rounds)
+		p.add("rounds %d: alternating rounds need the baseline phase (-baseline)", c.Rounds)
 	}
 	if c.Legs < 0 || c.Legs > 8 {
-		bad("legs %d: want 0-8", c.Legs)
+		p.add("legs %d: want 0-8", c.Legs)
 	}
 	if c.Calls < 1 {
-		bad("calls %d: want at least 1", c.Calls)
+		p.add("calls %d: want at least 1", c.Calls)
 	}
 	if c.Ramp <= 0 {
-		bad("ramp %v: want a positive number of calls per second", c.Ramp)
+		p.add("ramp %v: want a positive number of calls per second", c.Ramp)
 	}
 	if c.CallDuration < 0 {
-		bad("call-duration %v: want 0 (whole recording) or positive", c.CallDuration)
+		p.add("call-duration %v: want 0 (whole recording) or positive", c.CallDuration)
 	}
 	if c.RunTime < 0 {
-		bad("run-time %v: want 0 (each call once) or positive", c.RunTime)
+		p.add("run-time %v: want 0 (each call once) or positive", c.RunTime)
 	}
 	if c.Speed <= 0 || c.Speed > 100 {
-		bad("speed %v: want a factor in (0, 100]", c.Speed)
+		p.add("speed %v: want a factor in (0, 100]", c.Speed)
 	}
 	if err := subjects.Check("tenant", c.Tenant); err != nil {
-		bad("tenant: %v", err)
+		p.add("tenant: %v", err)
 	}
+}
+
+// checkTester checks the in-process stack's size and the tester's own machinery.
+func (c *Config) checkTester(p *problems) {
 	if c.Workers < 1 && c.NATSURL == "" {
-		bad("workers %d: the in-process stack needs at least 1", c.Workers)
+		p.add("workers %d: the in-process stack needs at least 1", c.Workers)
 	}
 	if c.WorkerCapacity < 0 {
-		bad("worker-capacity %d: want 0 (auto) or positive", c.WorkerCapacity)
+		p.add("worker-capacity %d: want 0 (auto) or positive", c.WorkerCapacity)
 	}
 	if c.Shards < 0 {
-		bad("shards %d: want 0 (one per CPU) or positive", c.Shards)
+		p.add("shards %d: want 0 (one per CPU) or positive", c.Shards)
 	}
 	if c.Tick <= 0 || c.Tick > 20*time.Millisecond {
-		bad("tick %v: want (0, 20ms]", c.Tick)
+		p.add("tick %v: want (0, 20ms]", c.Tick)
 	}
 	if c.StartConcurrency < 1 {
-		bad("start-concurrency %d: want at least 1", c.StartConcurrency)
+		p.add("start-concurrency %d: want at least 1", c.StartConcurrency)
 	}
 	if c.Settle <= 0 {
-		bad("settle %v: want positive", c.Settle)
+		p.add("settle %v: want positive", c.Settle)
 	}
 	if c.Progress < 0 {
-		bad("progress %v: want 0 (off) or positive", c.Progress)
+		p.add("progress %v: want 0 (off) or positive", c.Progress)
 	}
-	if c.MaxP99 < 0 {
-		bad("max-p99 %v: want 0 (unchecked) or positive", c.MaxP99)
-	}
-	if c.MaxP99Ratio < 0 || c.MaxP99Ratio > MaxP99RatioLimit {
-		bad("max-p99-ratio %v: want 0 (unchecked) or a ratio in (0, %d]; a larger bound cannot fail", c.MaxP99Ratio, MaxP99RatioLimit)
-	}
-	if c.MaxP99Ratio > 0 && !c.Baseline {
-		bad("max-p99-ratio needs the baseline phase (-baseline)")
-	}
-	if c.MaxRefused > 1 {
-		bad("max-refused %v: want a ratio in [0, 1] (negative: unchecked)", c.MaxRefused)
-	}
-	if c.MaxLoss > 1 {
-		bad("max-loss %v: want a ratio in [0, 1] (negative: unchecked)", c.MaxLoss)
-	}
-	for _, p := range c.PIDs {
-		if p <= 0 {
-			bad("pid %d: want a positive process id", p)
+	for _, pid := range c.PIDs {
+		if pid <= 0 {
+			p.add("pid %d: want a positive process id", pid)
 		}
 	}
-	return errors.Join(errs...)
+}
+
+// checkThresholds checks the pass/fail bars.
+func (c *Config) checkThresholds(p *problems) {
+	if c.MaxP99 < 0 {
+		p.add("max-p99 %v: want 0 (unchecked) or positive", c.MaxP99)
+	}
+	if c.MaxP99Ratio < 0 || c.MaxP99Ratio > MaxP99RatioLimit {
+		p.add("max-p99-ratio %v: want 0 (unchecked) or a ratio in (0, %d]; a larger bound cannot fail", c.MaxP99Ratio, MaxP99RatioLimit)
+	}
+	if c.MaxP99Ratio > 0 && !c.Baseline {
+		p.add("max-p99-ratio needs the baseline phase (-baseline)")
+	}
+	if c.MaxRefused > 1 {
+		p.add("max-refused %v: want a ratio in [0, 1] (negative: unchecked)", c.MaxRefused)
+	}
+	if c.MaxLoss > 1 {
+		p.add("max-loss %v: want a ratio in [0, 1] (negative: unchecked)", c.MaxLoss)
+	}
 }
 
 // checks reports whether any pass/fail threshold is set.

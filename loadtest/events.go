@@ -7,10 +7,9 @@ import (
 	"time"
 
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
-	"github.com/callrouter/callrouter/loadtest/probe"
+	"github.com/callrouter/callrouter/loadtest/account"
 	"github.com/nats-io/nats.go"
 )
 
@@ -24,13 +23,13 @@ type eventSink struct {
 
 	mu   sync.Mutex
 	acc  map[string]accReport
-	lt   map[string]probe.CallReport
+	lt   map[string]account.CallReport
 	done bool
 }
 
 // accReport is a call's accounting event and when it arrived.
 type accReport struct {
-	proc.Accounting
+	account.Accounting
 	at time.Time
 }
 
@@ -40,8 +39,8 @@ type accReport struct {
 const probeGrace = time.Second
 
 func subscribeEvents(nc *nats.Conn, tenant, runID string, col *Collector) (*eventSink, error) {
-	s := &eventSink{col: col, prefix: runID, acc: map[string]accReport{}, lt: map[string]probe.CallReport{}}
-	for _, kind := range []string{"accounting", probe.EventKind, "gap"} {
+	s := &eventSink{col: col, prefix: runID, acc: map[string]accReport{}, lt: map[string]account.CallReport{}}
+	for _, kind := range []string{"accounting", account.EventKind, "gap"} {
 		sub, err := nc.Subscribe(subjects.Event(tenant, "*", kind), s.onEvent)
 		if err != nil {
 			s.close()
@@ -65,19 +64,19 @@ func (s *eventSink) onEvent(m *nats.Msg) {
 	}
 	switch ev.Kind {
 	case "accounting":
-		var a proc.Accounting
+		var a account.Accounting
 		if json.Unmarshal(ev.Data, &a) == nil {
 			s.acc[ev.Call] = accReport{a, time.Now()}
 		}
-	case probe.EventKind:
-		var cr probe.CallReport
+	case account.EventKind:
+		var cr account.CallReport
 		if json.Unmarshal(ev.Data, &cr) == nil {
 			s.lt[ev.Call] = cr
 		}
 	case "gap":
-		var g proc.Gap
+		var g account.Gap
 		if json.Unmarshal(ev.Data, &g) == nil {
-			s.col.Loss(probe.Key(ev.Call), int64(g.Count()), time.Now())
+			s.col.Loss(account.Key(ev.Call), int64(g.Count()), time.Now())
 		}
 	}
 }
@@ -105,17 +104,17 @@ func (s *eventSink) finish() {
 		if cr, ok := s.lt[call]; ok {
 			s.col.Report(call, cr.Stop, cr.Accounts())
 			if cr.Hist != nil {
-				s.col.mergeHist(probe.Key(call), hdr.Import(cr.Hist))
+				s.col.mergeHist(account.Key(call), hdr.Import(cr.Hist))
 			}
 			continue
 		}
-		s.col.Report(call, a.Reason, probe.FromAccounting(a.Accounting))
+		s.col.Report(call, a.Reason, account.FromAccounting(a.Accounting))
 	}
 	for call, cr := range s.lt {
 		if _, ok := s.acc[call]; !ok {
 			s.col.Report(call, cr.Stop, cr.Accounts())
 			if cr.Hist != nil {
-				s.col.mergeHist(probe.Key(call), hdr.Import(cr.Hist))
+				s.col.mergeHist(account.Key(call), hdr.Import(cr.Hist))
 			}
 		}
 	}

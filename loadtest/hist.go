@@ -4,13 +4,13 @@ import (
 	"math"
 
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/callrouter/callrouter/loadtest/probe"
+	"github.com/callrouter/callrouter/loadtest/account"
 )
 
 // histDigits is the precision of the load tester's own histograms.
 const histDigits = 3
 
-func newHist() *hdr.Histogram { return hdr.New(probe.HistMin, probe.HistMax, histDigits) }
+func newHist() *hdr.Histogram { return hdr.New(account.HistMin, account.HistMax, histDigits) }
 
 // Percentiles summarizes a latency histogram in milliseconds.
 type Percentiles struct {

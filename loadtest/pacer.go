@@ -9,7 +9,7 @@ import (
 // stream is one call being played by a pacer shard.
 type stream struct {
 	call    string
-	h       callHandle
+	h       Call
 	rec     *Recording
 	frames  int   // frames per leg to send
 	i       int   // next frame
@@ -136,7 +136,7 @@ func (s *pshard) run() {
 			for burst := 0; st.due <= now && st.i < st.frames && st.sendErr == nil && burst < s.p.maxBurst; burst++ {
 				fi := st.i % st.rec.Len()
 				for leg := range st.rec.Frames {
-					if err := st.h.send(leg, st.rec.Frames[leg][fi]); err != nil {
+					if err := st.h.Send(leg, st.rec.Frames[leg][fi]); err != nil {
 						st.sendErr = err
 						break
 					}
@@ -164,7 +164,7 @@ func (s *pshard) run() {
 }
 
 func (s *pshard) finish(st *stream) {
-	st.h.end()
+	st.h.End()
 	s.p.col.sent(st.call, st.sent)
 	st.done(st)
 }

@@ -16,8 +16,8 @@ type countHandle struct {
 	ended atomic.Bool
 }
 
-func (h *countHandle) send(int, []byte) error { h.n.Add(1); return nil }
-func (h *countHandle) end()                   { h.ended.Store(true) }
+func (h *countHandle) Send(int, []byte) error { h.n.Add(1); return nil }
+func (h *countHandle) End()                   { h.ended.Store(true) }
 
 func silentRecording(legs, frames int) *Recording {
 	r := &filesrc.Recording{Rate: 8000, Frames: make([][][]byte, legs)}
@@ -96,7 +96,7 @@ func benchPacing(b *testing.B, calls int, perLeg bool) {
 							case <-stop:
 								return
 							case <-t.C:
-								_ = h.send(leg, rec.Frames[leg][i%rec.Len()])
+								_ = h.Send(leg, rec.Frames[leg][i%rec.Len()])
 							}
 						}
 					}()

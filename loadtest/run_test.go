@@ -1,172 +1,13 @@
 package loadtest
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
-	"encoding/json"
-	"math"
-	"os"
 	"path/filepath"
+	"strings"
 	"testing"
-	"time"
 
 	"github.com/callrouter/callrouter/internal/wav"
-	"github.com/rs/zerolog"
 )
-
-// writeTone writes a stereo 8 kHz 16-bit WAV of the given length: two legs of different tones.
-func writeTone(t testing.TB, dir string, d time.Duration) string {
-	t.Helper()
-	n := int(d.Seconds() * 8000)
-	ch := make([][]byte, 2)
-	for c := range ch {
-		ch[c] = make([]byte, 2*n)
-		for i := 0; i < n; i++ {
-			v := int16(6000 * math.Sin(2*math.Pi*float64(400*(c+1))*float64(i)/8000))
-			binary.LittleEndian.PutUint16(ch[c][2*i:], uint16(v))
-		}
-	}
-	path := filepath.Join(dir, "tone.wav")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := wav.Write(f, wav.FormatPCM, 8000, 16, ch); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-func testLog(t testing.TB) zerolog.Logger {
-	if os.Getenv("CALLROUTER_TEST_LOG") != "" {
-		return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
-	}
-	return zerolog.Nop()
-}
-
-// TestReplayTwentyCallsNoLoss is the short replay of the issue: 20 two-leg calls of 10 s through
-// the one-process stack in NATS mode, every frame accounted for and none lost.
-func TestReplayTwentyCallsNoLoss(t *testing.T) {
-	if testing.Short() {
-		t.Skip("10 s replay")
-	}
-	cfg := DefaultConfig()
-	cfg.Inputs = []string{writeTone(t, t.TempDir(), 10*time.Second)}
-	cfg.Calls = 20
-	cfg.Ramp = 200
-	cfg.Tenant = "lt-replay"
-	cfg.MaxLoss = 0
-	cfg.MaxRefused = 0
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var progress bytes.Buffer
-	cfg.Progress = 2 * time.Second
-	rep, err := Run(ctx, cfg, Deps{Log: testLog(t), Progress: &progress})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var text bytes.Buffer
-	rep.WriteText(&text)
-	t.Log(text.String())
-	if len(rep.Phases) != 1 {
-		t.Fatalf("%d phases, want 1", len(rep.Phases))
-	}
-	p := rep.Phases[0]
-	const wantFrames = 20 * 2 * 500
-	if p.Completed != 20 || p.Totals.Sent != wantFrames || p.Totals.Received != wantFrames {
-		t.Errorf("completed %d calls, sent %d, received %d frames; want 20, %d, %d", p.Completed, p.Totals.Sent, p.Totals.Received, wantFrames, wantFrames)
-	}
-	if p.Totals.Lost != 0 || p.Totals.Unaccounted != 0 || p.Totals.Duplicated != 0 || p.Totals.Reordered != 0 {
-		t.Errorf("frames lost %d, unaccounted %d, duplicated %d, reordered %d; want none (worst legs %+v)", p.Totals.Lost,
-			p.Totals.Unaccounted, p.Totals.Duplicated, p.Totals.Reordered, p.WorstLegs)
-	}
-	if p.Totals.Stops["end"] != 20 {
-		t.Errorf("worker stops %v, want 20 × end", p.Totals.Stops)
-	}
-	if p.Latency.Count != wantFrames || p.Latency.P50 <= 0 || p.Latency.P99 < p.Latency.P50 || p.Latency.Max < p.Latency.P99 {
-		t.Errorf("latency %+v: want %d samples, 0 < p50 <= p99 <= max", p.Latency, wantFrames)
-	}
-	if p.Setup.Count != 20 {
-		t.Errorf("setup times %d, want 20", p.Setup.Count)
-	}
-	if !rep.Checked || !rep.Pass {
-		t.Errorf("verdict checked %v pass %v failures %v", rep.Checked, rep.Pass, rep.Failures)
-	}
-	if !bytes.Contains(progress.Bytes(), []byte("frames sent")) {
-		t.Errorf("no progress line in %q", progress.String())
-	}
-	if _, err := json.Marshal(rep); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// TestBaselineAndRunTime runs two rounds of both phases with a run time shorter than the calls' replacement
-// cycle: calls are replaced as they end and the ones still playing at the end are hung up, and
-// every frame is still accounted for; the reports render.
-func TestBaselineAndRunTime(t *testing.T) {
-	if testing.Short() {
-		t.Skip("two 3 s phases")
-	}
-	cfg := DefaultConfig()
-	cfg.Inputs = []string{writeTone(t, t.TempDir(), 2*time.Second)}
-	cfg.Baseline = true
-	cfg.Calls = 6
-	cfg.Ramp = 100
-	cfg.CallDuration = time.Second
-	cfg.RunTime = 2500 * time.Millisecond
-	cfg.Rounds = 2
-	cfg.Tenant = "lt-baseline"
-	cfg.MaxLoss = 0 // no latency bar: a timed unit test on a shared machine proves nothing about speed
-	cfg.Progress = 0
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	rep, err := Run(ctx, cfg, Deps{Log: testLog(t), StackLog: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var text bytes.Buffer
-	rep.WriteText(&text)
-	t.Log(text.String())
-	if len(rep.Phases) != 2 || rep.Phases[0].Name != "baseline" || rep.Phases[1].Name != "callrouter" || rep.Ratio == nil {
-		t.Fatalf("phases %d, ratio %v", len(rep.Phases), rep.Ratio)
-	}
-	if len(rep.Rounds) != 2 || rep.Ratio.MedianRoundP99 <= 0 {
-		t.Errorf("rounds %+v, median round p99 ratio %v; want 2 rounds and a ratio", rep.Rounds, rep.Ratio.MedianRoundP99)
-	}
-	if got, want := rep.Phases[1].Latency.Count, rep.Phases[1].Totals.Received; got != want {
-		t.Errorf("merged latency count %d, want the %d frames received over both rounds", got, want)
-	}
-	for _, p := range rep.Phases {
-		if p.Completed <= cfg.Calls || p.Totals.Sent == 0 || p.Totals.Received != p.Totals.Sent || p.LossRatio != 0 || p.Latency.Count == 0 {
-			t.Errorf("%s: %d calls set up (want more than %d: replaced), sent %d, received %d, loss %v, %d latencies",
-				p.Name, p.Completed, cfg.Calls, p.Totals.Sent, p.Totals.Received, p.LossRatio, p.Latency.Count)
-		}
-	}
-	if !rep.Pass {
-		t.Errorf("failures: %v", rep.Failures)
-	}
-	var js, page bytes.Buffer
-	if err := rep.WriteJSON(&js); err != nil {
-		t.Fatal(err)
-	}
-	var back Report
-	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Phases) != 2 {
-		t.Fatalf("JSON round trip: %v", err)
-	}
-	if err := rep.WriteHTML(&page); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"<svg", "polyline", "callrouter / baseline", "PASS"} {
-		if !bytes.Contains(page.Bytes(), []byte(want)) {
-			t.Errorf("HTML report lacks %q", want)
-		}
-	}
-	if bytes.Contains(page.Bytes(), []byte("<script")) {
-		t.Error("HTML report has a script")
-	}
-}
 
 // TestVerdictP99Ratio pins the bar `make loadtest` enforces: a p99 over the allowed multiple of
 // the baseline's fails the run, one under it passes, and no bar means no check.
@@ -186,6 +27,20 @@ func TestVerdictP99Ratio(t *testing.T) {
 		r.verdict(&cfg)
 		if r.Pass != tc.pass {
 			t.Errorf("p99 ratio %v against bar %v: pass %v (failures %v), want %v", tc.ratio, tc.bar, r.Pass, r.Failures, tc.pass)
+		}
+	}
+}
+
+// TestBlackBoxRunNeedsNoHarness: without a harness the client refuses a run that would start
+// callrouter in its process, and accepts the inproc mode's old name.
+func TestBlackBoxRunNeedsNoHarness(t *testing.T) {
+	in := filepath.Join(t.TempDir(), "a.wav")
+	writeWAV(t, in, wav.FormatMuLaw, 8000, 8, 1, 800)
+	for _, mode := range []string{ModeInproc, ModeNATS, ModeSIP, ModeBaseline} {
+		cfg := DefaultConfig()
+		cfg.Mode, cfg.Inputs = mode, []string{in}
+		if _, err := Run(context.Background(), cfg, Deps{}); err == nil || !strings.Contains(err.Error(), "no in-process harness") {
+			t.Errorf("mode %s without -nats or a harness: %v", mode, err)
 		}
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
-	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/session"
 )
 
@@ -67,7 +66,7 @@ func rtpPayloadType(c frame.Codec) (uint8, string, error) {
 	return 0, "", fmt.Errorf("loadtest: SIP mode sends G.711; %s recordings must be 8 kHz (PCM16 8 kHz is encoded to μ-law)", c)
 }
 
-func (t *sipTarget) start(ctx context.Context, spec session.Spec) (callHandle, error) {
+func (t *sipTarget) Start(ctx context.Context, spec session.Spec) (Call, error) {
 	pt, name, err := rtpPayloadType(spec.Legs[0].Codec)
 	if err != nil {
 		return nil, err
@@ -162,12 +161,12 @@ func (c *sipCall) siprec(pt uint8, name string) string {
 	return b.String()
 }
 
-func (c *sipCall) send(leg int, payload []byte) error {
+func (c *sipCall) Send(leg int, payload []byte) error {
 	if c.remoteEnded.Load() {
-		return ingest.ErrEnded
+		return ErrEnded
 	}
 	if leg < 0 || leg >= len(c.legs) {
-		return ingest.ErrLeg
+		return ErrLeg
 	}
 	return c.legs[leg].send(payload, time.Now())
 }
@@ -179,7 +178,7 @@ func (c *sipCall) tick(now time.Time) {
 	}
 }
 
-func (c *sipCall) end() {
+func (c *sipCall) End() {
 	now := time.Now()
 	for i, l := range c.legs {
 		l.release(now, true)

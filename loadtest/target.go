@@ -8,42 +8,25 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
-	"github.com/callrouter/callrouter/internal/ingest"
-	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
-	"github.com/callrouter/callrouter/loadtest/probe"
+	"github.com/callrouter/callrouter/loadtest/account"
 	"github.com/nats-io/nats.go"
 )
 
-// target is where the pacer's calls go: callrouter through an ingest node, or plain NATS.
-type target interface {
-	// start sets a call up (placement, or a plain subscription) and returns it ready to send.
-	start(ctx context.Context, spec session.Spec) (callHandle, error)
+// Target is where the pacer's calls go: callrouter's SIP or WHIP ingest, plain NATS (the
+// baseline), or an ingest node in the tester's process (package inproc).
+type Target interface {
+	// Start sets a call up (placement, or a plain subscription) and returns it ready to send. A
+	// refusal is a *RefusedError.
+	Start(ctx context.Context, spec session.Spec) (Call, error)
 }
 
-// callHandle is one call being played.
-type callHandle interface {
-	send(leg int, payload []byte) error
-	end()
+// Call is one call being played. Send returns ErrEnded once the system under test has ended it.
+type Call interface {
+	Send(leg int, payload []byte) error
+	End()
 }
-
-// ingestTarget places calls through a real ingest node, so placement, epochs and accounting are
-// callrouter's own.
-type ingestTarget struct{ n *ingest.Node }
-
-func (t ingestTarget) start(ctx context.Context, spec session.Spec) (callHandle, error) {
-	c, err := t.n.StartCall(ctx, spec)
-	if err != nil {
-		return nil, err
-	}
-	return ingestCall{c}, nil
-}
-
-type ingestCall struct{ c *ingest.Call }
-
-func (c ingestCall) send(leg int, payload []byte) error { return c.c.Send(leg, payload, 0) }
-func (c ingestCall) end()                               { c.c.End("hangup") }
 
 // rawPrefix is the subject class of the baseline's frames: rawbase.<tenant>.<call>.<leg>, the same
 // token count and lengths as callrouter's audio subjects.
@@ -60,11 +43,11 @@ type rawTarget struct {
 	next    atomic.Uint32
 }
 
-func (t *rawTarget) start(ctx context.Context, spec session.Spec) (callHandle, error) {
+func (t *rawTarget) Start(ctx context.Context, spec session.Spec) (Call, error) {
 	nc := t.subs[int(t.next.Add(1))%len(t.subs)]
-	rs := &rawSub{col: t.col, call: spec.Call, key: probe.Key(spec.Call), legs: make([]probe.Leg, len(spec.Legs))}
+	rs := &rawSub{col: t.col, call: spec.Call, key: account.Key(spec.Call), legs: make([]account.Leg, len(spec.Legs))}
 	for i := range rs.legs {
-		rs.legs[i] = probe.NewLeg()
+		rs.legs[i] = account.NewLeg()
 	}
 	sub, err := nc.Subscribe(rawPrefix+"."+spec.Tenant+"."+spec.Call+".*", rs.onMsg)
 	if err != nil {
@@ -111,7 +94,7 @@ func (c *rawCall) publish(leg int, payload []byte, flags frame.Flags) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if leg < 0 || leg >= len(c.legs) {
-		return ingest.ErrLeg
+		return ErrLeg
 	}
 	l := &c.legs[leg]
 	l.h.Flags = flags
@@ -126,9 +109,9 @@ func (c *rawCall) publish(leg int, payload []byte, flags frame.Flags) error {
 	return c.nc.Publish(l.subject, b)
 }
 
-func (c *rawCall) send(leg int, payload []byte) error { return c.publish(leg, payload, 0) }
+func (c *rawCall) Send(leg int, payload []byte) error { return c.publish(leg, payload, 0) }
 
-func (c *rawCall) end() {
+func (c *rawCall) End() {
 	for i := range c.legs {
 		_ = c.publish(i, nil, frame.FlagLast)
 	}
@@ -140,7 +123,7 @@ type rawSub struct {
 	call  string
 	key   uint32
 	sub   *nats.Subscription
-	legs  []probe.Leg
+	legs  []account.Leg
 	ended uint16
 	done  bool
 }
@@ -155,7 +138,7 @@ func (s *rawSub) onMsg(m *nats.Msg) {
 	now := time.Now()
 	if h.Has(frame.FlagLast) {
 		if next := t.Next(); next >= 0 && int64(h.Seq) > next { // tail loss shows as a gap before the last frame
-			t.Gap(proc.Gap{Leg: h.Leg, From: uint32(next), To: h.Seq - 1, Cause: proc.CauseBus})
+			t.Gap(account.Gap{Leg: h.Leg, From: uint32(next), To: h.Seq - 1, Cause: account.CauseBus})
 			s.col.Loss(s.key, int64(h.Seq)-next, now)
 		}
 		s.ended |= 1 << h.Leg

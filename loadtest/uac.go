@@ -10,8 +10,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/callrouter/callrouter/internal/ingest"
 )
 
 // uac is the SIP mode's user agent client: one UDP socket for the signalling of every call
@@ -244,7 +242,7 @@ func (u *uac) transact(ctx context.Context, method string, d *sipDialog, cseq in
 }
 
 // invite places a call: INVITE with the offer, ACK on 200, and returns the answer's SDP. A 503
-// or 486 is an *ingest.RefusedError carrying Retry-After.
+// or 486 is a *RefusedError carrying Retry-After.
 func (u *uac) invite(ctx context.Context, d *sipDialog, extra, ctype, body string, onBye func()) (string, error) {
 	u.mu.Lock()
 	u.byes[d.callID] = onBye
@@ -261,7 +259,7 @@ func (u *uac) invite(ctx context.Context, d *sipDialog, extra, ctype, body strin
 		reason := strings.TrimSpace(res.first[min(len(res.first), 11):])
 		if code == 503 || code == 486 || code == 480 {
 			ra, _ := strconv.Atoi(strings.Fields(res.header("retry-after") + " 1")[0])
-			return "", &ingest.RefusedError{Code: strconv.Itoa(code), Reason: reason, RetryAfter: time.Duration(max(ra, 1)) * time.Second}
+			return "", &RefusedError{Code: strconv.Itoa(code), Reason: reason, RetryAfter: time.Duration(max(ra, 1)) * time.Second}
 		}
 		return "", fmt.Errorf("loadtest: INVITE %s: %d %s", d.callID, code, reason)
 	}

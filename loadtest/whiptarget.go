@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
-	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/pion/ice/v4"
 	"github.com/pion/webrtc/v4"
@@ -65,7 +64,7 @@ func (t *whipTarget) close() {
 	})
 }
 
-func (t *whipTarget) start(ctx context.Context, spec session.Spec) (callHandle, error) {
+func (t *whipTarget) Start(ctx context.Context, spec session.Spec) (Call, error) {
 	mime := webrtc.MimeTypePCMU
 	switch spec.Legs[0].Codec {
 	case frame.CodecPCMU:
@@ -139,7 +138,7 @@ type whipCall struct {
 	gone     atomic.Bool
 }
 
-// post sends the offer and applies the answer; a 503 is an *ingest.RefusedError.
+// post sends the offer and applies the answer; a 503 is a *RefusedError.
 func (c *whipCall) post(ctx context.Context, offer string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.t.endpoint, strings.NewReader(offer))
 	if err != nil {
@@ -159,7 +158,7 @@ func (c *whipCall) post(ctx context.Context, offer string) error {
 	switch {
 	case res.StatusCode == http.StatusServiceUnavailable || res.StatusCode == http.StatusTooManyRequests:
 		ra, _ := strconv.Atoi(res.Header.Get("Retry-After"))
-		return &ingest.RefusedError{Code: strconv.Itoa(res.StatusCode), Reason: strings.TrimSpace(string(body)), RetryAfter: time.Duration(max(ra, 1)) * time.Second}
+		return &RefusedError{Code: strconv.Itoa(res.StatusCode), Reason: strings.TrimSpace(string(body)), RetryAfter: time.Duration(max(ra, 1)) * time.Second}
 	case res.StatusCode != http.StatusCreated:
 		return fmt.Errorf("loadtest: WHIP POST: %s: %s", res.Status, strings.TrimSpace(string(body)))
 	}
@@ -174,12 +173,12 @@ func (c *whipCall) post(ctx context.Context, offer string) error {
 // callID is the server's name for the call, which the workers report under.
 func (c *whipCall) callID() string { return c.call }
 
-func (c *whipCall) send(leg int, payload []byte) error {
+func (c *whipCall) Send(leg int, payload []byte) error {
 	if leg != 0 {
-		return ingest.ErrLeg
+		return ErrLeg
 	}
 	if c.gone.Load() {
-		return ingest.ErrEnded
+		return ErrEnded
 	}
 	if err := c.track.WriteSample(media.Sample{Data: payload, Duration: frame.Duration}); err != nil {
 		return err
@@ -188,7 +187,7 @@ func (c *whipCall) send(leg int, payload []byte) error {
 	return nil
 }
 
-func (c *whipCall) end() { c.t.hangup(c, c.t.wait) }
+func (c *whipCall) End() { c.t.hangup(c, c.t.wait) }
 
 // hangup deletes the session (RFC 9725 section 4.2) off the pacer's goroutine and closes the
 // peer connection.

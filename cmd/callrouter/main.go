@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	_ "github.com/callrouter/callrouter/loadtest/probe" // registers the "loadtest" processor
 	"io"
 	"net/http"
 	"os"

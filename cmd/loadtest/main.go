@@ -18,8 +18,10 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/callrouter/callrouter/internal/cli"
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/loadtest"
+	"github.com/callrouter/callrouter/loadtest/inproc"
 )
 
 const envPrefix = "CALLROUTER_LOADTEST_"
@@ -78,7 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	rep, err := loadtest.Run(ctx, o.cfg, loadtest.Deps{Log: log, StackLog: stackLog, Progress: progress, Command: commandLine(args)})
+	rep, err := loadtest.Run(ctx, o.cfg, loadtest.Deps{Log: log, StackLog: stackLog, Progress: progress, Command: commandLine(args), Harness: inproc.Start})
 	if err != nil {
 		fmt.Fprintln(stderr, "loadtest:", err)
 		return 2
@@ -136,7 +138,7 @@ func writeFile(path string, write func(io.Writer) error) error {
 	return f.Close()
 }
 
-// parse fills options from the environment, then the flags, then validates.
+// parse fills options from the flags, then the environment for flags not given, then validates.
 func parse(args []string, stderr io.Writer) (*options, error) {
 	o := &options{cfg: loadtest.DefaultConfig(), logLevel: "warn", stackLog: "error"}
 	fs := Flags(&o.cfg)
@@ -153,26 +155,15 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 			"Every flag can also be set as %s<FLAG> (upper case, - as _).\n\n", envPrefix)
 		fs.PrintDefaults()
 	}
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(name); ok && envErr == nil {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("%s=%q (flag -%s): %v", name, v, f.Name, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return nil, envErr
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := cli.ParseEnv(fs, args, envPrefix); err != nil {
 		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (inputs go in -input)", fs.Arg(0))
 	}
 	if err := o.cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("bad flag (or %s* variable):\n%w", envPrefix, err)
+	}
+	if o.cfg.Mode == loadtest.ModeNATS {
+		fmt.Fprintf(stderr, "loadtest: note: -mode %s is the old name of -mode %s (calls through an ingest node in this process); it still works\n",
+			loadtest.ModeNATS, loadtest.ModeInproc)
 	}
 	return o, nil
 }
@@ -181,7 +172,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 // loadtest.DefaultConfig()).
 func Flags(cfg *loadtest.Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
-	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "nats: calls through a real ingest node onto NATS to the router and workers; sip: SIP UAC + RTP into the SIP ingest (SIPREC for two legs); whip: pion WHIP clients into the WebRTC ingest (one leg); baseline: raw NATS publishers to subscribers only")
+	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "inproc (old name: nats): calls through an ingest node in this process onto NATS to the router and workers, in-process or remote (-nats), never a remote ingest; sip: SIP UAC + RTP into the SIP ingest (SIPREC for two legs); whip: pion WHIP clients into the WebRTC ingest (one leg); baseline: raw NATS publishers to subscribers only")
 	fs.StringVar(&cfg.SIP, "sip", cfg.SIP, "sip mode: host:port of a running SIP ingest (with -nats); empty runs one in-process")
 	fs.StringVar(&cfg.WHIP, "whip", cfg.WHIP, "whip mode: endpoint URL of a running WHIP ingest (with -nats); empty runs one in-process")
 	fs.StringVar(&cfg.WHIPToken, "whip-token", cfg.WHIPToken, "whip mode: bearer token")
@@ -189,7 +180,7 @@ func Flags(cfg *loadtest.Config) *flag.FlagSet {
 	fs.Float64Var(&cfg.Impair.Loss, "loss", 0, "sip mode: probability an RTP packet is dropped")
 	fs.DurationVar(&cfg.Impair.Jitter, "jitter", 0, "sip mode: each RTP packet is delayed by a uniform random 0..jitter")
 	fs.Float64Var(&cfg.Impair.Reorder, "reorder", 0, "sip mode: probability an RTP packet is sent after the next one (with -jitter 0)")
-	fs.BoolVar(&cfg.Baseline, "baseline", cfg.Baseline, "in nats mode, first run a raw NATS baseline phase at the same message rate and sizes, and report the ratios")
+	fs.BoolVar(&cfg.Baseline, "baseline", cfg.Baseline, "first run a raw NATS baseline phase at the same message rate and sizes, and report the ratios")
 	fs.Func("input", "WAV (PCM16, μ-law, A-law; mono = 1 leg, stereo = 2) or classic pcap file, or a directory of them; repeat or comma-separate; played round-robin", func(s string) error {
 		for _, p := range strings.Split(s, ",") {
 			if p = strings.TrimSpace(p); p != "" {

@@ -81,3 +81,18 @@ func TestCommandLineRedactsToken(t *testing.T) {
 		t.Errorf("command line %q", got)
 	}
 }
+
+func TestModeNATSIsAnAlias(t *testing.T) {
+	var stderr bytes.Buffer
+	o, err := parse([]string{"-input", "a.wav", "-mode", "nats"}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cfg.Mode != "nats" || !strings.Contains(stderr.String(), "old name of -mode inproc") {
+		t.Errorf("-mode nats: mode %q, stderr %q; want accepted with a note", o.cfg.Mode, stderr.String())
+	}
+	stderr.Reset()
+	if o, err = parse([]string{"-input", "a.wav"}, &stderr); err != nil || o.cfg.Mode != "inproc" || stderr.Len() != 0 {
+		t.Errorf("default mode: %v, %q; want inproc, no note", err, stderr.String())
+	}
+}

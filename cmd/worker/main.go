@@ -5,7 +5,6 @@ package main
 import (
 	"flag"
 	"fmt"
-	_ "github.com/callrouter/callrouter/loadtest/probe" // registers the "loadtest" processor
 	"os"
 	"slices"
 	"strings"

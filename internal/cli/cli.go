@@ -25,14 +25,23 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// EnvPrefix starts the environment variable of every flag of the services.
+const EnvPrefix = "CALLROUTER_"
+
 // EnvName returns the environment variable for a flag: CALLROUTER_ + upper case, '-' → '_'.
-func EnvName(flagName string) string {
-	return "CALLROUTER_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+func EnvName(flagName string) string { return envName(EnvPrefix, flagName) }
+
+func envName(prefix, flagName string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
 // Parse parses args, then fills every flag not given on the command line from its environment
 // variable. Errors name the flag (and variable) and why.
-func Parse(fs *flag.FlagSet, args []string) error {
+func Parse(fs *flag.FlagSet, args []string) error { return ParseEnv(fs, args, EnvPrefix) }
+
+// ParseEnv is Parse with the variables under another prefix (the load tester's
+// CALLROUTER_LOADTEST_).
+func ParseEnv(fs *flag.FlagSet, args []string, prefix string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -46,9 +55,9 @@ func Parse(fs *flag.FlagSet, args []string) error {
 		if set[f.Name] {
 			return
 		}
-		if v, ok := os.LookupEnv(EnvName(f.Name)); ok {
+		if v, ok := os.LookupEnv(envName(prefix, f.Name)); ok {
 			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("invalid value %q for %s (flag -%s): %v", v, EnvName(f.Name), f.Name, err))
+				errs = append(errs, fmt.Errorf("invalid value %q for %s (flag -%s): %v", v, envName(prefix, f.Name), f.Name, err))
 			}
 		}
 	})

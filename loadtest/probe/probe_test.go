@@ -9,35 +9,10 @@ import (
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/loadtest/account"
 	"github.com/google/go-cmp/cmp"
 	"github.com/rs/zerolog"
 )
-
-func TestLegObserve(t *testing.T) {
-	l := NewLeg()
-	for _, s := range []uint32{0, 1, 2, 5, 3, 6, 6, 1, 7} {
-		l.Observe(s)
-	}
-	// 3 and 4 were a gap when 5 arrived: 3 arrives late (reordered), 4 never; 6 and 1 repeat.
-	got := map[string]int64{"received": l.Received, "lost": l.Lost, "reordered": l.Reordered, "dup": l.Duplicated, "next": l.Next()}
-	want := map[string]int64{"received": 6, "lost": 2, "reordered": 1, "dup": 2, "next": 8}
-	if d := cmp.Diff(want, got); d != "" {
-		t.Errorf("leg (-want +got):\n%s", d)
-	}
-	if l.LostBy[proc.CauseBus] != 2 {
-		t.Errorf("lost by cause %v, want 2 bus_loss", l.LostBy)
-	}
-}
-
-func TestLegKeepsBoundedGaps(t *testing.T) {
-	l := NewLeg()
-	for i := uint32(0); i < 200; i += 2 {
-		l.Observe(i)
-	}
-	if len(l.gaps) != maxGapsKept || l.Lost != 99 {
-		t.Errorf("%d gaps kept, %d lost; want %d, 99", len(l.gaps), l.Lost, maxGapsKept)
-	}
-}
 
 // fakeCall is a proc.Call that keeps what is emitted.
 type fakeCall struct {
@@ -101,11 +76,11 @@ func TestProcessorPublishesEventWithoutSink(t *testing.T) {
 		t.Fatal(err)
 	}
 	play(t, h)
-	var cr CallReport
-	if err := json.Unmarshal(fc.events[EventKind], &cr); err != nil {
-		t.Fatalf("no %q event: %v", EventKind, err)
+	var cr account.CallReport
+	if err := json.Unmarshal(fc.events[account.EventKind], &cr); err != nil {
+		t.Fatalf("no %q event: %v", account.EventKind, err)
 	}
-	want := []LegReport{
+	want := []account.LegReport{
 		{Received: 8, Lost: 2, Reordered: 1, LostBy: map[string]int64{proc.CauseBackpressure: 2}},
 		{Received: 4, Duplicated: 1, Replayed: 1},
 	}
@@ -121,12 +96,12 @@ func TestProcessorPublishesEventWithoutSink(t *testing.T) {
 type memSink struct {
 	frames, lost int64
 	call, stop   string
-	legs         []Leg
+	legs         []account.Leg
 }
 
 func (m *memSink) Frame(uint32, time.Duration, time.Time) { m.frames++ }
 func (m *memSink) Loss(_ uint32, n int64, _ time.Time)    { m.lost += n }
-func (m *memSink) Report(call, stop string, legs []Leg) {
+func (m *memSink) Report(call, stop string, legs []account.Leg) {
 	m.call, m.stop, m.legs = call, stop, legs
 }
 
@@ -152,10 +127,26 @@ func TestProcessorWritesToAttachedSink(t *testing.T) {
 	}
 }
 
-func TestFromAccounting(t *testing.T) {
-	legs := FromAccounting(proc.Accounting{Reason: "end", Legs: []proc.LegAccount{
-		{Leg: 1, Processed: 7, Lost: 3, LostBy: map[string]int{proc.CauseBus: 3}}}})
-	if len(legs) != 2 || legs[0].Received != 0 || legs[1].Received != 7 || legs[1].LostBy[proc.CauseBus] != 3 {
-		t.Errorf("legs %+v", legs)
+// TestClientReadsTheWorkersEvents holds package account, which the black-box client decodes the
+// workers' events with, to the bodies proc writes: the accounting summary, a gap, the causes.
+func TestClientReadsTheWorkersEvents(t *testing.T) {
+	b, _ := json.Marshal(proc.Accounting{Reason: "end", Legs: []proc.LegAccount{
+		{Leg: 1, Name: "agent", Processed: 7, GapFilled: 2, Replayed: 1, Duplicates: 4, Lost: 3, LostBy: map[string]int{proc.CauseBus: 3}}}})
+	var a account.Accounting
+	if err := json.Unmarshal(b, &a); err != nil {
+		t.Fatal(err)
+	}
+	legs := account.FromAccounting(a)
+	if len(legs) != 2 || legs[0].Received != 0 || legs[1].Received != 7 || legs[1].GapFilled != 2 || legs[1].Replayed != 1 ||
+		legs[1].Duplicated != 4 || legs[1].Lost != 3 || legs[1].LostBy[account.CauseBus] != 3 || a.Reason != "end" {
+		t.Errorf("accounting %s read as %+v, legs %+v", b, a, legs)
+	}
+	b, _ = json.Marshal(proc.Gap{Leg: 1, From: 5, To: 9, Cause: proc.CauseStale})
+	var g account.Gap
+	if err := json.Unmarshal(b, &g); err != nil || g != (account.Gap{Leg: 1, From: 5, To: 9, Cause: proc.CauseStale}) || g.Count() != 5 {
+		t.Errorf("gap %s read as %+v (%v)", b, g, err)
+	}
+	if account.CauseBus != proc.CauseBus || account.CauseNetwork != proc.CauseNetwork {
+		t.Errorf("causes %q %q, proc's %q %q", account.CauseBus, account.CauseNetwork, proc.CauseBus, proc.CauseNetwork)
 	}
 }

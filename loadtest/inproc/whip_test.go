@@ -1,12 +1,10 @@
-package loadtest
+package inproc
 
 import (
-	"context"
 	"testing"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/stack"
-	"github.com/callrouter/callrouter/internal/worker"
+	"github.com/callrouter/callrouter/loadtest"
 	"github.com/callrouter/callrouter/loadtest/probe"
 )
 
@@ -16,21 +14,9 @@ func TestWHIPModeInProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 3 s WHIP run")
 	}
-	cfg := DefaultConfig()
-	cfg.Mode = ModeWHIP
-	cfg.Inputs = []string{writeTone(t, t.TempDir(), 3*time.Second)}
-	cfg.Calls = 4
-	cfg.Ramp = 50
-	cfg.Tenant = "lt-whip"
-	cfg.MaxLoss = 0
+	cfg := shortConfig(t, loadtest.ModeWHIP, "lt-whip", 4, 50, 3*time.Second)
 	cfg.MaxRefused = 0
-	cfg.Progress = 0
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	rep, err := Run(ctx, cfg, Deps{Log: testLog(t), StackLog: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := run(t, cfg, loadtest.Deps{Harness: Start, Log: testLog(t), StackLog: testLog(t)})
 	p := rep.Phases[0]
 	const want = 4 * 150
 	if p.Completed != 4 || p.Totals.Legs != 4 || p.Totals.Sent != want || p.Totals.Received != want || p.Latency.Count != want {
@@ -51,33 +37,15 @@ func TestWHIPModeRemote(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 2 s WHIP run")
 	}
-	wc := worker.DefaultConfig()
-	wc.Processors = []string{"accounting", probe.ProcessorName}
-	st, err := stack.Start(stack.Config{Workers: 1, Worker: wc, Log: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := remoteStack(t, 1, "accounting", probe.ProcessorName)
 	url, stop, err := startWHIP(st.Ingest, "lt-whip-remote", 3, testLog(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stop()
-	cfg := DefaultConfig()
-	cfg.Mode = ModeWHIP
+	cfg := shortConfig(t, loadtest.ModeWHIP, "lt-whip-remote", 3, 50, 2*time.Second)
 	cfg.WHIP, cfg.NATSURL = url, st.URL
-	cfg.Inputs = []string{writeTone(t, t.TempDir(), 2*time.Second)}
-	cfg.Calls = 3
-	cfg.Ramp = 50
-	cfg.Tenant = "lt-whip-remote"
-	cfg.MaxLoss = 0
-	cfg.Progress = 0
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	rep, err := Run(ctx, cfg, Deps{Log: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := run(t, cfg, loadtest.Deps{Log: testLog(t)}) // a black-box run: no harness
 	p := rep.Phases[0]
 	if p.Totals.Sent != 3*100 || p.Totals.Received != p.Totals.Sent || p.Latency.Count != p.Totals.Sent || !rep.Pass {
 		t.Errorf("sent %d, received %d, %d timed, failures %v, worst %+v", p.Totals.Sent, p.Totals.Received, p.Latency.Count, rep.Failures, p.WorstLegs)

@@ -1,9 +1,6 @@
-package probe
+package account
 
-import (
-	hdr "github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/callrouter/callrouter/internal/proc"
-)
+import hdr "github.com/HdrHistogram/hdrhistogram-go"
 
 // CallReport is the body of a "loadtest" event: one call's worker-side account.
 type CallReport struct {
@@ -46,9 +43,26 @@ func (cr *CallReport) Accounts() []Leg {
 	return out
 }
 
+// Accounting is the body of a worker's "accounting" event, as far as the tester reads it.
+type Accounting struct {
+	Reason string       `json:"reason"`
+	Legs   []LegAccount `json:"legs"`
+}
+
+// LegAccount is one leg of an Accounting.
+type LegAccount struct {
+	Leg        uint8          `json:"leg"`
+	Processed  int            `json:"processed"`
+	GapFilled  int            `json:"gap_filled"`
+	Replayed   int            `json:"replayed"`
+	Duplicates int            `json:"duplicates"`
+	Lost       int            `json:"lost"`
+	LostBy     map[string]int `json:"lost_by_cause,omitempty"`
+}
+
 // FromAccounting turns a worker's "accounting" event into leg accounts, for pools that do not
-// run this processor.
-func FromAccounting(a proc.Accounting) []Leg {
+// run the probe.
+func FromAccounting(a Accounting) []Leg {
 	out := []Leg{}
 	for _, la := range a.Legs {
 		for int(la.Leg) > len(out) {

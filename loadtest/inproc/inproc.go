@@ -1,0 +1,144 @@
+// Package inproc is the load tester's in-process harness: it runs callrouter's own services in
+// the tester's process for package loadtest — a one-process callrouter (embedded nats-server,
+// router, workers running the "loadtest" probe, and the SIP or WHIP ingest a mode needs), or an
+// ingest node of the tester's own on a remote NATS (mode inproc). It is the white-box half of
+// the tester; package loadtest, the black-box client, never imports a service.
+package inproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/stack"
+	"github.com/callrouter/callrouter/internal/worker"
+	"github.com/callrouter/callrouter/loadtest"
+	"github.com/callrouter/callrouter/loadtest/probe"
+)
+
+// Start runs what cfg asks for; it is a loadtest.Harness.
+func Start(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local, error) {
+	if cfg.NATSURL != "" {
+		return joinRemote(cfg)
+	}
+	return startStack(ctx, cfg)
+}
+
+var _ loadtest.Harness = Start
+
+// startStack starts the one-process callrouter and, for the SIP and WHIP modes, that ingest.
+func startStack(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local, error) {
+	wc := worker.DefaultConfig()
+	wc.Processors = []string{"accounting", probe.ProcessorName}
+	wc.Capacity = cfg.WorkerCapacity
+	if wc.Capacity == 0 {
+		wc.Capacity = (cfg.Calls+cfg.Workers-1)/cfg.Workers + cfg.Calls/10 + 10
+	}
+	st, err := stack.Start(stack.Config{Workers: cfg.Workers, Worker: wc, Log: cfg.StackLog})
+	if err != nil {
+		return nil, fmt.Errorf("loadtest: in-process stack: %w", err)
+	}
+	if err := waitWorkers(ctx, st, cfg.Workers); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	l := &loadtest.Local{URL: st.URL, Stack: true, Ingest: ingestTarget{st.Ingest}, Attach: probe.Attach, Close: func() { _ = st.Close() }}
+	var stop func()
+	switch cfg.Mode {
+	case loadtest.ModeSIP:
+		l.SIP, stop, err = startSIP(st.Ingest, cfg.Tenant, cfg.Calls, cfg.Legs, cfg.StackLog)
+	case loadtest.ModeWHIP:
+		l.WHIP, stop, err = startWHIP(st.Ingest, cfg.Tenant, cfg.Calls, cfg.StackLog)
+	}
+	if err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	if stop != nil {
+		l.Close = func() { stop(); _ = st.Close() }
+	}
+	return l, nil
+}
+
+// waitWorkers waits until the router sees every worker.
+func waitWorkers(ctx context.Context, st *stack.Stack, n int) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for len(st.Routers[0].Workers()) < n {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return errors.New("loadtest: in-process workers did not become visible to the router in 15s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+// joinRemote runs an ingest node of the tester's own on a remote callrouter's NATS: the calls
+// load the remote routers and workers, never a remote ingest.
+func joinRemote(cfg loadtest.LocalConfig) (*loadtest.Local, error) {
+	bc := bus.DefaultConfig()
+	bc.URL, bc.Name = cfg.NATSURL, "loadtest ingest "+cfg.RunID
+	nc, err := bus.Connect(bc, cfg.Log)
+	if err != nil {
+		return nil, fmt.Errorf("loadtest: %w", err)
+	}
+	ic := ingest.DefaultConfig()
+	ic.ID = "loadtest-" + cfg.RunID
+	ic.DrainTimeout = time.Second
+	n, err := ingest.New(ic, ingest.Deps{NC: nc, Log: cfg.Log})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	nctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = n.Run(nctx)
+	}()
+	return &loadtest.Local{URL: cfg.NATSURL, Ingest: ingestTarget{n}, Close: func() {
+		cancel()
+		<-done
+		n.Close()
+		nc.Close()
+	}}, nil
+}
+
+// ingestTarget places calls through a real ingest node, so placement, epochs and accounting are
+// callrouter's own.
+type ingestTarget struct{ n *ingest.Node }
+
+// Start places the call; ingest's refusals become *loadtest.RefusedError.
+func (t ingestTarget) Start(ctx context.Context, spec session.Spec) (loadtest.Call, error) {
+	c, err := t.n.StartCall(ctx, spec)
+	if err != nil {
+		if wait, temp := ingest.RetryAfter(err); temp {
+			re := &loadtest.RefusedError{Code: "unavailable", Reason: err.Error(), RetryAfter: wait}
+			var ie *ingest.RefusedError
+			if errors.As(err, &ie) {
+				re.Code, re.Reason = ie.Code, ie.Reason
+			}
+			return nil, re
+		}
+		return nil, err
+	}
+	return ingestCall{c}, nil
+}
+
+type ingestCall struct{ c *ingest.Call }
+
+func (c ingestCall) Send(leg int, payload []byte) error {
+	err := c.c.Send(leg, payload, 0)
+	switch {
+	case errors.Is(err, ingest.ErrEnded):
+		return fmt.Errorf("%w: %w", loadtest.ErrEnded, err)
+	case errors.Is(err, ingest.ErrLeg):
+		return fmt.Errorf("%w: %w", loadtest.ErrLeg, err)
+	}
+	return err
+}
+
+func (c ingestCall) End() { c.c.End("hangup") }
