@@ -22,3 +22,24 @@ func TestCheckConfigConnectsToNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestWHIPListenerFlags: the public listener's flags are checked before anything runs, and it
+// may not share the -http address (where /metrics is).
+func TestWHIPListenerFlags(t *testing.T) {
+	base := []string{"-check-config", "-nats", "nats://127.0.0.1:1"}
+	if code := run(append(base, "-whip-listen", "127.0.0.1:8443", "-http", "127.0.0.1:8080")); code != 0 {
+		t.Errorf("separate listeners: exit %d, want 0", code)
+	}
+	for _, bad := range [][]string{
+		{"-whip-listen", "8443"},
+		{"-whip-listen", ":8080", "-http", ":8080"},
+		{"-whip-tls-cert", "/nonexistent.pem"},
+		{"-whip-tls-cert", "/nonexistent.pem", "-whip-tls-key", "/nonexistent.key"},
+		{"-whip-max-conns", "-1"},
+		{"-whip-write-timeout", "-1s"},
+	} {
+		if code := run(append(base, bad...)); code != 2 {
+			t.Errorf("run(%q) = %d, want 2", bad, code)
+		}
+	}
+}
