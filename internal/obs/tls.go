@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
 	"net/http"
 	"os"
@@ -148,8 +149,9 @@ func (k *KeyPair) Watch(ctx context.Context, every time.Duration, log zerolog.Lo
 
 // ListenHandler binds addr with the limits l and prepares a server of h alone: none of Paths
 // (health and metrics stay on the private listener of Listen). With tc it serves HTTPS (HTTP/2
-// and HTTP/1.1). Run starts it.
-func ListenHandler(addr string, h http.Handler, l Limits, tc *tls.Config) (*Server, error) {
+// and HTTP/1.1). The server's own errors (failed TLS handshakes from scanners, ...) go to log at
+// debug level. Run starts it.
+func ListenHandler(addr string, h http.Handler, l Limits, tc *tls.Config, log zerolog.Logger) (*Server, error) {
 	if h == nil {
 		return nil, errors.New("obs: nil handler")
 	}
@@ -164,5 +166,14 @@ func ListenHandler(addr string, h http.Handler, l Limits, tc *tls.Config) (*Serv
 		ln = netutil.LimitListener(ln, l.MaxConns)
 	}
 	return &Server{ln: ln, tls: tc != nil, srv: &http.Server{Handler: h, TLSConfig: tc, ReadHeaderTimeout: l.ReadHeaderTimeout,
-		ReadTimeout: l.ReadTimeout, WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes}}, nil
+		ReadTimeout: l.ReadTimeout, WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes,
+		ErrorLog: stdlog.New(debugWriter{log}, "", 0)}}, nil
+}
+
+// debugWriter logs each line written at debug level.
+type debugWriter struct{ log zerolog.Logger }
+
+func (w debugWriter) Write(b []byte) (int, error) {
+	w.log.Debug().Msg(string(bytes.TrimSpace(b)))
+	return len(b), nil
 }

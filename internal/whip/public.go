@@ -79,9 +79,9 @@ func ListenPublic(cfg ListenConfig, h http.Handler, log zerolog.Logger) (*Public
 		if p.kp, err = obs.LoadKeyPair(cfg.CertFile, cfg.KeyFile); err != nil {
 			return nil, fmt.Errorf("flags -whip-tls-cert and -whip-tls-key: %w", err)
 		}
-		p.srv, err = obs.ListenHandler(cfg.Addr, h, cfg.Limits, p.kp.TLSConfig())
+		p.srv, err = obs.ListenHandler(cfg.Addr, h, cfg.Limits, p.kp.TLSConfig(), p.log)
 	} else {
-		p.srv, err = obs.ListenHandler(cfg.Addr, h, cfg.Limits, nil)
+		p.srv, err = obs.ListenHandler(cfg.Addr, h, cfg.Limits, nil, p.log)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("flag -whip-listen: %w", err)
