@@ -40,8 +40,10 @@ import (
 const innerEnv = "CALLROUTER_E2E_NETNS"
 
 // TestBrowserCall re-runs itself inside `unshare -n` (loopback only) where it starts a
-// one-process callrouter with the WHIP endpoint and the call page, and drives Chromium through a
-// call. It skips only when chromium or node is not installed.
+// one-process callrouter with the WHIP endpoint and the call page on a public HTTPS listener (a
+// test CA's certificate) and drives Chromium through a call: the page must get the microphone
+// over HTTPS and not over plain HTTP at a non-loopback name, and send its token only as a
+// header. It skips only when chromium or node is not installed.
 func TestBrowserCall(t *testing.T) {
 	if os.Getenv(innerEnv) != "" {
 		browserCall(t)
