@@ -107,6 +107,7 @@ function waitGathered(pc, ms) {
 async function call() {
   showError('');
   $('call').disabled = true;
+  if (events) { events.abort(); events = null; } // the last call's stream, still lingering
   $('events').textContent = '';
   count = 0;
   setState('starting');
