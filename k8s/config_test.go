@@ -152,6 +152,7 @@ func listeners(t *testing.T, ch cli.Checked) map[string]listener {
 	}
 	if ch.Flags["whip"] == "true" {
 		out["whip-udp"] = listener{port(t, ch.Flags["whip-udp"]), corev1.ProtocolUDP}
+		out["whip-http"] = listener{port(t, ch.Flags["whip-listen"]), corev1.ProtocolTCP}
 	}
 	return out
 }

@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -27,7 +26,6 @@ import (
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/wav"
 	"github.com/callrouter/callrouter/internal/whip"
-	"github.com/callrouter/callrouter/internal/whip/web"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/nats-io/nats.go"
@@ -46,6 +44,7 @@ type options struct {
 	logLevel string
 	json     bool
 	whipUDP  string
+	whip     whip.ListenConfig
 	recDir   string
 	sip      string
 }
@@ -66,6 +65,10 @@ func run(args []string, out io.Writer) int {
 	fs.StringVar(&o.recDir, "record-dir", filepath.Join(os.TempDir(), "callrouter-recordings"), "directory for call recordings (one WAV per call, a channel per leg)")
 	fs.StringVar(&o.sip, "sip-listen", "", "also answer SIP calls (UDP+TCP) on this address, e.g. 127.0.0.1:5060")
 	fs.StringVar(&o.whipUDP, "whip-udp", "127.0.0.1:8443", "UDP address for WebRTC media of the browser call page (/call/)")
+	o.whip = whip.DefaultListenConfig()
+	fs.StringVar(&o.whip.Addr, "whip-listen", "127.0.0.1:8443", "TCP address of the call page (/call/) and its WHIP endpoint (/whip); never /metrics, that is -http")
+	fs.StringVar(&o.whip.CertFile, "whip-tls-cert", "", "PEM certificate for HTTPS on -whip-listen (with -whip-tls-key): a browser on another machine grants the microphone only to https")
+	fs.StringVar(&o.whip.KeyFile, "whip-tls-key", "", "PEM private key of -whip-tls-cert")
 	if err := cli.Parse(fs, args); err != nil {
 		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
 		return 2
@@ -99,6 +102,10 @@ func run(args []string, out io.Writer) int {
 		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
 		return 2
 	}
+	if err := o.whip.Validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
+		return 2
+	}
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", "speech", "dtmf", "levels", "record", "summary"}
 	wc.ProcessorOptions = map[string]proc.Options{"record": {"dir": o.recDir}}
@@ -124,14 +131,25 @@ func run(args []string, out io.Writer) int {
 		fmt.Fprintf(os.Stderr, "callrouter: flag -whip-udp: %v\n", err)
 		return 2
 	}
-	wsrv.Mount(srv.Mux)
-	srv.Mux.Handle("/call/", http.StripPrefix("/call", web.Handler()))
+	// WHIP and the call page on their own listener, apart from /metrics and the probes on -http.
+	pub, err := whip.ListenPublic(o.whip, wsrv.PublicHandler(), log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
+		return 2
+	}
+	pubCtx, pubStop := context.WithCancel(context.Background())
+	pubDone := make(chan error, 1)
+	go func() { pubDone <- pub.Run(pubCtx) }()
 	whipDone := make(chan error, 1)
 	go func() { whipDone <- wsrv.Run(ctx, s.Ingest) }()
 	defer func() {
 		stop()
 		if err := <-whipDone; err != nil {
 			fmt.Fprintf(os.Stderr, "callrouter: WHIP: %v\n", err)
+		}
+		pubStop() // after the sessions ended: their pages keep their URLs until then
+		if err := <-pubDone; err != nil {
+			fmt.Fprintf(os.Stderr, "callrouter: WHIP listener: %v\n", err)
 		}
 	}() // before s.Close: sessions end while ingest still runs
 	if o.sip != "" {
@@ -156,8 +174,8 @@ func run(args []string, out io.Writer) int {
 		}()
 	}
 	go func() { _ = srv.Run(ctx) }()
-	fmt.Fprintf(out, "callrouter: NATS %s, metrics http://%s/metrics, call page http://%s/call/, %d workers; playing %d call(s) of %.1f s\n",
-		s.URL, srv.Addr(), srv.Addr(), o.workers, o.calls, float64(rec.Len())*0.02/o.speed)
+	fmt.Fprintf(out, "callrouter: NATS %s, metrics http://%s/metrics, call page %s/call/, %d workers; playing %d call(s) of %.1f s\n",
+		s.URL, srv.Addr(), pub.URL(), o.workers, o.calls, float64(rec.Len())*0.02/o.speed)
 
 	// Print every event, in arrival order, until the calls are done.
 	nc, err := nats.Connect(s.URL, nats.Name("callrouter events"))

@@ -7,7 +7,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -19,7 +18,6 @@ import (
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/sip"
 	"github.com/callrouter/callrouter/internal/whip"
-	"github.com/callrouter/callrouter/internal/whip/web"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -48,6 +46,7 @@ func run(args []string) int {
 	fs.IntVar(&p.frames, "play-frames", 0, "frames per leg to play (0 = the whole file once; more loops it)")
 	fs.Float64Var(&p.speed, "play-speed", 1, "playback speed factor (1 = real time)")
 	wcfg, whipOn := WHIPFlags(fs)
+	lcfg := WHIPListenFlags(fs)
 	scfg, sipListen := SIPFlags(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
@@ -65,6 +64,14 @@ func run(args []string) int {
 		}
 		if err := wcfg.Validate(); err != nil {
 			fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
+			return 2
+		}
+		if err := lcfg.Validate(); err != nil {
+			fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
+			return 2
+		}
+		if lcfg.Addr == common.HTTP {
+			fmt.Fprintf(os.Stderr, "ingest: flags -whip-listen and -http: %q for both; /metrics must not share the public port\n", lcfg.Addr)
 			return 2
 		}
 	}
@@ -92,7 +99,7 @@ func run(args []string) int {
 		if err != nil {
 			return nil, err
 		}
-		svc := &service{n: n, rec: rec, p: p, log: log}
+		svc := &service{n: n, rec: rec, p: p, log: log, listen: *lcfg}
 		if *whipOn {
 			if svc.whip, err = whip.New(*wcfg, whip.Deps{Log: log, Registry: reg}); err != nil {
 				return nil, err
@@ -109,20 +116,13 @@ func run(args []string) int {
 
 // service runs the node and its sources.
 type service struct {
-	n    *ingest.Node
-	rec  *filesrc.Recording
-	p    player
-	log  zerolog.Logger
-	whip *whip.Server // nil with -whip=false
-	sip  *sip.Server  // nil without -sip-listen
-}
-
-// Mount serves WHIP and the call page on the -http server.
-func (s *service) Mount(mux *http.ServeMux) {
-	if s.whip != nil {
-		s.whip.Mount(mux)
-		mux.Handle("/call/", http.StripPrefix("/call", web.Handler()))
-	}
+	n      *ingest.Node
+	rec    *filesrc.Recording
+	p      player
+	log    zerolog.Logger
+	whip   *whip.Server // nil with -whip=false
+	listen whip.ListenConfig
+	sip    *sip.Server // nil without -sip-listen
 }
 
 func (s *service) Run(ctx context.Context) error {
@@ -152,9 +152,25 @@ func (s *service) Run(ctx context.Context) error {
 		}
 	}
 	if s.whip != nil {
-		wg.Add(1)
+		// WHIP and the call page on their own public listener (-whip-listen), never the -http
+		// one with /metrics. It is bound once NATS is up: before, the node takes no calls.
+		pub, err := whip.ListenPublic(s.listen, s.whip.PublicHandler(), s.log)
+		if err != nil {
+			return err
+		}
+		// The listener outlives ctx until the endpoint has drained: a page keeps its session
+		// URL (DELETE, events) while its call ends.
+		pubCtx, pubStop := context.WithCancel(context.Background())
+		wg.Add(2)
 		go func() {
 			defer wg.Done()
+			if err := pub.Run(pubCtx); err != nil {
+				s.log.Error().Err(err).Msg("WHIP listener stopped")
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			defer pubStop()
 			if err := s.whip.Run(ctx, s.n); err != nil {
 				s.log.Error().Err(err).Msg("WHIP endpoint stopped")
 			}
@@ -197,7 +213,7 @@ func Flags(fs *flag.FlagSet) *ingest.Config {
 // endpoint is on. Call cfg.LoadTokens and cfg.Validate after parsing.
 func WHIPFlags(fs *flag.FlagSet) (*whip.Config, *bool) {
 	cfg := whip.DefaultConfig()
-	on := fs.Bool("whip", true, "serve the WHIP endpoint (/whip) and the call page (/call/) on the -http server")
+	on := fs.Bool("whip", true, "serve the WHIP endpoint (/whip) and the call page (/call/) on -whip-listen")
 	fs.StringVar(&cfg.Path, "whip-path", cfg.Path, "URL path of the WHIP endpoint")
 	fs.StringVar(&cfg.UDPAddr, "whip-udp", cfg.UDPAddr, "the one UDP address for every WebRTC session's media (ICE UDP mux)")
 	fs.Var((*cli.List)(&cfg.PublicIPs), "whip-public-ip", "public IPs announced instead of the UDP socket's (NAT 1:1), comma-separated")
@@ -214,4 +230,23 @@ func WHIPFlags(fs *flag.FlagSet) (*whip.Config, *bool) {
 	fs.DurationVar(&cfg.ICEFailed, "whip-ice-failed", cfg.ICEFailed, "ICE consent lost for this long ends the call (ice_failed)")
 	fs.DurationVar(&cfg.ReorderWindow, "whip-reorder-window", cfg.ReorderWindow, "how long a packet waits for missing ones before they count as lost")
 	return &cfg, on
+}
+
+// WHIPListenFlags registers the flags of the public listener serving WHIP and the call page
+// (apart from -http, which serves /metrics and the probes) and returns the config they fill.
+// Call cfg.Validate after parsing.
+func WHIPListenFlags(fs *flag.FlagSet) *whip.ListenConfig {
+	cfg := whip.DefaultListenConfig()
+	l := &cfg.Limits
+	fs.StringVar(&cfg.Addr, "whip-listen", cfg.Addr, "TCP address of the public listener for WHIP and the call page (never /metrics; that is -http)")
+	fs.StringVar(&cfg.CertFile, "whip-tls-cert", "", "PEM certificate (chain) for HTTPS on -whip-listen (with -whip-tls-key; empty: plain HTTP, e.g. behind a TLS-terminating ingress)")
+	fs.StringVar(&cfg.KeyFile, "whip-tls-key", "", "PEM private key of -whip-tls-cert")
+	fs.DurationVar(&cfg.CertReload, "whip-tls-reload", cfg.CertReload, "how often the certificate files are checked for change (SIGHUP reloads at once)")
+	fs.IntVar(&l.MaxConns, "whip-max-conns", l.MaxConns, "open connections on -whip-listen at most (0: no bound)")
+	fs.IntVar(&l.MaxConnsPerSource, "whip-max-conns-per-source", l.MaxConnsPerSource, "open connections on -whip-listen from one client address (0: no bound; raise it behind a proxy)")
+	fs.DurationVar(&l.ReadHeaderTimeout, "whip-read-header-timeout", l.ReadHeaderTimeout, "time to read a request's headers on -whip-listen")
+	fs.DurationVar(&l.ReadTimeout, "whip-read-timeout", l.ReadTimeout, "time to read a whole request on -whip-listen (event streams lift it)")
+	fs.DurationVar(&l.WriteTimeout, "whip-write-timeout", l.WriteTimeout, "time from a request's headers to the end of its answer on -whip-listen (a POST's placement included; event streams lift it)")
+	fs.DurationVar(&l.IdleTimeout, "whip-idle-timeout", l.IdleTimeout, "an idle keep-alive connection on -whip-listen is closed after this")
+	return &cfg
 }

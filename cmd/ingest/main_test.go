@@ -1,6 +1,16 @@
 package main
 
-import "testing"
+import (
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/obs"
+)
 
 func TestBadFlagsStopWithUsageError(t *testing.T) {
 	for _, args := range [][]string{{"-nope"}, {"-id", "a.b"}, {"-heartbeat", "0s"}, {"-http", ":1", "stray"}} {
@@ -20,5 +30,96 @@ func TestCheckConfigConnectsToNothing(t *testing.T) {
 		if code := run(append(base, bad...)); code != 2 {
 			t.Errorf("run(%q) = %d, want 2", append(base, bad...), code)
 		}
+	}
+}
+
+// TestWHIPListenerFlags: the public listener's flags are checked before anything runs, and it
+// may not share the -http address (where /metrics is).
+func TestWHIPListenerFlags(t *testing.T) {
+	base := []string{"-check-config", "-nats", "nats://127.0.0.1:1"}
+	if code := run(append(base, "-whip-listen", "127.0.0.1:8443", "-http", "127.0.0.1:8080")); code != 0 {
+		t.Errorf("separate listeners: exit %d, want 0", code)
+	}
+	for _, bad := range [][]string{
+		{"-whip-listen", "8443"},
+		{"-whip-listen", ":8080", "-http", ":8080"},
+		{"-whip-tls-cert", "/nonexistent.pem"},
+		{"-whip-tls-cert", "/nonexistent.pem", "-whip-tls-key", "/nonexistent.key"},
+		{"-whip-max-conns", "-1"},
+		{"-whip-write-timeout", "-1s"},
+	} {
+		if code := run(append(base, bad...)); code != 2 {
+			t.Errorf("run(%q) = %d, want 2", bad, code)
+		}
+	}
+}
+
+// freePort returns a TCP port free on 127.0.0.1 a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestWHIPOnItsOwnListener runs the binary against a real NATS server: the call page and WHIP
+// answer on -whip-listen only, /metrics and the probes on -http only; SIGTERM stops it cleanly.
+func TestWHIPOnItsOwnListener(t *testing.T) {
+	ns, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	private, public := freePort(t), freePort(t)
+	done := make(chan int, 1)
+	go func() {
+		done <- run([]string{"-id", "ing-test", "-nats", ns.URL(), "-http", private, "-whip-listen", public,
+			"-whip-udp", "127.0.0.1:0", "-whip-open-tenant", "demo", "-log-level", "error"})
+	}()
+	status := func(url string) int {
+		res, err := http.Get(url)
+		if err != nil {
+			return 0
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	for deadline := time.Now().Add(20 * time.Second); status("http://"+public+"/call/") != http.StatusOK; time.Sleep(50 * time.Millisecond) {
+		select {
+		case code := <-done:
+			t.Fatalf("ingest exited %d before serving the call page", code)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the call page is not served on -whip-listen")
+		}
+	}
+	for _, p := range obs.Paths() {
+		if code := status("http://" + public + p); code != http.StatusNotFound {
+			t.Errorf("-whip-listen %s: %d, want 404", p, code)
+		}
+		if code := status("http://" + private + p); code != http.StatusOK {
+			t.Errorf("-http %s: %d, want 200", p, code)
+		}
+	}
+	for _, p := range []string{"/call/", "/whip"} {
+		if code := status("http://" + private + p); code != http.StatusNotFound {
+			t.Errorf("-http %s: %d, want 404", p, code)
+		}
+	}
+	// cli.Main has its SIGTERM handler in place: it runs, and serves.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit %d after SIGTERM", code)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("ingest did not stop after SIGTERM")
 	}
 }

@@ -100,11 +100,13 @@ func NewRegistry() *prometheus.Registry {
 	return r
 }
 
-// Server serves /healthz, /readyz and /metrics, plus any extra handlers.
+// Server serves /healthz, /readyz and /metrics, plus any extra handlers (Listen), or one
+// handler alone (ListenHandler).
 type Server struct {
 	ln  net.Listener
 	srv *http.Server
-	Mux *http.ServeMux
+	tls bool
+	Mux *http.ServeMux // nil from ListenHandler
 }
 
 // Paths returns the paths every binary serves on its -http address: liveness, readiness and
@@ -145,12 +147,24 @@ type Limits struct {
 }
 
 // Check reports a bound that cannot be meant, naming its flag.
-func (l Limits) Check() error {
+func (l Limits) Check() error { return l.CheckFlags("http") }
+
+// CheckFlags is Check for limits set by flags named -<prefix>-max-conns, -<prefix>-max-conns-per-source
+// and -<prefix>-{read-header,read,write,idle}-timeout.
+func (l Limits) CheckFlags(prefix string) error {
 	if l.MaxConns < 0 {
-		return fmt.Errorf("flag -http-max-conns: %d must not be negative (0: no bound)", l.MaxConns)
+		return fmt.Errorf("flag -%s-max-conns: %d must not be negative (0: no bound)", prefix, l.MaxConns)
 	}
 	if l.MaxConnsPerSource < 0 {
-		return fmt.Errorf("flag -http-max-conns-per-source: %d must not be negative (0: no bound)", l.MaxConnsPerSource)
+		return fmt.Errorf("flag -%s-max-conns-per-source: %d must not be negative (0: no bound)", prefix, l.MaxConnsPerSource)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"read-header-timeout", l.ReadHeaderTimeout}, {"read-timeout", l.ReadTimeout}, {"write-timeout", l.WriteTimeout}, {"idle-timeout", l.IdleTimeout}} {
+		if d.v < 0 {
+			return fmt.Errorf("flag -%s-%s: %v must not be negative (0: no bound)", prefix, d.name, d.v)
+		}
 	}
 	return nil
 }
@@ -247,7 +261,13 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 // Run serves until ctx ends, then shuts down with a fresh 5 s deadline.
 func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
-	go func() { errc <- s.srv.Serve(s.ln) }()
+	go func() {
+		if s.tls {
+			errc <- s.srv.ServeTLS(s.ln, "", "") // the certificate comes from TLSConfig
+			return
+		}
+		errc <- s.srv.Serve(s.ln)
+	}()
 	select {
 	case err := <-errc:
 		return err

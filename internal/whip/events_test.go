@@ -18,11 +18,19 @@ type streamed struct {
 	Data   json.RawMessage `json:"data"`
 }
 
-// follow reads a session's event stream until it ends.
-func follow(t *testing.T, ctx context.Context, url string) <-chan streamed {
-	t.Helper()
+// getEvents requests a session's event stream with a bearer token ("" for none).
+func getEvents(ctx context.Context, url, token string) (*http.Response, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	res, err := http.DefaultClient.Do(req)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return clientOf(ctx).Do(req)
+}
+
+// follow reads a session's event stream, with the session's token, until it ends.
+func follow(t *testing.T, ctx context.Context, url, token string) <-chan streamed {
+	t.Helper()
+	res, err := getEvents(ctx, url, token)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +68,7 @@ func TestEventStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := follow(t, ctx, c.location+"/events")
+	events := follow(t, ctx, c.location+"/events", tokenAcme)
 	eventually(t, 5*time.Second, "the connected-sessions gauge", func() bool {
 		return metricValue(t, e, "callrouter_whip_sessions", "state", "connected") == 1
 	})

@@ -61,6 +61,9 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 //	DELETE  <path>/session/<id>         ends the call
 //	PATCH   <path>/session/<id>         405: trickle ICE and ICE restarts are not supported
 //	GET     <path>/session/<id>/events  the call's events (Server-Sent Events)
+//
+// DELETE and GET of a session need a token of the session's tenant, as its POST did; a session
+// URL answers 404 once the session has ended and lingered (Config.Linger).
 func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	w := &statusWriter{ResponseWriter: rw}
 	defer func() {
@@ -113,6 +116,9 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", "DELETE, OPTIONS")
 			s.fail(w, r, http.StatusMethodNotAllowed, "trickle ICE and ICE restarts are not supported")
 		case sub == "events" && r.Method == http.MethodGet:
+			if !s.owns(w, r, sess) {
+				return
+			}
 			s.serveEvents(w, r, sess)
 		case sub == "" || sub == "events":
 			s.fail(w, r, http.StatusMethodNotAllowed, "method not allowed")
@@ -308,17 +314,26 @@ func (s *Server) answer(ctx context.Context, sess *session, offer string) (strin
 	return pc.LocalDescription().SDP, nil
 }
 
-// delete handles DELETE on a session URL: the caller must hold a token of the session's tenant
-// (or none, when the session's tenant is the open tenant).
+// delete handles DELETE on a session URL: the caller must own the session (owns).
 func (s *Server) delete(w http.ResponseWriter, r *http.Request, sess *session) {
-	tenant, err := s.auth.tenant(r.Header.Get("Authorization"))
-	if err != nil || tenant != sess.tenant {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="callrouter"`)
-		s.fail(w, r, http.StatusUnauthorized, "token does not own this session")
+	if !s.owns(w, r, sess) {
 		return
 	}
 	sess.end(reasonDelete)
 	w.WriteHeader(http.StatusOK)
+}
+
+// owns answers 401 and returns false unless the request's token is one of the session's tenant
+// (or it has none and the session's tenant is the open tenant): a session URL, leaked or
+// guessed, is no use without its tenant's token.
+func (s *Server) owns(w http.ResponseWriter, r *http.Request, sess *session) bool {
+	tenant, err := s.auth.tenant(r.Header.Get("Authorization"))
+	if err != nil || tenant != sess.tenant {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="callrouter"`)
+		s.fail(w, r, http.StatusUnauthorized, "token does not own this session")
+		return false
+	}
+	return true
 }
 
 // remoteIP is the IP of a request's remote address (host:port), or the zero Addr.

@@ -188,6 +188,7 @@ type client struct {
 	location string
 	call     string
 	token    string
+	hc       *http.Client
 	posted   time.Time // POST sent
 	answered time.Time // 201 received
 }
@@ -279,7 +280,7 @@ func dialOn(ctx context.Context, endpoint, token, codec string, conn net.PacketC
 	if err != nil {
 		return nil, err
 	}
-	c := &client{pc: pc, track: track, token: token}
+	c := &client{pc: pc, track: track, token: token, hc: clientOf(ctx)}
 	connected := make(chan struct{})
 	var once sync.Once
 	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
@@ -339,7 +340,22 @@ func post(ctx context.Context, url, token, ctype, body string) (*http.Response, 
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	return http.DefaultClient.Do(req)
+	return clientOf(ctx).Do(req)
+}
+
+type clientKey struct{}
+
+// withClient makes the helpers that take ctx (dial, post, getEvents) use hc, e.g. an HTTPS
+// client trusting a test CA; they use http.DefaultClient otherwise.
+func withClient(ctx context.Context, hc *http.Client) context.Context {
+	return context.WithValue(ctx, clientKey{}, hc)
+}
+
+func clientOf(ctx context.Context) *http.Client {
+	if hc, ok := ctx.Value(clientKey{}).(*http.Client); ok {
+		return hc
+	}
+	return http.DefaultClient
 }
 
 // send plays payloads at 20 ms intervals.
@@ -376,7 +392,7 @@ func (c *client) hangup() (int, error) {
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := c.hc.Do(req)
 	if err != nil {
 		return 0, err
 	}

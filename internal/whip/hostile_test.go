@@ -102,7 +102,7 @@ func TestEventStreamOutlivesServerTimeouts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := follow(t, ctx, c.location+"/events")
+	events := follow(t, ctx, c.location+"/events", tokenAcme)
 	time.Sleep(2 * l.WriteTimeout) // the stream must outlive the server's timeouts
 	if _, err := c.hangup(); err != nil {
 		t.Fatal(err)

@@ -3,10 +3,17 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"math"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -23,7 +30,6 @@ import (
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/wav"
 	"github.com/callrouter/callrouter/internal/whip"
-	"github.com/callrouter/callrouter/internal/whip/web"
 	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4/pkg/media/oggwriter"
@@ -34,8 +40,10 @@ import (
 const innerEnv = "CALLROUTER_E2E_NETNS"
 
 // TestBrowserCall re-runs itself inside `unshare -n` (loopback only) where it starts a
-// one-process callrouter with the WHIP endpoint and the call page, and drives Chromium through a
-// call. It skips only when chromium or node is not installed.
+// one-process callrouter with the WHIP endpoint and the call page on a public HTTPS listener (a
+// test CA's certificate) and drives Chromium through a call: the page must get the microphone
+// over HTTPS and not over plain HTTP at a non-loopback name, and send its token only as a
+// header. It skips only when chromium or node is not installed.
 func TestBrowserCall(t *testing.T) {
 	if os.Getenv(innerEnv) != "" {
 		browserCall(t)
@@ -112,7 +120,12 @@ type pageReport struct {
 	Events []struct {
 		Kind, Source, Text string
 	} `json:"events"`
-	PacketsSent int `json:"packetsSent"`
+	PacketsSent int    `json:"packetsSent"`
+	PageURL     string `json:"pageURL"`
+	Insecure    *struct {
+		SecureContext bool `json:"secureContext"`
+		MediaDevices  bool `json:"mediaDevices"`
+	} `json:"insecure"`
 }
 
 // The "e2erec" processor keeps, per call, the frames a worker processed.
@@ -136,8 +149,8 @@ func (r *recCall) Frame(f *proc.Frame) {
 }
 func (r *recCall) Stop(string) {}
 
-// serveWHIP runs a WHIP endpoint for the stack's ingest node on mux.
-func serveWHIP(t *testing.T, s *stack.Stack, mux *http.ServeMux, cfg whip.Config, log zerolog.Logger) func() {
+// serveWHIP runs a WHIP endpoint for the stack's ingest node.
+func serveWHIP(t *testing.T, s *stack.Stack, cfg whip.Config, log zerolog.Logger) (*whip.Server, func()) {
 	w, err := whip.New(cfg, whip.Deps{Log: log}) // a registry of its own: two endpoints run here
 	if err != nil {
 		t.Fatal(err)
@@ -146,13 +159,41 @@ func serveWHIP(t *testing.T, s *stack.Stack, mux *http.ServeMux, cfg whip.Config
 	errc := make(chan error, 1)
 	go func() { errc <- w.Run(ctx, s.Ingest) }()
 	<-w.Ready()
-	w.Mount(mux)
-	return func() {
+	return w, func() {
 		cancel()
 		if err := <-errc; err != nil {
 			t.Error(err)
 		}
 	}
+}
+
+// The page is opened at this host name, mapped to 127.0.0.1 in Chromium: not localhost, so the
+// browser grants the microphone only over HTTPS.
+const pageHost = "ingest.test"
+
+// seen is one request the public listener served, as the browser sent it.
+type seen struct {
+	method, url, auth, referer string
+}
+
+type requestLog struct {
+	mu   sync.Mutex
+	reqs []seen
+}
+
+func (l *requestLog) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		l.mu.Lock()
+		l.reqs = append(l.reqs, seen{r.Method, r.URL.String(), r.Header.Get("Authorization"), r.Header.Get("Referer")})
+		l.mu.Unlock()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (l *requestLog) all() []seen {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]seen(nil), l.reqs...)
 }
 
 func browserCall(t *testing.T) {
@@ -170,35 +211,67 @@ func browserCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	mux := http.NewServeMux()
 	// Two endpoints: /whip prefers Opus (what browsers send by default), /whip-g711 prefers PCMU.
+	// A token is required (no open tenant): the page must send it, as a header.
+	const token, urlToken = "e2e-browser-token-0123456789", "token-in-the-url-0123456789"
 	cfg := whip.DefaultConfig()
 	cfg.UDPAddr = "127.0.0.1:0"
-	cfg.OpenTenant = "demo"
-	defer serveWHIP(t, s, mux, cfg, log)()
+	cfg.Tokens = map[string]string{token: "acme"}
+	w1, stop1 := serveWHIP(t, s, cfg, log)
+	defer stop1()
 	cfg.Path, cfg.Codecs = "/whip-g711", []string{"pcmu", "pcma", "opus"}
-	defer serveWHIP(t, s, mux, cfg, log)()
-	mux.Handle("/call/", http.StripPrefix("/call", web.Handler()))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	w2, stop2 := serveWHIP(t, s, cfg, log)
+	defer stop2()
+	mux := http.NewServeMux()
+	mux.Handle("/", w1.PublicHandler())
+	w2.Mount(mux)
+	var reqs requestLog
+	// The public listener over HTTPS with a certificate of a CA made here, as cmd/ingest serves it
+	// with -whip-tls-cert and -whip-tls-key; and the same over plain HTTP, which the browser
+	// must refuse the microphone.
+	lc := whip.DefaultListenConfig()
+	lc.Addr = "127.0.0.1:0"
+	lc.CertFile, lc.KeyFile = writeTestCert(t, t.TempDir(), pageHost)
+	pub, err := whip.ListenPublic(lc, reqs.wrap(mux), log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(ln)
-	defer srv.Close()
+	plainCfg := whip.DefaultListenConfig()
+	plainCfg.Addr = "127.0.0.1:0"
+	plain, err := whip.ListenPublic(plainCfg, mux, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, pstop := context.WithCancel(context.Background())
+	var served sync.WaitGroup
+	served.Add(2)
+	go func() { defer served.Done(); _ = pub.Run(pctx) }()
+	go func() { defer served.Done(); _ = plain.Run(pctx) }()
+	defer func() { pstop(); served.Wait() }()
 	deadline := time.Now().Add(10 * time.Second)
 	for len(s.Routers[0].Workers()) == 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
+	_, pubPort, _ := net.SplitHostPort(pub.Addr())
+	_, plainPort, _ := net.SplitHostPort(plain.Addr())
+	base := "https://" + net.JoinHostPort(pageHost, pubPort) + "/call/?token=" + urlToken
+	env := []string{"TOKEN=" + token, "HOST_RULES=MAP " + pageHost + " 127.0.0.1",
+		"INSECURE_URL=http://" + net.JoinHostPort(pageHost, plainPort) + "/call/"}
 	shot := os.Getenv("CALLROUTER_E2E_SHOT")
 	for _, tc := range []struct {
 		name, query, shot string
 		codec             frame.Codec
 	}{
 		{"opus", "", shot, frame.CodecOpus},
-		{"pcmu", "?whip=/whip-g711", strings.TrimSuffix(shot, ".png") + "-pcmu.png", frame.CodecPCMU},
+		{"pcmu", "&whip=/whip-g711", strings.TrimSuffix(shot, ".png") + "-pcmu.png", frame.CodecPCMU},
 	} {
-		rep := placeCall(t, "http://"+ln.Addr().String()+"/call/"+tc.query, tc.shot)
+		rep := placeCall(t, base+tc.query, tc.shot, env)
+		if rep.Insecure == nil || rep.Insecure.SecureContext || rep.Insecure.MediaDevices {
+			t.Errorf("%s: the page over plain http at %s: %+v; want no secure context and no microphone API", tc.name, pageHost, rep.Insecure)
+		}
+		if strings.Contains(rep.PageURL, "token") {
+			t.Errorf("%s: the page's address still holds a token: %s", tc.name, rep.PageURL)
+		}
 		recMu.Lock()
 		got := frames[rep.Call]
 		recMu.Unlock()
@@ -211,8 +284,70 @@ func browserCall(t *testing.T) {
 			}
 		}
 		checkSpeech(t, tc.name, levels(t, tc.codec, got))
-		t.Logf("%s: page codec %q; %d frames in order at the worker; screenshot %s", tc.name, rep.Codec, len(got), tc.shot)
+		t.Logf("%s: page codec %q at %s; %d frames in order at the worker; screenshot %s", tc.name, rep.Codec, rep.PageURL, len(got), tc.shot)
 	}
+	// Every request of the page's calls: the token only ever in the Authorization header.
+	kinds := map[string]int{}
+	for _, r := range reqs.all() {
+		if strings.Contains(r.url, token) || strings.Contains(r.referer, token) || strings.Contains(r.url, urlToken) && !strings.HasPrefix(r.url, "/call/?") {
+			t.Errorf("%s %s (Referer %q): a token in a URL", r.method, r.url, r.referer)
+		}
+		if !strings.HasPrefix(r.url, "/whip") {
+			continue
+		}
+		kind := r.method
+		if strings.HasSuffix(r.url, "/events") {
+			kind = "events"
+		}
+		kinds[kind]++
+		if r.auth != "Bearer "+token {
+			t.Errorf("%s %s: Authorization %q; want the token typed into the page", r.method, r.url, r.auth)
+		}
+	}
+	if kinds["POST"] != 2 || kinds["DELETE"] != 2 || kinds["events"] < 2 {
+		t.Errorf("WHIP requests of the page: %v; want 2 POSTs, 2 DELETEs, an event stream per call", kinds)
+	}
+}
+
+// writeTestCert writes a CA-signed certificate for host and 127.0.0.1 and its key into dir.
+func writeTestCert(t *testing.T, dir, host string) (certFile, keyFile string) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "callrouter e2e CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, DNSNames: []string{host}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})...)
+	if err := os.WriteFile(certFile, chain, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
 
 // levels returns the level of each 20 ms of a call's frames, decoded: μ-law here, Opus with
@@ -299,7 +434,7 @@ func ulaw(b byte) int16 {
 }
 
 // placeCall drives the call page through one call and checks what the page shows.
-func placeCall(t *testing.T, pageURL, shot string) pageReport {
+func placeCall(t *testing.T, pageURL, shot string, env []string) pageReport {
 	wavPath, _ := filepath.Abs("../testdata/speech-16k.wav")
 	nctx, ncancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer ncancel()
@@ -308,6 +443,7 @@ func placeCall(t *testing.T, pageURL, shot string) pageReport {
 		node = "node"
 	}
 	cmd := exec.CommandContext(nctx, node, "call.mjs", pageURL, wavPath, shot, "3000")
+	cmd.Env = append(os.Environ(), env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -15,7 +15,11 @@ var static embed.FS
 
 // Handler serves the call page and its script. Mount it under a prefix with http.StripPrefix,
 // e.g. mux.Handle("/call/", http.StripPrefix("/call", web.Handler())). The page POSTs to the
-// WHIP endpoint at "/whip" unless its URL says otherwise (?whip=<url>&token=<bearer token>).
+// WHIP endpoint at "/whip" on its own origin unless ?whip=<path> names another path there. The
+// bearer token is typed into the page (kept in the tab's sessionStorage) and sent as an
+// Authorization header on every request, the event stream's included; a ?token= in the page's
+// URL is not read, and is removed from the address bar and history. The page talks to its own
+// origin only (Content-Security-Policy connect-src 'self') and sends no Referer.
 func Handler() http.Handler {
 	sub, err := fs.Sub(static, "static")
 	if err != nil {
@@ -25,7 +29,8 @@ func Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-cache")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
-		w.Header().Set("Content-Security-Policy", "default-src 'self'; connect-src *; style-src 'self'")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; connect-src 'self'; style-src 'self'; frame-ancestors 'none'")
+		w.Header().Set("Referrer-Policy", "no-referrer")
 		files.ServeHTTP(w, r)
 	})
 }

@@ -25,8 +25,11 @@ func TestHandlerServesThePage(t *testing.T) {
 		if res.StatusCode != 200 || !strings.Contains(string(b), want) {
 			t.Errorf("%s: %d, no %q", path, res.StatusCode, want)
 		}
-		if res.Header.Get("Content-Security-Policy") == "" {
-			t.Errorf("%s: no Content-Security-Policy", path)
+		if csp := res.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "connect-src 'self'") {
+			t.Errorf("%s: Content-Security-Policy %q lets the page send its token elsewhere", path, csp)
+		}
+		if rp := res.Header.Get("Referrer-Policy"); rp != "no-referrer" {
+			t.Errorf("%s: Referrer-Policy %q", path, rp)
 		}
 	}
 }

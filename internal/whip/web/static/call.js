@@ -1,10 +1,31 @@
 // callrouter call page: microphone → WHIP (RFC 9725) → ingest; the call's events ← SSE.
 'use strict';
 
-const params = new URLSearchParams(location.search);
-const endpoint = new URL(params.get('whip') || '/whip', location.href).href;
 const $ = (id) => document.getElementById(id);
-$('token').value = params.get('token') || '';
+const params = new URLSearchParams(location.search);
+// The endpoint is on this page's origin: ?whip= may pick another path (a second endpoint), never
+// another host, which would be handed the token.
+let endpoint = new URL('/whip', location.href).href;
+if (params.has('whip')) {
+  const u = new URL(params.get('whip'), location.href);
+  if (u.origin === location.origin) endpoint = u.href;
+  else showError(`?whip= ignored: ${u.origin} is not this page's origin`);
+}
+// The token never travels in a URL (history, logs, Referer): it is typed into the Token field,
+// kept for this tab in sessionStorage, and sent as an Authorization header. A ?token= in the
+// address is not read; it is removed from the address bar and history.
+const tokenKey = 'callrouter.whip.token';
+if (params.has('token')) {
+  params.delete('token');
+  const q = params.toString();
+  history.replaceState(null, '', location.pathname + (q ? `?${q}` : '') + location.hash);
+  showError('a token in the page address is ignored: enter it in the Token field');
+}
+$('token').value = sessionStorage.getItem(tokenKey) || '';
+$('token').addEventListener('input', () => {
+  const t = $('token').value.trim();
+  if (t) sessionStorage.setItem(tokenKey, t); else sessionStorage.removeItem(tokenKey);
+});
 
 let pc = null, stream = null, sessionURL = null, events = null, statsTimer = null, count = 0;
 
@@ -44,10 +65,33 @@ function addEvent(ev) {
   if (ev.kind === 'state' && ev.state === 'ended') { finish(ev.reason); }
 }
 
-function follow(url) {
-  events = new EventSource(url);
-  events.onmessage = (m) => { try { addEvent(JSON.parse(m.data)); } catch (e) { console.error(e); } };
-  events.onerror = () => { if (events && events.readyState === EventSource.CLOSED) { events = null; } };
+// follow reads the session's event stream (Server-Sent Events) with fetch, not EventSource,
+// which cannot send the Authorization header the stream requires.
+async function follow(url, headers) {
+  const ctl = new AbortController();
+  events = ctl;
+  try {
+    const res = await fetch(url, { headers: { Accept: 'text/event-stream', ...headers }, signal: ctl.signal, cache: 'no-store' });
+    if (!res.ok) throw new Error(`events: ${res.status}`);
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      let i;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
+        if (data) { try { addEvent(JSON.parse(data)); } catch (e) { console.error(e); } }
+      }
+    }
+  } catch (e) {
+    if (e.name !== 'AbortError') console.error(e);
+  } finally {
+    if (events === ctl) events = null;
+  }
 }
 
 function waitGathered(pc, ms) {
@@ -63,6 +107,7 @@ function waitGathered(pc, ms) {
 async function call() {
   showError('');
   $('call').disabled = true;
+  if (events) { events.abort(); events = null; } // the last call's stream, still lingering
   $('events').textContent = '';
   count = 0;
   setState('starting');
@@ -92,7 +137,7 @@ async function call() {
     sessionURL = new URL(res.headers.get('Location'), endpoint).href;
     $('callid').textContent = res.headers.get('X-Callrouter-Call') || '?';
     $('tenant').textContent = `tenant ${res.headers.get('X-Callrouter-Tenant') || '?'}`;
-    follow(sessionURL + '/events');
+    follow(sessionURL + '/events', authHeaders());
     await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
     setState('connecting');
     $('hangup').disabled = false;
