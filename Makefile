@@ -2,7 +2,7 @@
 GO ?= go
 PKGS ?= ./...
 
-.PHONY: help run build test bench vet fuzz loadtest fault hostile clean
+.PHONY: help run build test bench vet fuzz loadtest loadtest-worker fault hostile clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -15,6 +15,7 @@ build: ## build every binary into bin/
 
 vet: ## go vet and gofmt
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags loadtest ./cmd/worker ./cmd/callrouter
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 
 test: vet ## the full test suite with the race detector, then every benchmark once
@@ -38,6 +39,9 @@ fuzz: ## run every fuzz target in the tree (found by name, none skipped) for FUZ
 loadtest: ## 1,000 two-leg calls vs raw NATS, 3 alternating rounds of 30 s; fails on any lost frame, any refusal or a p99 over 2x raw NATS
 	$(GO) run ./cmd/loadtest -input internal/sample/call.wav -calls 1000 -ramp 250 -call-duration 60s \
 		-run-time 30s -baseline -rounds 3 -max-loss 0 -max-refused 0 -max-p99-ratio 2 -json loadtest.json -html loadtest.html
+
+loadtest-worker: ## a worker binary with the load tester's probe processor (remote load tests), into bin/
+	CGO_ENABLED=0 $(GO) build -tags loadtest -trimpath -o bin/worker-loadtest ./cmd/worker
 
 fault: ## the fault suite (NATS down at start, worker and ingest cut, blackholed, delayed, stopped; killed nodes): one FIGURES line per fault; CALLROUTER_FAULT_LONG=1 lengthens the faults
 	@rc=0; $(GO) test -count=1 -timeout 20m -v -run 'Test(Kill|Drain|Paused|NATSUnavailableAtStart|WorkerConnection|IngestConnection|IngestStall|FaultProxy)' ./e2e > fault.log 2>&1 || rc=$$?; \

@@ -313,14 +313,14 @@ func (c *cluster) router(id string, extra ...string) *process {
 }
 
 func (c *cluster) worker(id string, extra ...string) *process {
-	args := append([]string{"-id", id, "-nats", c.natsURL, "-http", "127.0.0.1:0", "-log-level", "info",
+	args := append([]string{"-id", id, "-nats", c.natsURL, "-http", "127.0.0.1:0", "-whip-listen", "127.0.0.1:0", "-log-level", "info",
 		"-processors", "accounting,seqlog", "-proc-opt", "seqlog.dir=" + c.seqDir}, extra...)
 	return start(c.t, id, "worker", args...)
 }
 
 // ingest starts an ingest node playing calls concurrent calls of frames frames each.
 func (c *cluster) ingest(id, prefix string, calls, frames int, extra ...string) *process {
-	args := append([]string{"-id", id, "-nats", c.natsURL, "-http", "127.0.0.1:0", "-log-level", "info",
+	args := append([]string{"-id", id, "-nats", c.natsURL, "-http", "127.0.0.1:0", "-whip-listen", "127.0.0.1:0", "-log-level", "info",
 		"-whip-udp", "127.0.0.1:0", "-play", c.wav, "-play-calls", fmt.Sprint(calls), "-play-frames", fmt.Sprint(frames), "-play-tenant", "e2e", "-play-prefix", prefix}, extra...)
 	return start(c.t, id, "ingest", args...)
 }

@@ -190,7 +190,8 @@ type node struct {
 	workerID, ingestID  string
 	nc                  *nats.Conn
 	seqDir, recDir      string
-	httpAddr            string // the ingest's /healthz, /metrics and WHIP
+	httpAddr            string // the ingest's /healthz and /metrics
+	whipAddr            string // the ingest's public listener: WHIP and the call page
 	sip                 *net.UDPAddr
 	rtpMin, rtpMax      int
 	mu                  sync.Mutex
@@ -248,8 +249,9 @@ func startNode(t *testing.T) *node {
 	n.worker = start(t, n.workerID, "worker", "-id", n.workerID, "-nats", n.natsURL, "-http", "127.0.0.1:0", "-log-level", "warn",
 		"-processors", "accounting,seqlog,record", "-proc-opt", "seqlog.dir="+n.seqDir+",record.dir="+n.recDir)
 	n.httpAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	n.whipAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	n.sip = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: freePort(t)}
-	n.ing = start(t, n.ingestID, "ingest", "-id", n.ingestID, "-nats", n.natsURL, "-http", n.httpAddr, "-log-level", "warn",
+	n.ing = start(t, n.ingestID, "ingest", "-id", n.ingestID, "-nats", n.natsURL, "-http", n.httpAddr, "-whip-listen", n.whipAddr, "-log-level", "warn",
 		"-sip-listen", n.sip.String(), "-sip-tenant", sipTenant,
 		"-sip-rtp-port-min", fmt.Sprint(n.rtpMin), "-sip-rtp-port-max", fmt.Sprint(n.rtpMax),
 		"-whip-udp", "127.0.0.1:0", "-whip-token-file", tokens,

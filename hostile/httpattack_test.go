@@ -21,7 +21,7 @@ const validOffer = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\n
 // postFlood sends n POSTs to the WHIP endpoint from 16 connections and counts the answers. The
 // sessions it creates are returned (their URLs), for the caller to delete.
 func (s *suite) postFlood(n int, token, body string) (got map[int]int, failed int, sessions []string) {
-	url := "http://" + s.n.httpAddr + "/whip"
+	url := "http://" + s.n.whipAddr + "/whip"
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	defer client.CloseIdleConnections()
 	var mu sync.Mutex
@@ -69,7 +69,7 @@ func (s *suite) deleteSessions(token string, sessions []string) {
 	client := &http.Client{Timeout: 5 * time.Second}
 	defer client.CloseIdleConnections()
 	for _, loc := range sessions {
-		del, _ := http.NewRequest(http.MethodDelete, "http://"+s.n.httpAddr+loc, nil)
+		del, _ := http.NewRequest(http.MethodDelete, "http://"+s.n.whipAddr+loc, nil)
 		del.Header.Set("Authorization", "Bearer "+token)
 		if resp, err := client.Do(del); err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
@@ -124,13 +124,13 @@ func (s *suite) whipValid(t *testing.T, r *row) {
 // whipOversized sends a 10 MB body: the node must answer 413 without reading it all.
 func (s *suite) whipOversized(t *testing.T, r *row) {
 	const size = 10 << 20
-	conn, err := net.DialTimeout("tcp", s.n.httpAddr, 5*time.Second)
+	conn, err := net.DialTimeout("tcp", s.n.whipAddr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
-	fmt.Fprintf(conn, "POST /whip HTTP/1.1\r\nHost: %s\r\nContent-Type: application/sdp\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", s.n.httpAddr, whipToken, size)
+	fmt.Fprintf(conn, "POST /whip HTTP/1.1\r\nHost: %s\r\nContent-Type: application/sdp\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", s.n.whipAddr, whipToken, size)
 	var written int64
 	var wmu sync.Mutex
 	go func() {
@@ -206,7 +206,7 @@ func (s *suite) slowloris(t *testing.T, r *row) {
 		sipConns = append(sipConns, watch(conn))
 	}
 	for i := 0; i < 2*perKind; i++ {
-		conn, err := net.DialTimeout("tcp", s.n.httpAddr, 5*time.Second)
+		conn, err := net.DialTimeout("tcp", s.n.whipAddr, 5*time.Second)
 		if err != nil {
 			r.failf("connection %d refused: %v", i, err)
 			break
