@@ -313,7 +313,7 @@ func (c *cluster) router(id string, extra ...string) *process {
 }
 
 func (c *cluster) worker(id string, extra ...string) *process {
-	args := append([]string{"-id", id, "-nats", c.natsURL, "-http", "127.0.0.1:0", "-whip-listen", "127.0.0.1:0", "-log-level", "info",
+	args := append([]string{"-id", id, "-nats", c.natsURL, "-http", "127.0.0.1:0", "-log-level", "info",
 		"-processors", "accounting,seqlog", "-proc-opt", "seqlog.dir=" + c.seqDir}, extra...)
 	return start(c.t, id, "worker", args...)
 }
