@@ -26,6 +26,7 @@ const reasonError = "error"
 type callState struct {
 	s      *Server
 	dlg    *sipgo.DialogServerSession
+	peer   peer // who sent the INVITE: in-dialog requests must come from it
 	log    zerolog.Logger
 	tenant string
 	start  time.Time

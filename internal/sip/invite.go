@@ -152,11 +152,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 			return
 		}
 	}
-	src := sourceAddr(req)
-	if !s.pol.allowed(src) {
-		s.respond(req, tx, 403, "Forbidden")
-		return
-	}
+	src := sourceAddr(req) // the transport guards have applied the allow-list
 	if req.Contact() == nil && req.From() != nil {
 		// RFC 2543 INVITEs may omit Contact: the From address is the remote target then.
 		req.AppendHeader(&sip.ContactHeader{Address: req.From().Address})
@@ -185,19 +181,29 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(req, tx, 406, "Not Acceptable", sip.NewHeader("Accept", "application/sdp, multipart/mixed"))
 		return
 	}
+	from := peerOf(req)
+	var user *AuthUser
 	if s.auth != nil {
-		ok, stale := false, false
+		name, ok, stale := "", false, false
 		if h := req.GetHeader("Authorization"); h != nil {
-			_, ok, stale = s.auth.check(h.Value(), string(req.Method))
+			name, ok, stale = s.auth.check(h.Value(), string(req.Method))
 		}
 		if !ok {
 			s.respond(req, tx, 401, "Unauthorized", sip.NewHeader("WWW-Authenticate", s.auth.challenge(stale)))
 			return
 		}
+		from.user = name
+		u := s.cfg.AuthUsers[name]
+		user = &u
 	}
-	tenant, ok := s.pol.tenant(req, src)
+	tenant, ok := s.pol.tenant(req, src, user)
 	if !ok {
-		s.respond(req, tx, 403, "Forbidden", warning(`399 callrouter "unknown tenant"`))
+		s.forbid(req, tx, "tenant")
+		return
+	}
+	if user != nil && user.Tenant != AnyTenant && user.Tenant != tenant {
+		s.secLog.Warn().Str("user", from.user).Str("tenant", tenant).Msg("SIP digest user called for another tenant")
+		s.forbid(req, tx, "user_tenant")
 		return
 	}
 	ct := ""
@@ -261,7 +267,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	_ = dlg.Respond(100, "Trying", nil)
 
-	c := &callState{s: s, dlg: dlg, tenant: tenant, expires: expires, refresher: refresher, rec: rec, start: time.Now(),
+	c := &callState{s: s, dlg: dlg, peer: from, tenant: tenant, expires: expires, refresher: refresher, rec: rec, start: time.Now(),
 		done: make(chan struct{}), failed: make(chan struct{})}
 	c.log = s.log.With().Str("tenant", tenant).Str("sip_call_id", req.CallID().Value()).Logger()
 	if err := c.openStreams(plans, answers); err != nil {
@@ -408,6 +414,9 @@ func (s *Server) onReinvite(req *sip.Request, tx sip.ServerTransaction) {
 	c := s.findCall(req)
 	if c == nil {
 		s.respond(req, tx, 481, "Call/Transaction Does Not Exist")
+		return
+	}
+	if !s.checkDialog(req, tx, c) {
 		return
 	}
 	ct := ""

@@ -35,10 +35,12 @@ type Deps struct {
 type Server struct {
 	cfg       Config
 	log       zerolog.Logger
+	secLog    zerolog.Logger // refusals of forged or misdirected requests, sampled
 	m         *metrics
 	pol       *policy
 	lim       *sourceLimits
 	auth      *digestAuth
+	gate      *gate
 	ports     *portPool
 	codecs    []codec
 	listenIP  netip.Addr
@@ -89,6 +91,8 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if len(cfg.AuthUsers) > 0 {
 		s.auth = newDigestAuth(cfg.AuthRealm, cfg.AuthUsers)
 	}
+	s.secLog = s.log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second})
+	s.gate = &gate{pol: s.pol, hops: newInviteHops(), mode: cfg.DialogCheck, m: s.m}
 	return s, nil
 }
 
@@ -209,12 +213,13 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	var serveWG sync.WaitGroup
 	if pc != nil {
 		serveWG.Add(1)
-		g := &guardConn{PacketConn: pc, parser: sip.NewParser(), m: s.m, lim: s.lim}
+		g := &guardConn{PacketConn: pc, parser: sip.NewParser(), m: s.m, lim: s.lim, gate: s.gate}
 		go func() { defer serveWG.Done(); _ = srv.ServeUDP(g) }()
 	}
 	if l != nil {
 		serveWG.Add(1)
-		gl := &guardListener{Listener: l, m: s.m, lim: s.lim, idle: s.cfg.TCPIdleTimeout, message: s.cfg.TCPMessageTimeout}
+		gl := &guardListener{Listener: l, transport: "TCP", gate: s.gate, m: s.m, lim: s.lim, idle: s.cfg.TCPIdleTimeout,
+			message: s.cfg.TCPMessageTimeout}
 		go func() { defer serveWG.Done(); _ = srv.ServeTCP(gl) }()
 	}
 	s.addr.Store(&local)
@@ -325,6 +330,9 @@ func (s *Server) onBye(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(req, tx, 481, "Call/Transaction Does Not Exist")
 		return
 	}
+	if !s.checkDialog(req, tx, c) {
+		return
+	}
 	if err := c.dlg.ReadBye(req, tx); err != nil {
 		s.respond(req, tx, 400, "Bad Request")
 		return
@@ -343,11 +351,8 @@ func (s *Server) allowHeaders() []sip.Header {
 		sip.NewHeader("Accept", "application/sdp, multipart/mixed"), sip.NewHeader("Supported", "timer")}
 }
 
+// onOptions answers OPTIONS (the transport guards have applied the allow-list).
 func (s *Server) onOptions(req *sip.Request, tx sip.ServerTransaction) {
-	if !s.pol.allowed(sourceAddr(req)) {
-		s.respond(req, tx, 403, "Forbidden")
-		return
-	}
 	s.respond(req, tx, 200, "OK", s.allowHeaders()...)
 }
 
@@ -356,6 +361,9 @@ func (s *Server) onUpdate(req *sip.Request, tx sip.ServerTransaction) {
 	c := s.findCall(req)
 	if c == nil {
 		s.respond(req, tx, 481, "Call/Transaction Does Not Exist")
+		return
+	}
+	if !s.checkDialog(req, tx, c) {
 		return
 	}
 	c.refresh(req)
