@@ -232,8 +232,7 @@ func TestForgedCancelRefused(t *testing.T) {
 		if res := c.from.await(id, "CANCEL"); codeOf(res) != c.cancel {
 			t.Errorf("%s CANCEL: %s", c.name, res)
 		}
-		close(release)
-		release = make(chan struct{})
+		release <- struct{}{}
 		if res := u.await(id, "INVITE"); codeOf(res) != c.invite {
 			t.Errorf("INVITE after the %s CANCEL: %s", c.name, res)
 		} else if c.invite == "200" {

@@ -68,6 +68,16 @@ type Config struct {
 	Listen string
 	// Transports to serve: "udp", "tcp" or both.
 	Transports []string
+	// TLSListen is the host:port for SIP over TLS (sips, RFC 3261 section 26.2; 5061 by
+	// convention); empty disables TLS. Port 0 picks a free port (tests).
+	TLSListen string
+	// TLSCert and TLSKey are the PEM files of the certificate chain and key the TLS listener
+	// presents; they are reloaded when they change.
+	TLSCert, TLSKey string
+	// TLSClientCA, when set, is a PEM file of CAs: TLS peers must present a certificate one of
+	// them signed (mutual TLS), and the TLS connections callrouter opens verify peers against
+	// them instead of the system roots.
+	TLSClientCA string
 	// AdvertiseIP is the address written into Contact and SDP; empty uses Listen's host.
 	AdvertiseIP string
 	// MediaIP is the address the RTP sockets bind to; empty uses Listen's host.
@@ -195,6 +205,18 @@ func (c *Config) Validate() error {
 		if t != "udp" && t != "tcp" {
 			bad("transport %q: want udp or tcp", t)
 		}
+	}
+	if c.TLSListen != "" {
+		if _, err := netip.ParseAddrPort(c.TLSListen); err != nil {
+			bad("tls listen (-sip-tls-listen) %q: want ip:port: %v", c.TLSListen, err)
+		}
+		if c.TLSCert == "" || c.TLSKey == "" {
+			bad("TLS needs a certificate and key (-sip-tls-cert, -sip-tls-key)")
+		} else if _, _, err := tlsConfigs(c); err != nil {
+			errs = append(errs, err)
+		}
+	} else if c.TLSCert != "" || c.TLSKey != "" || c.TLSClientCA != "" {
+		bad("-sip-tls-cert, -sip-tls-key and -sip-tls-client-ca need -sip-tls-listen")
 	}
 	for name, ip := range map[string]string{"advertise ip": c.AdvertiseIP, "media ip": c.MediaIP} {
 		if _, err := netip.ParseAddr(ip); ip != "" && err != nil {

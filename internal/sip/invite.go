@@ -153,6 +153,11 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		}
 	}
 	src := sourceAddr(req) // the transport guards have applied the allow-list
+	if req.Recipient.Scheme == "sips" && req.Transport() != "TLS" {
+		// RFC 3261 section 26.2.2: a sips request-URI asks for TLS on every hop.
+		s.respond(req, tx, 416, "Unsupported URI Scheme", warning(`399 callrouter "sips needs TLS"`))
+		return
+	}
 	if req.Contact() == nil && req.From() != nil {
 		// RFC 2543 INVITEs may omit Contact: the From address is the remote target then.
 		req.AppendHeader(&sip.ContactHeader{Address: req.From().Address})
@@ -260,7 +265,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(req, tx, 486, "Busy Here", warning(`399 callrouter "call limit reached"`))
 		return
 	}
-	dlg, err := s.dialogs[req.Transport()].ReadInvite(req, tx)
+	dlg, err := s.dialogs[dialogKey(req)].ReadInvite(req, tx)
 	if err != nil {
 		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
 		return
@@ -448,7 +453,7 @@ func (s *Server) onReinvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	c.reinvite(req, off, rec)
 	res := sip.NewSDPResponseFromRequest(req, c.answerSDP())
-	contact := s.contacts[req.Transport()]
+	contact := s.contacts[dialogKey(req)]
 	res.AppendHeader(&contact)
 	for _, h := range c.timerHeaders() {
 		res.AppendHeader(h)
