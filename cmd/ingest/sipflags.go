@@ -31,6 +31,7 @@ func SIPFlags(fs *flag.FlagSet) (*sip.Config, *string) {
 	fs.DurationVar(&cfg.MaxCallDuration, "sip-max-call-duration", cfg.MaxCallDuration, "end any call after this long (0 disables)")
 	fs.DurationVar(&cfg.MinSessionExpires, "sip-min-se", cfg.MinSessionExpires, "smallest Session-Expires accepted (RFC 4028)")
 	fs.IntVar(&cfg.MaxCalls, "sip-max-calls", cfg.MaxCalls, "calls at once on this node; past it INVITEs get 486")
+	fs.StringVar(&cfg.SRTP, "sip-srtp", cfg.SRTP, "SRTP keyed with SDES (a=crypto): off (plain RTP only), optional (SRTP when offered), required (RTP/AVP offers get 488)")
 	fs.Var((*cli.List)(&cfg.Codecs), "sip-codecs", "codecs in answer preference order: pcmu,pcma,g722")
 	fs.StringVar(&cfg.TenantRule, "sip-tenant-rule", cfg.TenantRule, "tenant rule: static, ruri-user, header:<Name>, source, auth (the digest user's tenant)")
 	fs.StringVar(&cfg.DefaultTenant, "sip-tenant", cfg.DefaultTenant, "tenant of the static rule, and the fallback")

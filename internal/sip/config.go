@@ -103,6 +103,9 @@ type Config struct {
 	MaxCalls int
 	// Codecs accepted, in preference order for answers: "pcmu", "pcma", "g722".
 	Codecs []string
+	// SRTP is the policy for SRTP keyed with SDES (RFC 4568): SRTPOff, SRTPOptional or
+	// SRTPRequired.
+	SRTP string
 
 	// TenantRule chooses the tenant: "static" (DefaultTenant), "ruri-user" (request-URI user),
 	// "header:<Name>" (a header's value) or "source" (TenantBySource).
@@ -173,6 +176,7 @@ func DefaultConfig() Config {
 		MinSessionExpires: 90 * time.Second,
 		MaxCalls:          2000,
 		Codecs:            []string{"pcmu", "pcma", "g722"},
+		SRTP:              SRTPOptional,
 		TenantRule:        "static",
 		DefaultTenant:     "default",
 		LegName:           "caller",
@@ -250,6 +254,11 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxCalls < 1 {
 		bad("max calls %d must be at least 1", c.MaxCalls)
+	}
+	switch c.SRTP {
+	case SRTPOff, SRTPOptional, SRTPRequired:
+	default:
+		bad("srtp (-sip-srtp) %q: want off, optional or required", c.SRTP)
 	}
 	if len(c.Codecs) == 0 {
 		bad("at least one codec is needed")

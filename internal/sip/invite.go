@@ -26,6 +26,7 @@ type legPlan struct {
 	audioPT uint8
 	eventPT int
 	remote  netip.AddrPort
+	crypto  *sdesKey // the offerer's SRTP key; nil for plain RTP
 }
 
 // offerError is an offer callrouter cannot serve, with the response to send.
@@ -46,16 +47,33 @@ func notAcceptable(w string) *offerError {
 func (s *Server) negotiate(off *sdp.Session, rec *recording) ([]legPlan, []sdp.Answer, error) {
 	answers := make([]sdp.Answer, len(off.Media))
 	var plans []legPlan
+	plainRefused := false
 	for i := range off.Media {
 		m := &off.Media[i]
 		answers[i] = sdp.Answer{Type: m.Type, Proto: m.Proto, Formats: m.Formats[:min(1, len(m.Formats))], Label: m.Label}
-		if m.Type != "audio" || m.Port == 0 || !strings.HasPrefix(m.Proto, "RTP/AVP") || m.Proto == "RTP/SAVP" || m.Proto == "RTP/SAVPF" {
+		if m.Type != "audio" || m.Port == 0 {
 			continue // rejected with port 0
+		}
+		var key *sdesKey
+		switch m.Proto {
+		case "RTP/AVP", "RTP/AVPF":
+			if s.cfg.SRTP == SRTPRequired {
+				plainRefused = true
+				continue
+			}
+		case "RTP/SAVP", "RTP/SAVPF":
+			k, ok := pickCrypto(m.Crypto)
+			if s.cfg.SRTP == SRTPOff || !ok {
+				continue // no SDES key callrouter can use (DTLS-SRTP is WebRTC's, on WHIP)
+			}
+			key = &k
+		default:
+			continue
 		}
 		if rec == nil && len(plans) == 1 {
 			continue // a plain call has one leg; further audio lines are rejected
 		}
-		p := legPlan{media: i, eventPT: -1}
+		p := legPlan{media: i, eventPT: -1, crypto: key}
 		found := false
 	pick:
 		for _, f := range m.Formats {
@@ -86,7 +104,17 @@ func (s *Server) negotiate(off *sdp.Session, rec *recording) ([]legPlan, []sdp.A
 			dir = sdp.Inactive
 		}
 		answers[i] = sdp.Answer{Type: m.Type, Proto: m.Proto, Formats: ans, Direction: dir, Label: m.Label, Port: -1}
+		if key != nil {
+			c, err := answerCrypto(*key)
+			if err != nil {
+				return nil, nil, err
+			}
+			answers[i].Crypto = c
+		}
 		plans = append(plans, p)
+	}
+	if len(plans) == 0 && plainRefused {
+		return nil, nil, notAcceptable(`305 callrouter "Incompatible media format: SRTP (RTP/SAVP with a=crypto) is required"`)
 	}
 	if len(plans) == 0 {
 		return nil, nil, notAcceptable(`305 callrouter "Incompatible media format: no audio line with ` + strings.Join(s.cfg.Codecs, ", ") + `"`)
@@ -283,6 +311,9 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	spec := session.Spec{ID: session.ID{Tenant: tenant, Call: subjects.Encode(req.CallID().Value())}, Meta: s.pol.metadata(req)}
 	for i, p := range c.plans {
 		spec.Legs = append(spec.Legs, session.Leg{Index: uint8(i), Name: p.name, Codec: p.codec.fc, Rate: p.codec.rate})
+	}
+	if p := c.plans[0]; p.crypto != nil {
+		spec.Meta["sip.srtp"] = p.crypto.suite
 	}
 	if rec != nil {
 		spec.Meta["siprec"] = "true"
