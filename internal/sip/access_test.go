@@ -338,3 +338,68 @@ func TestAllowListCoversEveryRequest(t *testing.T) {
 		t.Errorf("caller's BYE: %s", res)
 	}
 }
+
+// TestSIPpCallSurvivesForgedBye runs SIPp's uac_pcap call while a forger on 127.0.0.2 that saw
+// the INVITE and the 200 OK (Call-ID, both tags, the request-URI) sends a BYE, an UPDATE and an
+// INFO for the dialog: each gets 403, and SIPp's call keeps every frame of its pcap, exactly,
+// and ends with SIPp's own BYE (which SIPp requires to get 200).
+func TestSIPpCallSurvivesForgedBye(t *testing.T) {
+	e := startEnv(t, 1, nil)
+	dir := pcapDir(t)
+	evil := newUACAt(t, e.addr, attackerIP)
+	answers := make(chan string, 3) // the forger's responses, or what went wrong
+	go func() {
+		defer close(answers)
+		var c *callState
+		for deadline := time.Now().Add(20 * time.Second); c == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			e.srv.mu.Lock()
+			for _, cs := range e.srv.calls {
+				c = cs
+			}
+			e.srv.mu.Unlock()
+		}
+		if c == nil {
+			answers <- "SIPp's call was never answered"
+			return
+		}
+		inv := c.dlg.InviteRequest // its To has the tag callrouter gave the dialog
+		for i, m := range []string{"BYE", "UPDATE", "INFO"} {
+			msg := fmt.Sprintf("%s %s SIP/2.0\r\nVia: SIP/2.0/UDP %s;rport;branch=z9hG4bKforged%d\r\nFrom: %s\r\nTo: %s\r\n"+
+				"Call-ID: %s\r\nCSeq: %d %s\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+				m, inv.From().Address.String(), evil.local(), i, inv.From().Value(), inv.To().Value(), inv.CallID().Value(), 100+i, m)
+			if _, err := evil.conn.WriteToUDP([]byte(msg), evil.dst); err != nil {
+				answers <- err.Error()
+				return
+			}
+			select {
+			case res := <-evil.in:
+				answers <- m + ": " + res
+			case <-time.After(10 * time.Second):
+				answers <- m + ": no answer"
+				return
+			}
+		}
+	}()
+	e.sipp(t, dir, 40*time.Second, "-sn", "uac_pcap", "-m", "1", "-l", "1")
+	n := 0
+	for a := range answers {
+		if n++; !strings.Contains(a, ": SIP/2.0 403 ") {
+			t.Errorf("forged request: %s", a)
+		}
+	}
+	if n != 3 {
+		t.Errorf("%d forged requests answered, want 3", n)
+	}
+	eventually(t, 10*time.Second, "the worker to stop the call", func() bool { return len(callKeys()) == 1 })
+	var want []byte
+	for _, p := range pcapRTP(t, "/usr/share/sip-tester/g711a.pcap") {
+		want = append(want, p...)
+	}
+	checkPcapLeg(t, callKeys()[0]+"/0", rec.snapshot(callKeys()[0]+"/0"), want)
+	if n := e.forbidden("dialog_source"); n != 3 {
+		t.Errorf("forbidden{dialog_source} = %v, want 3", n)
+	}
+	if n := testutil.ToFloat64(e.srv.m.ended.WithLabelValues("hangup")); n != 1 {
+		t.Errorf("%v calls ended by a BYE, want SIPp's one", n)
+	}
+}
