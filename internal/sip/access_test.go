@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -401,5 +402,37 @@ func TestSIPpCallSurvivesForgedBye(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(e.srv.m.ended.WithLabelValues("hangup")); n != 1 {
 		t.Errorf("%v calls ended by a BYE, want SIPp's one", n)
+	}
+}
+
+// TestInviteHopsBounded fills the INVITE hop table past its bound: it keeps maxInviteHops
+// entries, the newest, and still checks their CANCELs.
+func TestInviteHopsBounded(t *testing.T) {
+	h := newInviteHops()
+	now := time.Now()
+	inviteFrom := func(i int) *sip.Request {
+		req := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: "svc", Host: "127.0.0.1"})
+		params := sip.NewParams()
+		params.Add("branch", "z9hG4bK"+strconv.Itoa(i))
+		req.AppendHeader(&sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP", Host: "127.0.0.1", Port: 5060,
+			Params: params})
+		cid := sip.CallIDHeader("call-" + strconv.Itoa(i))
+		req.AppendHeader(&cid)
+		return req
+	}
+	caller := peer{transport: "UDP", addr: netip.MustParseAddrPort("127.0.0.1:5060")}
+	other := peer{transport: "UDP", addr: netip.MustParseAddrPort("127.0.0.2:5060")}
+	for i := range maxInviteHops + 100 {
+		h.record(inviteFrom(i), caller, now)
+	}
+	if n := len(h.m); n != maxInviteHops {
+		t.Errorf("%d entries, want %d", n, maxInviteHops)
+	}
+	newest := inviteFrom(maxInviteHops + 99)
+	if h.cancelAllowed(DialogCheckAddr, newest, other, now) || !h.cancelAllowed(DialogCheckAddr, newest, caller, now) {
+		t.Error("the newest INVITE's CANCEL is not checked")
+	}
+	if !h.cancelAllowed(DialogCheckAddr, newest, other, now.Add(inviteHopLife)) {
+		t.Error("an entry outlived its INVITE transaction")
 	}
 }

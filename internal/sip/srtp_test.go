@@ -325,3 +325,32 @@ func BenchmarkStreamHandleSRTP(b *testing.B) {
 		}
 	}
 }
+
+// FuzzParseCrypto checks that any a=crypto value either is refused or gives a key and salt of
+// its suite's lengths, and that the answer to it parses with the same tag and suite.
+func FuzzParseCrypto(f *testing.F) {
+	f.Add("1 AES_CM_128_HMAC_SHA1_80 inline:" + base64.StdEncoding.EncodeToString(make([]byte, 30)) + "|2^20")
+	f.Add("2 AEAD_AES_256_GCM inline:" + base64.StdEncoding.EncodeToString(make([]byte, 44)))
+	f.Add("1 AES_CM_128_HMAC_SHA1_32 inline:AAAA|2^20|1:4 KDR=2")
+	f.Fuzz(func(t *testing.T, line string) {
+		k, err := parseCrypto(line)
+		if err != nil {
+			return
+		}
+		kl, _ := k.profile.KeyLen()
+		sl, _ := k.profile.SaltLen()
+		if len(k.key) != kl || len(k.salt) != sl {
+			t.Fatalf("%q: key %d and salt %d bytes, want %d and %d", line, len(k.key), len(k.salt), kl, sl)
+		}
+		if _, err := newSRTPContext(k); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		a, err := answerCrypto(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k2, err := parseCrypto(a); err != nil || k2.tag != k.tag || k2.suite != k.suite {
+			t.Fatalf("answer %q to %q: %v", a, line, err)
+		}
+	})
+}
