@@ -8,11 +8,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -215,4 +217,54 @@ func TestSIPOverTLSClientCerts(t *testing.T) {
 	if res := u.await("sipsudp", "INVITE"); codeOf(res) != "416" {
 		t.Errorf("sips INVITE over UDP: %s", res)
 	}
+}
+
+// TestTLSAnswerTimes (CALLROUTER_SIP_TLS_CALLS=<calls>) places that many calls one after the
+// other over a new TLS connection each, and as many over UDP, and prints the percentiles of the
+// TLS handshake, of handshake + INVITE → 200 OK, and of INVITE → 200 OK over UDP (client side,
+// placement included).
+func TestTLSAnswerTimes(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("CALLROUTER_SIP_TLS_CALLS"))
+	if n <= 0 {
+		t.Skip("set CALLROUTER_SIP_TLS_CALLS=<calls> to measure")
+	}
+	pki := newTestPKI(t)
+	e := startEnvW(t, 1, func(wc *workerConfig) { wc.Capacity = n + 10 }, func(c *Config) {
+		c.TLSListen, c.TLSCert, c.TLSKey = "127.0.0.1:0", pki.serverCert, pki.serverKey
+		c.InviteRate = 0 // every call here comes from 127.0.0.1
+	})
+	u := newUAC(t, e.addr)
+	var hs, tlsCall, udpCall []time.Duration
+	for i := range n {
+		id := newCallID("tlsfig")
+		start := time.Now()
+		c, err := dialTLSUAC(t, e.srv.TLSAddr().String(), &tls.Config{RootCAs: pki.ca})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs = append(hs, time.Since(start))
+		res := c.request("INVITE", id, "", 1, "", "application/sdp", u.offer())
+		tlsCall = append(tlsCall, time.Since(start))
+		if codeOf(res) != "200" {
+			t.Fatalf("call %d: %s", i, res)
+		}
+		tag := toTagRe.FindStringSubmatch(res)[1]
+		c.request("ACK", id, tag, 1, "", "", "")
+		c.request("BYE", id, tag, 2, "", "", "")
+		c.conn.Close()
+
+		id = newCallID("udpfig")
+		start = time.Now()
+		res = u.request("INVITE", id, "", 1, "", "application/sdp", u.offer())
+		udpCall = append(udpCall, time.Since(start))
+		tag = toTagRe.FindStringSubmatch(res)[1]
+		u.request("ACK", id, tag, 1, "", "", "")
+		u.request("BYE", id, tag, 2, "", "", "")
+	}
+	pct := func(d []time.Duration) string {
+		slices.Sort(d)
+		at := func(p float64) time.Duration { return d[min(len(d)-1, int(p*float64(len(d))))] }
+		return fmt.Sprintf("p50 %v p90 %v p99 %v", at(0.5).Round(10*time.Microsecond), at(0.9).Round(10*time.Microsecond), at(0.99).Round(10*time.Microsecond))
+	}
+	t.Logf("%d calls: TLS handshake %s; TLS handshake + INVITE → 200 OK %s; UDP INVITE → 200 OK %s", n, pct(hs), pct(tlsCall), pct(udpCall))
 }
