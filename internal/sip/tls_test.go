@@ -268,3 +268,52 @@ func TestTLSAnswerTimes(t *testing.T) {
 	}
 	t.Logf("%d calls: TLS handshake %s; TLS handshake + INVITE → 200 OK %s; UDP INVITE → 200 OK %s", n, pct(hs), pct(tlsCall), pct(udpCall))
 }
+
+// TestCertReload replaces the certificate files (a rotated Secret): the next handshake after the
+// check interval presents the new certificate; a broken replacement keeps the last good one.
+func TestCertReload(t *testing.T) {
+	first, second := newTestPKI(t), newTestPKI(t)
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	install := func(p *testPKI) {
+		for src, dst := range map[string]string{p.serverCert: cert, p.serverKey: key} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst+".new", b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(dst+".new", dst); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	install(first)
+	r, err := newCertReloader(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := func() string { return string(r.get().Certificate[0]) } // the leaf's DER
+	before := current()
+	install(second)
+	// Past the check interval, and with a modification time that surely differs.
+	future := time.Now().Add(time.Minute)
+	_ = os.Chtimes(cert, future, future)
+	r.mu.Lock()
+	r.checked = time.Time{}
+	r.mu.Unlock()
+	after := current()
+	if after == before {
+		t.Fatal("the new certificate was not loaded")
+	}
+	if err := os.WriteFile(key, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	r.checked = time.Time{}
+	r.mu.Unlock()
+	if current() != after {
+		t.Error("a broken key replaced the working certificate")
+	}
+}
