@@ -15,6 +15,10 @@ func SIPFlags(fs *flag.FlagSet) (*sip.Config, *string) {
 	listen := new(string)
 	fs.StringVar(listen, "sip-listen", "", "SIP UDP+TCP listen address ip:port (empty disables SIP), e.g. 0.0.0.0:5060")
 	fs.Var((*cli.List)(&cfg.Transports), "sip-transports", "SIP transports, comma-separated: udp,tcp")
+	fs.StringVar(&cfg.TLSListen, "sip-tls-listen", "", "SIP over TLS (sips) listen address ip:port, e.g. 0.0.0.0:5061 (empty disables TLS)")
+	fs.StringVar(&cfg.TLSCert, "sip-tls-cert", "", "PEM certificate chain of the SIP TLS listener (reloaded when it changes)")
+	fs.StringVar(&cfg.TLSKey, "sip-tls-key", "", "PEM private key of the SIP TLS listener")
+	fs.StringVar(&cfg.TLSClientCA, "sip-tls-client-ca", "", "PEM CA file: SIP TLS peers must present a certificate it signed (mutual TLS), and peers callrouter dials are verified against it")
 	fs.StringVar(&cfg.AdvertiseIP, "sip-advertise-ip", "", "IP written into Contact and SDP (default: the listen IP)")
 	fs.StringVar(&cfg.MediaIP, "sip-media-ip", "", "IP the RTP sockets bind to (default: the listen IP)")
 	fs.IntVar(&cfg.RTPPortMin, "sip-rtp-port-min", cfg.RTPPortMin, "lowest RTP port")
@@ -27,8 +31,9 @@ func SIPFlags(fs *flag.FlagSet) (*sip.Config, *string) {
 	fs.DurationVar(&cfg.MaxCallDuration, "sip-max-call-duration", cfg.MaxCallDuration, "end any call after this long (0 disables)")
 	fs.DurationVar(&cfg.MinSessionExpires, "sip-min-se", cfg.MinSessionExpires, "smallest Session-Expires accepted (RFC 4028)")
 	fs.IntVar(&cfg.MaxCalls, "sip-max-calls", cfg.MaxCalls, "calls at once on this node; past it INVITEs get 486")
+	fs.StringVar(&cfg.SRTP, "sip-srtp", cfg.SRTP, "SRTP keyed with SDES (a=crypto): off (plain RTP only), optional (SRTP when offered), required (RTP/AVP offers get 488)")
 	fs.Var((*cli.List)(&cfg.Codecs), "sip-codecs", "codecs in answer preference order: pcmu,pcma,g722")
-	fs.StringVar(&cfg.TenantRule, "sip-tenant-rule", cfg.TenantRule, "tenant rule: static, ruri-user, header:<Name>, source")
+	fs.StringVar(&cfg.TenantRule, "sip-tenant-rule", cfg.TenantRule, "tenant rule: static, ruri-user, header:<Name>, source, auth (the digest user's tenant)")
 	fs.StringVar(&cfg.DefaultTenant, "sip-tenant", cfg.DefaultTenant, "tenant of the static rule, and the fallback")
 	fs.Func("sip-tenant-by-source", "source rule map: cidr=tenant,cidr=tenant", func(s string) error {
 		cfg.TenantBySource = map[string]string{}
@@ -43,16 +48,13 @@ func SIPFlags(fs *flag.FlagSet) (*sip.Config, *string) {
 	fs.Var((*cli.List)(&cfg.HeaderMeta), "sip-header-meta", "SIP headers copied into call metadata, comma-separated")
 	fs.StringVar(&cfg.LegName, "sip-leg-name", cfg.LegName, "leg name of a plain SIP call")
 	fs.Var((*cli.List)(&cfg.SIPRECLegNames), "sip-siprec-legs", "SIPREC leg names in metadata participant order")
-	fs.Var((*cli.List)(&cfg.AllowNets), "sip-allow", "allow-list of source networks (CIDR), comma-separated; empty allows all")
-	fs.Func("sip-auth-users", "digest users user:password,user:password (empty disables auth; prefer the env variable)", func(s string) error {
-		cfg.AuthUsers = map[string]string{}
-		for _, kv := range strings.Split(s, ",") {
-			if k, v, ok := strings.Cut(strings.TrimSpace(kv), ":"); ok {
-				cfg.AuthUsers[k] = v
-			}
-		}
-		return nil
+	fs.Var((*cli.List)(&cfg.AllowNets), "sip-allow", "allow-list of source networks (CIDR) for every SIP request, comma-separated; empty allows all (set it in production: your SBCs and trunks)")
+	fs.Func("sip-auth-users", "digest users user:password:tenant,... (tenant * allows any tenant; empty disables auth). Set it through the environment (CALLROUTER_SIP_AUTH_USERS), not on the command line", func(s string) error {
+		users, err := sip.ParseAuthUsers(s)
+		cfg.AuthUsers = users
+		return err
 	})
+	fs.StringVar(&cfg.DialogCheck, "sip-dialog-check", cfg.DialogCheck, "who may send BYE, re-INVITE, UPDATE, INFO in a dialog and CANCEL an INVITE: addr (the INVITE's transport and source IP, and over UDP its port), ip (transport and IP), off (any source on -sip-allow; behind SBC clusters)")
 	fs.StringVar(&cfg.AuthRealm, "sip-auth-realm", cfg.AuthRealm, "digest realm")
 	fs.Float64Var(&cfg.InviteRate, "sip-invite-rate", cfg.InviteRate, "new INVITEs per second from one source address (0: no bound); past it UDP INVITEs are dropped, TCP ones get 503")
 	fs.IntVar(&cfg.InviteBurst, "sip-invite-burst", cfg.InviteBurst, "INVITEs one source address may send at once before -sip-invite-rate applies")

@@ -55,9 +55,13 @@ type Media struct {
 	Formats   []Format
 	Conn      netip.Addr // the section's c= address, or the session's
 	Direction Direction
-	Ptime     int    // milliseconds, 0 when absent
-	Label     string // a=label (RFC 4574)
+	Ptime     int      // milliseconds, 0 when absent
+	Label     string   // a=label (RFC 4574)
+	Crypto    []string // a=crypto values (RFC 4568 SDES), in offer order, at most maxCrypto
 }
+
+// maxCrypto bounds the a=crypto lines kept per media section.
+const maxCrypto = 16
 
 // Session is a parsed description.
 type Session struct {
@@ -233,6 +237,10 @@ func (m *Media) attr(v string) error { //nolint:unparam // kept for stricter att
 		}
 	case "label":
 		m.Label = strings.TrimSpace(val)
+	case "crypto":
+		if len(m.Crypto) < maxCrypto {
+			m.Crypto = append(m.Crypto, strings.TrimSpace(val))
+		}
 	case "rtpmap":
 		// A malformed rtpmap (RFC 4475's "a=rtpmap:31 LPC") leaves its format unnamed, so it is
 		// never chosen; it does not make the whole offer unusable.
@@ -284,6 +292,7 @@ type Answer struct {
 	Label     string
 	Type      string
 	Proto     string
+	Crypto    string // an a=crypto value (RFC 4568), empty for none
 }
 
 // Marshal writes an answer description with one m= line per offered line, in order (RFC 3264
@@ -327,6 +336,9 @@ func Marshal(origin string, version uint64, addr netip.Addr, answers []Answer) [
 		}
 		if a.Label != "" {
 			fmt.Fprintf(&b, "a=label:%s\r\n", a.Label)
+		}
+		if a.Crypto != "" {
+			fmt.Fprintf(&b, "a=crypto:%s\r\n", a.Crypto)
 		}
 		if a.Direction != "" {
 			fmt.Fprintf(&b, "a=%s\r\n", a.Direction)

@@ -48,7 +48,7 @@ func TestParseErrors(t *testing.T) {
 func TestMarshalRoundTrip(t *testing.T) {
 	b := Marshal("42", 1, netip.MustParseAddr("127.0.0.1"), []Answer{
 		{Port: 20000, Formats: []Format{{PT: 8, Encoding: "PCMA", Clock: 8000}, {PT: 101, Encoding: "telephone-event", Clock: 8000, Fmtp: "0-16"}},
-			Direction: RecvOnly, Label: "1"},
+			Direction: RecvOnly, Label: "1", Proto: "RTP/SAVP", Crypto: "1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"},
 		{Port: 0, Formats: []Format{{PT: 31}}, Type: "video"},
 	})
 	s, err := Parse(b)
@@ -56,7 +56,8 @@ func TestMarshalRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(s.Media) != 2 || s.Media[0].Port != 20000 || s.Media[0].Direction != RecvOnly || s.Media[0].Label != "1" ||
-		s.Media[0].Formats[1].Fmtp != "0-16" || s.Media[1].Port != 0 || s.Media[1].Type != "video" {
+		s.Media[0].Formats[1].Fmtp != "0-16" || s.Media[1].Port != 0 || s.Media[1].Type != "video" || s.Media[0].Proto != "RTP/SAVP" ||
+		len(s.Media[0].Crypto) != 1 || s.Media[0].Crypto[0] != "1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz" {
 		t.Errorf("round trip: %s\n%+v", b, s.Media)
 	}
 }

@@ -22,12 +22,12 @@ const nonceLifetime = 5 * time.Minute
 // MD5). Nonces are stateless: a timestamp and an HMAC of it under a per-process key.
 type digestAuth struct {
 	realm string
-	users map[string]string
+	users map[string]AuthUser
 	key   [32]byte
 	now   func() time.Time
 }
 
-func newDigestAuth(realm string, users map[string]string) *digestAuth {
+func newDigestAuth(realm string, users map[string]AuthUser) *digestAuth {
 	a := &digestAuth{realm: realm, users: users, now: time.Now}
 	_, _ = rand.Read(a.key[:])
 	return a
@@ -67,7 +67,8 @@ func (a *digestAuth) check(header, method string) (user string, ok, stale bool) 
 	if err != nil || cr.Realm != a.realm || (cr.Algorithm != "" && !strings.EqualFold(cr.Algorithm, "MD5")) {
 		return "", false, false
 	}
-	pass, known := a.users[cr.Username]
+	u, known := a.users[cr.Username]
+	pass := u.Password
 	if !known {
 		return "", false, false
 	}

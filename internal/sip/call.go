@@ -1,6 +1,7 @@
 package sip
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strconv"
@@ -26,6 +27,7 @@ const reasonError = "error"
 type callState struct {
 	s      *Server
 	dlg    *sipgo.DialogServerSession
+	peer   peer // who sent the INVITE: in-dialog requests must come from it
 	log    zerolog.Logger
 	tenant string
 	start  time.Time
@@ -63,6 +65,15 @@ func (c *callState) openStreams(plans []legPlan, answers []sdp.Answer) error {
 		st := &stream{conn: conn, leg: i, codec: p.codec, audioPT: p.audioPT, eventPT: p.eventPT, check: c.s.cfg.SourceCheck, m: c.s.m,
 			hook: c.s.packetHook.Load()}
 		st.setRemote(p.remote)
+		if p.crypto != nil {
+			ctx, err := newSRTPContext(*p.crypto)
+			if err != nil {
+				_ = conn.Close()
+				return err
+			}
+			st.srtp.Store(ctx)
+			st.key = p.crypto
+		}
 		st.cut = newCutter(p.codec.clock, c.s.cfg.JitterWindow, c.s.cfg.SilenceFill, p.codec.silence, st.emit)
 		st.dtmf.report = func(e dtmfEvent) {
 			pos, _ := st.cut.mediaPos(e.TS, e.SSRC)
@@ -101,8 +112,9 @@ func (c *callState) answerSDP() []byte {
 	c.mu.Lock()
 	v := c.version
 	c.version++
+	answers := append([]sdp.Answer(nil), c.answers...)
 	c.mu.Unlock()
-	return sdp.Marshal(strconv.FormatInt(c.start.UnixNano()&0xffffffff, 10), v, c.s.advertise, c.answers)
+	return sdp.Marshal(strconv.FormatInt(c.start.UnixNano()&0xffffffff, 10), v, c.s.advertise, answers)
 }
 
 // timerHeaders are the Session-Expires and Require headers of a 2xx (RFC 4028 section 9).
@@ -138,6 +150,7 @@ func (c *callState) reinvite(req *sip.Request, off *sdp.Session, rec *recording)
 				if m.Conn.IsValid() && m.Port > 0 {
 					st.setRemote(netipAddrPort(m.Conn, m.Port))
 				}
+				c.rekey(st, p.media, m.Crypto)
 			}
 		}
 	}
@@ -152,6 +165,32 @@ func (c *callState) reinvite(req *sip.Request, off *sdp.Session, rec *recording)
 	}
 	c.mu.Unlock()
 	c.publish("metadata", map[string]any{"participants": c.participants(), "meta": c.participantMeta()})
+}
+
+// rekey applies a re-INVITE's SDES key to an SRTP stream (RFC 4568 section 7.1.4: a new key in
+// a new offer): the stream decrypts with it from the next packet, and the answer carries a new
+// key of callrouter's own. An offer without a usable key keeps the current one.
+func (c *callState) rekey(st *stream, media int, lines []string) {
+	if st.key == nil {
+		return
+	}
+	k, ok := pickCrypto(lines)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !ok || (k.suite == st.key.suite && bytes.Equal(k.key, st.key.key) && bytes.Equal(k.salt, st.key.salt)) {
+		return
+	}
+	ctx, err := newSRTPContext(k)
+	if err != nil {
+		return
+	}
+	a, err := answerCrypto(k)
+	if err != nil {
+		return
+	}
+	st.srtp.Store(ctx)
+	st.key = &k
+	c.answers[media].Crypto = a
 }
 
 // participants lists the SIPREC participants with the leg each one sends.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,12 +18,66 @@ const (
 	SourceCheckOff  = "off"  // accept any source
 )
 
+// Dialog peer check modes (Config.DialogCheck).
+const (
+	// DialogCheckAddr: the same transport and source IP as the INVITE, and over UDP the same
+	// source port (the peer's SIP socket).
+	DialogCheckAddr = "addr"
+	// DialogCheckIP: the same transport and source IP, any port.
+	DialogCheckIP = "ip"
+	// DialogCheckOff: any source (behind an SBC cluster whose nodes share dialogs); the
+	// allow-list and, with auth on, the dialog's user still apply.
+	DialogCheckOff = "off"
+)
+
+// AnyTenant as an AuthUser's Tenant lets the user start calls for any tenant the tenant rule
+// gives.
+const AnyTenant = "*"
+
+// AuthUser is one digest user: its password, and the one tenant it may start calls for (or
+// AnyTenant).
+type AuthUser struct {
+	Password string
+	Tenant   string
+}
+
+// ParseAuthUsers parses "user:password:tenant" entries separated by commas (the password may
+// hold ':'; the tenant may be AnyTenant). An empty string gives no users.
+func ParseAuthUsers(s string) (map[string]AuthUser, error) {
+	users := map[string]AuthUser{}
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e == "" {
+			continue
+		}
+		user, rest, ok1 := strings.Cut(e, ":")
+		i := strings.LastIndexByte(rest, ':')
+		if !ok1 || i < 0 || user == "" || rest[:i] == "" || rest[i+1:] == "" {
+			return nil, fmt.Errorf("sip: auth user %q: want user:password:tenant", user)
+		}
+		if _, dup := users[user]; dup {
+			return nil, fmt.Errorf("sip: auth user %q given twice", user)
+		}
+		users[user] = AuthUser{Password: rest[:i], Tenant: rest[i+1:]}
+	}
+	return users, nil
+}
+
 // Config configures the SIP user agent server.
 type Config struct {
 	// Listen is the host:port for SIP over UDP and TCP. Port 0 picks a free port (tests).
 	Listen string
 	// Transports to serve: "udp", "tcp" or both.
 	Transports []string
+	// TLSListen is the host:port for SIP over TLS (sips, RFC 3261 section 26.2; 5061 by
+	// convention); empty disables TLS. Port 0 picks a free port (tests).
+	TLSListen string
+	// TLSCert and TLSKey are the PEM files of the certificate chain and key the TLS listener
+	// presents; they are reloaded when they change.
+	TLSCert, TLSKey string
+	// TLSClientCA, when set, is a PEM file of CAs: TLS peers must present a certificate one of
+	// them signed (mutual TLS), and the TLS connections callrouter opens verify peers against
+	// them instead of the system roots.
+	TLSClientCA string
 	// AdvertiseIP is the address written into Contact and SDP; empty uses Listen's host.
 	AdvertiseIP string
 	// MediaIP is the address the RTP sockets bind to; empty uses Listen's host.
@@ -48,6 +103,9 @@ type Config struct {
 	MaxCalls int
 	// Codecs accepted, in preference order for answers: "pcmu", "pcma", "g722".
 	Codecs []string
+	// SRTP is the policy for SRTP keyed with SDES (RFC 4568): SRTPOff, SRTPOptional or
+	// SRTPRequired.
+	SRTP string
 
 	// TenantRule chooses the tenant: "static" (DefaultTenant), "ruri-user" (request-URI user),
 	// "header:<Name>" (a header's value) or "source" (TenantBySource).
@@ -65,13 +123,18 @@ type Config struct {
 	// SIPRECLegNames name SIPREC legs in the order of the participants in the metadata.
 	SIPRECLegNames []string
 
-	// AllowNets is the allow-list of source networks (CIDR); empty allows any source.
+	// AllowNets is the allow-list of source networks (CIDR) for every request; empty allows any
+	// source.
 	AllowNets []string
-	// AuthUsers enables digest authentication (RFC 3261 section 22) with these user → password
-	// pairs; empty disables it.
-	AuthUsers map[string]string
+	// AuthUsers enables digest authentication (RFC 3261 section 22) of INVITEs and of the
+	// requests within their dialogs, by user name; empty disables it.
+	AuthUsers map[string]AuthUser
 	// AuthRealm is the digest realm.
 	AuthRealm string
+	// DialogCheck is how in-dialog requests (BYE, re-INVITE, UPDATE, INFO) and CANCELs are
+	// matched to the peer that sent the INVITE: DialogCheckAddr, DialogCheckIP or
+	// DialogCheckOff.
+	DialogCheck string
 
 	// PlaceTimeout bounds placement of one new call (on top of the ingest node's own bound).
 	PlaceTimeout time.Duration
@@ -113,11 +176,13 @@ func DefaultConfig() Config {
 		MinSessionExpires: 90 * time.Second,
 		MaxCalls:          2000,
 		Codecs:            []string{"pcmu", "pcma", "g722"},
+		SRTP:              SRTPOptional,
 		TenantRule:        "static",
 		DefaultTenant:     "default",
 		LegName:           "caller",
 		SIPRECLegNames:    []string{"caller", "agent"},
 		AuthRealm:         "callrouter",
+		DialogCheck:       DialogCheckAddr,
 		PlaceTimeout:      8 * time.Second,
 		DrainTimeout:      30 * time.Second,
 		EventsPerCall:     50,
@@ -144,6 +209,18 @@ func (c *Config) Validate() error {
 		if t != "udp" && t != "tcp" {
 			bad("transport %q: want udp or tcp", t)
 		}
+	}
+	if c.TLSListen != "" {
+		if _, err := netip.ParseAddrPort(c.TLSListen); err != nil {
+			bad("tls listen (-sip-tls-listen) %q: want ip:port: %v", c.TLSListen, err)
+		}
+		if c.TLSCert == "" || c.TLSKey == "" {
+			bad("TLS needs a certificate and key (-sip-tls-cert, -sip-tls-key)")
+		} else if _, _, err := tlsConfigs(c); err != nil {
+			errs = append(errs, err)
+		}
+	} else if c.TLSCert != "" || c.TLSKey != "" || c.TLSClientCA != "" {
+		bad("-sip-tls-cert, -sip-tls-key and -sip-tls-client-ca need -sip-tls-listen")
 	}
 	for name, ip := range map[string]string{"advertise ip": c.AdvertiseIP, "media ip": c.MediaIP} {
 		if _, err := netip.ParseAddr(ip); ip != "" && err != nil {
@@ -178,6 +255,11 @@ func (c *Config) Validate() error {
 	if c.MaxCalls < 1 {
 		bad("max calls %d must be at least 1", c.MaxCalls)
 	}
+	switch c.SRTP {
+	case SRTPOff, SRTPOptional, SRTPRequired:
+	default:
+		bad("srtp (-sip-srtp) %q: want off, optional or required", c.SRTP)
+	}
 	if len(c.Codecs) == 0 {
 		bad("at least one codec is needed")
 	}
@@ -188,9 +270,10 @@ func (c *Config) Validate() error {
 	}
 	switch {
 	case c.TenantRule == "static", c.TenantRule == "ruri-user", c.TenantRule == "source":
+	case c.TenantRule == "auth" && len(c.AuthUsers) > 0:
 	case strings.HasPrefix(c.TenantRule, "header:") && len(c.TenantRule) > len("header:"):
 	default:
-		bad("tenant rule %q: want static, ruri-user, header:<Name> or source", c.TenantRule)
+		bad("tenant rule %q: want static, ruri-user, header:<Name>, source, or auth (with auth users)", c.TenantRule)
 	}
 	if err := subjects.Check("default tenant", c.DefaultTenant); err != nil {
 		errs = append(errs, err)
@@ -226,6 +309,24 @@ func (c *Config) Validate() error {
 	}
 	if len(c.AuthUsers) > 0 && c.AuthRealm == "" {
 		bad("auth realm is needed with auth users")
+	}
+	for name, u := range c.AuthUsers {
+		if name == "" || u.Password == "" || strings.ContainsAny(name, `"\`) {
+			bad("auth user (-sip-auth-users) %q: want a name without quotes and a password", name)
+		}
+		if u.Tenant == AnyTenant {
+			continue
+		}
+		if err := subjects.Check("tenant of auth user "+name, u.Tenant); err != nil {
+			errs = append(errs, err)
+		} else if len(c.Tenants) > 0 && !slices.Contains(c.Tenants, u.Tenant) {
+			bad("auth user (-sip-auth-users) %q: tenant %q is not on the tenant allow-list (-sip-tenants)", name, u.Tenant)
+		}
+	}
+	switch c.DialogCheck {
+	case DialogCheckAddr, DialogCheckIP, DialogCheckOff:
+	default:
+		bad("dialog check (-sip-dialog-check) %q: want addr, ip or off", c.DialogCheck)
 	}
 	if c.InviteRate < 0 || (c.InviteRate > 0 && c.InviteBurst < 1) {
 		bad("invite rate %v and burst %d: want a rate of 0 (no bound) or more with a burst of at least 1", c.InviteRate, c.InviteBurst)

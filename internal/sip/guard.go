@@ -22,12 +22,15 @@ import (
 //
 // It also applies the per-source INVITE rate (sourceLimits): an initial INVITE past its source's
 // bucket is dropped unanswered, since a UDP source address can be forged and any answer would
-// be reflected at whoever owns it.
+// be reflected at whoever owns it. Then the gate: a request from outside the allow-list, or a
+// CANCEL from another hop than its INVITE's, gets a stateless 403; a response from outside the
+// allow-list is dropped.
 type guardConn struct {
 	net.PacketConn
 	parser *sip.Parser
 	m      *metrics
 	lim    *sourceLimits
+	gate   *gate
 }
 
 func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
@@ -38,14 +41,26 @@ func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		}
 		msg, perr := g.parser.ParseSIP(b[:n])
 		if perr == nil {
-			if req, ok := msg.(*sip.Request); ok {
-				if initialInvite(req) && !g.lim.allowInvite(addrOf(addr), time.Now()) {
-					g.m.refused.WithLabelValues("invite_rate").Inc()
+			req, ok := msg.(*sip.Request)
+			if !ok {
+				if !g.gate.allowedSource(addrOf(addr)) {
+					g.gate.m.forbidden.WithLabelValues("allow_list").Inc()
 					continue
 				}
-				n = rfc2543Branch(req, b, n)
+				return n, addr, nil
 			}
-			return n, addr, nil
+			now := time.Now()
+			if initialInvite(req) && !g.lim.allowInvite(addrOf(addr), now) {
+				g.m.refused.WithLabelValues("invite_rate").Inc()
+				continue
+			}
+			if reason := g.gate.admit(req, peer{transport: "UDP", addr: apOf(addr)}, now); reason != "" {
+				if res, dst := g.gate.refuse(reason, req, b[:n], addr); res != nil {
+					_, _ = g.PacketConn.WriteTo(res, dst)
+				}
+				continue
+			}
+			return rfc2543Branch(req, b, n), addr, nil
 		}
 		g.m.malformed.Inc()
 		if res, dst := malformedResponse(b[:n], addr); res != nil {

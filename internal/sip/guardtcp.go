@@ -27,10 +27,12 @@ const (
 // to send one message (the first one included) or to take one write, is closed.
 type guardListener struct {
 	net.Listener
-	m       *metrics
-	lim     *sourceLimits
-	idle    time.Duration
-	message time.Duration
+	transport string // "TCP" or "TLS"
+	gate      *gate
+	m         *metrics
+	lim       *sourceLimits
+	idle      time.Duration
+	message   time.Duration
 }
 
 func (l *guardListener) Accept() (net.Conn, error) {
@@ -46,7 +48,7 @@ func (l *guardListener) Accept() (net.Conn, error) {
 			continue
 		}
 		return &guardTCPConn{Conn: c, m: l.m, parser: sip.NewParser(), lim: l.lim, key: key, idle: l.idle, message: l.message,
-			begun: time.Now()}, nil
+			begun: time.Now(), transport: l.transport, gate: l.gate}, nil
 	}
 }
 
@@ -65,12 +67,14 @@ type guardTCPConn struct {
 	buf    [16 << 10]byte
 	closed bool
 
-	lim     *sourceLimits
-	key     netip.Addr // the connection's count in lim
-	idle    time.Duration
-	message time.Duration
-	begun   time.Time // when the message being read began (or the connection opened)
-	release sync.Once
+	transport string // "TCP" or "TLS"
+	gate      *gate
+	lim       *sourceLimits
+	key       netip.Addr // the connection's count in lim
+	idle      time.Duration
+	message   time.Duration
+	begun     time.Time // when the message being read began (or the connection opened)
+	release   sync.Once
 }
 
 // Close closes the connection and gives its slot back.
@@ -178,11 +182,23 @@ func (c *guardTCPConn) frame() bool {
 		}
 		return true
 	}
-	if req, ok := m.(*sip.Request); ok {
-		if initialInvite(req) && !c.lim.allowInvite(addrOf(c.Conn.RemoteAddr()), time.Now()) {
+	req, isReq := m.(*sip.Request)
+	if !isReq && !c.gate.allowedSource(addrOf(c.Conn.RemoteAddr())) {
+		c.gate.m.forbidden.WithLabelValues("allow_list").Inc()
+		return true
+	}
+	if isReq {
+		now := time.Now()
+		if initialInvite(req) && !c.lim.allowInvite(addrOf(c.Conn.RemoteAddr()), now) {
 			// Over TCP the source completed a handshake: it is told to come back later.
 			c.m.refused.WithLabelValues("invite_rate").Inc()
 			if res, _ := statelessResponse(headLines(msg), c.Conn.RemoteAddr(), 503, "Service Unavailable", "Retry-After: 1\r\n"); res != nil {
+				_, _ = c.Write(res)
+			}
+			return true
+		}
+		if reason := c.gate.admit(req, peer{transport: c.transport, addr: apOf(c.Conn.RemoteAddr())}, now); reason != "" {
+			if res, _ := c.gate.refuse(reason, req, msg, c.Conn.RemoteAddr()); res != nil {
 				_, _ = c.Write(res)
 			}
 			return true

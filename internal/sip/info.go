@@ -16,6 +16,9 @@ func (s *Server) onInfo(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(req, tx, 481, "Call/Transaction Does Not Exist")
 		return
 	}
+	if !s.checkDialog(req, tx, c) {
+		return
+	}
 	ct := ""
 	if h := req.ContentType(); h != nil {
 		ct = strings.ToLower(strings.TrimSpace(strings.SplitN(h.Value(), ";", 2)[0]))

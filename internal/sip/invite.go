@@ -26,6 +26,7 @@ type legPlan struct {
 	audioPT uint8
 	eventPT int
 	remote  netip.AddrPort
+	crypto  *sdesKey // the offerer's SRTP key; nil for plain RTP
 }
 
 // offerError is an offer callrouter cannot serve, with the response to send.
@@ -46,16 +47,33 @@ func notAcceptable(w string) *offerError {
 func (s *Server) negotiate(off *sdp.Session, rec *recording) ([]legPlan, []sdp.Answer, error) {
 	answers := make([]sdp.Answer, len(off.Media))
 	var plans []legPlan
+	plainRefused := false
 	for i := range off.Media {
 		m := &off.Media[i]
 		answers[i] = sdp.Answer{Type: m.Type, Proto: m.Proto, Formats: m.Formats[:min(1, len(m.Formats))], Label: m.Label}
-		if m.Type != "audio" || m.Port == 0 || !strings.HasPrefix(m.Proto, "RTP/AVP") || m.Proto == "RTP/SAVP" || m.Proto == "RTP/SAVPF" {
+		if m.Type != "audio" || m.Port == 0 {
 			continue // rejected with port 0
+		}
+		var key *sdesKey
+		switch m.Proto {
+		case "RTP/AVP", "RTP/AVPF":
+			if s.cfg.SRTP == SRTPRequired {
+				plainRefused = true
+				continue
+			}
+		case "RTP/SAVP", "RTP/SAVPF":
+			k, ok := pickCrypto(m.Crypto)
+			if s.cfg.SRTP == SRTPOff || !ok {
+				continue // no SDES key callrouter can use (DTLS-SRTP is WebRTC's, on WHIP)
+			}
+			key = &k
+		default:
+			continue
 		}
 		if rec == nil && len(plans) == 1 {
 			continue // a plain call has one leg; further audio lines are rejected
 		}
-		p := legPlan{media: i, eventPT: -1}
+		p := legPlan{media: i, eventPT: -1, crypto: key}
 		found := false
 	pick:
 		for _, f := range m.Formats {
@@ -86,7 +104,17 @@ func (s *Server) negotiate(off *sdp.Session, rec *recording) ([]legPlan, []sdp.A
 			dir = sdp.Inactive
 		}
 		answers[i] = sdp.Answer{Type: m.Type, Proto: m.Proto, Formats: ans, Direction: dir, Label: m.Label, Port: -1}
+		if key != nil {
+			c, err := answerCrypto(*key)
+			if err != nil {
+				return nil, nil, err
+			}
+			answers[i].Crypto = c
+		}
 		plans = append(plans, p)
+	}
+	if len(plans) == 0 && plainRefused {
+		return nil, nil, notAcceptable(`305 callrouter "Incompatible media format: SRTP (RTP/SAVP with a=crypto) is required"`)
 	}
 	if len(plans) == 0 {
 		return nil, nil, notAcceptable(`305 callrouter "Incompatible media format: no audio line with ` + strings.Join(s.cfg.Codecs, ", ") + `"`)
@@ -152,9 +180,10 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 			return
 		}
 	}
-	src := sourceAddr(req)
-	if !s.pol.allowed(src) {
-		s.respond(req, tx, 403, "Forbidden")
+	src := sourceAddr(req) // the transport guards have applied the allow-list
+	if req.Recipient.Scheme == "sips" && req.Transport() != "TLS" {
+		// RFC 3261 section 26.2.2: a sips request-URI asks for TLS on every hop.
+		s.respond(req, tx, 416, "Unsupported URI Scheme", warning(`399 callrouter "sips needs TLS"`))
 		return
 	}
 	if req.Contact() == nil && req.From() != nil {
@@ -185,19 +214,29 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(req, tx, 406, "Not Acceptable", sip.NewHeader("Accept", "application/sdp, multipart/mixed"))
 		return
 	}
+	from := peerOf(req)
+	var user *AuthUser
 	if s.auth != nil {
-		ok, stale := false, false
+		name, ok, stale := "", false, false
 		if h := req.GetHeader("Authorization"); h != nil {
-			_, ok, stale = s.auth.check(h.Value(), string(req.Method))
+			name, ok, stale = s.auth.check(h.Value(), string(req.Method))
 		}
 		if !ok {
 			s.respond(req, tx, 401, "Unauthorized", sip.NewHeader("WWW-Authenticate", s.auth.challenge(stale)))
 			return
 		}
+		from.user = name
+		u := s.cfg.AuthUsers[name]
+		user = &u
 	}
-	tenant, ok := s.pol.tenant(req, src)
+	tenant, ok := s.pol.tenant(req, src, user)
 	if !ok {
-		s.respond(req, tx, 403, "Forbidden", warning(`399 callrouter "unknown tenant"`))
+		s.forbid(req, tx, "tenant")
+		return
+	}
+	if user != nil && user.Tenant != AnyTenant && user.Tenant != tenant {
+		s.secLog.Warn().Str("user", from.user).Str("tenant", tenant).Msg("SIP digest user called for another tenant")
+		s.forbid(req, tx, "user_tenant")
 		return
 	}
 	ct := ""
@@ -254,14 +293,14 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(req, tx, 486, "Busy Here", warning(`399 callrouter "call limit reached"`))
 		return
 	}
-	dlg, err := s.dialogs[req.Transport()].ReadInvite(req, tx)
+	dlg, err := s.dialogs[dialogKey(req)].ReadInvite(req, tx)
 	if err != nil {
 		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
 		return
 	}
 	_ = dlg.Respond(100, "Trying", nil)
 
-	c := &callState{s: s, dlg: dlg, tenant: tenant, expires: expires, refresher: refresher, rec: rec, start: time.Now(),
+	c := &callState{s: s, dlg: dlg, peer: from, tenant: tenant, expires: expires, refresher: refresher, rec: rec, start: time.Now(),
 		done: make(chan struct{}), failed: make(chan struct{})}
 	c.log = s.log.With().Str("tenant", tenant).Str("sip_call_id", req.CallID().Value()).Logger()
 	if err := c.openStreams(plans, answers); err != nil {
@@ -272,6 +311,9 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	spec := session.Spec{ID: session.ID{Tenant: tenant, Call: subjects.Encode(req.CallID().Value())}, Meta: s.pol.metadata(req)}
 	for i, p := range c.plans {
 		spec.Legs = append(spec.Legs, session.Leg{Index: uint8(i), Name: p.name, Codec: p.codec.fc, Rate: p.codec.rate})
+	}
+	if p := c.plans[0]; p.crypto != nil {
+		spec.Meta["sip.srtp"] = p.crypto.suite
 	}
 	if rec != nil {
 		spec.Meta["siprec"] = "true"
@@ -410,6 +452,9 @@ func (s *Server) onReinvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(req, tx, 481, "Call/Transaction Does Not Exist")
 		return
 	}
+	if !s.checkDialog(req, tx, c) {
+		return
+	}
 	ct := ""
 	if h := req.ContentType(); h != nil {
 		ct = h.Value()
@@ -439,7 +484,7 @@ func (s *Server) onReinvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	c.reinvite(req, off, rec)
 	res := sip.NewSDPResponseFromRequest(req, c.answerSDP())
-	contact := s.contacts[req.Transport()]
+	contact := s.contacts[dialogKey(req)]
 	res.AppendHeader(&contact)
 	for _, h := range c.timerHeaders() {
 		res.AppendHeader(h)

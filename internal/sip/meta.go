@@ -73,10 +73,15 @@ func (p *policy) allowed(src netip.Addr) bool {
 	return false
 }
 
-// tenant applies the tenant rule; ok is false when the result is not a valid, allowed tenant.
-func (p *policy) tenant(req *sip.Request, src netip.Addr) (string, bool) {
+// tenant applies the tenant rule (user is the digest user, nil without auth); ok is false
+// when the result is not a valid, allowed tenant.
+func (p *policy) tenant(req *sip.Request, src netip.Addr, user *AuthUser) (string, bool) {
 	t := ""
 	switch p.rule {
+	case "auth":
+		if user != nil && user.Tenant != AnyTenant {
+			t = user.Tenant
+		}
 	case "static":
 		t = p.defTenant
 	case "ruri-user":

@@ -10,7 +10,7 @@ type metrics struct {
 	calls          prometheus.Gauge
 	ended          *prometheus.CounterVec // reason
 	rtpPackets     prometheus.Counter
-	rtpDropped     *prometheus.CounterVec // reason: source, malformed, payload_type, late, duplicate
+	rtpDropped     *prometheus.CounterVec // reason: source, srtp, malformed, payload_type, late, duplicate
 	rtpLost        prometheus.Counter
 	gapFilled      prometheus.Counter
 	dtmf           prometheus.Counter
@@ -18,6 +18,7 @@ type metrics struct {
 	strayResponses prometheus.Counter
 	refused        *prometheus.CounterVec // reason: invite_rate, tcp_conns, tcp_source_conns, tcp_idle, tcp_slow
 	answer         prometheus.Histogram   // INVITE received → 200 OK sent, placement included
+	forbidden      *prometheus.CounterVec // reason: allow_list, cancel_source, dialog_source, dialog_user, tenant, user_tenant
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -29,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "SIP calls ended, by reason."}, []string{"reason"}),
 		rtpPackets: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_rtp_packets_total", Help: "RTP packets accepted."}),
 		rtpDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_sip_rtp_dropped_total",
-			Help: "RTP packets dropped, by reason (source, malformed, payload_type, late, duplicate)."}, []string{"reason"}),
+			Help: "RTP packets dropped, by reason (source, srtp: failed SRTP authentication or a replay, malformed, payload_type, late, duplicate)."}, []string{"reason"}),
 		rtpLost:   prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_rtp_lost_total", Help: "RTP packets given up on as lost (gap-filled)."}),
 		gapFilled: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_gap_filled_frames_total", Help: "Frames gap-filled for loss or silence."}),
 		dtmf:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_dtmf_events_total", Help: "RFC 4733 DTMF events published."}),
@@ -43,6 +44,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		answer: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrouter_sip_answer_seconds",
 			Help: "INVITE received to 200 OK sent, placement included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 	}
+	m.forbidden = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_sip_forbidden_total",
+		Help: "SIP requests refused with 403 (ACKs and responses dropped), by reason: allow_list (source outside -sip-allow), cancel_source (a CANCEL not from its INVITE's hop), dialog_source (an in-dialog request not from the dialog's peer), dialog_user (an in-dialog request with another user's credentials), tenant (a tenant not allowed), user_tenant (a digest user calling for another tenant)."},
+		[]string{"reason"})
+	reg.MustRegister(m.forbidden)
 	reg.MustRegister(m.requests, m.calls, m.ended, m.rtpPackets, m.rtpDropped, m.rtpLost, m.gapFilled, m.dtmf, m.malformed, m.strayResponses, m.refused, m.answer)
 	return m
 }

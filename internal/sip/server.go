@@ -8,11 +8,13 @@ package sip
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,17 +37,20 @@ type Deps struct {
 type Server struct {
 	cfg       Config
 	log       zerolog.Logger
+	secLog    zerolog.Logger // refusals of forged or misdirected requests, sampled
 	m         *metrics
 	pol       *policy
 	lim       *sourceLimits
 	auth      *digestAuth
+	gate      *gate
 	ports     *portPool
 	codecs    []codec
 	listenIP  netip.Addr
 	advertise netip.Addr
 
-	ready chan struct{}
-	addr  atomic.Pointer[netip.AddrPort]
+	ready   chan struct{}
+	addr    atomic.Pointer[netip.AddrPort]
+	tlsAddr atomic.Pointer[netip.AddrPort]
 
 	node     *ingest.Node
 	ctx      context.Context
@@ -89,6 +94,8 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if len(cfg.AuthUsers) > 0 {
 		s.auth = newDigestAuth(cfg.AuthRealm, cfg.AuthUsers)
 	}
+	s.secLog = s.log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second})
+	s.gate = &gate{pol: s.pol, hops: newInviteHops(), mode: cfg.DialogCheck, m: s.m}
 	return s, nil
 }
 
@@ -101,6 +108,24 @@ func (s *Server) Addr() netip.AddrPort {
 		return *a
 	}
 	return netip.AddrPort{}
+}
+
+// TLSAddr returns the SIP over TLS address the server listens on (zero without TLS).
+func (s *Server) TLSAddr() netip.AddrPort {
+	if a := s.tlsAddr.Load(); a != nil {
+		return *a
+	}
+	return netip.AddrPort{}
+}
+
+// dialogKey names the dialog cache (and Contact) for a request: its transport, and for TLS
+// whether the request-URI is sips (the Contact of a sips dialog must be a sips URI, RFC 3261
+// section 12.1.1).
+func dialogKey(req *sip.Request) string {
+	if t := req.Transport(); t != "TLS" || req.Recipient.Scheme != "sips" {
+		return t
+	}
+	return "TLS-sips"
 }
 
 // Calls returns the number of calls in progress.
@@ -152,9 +177,28 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 		return errors.New("sip: server already ran")
 	}
 	s.node = n
+	var tlsServer, tlsClient *tls.Config
+	if s.cfg.TLSListen != "" {
+		var err error
+		if tlsServer, tlsClient, err = tlsConfigs(&s.cfg); err != nil {
+			return err
+		}
+	}
 	pc, l, err := s.listen()
 	if err != nil {
 		return fmt.Errorf("sip: listen: %w", err)
+	}
+	var tl net.Listener
+	if tlsServer != nil {
+		if tl, err = net.Listen("tcp", s.cfg.TLSListen); err != nil {
+			if pc != nil {
+				_ = pc.Close()
+			}
+			if l != nil {
+				_ = l.Close()
+			}
+			return fmt.Errorf("sip: listen TLS: %w", err)
+		}
 	}
 	var local netip.AddrPort
 	if pc != nil {
@@ -166,7 +210,7 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 		s.advertise = netip.MustParseAddr("127.0.0.1")
 	}
 	slogger := newSlog(s.log)
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("callrouter"), sipgo.WithUserAgentHostname(s.advertise.String()),
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("callrouter"), sipgo.WithUserAgentHostname(s.advertise.String()), sipgo.WithUserAgenTLSConfig(tlsClient),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger),
 			sip.WithTransactionLayerUnhandledResponseHandler(func(*sip.Response) { s.m.strayResponses.Inc() })),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(slogger)))
@@ -185,11 +229,23 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	}
 	s.dialogs = map[string]*sipgo.DialogServerCache{}
 	s.contacts = map[string]sip.ContactHeader{}
-	for _, t := range []string{"UDP", "TCP"} {
-		contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "callrouter", Host: s.advertise.String(), Port: int(local.Port()),
+	for _, t := range []string{"UDP", "TCP", "TLS", "TLS-sips"} {
+		port := int(local.Port())
+		if strings.HasPrefix(t, "TLS") {
+			if tl == nil {
+				continue
+			}
+			port = tl.Addr().(*net.TCPAddr).Port
+		}
+		contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "callrouter", Host: s.advertise.String(), Port: port,
 			UriParams: sip.NewParams()}}
-		if t == "TCP" {
+		switch t {
+		case "TCP":
 			contact.Address.UriParams.Add("transport", "tcp")
+		case "TLS":
+			contact.Address.UriParams.Add("transport", "tls")
+		case "TLS-sips":
+			contact.Address.Scheme = "sips"
 		}
 		s.dialogs[t] = sipgo.NewDialogServerCache(s.client, contact)
 		s.contacts[t] = contact
@@ -209,13 +265,23 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	var serveWG sync.WaitGroup
 	if pc != nil {
 		serveWG.Add(1)
-		g := &guardConn{PacketConn: pc, parser: sip.NewParser(), m: s.m, lim: s.lim}
+		g := &guardConn{PacketConn: pc, parser: sip.NewParser(), m: s.m, lim: s.lim, gate: s.gate}
 		go func() { defer serveWG.Done(); _ = srv.ServeUDP(g) }()
 	}
 	if l != nil {
 		serveWG.Add(1)
-		gl := &guardListener{Listener: l, m: s.m, lim: s.lim, idle: s.cfg.TCPIdleTimeout, message: s.cfg.TCPMessageTimeout}
+		gl := &guardListener{Listener: l, transport: "TCP", gate: s.gate, m: s.m, lim: s.lim, idle: s.cfg.TCPIdleTimeout,
+			message: s.cfg.TCPMessageTimeout}
 		go func() { defer serveWG.Done(); _ = srv.ServeTCP(gl) }()
+	}
+	if tl != nil {
+		serveWG.Add(1)
+		gl := &guardListener{Listener: tls.NewListener(tl, tlsServer), transport: "TLS", gate: s.gate, m: s.m, lim: s.lim,
+			idle: s.cfg.TCPIdleTimeout, message: s.cfg.TCPMessageTimeout}
+		go func() { defer serveWG.Done(); _ = srv.ServeTLS(gl) }()
+		ta := netip.MustParseAddrPort(tl.Addr().String())
+		s.tlsAddr.Store(&ta)
+		s.log.Info().Str("addr", ta.String()).Bool("client_certs", s.cfg.TLSClientCA != "").Msg("SIP over TLS listening")
 	}
 	s.addr.Store(&local)
 	close(s.ready)
@@ -250,6 +316,9 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	}
 	if l != nil {
 		_ = l.Close()
+	}
+	if tl != nil {
+		_ = tl.Close()
 	}
 	_ = ua.Close()
 	serveWG.Wait()
@@ -304,7 +373,7 @@ func sendOnce(req *sip.Request, tx sip.ServerTransaction, code int) {
 }
 
 func (s *Server) onAck(req *sip.Request, tx sip.ServerTransaction) {
-	if d := s.dialogs[req.Transport()]; d != nil {
+	if d := s.dialogs[dialogKey(req)]; d != nil {
 		_ = d.ReadAck(req, tx)
 	}
 }
@@ -325,6 +394,9 @@ func (s *Server) onBye(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(req, tx, 481, "Call/Transaction Does Not Exist")
 		return
 	}
+	if !s.checkDialog(req, tx, c) {
+		return
+	}
 	if err := c.dlg.ReadBye(req, tx); err != nil {
 		s.respond(req, tx, 400, "Bad Request")
 		return
@@ -343,11 +415,8 @@ func (s *Server) allowHeaders() []sip.Header {
 		sip.NewHeader("Accept", "application/sdp, multipart/mixed"), sip.NewHeader("Supported", "timer")}
 }
 
+// onOptions answers OPTIONS (the transport guards have applied the allow-list).
 func (s *Server) onOptions(req *sip.Request, tx sip.ServerTransaction) {
-	if !s.pol.allowed(sourceAddr(req)) {
-		s.respond(req, tx, 403, "Forbidden")
-		return
-	}
 	s.respond(req, tx, 200, "OK", s.allowHeaders()...)
 }
 
@@ -356,6 +425,9 @@ func (s *Server) onUpdate(req *sip.Request, tx sip.ServerTransaction) {
 	c := s.findCall(req)
 	if c == nil {
 		s.respond(req, tx, 481, "Call/Transaction Does Not Exist")
+		return
+	}
+	if !s.checkDialog(req, tx, c) {
 		return
 	}
 	c.refresh(req)

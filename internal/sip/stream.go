@@ -10,6 +10,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/pion/rtp"
+	"github.com/pion/srtp/v3"
 )
 
 // codec is an audio codec callrouter accepts on SIP.
@@ -49,6 +50,11 @@ type stream struct {
 	sendErrs int
 	emitted  atomic.Uint64 // frames emitted, readable from other goroutines
 	hook     *func([]byte) // tests: runs on every packet (Server.packetHook)
+
+	srtp atomic.Pointer[srtp.Context] // the offerer's SRTP key; nil for plain RTP
+	key  *sdesKey                     // the key srtp was made from (callState.mu)
+	hdr  rtp.Header
+	dec  [maxPacket + 64]byte
 }
 
 func (s *stream) port() int { return s.conn.LocalAddr().(*net.UDPAddr).Port }
@@ -101,6 +107,16 @@ func (s *stream) handle(now time.Time, from netip.AddrPort, raw []byte) {
 	if !s.sourceOK(from) {
 		s.m.rtpDropped.WithLabelValues("source").Inc()
 		return
+	}
+	if ctx := s.srtp.Load(); ctx != nil {
+		// RFC 3711 section 3.3: authenticate (and refuse replays), then decrypt; what comes out
+		// is an RTP packet like any other.
+		dec, err := ctx.DecryptRTP(s.dec[:0], raw, &s.hdr)
+		if err != nil {
+			s.m.rtpDropped.WithLabelValues("srtp").Inc()
+			return
+		}
+		raw = dec
 	}
 	if err := s.pkt.Unmarshal(raw); err != nil || s.pkt.Version != 2 {
 		s.m.rtpDropped.WithLabelValues("malformed").Inc()

@@ -22,13 +22,17 @@ type uac struct {
 	in   chan string
 }
 
-func newUAC(t testing.TB, addr string) *uac {
+func newUAC(t testing.TB, addr string) *uac { return newUACAt(t, addr, net.IPv4(127, 0, 0, 1)) }
+
+// newUACAt is newUAC with its SIP and RTP sockets on ip (another loopback address plays another
+// host).
+func newUACAt(t testing.TB, addr string, ip net.IP) *uac {
 	t.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	r, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,28 +66,50 @@ func (u *uac) offer() string {
 // request sends a request and returns its final response (provisional ones are skipped).
 func (u *uac) request(method, callID, toTag string, cseq int, hdrs, ctype, body string) string {
 	u.t.Helper()
-	to := "<sip:svc@" + u.dst.String() + ">"
-	if toTag != "" {
-		to += ";tag=" + toTag
-	}
-	msg := fmt.Sprintf("%s sip:svc@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;rport;branch=z9hG4bK%d\r\nFrom: \"Test\" <sip:alice@127.0.0.1>;tag=ft%s\r\n"+
-		"To: %s\r\nCall-ID: %s\r\nCSeq: %d %s\r\nContact: <sip:alice@%s>\r\nMax-Forwards: 70\r\n%s",
-		method, u.dst, u.local(), rand.Int64(), callID, to, callID, cseq, method, u.local(), hdrs)
-	if body != "" {
-		msg += "Content-Type: " + ctype + "\r\n"
-	}
-	msg += "Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
-	if _, err := u.conn.WriteToUDP([]byte(msg), u.dst); err != nil {
-		u.t.Fatal(err)
-	}
+	u.send(sipMessage(method, u.dst.String(), "UDP", u.local(), "z9hG4bK"+strconv.FormatInt(rand.Int64(), 10), callID, toTag, cseq, hdrs, ctype, body))
 	if method == "ACK" {
 		return ""
 	}
+	return u.await(callID, method)
+}
+
+// sipMessage builds a request from the From tag "ft<Call-ID>" of user alice, as every test
+// client here does (so that a forger can build the same dialog identifiers).
+func sipMessage(method, dst, transport, local, branch, callID, toTag string, cseq int, hdrs, ctype, body string) string {
+	to := "<sip:svc@" + dst + ">"
+	if toTag != "" {
+		to += ";tag=" + toTag
+	}
+	contact := "<sip:alice@" + local + ">"
+	if transport != "UDP" {
+		contact = "<sip:alice@" + local + ";transport=" + strings.ToLower(transport) + ">"
+	}
+	msg := fmt.Sprintf("%s sip:svc@%s SIP/2.0\r\nVia: SIP/2.0/%s %s;rport;branch=%s\r\nFrom: \"Test\" <sip:alice@127.0.0.1>;tag=ft%s\r\n"+
+		"To: %s\r\nCall-ID: %s\r\nCSeq: %d %s\r\nContact: %s\r\nMax-Forwards: 70\r\n%s",
+		method, dst, transport, local, branch, callID, to, callID, cseq, method, contact, hdrs)
+	if body != "" {
+		msg += "Content-Type: " + ctype + "\r\n"
+	}
+	return msg + "Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+}
+
+// send sends a raw message to the server.
+func (u *uac) send(msg string) {
+	u.t.Helper()
+	if _, err := u.conn.WriteToUDP([]byte(msg), u.dst); err != nil {
+		u.t.Fatal(err)
+	}
+}
+
+// await returns the next final response for callID to method (provisional ones, and responses
+// to other methods, are skipped).
+func (u *uac) await(callID, method string) string {
+	u.t.Helper()
 	timeout := time.After(15 * time.Second)
 	for {
 		select {
 		case m := <-u.in:
-			if strings.HasPrefix(m, "SIP/2.0 1") || !strings.Contains(m, callID) {
+			if strings.HasPrefix(m, "SIP/2.0 1") || !strings.Contains(m, callID) || !regexp.MustCompile(`(?m)^CSeq: *\d+ `+method+`\r?$`).MatchString(m) {
 				continue
 			}
 			if strings.HasPrefix(m, "SIP/2.0 ") {

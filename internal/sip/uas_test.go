@@ -96,7 +96,7 @@ func TestPlacementRefusedGets503(t *testing.T) {
 // TestDigestAuthAndAllowList checks the 401 challenge, a good and a bad answer to it, and the
 // source network allow-list.
 func TestDigestAuthAndAllowList(t *testing.T) {
-	e := startEnv(t, 1, func(c *Config) { c.AuthUsers = map[string]string{"alice": "s3cret"} })
+	e := startEnv(t, 1, func(c *Config) { c.AuthUsers = map[string]AuthUser{"alice": {Password: "s3cret", Tenant: "default"}} })
 	u := newUAC(t, e.addr)
 	id := newCallID("auth")
 	res := u.request("INVITE", id, "", 1, "", "application/sdp", u.offer())
