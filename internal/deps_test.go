@@ -29,7 +29,9 @@ var forbidden = map[string][]string{
 	"internal/sdp":      {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/sip"},
 	"internal/whip":     {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
 	"internal/timeline": {"internal/"},
-	"hostile":           {"internal/"}, // tests only: it attacks the built binaries from outside
+	// A client: it speaks the protocol and does not link the services it steers.
+	"internal/ctl": {"internal/router", "internal/worker", "internal/stack"},
+	"hostile":      {"internal/"}, // tests only: it attacks the built binaries from outside
 }
 
 // packages returns every directory under the module root holding non-test Go files.

@@ -24,7 +24,8 @@ func (r *Router) onAPI(m *nats.Msg) {
 		bus.Respond(m, wire.Fail(wire.CodeBadRequest, "request too large"))
 		return
 	}
-	switch strings.TrimPrefix(m.Subject, subjects.APIPrefix) {
+	verb := strings.TrimPrefix(m.Subject, subjects.APIPrefix)
+	switch verb {
 	case VerbCalls:
 		bus.Respond(m, wire.CallsReply{Reply: wire.OK(), Calls: r.Calls()})
 	case VerbCall:
@@ -43,7 +44,9 @@ func (r *Router) onAPI(m *nats.Msg) {
 	case VerbWorkers:
 		bus.Respond(m, wire.WorkersReply{Reply: wire.OK(), Workers: r.Workers()})
 	default:
-		bus.Respond(m, wire.Fail(wire.CodeBadRequest, "unknown verb; known: calls, call, workers"))
+		if !r.onOpsAPI(m, verb) {
+			bus.Respond(m, wire.Fail(wire.CodeBadRequest, "unknown verb; known: calls, call, workers, ingests, history"))
+		}
 	}
 }
 

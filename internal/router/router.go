@@ -87,6 +87,7 @@ type Router struct {
 	lastTick  time.Time
 	lastSweep time.Time // of the orphan sweep
 
+	hist     history // recent calls' lifecycle events, for router.api.history (ops.go)
 	inflight chan struct{}
 	g        guard.Group // placements, each on a goroutine started by the place handler
 	closed   atomic.Bool
@@ -144,6 +145,9 @@ func (r *Router) Run(ctx context.Context) error {
 		return err
 	}
 	if err := add(r.nc.QueueSubscribe(subjects.APIPrefix+"*", subjects.RouterQueue, r.handler("router_api", r.onAPI))); err != nil {
+		return err
+	}
+	if err := r.subscribeOps(add); err != nil {
 		return err
 	}
 	if err := r.nc.Flush(); err != nil {
