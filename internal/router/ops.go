@@ -118,6 +118,7 @@ func (r *Router) onHistoryEvent(m *nats.Msg) {
 	if len(m.Data) > wire.MaxControlBytes || json.Unmarshal(m.Data, &ev) != nil {
 		return
 	}
+	r.m.tenants.observe(es.Tenant, es.Kind, ev.Data)
 	if len(ev.Data) > historyDataBytes {
 		ev.Data = nil
 	}

@@ -112,12 +112,14 @@ func New(cfg Config, d Deps) (*Router, error) {
 	if d.Health == nil {
 		d.Health = &obs.Health{}
 	}
-	return &Router{
+	r := &Router{
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("router", cfg.ID).Logger(), m: newMetrics(d.Registry), health: d.Health,
 		workers: map[string]*workerInfo{}, ingests: map[string]*ingestInfo{}, routers: map[string]time.Time{},
 		orphans: map[orphanKey]time.Time{}, lost: map[lostKey]lostProgress{},
 		strands: map[strandKey]time.Time{}, reaped: map[orphanKey]time.Time{}, silent: map[string]time.Time{}, inflight: make(chan struct{}, cfg.MaxInflight),
-	}, nil
+	}
+	d.Registry.MustRegister(tenantCalls{r})
+	return r, nil
 }
 
 // Run serves until ctx ends and returns after every goroutine it started has exited.

@@ -12,6 +12,7 @@ type metrics struct {
 	lost       *prometheus.CounterVec // cause
 	ended      *prometheus.CounterVec // reason
 	lag        prometheus.Gauge
+	delay      prometheus.Histogram // live frames' excess delay (what lag averages)
 	subs       prometheus.Gauge
 	reapedSubs prometheus.Counter
 	replays    *prometheus.CounterVec // result
@@ -24,13 +25,16 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		calls:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_calls", Help: "Calls held by this worker."}),
-		offers:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_offers_total", Help: "Placement offers by result."}, []string{"result"}),
-		frames:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_frames_total", Help: "Frames received by outcome."}, []string{"result"}),
-		drops:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_dropped_frames_total", Help: "Frames the worker dropped, by reason."}, []string{"reason"}),
-		lost:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_lost_frames_total", Help: "Frames never processed (sequence gaps), by cause."}, []string{"cause"}),
-		ended:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_calls_ended_total", Help: "Calls this worker stopped holding, by reason."}, []string{"reason"}),
-		lag:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_lag_seconds", Help: "Worst per-call processing lag (capture to processing)."}),
+		calls:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_calls", Help: "Calls held by this worker."}),
+		offers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_offers_total", Help: "Placement offers by result."}, []string{"result"}),
+		frames: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_frames_total", Help: "Frames received by outcome."}, []string{"result"}),
+		drops:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_dropped_frames_total", Help: "Frames the worker dropped, by reason."}, []string{"reason"}),
+		lost:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_lost_frames_total", Help: "Frames never processed (sequence gaps), by cause."}, []string{"cause"}),
+		ended:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_calls_ended_total", Help: "Calls this worker stopped holding, by reason."}, []string{"reason"}),
+		lag:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_lag_seconds", Help: "Worst per-call processing lag (capture to processing)."}),
+		delay: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrouter_worker_frame_delay_seconds",
+			Help:    "Live frames' delay from capture at ingest to processing here, beyond the call's best (so clock offsets between hosts cancel): the lag, per frame.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 13)}),
 		subs:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_subscriptions", Help: "Per-call NATS subscriptions held."}),
 		reapedSubs: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_reaped_subscriptions_total", Help: "Per-call subscriptions removed by the idle reaper."}),
 		replays:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_replays_total", Help: "Replay requests to ingest by result."}, []string{"result"}),
@@ -45,6 +49,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.jumpHeld = m.frames.WithLabelValues("jump_held")
 	m.dropBackpressure = m.drops.WithLabelValues("backpressure")
 	m.dropStale = m.drops.WithLabelValues("stale")
-	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.subs, m.reapedSubs, m.replays, m.panics, m.resyncs)
+	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.delay, m.subs, m.reapedSubs, m.replays, m.panics, m.resyncs)
 	return m
 }
