@@ -186,6 +186,28 @@ func TestOperatorCommands(t *testing.T) {
 		t.Errorf("ingests: %+v", ingests)
 	}
 
+	// The per-tenant and per-frame series the dashboard reads, from the stack's registry.
+	mfs, err := s.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "callrouter_router_tenant_calls":
+				seen[mf.GetName()] += m.GetGauge().GetValue()
+			case "callrouter_router_tenant_events_total":
+				seen[mf.GetName()] += m.GetCounter().GetValue()
+			case "callrouter_worker_frame_delay_seconds":
+				seen[mf.GetName()] += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	if seen["callrouter_router_tenant_calls"] != 1 || seen["callrouter_router_tenant_events_total"] < 2 || seen["callrouter_worker_frame_delay_seconds"] == 0 {
+		t.Errorf("dashboard series: %v", seen)
+	}
+
 	var rep callReport
 	eventually(t, 5*time.Second, "call to show the holder's accounting so far", func() bool {
 		ctlJSON(t, s.URL, ExitOK, &rep, "call", "acme/c-1")

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestHistoryIsBounded(t *testing.T) {
@@ -40,5 +42,27 @@ func TestHistoryIsBounded(t *testing.T) {
 	}
 	if len(h.calls) != historyCalls || len(h.order) > 2*historyCalls {
 		t.Errorf("%d calls kept, %d keys indexed", len(h.calls), len(h.order))
+	}
+}
+
+func TestTenantLabelsAreBounded(t *testing.T) {
+	m := newTenantMetrics(prometheus.NewRegistry())
+	for i := 0; i < maxTenantLabels+50; i++ {
+		m.observe(fmt.Sprintf("t%d", i), "start", nil)
+	}
+	m.observe("t0", "gap", []byte(`{"leg":0,"from":10,"to":14,"cause":"network_loss"}`))
+	m.observe("t0", "gap", []byte(`{"leg":0,"from":20,"to":20,"cause":"made-up"}`))
+	m.observe("t0", "gap", []byte(`{"leg":0,"from":20,"to":10,"cause":"network_loss"}`)) // backwards: ignored
+	if got := testutil.ToFloat64(m.events.WithLabelValues(otherTenant, "start")); got != 50 {
+		t.Errorf("%v starts counted as %s, want 50", got, otherTenant)
+	}
+	if got := testutil.ToFloat64(m.lost.WithLabelValues("t0", "network_loss")); got != 5 {
+		t.Errorf("t0 lost %v network_loss frames, want 5", got)
+	}
+	if got := testutil.ToFloat64(m.lost.WithLabelValues("t0", "other")); got != 1 {
+		t.Errorf("t0 lost %v frames of an unknown cause, want 1 under \"other\"", got)
+	}
+	if n := testutil.CollectAndCount(m.events); n != maxTenantLabels+1 {
+		t.Errorf("%d series, want %d", n, maxTenantLabels+1)
 	}
 }
