@@ -26,16 +26,16 @@ import (
 const dashboardFile = "monitoring/callrouter-dashboard.json"
 
 type gDashboard struct {
-	Title         string            `json:"title"`
-	UID           string            `json:"uid"`
-	Description   string            `json:"description"`
-	Tags          []string          `json:"tags"`
-	Timezone      string            `json:"timezone"`
-	Editable      bool              `json:"editable"`
-	GraphTooltip  int               `json:"graphTooltip"`
-	SchemaVersion int               `json:"schemaVersion"`
-	Version       int               `json:"version"`
-	Refresh       string            `json:"refresh"`
+	Title         string                    `json:"title"`
+	UID           string                    `json:"uid"`
+	Description   string                    `json:"description"`
+	Tags          []string                  `json:"tags"`
+	Timezone      string                    `json:"timezone"`
+	Editable      bool                      `json:"editable"`
+	GraphTooltip  int                       `json:"graphTooltip"`
+	SchemaVersion int                       `json:"schemaVersion"`
+	Version       int                       `json:"version"`
+	Refresh       string                    `json:"refresh"`
 	Time          struct{ From, To string } `json:"time"`
 	Annotations   struct {
 		List []json.RawMessage `json:"list"`
@@ -78,10 +78,10 @@ type gPanel struct {
 	GridPos     struct {
 		H, W, X, Y int
 	} `json:"gridPos"`
-	Collapsed   bool       `json:"collapsed"`
-	Repeat      string     `json:"repeat"`
-	Panels      []gPanel   `json:"panels"` // a collapsed row's panels
-	Targets     []gTarget  `json:"targets"`
+	Collapsed   bool      `json:"collapsed"`
+	Repeat      string    `json:"repeat"`
+	Panels      []gPanel  `json:"panels"` // a collapsed row's panels
+	Targets     []gTarget `json:"targets"`
 	FieldConfig *struct {
 		Defaults struct {
 			Unit string `json:"unit"`
