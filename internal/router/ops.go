@@ -39,15 +39,61 @@ type callHistory struct {
 // history is a router's bounded record of recent calls' lifecycle events, keyed by the
 // tenant and call tokens of the event subject (so a body cannot file an event under another call).
 type history struct {
-	mu    sync.Mutex
-	calls map[[2]string]*callHistory
-	order [][2]string // insertion order, for eviction; may hold keys already evicted
+	mu      sync.Mutex
+	calls   map[[2]string]*callHistory
+	order   [][2]string // insertion order, for eviction; may hold keys already evicted
+	minutes [statusMinutes]minuteCount
+}
+
+// statusMinutes is how many minutes of placements and refusals the status page shows.
+const statusMinutes = 10
+
+// minuteCount is the placements and refusals heard in one minute (Unix minute).
+type minuteCount struct {
+	Minute  int64 `json:"minute"`
+	Placed  int   `json:"placed"`
+	Refused int   `json:"refused"`
+}
+
+// count adds a placed or refused event to its minute's bucket.
+func (h *history) count(kind string, at time.Time) {
+	if kind != "placed" && kind != "refused" {
+		return
+	}
+	m := at.Unix() / 60
+	b := &h.minutes[m%statusMinutes]
+	if b.Minute != m {
+		*b = minuteCount{Minute: m}
+	}
+	if kind == "placed" {
+		b.Placed++
+	} else {
+		b.Refused++
+	}
+}
+
+// perMinute returns the last statusMinutes minutes up to now, oldest first (zero where nothing
+// was heard).
+func (h *history) perMinute(now time.Time) []minuteCount {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	cur := now.Unix() / 60
+	out := make([]minuteCount, 0, statusMinutes)
+	for m := cur - statusMinutes + 1; m <= cur; m++ {
+		b := h.minutes[m%statusMinutes]
+		if b.Minute != m {
+			b = minuteCount{Minute: m}
+		}
+		out = append(out, b)
+	}
+	return out
 }
 
 func (h *history) add(tenantTok, callTok string, e wire.HistoryEntry) {
 	k := [2]string{tenantTok, callTok}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.count(e.Kind, time.Now())
 	if h.calls == nil {
 		h.calls = map[[2]string]*callHistory{}
 	}
