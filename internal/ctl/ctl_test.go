@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/stack"
+	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/nats-io/nats-server/v2/server"
@@ -267,6 +269,11 @@ func TestOperatorCommands(t *testing.T) {
 		if w.ID == first && (!w.Draining || w.Eligible || w.Active != 0) {
 			t.Errorf("drained worker: %+v", w)
 		}
+	}
+	// A drain request that is not JSON is refused before anything changes.
+	var bad wire.DrainReply
+	if err := bus.Request(context.Background(), s.Ingest.NC(), subjects.WorkerVerb(first, wire.WorkerVerbDrain), json.RawMessage(`"x"`), &bad); err != nil || bad.OK || bad.Code != wire.CodeBadRequest {
+		t.Errorf("a malformed drain request: %+v, %v", bad, err)
 	}
 	var dr drainResult
 	ctlJSON(t, s.URL, ExitOK, &dr, "drain", first, "-resume")
