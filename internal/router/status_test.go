@@ -180,7 +180,7 @@ func statusInChromium(t *testing.T) {
 		dir := t.TempDir()
 		args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
 			"--disable-component-update", "--disable-sync", "--user-data-dir=" + dir, "--window-size=1280,900",
-			"--virtual-time-budget=4000"}, extra...)
+			"--virtual-time-budget=2500"}, extra...)
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, os.Getenv("CHROMIUM"), append(args, url)...)
@@ -192,7 +192,8 @@ func statusInChromium(t *testing.T) {
 		}
 		return out
 	}
-	dom := string(run("--dump-dom"))
+	shot := os.Getenv("CALLROUTER_STATUS_SHOT")
+	dom := string(run("--dump-dom", "--screenshot="+shot))
 	for _, want := range []string{
 		"router r1", "w1", "1/10", "12.5", "eligible", // workers
 		"i1",                        // ingests
@@ -213,8 +214,6 @@ func statusInChromium(t *testing.T) {
 	if t.Failed() {
 		t.Logf("DOM:\n%s", dom)
 	}
-	shot := os.Getenv("CALLROUTER_STATUS_SHOT")
-	run("--screenshot=" + shot)
 	if st, err := os.Stat(shot); err != nil || st.Size() < 10_000 {
 		t.Errorf("screenshot %s: %v", shot, err)
 	}
