@@ -25,22 +25,22 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		calls:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_calls", Help: "Calls held by this worker."}),
-		offers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_offers_total", Help: "Placement offers by result."}, []string{"result"}),
-		frames: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_frames_total", Help: "Frames received by outcome."}, []string{"result"}),
-		drops:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_dropped_frames_total", Help: "Frames the worker dropped, by reason."}, []string{"reason"}),
-		lost:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_lost_frames_total", Help: "Frames never processed (sequence gaps), by cause."}, []string{"cause"}),
-		ended:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_calls_ended_total", Help: "Calls this worker stopped holding, by reason."}, []string{"reason"}),
-		lag:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_lag_seconds", Help: "Worst per-call processing lag (capture to processing)."}),
-		delay: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrouter_worker_frame_delay_seconds",
-			Help:    "Live frames' delay from capture at ingest to processing here, beyond the call's best (so clock offsets between hosts cancel): the lag, per frame.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 13)}),
+		calls:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_calls", Help: "Calls held by this worker."}),
+		offers:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_offers_total", Help: "Placement offers by result."}, []string{"result"}),
+		frames:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_frames_total", Help: "Frames received by outcome."}, []string{"result"}),
+		drops:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_dropped_frames_total", Help: "Frames the worker dropped, by reason."}, []string{"reason"}),
+		lost:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_lost_frames_total", Help: "Frames never processed (sequence gaps), by cause."}, []string{"cause"}),
+		ended:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_calls_ended_total", Help: "Calls this worker stopped holding, by reason."}, []string{"reason"}),
+		lag:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_lag_seconds", Help: "Worst per-call processing lag (capture to processing)."}),
 		subs:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_subscriptions", Help: "Per-call NATS subscriptions held."}),
 		reapedSubs: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_reaped_subscriptions_total", Help: "Per-call subscriptions removed by the idle reaper."}),
 		replays:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_replays_total", Help: "Replay requests to ingest by result."}, []string{"result"}),
 		resyncs:    prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_resyncs_total", Help: "Legs re-anchored after a forward sequence jump larger than real time explains (the hole is a gap with cause resync)."}),
 		panics:     prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_call_panics_total", Help: "Calls ended by a panic on their goroutine (a processor bug); callrouter_panics_total counts every recovered panic."}),
 	}
+	m.delay = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrouter_worker_frame_delay_seconds",
+		Help:    "Live frames' delay from capture at ingest to processing here, beyond the call's best (so clock offsets between hosts cancel): the lag, per frame.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 13)})
 	m.processed = m.frames.WithLabelValues("processed")
 	m.replayed = m.frames.WithLabelValues("replayed")
 	m.duplicate = m.frames.WithLabelValues("duplicate")
