@@ -294,15 +294,23 @@ func TestOperatorCommands(t *testing.T) {
 	if code != ExitOK || strings.Count(out, "callrouter top") != 2 || !strings.Contains(out, "acme") || !strings.Contains(out, "worker-2") || strings.Contains(out, "\x1b[2J") {
 		t.Errorf("top (exit %d):\n%s", code, out)
 	}
-	code, out, _ = ctl(t, s.URL, "top", "-n", "5", "-interval", "400ms", "-json")
+	code, out, _ = ctl(t, s.URL, "top", "-n", "6", "-interval", "400ms", "-json")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	var last topView
-	if code != ExitOK || len(lines) != 5 || json.Unmarshal([]byte(lines[4]), &last) != nil {
+	if code != ExitOK || len(lines) != 6 {
 		t.Fatalf("top -json (exit %d):\n%s", code, out)
 	}
-	// 2 legs × 50 frames/s; the rate comes from heartbeats every 500 ms, so allow a wide band.
-	if len(last.Tenants) != 1 || last.Tenants[0].Calls != 1 || last.Tenants[0].FramesPerSec < 20 || last.Tenants[0].FramesPerSec > 400 {
-		t.Errorf("top tenants: %+v", last.Tenants)
+	// 2 legs × 50 frames/s; the rate comes from heartbeats every 500 ms (late ones on a loaded
+	// machine), so take the best refresh and allow a wide band.
+	best := 0.0
+	for _, l := range lines[1:] {
+		var v topView
+		if err := json.Unmarshal([]byte(l), &v); err != nil || len(v.Tenants) != 1 || v.Tenants[0].Calls != 1 {
+			t.Fatalf("top -json line %s: %v", l, err)
+		}
+		best = max(best, v.Tenants[0].FramesPerSec)
+	}
+	if best < 20 || best > 400 {
+		t.Errorf("top: %.0f frames/s, want about 100:\n%s", best, out)
 	}
 }
 

@@ -146,12 +146,16 @@ func (e *env) snapshot(win *window, prevs []*topView) (*topView, error) {
 	return v, nil
 }
 
-// pickPrev returns the oldest snapshot no older than rateSpan, or nil.
+// pickPrev returns the oldest snapshot no older than rateSpan, else (refreshes slower than
+// rateSpan) the newest one, or nil.
 func pickPrev(prevs []*topView, now time.Time) *topView {
 	for _, p := range prevs {
 		if now.Sub(p.At) <= rateSpan {
 			return p
 		}
+	}
+	if len(prevs) > 0 {
+		return prevs[len(prevs)-1]
 	}
 	return nil
 }
@@ -222,7 +226,7 @@ func runTop(e *env) int {
 			fmt.Fprint(e.out, b.String())
 		}
 		prevs = append(prevs, v)
-		for len(prevs) > 0 && v.At.Sub(prevs[0].At) > rateSpan {
+		for len(prevs) > 1 && v.At.Sub(prevs[0].At) > rateSpan {
 			prevs = prevs[1:]
 		}
 		if topOpts.count > 0 && i == topOpts.count-1 {
