@@ -32,6 +32,8 @@ var forbidden = map[string][]string{
 	"internal/timeline": {"internal/"},
 	"hostile":           {"internal/"}, // tests only: it attacks the built binaries from outside
 	"loadtest/inproc":   {"internal/cli"},
+	// A client: it speaks the protocol and does not link the services it steers.
+	"internal/ctl": {"internal/router", "internal/worker", "internal/stack"},
 }
 
 // only maps a package to the only module packages it may import (directly).

@@ -81,6 +81,9 @@ func Connect(cfg Config, log zerolog.Logger) (*nats.Conn, error) {
 			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrSlowConsumer) {
+				slowConsumerErrors.Add(1)
+			}
 			ev := log.Warn().Err(err)
 			if sub != nil {
 				ev = ev.Str("subject", sub.Subject)

@@ -205,6 +205,11 @@ func run(ctx context.Context, component, id string, heartbeat time.Duration, c *
 	defer nc.Close()
 	reg := obs.NewRegistry()
 	guard.Register(reg) // callrouter_panics_total, whichever component runs
+	// callrouter_nats_* and the expiry of the NATS TLS certificates.
+	if err := RegisterMetrics(reg, nc, c.NATS); err != nil {
+		log.Error().Err(err).Msg("cannot register the NATS metrics")
+		return 1
+	}
 	h := &obs.Health{}
 	h.SetLive(true) // waiting for NATS is healthy; the component's loop is judged once it runs
 	h.AddReadyCheck("nats", func() error { return bus.Connected(nc) })

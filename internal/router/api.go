@@ -25,7 +25,8 @@ func (r *Router) onAPI(m *nats.Msg) {
 		bus.Respond(m, wire.Fail(wire.CodeBadRequest, "request too large"))
 		return
 	}
-	switch strings.TrimPrefix(m.Subject, subjects.APIPrefix) {
+	verb := strings.TrimPrefix(m.Subject, subjects.APIPrefix)
+	switch verb {
 	case VerbCalls:
 		bus.Respond(m, wire.CallsReply{Reply: wire.OK(), Calls: r.Calls()})
 	case VerbCall:
@@ -46,7 +47,9 @@ func (r *Router) onAPI(m *nats.Msg) {
 	case VerbPause:
 		r.forwardPause(m)
 	default:
-		bus.Respond(m, wire.Fail(wire.CodeBadRequest, "unknown verb; known: calls, call, workers, pause"))
+		if !r.onOpsAPI(m, verb) {
+			bus.Respond(m, wire.Fail(wire.CodeBadRequest, "unknown verb; known: calls, call, workers, ingests, history, pause"))
+		}
 	}
 }
 

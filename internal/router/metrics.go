@@ -17,6 +17,7 @@ type metrics struct {
 	reconciled *prometheus.CounterVec // reason
 	coldWaits  prometheus.Counter
 	badHB      prometheus.Counter
+	tenants    *tenantMetrics // per-tenant series (tenants.go)
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -33,6 +34,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reconciled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_router_stranded_notices_total", Help: "Notices sent to ingests whose listed worker does not hold a call, by reason."}, []string{"reason"}),
 		coldWaits:  prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_router_cold_waits_total", Help: "Placements that waited for the first heartbeat round instead of being refused."}),
 	}
+	m.tenants = newTenantMetrics(reg)
 	reg.MustRegister(m.placements, m.refusals, m.offers, m.placeTime, m.workers, m.ingests, m.downs, m.reaped, m.badHB, m.reconciled, m.coldWaits)
 	return m
 }

@@ -87,6 +87,7 @@ type Router struct {
 	lastTick  time.Time
 	lastSweep time.Time // of the orphan sweep
 
+	hist     history // recent calls' lifecycle events, for router.api.history (ops.go)
 	inflight chan struct{}
 	g        guard.Group // placements, each on a goroutine started by the place handler
 	closed   atomic.Bool
@@ -111,12 +112,14 @@ func New(cfg Config, d Deps) (*Router, error) {
 	if d.Health == nil {
 		d.Health = &obs.Health{}
 	}
-	return &Router{
+	r := &Router{
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("router", cfg.ID).Logger(), m: newMetrics(d.Registry), health: d.Health,
 		workers: map[string]*workerInfo{}, ingests: map[string]*ingestInfo{}, routers: map[string]time.Time{},
 		orphans: map[orphanKey]time.Time{}, lost: map[lostKey]lostProgress{},
 		strands: map[strandKey]time.Time{}, reaped: map[orphanKey]time.Time{}, silent: map[string]time.Time{}, inflight: make(chan struct{}, cfg.MaxInflight),
-	}, nil
+	}
+	d.Registry.MustRegister(tenantCalls{r})
+	return r, nil
 }
 
 // Run serves until ctx ends and returns after every goroutine it started has exited.
@@ -144,6 +147,9 @@ func (r *Router) Run(ctx context.Context) error {
 		return err
 	}
 	if err := add(r.nc.QueueSubscribe(subjects.APIPrefix+"*", subjects.RouterQueue, r.handler("router_api", r.onAPI))); err != nil {
+		return err
+	}
+	if err := r.subscribeOps(add); err != nil {
 		return err
 	}
 	if err := r.nc.Flush(); err != nil {

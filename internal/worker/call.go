@@ -381,6 +381,7 @@ func (c *call) process(it *item) string {
 		} else {
 			old := c.lagNS.Load()
 			c.lagNS.Store(old + (max(excess, 0)-old)/8)
+			c.w.m.delay.Observe(float64(max(excess, 0)) / 1e9)
 		}
 	}
 	if h.Has(frame.FlagLast) {

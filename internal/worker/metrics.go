@@ -12,6 +12,7 @@ type metrics struct {
 	lost       *prometheus.CounterVec // cause
 	ended      *prometheus.CounterVec // reason
 	lag        prometheus.Gauge
+	delay      prometheus.Histogram // live frames' excess delay (what lag averages)
 	subs       prometheus.Gauge
 	reapedSubs prometheus.Counter
 	replays    *prometheus.CounterVec // result
@@ -37,6 +38,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		resyncs:    prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_resyncs_total", Help: "Legs re-anchored after a forward sequence jump larger than real time explains (the hole is a gap with cause resync)."}),
 		panics:     prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_worker_call_panics_total", Help: "Calls ended by a panic on their goroutine (a processor bug); callrouter_panics_total counts every recovered panic."}),
 	}
+	m.delay = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrouter_worker_frame_delay_seconds",
+		Help:    "Live frames' delay from capture at ingest to processing here, beyond the call's best (so clock offsets between hosts cancel): the lag, per frame.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 13)})
 	m.processed = m.frames.WithLabelValues("processed")
 	m.replayed = m.frames.WithLabelValues("replayed")
 	m.duplicate = m.frames.WithLabelValues("duplicate")
@@ -46,6 +50,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.paused = m.frames.WithLabelValues("paused")
 	m.dropBackpressure = m.drops.WithLabelValues("backpressure")
 	m.dropStale = m.drops.WithLabelValues("stale")
-	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.subs, m.reapedSubs, m.replays, m.panics, m.resyncs)
+	reg.MustRegister(m.calls, m.offers, m.frames, m.drops, m.lost, m.ended, m.lag, m.delay, m.subs, m.reapedSubs, m.replays, m.panics, m.resyncs)
 	return m
 }

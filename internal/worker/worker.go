@@ -64,6 +64,7 @@ type Worker struct {
 	frameSeen atomic.Uint64 // frame mode
 	lastTick  atomic.Int64  // mono() at the last heartbeat tick; see Config.FenceAfter
 	closed    atomic.Bool
+	op        opDrain // a drain requested over NATS (drainverb.go)
 }
 
 // Deps are the worker's collaborators.
@@ -132,6 +133,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			return err
 		}
 		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbRelease), guard.Handler("worker_release", w.log, w.onRelease))); err != nil {
+			return err
+		}
+		if err := w.subscribeDrain(ctx, sub); err != nil {
 			return err
 		}
 	}
