@@ -233,7 +233,8 @@ func (r *Router) pick(req *wire.PlaceRequest, pool string, tried map[string]bool
 			continue
 		}
 		live++
-		if tried[id] || slices.Contains(req.Exclude, id) || !w.eligible() {
+		if tried[id] || slices.Contains(req.Exclude, id) || !w.eligible() ||
+			len(w.hb.Tenants) > 0 && !slices.Contains(w.hb.Tenants, req.Call.Tenant) {
 			continue
 		}
 		cands = append(cands, cand{id, float64(w.hb.Active+w.pending) / float64(w.hb.Capacity)})
