@@ -11,6 +11,7 @@ import (
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/wire"
@@ -294,4 +295,44 @@ func TestAttacksFailWithPermissions(t *testing.T) {
 	if got != 50 {
 		t.Fatalf("the call after the attacks processed %d of 50 frames", got)
 	}
+}
+
+// TestDedicatedPool runs a pool dedicated to acme with the permissions the generator gives it:
+// acme's calls are placed on it and keep every frame; another tenant's call is refused by the
+// routers (the pool's workers serve only acme) before any offer reaches them.
+func TestDedicatedPool(t *testing.T) {
+	recorded.reset()
+	spec, err := natsauth.Parse(strings.NewReader("tenant acme\ntenant globex\npool default shared\npool pci acme\ningest\nrouter\nworker default\nworker pci\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := natsauth.NewSet(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ic := ingest.DefaultConfig()
+	ic.Pools = []string{"pci"}
+	s, err := Start(Config{Workers: 1, Worker: testWorkerConfig(), Ingest: ic, Log: testLogger(t), Auth: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	wc := testWorkerConfig()
+	wc.Pool, wc.Tenants = "pci", []string{"acme"}
+	pci, err := s.AddWorker("pci-1", wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "2 workers visible to the router", func() bool { return len(s.Routers[0].Workers()) == 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rec := tone(t, 50)
+	if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "pci-0", nil), 50, 4); err != nil {
+		t.Fatalf("acme's call on its dedicated pool: %v", err)
+	}
+	if _, err := s.Ingest.StartCall(ctx, rec.Spec("globex", "pci-1", nil)); err == nil || !strings.Contains(err.Error(), "pci") {
+		t.Fatalf("globex's call on acme's pool: %v; want a refusal naming the pool", err)
+	}
+	eventually(t, 10*time.Second, "the dedicated worker to release its call", func() bool { return pci.Calls() == 0 })
+	checkComplete(t, "pci", 1, 2, 50)
 }

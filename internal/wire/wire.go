@@ -137,7 +137,7 @@ type WorkerHeartbeat struct {
 	Pool string `json:"pool"`
 	Mode string `json:"mode"`
 	// Tenants: the worker serves only these tenants' calls (a dedicated pool); empty: every tenant.
-	Tenants    []string `json:"tenants,omitempty"`
+	Tenants    []string `json:"tenants"`
 	Capacity   int      `json:"capacity"`
 	Active     int      `json:"active"`
 	LagMS      float64  `json:"lag_ms"`
