@@ -2,6 +2,7 @@ package natsauth
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -84,4 +85,18 @@ func (s *Set) Seed(role, pool, node string) ([]byte, error) {
 		return nil, fmt.Errorf("natsauth: no %s identity for pool %q node %q", role, pool, node)
 	}
 	return s.Keys[id.Name], nil
+}
+
+// WriteKeys writes every seed of the set into dir (<name>.nk, mode 0600), so that tools such as
+// the nats CLI (--nkey) can connect to a one-process callrouter as one of its identities.
+func (s *Set) WriteKeys(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, id := range s.IDs {
+		if err := os.WriteFile(KeyFile(dir, id.Name), append(append([]byte(nil), s.Keys[id.Name]...), '\n'), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
