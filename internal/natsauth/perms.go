@@ -160,6 +160,6 @@ func adminIdentity(name string) Identity {
 			subjects.ClassCtl + ".>",
 			subjects.IngestVerb("*", "pause"),
 		},
-		Sub: []string{subjects.ClassEvents + ".>", subjects.AllHeartbeats},
+		Sub: []string{subjects.ClassEvents + ".>", subjects.AllHeartbeats, subjects.AllBroadcasts},
 	}
 }
