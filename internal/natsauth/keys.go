@@ -20,6 +20,13 @@ type Keys map[string][]byte
 // KeyFile is the seed file of an identity in a credentials directory.
 func KeyFile(dir, name string) string { return filepath.Join(dir, name+".nk") }
 
+// PrevKeyFile is an identity's previous seed during a rotation: while it exists the server
+// accepts both keys with the same permissions (docs/security.md, Rotation).
+func PrevKeyFile(dir, name string) string { return filepath.Join(dir, name+".prev.nk") }
+
+// prev is the Keys entry of an identity's previous key.
+func prev(name string) string { return name + ".prev" }
+
 // NewKeys makes fresh keys in memory (the one-process mode, tests).
 func NewKeys(ids []Identity) (Keys, error) {
 	k := Keys{}
@@ -69,6 +76,15 @@ func LoadOrCreate(dir string, ids []Identity) (Keys, []string, error) {
 		default:
 			return nil, nil, err
 		}
+		if data, err := os.ReadFile(PrevKeyFile(dir, id.Name)); err == nil {
+			kp, perr := nkeys.ParseDecoratedNKey(data)
+			if perr != nil {
+				return nil, nil, fmt.Errorf("natsauth: %s: %w", PrevKeyFile(dir, id.Name), perr)
+			}
+			if k[prev(id.Name)], err = kp.Seed(); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
 	return k, created, nil
 }
@@ -94,20 +110,40 @@ func (id Identity) Grants(pub string) (publish, subscribe []string) {
 	return publish, subscribe
 }
 
+// publics returns the public keys an identity may sign in with: its key, and its previous one
+// during a rotation.
+func (k Keys) publics(name string) ([]string, error) {
+	pub, err := k.Public(name)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{pub}
+	if _, ok := k[prev(name)]; ok {
+		old, err := k.Public(prev(name))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, old)
+	}
+	return out, nil
+}
+
 // Users returns the embedded server's users: the same permissions Conf writes for nats.conf.
 func Users(ids []Identity, keys Keys) ([]*server.NkeyUser, error) {
 	var out []*server.NkeyUser
 	for _, id := range ids {
-		pub, err := keys.Public(id.Name)
+		pubs, err := keys.publics(id.Name)
 		if err != nil {
 			return nil, err
 		}
-		p, s := id.Grants(pub)
-		perms := &server.Permissions{Publish: &server.SubjectPermission{Allow: p}, Subscribe: &server.SubjectPermission{Allow: s}}
-		if id.Responses {
-			perms.Response = &server.ResponsePermission{MaxMsgs: server.DEFAULT_ALLOW_RESPONSE_MAX_MSGS, Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION}
+		for _, pub := range pubs {
+			p, s := id.Grants(pub)
+			perms := &server.Permissions{Publish: &server.SubjectPermission{Allow: p}, Subscribe: &server.SubjectPermission{Allow: s}}
+			if id.Responses {
+				perms.Response = &server.ResponsePermission{MaxMsgs: server.DEFAULT_ALLOW_RESPONSE_MAX_MSGS, Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION}
+			}
+			out = append(out, &server.NkeyUser{Nkey: pub, Permissions: perms})
 		}
-		out = append(out, &server.NkeyUser{Nkey: pub, Permissions: perms})
 	}
 	return out, nil
 }
@@ -126,18 +162,24 @@ func Conf(ids []Identity, keys Keys) ([]byte, error) {
 		return "[" + strings.Join(q, ", ") + "]"
 	}
 	for _, id := range ids {
-		pub, err := keys.Public(id.Name)
+		pubs, err := keys.publics(id.Name)
 		if err != nil {
 			return nil, err
 		}
-		p, s := id.Grants(pub)
-		fmt.Fprintf(&b, "    # %s\n    {\n      nkey: %s\n      permissions: {\n", id.Name, pub)
-		fmt.Fprintf(&b, "        publish: {allow: %s}\n", list(p))
-		fmt.Fprintf(&b, "        subscribe: {allow: %s}\n", list(s))
-		if id.Responses {
-			b.WriteString("        allow_responses: true\n")
+		for i, pub := range pubs {
+			name := id.Name
+			if i > 0 {
+				name += " (previous key, until the rotation ends)"
+			}
+			p, s := id.Grants(pub)
+			fmt.Fprintf(&b, "    # %s\n    {\n      nkey: %s\n      permissions: {\n", name, pub)
+			fmt.Fprintf(&b, "        publish: {allow: %s}\n", list(p))
+			fmt.Fprintf(&b, "        subscribe: {allow: %s}\n", list(s))
+			if id.Responses {
+				b.WriteString("        allow_responses: true\n")
+			}
+			b.WriteString("      }\n    }\n")
 		}
-		b.WriteString("      }\n    }\n")
 	}
 	b.WriteString("  ]\n}\n")
 	return b.Bytes(), nil

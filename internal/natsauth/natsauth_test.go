@@ -334,3 +334,51 @@ func TestPermissions(t *testing.T) {
 		})
 	}
 }
+
+// TestRotationAcceptsBothKeys: while <name>.prev.nk exists, the server accepts the identity's
+// old and new keys with the same permissions; once it is removed, only the new one.
+func TestRotationAcceptsBothKeys(t *testing.T) {
+	dir := t.TempDir()
+	ids := parse(t, "tenant acme\n").Identities()
+	old, _, err := LoadOrCreate(dir, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(KeyFile(dir, "tenant-acme"), PrevKeyFile(dir, "tenant-acme")); err != nil {
+		t.Fatal(err)
+	}
+	both, created, err := LoadOrCreate(dir, ids)
+	if err != nil || len(created) != 1 {
+		t.Fatalf("created %v, %v", created, err)
+	}
+	users, err := Users(ids, both)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPub, _ := old.Public("tenant-acme")
+	newPub, _ := both.Public("tenant-acme")
+	if len(users) != 2 || users[0].Nkey != newPub || users[1].Nkey != oldPub {
+		t.Fatalf("users during the rotation: %d; want the new key then the old", len(users))
+	}
+	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, Users: users})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	for _, seed := range [][]byte{old["tenant-acme"], both["tenant-acme"]} {
+		c := connectAs(t, srv.URL(), seed)
+		if _, err := c.nc.SubscribeSync("events.acme.>"); err != nil || c.nc.Flush() != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Remove(PrevKeyFile(dir, "tenant-acme")); err != nil {
+		t.Fatal(err)
+	}
+	after, _, err := LoadOrCreate(dir, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if users, _ := Users(ids, after); len(users) != 1 || users[0].Nkey != newPub {
+		t.Fatalf("after the rotation: %d users; want the new key only", len(users))
+	}
+}
