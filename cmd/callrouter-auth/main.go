@@ -95,7 +95,7 @@ func devTLS(args []string, out, errOut io.Writer) int {
 	fs := flag.NewFlagSet("tls", flag.ContinueOnError)
 	fs.SetOutput(errOut)
 	dir := fs.String("out", "", "directory for ca.crt, server.crt/key and client.crt/key")
-	hosts := fs.String("hosts", "nats,nats.nats,nats.nats.svc,nats-headless,*.nats-headless,*.nats-headless.nats.svc",
+	hosts := fs.String("hosts", "nats,nats.nats,nats.nats.svc,nats.nats.svc.cluster.local,nats-headless,*.nats-headless,*.nats-headless.nats.svc,*.nats-headless.nats.svc.cluster.local",
 		"comma-separated DNS names and IP addresses of the NATS servers (localhost and 127.0.0.1 are always added)")
 	valid := fs.Duration("valid", 365*24*time.Hour, "how long the certificates are valid")
 	if err := fs.Parse(args); err != nil {
