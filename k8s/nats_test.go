@@ -35,7 +35,7 @@ type natsNode struct {
 }
 
 // natsServer finds the NATS StatefulSet and parses its nats.conf, with the container's
-// environment (POD_NAME, the passwords) set, by the nats-server version callrouter builds with.
+// environment (POD_NAME, the route password) set, by the nats-server version callrouter builds with.
 func natsServer(t *testing.T, b *built) natsNode {
 	t.Helper()
 	var n natsNode
