@@ -39,6 +39,9 @@ type Config struct {
 	// each component connects as its role's identity (natsauth.Find). With an external server
 	// the server must already know the set's keys.
 	Auth *natsauth.Set
+	// TLSCA is the CA file components verify the server's certificate with (Embedded.TLSCert
+	// makes the embedded server require TLS).
+	TLSCA string
 }
 
 // Stack is a running one-process callrouter.
@@ -133,7 +136,7 @@ func Start(cfg Config) (*Stack, error) {
 func (s *Stack) Connect(role, pool, node string) (*nats.Conn, error) {
 	name := role + " " + node
 	bc := bus.DefaultConfig()
-	bc.URL, bc.Name = s.URL, name
+	bc.URL, bc.Name, bc.TLSCA = s.URL, name, s.cfg.TLSCA
 	if s.cfg.Auth != nil {
 		seed, err := s.cfg.Auth.Seed(role, pool, node)
 		if err != nil {
