@@ -102,11 +102,16 @@ func (k Keys) Public(name string) (string, error) {
 	return kp.PublicKey()
 }
 
-// Grants returns what an identity with public key pub may publish and subscribe: its role's
-// subjects and its own inbox.
-func (id Identity) Grants(pub string) (publish, subscribe []string) {
+// Grants returns what an identity signing in with the public keys pubs may publish and
+// subscribe: its role's subjects and the inbox of each key. During a rotation both keys get both
+// inboxes: a client that computed its inbox from the old key at start and signs in with the new
+// one after a reconnection (its seed file was replaced) still receives its replies.
+func (id Identity) Grants(pubs ...string) (publish, subscribe []string) {
 	publish = append([]string(nil), id.Pub...)
-	subscribe = append(append([]string(nil), id.Sub...), bus.InboxPrefix(pub)+".>")
+	subscribe = append([]string(nil), id.Sub...)
+	for _, pub := range pubs {
+		subscribe = append(subscribe, bus.InboxPrefix(pub)+".>")
+	}
 	return publish, subscribe
 }
 
@@ -137,7 +142,7 @@ func Users(ids []Identity, keys Keys) ([]*server.NkeyUser, error) {
 			return nil, err
 		}
 		for _, pub := range pubs {
-			p, s := id.Grants(pub)
+			p, s := id.Grants(pubs...)
 			perms := &server.Permissions{Publish: &server.SubjectPermission{Allow: p}, Subscribe: &server.SubjectPermission{Allow: s}}
 			if id.Responses {
 				perms.Response = &server.ResponsePermission{MaxMsgs: server.DEFAULT_ALLOW_RESPONSE_MAX_MSGS, Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION}
@@ -171,7 +176,7 @@ func Conf(ids []Identity, keys Keys) ([]byte, error) {
 			if i > 0 {
 				name += " (previous key, until the rotation ends)"
 			}
-			p, s := id.Grants(pub)
+			p, s := id.Grants(pubs...)
 			fmt.Fprintf(&b, "    # %s\n    {\n      nkey: %s\n      permissions: {\n", name, pub)
 			fmt.Fprintf(&b, "        publish: {allow: %s}\n", list(p))
 			fmt.Fprintf(&b, "        subscribe: {allow: %s}\n", list(s))

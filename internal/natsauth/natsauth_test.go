@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -359,6 +360,11 @@ func TestRotationAcceptsBothKeys(t *testing.T) {
 	newPub, _ := both.Public("tenant-acme")
 	if len(users) != 2 || users[0].Nkey != newPub || users[1].Nkey != oldPub {
 		t.Fatalf("users during the rotation: %d; want the new key then the old", len(users))
+	}
+	for _, u := range users { // a client that took its inbox from the old key, reconnecting with the new
+		if !slices.Contains(u.Permissions.Subscribe.Allow, bus.InboxPrefix(oldPub)+".>") || !slices.Contains(u.Permissions.Subscribe.Allow, bus.InboxPrefix(newPub)+".>") {
+			t.Fatalf("user %s may subscribe %v; want both keys' inboxes", u.Nkey, u.Permissions.Subscribe.Allow)
+		}
 	}
 	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, Users: users})
 	if err != nil {
