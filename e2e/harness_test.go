@@ -1,6 +1,11 @@
 // Package e2e runs callrouter as real processes (the built ingest, router and worker binaries and
 // real nats-server processes on loopback) and kills, stops and drains them to prove that no frame
 // is lost. Every processed sequence number is read back from the workers' seqlog files.
+//
+// NATS runs as in production (docs/security.md): TLS on client and route connections with
+// verified client certificates, authenticated routes, and the least-privilege identities that
+// callrouter-auth generates from the identities file below; each component signs in with its
+// role's nkey, the test's own connection as the operator "e2e".
 package e2e
 
 import (
@@ -22,15 +27,57 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wav"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 )
 
 var binDir string
+
+// identities is the e2e deployment's identities file: one identity per role, shared by its
+// nodes, as in the Kubernetes overlays.
+const identities = `
+tenant e2e
+pool default shared
+ingest
+router
+worker default
+admin e2e
+`
+
+// authDir holds what callrouter-auth generated: <identity>.nk, auth.conf and tls/.
+var authDir string
+
+// routePassword authenticates the nats-server routes to each other.
+const routePassword = "e2e-route-secret"
+
+func tlsFile(name string) string { return filepath.Join(authDir, "tls", name) }
+
+// natsFlags are a component's flags to sign in as the identity name over TLS.
+func natsFlags(name string) []string {
+	return []string{"-nats-nkey", filepath.Join(authDir, name+".nk"), "-nats-tls-ca", tlsFile("ca.crt"),
+		"-nats-tls-cert", tlsFile("client.crt"), "-nats-tls-key", tlsFile("client.key")}
+}
+
+// natsOptions are the test's own connection options: the operator identity over TLS.
+func natsOptions() []nats.Option {
+	o, err := nats.NkeyOptionFromSeed(filepath.Join(authDir, "admin-e2e.nk"))
+	if err != nil {
+		panic(err)
+	}
+	data, _ := os.ReadFile(filepath.Join(authDir, "admin-e2e.nk"))
+	kp, err := nkeys.ParseDecoratedNKey(data)
+	if err != nil {
+		panic(err)
+	}
+	pub, _ := kp.PublicKey()
+	return []nats.Option{o, nats.CustomInboxPrefix(bus.InboxPrefix(pub)), nats.RootCAs(tlsFile("ca.crt")), nats.ClientCert(tlsFile("client.crt"), tlsFile("client.key"))}
+}
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "callrouter-e2e-bin")
@@ -38,7 +85,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
-	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/ingest", "../cmd/router", "../cmd/worker")
+	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/ingest", "../cmd/router", "../cmd/worker", "../cmd/callrouter-auth")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building the binaries:", err)
@@ -49,6 +96,19 @@ func TestMain(m *testing.M) {
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building nats-server:", err)
 		os.Exit(1)
+	}
+	authDir = filepath.Join(dir, "auth")
+	spec := filepath.Join(dir, "identities.conf")
+	if err := os.WriteFile(spec, []byte(identities), 0o600); err != nil {
+		panic(err)
+	}
+	for _, args := range [][]string{{"keys", "-spec", spec, "-out", authDir}, {"tls", "-out", filepath.Join(authDir, "tls"), "-hosts", "127.0.0.1"}} {
+		gen := exec.Command(filepath.Join(dir, "callrouter-auth"), args...)
+		gen.Stderr = os.Stderr
+		if err := gen.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: callrouter-auth", args[0]+":", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -191,19 +251,27 @@ func allocNATS(t *testing.T, n int) []*natsNode {
 // start runs the node (again, after it was killed: same ports) and waits until it accepts clients.
 func (nd *natsNode) start(t *testing.T, all []*natsNode) {
 	t.Helper()
-	args := []string{"-a", "127.0.0.1", "-p", fmt.Sprint(nd.port), "-m", fmt.Sprint(nd.monPort), "-n", fmt.Sprintf("n%d", nd.index+1)}
+	tlsBlock := fmt.Sprintf("tls {\n  cert_file: %q\n  key_file: %q\n  ca_file: %q\n  verify: true\n  timeout: 5\n}\n",
+		tlsFile("server.crt"), tlsFile("server.key"), tlsFile("ca.crt"))
+	conf := "include auth.conf\n" + tlsBlock // relative to this file, in authDir
 	if len(all) > 1 {
 		var routes []string
 		for _, o := range all {
 			if o != nd {
-				routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", o.clusterPort))
+				routes = append(routes, fmt.Sprintf("%q", fmt.Sprintf("nats://route:%s@127.0.0.1:%d", routePassword, o.clusterPort)))
 			}
 		}
-		args = append(args, "--cluster_name", "e2e", "--cluster", fmt.Sprintf("nats://127.0.0.1:%d", nd.clusterPort), "--routes", strings.Join(routes, ","))
+		conf += fmt.Sprintf("cluster {\n  name: e2e\n  listen: \"127.0.0.1:%d\"\n  authorization {user: route, password: %q}\n  routes: [%s]\n  %s}\n",
+			nd.clusterPort, routePassword, strings.Join(routes, ", "), strings.ReplaceAll(tlsBlock, "\n", "\n  "))
 	}
+	confFile := filepath.Join(authDir, fmt.Sprintf("nats-%d-%d.conf", nd.port, nd.index))
+	if err := os.WriteFile(confFile, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-c", confFile, "-a", "127.0.0.1", "-p", fmt.Sprint(nd.port), "-m", fmt.Sprint(nd.monPort), "-n", fmt.Sprintf("n%d", nd.index+1)}
 	nd.process = start(t, fmt.Sprintf("nats-%d", nd.index+1), "nats-server", args...)
 	eventually(t, 20*time.Second, "nats-server "+nd.name+" to accept clients", func() bool {
-		nc, err := nats.Connect(nd.url())
+		nc, err := nats.Connect(nd.url(), natsOptions()...)
 		if err != nil {
 			return false
 		}
@@ -259,7 +327,7 @@ func prepareCluster(t *testing.T, natsNodes int) *cluster {
 	t.Helper()
 	c := &cluster{t: t, nats: allocNATS(t, natsNodes), seqDir: t.TempDir()}
 	c.natsURL = urls(c.nats)
-	nc, err := nats.Connect(c.natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.RetryOnFailedConnect(true))
+	nc, err := nats.Connect(c.natsURL, append(natsOptions(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.RetryOnFailedConnect(true))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,20 +376,20 @@ func writeTone(t *testing.T, path string) {
 }
 
 func (c *cluster) router(id string, extra ...string) *process {
-	args := append([]string{"-id", id, "-nats", c.natsURL, "-http", "127.0.0.1:0", "-log-level", "info"}, extra...)
+	args := append(append([]string{"-id", id, "-nats", c.natsURL, "-http", "127.0.0.1:0", "-log-level", "info"}, natsFlags("router")...), extra...)
 	return start(c.t, id, "router", args...)
 }
 
 func (c *cluster) worker(id string, extra ...string) *process {
 	args := append([]string{"-id", id, "-nats", c.natsURL, "-http", "127.0.0.1:0", "-log-level", "info",
-		"-processors", "accounting,seqlog", "-proc-opt", "seqlog.dir=" + c.seqDir}, extra...)
+		"-processors", "accounting,seqlog", "-proc-opt", "seqlog.dir=" + c.seqDir}, append(natsFlags("worker-default"), extra...)...)
 	return start(c.t, id, "worker", args...)
 }
 
 // ingest starts an ingest node playing calls concurrent calls of frames frames each.
 func (c *cluster) ingest(id, prefix string, calls, frames int, extra ...string) *process {
 	args := append([]string{"-id", id, "-nats", c.natsURL, "-http", "127.0.0.1:0", "-whip-listen", "127.0.0.1:0", "-log-level", "info",
-		"-whip-udp", "127.0.0.1:0", "-play", c.wav, "-play-calls", fmt.Sprint(calls), "-play-frames", fmt.Sprint(frames), "-play-tenant", "e2e", "-play-prefix", prefix}, extra...)
+		"-whip-udp", "127.0.0.1:0", "-play", c.wav, "-play-calls", fmt.Sprint(calls), "-play-frames", fmt.Sprint(frames), "-play-tenant", "e2e", "-play-prefix", prefix}, append(natsFlags("ingest"), extra...)...)
 	return start(c.t, id, "ingest", args...)
 }
 

@@ -30,6 +30,7 @@ var forbidden = map[string][]string{
 	"internal/sdp":      {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/sip"},
 	"internal/whip":     {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
 	"internal/timeline": {"internal/"},
+	"internal/natsauth": {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/proc"},
 	"hostile":           {"internal/"}, // tests only: it attacks the built binaries from outside
 	"loadtest/inproc":   {"internal/cli"},
 	// A client: it speaks the protocol and does not link the services it steers.

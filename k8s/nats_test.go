@@ -1,17 +1,22 @@
 package k8s
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
-	"maps"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -26,10 +31,11 @@ type natsNode struct {
 	Opts  *server.Options
 	Env   *containerEnv
 	Sleep int // seconds the preStop hook waits after signalling lame duck
+	Conf  string
 }
 
 // natsServer finds the NATS StatefulSet and parses its nats.conf, with the container's
-// environment (POD_NAME, the passwords) set, by the nats-server version callrouter builds with.
+// environment (POD_NAME, the route password) set, by the nats-server version callrouter builds with.
 func natsServer(t *testing.T, b *built) natsNode {
 	t.Helper()
 	var n natsNode
@@ -65,9 +71,23 @@ func natsServer(t *testing.T, b *built) natsNode {
 	if len(argv) == 0 || argv[0] != "nats-server" || conf == "" {
 		t.Fatalf("nats container runs %q; want nats-server --config <file>", argv)
 	}
-	if n.Opts, err = server.ProcessConfigFile(env.rewrite(conf)); err != nil {
+	// nats.conf names files of other mounts (auth.conf, the certificates) by absolute path:
+	// parse a copy, next to it, that names the files written for them.
+	text, err := os.ReadFile(env.rewrite(conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	patched := regexp.MustCompile(`"(/[^"]+)"`).ReplaceAllStringFunc(string(text), func(q string) string {
+		return strconv.Quote(env.rewrite(strings.Trim(q, `"`)))
+	})
+	copyPath := env.rewrite(conf) + ".test"
+	if err := os.WriteFile(copyPath, []byte(patched), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n.Opts, err = server.ProcessConfigFile(copyPath); err != nil {
 		t.Fatalf("nats-server rejects %s: %v", conf, err)
 	}
+	n.Conf = env.rewrite(conf)
 	if ps := n.C.Lifecycle; ps != nil && ps.PreStop != nil && ps.PreStop.Exec != nil {
 		if m := regexp.MustCompile(`sleep (\d+)`).FindStringSubmatch(strings.Join(ps.PreStop.Exec.Command, " ")); m != nil {
 			n.Sleep, _ = strconv.Atoi(m[1])
@@ -171,21 +191,45 @@ func TestNATSCluster(t *testing.T) {
 	})
 }
 
-// Every component authenticates as a user nats.conf has, with its password, at the NATS Service.
+// Every component reaches the NATS Service over TLS (the CA in its Secret verifies the servers'
+// certificate for that host) and signs in with an nkey that nats.conf's generated authorization
+// block has, with the permissions of its role; routes are TLS with verified certificates and a
+// password; and that block is what callrouter-auth generates from k8s/identities.conf.
 func TestComponentsReachNATS(t *testing.T) {
 	each(t, func(t *testing.T, b *built) {
 		n := natsServer(t, b)
-		users := map[string]string{}
-		for _, u := range n.Opts.Users {
-			users[u.Username] = u.Password
+		o := n.Opts
+		users := map[string]*server.NkeyUser{}
+		for _, u := range o.Nkeys {
+			users[u.Nkey] = u
 		}
-		if len(users) == 0 {
-			t.Fatal("nats.conf has no users: anyone reaching the port may publish audio")
+		if len(users) == 0 || len(o.Users) != 0 {
+			t.Fatalf("nats.conf has %d nkey users and %d password users; want the generated nkey users only", len(users), len(o.Users))
+		}
+		if o.TLSConfig == nil {
+			t.Fatal("client connections are not TLS")
+		}
+		if o.Cluster.TLSConfig == nil || o.Cluster.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert {
+			t.Error("routes: want TLS that verifies the other node's certificate")
+		}
+		for _, r := range o.Routes {
+			if pw, _ := r.User.Password(); r.User == nil || r.User.Username() != o.Cluster.Username || pw != o.Cluster.Password || pw == "" {
+				t.Errorf("route %s does not carry the cluster's route user and password", r.Redacted())
+			}
 		}
 		svc, _ := b.get("Service", n.W.Namespace, n.W.Name).(*corev1.Service)
 		if svc == nil {
 			t.Fatalf("no Service %s/%s for clients", n.W.Namespace, n.W.Name)
 		}
+		host := fmt.Sprintf("%s.%s.svc", svc.Name, svc.Namespace)
+		serverCert := o.TLSConfig.Certificates[0].Leaf
+		if serverCert == nil {
+			var err error
+			if serverCert, err = x509.ParseCertificate(o.TLSConfig.Certificates[0].Certificate[0]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		roles := map[string]string{"router": natsauth.RoleRouter, "worker": natsauth.RoleWorker, "ingest": natsauth.RoleIngest}
 		for _, comp := range components(t, b) {
 			env, err := b.resolveEnv(comp.W, comp.C, t.TempDir())
 			if err != nil {
@@ -193,24 +237,85 @@ func TestComponentsReachNATS(t *testing.T) {
 			}
 			for _, raw := range strings.Split(env.Vars["CALLROUTER_NATS"], ",") {
 				u, err := url.Parse(raw)
-				if err != nil || u.User == nil {
-					t.Errorf("%s: CALLROUTER_NATS %q has no user", comp.W.Name, u.Redacted())
+				if err != nil || u.Scheme != "tls" || u.User != nil {
+					t.Errorf("%s: CALLROUTER_NATS %q; want tls://<host>:<port> without a password", comp.W.Name, raw)
 					continue
 				}
-				pw, _ := u.User.Password()
-				if want, ok := users[u.User.Username()]; !ok || pw != want || pw == "" {
-					t.Errorf("%s: NATS user %q with that password is not in nats.conf (users %v)", comp.W.Name, u.User.Username(), slices.Sorted(maps.Keys(users)))
-				}
-				if url.QueryEscape(pw) != pw {
-					t.Errorf("%s: the NATS password has characters that need escaping in a URL", comp.W.Name)
-				}
-				host := fmt.Sprintf("%s.%s.svc", svc.Name, svc.Namespace)
 				if u.Hostname() != host || !servicePortTargets(svc, u.Port(), n.C, "client") {
 					t.Errorf("%s: NATS URL host %s; want %s:<the Service port of the client port>", comp.W.Name, u.Host, host)
 				}
 			}
+			ca, err := os.ReadFile(env.rewrite(env.Vars["CALLROUTER_NATS_TLS_CA"]))
+			pool := x509.NewCertPool()
+			if err != nil || !pool.AppendCertsFromPEM(ca) {
+				t.Errorf("%s: CALLROUTER_NATS_TLS_CA: %v", comp.W.Name, err)
+			} else if _, err := serverCert.Verify(x509.VerifyOptions{DNSName: host, Roots: pool, CurrentTime: serverCert.NotBefore.Add(2 * time.Hour)}); err != nil {
+				t.Errorf("%s: its CA does not verify the servers' certificate for %s: %v", comp.W.Name, host, err)
+			}
+			seed, err := os.ReadFile(env.rewrite(env.Vars["CALLROUTER_NATS_NKEY"]))
+			if err != nil {
+				t.Errorf("%s: CALLROUTER_NATS_NKEY: %v", comp.W.Name, err)
+				continue
+			}
+			kp, err := nkeys.ParseDecoratedNKey(seed)
+			if err != nil {
+				t.Errorf("%s: nkey: %v", comp.W.Name, err)
+				continue
+			}
+			pub, _ := kp.PublicKey()
+			u := users[pub]
+			if u == nil {
+				t.Errorf("%s: its nkey %s is not a user of nats.conf", comp.W.Name, pub)
+				continue
+			}
+			// Its permissions are its role's, as generated.
+			role := roles[target(comp.C.Image)]
+			spec, err := natsauth.ParseFile("identities.conf")
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, ok := natsauth.Find(spec.Identities(), role, "default", "")
+			pubAllow, subAllow := id.Grants(pub)
+			if !ok || u.Permissions == nil || !slices.Equal(u.Permissions.Publish.Allow, pubAllow) || !slices.Equal(u.Permissions.Subscribe.Allow, subAllow) {
+				t.Errorf("%s: permissions %+v; want the %s role's", comp.W.Name, u.Permissions, role)
+			}
+		}
+		// auth.conf is what the generator writes from identities.conf and the overlay's keys.
+		spec, err := natsauth.ParseFile("identities.conf")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := spec.Identities()
+		keys := natsauth.Keys{}
+		for _, id := range ids {
+			seed, err := readSecretFile(b.overlay, "nats/"+id.Name+".nk")
+			if err != nil {
+				t.Fatalf("%s: run callrouter-auth keys -spec k8s/identities.conf -out k8s/overlays/%s/secrets/nats", err, b.overlay)
+			}
+			kp, err := nkeys.ParseDecoratedNKey(seed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys[id.Name], _ = kp.Seed()
+		}
+		want, err := natsauth.Conf(ids, keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := readSecretFile(b.overlay, "nats/auth.conf")
+		if err != nil || string(got) != string(want) {
+			t.Errorf("overlays/%s/secrets/nats/auth.conf is not what callrouter-auth keys generates from identities.conf (%v)", b.overlay, err)
 		}
 	})
+}
+
+// readSecretFile reads a file of an overlay's secrets directory, or its .example.
+func readSecretFile(overlay, name string) ([]byte, error) {
+	path := filepath.Join("overlays", overlay, "secrets", name)
+	if data, err := os.ReadFile(path + ".example"); err == nil {
+		return data, nil
+	}
+	return os.ReadFile(path)
 }
 
 // servicePortTargets reports whether a Service port (a number, as a string) leads to the named

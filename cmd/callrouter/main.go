@@ -19,6 +19,7 @@ import (
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/cli"
 	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/sample"
@@ -47,6 +48,7 @@ type options struct {
 	whip     whip.ListenConfig
 	recDir   string
 	sip      string
+	keysDir  string
 }
 
 func run(args []string, out io.Writer) int {
@@ -64,6 +66,7 @@ func run(args []string, out io.Writer) int {
 	fs.BoolVar(&o.json, "json", false, "print events as JSON lines instead of text")
 	fs.StringVar(&o.recDir, "record-dir", filepath.Join(os.TempDir(), "callrouter-recordings"), "directory for call recordings (one WAV per call, a channel per leg)")
 	fs.StringVar(&o.sip, "sip-listen", "", "also answer SIP calls (UDP+TCP) on this address, e.g. 127.0.0.1:5060")
+	fs.StringVar(&o.keysDir, "nats-keys-dir", "", "write the embedded NATS server's nkey seeds here (<identity>.nk, e.g. admin-local.nk for the nats CLI's --nkey); by default they live only in memory")
 	fs.StringVar(&o.whipUDP, "whip-udp", "127.0.0.1:8443", "UDP address for WebRTC media of the browser call page (/call/)")
 	o.whip = whip.DefaultListenConfig()
 	fs.StringVar(&o.whip.Addr, "whip-listen", "127.0.0.1:8443", "TCP address of the call page (/call/) and its WHIP endpoint (/whip); never /metrics, that is -http")
@@ -110,7 +113,17 @@ func run(args []string, out io.Writer) int {
 	wc.Processors = []string{"accounting", "speech", "dtmf", "levels", "record", "summary"}
 	wc.ProcessorOptions = map[string]proc.Options{"record": {"dir": o.recDir}}
 	reg := obs.NewRegistry()
-	s, err := stack.Start(stack.Config{Embedded: bus.EmbeddedOptions{Port: o.natsPort}, Workers: o.workers, Worker: wc, Log: log, Registry: reg})
+	// Permissions on, as in production: each component connects as its role's identity
+	// (docs/security.md); the event printer below is the operator "local".
+	auth, err := natsauth.NewSet(natsauth.Local([]string{wc.Pool}, "demo"))
+	if err == nil && o.keysDir != "" {
+		err = auth.WriteKeys(o.keysDir)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: flag -nats-keys-dir: %v\n", err)
+		return 2
+	}
+	s, err := stack.Start(stack.Config{Embedded: bus.EmbeddedOptions{Port: o.natsPort}, Workers: o.workers, Worker: wc, Log: log, Registry: reg, Auth: auth})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
 		return 1
@@ -178,7 +191,7 @@ func run(args []string, out io.Writer) int {
 		s.URL, srv.Addr(), pub.URL(), o.workers, o.calls, float64(rec.Len())*0.02/o.speed)
 
 	// Print every event, in arrival order, until the calls are done.
-	nc, err := nats.Connect(s.URL, nats.Name("callrouter events"))
+	nc, err := s.Connect(natsauth.RoleAdmin, "", "local")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
 		return 1

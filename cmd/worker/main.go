@@ -60,6 +60,15 @@ func Flags(fs *flag.FlagSet) (*worker.Config, *cli.Append) {
 	cfg.ID = cli.Hostname()
 	fs.StringVar(&cfg.ID, "id", cfg.ID, "worker id (unique; a subject token)")
 	fs.StringVar(&cfg.Pool, "pool", cfg.Pool, "pool this worker serves")
+	fs.Func("tenants", "comma-separated tenants this worker is dedicated to (its pool's NATS identity reads only their audio); empty: every tenant", func(v string) error {
+		cfg.Tenants = nil
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				cfg.Tenants = append(cfg.Tenants, t)
+			}
+		}
+		return nil
+	})
 	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "pool mode: session (one worker per call, ordered) or frame (frames balanced per message)")
 	fs.IntVar(&cfg.Capacity, "capacity", cfg.Capacity, "calls held at once")
 	fs.IntVar(&cfg.QueueFrames, "queue-frames", cfg.QueueFrames, "frames a two-leg call may have waiting, beyond which the oldest is dropped (at most -pending-msgs; scaled by legs/2 for calls with more legs)")

@@ -8,10 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
 )
 
@@ -20,9 +22,15 @@ type Conn = *nats.Conn
 
 // Config says how to reach NATS.
 type Config struct {
-	URL          string // comma-separated server URLs
-	Name         string // connection name shown in NATS monitoring
-	CredsFile    string // NATS credentials (JWT + nkey) file
+	URL       string // comma-separated server URLs
+	Name      string // connection name shown in NATS monitoring
+	CredsFile string // NATS credentials (JWT + nkey) file
+	// NkeyFile is an nkey seed file (callrouter-auth writes one per identity). The connection
+	// signs the server's nonce with it and takes its replies below InboxPrefix of its public
+	// key, the only inbox its permissions let it subscribe.
+	NkeyFile string
+	// NkeySeed is NkeyFile's content held in memory (the one-process mode); not a flag.
+	NkeySeed     []byte
 	TLSCert      string // client certificate file
 	TLSKey       string // client key file
 	TLSCA        string // CA file to verify the servers
@@ -44,6 +52,9 @@ func DefaultConfig() Config {
 func (c *Config) Validate() error {
 	if strings.TrimSpace(c.URL) == "" {
 		return errors.New("bus: nats URL is empty")
+	}
+	if c.NkeyFile != "" && (c.CredsFile != "" || c.NkeySeed != nil) {
+		return errors.New("bus: give one of an nkey file, an nkey seed and a credentials file")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("bus: TLS certificate and key must be given together")
@@ -94,6 +105,13 @@ func Connect(cfg Config, log zerolog.Logger) (*nats.Conn, error) {
 	if cfg.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
 	}
+	if cfg.NkeyFile != "" || cfg.NkeySeed != nil {
+		o, err := nkeyOptions(cfg)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, o...)
+	}
 	if cfg.TLSCert != "" {
 		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
 	}
@@ -105,6 +123,43 @@ func Connect(cfg Config, log zerolog.Logger) (*nats.Conn, error) {
 		return nil, fmt.Errorf("bus: connect %s: %w", cfg.URL, err)
 	}
 	return nc, nil
+}
+
+// InboxPrefix is the reply-subject prefix of the client whose nkey has public key pub. Permissions
+// let each identity subscribe only below its own, so nobody reads another's replies.
+func InboxPrefix(pub string) string { return "_INBOX." + pub }
+
+func nkeyOptions(cfg Config) ([]nats.Option, error) {
+	seed := cfg.NkeySeed
+	if cfg.NkeyFile != "" {
+		data, err := os.ReadFile(cfg.NkeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("bus: nkey: %w", err)
+		}
+		kp, err := nkeys.ParseDecoratedNKey(data)
+		if err != nil {
+			return nil, fmt.Errorf("bus: nkey %s: %w", cfg.NkeyFile, err)
+		}
+		pub, err := kp.PublicKey()
+		if err != nil {
+			return nil, fmt.Errorf("bus: nkey %s: %w", cfg.NkeyFile, err)
+		}
+		// nats.go reads the file again on every (re)connection: a rotated key is picked up.
+		o, err := nats.NkeyOptionFromSeed(cfg.NkeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("bus: nkey %s: %w", cfg.NkeyFile, err)
+		}
+		return []nats.Option{o, nats.CustomInboxPrefix(InboxPrefix(pub))}, nil
+	}
+	kp, err := nkeys.FromSeed(seed)
+	if err != nil {
+		return nil, fmt.Errorf("bus: nkey seed: %w", err)
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return nil, fmt.Errorf("bus: nkey seed: %w", err)
+	}
+	return []nats.Option{nats.Nkey(pub, kp.Sign), nats.CustomInboxPrefix(InboxPrefix(pub))}, nil
 }
 
 // ErrNotConnected is returned by Connected while the connection is down, being made for the first

@@ -22,6 +22,12 @@ type EmbeddedOptions struct {
 	ClusterPort int      // 0 disables clustering, -1 picks a free port
 	Routes      []string // nats-route://host:port URLs of other nodes
 	ServerName  string
+	// Users, when set, turns authorization on: a client must sign in with one of these nkeys and
+	// gets its permissions (natsauth.Users builds them from the identities file).
+	Users []*server.NkeyUser
+	// TLS for client connections: a certificate and key (both or neither); with a CA the server
+	// also requires and verifies client certificates.
+	TLSCert, TLSKey, TLSCA string
 }
 
 // StartEmbedded starts a server and waits until it accepts clients.
@@ -39,6 +45,16 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		MaxPending:            256 << 20,
 		WriteDeadline:         10 * time.Second,
 		DisableShortFirstPing: true,
+	}
+	if len(o.Users) > 0 {
+		opts.Nkeys = o.Users
+	}
+	if o.TLSCert != "" || o.TLSKey != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: o.TLSCert, KeyFile: o.TLSKey, CaFile: o.TLSCA, Verify: o.TLSCA != ""})
+		if err != nil {
+			return nil, fmt.Errorf("bus: embedded server TLS: %w", err)
+		}
+		opts.TLSConfig, opts.TLS, opts.TLSVerify, opts.TLSTimeout = tc, true, o.TLSCA != "", 2
 	}
 	if o.HTTPPort != 0 {
 		opts.HTTPHost = o.Host

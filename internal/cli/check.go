@@ -91,11 +91,14 @@ func checkNATS(cfg bus.Config) error {
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		return errors.New("flags -nats-tls-cert and -nats-tls-key must be given together")
 	}
+	if cfg.NkeyFile != "" && cfg.CredsFile != "" {
+		return errors.New("flags -nats-nkey and -nats-creds: give one")
+	}
 	if cfg.ReconnectBuf <= 0 {
 		return fmt.Errorf("flag -nats-reconnect-buf: %d must be positive", cfg.ReconnectBuf)
 	}
 	for _, f := range []struct{ flag, path string }{
-		{"nats-creds", cfg.CredsFile}, {"nats-tls-cert", cfg.TLSCert}, {"nats-tls-key", cfg.TLSKey}, {"nats-tls-ca", cfg.TLSCA},
+		{"nats-creds", cfg.CredsFile}, {"nats-nkey", cfg.NkeyFile}, {"nats-tls-cert", cfg.TLSCert}, {"nats-tls-key", cfg.TLSKey}, {"nats-tls-ca", cfg.TLSCA},
 	} {
 		if f.path == "" {
 			continue

@@ -110,6 +110,7 @@ func CommonFlags(fs *flag.FlagSet, httpDefault string) *Common {
 	c := &Common{NATS: bus.DefaultConfig(), fs: fs}
 	fs.StringVar(&c.NATS.URL, "nats", c.NATS.URL, "NATS server URLs, comma-separated")
 	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&c.NATS.NkeyFile, "nats-nkey", "", "NATS nkey seed file of this component's identity (callrouter-auth keys)")
 	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client TLS certificate file")
 	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client TLS key file")
 	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA file for the NATS servers")

@@ -3,6 +3,7 @@ package ingest
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/session"
@@ -68,6 +69,13 @@ func (n *Node) onReplay(m *nats.Msg) {
 	}
 	if err := checkRanges(req.Legs, len(c.spec.Legs)); err != nil {
 		refuse(wire.CodeBadRequest, err.Error())
+		return
+	}
+	// Only a worker the call is placed on reads its ring: every worker identity may request
+	// ingest.*.replay (the subject names no tenant), and a worker of a pool dedicated to other
+	// tenants must not read this call. A new owner asks only once the call has switched to it.
+	if !slices.ContainsFunc(c.Placements(), func(p wire.Placement) bool { return p.Worker == req.Worker }) {
+		refuse(wire.CodeBadRequest, fmt.Sprintf("call is not placed on worker %q", req.Worker))
 		return
 	}
 	limit := int(n.nc.MaxPayload()) - replayHeadroom

@@ -2,8 +2,8 @@ package router
 
 import (
 	"encoding/json"
+	"slices"
 	"sort"
-	"strings"
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/session"
@@ -20,20 +20,38 @@ const (
 	VerbPause   = "pause"
 )
 
+// onAPI answers router.api.<verb> (operators: every call) and router.api.<tenant>.<verb> (one
+// tenant's identity, whose NATS permissions allow only its own tenant token: it learns about its
+// own calls only, and nothing about workers).
 func (r *Router) onAPI(m *nats.Msg) {
 	if len(m.Data) > wire.MaxControlBytes {
 		bus.Respond(m, wire.Fail(wire.CodeBadRequest, "request too large"))
 		return
 	}
-	verb := strings.TrimPrefix(m.Subject, subjects.APIPrefix)
+	tenant, verb, err := subjects.ParseAPI(m.Subject)
+	if err != nil {
+		bus.Respond(m, wire.Fail(wire.CodeBadRequest, "want router.api.<verb> or router.api.<tenant>.<verb>"))
+		return
+	}
 	switch verb {
 	case VerbCalls:
-		bus.Respond(m, wire.CallsReply{Reply: wire.OK(), Calls: r.Calls()})
+		calls := r.Calls()
+		if tenant != "" {
+			calls = slices.DeleteFunc(calls, func(c wire.CallView) bool { return c.Tenant != tenant })
+		}
+		bus.Respond(m, wire.CallsReply{Reply: wire.OK(), Calls: calls})
 	case VerbCall:
 		var q wire.CallQuery
 		if err := json.Unmarshal(m.Data, &q); err != nil {
 			bus.Respond(m, wire.CallReply{Reply: wire.Fail(wire.CodeBadRequest, `want {"v":1,"tenant":...,"call":...}`)})
 			return
+		}
+		if tenant != "" {
+			if q.Tenant != "" && q.Tenant != tenant {
+				bus.Respond(m, wire.CallReply{Reply: wire.Fail(wire.CodeUnknown, "no ingest owns "+q.Tenant+"/"+q.Call)})
+				return
+			}
+			q.Tenant = tenant
 		}
 		for _, c := range r.Calls() {
 			if c.Tenant == q.Tenant && c.Call == q.Call {
@@ -43,10 +61,18 @@ func (r *Router) onAPI(m *nats.Msg) {
 		}
 		bus.Respond(m, wire.CallReply{Reply: wire.Fail(wire.CodeUnknown, "no ingest owns "+q.Tenant+"/"+q.Call)})
 	case VerbWorkers:
+		if tenant != "" {
+			bus.Respond(m, wire.Fail(wire.CodeBadRequest, "workers: operators only (router.api.workers)"))
+			return
+		}
 		bus.Respond(m, wire.WorkersReply{Reply: wire.OK(), Workers: r.Workers()})
 	case VerbPause:
-		r.forwardPause(m)
+		r.forwardPause(m, tenant)
 	default:
+		if tenant != "" {
+			bus.Respond(m, wire.Fail(wire.CodeBadRequest, verb+": operators only (router.api."+verb+")"))
+			return
+		}
 		if !r.onOpsAPI(m, verb) {
 			bus.Respond(m, wire.Fail(wire.CodeBadRequest, "unknown verb; known: calls, call, workers, ingests, history, pause"))
 		}
@@ -81,7 +107,7 @@ func (r *Router) Calls() []wire.CallView {
 // forwardPause serves router.api.pause: it finds the ingest that owns the call (from ingest
 // heartbeats) and forwards the wire.PauseRequest to ingest.<id>.pause with the asker's reply
 // subject, so the owner answers the asker directly and no router handler waits on an ingest.
-func (r *Router) forwardPause(m *nats.Msg) {
+func (r *Router) forwardPause(m *nats.Msg, tenant string) {
 	var req wire.PauseRequest
 	if err := json.Unmarshal(m.Data, &req); err != nil {
 		bus.Respond(m, wire.PauseReply{Reply: wire.Fail(wire.CodeBadRequest, `want {"v":1,"tenant":...,"call":...,"paused":true|false}`)})
@@ -89,6 +115,10 @@ func (r *Router) forwardPause(m *nats.Msg) {
 	}
 	if err := req.Check(); err != nil {
 		bus.Respond(m, wire.PauseReply{Reply: wire.Fail(wire.CodeBadRequest, err.Error())})
+		return
+	}
+	if tenant != "" && req.Tenant != tenant { // a tenant's identity pauses its own calls only
+		bus.Respond(m, wire.PauseReply{Reply: wire.Fail(wire.CodeUnknown, "no ingest owns "+req.Tenant+"/"+req.Call)})
 		return
 	}
 	id := session.ID{Tenant: req.Tenant, Call: req.Call}

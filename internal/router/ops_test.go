@@ -2,9 +2,11 @@ package router
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -64,5 +66,13 @@ func TestTenantLabelsAreBounded(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(m.events); n != maxTenantLabels+1 {
 		t.Errorf("%d series, want %d", n, maxTenantLabels+1)
+	}
+}
+
+// The router's NATS identity (internal/natsauth) may subscribe to exactly the event kinds whose
+// history it keeps: a kind added here without the permission would silently never arrive.
+func TestHistoryKindsArePermitted(t *testing.T) {
+	if !slices.Equal(historyKinds, natsauth.RouterEventKinds) {
+		t.Errorf("history kinds %v, router permissions %v: keep them equal", historyKinds, natsauth.RouterEventKinds)
 	}
 }

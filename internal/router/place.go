@@ -233,7 +233,8 @@ func (r *Router) pick(req *wire.PlaceRequest, pool string, tried map[string]bool
 			continue
 		}
 		live++
-		if tried[id] || slices.Contains(req.Exclude, id) || !w.eligible() {
+		if tried[id] || slices.Contains(req.Exclude, id) || !w.eligible() ||
+			len(w.hb.Tenants) > 0 && !slices.Contains(w.hb.Tenants, req.Call.Tenant) {
 			continue
 		}
 		cands = append(cands, cand{id, float64(w.hb.Active+w.pending) / float64(w.hb.Capacity)})
@@ -242,7 +243,7 @@ func (r *Router) pick(req *wire.PlaceRequest, pool string, tried map[string]bool
 		if live == 0 {
 			return "", wire.CodeNoWorkers, fmt.Sprintf("no live worker in pool %q", pool)
 		}
-		return "", wire.CodeNoCapacity, fmt.Sprintf("all %d workers of pool %q are full, draining, lagging or excluded", live, pool)
+		return "", wire.CodeNoCapacity, fmt.Sprintf("all %d workers of pool %q are full, draining, lagging, excluded or dedicated to other tenants", live, pool)
 	}
 	sort.Slice(cands, func(i, j int) bool {
 		if cands[i].load != cands[j].load {

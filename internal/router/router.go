@@ -146,7 +146,7 @@ func (r *Router) Run(ctx context.Context) error {
 	if err := add(r.nc.QueueSubscribe(subjects.Place, subjects.RouterQueue, r.handler("router_place", r.onPlace))); err != nil {
 		return err
 	}
-	if err := add(r.nc.QueueSubscribe(subjects.APIPrefix+"*", subjects.RouterQueue, r.handler("router_api", r.onAPI))); err != nil {
+	if err := add(r.nc.QueueSubscribe(subjects.APIPrefix+">", subjects.RouterQueue, r.handler("router_api", r.onAPI))); err != nil {
 		return err
 	}
 	if err := r.subscribeOps(add); err != nil {

@@ -2,12 +2,14 @@ package stack
 
 import (
 	"context"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
@@ -62,13 +64,40 @@ func BenchmarkRawNATS(b *testing.B) {
 
 // BenchmarkCallPath is the same flow through callrouter: ingest Call.Send (envelope, ring,
 // publish) → NATS → worker (parse, bounded queue, order check, processor).
-func BenchmarkCallPath(b *testing.B) {
+func BenchmarkCallPath(b *testing.B) { benchCallPath(b, Config{}) }
+
+// BenchmarkCallPathPermissions is BenchmarkCallPath with NATS permissions on, without TLS.
+func BenchmarkCallPathPermissions(b *testing.B) {
+	set, err := natsauth.NewSet(natsauth.Local([]string{"default"}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchCallPath(b, Config{Auth: set})
+}
+
+// BenchmarkCallPathSecure is BenchmarkCallPath as production runs NATS: permissions on (each
+// component signs in with its role's nkey) and TLS on every client connection.
+func BenchmarkCallPathSecure(b *testing.B) {
+	dir := b.TempDir()
+	if err := natsauth.WriteDevTLS(dir, nil, time.Hour); err != nil {
+		b.Fatal(err)
+	}
+	set, err := natsauth.NewSet(natsauth.Local([]string{"default"}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchCallPath(b, Config{Auth: set, TLSCA: filepath.Join(dir, natsauth.CAFile),
+		Embedded: bus.EmbeddedOptions{TLSCert: filepath.Join(dir, natsauth.ServerCertFile), TLSKey: filepath.Join(dir, natsauth.ServerKeyFile)}})
+}
+
+func benchCallPath(b *testing.B, cfg Config) {
 	wc := testWorkerConfig()
 	wc.Processors = []string{"testcount"}
 	wc.QueueFrames = 1 << 20
 	wc.PendingMsgs = 1 << 20
 	wc.MaxFrameAge = time.Hour
-	s, err := Start(Config{Worker: wc, Log: zerolog.Nop()})
+	cfg.Worker, cfg.Log = wc, zerolog.Nop()
+	s, err := Start(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

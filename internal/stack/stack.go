@@ -12,6 +12,7 @@ import (
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/router"
 	"github.com/callrouter/callrouter/internal/worker"
@@ -34,6 +35,13 @@ type Config struct {
 	Ingest   ingest.Config       // ID defaults to "ingest-1"
 	Log      zerolog.Logger
 	Registry *prometheus.Registry // shared by every component; nil makes one
+	// Auth, when set, turns NATS permissions on: the embedded server gets the set's users and
+	// each component connects as its role's identity (natsauth.Find). With an external server
+	// the server must already know the set's keys.
+	Auth *natsauth.Set
+	// TLSCA is the CA file components verify the server's certificate with (Embedded.TLSCert
+	// makes the embedded server require TLS).
+	TLSCA string
 }
 
 // Stack is a running one-process callrouter.
@@ -83,6 +91,13 @@ func Start(cfg Config) (*Stack, error) {
 		if cfg.Embedded.Port == 0 {
 			cfg.Embedded.Port = -1
 		}
+		if cfg.Auth != nil {
+			users, err := cfg.Auth.Users()
+			if err != nil {
+				return nil, err
+			}
+			cfg.Embedded.Users = users
+		}
 		srv, err := bus.StartEmbedded(cfg.Embedded)
 		if err != nil {
 			return nil, err
@@ -101,7 +116,7 @@ func Start(cfg Config) (*Stack, error) {
 			return nil, err
 		}
 	}
-	nc, err := s.connect("ingest " + cfg.Ingest.ID)
+	nc, err := s.Connect(natsauth.RoleIngest, "", cfg.Ingest.ID)
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -115,9 +130,20 @@ func Start(cfg Config) (*Stack, error) {
 	return s, nil
 }
 
-func (s *Stack) connect(name string) (*nats.Conn, error) {
+// Connect opens a connection as a node of a role ("ingest", "router", "worker" with its pool,
+// "tenant" or "admin" with its name as node): with Config.Auth, as the identity natsauth.Find
+// picks for it. The stack closes it on Close.
+func (s *Stack) Connect(role, pool, node string) (*nats.Conn, error) {
+	name := role + " " + node
 	bc := bus.DefaultConfig()
-	bc.URL, bc.Name = s.URL, name
+	bc.URL, bc.Name, bc.TLSCA = s.URL, name, s.cfg.TLSCA
+	if s.cfg.Auth != nil {
+		seed, err := s.cfg.Auth.Seed(role, pool, node)
+		if err != nil {
+			return nil, err
+		}
+		bc.NkeySeed = seed
+	}
 	if s.cfg.URLFor != nil {
 		if u := s.cfg.URLFor(name); u != "" {
 			bc.URL = u
@@ -156,7 +182,7 @@ func (s *Stack) AddRouter(id string) (*router.Router, error) {
 		rc = router.DefaultConfig()
 	}
 	rc.ID = id
-	nc, err := s.connect("router " + id)
+	nc, err := s.Connect(natsauth.RoleRouter, "", id)
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +203,7 @@ func (s *Stack) AddWorker(id string, wc worker.Config) (*worker.Worker, error) {
 		wc = worker.DefaultConfig()
 	}
 	wc.ID = id
-	nc, err := s.connect("worker " + id)
+	nc, err := s.Connect(natsauth.RoleWorker, wc.Pool, id)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@
 //	bcast.<topic>                    coordination notices (down, drain)
 //	router.place                     placement requests (queue group "router")
 //	router.api.<verb>                admin API (queue group "router")
+//	router.api.<tenant>.<verb>       the admin API confined to one tenant's calls
 //	worker.<id>.<verb>               offer/release to one worker
 //	ingest.<id>.<verb>               replay/control to one ingest node
 //
@@ -177,6 +178,28 @@ func Bcast(topic string) string { return ClassBcast + "." + topic }
 
 // API is the router admin API subject for one verb.
 func API(verb string) string { return APIPrefix + verb }
+
+// TenantAPI is the admin API subject for one verb, confined to one tenant's calls: NATS
+// permissions give a tenant's identity router.api.<tenant>.* and nothing wider.
+func TenantAPI(tenant, verb string) string { return APIPrefix + tenant + "." + verb }
+
+// ParseAPI parses router.api.<verb> (tenant "") and router.api.<tenant>.<verb>.
+func ParseAPI(s string) (tenant, verb string, err error) {
+	rest, ok := strings.CutPrefix(s, APIPrefix)
+	if !ok {
+		return "", "", ErrBadSubject
+	}
+	tenant, verb, ok = strings.Cut(rest, ".")
+	if !ok {
+		tenant, verb = "", rest
+	} else if !Valid(tenant) {
+		return "", "", ErrBadSubject
+	}
+	if !Valid(verb) {
+		return "", "", ErrBadSubject
+	}
+	return tenant, verb, nil
+}
 
 // WorkerVerb is the request subject of one worker.
 func WorkerVerb(id, verb string) string { return Worker + "." + id + "." + verb }

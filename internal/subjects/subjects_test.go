@@ -113,3 +113,20 @@ func BenchmarkParseAudio(b *testing.B) {
 		_, _ = ParseAudio(s)
 	}
 }
+
+func TestParseAPI(t *testing.T) {
+	for _, c := range []struct{ subject, tenant, verb string }{
+		{"router.api.calls", "", "calls"},
+		{TenantAPI("acme", "call"), "acme", "call"},
+	} {
+		tenant, verb, err := ParseAPI(c.subject)
+		if err != nil || tenant != c.tenant || verb != c.verb {
+			t.Errorf("ParseAPI(%q) = %q, %q, %v; want %q, %q", c.subject, tenant, verb, err, c.tenant, c.verb)
+		}
+	}
+	for _, bad := range []string{"router.place", "router.api.", "router.api.a.b.c", "router.api.a.", "router.api..calls"} {
+		if _, _, err := ParseAPI(bad); err == nil {
+			t.Errorf("ParseAPI(%q) accepted", bad)
+		}
+	}
+}

@@ -132,17 +132,19 @@ type WorkerCall struct {
 
 // WorkerHeartbeat is published on hb.worker.<id>.
 type WorkerHeartbeat struct {
-	V          int     `json:"v"`
-	ID         string  `json:"id"`
-	Pool       string  `json:"pool"`
-	Mode       string  `json:"mode"`
-	Capacity   int     `json:"capacity"`
-	Active     int     `json:"active"`
-	LagMS      float64 `json:"lag_ms"`
-	Lagging    bool    `json:"lagging"` // lag is over the worker's own -lag-threshold: no offers
-	Ready      bool    `json:"ready"`
-	Draining   bool    `json:"draining"`
-	IntervalMS int     `json:"interval_ms"`
+	V    int    `json:"v"`
+	ID   string `json:"id"`
+	Pool string `json:"pool"`
+	Mode string `json:"mode"`
+	// Tenants: the worker serves only these tenants' calls (a dedicated pool); empty: every tenant.
+	Tenants    []string `json:"tenants"`
+	Capacity   int      `json:"capacity"`
+	Active     int      `json:"active"`
+	LagMS      float64  `json:"lag_ms"`
+	Lagging    bool     `json:"lagging"` // lag is over the worker's own -lag-threshold: no offers
+	Ready      bool     `json:"ready"`
+	Draining   bool     `json:"draining"`
+	IntervalMS int      `json:"interval_ms"`
 	// Calls stays the last field: routers read the fields before it on every heartbeat and the
 	// list only when they need it.
 	Calls []WorkerCall `json:"calls"`

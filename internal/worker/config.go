@@ -20,9 +20,13 @@ const (
 
 // Config configures a worker.
 type Config struct {
-	ID                string
-	Pool              string
-	Mode              string
+	ID   string
+	Pool string
+	Mode string
+	// Tenants, when set, dedicates the worker to these tenants: it refuses other tenants' offers
+	// (its NATS identity could not subscribe their audio anyway), subscribes only their audio in
+	// frame mode, and says so in its heartbeat so routers offer it nothing else.
+	Tenants           []string
 	Capacity          int           // calls held at once
 	QueueFrames       int           // frames a two-leg call may have waiting; beyond that the oldest is dropped (scaled for more legs)
 	PendingMsgs       int           // capacity of a two-leg call's subscription channel; NATS drops what does not fit (scaled for more legs)
@@ -73,6 +77,11 @@ func (c *Config) Validate() error {
 	}
 	if err := subjects.Check("pool", c.Pool); err != nil {
 		errs = append(errs, err)
+	}
+	for _, t := range c.Tenants {
+		if err := subjects.Check("tenant", t); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.Mode != ModeSession && c.Mode != ModeFrame {
 		errs = append(errs, fmt.Errorf("worker: mode %q, want %q or %q", c.Mode, ModeSession, ModeFrame))

@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -125,8 +126,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}()
 	if w.cfg.Mode == ModeFrame {
-		if err := sub(w.nc.QueueSubscribe(subjects.AllAudio, "pool."+w.cfg.Pool, guard.Handler("worker_frame", w.log, w.onFrameMode))); err != nil {
-			return err
+		audio := []string{subjects.AllAudio}
+		if len(w.cfg.Tenants) > 0 {
+			audio = audio[:0]
+			for _, t := range w.cfg.Tenants {
+				audio = append(audio, subjects.ClassAudio+"."+t+".>")
+			}
+		}
+		for _, a := range audio {
+			if err := sub(w.nc.QueueSubscribe(a, "pool."+w.cfg.Pool, guard.Handler("worker_frame", w.log, w.onFrameMode))); err != nil {
+				return err
+			}
 		}
 	} else {
 		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), guard.Handler("worker_offer", w.log, w.onOffer))); err != nil {
@@ -220,7 +230,7 @@ func (w *Worker) heartbeat() {
 	w.mu.Lock()
 	draining := w.draining
 	w.mu.Unlock()
-	hb := wire.WorkerHeartbeat{V: wire.V, ID: w.cfg.ID, Pool: w.cfg.Pool, Mode: w.cfg.Mode, Capacity: w.cfg.Capacity,
+	hb := wire.WorkerHeartbeat{V: wire.V, ID: w.cfg.ID, Pool: w.cfg.Pool, Mode: w.cfg.Mode, Tenants: w.cfg.Tenants, Capacity: w.cfg.Capacity,
 		Active: len(calls), Ready: w.health.Ready() && !draining, Draining: draining,
 		IntervalMS: int(w.cfg.HeartbeatInterval / time.Millisecond), Calls: make([]wire.WorkerCall, 0, len(calls))}
 	var worst int64
@@ -253,6 +263,10 @@ func (w *Worker) onOffer(m *nats.Msg) {
 	}
 	if err := checkOffer(&o, w.cfg.Pool); err != nil {
 		reply(wire.Fail(wire.CodeBadRequest, err.Error()))
+		return
+	}
+	if len(w.cfg.Tenants) > 0 && !slices.Contains(w.cfg.Tenants, o.Call.Tenant) {
+		reply(wire.Fail(wire.CodeBadRequest, fmt.Sprintf("tenant %q: this worker serves only %v", o.Call.Tenant, w.cfg.Tenants)))
 		return
 	}
 	id := o.Call.ID

@@ -1,0 +1,191 @@
+package natsauth
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+)
+
+// Keys holds each identity's nkey seed, by identity name.
+type Keys map[string][]byte
+
+// KeyFile is the seed file of an identity in a credentials directory.
+func KeyFile(dir, name string) string { return filepath.Join(dir, name+".nk") }
+
+// PrevKeyFile is an identity's previous seed during a rotation: while it exists the server
+// accepts both keys with the same permissions (docs/security.md, Rotation).
+func PrevKeyFile(dir, name string) string { return filepath.Join(dir, name+".prev.nk") }
+
+// prev is the Keys entry of an identity's previous key.
+func prev(name string) string { return name + ".prev" }
+
+// NewKeys makes fresh keys in memory (the one-process mode, tests).
+func NewKeys(ids []Identity) (Keys, error) {
+	k := Keys{}
+	for _, id := range ids {
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			return nil, err
+		}
+		if k[id.Name], err = kp.Seed(); err != nil {
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+// LoadOrCreate reads each identity's seed from dir, creating the missing ones (mode 0600), so a
+// new tenant or node gets a key and everyone else keeps theirs. It reports the names it created.
+func LoadOrCreate(dir string, ids []Identity) (Keys, []string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, err
+	}
+	k := Keys{}
+	var created []string
+	for _, id := range ids {
+		path := KeyFile(dir, id.Name)
+		data, err := os.ReadFile(path)
+		switch {
+		case err == nil:
+			kp, perr := nkeys.ParseDecoratedNKey(data)
+			if perr != nil {
+				return nil, nil, fmt.Errorf("natsauth: %s: %w", path, perr)
+			}
+			if k[id.Name], err = kp.Seed(); err != nil {
+				return nil, nil, err
+			}
+		case errors.Is(err, os.ErrNotExist):
+			kp, err := nkeys.CreateUser()
+			if err != nil {
+				return nil, nil, err
+			}
+			seed, _ := kp.Seed()
+			if err := os.WriteFile(path, append(seed, '\n'), 0o600); err != nil {
+				return nil, nil, err
+			}
+			k[id.Name] = seed
+			created = append(created, id.Name)
+		default:
+			return nil, nil, err
+		}
+		if data, err := os.ReadFile(PrevKeyFile(dir, id.Name)); err == nil {
+			kp, perr := nkeys.ParseDecoratedNKey(data)
+			if perr != nil {
+				return nil, nil, fmt.Errorf("natsauth: %s: %w", PrevKeyFile(dir, id.Name), perr)
+			}
+			if k[prev(id.Name)], err = kp.Seed(); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	return k, created, nil
+}
+
+// Public returns the public key of an identity.
+func (k Keys) Public(name string) (string, error) {
+	seed, ok := k[name]
+	if !ok {
+		return "", fmt.Errorf("natsauth: no key for %s", name)
+	}
+	kp, err := nkeys.FromSeed(seed)
+	if err != nil {
+		return "", fmt.Errorf("natsauth: key of %s: %w", name, err)
+	}
+	return kp.PublicKey()
+}
+
+// Grants returns what an identity signing in with the public keys pubs may publish and
+// subscribe: its role's subjects and the inbox of each key. During a rotation both keys get both
+// inboxes: a client that computed its inbox from the old key at start and signs in with the new
+// one after a reconnection (its seed file was replaced) still receives its replies.
+func (id Identity) Grants(pubs ...string) (publish, subscribe []string) {
+	publish = append([]string(nil), id.Pub...)
+	subscribe = append([]string(nil), id.Sub...)
+	for _, pub := range pubs {
+		subscribe = append(subscribe, bus.InboxPrefix(pub)+".>")
+	}
+	return publish, subscribe
+}
+
+// publics returns the public keys an identity may sign in with: its key, and its previous one
+// during a rotation.
+func (k Keys) publics(name string) ([]string, error) {
+	pub, err := k.Public(name)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{pub}
+	if _, ok := k[prev(name)]; ok {
+		old, err := k.Public(prev(name))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, old)
+	}
+	return out, nil
+}
+
+// Users returns the embedded server's users: the same permissions Conf writes for nats.conf.
+func Users(ids []Identity, keys Keys) ([]*server.NkeyUser, error) {
+	var out []*server.NkeyUser
+	for _, id := range ids {
+		pubs, err := keys.publics(id.Name)
+		if err != nil {
+			return nil, err
+		}
+		for _, pub := range pubs {
+			p, s := id.Grants(pubs...)
+			perms := &server.Permissions{Publish: &server.SubjectPermission{Allow: p}, Subscribe: &server.SubjectPermission{Allow: s}}
+			if id.Responses {
+				perms.Response = &server.ResponsePermission{MaxMsgs: server.DEFAULT_ALLOW_RESPONSE_MAX_MSGS, Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION}
+			}
+			out = append(out, &server.NkeyUser{Nkey: pub, Permissions: perms})
+		}
+	}
+	return out, nil
+}
+
+// Conf renders the nats.conf authorization block (public keys only: it is not a secret).
+func Conf(ids []Identity, keys Keys) ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString("# Generated by callrouter-auth from the identities file: edit that file and run it again.\n")
+	b.WriteString("# Public keys and permissions only; each client holds its own seed (<name>.nk).\n")
+	b.WriteString("authorization {\n  users: [\n")
+	list := func(ss []string) string {
+		q := make([]string, len(ss))
+		for i, s := range ss {
+			q[i] = strconv.Quote(s)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	}
+	for _, id := range ids {
+		pubs, err := keys.publics(id.Name)
+		if err != nil {
+			return nil, err
+		}
+		for i, pub := range pubs {
+			name := id.Name
+			if i > 0 {
+				name += " (previous key, until the rotation ends)"
+			}
+			p, s := id.Grants(pubs...)
+			fmt.Fprintf(&b, "    # %s\n    {\n      nkey: %s\n      permissions: {\n", name, pub)
+			fmt.Fprintf(&b, "        publish: {allow: %s}\n", list(p))
+			fmt.Fprintf(&b, "        subscribe: {allow: %s}\n", list(s))
+			if id.Responses {
+				b.WriteString("        allow_responses: true\n")
+			}
+			b.WriteString("      }\n    }\n")
+		}
+	}
+	b.WriteString("  ]\n}\n")
+	return b.Bytes(), nil
+}
