@@ -1,8 +1,9 @@
 # callrouter: `make help` lists the targets.
 GO ?= go
 PKGS ?= ./...
+OVERLAY ?= dev
 
-.PHONY: help run build test bench vet fuzz loadtest loadtest-worker fault hostile clean
+.PHONY: help run build test bench vet fuzz loadtest loadtest-worker nats-keys nats-dev-tls rules fault hostile clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -42,6 +43,16 @@ loadtest: ## 1,000 two-leg calls vs raw NATS, 3 alternating rounds of 30 s; fail
 
 loadtest-worker: ## a worker binary with the load tester's probe processor (remote load tests), into bin/
 	CGO_ENABLED=0 $(GO) build -tags loadtest -trimpath -o bin/worker-loadtest ./cmd/worker
+
+nats-keys: ## NATS seeds and the server's authorization block from k8s/identities.conf into k8s/overlays/$(OVERLAY)/secrets/nats (OVERLAY=dev)
+	$(GO) run ./cmd/callrouter-auth keys -spec k8s/identities.conf -out k8s/overlays/$(OVERLAY)/secrets/nats
+
+nats-dev-tls: ## an offline development CA with NATS server and client certificates for the dev overlay
+	$(GO) run ./cmd/callrouter-auth tls -out k8s/overlays/dev/secrets/nats-tls -valid 87600h
+
+rules: ## check the alert rules and run their unit tests with promtool
+	promtool check rules k8s/monitoring/callrouter-rules.yml
+	cd k8s/monitoring && promtool test rules callrouter-rules.test.yml
 
 fault: ## the fault suite (NATS down at start, worker and ingest cut, blackholed, delayed, stopped; killed nodes): one FIGURES line per fault; CALLROUTER_FAULT_LONG=1 lengthens the faults
 	@rc=0; $(GO) test -count=1 -timeout 20m -v -run 'Test(Kill|Drain|Paused|NATSUnavailableAtStart|WorkerConnection|IngestConnection|IngestStall|FaultProxy)' ./e2e > fault.log 2>&1 || rc=$$?; \
