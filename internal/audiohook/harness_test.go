@@ -177,7 +177,6 @@ func startEnv(t testing.TB, cfg Config, o envOpts) *env {
 	return e
 }
 
-
 // tone writes n samples of the sum of sines (Hz) at amplitude a (of full scale) as μ-law.
 func tone(n int, a float64, hz ...float64) []byte {
 	out := make([]byte, n)
@@ -379,7 +378,7 @@ func (c *client) open(media ...map[string]any) serverMsgIn {
 	}
 	c.sendMsg("open", map[string]any{"organizationId": c.org, "conversationId": newUUID(),
 		"participant": map[string]any{"id": newUUID(), "ani": "+1-555-555-1234", "aniName": "John Doe", "dnis": "+1-800-555-6789"},
-		"media": media}, 0)
+		"media":       media}, 0)
 	return c.recv()
 }
 
@@ -400,4 +399,11 @@ func (c *client) closeSession(pos time.Duration) {
 		}
 	}
 	_ = c.conn.Close(websocket.StatusNormalClosure, "")
+}
+
+func (c *client) mustOpen() {
+	c.t.Helper()
+	if m := c.open(); m.Type != "opened" {
+		c.t.Fatalf("got %s %s, want opened", m.Type, m.Parameters)
+	}
 }

@@ -22,7 +22,11 @@ var errFraming = errors.New("audiohook: binary message is not whole samples of e
 // channel order) into 20 ms frames per leg. It places each channel's bytes on the stream's
 // position (samples sent plus samples discarded) through one timeline.Cutter per channel, whose
 // clock counts bytes: a discarded span is then a timestamp gap the cutter fills with gap-filled
-// silence (up to its fill credit; a longer one re-anchors the timeline and is reported).
+// silence. The cutter's clock is the stream's own (the time of "opened" plus the position, or
+// the wall clock when that is later): over TCP nothing is lost or reordered, and a span the
+// client reports discarded is explained media, so its fill credit covers it up to
+// timeline.MaxFill; a longer one re-anchors the timeline (the session bounds how far the position
+// may run ahead of the wall clock).
 type mediaIn struct {
 	bps     int // bytes per sample
 	rate    int
@@ -30,10 +34,11 @@ type mediaIn struct {
 	split   [][]byte
 	seq     uint16
 	pos     int64 // stream position in samples per channel
+	start   time.Time
 }
 
-func newMediaIn(m media, emit func(leg int, payload []byte, gap bool)) *mediaIn {
-	in := &mediaIn{bps: 1, rate: m.Rate}
+func newMediaIn(m media, start time.Time, emit func(leg int, payload []byte, gap bool)) *mediaIn {
+	in := &mediaIn{bps: 1, rate: m.Rate, start: start}
 	silence := byte(0xff) // μ-law silence
 	if m.Format == "L16" {
 		in.bps, silence = 2, 0
@@ -71,6 +76,9 @@ func (in *mediaIn) push(now time.Time, b []byte) error {
 		in.split[ch] = dst
 	}
 	base := in.pos * int64(in.bps)
+	if at := in.start.Add(in.duration()); at.After(now) {
+		now = at
+	}
 	for off := 0; off < per; off += chunkBytes {
 		end := min(off+chunkBytes, per)
 		in.seq++
@@ -80,6 +88,11 @@ func (in *mediaIn) push(now time.Time, b []byte) error {
 	}
 	in.pos += int64(per / in.bps)
 	return nil
+}
+
+// ahead returns the position after n more bytes of a message.
+func (in *mediaIn) after(n int) time.Duration {
+	return time.Duration(in.pos+int64(n/(in.bps*len(in.cutters)))) * time.Second / time.Duration(in.rate)
 }
 
 // discard moves the stream position to the end of a discarded span; the next audio is placed

@@ -62,6 +62,7 @@ type session struct {
 	conn   *websocket.Conn
 	tenant string
 	id     string // Audiohook-Session-Id: the session's id in every message
+	callID string
 	org    string
 	corr   string
 	log    zerolog.Logger
@@ -93,10 +94,21 @@ type session struct {
 
 func newSession(s *Server, n *ingest.Node, conn *websocket.Conn, tenant, id, org, corr string) *session {
 	sess := &session{s: s, n: n, conn: conn, tenant: tenant, id: id, org: org, corr: corr,
-		log:  s.log.With().Str("tenant", tenant).Str("session", id).Logger(),
-		done: make(chan struct{}), disconnect: make(chan struct{}), opened: make(chan struct{}), events: make(chan []byte, eventQueue)}
+		callID: callID(id),
+		done:   make(chan struct{}), disconnect: make(chan struct{}), opened: make(chan struct{}), events: make(chan []byte, eventQueue)}
+	sess.log = s.log.With().Str("tenant", tenant).Str("session", id).Str("call", sess.callID).Logger()
 	sess.readCtx, sess.cancelRead = context.WithCancel(context.Background())
 	return sess
+}
+
+// callID is the call of a session: "ah-" and the session id (a UUID), encoded if it is not a
+// valid subject token.
+func callID(session string) string {
+	call := "ah-" + session
+	if !subjects.Valid(call) {
+		call = subjects.Encode(call)
+	}
+	return call
 }
 
 // run serves the session until it ends; it returns once every goroutine it started has.
@@ -164,13 +176,12 @@ func (sess *session) send(typ string, params any, clientSeq int64) error {
 	if err != nil {
 		return err
 	}
+	// Counted as sent before the write returns: the client may answer (serverseq) before it does.
+	// A failed write ends the session anyway.
+	sess.serverSeq.Store(seq)
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
-	if err := sess.conn.Write(ctx, websocket.MessageText, b); err != nil {
-		return err
-	}
-	sess.serverSeq.Store(seq)
-	return nil
+	return sess.conn.Write(ctx, websocket.MessageText, b)
 }
 
 // sendDisconnect sends "disconnect" once and waits (in the reader) for the client's close; the
@@ -189,6 +200,7 @@ func (sess *session) sendDisconnect(why, info, reason string) {
 		sess.mu.Unlock()
 		sess.log.Info().Str("reason", why).Str("info", info).Msg("audiohook disconnect")
 		if err := sess.send("disconnect", disconnectParams{Reason: why, Info: info}, sess.clientSeq.Load()); err != nil {
+			sess.log.Info().Err(err).Msg("audiohook disconnect not sent")
 			_ = sess.conn.Close(websocket.StatusInternalError, "disconnect not sent")
 		}
 		close(sess.disconnect)
@@ -293,10 +305,20 @@ func (sess *session) onAudio(b []byte) error {
 		return violation("binary message of %d bytes (at most %d)", len(b), sess.s.cfg.MaxBinary)
 	}
 	now := time.Now()
+	if err := sess.checkAhead(sess.in.after(len(b)), now); err != nil {
+		return err
+	}
 	if err := sess.in.push(now, b); err != nil {
 		return violation("%v", err)
 	}
-	if ahead := sess.in.duration() - now.Sub(sess.openedAt); ahead > sess.s.cfg.MaxAhead {
+	return nil
+}
+
+// checkAhead refuses a stream position more than MaxAhead ahead of the wall clock since
+// "opened": a client sending faster than real time, or reporting discards that never happened,
+// would make ingest publish (and fill) media faster than any call makes it.
+func (sess *session) checkAhead(pos time.Duration, now time.Time) error {
+	if ahead := pos - now.Sub(sess.openedAt); ahead > sess.s.cfg.MaxAhead {
 		return &protoError{disconnect: disconnectError, info: fmt.Sprintf("audio %v ahead of real time", ahead.Round(time.Millisecond)), reason: reasonTooFast}
 	}
 	return nil
@@ -448,10 +470,7 @@ func (sess *session) onOpen(m clientMsg) error {
 
 // place starts the call: legs from the selected channels, metadata from open.
 func (sess *session) place(p openParams, sel media, cc customConfig) error {
-	call := "ah-" + subjects.Encode(sess.id)
-	if !subjects.Valid(call) {
-		call = subjects.Encode(call)
-	}
+	call := sess.callID
 	spec := callsession.Spec{ID: callsession.ID{Tenant: sess.tenant, Call: call}, Meta: map[string]string{
 		"source": "audiohook", "audiohook_session": sess.id, "organization": p.OrganizationID, "conversation": p.ConversationID,
 		"participant": p.Participant.ID, "ani": p.Participant.ANI, "dnis": p.Participant.DNIS, "correlation": sess.corr,
@@ -482,9 +501,8 @@ func (sess *session) place(p openParams, sel media, cc customConfig) error {
 	}
 	sess.mu.Lock()
 	sess.call = c
-	sess.in = newMediaIn(sel, sess.emit)
+	sess.in = newMediaIn(sel, time.Now(), sess.emit)
 	sess.mu.Unlock()
-	sess.log = sess.log.With().Str("call", call).Logger()
 	sess.log.Info().Str("format", sel.Format).Strs("channels", sel.Channels).Msg("audiohook session opened")
 	return nil
 }
@@ -516,11 +534,12 @@ func (sess *session) onDiscarded(m clientMsg) error {
 	sess.s.m.discarded.Add(span.Seconds())
 	data := map[string]any{"cause": "discarded", "start_ms": start.Milliseconds(), "ms": span.Milliseconds()}
 	if sess.in != nil {
-		before, jumps := sess.in.stats()
+		if err := sess.checkAhead(start+span, time.Now()); err != nil {
+			return err
+		}
+		// The span is filled when the next audio arrives, after the audio before it.
 		sess.in.discard(sess.in.samples(start + span))
-		// The fill happens when the next audio arrives; report what the position moved to.
 		data["position_ms"] = sess.in.duration().Milliseconds()
-		data["filled_frames_before"], data["jumps_before"] = before, jumps
 	}
 	sess.publish("gap", data)
 	return nil
@@ -595,5 +614,10 @@ func (sess *session) end(reason string) {
 	}
 	_ = sess.conn.Close(code, "")
 	sess.s.m.ended.WithLabelValues(reason).Inc()
-	sess.log.Info().Str("reason", reason).Msg("audiohook session ended")
+	ev := sess.log.Info().Str("reason", reason)
+	if sess.in != nil {
+		filled, jumps := sess.in.stats()
+		ev = ev.Dur("position", sess.in.duration()).Uint64("filled_frames", filled).Uint64("jumps", jumps)
+	}
+	ev.Msg("audiohook session ended")
 }
