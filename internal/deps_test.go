@@ -14,22 +14,23 @@ const module = "github.com/callrouter/callrouter/"
 
 // forbidden maps a package to the module packages it must not import (directly).
 var forbidden = map[string][]string{
-	"internal/frame":    {"internal/"},
-	"internal/subjects": {"internal/"},
-	"internal/wav":      {"internal/"},
-	"internal/session":  {"internal/wire", "internal/bus", "internal/ingest", "internal/router", "internal/worker"},
-	"internal/wire":     {"internal/bus", "internal/ingest", "internal/router", "internal/worker", "internal/proc"},
-	"internal/bus":      {"internal/ingest", "internal/router", "internal/worker", "internal/proc", "internal/stack"},
-	"internal/proc":     {"internal/worker", "internal/ingest", "internal/router", "internal/stack", "internal/bus"},
-	"internal/ingest":   {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
-	"internal/router":   {"internal/ingest", "internal/worker", "internal/stack", "internal/cli"},
-	"internal/worker":   {"internal/ingest", "internal/router", "internal/stack", "internal/cli"},
-	"internal/audio":    {"internal/proc", "internal/worker", "internal/ingest", "internal/router", "internal/stack", "internal/bus", "internal/wire", "internal/session"},
-	"internal/sip":      {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip"},
-	"internal/sdp":      {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/sip"},
-	"internal/whip":     {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
-	"internal/timeline": {"internal/"},
-	"hostile":           {"internal/"}, // tests only: it attacks the built binaries from outside
+	"internal/frame":     {"internal/"},
+	"internal/subjects":  {"internal/"},
+	"internal/wav":       {"internal/"},
+	"internal/session":   {"internal/wire", "internal/bus", "internal/ingest", "internal/router", "internal/worker"},
+	"internal/wire":      {"internal/bus", "internal/ingest", "internal/router", "internal/worker", "internal/proc"},
+	"internal/bus":       {"internal/ingest", "internal/router", "internal/worker", "internal/proc", "internal/stack"},
+	"internal/proc":      {"internal/worker", "internal/ingest", "internal/router", "internal/stack", "internal/bus"},
+	"internal/ingest":    {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
+	"internal/router":    {"internal/ingest", "internal/worker", "internal/stack", "internal/cli"},
+	"internal/worker":    {"internal/ingest", "internal/router", "internal/stack", "internal/cli"},
+	"internal/audio":     {"internal/proc", "internal/worker", "internal/ingest", "internal/router", "internal/stack", "internal/bus", "internal/wire", "internal/session"},
+	"internal/sip":       {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip"},
+	"internal/sdp":       {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/sip"},
+	"internal/whip":      {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
+	"internal/timeline":  {"internal/"},
+	"internal/audiohook": {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip", "internal/sip"},
+	"hostile":            {"internal/"}, // tests only: it attacks the built binaries from outside
 }
 
 // packages returns every directory under the module root holding non-test Go files.

@@ -49,6 +49,7 @@ func run(args []string) int {
 	fs.Float64Var(&p.speed, "play-speed", 1, "playback speed factor (1 = real time)")
 	wcfg, whipOn := WHIPFlags(fs)
 	scfg, sipListen := SIPFlags(fs)
+	st := StreamFlags(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
 		return 2
@@ -75,6 +76,10 @@ func run(args []string) int {
 			return 2
 		}
 	}
+	if err := st.Validate(cfg.DrainTimeout); err != nil {
+		fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
+		return 2
+	}
 	var rec *filesrc.Recording
 	if p.path != "" {
 		var err error
@@ -92,7 +97,10 @@ func run(args []string) int {
 		if err != nil {
 			return nil, err
 		}
-		svc := &service{n: n, rec: rec, p: p, log: log}
+		svc := &service{n: n, rec: rec, p: p, log: log, st: st}
+		if err := st.Build(log, reg); err != nil {
+			return nil, err
+		}
 		if *whipOn {
 			if svc.whip, err = whip.New(*wcfg, whip.Deps{Log: log, Registry: reg}); err != nil {
 				return nil, err
@@ -115,10 +123,12 @@ type service struct {
 	log  zerolog.Logger
 	whip *whip.Server // nil with -whip=false
 	sip  *sip.Server  // nil without -sip-listen
+	st   *streams     // WebSocket stream sources (AudioHook)
 }
 
 // Mount serves WHIP and the call page on the -http server.
 func (s *service) Mount(mux *http.ServeMux) {
+	s.st.Mount(mux)
 	if s.whip != nil {
 		s.whip.Mount(mux)
 		mux.Handle("/call/", http.StripPrefix("/call", web.Handler()))
@@ -169,6 +179,7 @@ func (s *service) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	s.st.Start(ctx, s.n, &wg, s.log)
 	err := s.n.Run(ctx)
 	wg.Wait()
 	return err
