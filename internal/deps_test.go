@@ -29,6 +29,7 @@ var forbidden = map[string][]string{
 	"internal/sdp":       {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/sip"},
 	"internal/whip":      {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
 	"internal/timeline":  {"internal/"},
+	"internal/twilio":    {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip", "internal/sip", "internal/audiohook"},
 	"internal/audiohook": {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip", "internal/sip"},
 	"hostile":            {"internal/"}, // tests only: it attacks the built binaries from outside
 }
