@@ -133,6 +133,7 @@ type envOpts struct {
 	workers    int
 	processors []string
 	place      time.Duration // ingest place timeout (0: default)
+	idle       time.Duration // worker idle timeout (0: default)
 }
 
 func startEnv(t testing.TB, cfg Config, o envOpts) *env {
@@ -141,6 +142,9 @@ func startEnv(t testing.TB, cfg Config, o envOpts) *env {
 	wc.Processors = append([]string{"accounting", "ahtest"}, o.processors...)
 	wc.LagThreshold = time.Minute
 	wc.MaxFrameAge = time.Minute
+	if o.idle > 0 {
+		wc.IdleTimeout = o.idle
+	}
 	ic := ingest.DefaultConfig()
 	if o.place > 0 {
 		ic.PlaceTimeout, ic.PlaceAttempts = o.place, 1

@@ -2,6 +2,7 @@ package audiohook
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
@@ -28,7 +29,8 @@ var errFraming = errors.New("audiohook: binary message is not whole samples of e
 // timeline.MaxFill; a longer one re-anchors the timeline (the session bounds how far the position
 // may run ahead of the wall clock).
 type mediaIn struct {
-	bps     int // bytes per sample
+	mu      sync.Mutex // the reader pushes, the session's watcher fills silence (idle)
+	bps     int        // bytes per sample
 	rate    int
 	cutters []*timeline.Cutter
 	split   [][]byte
@@ -46,7 +48,8 @@ func newMediaIn(m media, start time.Time, emit func(leg int, payload []byte, gap
 	for i := range m.Channels {
 		leg := i
 		in.cutters = append(in.cutters, timeline.New(timeline.Config{Clock: m.Rate * in.bps, MaxFill: timeline.MaxFill, Silence: silence,
-			Emit: func(p []byte, gap bool) { emit(leg, p, gap) }}))
+			SilenceAfter: silenceAfter,
+			Emit:         func(p []byte, gap bool) { emit(leg, p, gap) }}))
 		in.split = append(in.split, nil)
 	}
 	return in
@@ -60,8 +63,25 @@ func codecOf(m media) frame.Codec {
 	return frame.CodecPCMU
 }
 
+// silenceAfter is how long a stream may send no audio (Genesys sends every 200 ms) before its
+// frames are filled with gap-filled silence in real time: a paused stream keeps its call alive
+// (the worker reaps a call without frames) the way a SIP call on hold does.
+const silenceAfter = time.Second
+
+// idle fills silence in real time once the stream has sent nothing for silenceAfter; audio that
+// comes after it (resumed, at the position the pause began) is placed after the fill.
+func (in *mediaIn) idle(now time.Time) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, c := range in.cutters {
+		c.Idle(now)
+	}
+}
+
 // push feeds one binary message that arrived at now.
 func (in *mediaIn) push(now time.Time, b []byte) error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	n := len(in.cutters)
 	stride := n * in.bps
 	if len(b)%stride != 0 {
@@ -98,6 +118,8 @@ func (in *mediaIn) after(n int) time.Duration {
 // discard moves the stream position to the end of a discarded span; the next audio is placed
 // after it.
 func (in *mediaIn) discard(to int64) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	if to > in.pos {
 		in.pos = to
 	}
@@ -105,6 +127,8 @@ func (in *mediaIn) discard(to int64) {
 
 // finish flushes the partial last frame of every leg.
 func (in *mediaIn) finish() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	for _, c := range in.cutters {
 		c.Finish()
 	}
@@ -112,6 +136,8 @@ func (in *mediaIn) finish() {
 
 // stats sums what the cutters did.
 func (in *mediaIn) stats() (filled, jumps uint64) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	for _, c := range in.cutters {
 		filled += c.Stats.FramesFilled
 		jumps += c.Stats.Jumps

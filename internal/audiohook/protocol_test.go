@@ -378,3 +378,47 @@ func TestL16Mono(t *testing.T) {
 		t.Fatalf("legs %v, %d bytes (want %d, identical)", legs, len(got), len(pcm))
 	}
 }
+
+// TestPauseKeepsCallAlive: a stream paused longer than the worker's idle timeout keeps its call:
+// from a second after the last audio its frames are gap-filled silence in real time, and the audio
+// after resumed (at the position the pause began) follows them, intact.
+func TestPauseKeepsCallAlive(t *testing.T) {
+	e := startEnv(t, testConfig(t), envOpts{workers: 1, idle: 1500 * time.Millisecond})
+	c, err := e.dial(t, signOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.mustOpen()
+	ext, in := tone(6400, 0.3, 700), tone(6400, 0.3, 300)
+	c.audio(interleave(ext[:3200], in[:3200])) // 0.4 s
+	c.sendMsg("paused", map[string]any{}, 400*time.Millisecond)
+	time.Sleep(3 * time.Second)
+	c.sendMsg("resumed", map[string]any{"start": "PT0.4S", "discarded": "PT3S"}, 400*time.Millisecond)
+	c.audio(interleave(ext[3200:], in[3200:]))
+	c.closeSession(800 * time.Millisecond)
+	call := callFor(c.id)
+	eventually(t, 10*time.Second, "the worker to stop the call", func() bool { _, ok := processed.stopped(call); return ok })
+	if r, _ := processed.stopped(call); r != "end" {
+		t.Fatalf("the worker stopped the call: %s, want end", r)
+	}
+	var fs []gotFrame
+	for _, f := range processed.frames(call) {
+		if f.h.Leg == 0 && !f.h.Has(frame.FlagLast) {
+			fs = append(fs, f)
+		}
+	}
+	filled := len(fs) - 40
+	if filled < 75 || filled > 150 {
+		t.Fatalf("%d frames filled during a 3 s pause, want about 100 (3 s less the 1 s before filling starts)", filled)
+	}
+	for i, f := range fs {
+		src := i
+		if i >= 20 {
+			src = i - filled
+		}
+		gap := i >= 20 && i < 20+filled
+		if f.h.Has(frame.FlagGapFilled) != gap || f.h.Seq != uint32(i) || !gap && !bytes.Equal(f.payload, ext[src*160:][:160]) {
+			t.Fatalf("frame %d: seq %d gap-filled %v (want %v) or audio differs", i, f.h.Seq, f.h.Has(frame.FlagGapFilled), gap)
+		}
+	}
+}

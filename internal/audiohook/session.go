@@ -48,6 +48,7 @@ const (
 	reasonTooFast       = "too_fast"          // audio ran ahead of the wall clock
 	reasonUnsupported   = "no_supported_media"
 	writeTimeout        = 5 * time.Second
+	idleTick            = 100 * time.Millisecond // how often a silent stream's frames are filled
 	eventQueue          = 64
 	nullUUID            = "00000000-0000-0000-0000-000000000000"
 	maxEventKinds       = 16
@@ -132,7 +133,7 @@ func (sess *session) run() {
 func (sess *session) watch() {
 	var callDone <-chan struct{}
 	var events chan []byte
-	var closeBy <-chan time.Time
+	var closeBy, tick <-chan time.Time
 	stop, opened, disc := sess.s.stop, sess.opened, sess.disconnect
 	for {
 		select {
@@ -145,7 +146,12 @@ func (sess *session) watch() {
 			opened, events = nil, sess.events
 			if sess.call != nil {
 				callDone = sess.call.Done()
+				t := time.NewTicker(idleTick)
+				defer t.Stop()
+				tick = t.C
 			}
+		case now := <-tick:
+			sess.in.idle(now)
 		case b := <-events:
 			if err := sess.send("event", json.RawMessage(b), sess.clientSeq.Load()); err != nil {
 				sess.s.m.events.WithLabelValues("dropped").Inc()
