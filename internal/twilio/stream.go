@@ -10,6 +10,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
@@ -22,6 +23,14 @@ import (
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
+)
+
+// Twilio sends a chunk every 20 ms while the call lasts; a track silent for silenceAfter gets
+// gap-filled silence in real time, and chunks waiting for earlier ones are released after the
+// reorder window even when nothing follows them (the watcher calls the cutters' Idle every idleTick).
+const (
+	silenceAfter = time.Second
+	idleTick     = 50 * time.Millisecond
 )
 
 // maxMessage bounds one text message (a 20 ms media message is about 350 bytes; start carries
@@ -118,6 +127,7 @@ type stream struct {
 	cutters []*timeline.Cutter
 	started time.Time
 	placed  chan struct{} // closed once call is set
+	mu      sync.Mutex    // the cutters: the reader pushes, the watcher releases and fills (Idle)
 	buf     bytes.Buffer
 	payload []byte
 }
@@ -133,12 +143,22 @@ func (st *stream) run() {
 		defer guard.Recover("twilio_watch", log, nil)
 		placed := st.placed
 		var callDone <-chan struct{}
+		var tick <-chan time.Time
 		for {
 			select {
 			case <-done:
 				return
 			case <-placed:
 				placed, callDone = nil, st.call.Done()
+				t := time.NewTicker(idleTick)
+				defer t.Stop()
+				tick = t.C
+			case now := <-tick:
+				st.mu.Lock()
+				for _, c := range st.cutters {
+					c.Idle(now)
+				}
+				st.mu.Unlock()
 			case <-callDone:
 				_ = st.conn.Close(websocket.StatusNormalClosure, "call ended")
 				return
@@ -157,6 +177,7 @@ func (st *stream) run() {
 		}
 		st.call.End(reason)
 	}
+
 	_ = st.conn.Close(websocket.StatusNormalClosure, "")
 	st.s.m.ended.WithLabelValues(reason).Inc()
 	st.log.Info().Str("reason", reason).Msg("twilio stream ended")
@@ -319,7 +340,7 @@ func (st *stream) onStart(sid string, p *startMsg) error {
 	for i := range spec.Legs {
 		leg := i
 		st.cutters = append(st.cutters, timeline.New(timeline.Config{Clock: 8000, Window: st.s.cfg.ReorderWindow, MaxFill: timeline.MaxFill,
-			Silence: 0xff, Emit: func(p []byte, gap bool) { st.emit(leg, p, gap) }}))
+			SilenceAfter: silenceAfter, Silence: 0xff, Emit: func(p []byte, gap bool) { st.emit(leg, p, gap) }}))
 	}
 	st.call = c
 	close(st.placed)
@@ -361,7 +382,9 @@ func (st *stream) onMedia(m *mediaMsg) error {
 		return protocolErr("media: payload is not base64 audio")
 	}
 	st.s.m.media.WithLabelValues("ok").Inc()
+	st.mu.Lock()
 	st.cutters[leg].Push(now, uint16(chunk), uint32(ms*8), 0, false, st.payload[:n])
+	st.mu.Unlock()
 	return nil
 }
 
@@ -386,7 +409,9 @@ func (st *stream) onDTMF(d *dtmfMsg) {
 		return
 	}
 	st.s.m.dtmf.Inc()
+	st.mu.Lock()
 	pos := uint64(st.cutters[leg].Pos())
+	st.mu.Unlock()
 	st.publish("dtmf", dtmfData{Digit: d.Digit, Leg: tracks[track], LegIndex: leg, MediaTS: pos, Seq: pos / 160, Rate: 8000, Via: "twilio"})
 }
 

@@ -107,6 +107,9 @@ func startEnv(t testing.TB, place time.Duration) *env {
 	cfg := DefaultConfig()
 	cfg.Tokens = map[string]string{tokenAcme: "acme"}
 	cfg.DrainTimeout = time.Second
+	// The tests send faster than real time, swapped pairs back to back: a window generous enough
+	// that a stalled (loaded, -race) test process never releases half a pair.
+	cfg.ReorderWindow = 500 * time.Millisecond
 	srv, err := New(cfg, Deps{Log: log, Registry: s.Registry()})
 	if err != nil {
 		t.Fatal(err)
@@ -232,7 +235,7 @@ func TestMediaStream(t *testing.T) {
 	c := dial(t, e.url)
 	c.start(tokenAcme, "inbound", "outbound")
 	in, out := tone(50*160, 440), tone(50*160, 300)
-	order := []int{1} // the first chunk anchors the track's timeline
+	order := []int{1}            // the first chunk anchors the track's timeline
 	for k := 2; k < 40; k += 2 { // then pairs swapped: 3,2,5,4,…,39,38
 		order = append(order, k+1, k)
 	}
