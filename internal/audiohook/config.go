@@ -32,6 +32,11 @@ type Config struct {
 	// of one tenant; past either the upgrade gets 503 with Retry-After.
 	MaxSessions          int
 	MaxSessionsPerTenant int
+	// UpgradeRate bounds upgrade requests per second from one source address (a token bucket of
+	// UpgradeBurst), checked before the signature; past it 429. 0 disables it. Genesys connects
+	// from few addresses, and behind a proxy every client shares one: size it for the busiest.
+	UpgradeRate  float64
+	UpgradeBurst int
 	// RetryAfter is the Retry-After of a 503 when this node refuses a session.
 	RetryAfter time.Duration
 	// SignatureMaxAge is how old a signature's "created" may be, ClockSkew how far in the future.
@@ -64,6 +69,8 @@ func DefaultConfig() Config {
 		MaxSessions:          1000,
 		MaxSessionsPerTenant: 500,
 		RetryAfter:           5 * time.Second,
+		UpgradeRate:          50,
+		UpgradeBurst:         200,
 		SignatureMaxAge:      10 * time.Second,
 		ClockSkew:            3 * time.Second,
 		FailDelay:            500 * time.Millisecond,
@@ -99,6 +106,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ClockSkew < 0 || c.FailDelay < 0 || c.DrainTimeout < 0 || c.RetryAfter < time.Second {
 		errs = append(errs, errors.New("audiohook: clock skew, fail delay and drain timeout must not be negative, retry-after at least 1s"))
+	}
+	if c.UpgradeRate < 0 || c.UpgradeBurst < 1 {
+		errs = append(errs, errors.New("audiohook: -audiohook-upgrade-rate must not be negative and -audiohook-upgrade-burst at least 1"))
 	}
 	if c.MaxBinary < 320 || c.MaxBinary > 1<<20 {
 		errs = append(errs, fmt.Errorf("audiohook: -audiohook-max-binary %d must be 320 bytes to 1 MiB", c.MaxBinary))

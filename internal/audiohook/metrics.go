@@ -17,7 +17,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_audiohook_sessions",
 			Help: "AudioHook sessions holding a slot (open or running)."}),
 		upgrades: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_audiohook_upgrades_total",
-			Help: "AudioHook WebSocket upgrade requests by result (ok, unauthorized, bad_request, unavailable)."}, []string{"result"}),
+			Help: "AudioHook WebSocket upgrade requests by result (ok, unauthorized, bad_request, unavailable, rate_limited)."}, []string{"result"}),
 		ended: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_audiohook_sessions_ended_total",
 			Help: "AudioHook sessions ended, by reason."}, []string{"reason"}),
 		discarded: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_audiohook_discarded_seconds_total",

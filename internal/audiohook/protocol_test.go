@@ -422,3 +422,20 @@ func TestPauseKeepsCallAlive(t *testing.T) {
 		}
 	}
 }
+
+// TestUpgradeRate: past its burst, one address gets 429 with Retry-After before its signature is
+// even checked.
+func TestUpgradeRate(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.UpgradeRate, cfg.UpgradeBurst = 0.01, 2
+	e := startEnv(t, cfg, envOpts{workers: 1})
+	for i := 0; i < 2; i++ {
+		if _, err := e.dial(t, signOpts{}); err != nil {
+			t.Fatalf("upgrade %d: %v", i, err)
+		}
+	}
+	c, err := e.dial(t, signOpts{})
+	if err == nil || c.resp == nil || c.resp.StatusCode != http.StatusTooManyRequests || c.resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("third upgrade: %v %+v, want 429 with Retry-After", err, c.resp)
+	}
+}

@@ -13,11 +13,13 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +38,7 @@ type Server struct {
 	log  zerolog.Logger
 	m    *metrics
 	auth *authenticator
+	rate *guard.SourceRate
 
 	node    atomic.Pointer[ingest.Node]
 	ready   chan struct{}
@@ -63,7 +66,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if d.Registry == nil {
 		d.Registry = prometheus.NewRegistry()
 	}
-	return &Server{cfg: cfg, log: d.Log.With().Str("source", "audiohook").Logger(), m: newMetrics(d.Registry), auth: newAuthenticator(&cfg),
+	return &Server{cfg: cfg, log: d.Log.With().Str("source", "audiohook").Logger(), m: newMetrics(d.Registry), auth: newAuthenticator(&cfg), rate: guard.NewSourceRate(cfg.UpgradeRate, cfg.UpgradeBurst),
 		ready: make(chan struct{}), stop: make(chan struct{}), perTenant: map[string]int{}, now: time.Now}, nil
 }
 
@@ -153,6 +156,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusMethodNotAllowed, "bad_request", "AudioHook: WebSocket upgrade (GET) only")
 		return
 	}
+	if !s.rate.Allow(remoteIP(r.RemoteAddr), start) {
+		w.Header().Set("Retry-After", "1")
+		s.m.upgrades.WithLabelValues("rate_limited").Inc()
+		http.Error(w, "AudioHook: too many requests from this address", http.StatusTooManyRequests)
+		return
+	}
 	id, org := r.Header.Get(hdrSession), r.Header.Get(hdrOrg)
 	if id == "" || len(id) > 128 || org == "" || len(org) > 128 {
 		s.refuse(w, http.StatusBadRequest, "bad_request", "Audiohook-Session-Id and Audiohook-Organization-Id are required")
@@ -198,4 +207,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	conn.SetReadLimit(int64(max(s.cfg.MaxBinary, maxText)) + 1)
 	sess := newSession(s, n, conn, tenant, id, org, r.Header.Get(hdrCorrelation))
 	sess.run()
+}
+
+func remoteIP(remote string) netip.Addr {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr()
 }

@@ -30,6 +30,12 @@ type Config struct {
 	MaxSessions          int
 	MaxSessionsPerTenant int
 	RetryAfter           time.Duration
+	// UpgradeRate bounds upgrade requests per second from one source address (a token bucket of
+	// UpgradeBurst); past it 429. 0 disables it. The upgrade carries no credential (the token
+	// comes in start), so this and MaxSessions with StartTimeout bound what an unknown peer can
+	// hold. Twilio connects from few addresses: size it for the busiest account.
+	UpgradeRate  float64
+	UpgradeBurst int
 	// StartTimeout bounds the wait for "start" after the upgrade; IdleTimeout ends a stream that
 	// sends nothing for that long.
 	StartTimeout time.Duration
@@ -52,6 +58,8 @@ func DefaultConfig() Config {
 		MaxSessions:          1000,
 		MaxSessionsPerTenant: 500,
 		RetryAfter:           5 * time.Second,
+		UpgradeRate:          50,
+		UpgradeBurst:         200,
 		StartTimeout:         5 * time.Second,
 		IdleTimeout:          30 * time.Second,
 		ReorderWindow:        60 * time.Millisecond,
@@ -82,6 +90,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReorderWindow < 0 || c.ReorderWindow > timeline.MaxWindow {
 		errs = append(errs, fmt.Errorf("twilio: -twilio-reorder-window %v must be 0-%v", c.ReorderWindow, timeline.MaxWindow))
+	}
+	if c.UpgradeRate < 0 || c.UpgradeBurst < 1 {
+		errs = append(errs, errors.New("twilio: -twilio-upgrade-rate must not be negative and -twilio-upgrade-burst at least 1"))
 	}
 	if c.DrainTimeout < 0 || c.RetryAfter < time.Second {
 		errs = append(errs, errors.New("twilio: the drain timeout must not be negative, -twilio-retry-after at least 1s"))

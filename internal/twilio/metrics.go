@@ -16,7 +16,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_twilio_streams",
 			Help: "Twilio media streams holding a slot."}),
 		upgrades: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_twilio_upgrades_total",
-			Help: "Twilio WebSocket upgrade requests by result (ok, bad_request, unavailable)."}, []string{"result"}),
+			Help: "Twilio WebSocket upgrade requests by result (ok, bad_request, unavailable, rate_limited)."}, []string{"result"}),
 		ended: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_twilio_streams_ended_total",
 			Help: "Twilio media streams ended, by reason."}, []string{"reason"}),
 		media: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_twilio_media_total",

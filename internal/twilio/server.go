@@ -12,11 +12,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +37,7 @@ type Server struct {
 	log    zerolog.Logger
 	m      *metrics
 	tokens map[[sha256.Size]byte]string
+	rate   *guard.SourceRate
 
 	node    atomic.Pointer[ingest.Node]
 	ready   chan struct{}
@@ -61,7 +64,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		d.Registry = prometheus.NewRegistry()
 	}
 	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "twilio").Logger(), m: newMetrics(d.Registry),
-		tokens: map[[sha256.Size]byte]string{}, ready: make(chan struct{}), stop: make(chan struct{}), perTenant: map[string]int{}}
+		tokens: map[[sha256.Size]byte]string{}, rate: guard.NewSourceRate(cfg.UpgradeRate, cfg.UpgradeBurst), ready: make(chan struct{}), stop: make(chan struct{}), perTenant: map[string]int{}}
 	for tok, tenant := range cfg.Tokens {
 		s.tokens[sha256.Sum256([]byte(tok))] = tenant
 	}
@@ -159,6 +162,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", http.MethodGet)
 		s.m.upgrades.WithLabelValues("bad_request").Inc()
 		http.Error(w, "Media Streams: WebSocket upgrade (GET) only", http.StatusMethodNotAllowed)
+		return
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil && !s.rate.Allow(ap.Addr(), time.Now()) {
+		s.m.upgrades.WithLabelValues("rate_limited").Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "Media Streams: too many requests from this address", http.StatusTooManyRequests)
 		return
 	}
 	n := s.node.Load()

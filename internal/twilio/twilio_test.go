@@ -87,7 +87,7 @@ type env struct {
 	stop  func() error
 }
 
-func startEnv(t testing.TB, place time.Duration) *env {
+func startEnv(t testing.TB, place time.Duration, tune ...func(*Config)) *env {
 	t.Helper()
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", "twiliotest"}
@@ -110,6 +110,9 @@ func startEnv(t testing.TB, place time.Duration) *env {
 	// The tests send faster than real time, swapped pairs back to back: a window generous enough
 	// that a stalled (loaded, -race) test process never releases half a pair.
 	cfg.ReorderWindow = 500 * time.Millisecond
+	for _, f := range tune {
+		f(&cfg)
+	}
 	srv, err := New(cfg, Deps{Log: log, Registry: s.Registry()})
 	if err != nil {
 		t.Fatal(err)
@@ -361,4 +364,18 @@ func TestDrain(t *testing.T) {
 		t.Fatal("Run did not return")
 	}
 	eventually(t, 5*time.Second, "the call ended", func() bool { return len(e.stack.Ingest.Calls()) == 0 })
+}
+
+// TestUpgradeRate: the upgrade carries no credential, so one address is bounded before anything
+// else: past its burst it gets 429 with Retry-After.
+func TestUpgradeRate(t *testing.T) {
+	e := startEnv(t, 0, func(c *Config) { c.UpgradeRate, c.UpgradeBurst = 0.01, 2 })
+	dial(t, e.url)
+	dial(t, e.url)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, resp, err := websocket.Dial(ctx, e.url, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("third upgrade: %v %+v, want 429", err, resp)
+	}
 }
