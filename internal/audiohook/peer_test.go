@@ -3,6 +3,7 @@ package audiohook
 import (
 	"bytes"
 	"context"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,5 +112,54 @@ func TestReferenceClientPasses(t *testing.T) {
 	}
 	if ds != "159" {
 		t.Fatalf("digits in the client's event messages %q, want 159:\n%s", ds, log)
+	}
+}
+
+// TestReferenceClientMonoSessions runs two concurrent reference-client sessions of a mono 16-bit
+// PCM WAV (which it transcodes to PCMU and offers as [external] or [internal]): both PASS, each
+// on its own call with one leg, caller, carrying the audio.
+func TestReferenceClientMonoSessions(t *testing.T) {
+	script := needPeer(t)
+	e := startEnv(t, testConfig(t), envOpts{workers: 1})
+	pcm := make([]byte, 2*16000) // 2 s
+	for i := 0; i < len(pcm)/2; i++ {
+		v := int16(6000 * math.Sin(2*math.Pi*500*float64(i)/8000))
+		pcm[2*i], pcm[2*i+1] = byte(v), byte(uint16(v)>>8)
+	}
+	path := filepath.Join(t.TempDir(), "mono.wav")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wav.Write(f, wav.FormatPCM, 8000, 16, [][]byte{pcm}); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+	out, log, err := runPeer(t, script, e.url, path, "2", "AH_SESSION_COUNT=2")
+	if err != nil || !strings.Contains(out, "RESULT: PASS") {
+		t.Fatalf("reference client: %v\n%s\n--- client log ---\n%s", err, out, log)
+	}
+	ids := map[string]bool{}
+	for _, m := range regexp.MustCompile(`SessionId: ([0-9a-f-]{36})`).FindAllStringSubmatch(log, -1) {
+		ids[m[1]] = true
+	}
+	if len(ids) != 2 {
+		t.Fatalf("%d sessions in the client log, want 2", len(ids))
+	}
+	for id := range ids {
+		call := callFor(id)
+		eventually(t, 10*time.Second, "the worker to stop "+call, func() bool { _, ok := processed.stopped(call); return ok })
+		processed.mu.Lock()
+		legs := processed.specs[call]
+		processed.mu.Unlock()
+		n := 0
+		for _, fr := range processed.frames(call) {
+			if !fr.h.Has(frame.FlagLast) && !fr.h.Has(frame.FlagGapFilled) {
+				n++
+			}
+		}
+		if strings.Join(legs, ",") != "caller" || n != 100 {
+			t.Fatalf("call %s: legs %v, %d audio frames, want caller and 100", call, legs, n)
+		}
 	}
 }
