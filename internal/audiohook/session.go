@@ -153,6 +153,10 @@ func (sess *session) watch() {
 		case now := <-tick:
 			sess.in.idle(now)
 		case b := <-events:
+			if st := sess.getState(); st == stClosed || st == stDisconnecting {
+				sess.s.m.events.WithLabelValues("dropped").Inc() // nothing after closed or disconnect
+				continue
+			}
 			if err := sess.send("event", json.RawMessage(b), sess.clientSeq.Load()); err != nil {
 				sess.s.m.events.WithLabelValues("dropped").Inc()
 			} else {
