@@ -37,6 +37,7 @@ type mediaIn struct {
 	seq     uint16
 	pos     int64 // stream position in samples per channel
 	start   time.Time
+	done    bool // finished: nothing more is cut or filled
 }
 
 func newMediaIn(m media, start time.Time, emit func(leg int, payload []byte, gap bool)) *mediaIn {
@@ -73,6 +74,9 @@ const silenceAfter = time.Second
 func (in *mediaIn) idle(now time.Time) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	if in.done {
+		return
+	}
 	for _, c := range in.cutters {
 		c.Idle(now)
 	}
@@ -82,6 +86,9 @@ func (in *mediaIn) idle(now time.Time) {
 func (in *mediaIn) push(now time.Time, b []byte) error {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	if in.done {
+		return nil
+	}
 	n := len(in.cutters)
 	stride := n * in.bps
 	if len(b)%stride != 0 {
@@ -129,6 +136,10 @@ func (in *mediaIn) discard(to int64) {
 func (in *mediaIn) finish() {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	if in.done {
+		return
+	}
+	in.done = true
 	for _, c := range in.cutters {
 		c.Finish()
 	}
