@@ -500,7 +500,11 @@ func (sess *session) place(p openParams, sel media, cc customConfig) error {
 			sess.sub = sub
 		}
 	}
-	c, err := sess.n.StartCall(context.Background(), spec)
+	// The client gives up on "opened" after its open timeout (5 s for Genesys): placing takes no
+	// longer than ours.
+	ctx, cancel := context.WithTimeout(context.Background(), sess.s.cfg.OpenTimeout)
+	defer cancel()
+	c, err := sess.n.StartCall(ctx, spec)
 	if err != nil {
 		info := "placement failed: " + err.Error()
 		if after, ok := ingest.RetryAfter(err); ok {
