@@ -134,6 +134,7 @@ type envOpts struct {
 	processors []string
 	place      time.Duration // ingest place timeout (0: default)
 	idle       time.Duration // worker idle timeout (0: default)
+	capacity   int           // worker capacity (0: default)
 }
 
 func startEnv(t testing.TB, cfg Config, o envOpts) *env {
@@ -144,6 +145,9 @@ func startEnv(t testing.TB, cfg Config, o envOpts) *env {
 	wc.MaxFrameAge = time.Minute
 	if o.idle > 0 {
 		wc.IdleTimeout = o.idle
+	}
+	if o.capacity > 0 {
+		wc.Capacity = o.capacity
 	}
 	ic := ingest.DefaultConfig()
 	if o.place > 0 {

@@ -56,8 +56,11 @@ func loadSession(ctx context.Context, wsURL string) (*websocket.Conn, string, er
 	if err := conn.Write(ctx, websocket.MessageText, open); err != nil {
 		return nil, "", err
 	}
-	if _, b, err := conn.Read(ctx); err != nil || !json.Valid(b) {
-		return nil, "", fmt.Errorf("no opened: %v", err)
+	var m struct {
+		Type string `json:"type"`
+	}
+	if _, b, err := conn.Read(ctx); err != nil || json.Unmarshal(b, &m) != nil || m.Type != "opened" {
+		return nil, "", fmt.Errorf("no opened (%s): %v", m.Type, err)
 	}
 	return conn, id, nil
 }
@@ -140,8 +143,9 @@ func TestLoadCPUPerCall(t *testing.T) {
 	}
 	const seconds, window = 25, 10 * time.Second
 	cfg := testConfig(t)
+	cfg.UpgradeRate = 0 // every session comes from one address
 	base := func() time.Duration {
-		e := startEnv(t, cfg, envOpts{workers: 1})
+		e := startEnv(t, cfg, envOpts{workers: 1, capacity: 2 * calls})
 		rec := &filesrc.Recording{Codec: frame.CodecPCMU, Rate: 8000, Frames: [][][]byte{splitFrames(tone(8000, 0.3, 700)), splitFrames(tone(8000, 0.3, 300))}}
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
@@ -162,7 +166,7 @@ func TestLoadCPUPerCall(t *testing.T) {
 		return cpu
 	}()
 
-	e := startEnv(t, cfg, envOpts{workers: 1})
+	e := startEnv(t, cfg, envOpts{workers: 1, capacity: 2 * calls})
 	self, _ := os.Executable()
 	cmd := exec.Command(self, "-test.run=^$")
 	cmd.Env = append(os.Environ(), envLoadURL+"="+e.url, envLoadCalls+"="+strconv.Itoa(calls), envLoadSeconds+"="+strconv.Itoa(seconds))
