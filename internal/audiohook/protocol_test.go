@@ -439,3 +439,25 @@ func TestUpgradeRate(t *testing.T) {
 		t.Fatalf("third upgrade: %v %+v, want 429 with Retry-After", err, c.resp)
 	}
 }
+
+// TestConnectionProbe: Genesys's connection probe (null conversationId) is opened and closed, and
+// places no call.
+func TestConnectionProbe(t *testing.T) {
+	e := startEnv(t, testConfig(t), envOpts{workers: 1})
+	c, err := e.dial(t, signOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.sendMsg("open", map[string]any{"organizationId": c.org, "conversationId": nullUUID,
+		"participant": map[string]any{"id": nullUUID, "ani": "", "aniName": "", "dnis": ""}, "media": []any{stereoPCMU}}, 0)
+	c.expect("opened", 1)
+	c.audio(bytes.Repeat([]byte{0xff}, 3200))
+	if n := len(e.stack.Ingest.Calls()); n != 0 {
+		t.Fatalf("%d calls for a probe", n)
+	}
+	c.closeSession(200 * time.Millisecond)
+	eventually(t, 5*time.Second, "the slot released", func() bool { return e.srv.Sessions() == 0 })
+	if _, ok := processed.stopped(callFor(c.id)); ok || len(processed.frames(callFor(c.id))) > 0 {
+		t.Fatal("the probe reached a worker")
+	}
+}
