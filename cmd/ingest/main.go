@@ -123,7 +123,7 @@ type service struct {
 	log  zerolog.Logger
 	whip *whip.Server // nil with -whip=false
 	sip  *sip.Server  // nil without -sip-listen
-	st   *streams     // WebSocket stream sources (AudioHook)
+	st   *streams     // WebSocket stream sources (AudioHook, Twilio Media Streams)
 }
 
 // Mount serves WHIP and the call page on the -http server.
