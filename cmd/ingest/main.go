@@ -7,6 +7,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -48,6 +49,7 @@ func run(args []string) int {
 	wcfg, whipOn := WHIPFlags(fs)
 	lcfg := WHIPListenFlags(fs)
 	scfg, sipListen := SIPFlags(fs)
+	st := StreamFlags(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
 		return 2
@@ -82,6 +84,10 @@ func run(args []string) int {
 			return 2
 		}
 	}
+	if err := st.Validate(cfg.DrainTimeout); err != nil {
+		fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
+		return 2
+	}
 	var rec *filesrc.Recording
 	if p.path != "" {
 		var err error
@@ -99,7 +105,10 @@ func run(args []string) int {
 		if err != nil {
 			return nil, err
 		}
-		svc := &service{n: n, rec: rec, p: p, log: log, listen: *lcfg}
+		svc := &service{n: n, rec: rec, p: p, log: log, listen: *lcfg, st: st}
+		if err := st.Build(log, reg); err != nil {
+			return nil, err
+		}
 		if *whipOn {
 			if svc.whip, err = whip.New(*wcfg, whip.Deps{Log: log, Registry: reg}); err != nil {
 				return nil, err
@@ -123,6 +132,7 @@ type service struct {
 	whip   *whip.Server // nil with -whip=false
 	listen whip.ListenConfig
 	sip    *sip.Server // nil without -sip-listen
+	st     *streams    // WebSocket stream sources (AudioHook, Twilio Media Streams), on the public listener
 }
 
 func (s *service) Run(ctx context.Context) error {
@@ -151,26 +161,37 @@ func (s *service) Run(ctx context.Context) error {
 			}()
 		}
 	}
-	if s.whip != nil {
-		// WHIP and the call page on their own public listener (-whip-listen), never the -http
-		// one with /metrics. It is bound once NATS is up: before, the node takes no calls.
-		pub, err := whip.ListenPublic(s.listen, s.whip.PublicHandler(), s.log)
+	if s.whip != nil || s.st.Enabled() {
+		// WHIP, the call page and the WebSocket streams on their own public listener
+		// (-whip-listen), never the -http one with /metrics. It is bound once NATS is up:
+		// before, the node takes no calls.
+		mux := http.NewServeMux()
+		if s.whip != nil {
+			mux.Handle("/", s.whip.PublicHandler())
+		}
+		s.st.Mount(mux)
+		pub, err := whip.ListenPublic(s.listen, mux, s.log)
 		if err != nil {
 			return err
 		}
-		// The listener outlives ctx until the endpoint has drained: a page keeps its session
-		// URL (DELETE, events) while its call ends.
+		// The listener outlives ctx until the WHIP endpoint has drained: a page keeps its
+		// session URL (DELETE, events) while its call ends. WebSocket sessions are hijacked
+		// connections: closing the listener ends none of them.
 		pubCtx, pubStop := context.WithCancel(context.Background())
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
 			if err := pub.Run(pubCtx); err != nil {
-				s.log.Error().Err(err).Msg("WHIP listener stopped")
+				s.log.Error().Err(err).Msg("public listener stopped")
 			}
 		}()
 		go func() {
 			defer wg.Done()
 			defer pubStop()
+			if s.whip == nil {
+				<-ctx.Done()
+				return
+			}
 			if err := s.whip.Run(ctx, s.n); err != nil {
 				s.log.Error().Err(err).Msg("WHIP endpoint stopped")
 			}
@@ -185,6 +206,7 @@ func (s *service) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	s.st.Start(ctx, s.n, &wg, s.log)
 	err := s.n.Run(ctx)
 	wg.Wait()
 	return err

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -74,10 +75,19 @@ func TestWHIPOnItsOwnListener(t *testing.T) {
 	}
 	defer ns.Close()
 	private, public := freePort(t), freePort(t)
+	dir := t.TempDir()
+	ahKeys, twTokens := filepath.Join(dir, "audiohook"), filepath.Join(dir, "twilio")
+	if err := os.WriteFile(ahKeys, []byte("demo key-0123456789abcdef c2VjcmV0LXNlY3JldC1zZWNyZXQ=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(twTokens, []byte("demo token-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan int, 1)
 	go func() {
 		done <- run([]string{"-id", "ing-test", "-nats", ns.URL(), "-http", private, "-whip-listen", public,
-			"-whip-udp", "127.0.0.1:0", "-whip-open-tenant", "demo", "-log-level", "error"})
+			"-whip-udp", "127.0.0.1:0", "-whip-open-tenant", "demo", "-log-level", "error",
+			"-audiohook-key-file", ahKeys, "-twilio-token-file", twTokens})
 	}()
 	status := func(url string) int {
 		res, err := http.Get(url)
@@ -105,9 +115,16 @@ func TestWHIPOnItsOwnListener(t *testing.T) {
 			t.Errorf("-http %s: %d, want 200", p, code)
 		}
 	}
-	for _, p := range []string{"/call/", "/whip"} {
+	for _, p := range []string{"/call/", "/whip", "/api/v1/audiohook/ws", "/twilio/media"} {
 		if code := status("http://" + private + p); code != http.StatusNotFound {
 			t.Errorf("-http %s: %d, want 404", p, code)
+		}
+	}
+	// The WebSocket streams share the public listener: a plain GET is refused by their handlers
+	// (no upgrade, no signature), not left unrouted.
+	for _, p := range []string{"/api/v1/audiohook/ws", "/twilio/media"} {
+		if code := status("http://" + public + p); code == 0 || code == http.StatusNotFound {
+			t.Errorf("-whip-listen %s: %d, want the stream's own refusal", p, code)
 		}
 	}
 	// cli.Main has its SIGTERM handler in place: it runs, and serves.

@@ -1,0 +1,218 @@
+// Package audiohook is callrouter's Genesys Cloud AudioHook ingest (protocol v2): a WebSocket
+// server that ingest mounts on its public HTTP side. The upgrade is authenticated by X-API-KEY and
+// an HTTP message signature (RFC 9421, hmac-sha256 with the key's base64-decoded client secret);
+// each key belongs to a tenant. The client's "open" places a call (external → leg caller,
+// internal → leg agent) and is answered by "opened" with at most one of the offered formats
+// (PCMU or L16 at 8 kHz); its binary audio, of any size, is re-cut into 20 ms frames on the
+// call's timeline by timeline.Cutter, with reported discards gap-filled. ping/pong, update,
+// discarded, paused/resumed, error and close → closed follow the protocol; call events the client
+// asks for (customConfig {"events":["dtmf"]}) come back as "event" messages.
+package audiohook
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/guard"
+	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Deps are the server's collaborators.
+type Deps struct {
+	Log      zerolog.Logger
+	Registry prometheus.Registerer
+}
+
+// Server is the AudioHook endpoint: an http.Handler (Mount it) and an ingest.Source (Run it).
+type Server struct {
+	cfg  Config
+	log  zerolog.Logger
+	m    *metrics
+	auth *authenticator
+	rate *guard.SourceRate
+
+	node    atomic.Pointer[ingest.Node]
+	ready   chan struct{}
+	stop    chan struct{} // closed when Run ends the sessions still up
+	started atomic.Bool
+
+	mu        sync.Mutex
+	draining  bool
+	closing   bool
+	active    int
+	perTenant map[string]int
+	wg        sync.WaitGroup
+
+	now func() time.Time // tests move the clock of signature checks
+}
+
+var _ ingest.Source = (*Server)(nil)
+
+// New validates cfg and builds a server; it does no I/O. Load a key file first with
+// cfg.LoadKeys.
+func New(cfg Config, d Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if d.Registry == nil {
+		d.Registry = prometheus.NewRegistry()
+	}
+	return &Server{cfg: cfg, log: d.Log.With().Str("source", "audiohook").Logger(), m: newMetrics(d.Registry), auth: newAuthenticator(&cfg), rate: guard.NewSourceRate(cfg.UpgradeRate, cfg.UpgradeBurst),
+		ready: make(chan struct{}), stop: make(chan struct{}), perTenant: map[string]int{}, now: time.Now}, nil
+}
+
+// Mount serves the endpoint at Config.Path on mux.
+func (s *Server) Mount(mux *http.ServeMux) { mux.Handle(s.cfg.Path, s) }
+
+// Ready is closed once Run takes sessions.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Sessions returns the sessions holding a slot.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active
+}
+
+// Run takes sessions into n until ctx ends. Then it drains: upgrades get 503 while the sessions
+// up have the drain timeout to close; the rest get "disconnect" (reason error, "server shutting
+// down"), and Run returns once every session has ended.
+func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("audiohook: Run called twice")
+	}
+	s.node.Store(n)
+	close(s.ready)
+	s.log.Info().Str("path", s.cfg.Path).Int("keys", len(s.cfg.Keys)).Msg("audiohook endpoint serving")
+	<-ctx.Done()
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+	if k := s.Sessions(); k > 0 && s.cfg.DrainTimeout > 0 {
+		s.log.Info().Int("sessions", k).Dur("timeout", s.cfg.DrainTimeout).Msg("audiohook draining")
+		deadline := time.Now().Add(s.cfg.DrainTimeout)
+		for s.Sessions() > 0 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	close(s.stop)
+	s.wg.Wait()
+	s.node.Store(nil)
+	return nil
+}
+
+// acquire takes a session slot for tenant and registers the session's goroutine with Run.
+func (s *Server) acquire(tenant string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining || s.closing || s.active >= s.cfg.MaxSessions ||
+		(s.cfg.MaxSessionsPerTenant > 0 && s.perTenant[tenant] >= s.cfg.MaxSessionsPerTenant) {
+		return false
+	}
+	s.active++
+	s.perTenant[tenant]++
+	s.wg.Add(1)
+	s.m.sessions.Set(float64(s.active))
+	return true
+}
+
+func (s *Server) release(tenant string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active--
+	if s.perTenant[tenant]--; s.perTenant[tenant] <= 0 {
+		delete(s.perTenant, tenant)
+	}
+	s.m.sessions.Set(float64(s.active))
+	s.wg.Done()
+}
+
+func (s *Server) refuse(w http.ResponseWriter, code int, result, msg string) {
+	s.m.upgrades.WithLabelValues(result).Inc()
+	if code == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.RetryAfter/time.Second)))
+	}
+	http.Error(w, msg, code)
+}
+
+// ServeHTTP authenticates an upgrade request, takes a slot, and runs the session on the
+// request's goroutine until it ends.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		s.refuse(w, http.StatusMethodNotAllowed, "bad_request", "AudioHook: WebSocket upgrade (GET) only")
+		return
+	}
+	if !s.rate.Allow(remoteIP(r.RemoteAddr), start) {
+		w.Header().Set("Retry-After", "1")
+		s.m.upgrades.WithLabelValues("rate_limited").Inc()
+		http.Error(w, "AudioHook: too many requests from this address", http.StatusTooManyRequests)
+		return
+	}
+	id, org := r.Header.Get(hdrSession), r.Header.Get(hdrOrg)
+	if id == "" || len(id) > 128 || org == "" || len(org) > 128 {
+		s.refuse(w, http.StatusBadRequest, "bad_request", "Audiohook-Session-Id and Audiohook-Organization-Id are required")
+		return
+	}
+	n := s.node.Load()
+	s.mu.Lock()
+	draining := s.draining || n == nil
+	s.mu.Unlock()
+	if draining {
+		s.refuse(w, http.StatusServiceUnavailable, "unavailable", "AudioHook: this node takes no new sessions")
+		return
+	}
+	tenant, err := s.auth.check(r, s.now())
+	if err != nil {
+		s.log.Info().Err(err).Str("remote", r.RemoteAddr).Str("session", id).Msg("audiohook upgrade refused")
+		// Every refusal takes at least FailDelay, so its timing tells nothing about the key.
+		t := time.NewTimer(s.cfg.FailDelay - time.Since(start))
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+		}
+		t.Stop()
+		s.refuse(w, http.StatusUnauthorized, "unauthorized", "AudioHook: unauthorized")
+		return
+	}
+	if !s.acquire(tenant) {
+		s.refuse(w, http.StatusServiceUnavailable, "unavailable", "AudioHook: too many sessions")
+		return
+	}
+	defer s.release(tenant)
+	// The HTTP server's read and write timeouts (obs.Limits) would cut the stream: lift them; the
+	// session bounds its own reads and writes.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		s.m.upgrades.WithLabelValues("bad_request").Inc()
+		return
+	}
+	s.m.upgrades.WithLabelValues("ok").Inc()
+	conn.SetReadLimit(int64(max(s.cfg.MaxBinary, maxText)) + 1)
+	sess := newSession(s, n, conn, tenant, id, org, r.Header.Get(hdrCorrelation))
+	sess.run()
+}
+
+func remoteIP(remote string) netip.Addr {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr()
+}

@@ -1,0 +1,194 @@
+// Package twilio is callrouter's Twilio Media Streams ingest: a WebSocket server that a TwiML
+// <Start><Stream> (unidirectional) or <Connect><Stream> (bidirectional) points at. Twilio sends
+// JSON text messages: connected, start (the call's tracks and custom parameters; the "token"
+// parameter names the tenant), media (base64 μ-law 8 kHz, 20 ms chunks, numbered and time-stamped
+// since the stream's start), dtmf, mark and stop. Tracks become legs (inbound → caller,
+// outbound → agent); media is put back in order by timestamp within a short window and cut into
+// 20 ms frames on the call's timeline by timeline.Cutter; digits become "dtmf" events.
+package twilio
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/guard"
+	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Deps are the server's collaborators.
+type Deps struct {
+	Log      zerolog.Logger
+	Registry prometheus.Registerer
+}
+
+// Server is the Media Streams endpoint: an http.Handler (Mount it) and an ingest.Source (Run it).
+type Server struct {
+	cfg    Config
+	log    zerolog.Logger
+	m      *metrics
+	tokens map[[sha256.Size]byte]string
+	rate   *guard.SourceRate
+
+	node    atomic.Pointer[ingest.Node]
+	ready   chan struct{}
+	stop    chan struct{}
+	started atomic.Bool
+
+	mu        sync.Mutex
+	draining  bool
+	closing   bool
+	active    int
+	perTenant map[string]int
+	wg        sync.WaitGroup
+}
+
+var _ ingest.Source = (*Server)(nil)
+
+// New validates cfg and builds a server; it does no I/O. Load a token file first with
+// cfg.LoadTokens.
+func New(cfg Config, d Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if d.Registry == nil {
+		d.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "twilio").Logger(), m: newMetrics(d.Registry),
+		tokens: map[[sha256.Size]byte]string{}, rate: guard.NewSourceRate(cfg.UpgradeRate, cfg.UpgradeBurst), ready: make(chan struct{}), stop: make(chan struct{}), perTenant: map[string]int{}}
+	for tok, tenant := range cfg.Tokens {
+		s.tokens[sha256.Sum256([]byte(tok))] = tenant
+	}
+	return s, nil
+}
+
+// Mount serves the endpoint at Config.Path on mux.
+func (s *Server) Mount(mux *http.ServeMux) { mux.Handle(s.cfg.Path, s) }
+
+// Ready is closed once Run takes streams.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Sessions returns the streams holding a slot.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active
+}
+
+// Run takes streams into n until ctx ends, then drains: upgrades get 503 while the streams up
+// have the drain timeout; the rest are closed (1001) and Run returns once every one has ended.
+func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("twilio: Run called twice")
+	}
+	s.node.Store(n)
+	close(s.ready)
+	s.log.Info().Str("path", s.cfg.Path).Int("tokens", len(s.tokens)).Msg("twilio media streams endpoint serving")
+	<-ctx.Done()
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+	if k := s.Sessions(); k > 0 && s.cfg.DrainTimeout > 0 {
+		s.log.Info().Int("streams", k).Dur("timeout", s.cfg.DrainTimeout).Msg("twilio draining")
+		deadline := time.Now().Add(s.cfg.DrainTimeout)
+		for s.Sessions() > 0 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	close(s.stop)
+	s.wg.Wait()
+	s.node.Store(nil)
+	return nil
+}
+
+// acquire takes a node slot (the tenant is known only at start; see tenantSlot).
+func (s *Server) acquire() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining || s.closing || s.active >= s.cfg.MaxSessions {
+		return false
+	}
+	s.active++
+	s.wg.Add(1)
+	s.m.sessions.Set(float64(s.active))
+	return true
+}
+
+// tenantSlot counts a started stream against its tenant; false past the tenant's bound.
+func (s *Server) tenantSlot(tenant string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cfg.MaxSessionsPerTenant > 0 && s.perTenant[tenant] >= s.cfg.MaxSessionsPerTenant {
+		return false
+	}
+	s.perTenant[tenant]++
+	return true
+}
+
+func (s *Server) release(tenant string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active--
+	if tenant != "" {
+		if s.perTenant[tenant]--; s.perTenant[tenant] <= 0 {
+			delete(s.perTenant, tenant)
+		}
+	}
+	s.m.sessions.Set(float64(s.active))
+	s.wg.Done()
+}
+
+// tenantOf returns the tenant of a token.
+func (s *Server) tenantOf(token string) (string, bool) {
+	t, ok := s.tokens[sha256.Sum256([]byte(token))]
+	return t, ok
+}
+
+// ServeHTTP takes a slot and runs the stream on the request's goroutine until it ends.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		s.m.upgrades.WithLabelValues("bad_request").Inc()
+		http.Error(w, "Media Streams: WebSocket upgrade (GET) only", http.StatusMethodNotAllowed)
+		return
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil && !s.rate.Allow(ap.Addr(), time.Now()) {
+		s.m.upgrades.WithLabelValues("rate_limited").Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "Media Streams: too many requests from this address", http.StatusTooManyRequests)
+		return
+	}
+	n := s.node.Load()
+	if n == nil || !s.acquire() {
+		s.m.upgrades.WithLabelValues("unavailable").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.RetryAfter/time.Second)))
+		http.Error(w, "Media Streams: this node takes no new streams", http.StatusServiceUnavailable)
+		return
+	}
+	st := &stream{s: s, n: n, log: s.log}
+	defer func() { s.release(st.tenant) }()
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		s.m.upgrades.WithLabelValues("bad_request").Inc()
+		return
+	}
+	s.m.upgrades.WithLabelValues("ok").Inc()
+	conn.SetReadLimit(maxMessage)
+	st.conn = conn
+	st.run()
+}
