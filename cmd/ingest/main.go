@@ -7,6 +7,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"sync"
@@ -72,7 +73,7 @@ func run(args []string) int {
 			fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
 			return 2
 		}
-		if lcfg.Addr == common.HTTP {
+		if _, port, _ := net.SplitHostPort(lcfg.Addr); lcfg.Addr == common.HTTP && port != "0" { // ":0" twice: two free ports
 			fmt.Fprintf(os.Stderr, "ingest: flags -whip-listen and -http: %q for both; /metrics must not share the public port\n", lcfg.Addr)
 			return 2
 		}
