@@ -60,8 +60,11 @@ type Config struct {
 	// as a person does; 0 races the hang-up against the last packets in flight.
 	HangupDelay time.Duration
 
-	Workers          int // in-process stack: workers in the pool
-	WorkerCapacity   int // in-process stack: calls per worker (0: enough for Calls, plus a margin)
+	Workers        int // in-process stack: workers in the pool
+	WorkerCapacity int // in-process stack: calls per worker (0: enough for Calls, plus a margin)
+	// Secure runs the in-process stack's NATS as in production: TLS, and every component (and
+	// the tester, for the baseline) signed in with its own least-privilege identity.
+	Secure           bool
 	Shards           int // pacer shards (0: one per CPU)
 	Tick             time.Duration
 	StartConcurrency int           // call setups in flight at once
@@ -139,6 +142,9 @@ func (c *Config) checkMode(p *problems) {
 	}
 	if c.Mode == ModeSIP && c.NATSURL != "" && c.SIP == "" {
 		p.add("nats: in SIP mode a remote stack also needs -sip host:port")
+	}
+	if c.Secure && c.NATSURL != "" {
+		p.add("secure: TLS and permissions are for the in-process stack; a remote one has its own")
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/callrouter/callrouter/loadtest/account"
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 )
 
@@ -23,6 +24,7 @@ type LocalConfig struct {
 	Legs           int    // the most legs of any call
 	Workers        int    // in-process workers
 	WorkerCapacity int    // calls per in-process worker (0: enough for Calls, plus a margin)
+	Secure         bool   // TLS and per-role NATS permissions, as in production (Config.Secure)
 	Log            zerolog.Logger
 	StackLog       zerolog.Logger // the in-process services' log
 }
@@ -37,7 +39,10 @@ type Local struct {
 	// Attach makes sink the in-process workers' probe sink for tenant's calls until detach; nil
 	// when the workers are remote (they publish "loadtest" events instead).
 	Attach func(tenant string, sink account.Sink) (detach func(), err error)
-	Close  func()
+	// Options are what the tester's own connections need on this NATS (credentials, TLS);
+	// with Secure they may publish and subscribe RawPrefix.> (the baseline) and read events.
+	Options []nats.Option
+	Close   func()
 }
 
 // BaselinePendingMsgs is the baseline subscribers' pending limit per call: the workers' default

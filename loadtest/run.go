@@ -84,6 +84,9 @@ func (r *runner) run(ctx context.Context) (*Report, error) {
 	defer r.close()
 	if r.inProcess() {
 		rep.Config.Stack = fmt.Sprintf("in-process (%d workers, embedded nats-server)", r.cfg.Workers)
+		if r.cfg.Secure {
+			rep.Config.Stack = fmt.Sprintf("in-process (%d workers, embedded nats-server with TLS and per-role permissions)", r.cfg.Workers)
+		}
 	} else {
 		rep.Config.Stack = "remote " + r.url
 	}
@@ -198,7 +201,7 @@ func (r *runner) connect(ctx context.Context) error {
 		return fmt.Errorf("loadtest: mode %s without -nats runs callrouter in this process, and this build has no in-process harness", r.cfg.Mode)
 	}
 	l, err := r.d.Harness(ctx, LocalConfig{Mode: r.cfg.Mode, RunID: r.id, NATSURL: r.cfg.NATSURL, Tenant: r.cfg.Tenant, Calls: r.cfg.Calls, Legs: max(1, r.legs),
-		Workers: r.cfg.Workers, WorkerCapacity: r.cfg.WorkerCapacity, Log: r.d.Log, StackLog: r.d.StackLog})
+		Workers: r.cfg.Workers, WorkerCapacity: r.cfg.WorkerCapacity, Secure: r.cfg.Secure, Log: r.d.Log, StackLog: r.d.StackLog})
 	if err != nil {
 		return err
 	}
@@ -212,15 +215,19 @@ func (r *runner) inProcess() bool { return r.local != nil && r.local.Stack }
 // dial connects to the run's NATS as a plain client.
 func (r *runner) dial(name string) (*nats.Conn, error) {
 	log := r.d.Log
-	nc, err := nats.Connect(r.url, nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
-		nats.ReconnectBufSize(8<<20), nats.PingInterval(5*time.Second), nats.MaxPingsOutstanding(3),
+	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectBufSize(8 << 20), nats.PingInterval(5 * time.Second), nats.MaxPingsOutstanding(3),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			ev := log.Warn().Err(err)
 			if sub != nil {
 				ev = ev.Str("subject", sub.Subject)
 			}
 			ev.Msg("nats async error")
-		}))
+		})}
+	if r.local != nil {
+		opts = append(opts, r.local.Options...) // credentials and TLS of a secure in-process stack
+	}
+	nc, err := nats.Connect(r.url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("loadtest: connect %s: %w", r.url, err)
 	}

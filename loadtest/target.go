@@ -28,9 +28,9 @@ type Call interface {
 	End()
 }
 
-// rawPrefix is the subject class of the baseline's frames: rawbase.<tenant>.<call>.<leg>, the same
+// RawPrefix is the subject class of the baseline's frames: rawbase.<tenant>.<call>.<leg>, the same
 // token count and lengths as callrouter's audio subjects.
-const rawPrefix = "rawbase"
+const RawPrefix = "rawbase"
 
 // rawTarget is the baseline: the same frames (same envelope, sizes and rate) from one plain
 // publisher connection to plain per-call subscriptions spread over subscriber connections, with
@@ -49,7 +49,7 @@ func (t *rawTarget) Start(ctx context.Context, spec session.Spec) (Call, error) 
 	for i := range rs.legs {
 		rs.legs[i] = account.NewLeg()
 	}
-	sub, err := nc.Subscribe(rawPrefix+"."+spec.Tenant+"."+spec.Call+".*", rs.onMsg)
+	sub, err := nc.Subscribe(RawPrefix+"."+spec.Tenant+"."+spec.Call+".*", rs.onMsg)
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +70,7 @@ func (t *rawTarget) Start(ctx context.Context, spec session.Spec) (Call, error) 
 		if err := subjects.Check("leg", l.Name); err != nil {
 			return nil, err
 		}
-		rc.legs[i] = rawLeg{subject: rawPrefix + "." + spec.Tenant + "." + spec.Call + "." + l.Name,
+		rc.legs[i] = rawLeg{subject: RawPrefix + "." + spec.Tenant + "." + spec.Call + "." + l.Name,
 			h:       frame.Header{Codec: l.Codec, Leg: l.Index, SampleRate: l.Rate, Epoch: 1, DurationUS: uint16(frame.Duration / time.Microsecond)},
 			samples: l.Rate / 50}
 	}

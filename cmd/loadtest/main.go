@@ -200,6 +200,7 @@ func Flags(cfg *loadtest.Config) *flag.FlagSet {
 	fs.StringVar(&cfg.NATSURL, "nats", cfg.NATSURL, "NATS URL of a running callrouter (empty: start a one-process callrouter in this process)")
 	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "in-process stack: workers in the pool (also the baseline's subscriber connections)")
 	fs.IntVar(&cfg.WorkerCapacity, "worker-capacity", cfg.WorkerCapacity, "in-process stack: calls per worker (0: enough for -calls plus 10%)")
+	fs.BoolVar(&cfg.Secure, "secure", false, "in-process stack: NATS as in production, TLS and every component (and the tester) signed in with its own least-privilege identity")
 	fs.IntVar(&cfg.Shards, "shards", cfg.Shards, "pacer goroutines (0: one per CPU)")
 	fs.DurationVar(&cfg.Tick, "tick", cfg.Tick, "pacer tick")
 	fs.IntVar(&cfg.StartConcurrency, "start-concurrency", cfg.StartConcurrency, "call setups in flight at once")

@@ -18,6 +18,7 @@ import (
 	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/callrouter/callrouter/loadtest"
 	"github.com/callrouter/callrouter/loadtest/probe"
+	"github.com/nats-io/nats.go"
 )
 
 // Start runs what cfg asks for; it is a loadtest.Harness.
@@ -38,15 +39,26 @@ func startStack(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local,
 	if wc.Capacity == 0 {
 		wc.Capacity = (cfg.Calls+cfg.Workers-1)/cfg.Workers + cfg.Calls/10 + 10
 	}
-	st, err := stack.Start(stack.Config{Workers: cfg.Workers, Worker: wc, Log: cfg.StackLog})
+	sc := stack.Config{Workers: cfg.Workers, Worker: wc, Log: cfg.StackLog}
+	var opts []nats.Option
+	cleanup := func() {}
+	if cfg.Secure {
+		var err error
+		if opts, cleanup, err = secure(&sc, wc.Pool, cfg.Tenant); err != nil {
+			return nil, err
+		}
+	}
+	st, err := stack.Start(sc)
 	if err != nil {
+		cleanup()
 		return nil, fmt.Errorf("loadtest: in-process stack: %w", err)
 	}
+	closeStack := func() { _ = st.Close(); cleanup() }
 	if err := waitWorkers(ctx, st, cfg.Workers); err != nil {
-		_ = st.Close()
+		closeStack()
 		return nil, err
 	}
-	l := &loadtest.Local{URL: st.URL, Stack: true, Ingest: ingestTarget{st.Ingest}, Attach: probe.Attach, Close: func() { _ = st.Close() }}
+	l := &loadtest.Local{URL: st.URL, Stack: true, Ingest: ingestTarget{st.Ingest}, Attach: probe.Attach, Options: opts, Close: closeStack}
 	var stop func()
 	switch cfg.Mode {
 	case loadtest.ModeSIP:
@@ -55,11 +67,11 @@ func startStack(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local,
 		l.WHIP, stop, err = startWHIP(st.Ingest, cfg.Tenant, cfg.Calls, cfg.StackLog)
 	}
 	if err != nil {
-		_ = st.Close()
+		closeStack()
 		return nil, err
 	}
 	if stop != nil {
-		l.Close = func() { stop(); _ = st.Close() }
+		l.Close = func() { stop(); closeStack() }
 	}
 	return l, nil
 }
