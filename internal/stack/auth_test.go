@@ -143,7 +143,7 @@ func TestAttacksFailWithPermissions(t *testing.T) {
 	defer s.Close()
 	eventually(t, 10*time.Second, "2 workers visible to the router", func() bool { return len(s.Routers[0].Workers()) == 2 })
 
-	const frames = 200 // 4 s: the attacks run while it plays
+	const frames = 500 // 10 s: every attack (the last one asks about this call) runs while it plays, even on a loaded machine
 	rec := tone(t, frames)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
