@@ -265,11 +265,6 @@ func WHIPListenFlags(fs *flag.FlagSet) *whip.ListenConfig {
 	fs.StringVar(&cfg.CertFile, "whip-tls-cert", "", "PEM certificate (chain) for HTTPS on -whip-listen (with -whip-tls-key; empty: plain HTTP, e.g. behind a TLS-terminating ingress)")
 	fs.StringVar(&cfg.KeyFile, "whip-tls-key", "", "PEM private key of -whip-tls-cert")
 	fs.DurationVar(&cfg.CertReload, "whip-tls-reload", cfg.CertReload, "how often the certificate files are checked for change (SIGHUP reloads at once)")
-	fs.IntVar(&l.MaxConns, "whip-max-conns", l.MaxConns, "open connections on -whip-listen at most (0: no bound)")
-	fs.IntVar(&l.MaxConnsPerSource, "whip-max-conns-per-source", l.MaxConnsPerSource, "open connections on -whip-listen from one client address (0: no bound; raise it behind a proxy)")
-	fs.DurationVar(&l.ReadHeaderTimeout, "whip-read-header-timeout", l.ReadHeaderTimeout, "time to read a request's headers on -whip-listen")
-	fs.DurationVar(&l.ReadTimeout, "whip-read-timeout", l.ReadTimeout, "time to read a whole request on -whip-listen (event streams lift it)")
-	fs.DurationVar(&l.WriteTimeout, "whip-write-timeout", l.WriteTimeout, "time from a request's headers to the end of its answer on -whip-listen (a POST's placement included; event streams lift it)")
-	fs.DurationVar(&l.IdleTimeout, "whip-idle-timeout", l.IdleTimeout, "an idle keep-alive connection on -whip-listen is closed after this")
+	cli.LimitFlags(fs, "whip", "whip-listen", l)
 	return &cfg
 }

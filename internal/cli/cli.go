@@ -122,14 +122,26 @@ func CommonFlags(fs *flag.FlagSet, httpDefault string) *Common {
 	return c
 }
 
-// HTTPLimitFlags registers the flags that bound the HTTP server's connections (obs.Limits) and
-// returns the limits they fill, starting from obs.DefaultLimits.
+// HTTPLimitFlags registers the -http listener's limit flags (LimitFlags) and returns the limits
+// they fill, starting from obs.DefaultLimits.
 func HTTPLimitFlags(fs *flag.FlagSet) *obs.Limits {
 	l := obs.DefaultLimits()
-	fs.IntVar(&l.MaxConns, "http-max-conns", l.MaxConns, "open HTTP connections at most (0: no bound)")
-	fs.IntVar(&l.MaxConnsPerSource, "http-max-conns-per-source", l.MaxConnsPerSource,
-		"open HTTP connections from one client address (0: no bound; raise it behind a proxy, where every client shares its address)")
+	LimitFlags(fs, "http", "http", &l)
 	return &l
+}
+
+// LimitFlags registers the flags that bound the HTTP listener set by flag -<listen>:
+// -<prefix>-max-conns, -<prefix>-max-conns-per-source and -<prefix>-{read-header,read,write,
+// idle}-timeout, the names obs.Limits.CheckFlags(prefix) reports, with l's values as defaults.
+func LimitFlags(fs *flag.FlagSet, prefix, listen string, l *obs.Limits) {
+	on := "on -" + listen
+	fs.IntVar(&l.MaxConns, prefix+"-max-conns", l.MaxConns, "open connections "+on+" at most (0: no bound)")
+	fs.IntVar(&l.MaxConnsPerSource, prefix+"-max-conns-per-source", l.MaxConnsPerSource,
+		"open connections "+on+" from one client address (0: no bound; raise it behind a proxy, where every client shares its address)")
+	fs.DurationVar(&l.ReadHeaderTimeout, prefix+"-read-header-timeout", l.ReadHeaderTimeout, "time to read a request's headers "+on)
+	fs.DurationVar(&l.ReadTimeout, prefix+"-read-timeout", l.ReadTimeout, "time to read a whole request "+on+" (event streams lift it)")
+	fs.DurationVar(&l.WriteTimeout, prefix+"-write-timeout", l.WriteTimeout, "time from a request's headers to the end of its answer "+on+" (event streams lift it)")
+	fs.DurationVar(&l.IdleTimeout, prefix+"-idle-timeout", l.IdleTimeout, "an idle keep-alive connection "+on+" is closed after this")
 }
 
 // httpLimits returns the limits the flags set, or the defaults for a Common built by hand.
