@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"fmt"
 	"math"
 
 	"github.com/callrouter/callrouter/internal/frame"
@@ -8,16 +9,34 @@ import (
 
 func init() {
 	Register("levels", func(o Options) (Processor, error) {
-		if err := o.Only(); err != nil {
+		if err := o.Only("meter_ms"); err != nil {
 			return nil, err
 		}
-		return levelsProc{}, nil
+		ms, err := o.Int("meter_ms", 0)
+		if err != nil {
+			return nil, err
+		}
+		if ms < 0 || ms%20 != 0 || ms > 60000 {
+			return nil, fmt.Errorf("option meter_ms=%d: want 0 (off) or a multiple of 20 up to 60000", ms)
+		}
+		return levelsProc{meterFrames: ms / 20}, nil
 	})
 }
 
 // levelsProc measures each leg's loudness and clipping over the call, on the PCM at the codec's
-// native rate, and publishes a "levels" event when the call stops.
-type levelsProc struct{}
+// native rate, and publishes a "levels" event when the call stops. With meter_ms it also
+// publishes a "level" event per leg every meter_ms of the leg's media (a live meter).
+type levelsProc struct{ meterFrames int }
+
+// Level is the body of the "level" event: one leg's loudness over the last meter_ms of media
+// ending at MS (media time since the leg's first frame, sequence × 20).
+type Level struct {
+	Leg    uint8   `json:"leg"`
+	Name   string  `json:"name"`
+	MS     int64   `json:"ms"`
+	RMSDB  float64 `json:"rms_dbfs"`
+	PeakDB float64 `json:"peak_dbfs"`
+}
 
 // activeFloorDB is the frame level (RMS, dBFS) above which a frame counts towards ActiveDB.
 const activeFloorDB = -50
@@ -48,16 +67,22 @@ type levelsLeg struct {
 	peak                 int32
 	loudest              float64 // mean square
 	out                  LegLevels
+	// the meter's window
+	meterEnergy  float64
+	meterSamples int64
+	meterPeak    int32
+	meterFrames  int
 }
 
 type levelsCall struct {
-	c    Call
-	sh   *Shared
-	legs []levelsLeg
+	c     Call
+	sh    *Shared
+	legs  []levelsLeg
+	meter int // frames per "level" event; 0: none
 }
 
-func (levelsProc) Start(c Call) (Handler, error) {
-	l := &levelsCall{c: c, sh: AcquireShared(c), legs: make([]levelsLeg, len(c.Spec().Legs))}
+func (p levelsProc) Start(c Call) (Handler, error) {
+	l := &levelsCall{c: c, sh: AcquireShared(c), legs: make([]levelsLeg, len(c.Spec().Legs)), meter: p.meterFrames}
 	for i, leg := range c.Spec().Legs {
 		l.legs[i].out = LegLevels{Leg: leg.Index, Name: leg.Name}
 	}
@@ -79,10 +104,14 @@ var activeFloor = 32768 * 32768 * math.Pow(10, activeFloorDB/10.0)
 
 func (l *levelsCall) Frame(f *Frame) {
 	pcm := l.sh.Media.PCM(f, 0)
-	if int(f.Header.Leg) >= len(l.legs) || len(pcm) == 0 || f.Header.Codec == frame.CodecTelephoneEvent {
+	if int(f.Header.Leg) >= len(l.legs) {
 		return
 	}
 	g := &l.legs[f.Header.Leg]
+	if len(pcm) == 0 || f.Header.Codec == frame.CodecTelephoneEvent {
+		l.tick(g, f, 0, 0, 0) // silence for the meter
+		return
+	}
 	clip := clipLevel(f.Header.Codec)
 	var e int64
 	var peak int32
@@ -113,6 +142,27 @@ func (l *levelsCall) Frame(f *Frame) {
 	if clipped >= 3 {
 		g.out.ClippedFrames++
 	}
+	l.tick(g, f, float64(e), int64(len(pcm)), peak)
+}
+
+// tick adds a frame to the leg's meter window and publishes a "level" event when it is full.
+func (l *levelsCall) tick(g *levelsLeg, f *Frame, energy float64, samples int64, peak int32) {
+	if l.meter == 0 {
+		return
+	}
+	g.meterEnergy += energy
+	g.meterSamples += samples
+	g.meterPeak = max(g.meterPeak, peak)
+	if g.meterFrames++; g.meterFrames < l.meter {
+		return
+	}
+	ev := Level{Leg: g.out.Leg, Name: g.out.Name, MS: (int64(f.Header.Seq) + 1) * 20, RMSDB: -100,
+		PeakDB: dBFS(float64(g.meterPeak) * float64(g.meterPeak))}
+	if g.meterSamples > 0 {
+		ev.RMSDB = dBFS(g.meterEnergy / float64(g.meterSamples))
+	}
+	l.c.Emit("level", ev)
+	g.meterEnergy, g.meterSamples, g.meterPeak, g.meterFrames = 0, 0, 0, 0
 }
 
 // dBFS converts a mean square to dBFS, with -100 for silence.

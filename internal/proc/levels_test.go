@@ -2,6 +2,7 @@ package proc
 
 import (
 	"math"
+	"strings"
 	"testing"
 )
 
@@ -61,5 +62,44 @@ func TestSummaryWhateverTheOrder(t *testing.T) {
 	}
 	if len(shared) != 0 {
 		t.Errorf("shared state leaked: %d calls", len(shared))
+	}
+}
+
+// TestLevelsMeter: with meter_ms each leg gets a "level" event per meter_ms of its media, the
+// level of that window; without it, none.
+func TestLevelsMeter(t *testing.T) {
+	a := append(tone(8000, 8000, []float64{1000}, []float64{-20}), make([]int16, 8000)...) // 1 s tone, 1 s silence
+	rec := multi(t, [][]int16{a, make([]int16, 16000)}, 8000, false)
+	c := newFakeCall(rec, "meter")
+	playFrames(start(t, c, []string{"levels"}, map[string]Options{"levels": {"meter_ms": "200"}}), rec, nil)
+	var got [2][]Level
+	for _, e := range c.of("level") {
+		l := e.(Level)
+		got[l.Leg] = append(got[l.Leg], l)
+	}
+	if len(got[0]) != 10 || len(got[1]) != 10 {
+		t.Fatalf("level events per leg: %d, %d; want 10 each (2 s at 200 ms)", len(got[0]), len(got[1]))
+	}
+	for i, l := range got[0] {
+		want := -20.0
+		if i >= 5 {
+			want = -100
+		}
+		if l.MS != int64(i+1)*200 || l.Name != "caller" || math.Abs(l.RMSDB-want) > 0.5 {
+			t.Errorf("leg 0 event %d: %+v; want ms %d, about %v dBFS", i, l, (i+1)*200, want)
+		}
+	}
+	if l := got[1][3]; l.RMSDB != -100 || l.PeakDB != -100 || l.Name != "agent" {
+		t.Errorf("silent leg: %+v", l)
+	}
+	c2 := newFakeCall(rec, "nometer")
+	playFrames(start(t, c2, []string{"levels"}, nil), rec, nil)
+	if n := len(c2.of("level")); n != 0 {
+		t.Errorf("%d level events without meter_ms", n)
+	}
+	for _, bad := range []string{"-20", "30", "x"} {
+		if _, err := Build([]string{"levels"}, map[string]Options{"levels": {"meter_ms": bad}}); err == nil || !strings.Contains(err.Error(), "meter_ms") {
+			t.Errorf("meter_ms=%s: %v", bad, err)
+		}
 	}
 }
