@@ -108,6 +108,12 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, sess *sessi
 		return
 	}
 	defer sess.events.unsubscribe(ch)
+	s.streamSSE(w, r, backlog, ch, sess.events.done)
+}
+
+// streamSSE writes backlog, then every event from ch, as Server-Sent Events, until the client
+// leaves, the server stops, or done is closed (then what ch still holds is sent first).
+func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, backlog []sseEvent, ch <-chan sseEvent, done <-chan struct{}) {
 	s.m.sse.Inc()
 	defer s.m.sse.Dec()
 	// The stream outlives the HTTP server's read and write timeouts (obs.Limits): lift the read
@@ -146,7 +152,7 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, sess *sessi
 			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil || rc.Flush() != nil {
 				return
 			}
-		case <-sess.events.done:
+		case <-done:
 			for {
 				select {
 				case e := <-ch:
