@@ -61,6 +61,7 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 //	DELETE  <path>/session/<id>         ends the call
 //	PATCH   <path>/session/<id>         405: trickle ICE and ICE restarts are not supported
 //	GET     <path>/session/<id>/events  the call's events (Server-Sent Events)
+//	GET     <path>/calls/<call>/events  any call's events, of the token's tenant (watch.go)
 //
 // DELETE and GET of a session need a token of the session's tenant, as its POST did; a session
 // URL answers 404 once the session has ended and lingered (Config.Linger).
@@ -96,6 +97,8 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", "POST, OPTIONS")
 			s.fail(w, r, http.StatusMethodNotAllowed, "method not allowed")
 		}
+	case strings.HasPrefix(rest, "/calls/"):
+		s.watch(w, r)
 	case strings.HasPrefix(rest, "/session/"):
 		id, sub, _ := strings.Cut(strings.TrimPrefix(rest, "/session/"), "/")
 		sess := s.lookup(id)

@@ -62,6 +62,7 @@ type Server struct {
 	active    int
 	perTenant map[string]int
 	wg        sync.WaitGroup
+	watching  watchers // watch streams (watch.go)
 
 	handlerHook atomic.Pointer[func(*http.Request)]           // tests: runs before every request is served
 	packetHook  atomic.Pointer[func(call string, raw []byte)] // tests: runs on every RTP packet a track reads
