@@ -4,5 +4,7 @@
 // served over HTTPS (and, to prove the browser refuses it the microphone, over plain HTTP) and
 // must keep its bearer token out of every URL. The browser and
 // the one-process callrouter it calls run inside a private network namespace (unshare -n) whose
-// only interface is loopback.
+// only interface is loopback. TestCallPageTimeline (callpage.mjs) watches a two-leg file call on
+// the page and checks what it draws: speech segments, overtalk, the DTMF marker, moving level
+// meters and the end-of-call accounting.
 package e2e

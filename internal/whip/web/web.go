@@ -1,7 +1,10 @@
 // Package web is the browser call page that ingest serves: a Call button that sends the
-// microphone to the WHIP endpoint, the call's state, and the call's events as workers publish
-// them (read from the endpoint's per-session Server-Sent Events stream). The page is static and
-// embedded in the binary.
+// microphone to the WHIP endpoint, or a Watch field that follows any call of the token's tenant
+// by its id (a SIP call, say); and the call as people read one, drawn from the events workers
+// publish (read from the endpoint's Server-Sent Events streams): per leg a speech timeline with
+// DTMF markers and a live level meter, the overtalk, and when the call ends its accounting
+// (frames, losses by cause, duplicates, gaps). The page is static, embedded in the binary, and
+// loads nothing from elsewhere (it works offline).
 package web
 
 import (

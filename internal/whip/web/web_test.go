@@ -2,8 +2,10 @@ package web
 
 import (
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -15,6 +17,7 @@ func TestHandlerServesThePage(t *testing.T) {
 		"/call/":         `<button id="call"`,
 		"/call/call.js":  "fetch(endpoint",
 		"/call/call.css": "#events",
+		"/call/view.js":  "overtalk",
 	} {
 		res, err := http.Get(srv.URL + path)
 		if err != nil {
@@ -31,5 +34,32 @@ func TestHandlerServesThePage(t *testing.T) {
 		if rp := res.Header.Get("Referrer-Policy"); rp != "no-referrer" {
 			t.Errorf("%s: Referrer-Policy %q", path, rp)
 		}
+	}
+}
+
+// TestPageIsSelfContained: the page loads nothing from another origin (no scripts, styles, fonts
+// or images from a CDN), so it works offline and its CSP holds; and it never writes event text
+// as markup.
+func TestPageIsSelfContained(t *testing.T) {
+	external := regexp.MustCompile(`(?i:(src|href)\s*=\s*["']?(https?:)?//)|url\(|@import|@font-face`)
+	markup := regexp.MustCompile(`innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function`)
+	err := fs.WalkDir(static, "static", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := static.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if m := external.Find(b); m != nil {
+			t.Errorf("%s loads %q from elsewhere", path, m)
+		}
+		if m := markup.Find(b); m != nil {
+			t.Errorf("%s uses %q: event text must reach the page as text", path, m)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,4 +1,5 @@
-// callrouter call page: microphone → WHIP (RFC 9725) → ingest; the call's events ← SSE.
+// callrouter call page: microphone → WHIP (RFC 9725) → ingest, or any call of the tenant watched by
+// its id; the call's events ← SSE, drawn by view.js.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -27,7 +28,7 @@ $('token').addEventListener('input', () => {
   if (t) sessionStorage.setItem(tokenKey, t); else sessionStorage.removeItem(tokenKey);
 });
 
-let pc = null, stream = null, sessionURL = null, events = null, statsTimer = null, count = 0;
+let pc = null, stream = null, sessionURL = null, events = null, statsTimer = null, count = 0, watching = false;
 
 function setState(s, why) {
   $('state').textContent = why ? `${s} (${why})` : s;
@@ -46,6 +47,7 @@ function addEvent(ev) {
   count++;
   $('count').textContent = `(${count})`;
   document.body.dataset.events = String(count);
+  if (ev.kind === 'level') { callView.onEvent(ev); return; } // drawn by the meters, not listed
   const li = document.createElement('li');
   li.dataset.kind = ev.kind || '';
   li.dataset.source = ev.source || 'whip';
@@ -62,7 +64,35 @@ function addEvent(ev) {
   body.textContent = text.length > 400 ? text.slice(0, 400) + '…' : text;
   li.append(kind, src, body);
   $('events').append(li);
+  callView.onEvent(ev);
   if (ev.kind === 'state' && ev.state === 'ended') { finish(ev.reason); }
+  if (watching && ev.kind === 'state' && ev.state === 'watching') setState('watching');
+  if (watching && ev.kind === 'end') setState('ended', ev.data && typeof ev.data.reason === 'string' ? ev.data.reason : 'end');
+}
+
+function clearCall() {
+  if (events) { events.abort(); events = null; } // the last call's stream, still lingering
+  $('events').textContent = '';
+  count = 0;
+  $('count').textContent = '(0)';
+  callView.reset();
+}
+
+// watch follows a call that this page did not place (a SIP call, another page's call), by its
+// id, with the token's tenant: GET <endpoint>/calls/<call>/events.
+async function watch(e) {
+  e.preventDefault();
+  const id = $('watchid').value.trim();
+  if (!id) { showError('enter the id of a call to watch'); return; }
+  if (pc) { showError('hang up first'); return; }
+  showError('');
+  clearCall();
+  watching = true;
+  $('callid').textContent = id;
+  $('tenant').textContent = '';
+  setState('subscribing');
+  await follow(`${endpoint}/calls/${encodeURIComponent(id)}/events`, authHeaders());
+  if (watching && document.body.dataset.state !== 'ended') setState('idle', 'stream closed');
 }
 
 // follow reads the session's event stream (Server-Sent Events) with fetch, not EventSource,
@@ -72,7 +102,7 @@ async function follow(url, headers) {
   events = ctl;
   try {
     const res = await fetch(url, { headers: { Accept: 'text/event-stream', ...headers }, signal: ctl.signal, cache: 'no-store' });
-    if (!res.ok) throw new Error(`events: ${res.status}`);
+    if (!res.ok) throw new Error(`events: ${res.status} ${(await res.text()).trim().slice(0, 200)}`);
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = '';
     for (;;) {
@@ -88,7 +118,7 @@ async function follow(url, headers) {
       }
     }
   } catch (e) {
-    if (e.name !== 'AbortError') console.error(e);
+    if (e.name !== 'AbortError') { console.error(e); showError(String(e.message || e)); }
   } finally {
     if (events === ctl) events = null;
   }
@@ -107,9 +137,8 @@ function waitGathered(pc, ms) {
 async function call() {
   showError('');
   $('call').disabled = true;
-  if (events) { events.abort(); events = null; } // the last call's stream, still lingering
-  $('events').textContent = '';
-  count = 0;
+  watching = false;
+  clearCall();
   setState('starting');
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
@@ -187,4 +216,7 @@ async function hangup() {
 
 $('call').addEventListener('click', call);
 $('hangup').addEventListener('click', hangup);
+$('watchform').addEventListener('submit', watch);
+// ?call=<id> fills in the call to watch (the token is never read from the address).
+if (params.has('call')) $('watchid').value = params.get('call').slice(0, 1024);
 setState('idle');
