@@ -1,6 +1,7 @@
 // callrouter call page: the call as people read one, built from the call's events (docs/processors.md):
 // per leg a speech timeline (speech start/stop), DTMF markers (dtmf), a live level meter (level,
-// published when the pool runs levels with meter_ms), overtalk where two or more legs speak at
+// published when the pool runs levels with meter_ms; after the call, the speech level from
+// levels), overtalk where two or more legs speak at
 // once, and at the end the accounting (accounting, gap, speech_summary). Times are media time
 // since the leg's first frame. Everything that comes from an event reaches the page as text
 // (textContent, dataset), never as markup.
@@ -10,6 +11,7 @@ const callView = (() => {
   const $ = (id) => document.getElementById(id);
   const METER_FLOOR = -60; // dBFS at the meter's left end
   const METER_STALE_MS = 1500; // a meter with no level event for this long reads as silent
+  const MAX_MARKS = 5000; // segments, digits, gaps kept per leg (the page stays responsive)
   let v;
 
   function reset() {
@@ -105,6 +107,7 @@ const callView = (() => {
         if (!l || ms < 0) break;
         seen(ms);
         const open = l.segs.length && l.segs[l.segs.length - 1].end === null ? l.segs[l.segs.length - 1] : null;
+        if (l.segs.length >= MAX_MARKS && !open) break;
         if (d.state === 'start' && !open) l.segs.push({ start: ms, end: null });
         if (d.state === 'stop') {
           if (open) open.end = Math.max(ms, open.start);
@@ -114,7 +117,7 @@ const callView = (() => {
       }
       case 'dtmf': {
         const l = leg(d.leg, d.name);
-        if (!l) break;
+        if (!l || l.digits.length >= MAX_MARKS) break;
         const ms = num(d.ms, 0);
         seen(ms + num(d.duration_ms));
         const digit = d.masked ? '•' : String(d.digit ?? '?').slice(0, 4);
@@ -137,6 +140,14 @@ const callView = (() => {
         l.level = lv;
         break;
       }
+      case 'levels': // at the end: each leg's speech level over the call
+        if (Array.isArray(d.legs)) {
+          for (const x of d.legs) {
+            const l = x && leg(x.leg, x.name);
+            if (l && typeof x.active_dbfs === 'number') l.avg = x.active_dbfs;
+          }
+        }
+        break;
       case 'end':
         v.endedAt = cursor();
         break;
@@ -144,7 +155,7 @@ const callView = (() => {
         if (ev.state === 'ended' && v.endedAt === null && v.t0 !== null) v.endedAt = cursor();
         break;
       case 'gap':
-        if (v.gaps.length < 500) v.gaps.push({ leg: num(d.leg, -1), from: num(d.from), to: num(d.to), cause: String(d.cause ?? '?').slice(0, 32) });
+        if (v.gaps.length < MAX_MARKS) v.gaps.push({ leg: num(d.leg, -1), from: num(d.from), to: num(d.to), cause: String(d.cause ?? '?').slice(0, 32) });
         break;
       case 'accounting':
         addAccounting(d);
@@ -250,7 +261,8 @@ const callView = (() => {
       const meter = l.row.querySelector('.meter');
       const lv = l.level;
       const live = lv && (v.endedAt === null ? performance.now() - lv.at < METER_STALE_MS : true);
-      const db = live ? lv.db : -100;
+      const avg = v.endedAt !== null && typeof l.avg === 'number';
+      const db = avg ? l.avg : live ? lv.db : -100;
       const frac = Math.min(1, Math.max(0, (db - METER_FLOOR) / -METER_FLOOR));
       meter.querySelector('.fill').style.width = `${(100 * frac).toFixed(1)}%`;
       meter.classList.toggle('loud', db > -12);
@@ -260,7 +272,8 @@ const callView = (() => {
         meter.dataset.min = String(lv.min);
         meter.dataset.max = String(lv.max);
       }
-      l.row.querySelector('.db').textContent = lv ? `${db <= -100 ? '–∞' : db.toFixed(0)} dBFS` : '– dBFS';
+      l.row.querySelector('.db').textContent = lv || avg ? `${db <= -100 ? '–∞' : db.toFixed(0)} dBFS${avg ? ' avg' : ''}` : '– dBFS';
+      meter.title = avg ? `${l.name}: speech level over the call` : `${l.name}: level over the last ${METER_STALE_MS} ms at most`;
     }
     const otTrack = $('overtalk-track');
     otTrack.textContent = '';
