@@ -212,7 +212,8 @@ func TestPermissions(t *testing.T) {
 		{"ingest-ingest-1", sub, "ingest.ingest-2.replay", false},
 		{"ingest-ingest-1", sub, "bcast.down", true},
 		{"ingest-ingest-1", sub, "audio.acme.c1.*", false},
-		{"ingest-ingest-1", sub, "events.>", false},
+		{"ingest-ingest-1", sub, "events.acme.c1.>", true}, // the call page's event streams
+		{"ingest-ingest-1", sub, "events.>", true},
 		// router (shared by every replica)
 		{"router", pub, "bcast.down", true},
 		{"router", pub, "worker.w-1.offer", true},

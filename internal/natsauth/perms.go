@@ -90,6 +90,7 @@ func ingestIdentity(name, id string) Identity {
 			subjects.IngestVerb(me, "*"),            // replay, place (migrate), pause
 			subjects.Bcast(subjects.TopicDown),      // worker deaths
 			subjects.Heartbeat(subjects.Ingest, me), // its own heartbeat: liveness
+			subjects.ClassEvents + ".>",             // the call page's event streams (internal/whip)
 		},
 	}
 }
