@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
@@ -31,8 +32,8 @@ import (
 const innerCallPageEnv = "CALLROUTER_E2E_CALLPAGE_NETNS"
 
 // TestCallPageTimeline re-runs itself inside `unshare -n`, where it starts a one-process
-// callrouter (embedded NATS, router, ingest, a worker running accounting, speech, dtmf, levels
-// with meter_ms, summary) with the call page on its public listener, opens the page in headless
+// callrouter (embedded NATS with per-role permissions, router, ingest, a worker running
+// accounting, speech, dtmf, levels with meter_ms, summary) with the call page on its public listener, opens the page in headless
 // Chromium watching a call id, then plays that call from a file: two legs with the same speech
 // 1.5 s apart (so they overlap) and a DTMF 7 on the caller's leg. The page must draw both legs'
 // speech segments where the speech is, the overtalk, the digit at its time, meters that move,
@@ -164,7 +165,13 @@ func callPageTimeline(t *testing.T) {
 	// The page must show 0 lost on a shared 2-core machine: the worker's overload protection
 	// (stale-frame drops, shedding) would rightly drop there and is tested in internal/stack.
 	wc.LagThreshold, wc.MaxFrameAge = time.Minute, time.Minute
-	s, err := stack.Start(stack.Config{Workers: 1, Worker: wc, Log: log})
+	// NATS permissions on, as the one-process mode and production run: ingest's identity must
+	// be allowed to read the events it streams to the page.
+	auth, err := natsauth.NewSet(natsauth.Local([]string{wc.Pool}, "demo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := stack.Start(stack.Config{Workers: 1, Worker: wc, Log: log, Auth: auth})
 	if err != nil {
 		t.Fatal(err)
 	}
