@@ -1,12 +1,13 @@
 // Watches a call on the callrouter call page in headless Chromium and reports what the page drew.
-// Usage: node callpage.mjs <page url with ?call=<id>> <screenshot.png> (and <screenshot>-live.png, 6 s in)
+// Usage: node callpage.mjs <page url with ?call=<id>> <screenshot.png> [<second call id>]
+// (and <screenshot>-live.png, 6 s in).
 // Prints "READY" once the page's watch stream is subscribed (the caller then starts the call),
 // then one JSON line: {state, legs: [{leg, name, segs: [[start, end]], digits: [{digit, ms}],
 // meter: [dBFS samples while the call ran], updates}], overtalk: [[start, end]], accounting:
 // [{leg, lost, processed, cells}], lost, verdict, gaps, note, escaped}.
 import { chromium } from 'playwright-core';
 
-const [pageURL, shot] = process.argv.slice(2);
+const [pageURL, shot, lossyCall] = process.argv.slice(2);
 const t0 = Date.now();
 const lap = (w) => process.stderr.write(`callpage.mjs: ${w} at ${Date.now() - t0} ms\n`);
 const browser = await chromium.launch({
@@ -70,6 +71,23 @@ try {
   }));
   for (const l of view.legs) l.meter = meter[String(l.leg)] || [];
   console.log(JSON.stringify(view));
+  if (lossyCall) {
+    // Then watch a second call, one that loses frames: prints "READY", then {lost, verdict,
+    // gaps: [{cause, text}], lostByCause: [cells]}.
+    await page.fill('#watchid', lossyCall);
+    await page.click('#watch');
+    await page.waitForSelector('body[data-state="watching"]', { timeout: 20000 });
+    console.log('READY');
+    await page.waitForSelector('body[data-lost]', { timeout: 30000 });
+    await page.screenshot({ path: shot.replace(/\.png$/, '-loss.png') });
+    console.log(JSON.stringify(await page.evaluate(() => ({
+      lost: document.body.dataset.lost,
+      verdict: document.getElementById('verdict').textContent,
+      gaps: [...document.querySelectorAll('#gaps li')].map((li) => ({ cause: li.dataset.cause, text: li.textContent })),
+      marked: [...document.querySelectorAll('#legs .row.leg')].map((r) => r.querySelectorAll('.gapmark').length),
+      rows: [...document.querySelectorAll('#acct-legs tr')].map((tr) => [...tr.children].map((td) => td.textContent)),
+    }))));
+  }
 } catch (e) {
   console.error(`callpage.mjs: ${e.stack || e}`);
   code = 1;

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/proc"
@@ -164,7 +165,8 @@ func callPageTimeline(t *testing.T) {
 	wc.ProcessorOptions = map[string]proc.Options{"levels": {"meter_ms": "200"}}
 	// The page must show 0 lost on a shared 2-core machine: the worker's overload protection
 	// (stale-frame drops, shedding) would rightly drop there and is tested in internal/stack.
-	wc.LagThreshold, wc.MaxFrameAge = time.Minute, time.Minute
+	// The second call's frames are 30 s late on purpose: dropped as stale.
+	wc.LagThreshold, wc.MaxFrameAge = time.Minute, 10*time.Second
 	// NATS permissions on, as the one-process mode and production run: ingest's identity must
 	// be allowed to read the events it streams to the page.
 	auth, err := natsauth.NewSet(natsauth.Local([]string{wc.Pool}, "demo"))
@@ -199,12 +201,12 @@ func callPageTimeline(t *testing.T) {
 		t.Fatalf("view.js: %v %v", res, err)
 	}
 
-	const callID = "page-call-1"
+	const callID, lossyID = "page-call-1", "page-call-lossy"
 	shot := os.Getenv("CALLROUTER_E2E_SHOT")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	script, _ := filepath.Abs("callpage.mjs")
-	cmd := exec.CommandContext(ctx, os.Getenv("NODE"), script, pub.URL()+"/call/?call="+callID, shot)
+	cmd := exec.CommandContext(ctx, os.Getenv("NODE"), script, pub.URL()+"/call/?call="+callID, shot, lossyID)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -222,28 +224,39 @@ func callPageTimeline(t *testing.T) {
 		t.Fatalf("the page did not start watching: %q\n%s", lines.Text(), stderr.String())
 	}
 	spec := rec.Spec("demo", callID, map[string]string{"label": `<img src=x onerror="document.title='pwned'">`})
-	played := make(chan error, 1)
+	played := make(chan error, 2)
 	go func() {
 		_, err := filesrc.Play(ctx, s.Ingest, rec, spec, 0, 1)
 		played <- err
 	}()
-	var last string
+	var out []string
 	for lines.Scan() {
-		last = lines.Text()
+		out = append(out, lines.Text())
+		if lines.Text() == "READY" { // the page watches the second call: play it
+			go func() { played <- lossyCall(ctx, s, lossyID) }()
+		}
 	}
 	_, _ = io.Copy(io.Discard, stdout)
 	werr := cmd.Wait()
-	if err := <-played; err != nil {
-		t.Errorf("playing the call: %v", err)
+	for range 2 {
+		if err := <-played; err != nil {
+			t.Errorf("playing a call: %v", err)
+		}
 	}
-	if werr != nil {
-		t.Fatalf("callpage.mjs: %v\n%s", werr, stderr.String())
+	if werr != nil || len(out) != 3 {
+		t.Fatalf("callpage.mjs: %v, output %q\n%s", werr, out, stderr.String())
 	}
 	var v pageView
-	if err := json.Unmarshal([]byte(last), &v); err != nil {
-		t.Fatalf("page report %q: %v\n%s", last, err, stderr.String())
+	if err := json.Unmarshal([]byte(out[0]), &v); err != nil {
+		t.Fatalf("page report %q: %v\n%s", out[0], err, stderr.String())
 	}
-	t.Logf("page (%v after the page opened): %s\n%s", time.Since(opened).Round(time.Millisecond), last, stderr.String())
+	var loss lossView
+	if err := json.Unmarshal([]byte(out[2]), &loss); err != nil {
+		t.Fatalf("page report %q: %v", out[2], err)
+	}
+	t.Logf("lossy call on the page: %s", out[2])
+	checkLossyCall(t, loss)
+	t.Logf("page (%v after the page opened): %s\n%s", time.Since(opened).Round(time.Millisecond), out[0], stderr.String())
 	checkCallPage(t, v)
 	t.Logf("screenshot %s", shot)
 	start := time.Now()
@@ -303,5 +316,58 @@ func checkCallPage(t *testing.T, v pageView) {
 	}
 	if !v.Escaped {
 		t.Error("markup in an event became part of the page")
+	}
+}
+
+// lossyCall plays a one-second two-leg call whose caller frames 20–24 are captured 30 s before
+// they are sent: the worker drops them as stale (max frame age 10 s), a gap with cause stale.
+func lossyCall(ctx context.Context, s *stack.Stack, id string) error {
+	rec := &filesrc.Recording{Codec: frame.CodecPCMU, Rate: 8000, Frames: [][][]byte{make([][]byte, 50), make([][]byte, 50)}}
+	spec := rec.Spec("demo", id, nil)
+	c, err := s.Ingest.StartCall(ctx, spec)
+	if err != nil {
+		return err
+	}
+	silence := bytes.Repeat([]byte{0xFF}, 160)
+	start := time.Now()
+	for i := 0; i < 50; i++ {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * 20 * time.Millisecond)))
+		for leg := 0; leg < 2; leg++ {
+			capture := time.Now()
+			if leg == 0 && i >= 20 && i < 25 {
+				capture = capture.Add(-30 * time.Second)
+			}
+			if err := c.SendAt(leg, silence, 0, capture); err != nil {
+				return err
+			}
+		}
+	}
+	c.End("hangup")
+	return nil
+}
+
+type lossView struct {
+	Lost    string `json:"lost"`
+	Verdict string `json:"verdict"`
+	Gaps    []struct {
+		Cause string `json:"cause"`
+		Text  string `json:"text"`
+	} `json:"gaps"`
+	Rows   [][]string `json:"rows"`
+	Marked []int      `json:"marked"` // gaps drawn on each leg's track
+}
+
+func checkLossyCall(t *testing.T, v lossView) {
+	if v.Lost != "5" || !strings.Contains(v.Verdict, "5 frames lost") {
+		t.Errorf("lossy call: lost %q, verdict %q; want 5 frames lost", v.Lost, v.Verdict)
+	}
+	if len(v.Gaps) != 1 || v.Gaps[0].Cause != "stale" || !strings.Contains(v.Gaps[0].Text, "caller: frames 20–24 (5,") {
+		t.Errorf("lossy call gaps %+v; want the caller's frames 20–24, cause stale", v.Gaps)
+	}
+	if len(v.Rows) != 2 || v.Rows[0][3] != "5" || v.Rows[0][4] != "stale 5" || v.Rows[1][3] != "0" {
+		t.Errorf("lossy call accounting rows %q; want the caller 5 lost (stale 5), the agent 0", v.Rows)
+	}
+	if len(v.Marked) != 2 || v.Marked[0] != 1 || v.Marked[1] != 0 {
+		t.Errorf("gaps drawn on the legs' tracks: %v; want one on the caller's", v.Marked)
 	}
 }

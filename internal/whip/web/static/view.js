@@ -1,7 +1,7 @@
 // callrouter call page: the call as people read one, built from the call's events (docs/processors.md):
 // per leg a speech timeline (speech start/stop), DTMF markers (dtmf), a live level meter (level,
 // published when the pool runs levels with meter_ms; after the call, the speech level from
-// levels), overtalk where two or more legs speak at
+// levels), lost frames (gap) hatched on their leg, overtalk where two or more legs speak at
 // once, and at the end the accounting (accounting, gap, speech_summary). Times are media time
 // since the leg's first frame. Everything that comes from an event reaches the page as text
 // (textContent, dataset), never as markup.
@@ -155,7 +155,10 @@ const callView = (() => {
         if (ev.state === 'ended' && v.endedAt === null && v.t0 !== null) v.endedAt = cursor();
         break;
       case 'gap':
-        if (v.gaps.length < MAX_MARKS) v.gaps.push({ leg: num(d.leg, -1), from: num(d.from), to: num(d.to), cause: String(d.cause ?? '?').slice(0, 32) });
+        if (v.gaps.length < MAX_MARKS) {
+          const g = { leg: num(d.leg, -1), from: num(d.from), to: num(d.to), cause: String(d.cause ?? '?').slice(0, 32) };
+          if (g.to >= g.from) { v.gaps.push(g); leg(g.leg); seen((g.to + 1) * 20); }
+        }
         break;
       case 'accounting':
         addAccounting(d);
@@ -245,6 +248,15 @@ const callView = (() => {
         place(seg, s.start, end, total);
         track.append(seg);
       });
+      for (const g of v.gaps) {
+        if (g.leg !== l.index) continue;
+        const m = document.createElement('div');
+        m.className = 'gapmark';
+        m.dataset.cause = g.cause;
+        m.title = `${l.name}: frames ${g.from}–${g.to} lost, cause ${g.cause}`;
+        place(m, g.from * 20, (g.to + 1) * 20, total);
+        track.append(m);
+      }
       for (const dg of l.digits) {
         const m = document.createElement('div');
         m.className = 'dtmf';
