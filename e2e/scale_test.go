@@ -9,6 +9,7 @@ package e2e
 // no credential flags, can reach it; `make loadtest -secure` measures what TLS costs.
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -58,7 +59,14 @@ func TestScaleOut(t *testing.T) {
 	buildScaleBinaries(t)
 	calls := scaleEnv(t, "CALLROUTER_SCALE_CALLS", 400)
 	steady := time.Duration(scaleEnv(t, "CALLROUTER_SCALE_SECONDS", 30)) * time.Second
-	rates := []int{50, 100, 200}
+	var rates []int
+	for _, f := range strings.Split(cmp.Or(os.Getenv("CALLROUTER_SCALE_RATES"), "50,100,200"), ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			t.Fatalf("CALLROUTER_SCALE_RATES=%q: want comma-separated positive call start rates", os.Getenv("CALLROUTER_SCALE_RATES"))
+		}
+		rates = append(rates, n)
+	}
 
 	var results []*scaleRun
 	var churn []*scaleRun
