@@ -3,6 +3,7 @@ package audiohook
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -512,4 +513,32 @@ func TestConnectionProbe(t *testing.T) {
 	if _, ok := processed.stopped(callFor(c.id)); ok || len(processed.frames(callFor(c.id))) > 0 {
 		t.Fatal("the probe reached a worker")
 	}
+}
+
+// TestSessionBounds: past -audiohook-max-sessions-per-tenant a tenant's upgrade gets 503 with
+// Retry-After while another tenant's is taken, and a closed session gives its slot back.
+func TestSessionBounds(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxSessions, cfg.MaxSessionsPerTenant = 2, 1
+	e := startEnv(t, cfg, envOpts{workers: 1})
+	c, err := e.dial(t, signOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused, err := e.dial(t, signOpts{})
+	if err == nil || refused.resp == nil || refused.resp.StatusCode != http.StatusServiceUnavailable || refused.resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a second acme session: %v %+v, want 503 with Retry-After", err, refused.resp)
+	}
+	if _, err := e.dial(t, signOpts{key: otherKey, secret: base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123"))}); err != nil {
+		t.Fatalf("globex's session refused: %v", err)
+	}
+	if n := e.srv.Sessions(); n != 2 {
+		t.Fatalf("%d sessions, want 2", n)
+	}
+	c.mustOpen()
+	c.closeSession(0)
+	eventually(t, 5*time.Second, "acme's slot given back", func() bool {
+		_, err := e.dial(t, signOpts{})
+		return err == nil
+	})
 }
