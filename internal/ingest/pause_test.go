@@ -47,22 +47,28 @@ func parseFrames(t *testing.T, data []byte, leg uint8, into *sent) {
 	}
 }
 
-// While a call is paused, ingest publishes every frame (the sequence stays gap-free) flagged
-// paused and without its audio, keeps no audio in the replay ring either, and announces the
-// pause and the resume; a replayed paused frame keeps the flag.
-func TestPauseWithholdsAudioFromBusAndRing(t *testing.T) {
-	n, nc := testNode(t, 0)
+// watchCall subscribes to call c1's caller leg and events.
+func watchCall(t *testing.T, nc *nats.Conn) (audio, events *nats.Subscription) {
+	t.Helper()
 	audio, err := nc.SubscribeSync(subjects.Audio("acme", "c1", "caller"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	events, err := nc.SubscribeSync(subjects.EventsCall("acme", "c1"))
-	if err != nil {
+	if events, err = nc.SubscribeSync(subjects.EventsCall("acme", "c1")); err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	return audio, events
+}
+
+// While a call is paused, ingest publishes every frame (the sequence stays gap-free) flagged
+// paused and without its audio, keeps no audio in the replay ring either, and announces the
+// pause and the resume; a replayed paused frame keeps the flag.
+func TestPauseWithholdsAudioFromBusAndRing(t *testing.T) {
+	n, nc := testNode(t, 0)
+	audio, events := watchCall(t, nc)
 	c := pcmCall(t, n, 10) // 0-9 live
 	loud := bytes.Repeat([]byte{0x55}, 320)
 	rep := pause(t, nc, "c1", true)
@@ -127,25 +133,10 @@ func TestPauseWithholdsAudioFromBusAndRing(t *testing.T) {
 		t.Errorf("the replay ring gave out %d bytes for the 5 paused frames, want their headers alone", len(msg.Data))
 	}
 
-	var kinds []string
+	kinds, data := nextEvents(t, events, 3)
 	var paused, resumed map[string]any
-	for len(kinds) < 3 {
-		m, err := events.NextMsg(5 * time.Second)
-		if err != nil {
-			t.Fatalf("events so far %v: %v", kinds, err)
-		}
-		var ev wire.Event
-		if err := json.Unmarshal(m.Data, &ev); err != nil {
-			t.Fatal(err)
-		}
-		kinds = append(kinds, ev.Kind)
-		switch ev.Kind {
-		case "paused":
-			_ = json.Unmarshal(ev.Data, &paused)
-		case "resumed":
-			_ = json.Unmarshal(ev.Data, &resumed)
-		}
-	}
+	_ = json.Unmarshal(data["paused"], &paused)
+	_ = json.Unmarshal(data["resumed"], &resumed)
 	if kinds[0] != "start" || kinds[1] != "paused" || kinds[2] != "resumed" {
 		t.Errorf("events %v, want start, paused, resumed (a repeated pause publishes nothing)", kinds)
 	}
@@ -222,17 +213,7 @@ func TestPauseRequestsAreChecked(t *testing.T) {
 // spans the overlap.
 func TestPauseSourcesOverlap(t *testing.T) {
 	n, nc := testNode(t, 0)
-	audio, err := nc.SubscribeSync(subjects.Audio("acme", "c1", "caller"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	events, err := nc.SubscribeSync(subjects.EventsCall("acme", "c1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	audio, events := watchCall(t, nc)
 	c := pcmCall(t, n, 1) // 0 live
 	loud := bytes.Repeat([]byte{0x55}, 320)
 	send := func() {
@@ -278,19 +259,7 @@ func TestPauseSourcesOverlap(t *testing.T) {
 			t.Errorf("frame %d: flags %b, %d bytes; paused want %v", seq, got.flags[seq], len(got.payload[seq]), paused)
 		}
 	}
-	var kinds []string
-	for len(kinds) < 3 {
-		m, err := events.NextMsg(5 * time.Second)
-		if err != nil {
-			t.Fatalf("events so far %v: %v", kinds, err)
-		}
-		var ev wire.Event
-		if err := json.Unmarshal(m.Data, &ev); err != nil {
-			t.Fatal(err)
-		}
-		kinds = append(kinds, ev.Kind)
-	}
-	if kinds[0] != "start" || kinds[1] != "paused" || kinds[2] != "resumed" {
+	if kinds, _ := nextEvents(t, events, 3); kinds[0] != "start" || kinds[1] != "paused" || kinds[2] != "resumed" {
 		t.Errorf("events %v, want start, paused, resumed", kinds)
 	}
 	if m, err := events.NextMsg(200 * time.Millisecond); err == nil {
@@ -314,4 +283,24 @@ func TestPauseHoldsExpireApart(t *testing.T) {
 	if c.Paused() {
 		t.Fatal("still paused after both holds expired")
 	}
+}
+
+// nextEvents reads n call events: their kinds in order, and the data of each kind.
+func nextEvents(t *testing.T, sub *nats.Subscription, n int) ([]string, map[string]json.RawMessage) {
+	t.Helper()
+	var kinds []string
+	data := map[string]json.RawMessage{}
+	for len(kinds) < n {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("events so far %v: %v", kinds, err)
+		}
+		var ev wire.Event
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			t.Fatal(err)
+		}
+		kinds = append(kinds, ev.Kind)
+		data[ev.Kind] = ev.Data
+	}
+	return kinds, data
 }
