@@ -46,8 +46,9 @@ var only = map[string][]string{
 	// cmd/loadtest hands it.
 	"loadtest": {"internal/frame", "internal/subjects", "internal/wire", "internal/session",
 		"internal/wav", "internal/filesrc", "internal/timeline", "loadtest/account"},
-	"loadtest/account": {},
-	"loadtest/probe":   {"internal/frame", "internal/proc", "loadtest/account"}, // linked into a worker only with -tags loadtest
+	"loadtest/account":   {},
+	"internal/tokenfile": {"internal/subjects"},                                   // parses credential files; every transport may use it
+	"loadtest/probe":     {"internal/frame", "internal/proc", "loadtest/account"}, // linked into a worker only with -tags loadtest
 }
 
 // packages returns every directory under the module root holding non-test Go files.

@@ -63,9 +63,10 @@ func runCheck(t *testing.T, b *built, w workload, c *corev1.Container, img image
 	if argv[0] != img.Entrypoint[0] {
 		t.Fatalf("container %s runs %q, not the image's binary %s", c.Name, argv[0], img.Entrypoint[0])
 	}
+	bin := binary(t, img.Binary) // built once, before the check's own deadline starts
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(t, img.Binary), argv[1:]...)
+	cmd := exec.CommandContext(ctx, bin, argv[1:]...)
 	cmd.Env = env.environ()
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e

@@ -40,3 +40,40 @@ func TestDeployGuideNamesRegisteredMetrics(t *testing.T) {
 		}
 	}
 }
+
+// Every relative link in docs/*.md, and every docs/<file>.md the manifests' comments name, leads
+// to a file of the tree (a renamed guide leaves no dangling reference behind).
+func TestDocsReferencesResolve(t *testing.T) {
+	link := regexp.MustCompile(`\]\(([^)#:\s]+)(#[^)]*)?\)`)
+	pages, err := filepath.Glob("../docs/*.md")
+	if err != nil || len(pages) < 5 {
+		t.Fatalf("docs: %v %v", pages, err)
+	}
+	for _, p := range pages {
+		text, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range link.FindAllSubmatch(text, -1) {
+			if _, err := os.Stat(filepath.Join(filepath.Dir(p), string(m[1]))); err != nil {
+				t.Errorf("%s links %s: %v", p, m[1], err)
+			}
+		}
+	}
+	named := regexp.MustCompile(`docs/[a-z0-9_-]+\.md`)
+	err = filepath.WalkDir(".", func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasSuffix(path, ".go") {
+			return err
+		}
+		text, err := os.ReadFile(path)
+		for _, m := range named.FindAll(text, -1) {
+			if _, serr := os.Stat(filepath.Join("..", string(m))); serr != nil {
+				t.Errorf("k8s/%s names %s: %v", path, m, serr)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

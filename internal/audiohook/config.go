@@ -1,7 +1,6 @@
 package audiohook
 
 import (
-	"bufio"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -10,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/tokenfile"
 )
 
 // Key is one AudioHook API key: the tenant its sessions belong to and the client secret that
@@ -134,40 +133,25 @@ func (c *Config) LoadKeys() error {
 	return nil
 }
 
-// ParseKeys reads a key file: one "<tenant> <api-key> <base64-client-secret>" a line ("-" as the
-// secret accepts unsigned requests for that key), blank lines and lines starting with '#' ignored.
+// ParseKeys reads a key file (internal/tokenfile): one "<tenant> <api-key> <base64-client-secret>"
+// a line ("-" as the secret accepts unsigned requests for that key), blank lines and lines
+// starting with '#' ignored.
 func ParseKeys(r io.Reader) (map[string]Key, error) {
-	out := map[string]Key{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 4096), 4096)
-	for line := 1; sc.Scan(); line++ {
-		text := strings.TrimSpace(sc.Text())
-		if text == "" || text[0] == '#' {
-			continue
-		}
-		f := strings.Fields(text)
-		if len(f) != 3 {
-			return nil, fmt.Errorf("audiohook: key file line %d: want \"<tenant> <api-key> <base64-secret or ->\"", line)
-		}
-		if err := subjects.Check("tenant", f[0]); err != nil {
-			return nil, fmt.Errorf("audiohook: key file line %d: %w", line, err)
-		}
-		if len(f[1]) < 8 || len(f[1]) > 256 {
-			return nil, fmt.Errorf("audiohook: key file line %d: an API key must be 8-256 characters", line)
-		}
-		var k Key
-		k.Tenant = f[0]
-		if f[2] != "-" {
-			s, err := base64.StdEncoding.DecodeString(f[2])
+	es, err := tokenfile.Parse(r, tokenfile.Format{Usage: "<tenant> <api-key> <base64-secret or ->", MinToken: 8, Fields: 1})
+	if err != nil {
+		return nil, fmt.Errorf("audiohook: key file: %w", err)
+	}
+	out := make(map[string]Key, len(es))
+	for _, e := range es {
+		k := Key{Tenant: e.Tenant}
+		if e.Fields[0] != "-" {
+			s, err := base64.StdEncoding.DecodeString(e.Fields[0])
 			if err != nil || len(s) < 16 {
-				return nil, fmt.Errorf("audiohook: key file line %d: the client secret must be base64 of at least 16 bytes", line)
+				return nil, fmt.Errorf("audiohook: key file: line %d: the client secret must be base64 of at least 16 bytes", e.Line)
 			}
 			k.Secret = s
 		}
-		if _, dup := out[f[1]]; dup {
-			return nil, fmt.Errorf("audiohook: key file line %d: duplicate API key", line)
-		}
-		out[f[1]] = k
+		out[e.Token] = k
 	}
-	return out, sc.Err()
+	return out, nil
 }

@@ -87,6 +87,13 @@ func (r *recCall) Frame(f *proc.Frame) {
 	processed.calls[r.id] = append(processed.calls[r.id], gotFrame{f.Header, append([]byte(nil), f.Payload...)})
 	processed.mu.Unlock()
 }
+
+// Paused records a frame of a pause (frame.FlagPaused): a header, no audio.
+func (r *recCall) Paused(h *frame.Header) {
+	processed.mu.Lock()
+	processed.calls[r.id] = append(processed.calls[r.id], gotFrame{*h, nil})
+	processed.mu.Unlock()
+}
 func (r *recCall) Stop(reason string) {
 	processed.mu.Lock()
 	processed.ended[r.id] = reason
@@ -407,6 +414,13 @@ func (c *client) closeSession(pos time.Duration) {
 		}
 	}
 	_ = c.conn.Close(websocket.StatusNormalClosure, "")
+}
+
+// sync sends ping and waits for its pong: the server has acted on everything sent before.
+func (c *client) sync(pos time.Duration) {
+	c.t.Helper()
+	c.sendMsg("ping", map[string]any{}, pos)
+	c.expect("pong", c.seq)
 }
 
 func (c *client) mustOpen() {

@@ -65,7 +65,8 @@ func codecOf(m media) frame.Codec {
 }
 
 // silenceAfter is how long a stream may send no audio (Genesys sends every 200 ms) before its
-// frames are filled with gap-filled silence in real time: a paused stream keeps its call alive
+// frames are filled with gap-filled silence in real time (published flagged paused while the
+// stream is paused, see session.onPaused): a paused stream keeps its call alive
 // (the worker reaps a call without frames) the way a SIP call on hold does.
 const silenceAfter = time.Second
 

@@ -2,13 +2,17 @@ package audiohook
 
 import (
 	"bytes"
+	"context"
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
@@ -379,24 +383,52 @@ func TestL16Mono(t *testing.T) {
 	}
 }
 
-// TestPauseKeepsCallAlive: a stream paused longer than the worker's idle timeout keeps its call:
-// from a second after the last audio its frames are gap-filled silence in real time, and the audio
-// after resumed (at the position the pause began) follows them, intact.
-func TestPauseKeepsCallAlive(t *testing.T) {
+// TestPauseAccountedPaused: a stream pause is the call's pause (held by the stream), so the
+// silence filled in real time while it lasts (from a second after the last audio, longer than the
+// worker's idle timeout here) reaches the worker flagged paused, without audio, and accounting
+// counts it as paused with 0 lost. An operator's pause laid over it outlasts the stream's
+// "resumed": the audio after it stays withheld until the operator resumes, and then flows
+// intact at the position the pause began.
+func TestPauseAccountedPaused(t *testing.T) {
 	e := startEnv(t, testConfig(t), envOpts{workers: 1, idle: 2 * time.Second})
 	c, err := e.dial(t, signOpts{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.mustOpen()
-	ext, in := tone(6400, 0.3, 700), tone(6400, 0.3, 300)
-	c.audio(interleave(ext[:3200], in[:3200])) // 0.4 s
-	c.sendMsg("paused", map[string]any{}, 400*time.Millisecond)
-	time.Sleep(3500 * time.Millisecond)
-	c.sendMsg("resumed", map[string]any{"start": "PT0.4S", "discarded": "PT3.5S"}, 400*time.Millisecond)
-	c.audio(interleave(ext[3200:], in[3200:]))
-	c.closeSession(800 * time.Millisecond)
 	call := callFor(c.id)
+	acct, err := e.stack.Ingest.NC().SubscribeSync(subjects.Event("acme", call, "accounting"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acct.Unsubscribe()
+	operator := func(on bool) wire.PauseReply {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var rep wire.PauseReply
+		if err := bus.Request(ctx, e.stack.Ingest.NC(), subjects.IngestVerb(e.stack.Ingest.ID(), subjects.IngestVerbPause),
+			wire.PauseRequest{V: wire.V, Tenant: "acme", Call: call, Paused: on, Reason: "card", By: "agent-7"}, &rep); err != nil || !rep.OK {
+			t.Fatalf("operator pause %v: %+v %v", on, rep, err)
+		}
+		return rep
+	}
+	c.mustOpen()
+	ext, in := tone(9600, 0.3, 700), tone(9600, 0.3, 300)
+	c.audio(interleave(ext[:3200], in[:3200])) // 0.4 s: frames 0-19
+	c.sendMsg("paused", map[string]any{}, 400*time.Millisecond)
+	c.sync(400 * time.Millisecond)
+	time.Sleep(3 * time.Second) // about 2 s of paused silence, past the worker's idle timeout
+	if rep := operator(true); !rep.Paused || len(rep.Sources) != 2 {
+		t.Fatalf("operator pause over the stream's: %+v", rep)
+	}
+	c.sendMsg("resumed", map[string]any{"start": "PT0.4S", "discarded": "PT3S"}, 400*time.Millisecond)
+	c.audio(interleave(ext[3200:6400], in[3200:6400])) // withheld: the operator still holds the pause
+	c.sync(800 * time.Millisecond)
+	if rep := operator(false); rep.Paused {
+		t.Fatalf("the operator's resume left the call paused: %+v", rep)
+	}
+	c.audio(interleave(ext[6400:], in[6400:]))
+	c.closeSession(1200 * time.Millisecond)
 	eventually(t, 10*time.Second, "the worker to stop the call", func() bool { _, ok := processed.stopped(call); return ok })
 	if r, _ := processed.stopped(call); r != "end" {
 		t.Fatalf("the worker stopped the call: %s, want end", r)
@@ -407,18 +439,39 @@ func TestPauseKeepsCallAlive(t *testing.T) {
 			fs = append(fs, f)
 		}
 	}
-	filled := len(fs) - 40
-	if filled < 100 || filled > 200 {
-		t.Fatalf("%d frames filled during a 3.5 s pause, want about 125 (3.5 s less the 1 s before filling starts)", filled)
+	paused := len(fs) - 40
+	if paused < 20+50 || paused > 20+200 {
+		t.Fatalf("%d paused frames, want 20 withheld and about 100 filled during a 3 s pause", paused)
 	}
 	for i, f := range fs {
-		src := i
-		if i >= 20 {
-			src = i - filled
+		isPaused := i >= 20 && i < 20+paused
+		src := i // live audio: frames 0-19 are ext[0:3200], the last 20 ext[6400:9600]
+		if i >= 20+paused {
+			src = i - paused + 20
 		}
-		gap := i >= 20 && i < 20+filled
-		if f.h.Has(frame.FlagGapFilled) != gap || f.h.Seq != uint32(i) || !gap && !bytes.Equal(f.payload, ext[src*160:][:160]) {
-			t.Fatalf("frame %d: seq %d gap-filled %v (want %v) or audio differs", i, f.h.Seq, f.h.Has(frame.FlagGapFilled), gap)
+		switch {
+		case f.h.Seq != uint32(i):
+			t.Fatalf("frame %d: seq %d", i, f.h.Seq)
+		case f.h.Has(frame.FlagPaused) != isPaused:
+			t.Fatalf("frame %d: paused %v, want %v", i, f.h.Has(frame.FlagPaused), isPaused)
+		case isPaused && len(f.payload) != 0:
+			t.Fatalf("paused frame %d reached a processor with %d bytes", i, len(f.payload))
+		case !isPaused && (f.h.Has(frame.FlagGapFilled) || !bytes.Equal(f.payload, ext[src*160:][:160])):
+			t.Fatalf("live frame %d: gap-filled %v or audio differs", i, f.h.Has(frame.FlagGapFilled))
+		}
+	}
+	m, err := acct.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev wire.Event
+	var a proc.Accounting
+	if json.Unmarshal(m.Data, &ev) != nil || json.Unmarshal(ev.Data, &a) != nil || len(a.Legs) != 2 {
+		t.Fatalf("accounting %s", m.Data)
+	}
+	for _, l := range a.Legs {
+		if l.Lost != 0 || l.Paused != paused || l.GapFilled != 0 {
+			t.Errorf("leg %s: %d lost %v, %d paused (want %d), %d gap-filled", l.Name, l.Lost, l.LostBy, l.Paused, paused, l.GapFilled)
 		}
 	}
 }
@@ -460,4 +513,32 @@ func TestConnectionProbe(t *testing.T) {
 	if _, ok := processed.stopped(callFor(c.id)); ok || len(processed.frames(callFor(c.id))) > 0 {
 		t.Fatal("the probe reached a worker")
 	}
+}
+
+// TestSessionBounds: past -audiohook-max-sessions-per-tenant a tenant's upgrade gets 503 with
+// Retry-After while another tenant's is taken, and a closed session gives its slot back.
+func TestSessionBounds(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxSessions, cfg.MaxSessionsPerTenant = 2, 1
+	e := startEnv(t, cfg, envOpts{workers: 1})
+	c, err := e.dial(t, signOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused, err := e.dial(t, signOpts{})
+	if err == nil || refused.resp == nil || refused.resp.StatusCode != http.StatusServiceUnavailable || refused.resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a second acme session: %v %+v, want 503 with Retry-After", err, refused.resp)
+	}
+	if _, err := e.dial(t, signOpts{key: otherKey, secret: base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123"))}); err != nil {
+		t.Fatalf("globex's session refused: %v", err)
+	}
+	if n := e.srv.Sessions(); n != 2 {
+		t.Fatalf("%d sessions, want 2", n)
+	}
+	c.mustOpen()
+	c.closeSession(0)
+	eventually(t, 5*time.Second, "acme's slot given back", func() bool {
+		_, err := e.dial(t, signOpts{})
+		return err == nil
+	})
 }

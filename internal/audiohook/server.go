@@ -15,10 +15,10 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/drain"
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/coder/websocket"
@@ -44,13 +44,7 @@ type Server struct {
 	ready   chan struct{}
 	stop    chan struct{} // closed when Run ends the sessions still up
 	started atomic.Bool
-
-	mu        sync.Mutex
-	draining  bool
-	closing   bool
-	active    int
-	perTenant map[string]int
-	wg        sync.WaitGroup
+	live    *drain.Sessions // a slot per session, held until its goroutine returns
 
 	now func() time.Time // tests move the clock of signature checks
 }
@@ -66,8 +60,10 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if d.Registry == nil {
 		d.Registry = prometheus.NewRegistry()
 	}
-	return &Server{cfg: cfg, log: d.Log.With().Str("source", "audiohook").Logger(), m: newMetrics(d.Registry), auth: newAuthenticator(&cfg), rate: guard.NewSourceRate(cfg.UpgradeRate, cfg.UpgradeBurst),
-		ready: make(chan struct{}), stop: make(chan struct{}), perTenant: map[string]int{}, now: time.Now}, nil
+	m := newMetrics(d.Registry)
+	return &Server{cfg: cfg, log: d.Log.With().Str("source", "audiohook").Logger(), m: m, auth: newAuthenticator(&cfg), rate: guard.NewSourceRate(cfg.UpgradeRate, cfg.UpgradeBurst),
+		ready: make(chan struct{}), stop: make(chan struct{}), now: time.Now,
+		live: drain.New(cfg.MaxSessions, cfg.MaxSessionsPerTenant, func(n int) { m.sessions.Set(float64(n)) })}, nil
 }
 
 // Mount serves the endpoint at Config.Path on mux.
@@ -77,11 +73,7 @@ func (s *Server) Mount(mux *http.ServeMux) { mux.Handle(s.cfg.Path, s) }
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // Sessions returns the sessions holding a slot.
-func (s *Server) Sessions() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.active
-}
+func (s *Server) Sessions() int { return s.live.Live() }
 
 // Run takes sessions into n until ctx ends. Then it drains: upgrades get 503 while the sessions
 // up have the drain timeout to close; the rest get "disconnect" (reason error, "server shutting
@@ -94,49 +86,14 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	close(s.ready)
 	s.log.Info().Str("path", s.cfg.Path).Int("keys", len(s.cfg.Keys)).Msg("audiohook endpoint serving")
 	<-ctx.Done()
-	s.mu.Lock()
-	s.draining = true
-	s.mu.Unlock()
-	if k := s.Sessions(); k > 0 && s.cfg.DrainTimeout > 0 {
+	if k := s.live.Live(); k > 0 && s.cfg.DrainTimeout > 0 {
 		s.log.Info().Int("sessions", k).Dur("timeout", s.cfg.DrainTimeout).Msg("audiohook draining")
-		deadline := time.Now().Add(s.cfg.DrainTimeout)
-		for s.Sessions() > 0 && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
 	}
-	s.mu.Lock()
-	s.closing = true
-	s.mu.Unlock()
+	s.live.Drain(s.cfg.DrainTimeout)
 	close(s.stop)
-	s.wg.Wait()
+	s.live.Wait()
 	s.node.Store(nil)
 	return nil
-}
-
-// acquire takes a session slot for tenant and registers the session's goroutine with Run.
-func (s *Server) acquire(tenant string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.draining || s.closing || s.active >= s.cfg.MaxSessions ||
-		(s.cfg.MaxSessionsPerTenant > 0 && s.perTenant[tenant] >= s.cfg.MaxSessionsPerTenant) {
-		return false
-	}
-	s.active++
-	s.perTenant[tenant]++
-	s.wg.Add(1)
-	s.m.sessions.Set(float64(s.active))
-	return true
-}
-
-func (s *Server) release(tenant string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.active--
-	if s.perTenant[tenant]--; s.perTenant[tenant] <= 0 {
-		delete(s.perTenant, tenant)
-	}
-	s.m.sessions.Set(float64(s.active))
-	s.wg.Done()
 }
 
 func (s *Server) refuse(w http.ResponseWriter, code int, result, msg string) {
@@ -168,10 +125,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n := s.node.Load()
-	s.mu.Lock()
-	draining := s.draining || n == nil
-	s.mu.Unlock()
-	if draining {
+	if n == nil || s.live.Draining() {
 		s.refuse(w, http.StatusServiceUnavailable, "unavailable", "AudioHook: this node takes no new sessions")
 		return
 	}
@@ -188,11 +142,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusUnauthorized, "unauthorized", "AudioHook: unauthorized")
 		return
 	}
-	if !s.acquire(tenant) {
-		s.refuse(w, http.StatusServiceUnavailable, "unavailable", "AudioHook: too many sessions")
+	if err := s.live.Acquire(tenant); err != nil {
+		msg := "AudioHook: too many sessions"
+		if errors.Is(err, drain.ErrDraining) {
+			msg = "AudioHook: this node takes no new sessions"
+		}
+		s.refuse(w, http.StatusServiceUnavailable, "unavailable", msg)
 		return
 	}
-	defer s.release(tenant)
+	defer s.live.Release(tenant)
 	// The HTTP server's read and write timeouts (obs.Limits) would cut the stream: lift them; the
 	// session bounds its own reads and writes.
 	rc := http.NewResponseController(w)

@@ -387,12 +387,7 @@ func (sess *session) onText(b []byte) error {
 	case "discarded":
 		return sess.onDiscarded(m)
 	case "paused":
-		sess.mu.Lock()
-		if sess.state == stActive {
-			sess.state, sess.pausedAt = stPaused, time.Now()
-		}
-		sess.mu.Unlock()
-		sess.publish("audiohook", map[string]any{"what": "paused", "position": m.Position})
+		sess.onPaused(m)
 	case "resumed":
 		return sess.onResumed(m)
 	case "error":
@@ -559,16 +554,37 @@ func (sess *session) onDiscarded(m clientMsg) error {
 	return nil
 }
 
+// onPaused holds the call's pause for the stream (ingest.PauseStream): until "resumed", every
+// frame, the silence filled in real time included, is published flagged paused, so workers
+// account the span as paused rather than as filled media. An operator's pause is held apart:
+// neither lifts the other.
+func (sess *session) onPaused(m clientMsg) {
+	sess.mu.Lock()
+	c := sess.call
+	if sess.state == stActive {
+		sess.state, sess.pausedAt = stPaused, time.Now()
+	}
+	sess.mu.Unlock()
+	if c != nil {
+		c.SetPausedBy(ingest.PauseStream, true, "audiohook paused", "audiohook/"+sess.id)
+	}
+	sess.publish("audiohook", map[string]any{"what": "paused", "position": m.Position})
+}
+
 func (sess *session) onResumed(m clientMsg) error {
 	var p discardedParams
 	_ = json.Unmarshal(m.Parameters, &p)
 	sess.mu.Lock()
+	c := sess.call
 	var paused time.Duration
 	if sess.state == stPaused {
 		paused = time.Since(sess.pausedAt)
 		sess.state = stActive
 	}
 	sess.mu.Unlock()
+	if c != nil {
+		c.SetPausedBy(ingest.PauseStream, false, "audiohook resumed", "audiohook/"+sess.id)
+	}
 	sess.s.m.paused.Add(paused.Seconds())
 	sess.publish("audiohook", map[string]any{"what": "resumed", "paused_ms": paused.Milliseconds(), "discarded": p.Discarded, "position": m.Position})
 	return nil

@@ -47,22 +47,28 @@ func parseFrames(t *testing.T, data []byte, leg uint8, into *sent) {
 	}
 }
 
-// While a call is paused, ingest publishes every frame (the sequence stays gap-free) flagged
-// paused and without its audio, keeps no audio in the replay ring either, and announces the
-// pause and the resume; a replayed paused frame keeps the flag.
-func TestPauseWithholdsAudioFromBusAndRing(t *testing.T) {
-	n, nc := testNode(t, 0)
+// watchCall subscribes to call c1's caller leg and events.
+func watchCall(t *testing.T, nc *nats.Conn) (audio, events *nats.Subscription) {
+	t.Helper()
 	audio, err := nc.SubscribeSync(subjects.Audio("acme", "c1", "caller"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	events, err := nc.SubscribeSync(subjects.EventsCall("acme", "c1"))
-	if err != nil {
+	if events, err = nc.SubscribeSync(subjects.EventsCall("acme", "c1")); err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	return audio, events
+}
+
+// While a call is paused, ingest publishes every frame (the sequence stays gap-free) flagged
+// paused and without its audio, keeps no audio in the replay ring either, and announces the
+// pause and the resume; a replayed paused frame keeps the flag.
+func TestPauseWithholdsAudioFromBusAndRing(t *testing.T) {
+	n, nc := testNode(t, 0)
+	audio, events := watchCall(t, nc)
 	c := pcmCall(t, n, 10) // 0-9 live
 	loud := bytes.Repeat([]byte{0x55}, 320)
 	rep := pause(t, nc, "c1", true)
@@ -127,25 +133,10 @@ func TestPauseWithholdsAudioFromBusAndRing(t *testing.T) {
 		t.Errorf("the replay ring gave out %d bytes for the 5 paused frames, want their headers alone", len(msg.Data))
 	}
 
-	var kinds []string
+	kinds, data := nextEvents(t, events, 3)
 	var paused, resumed map[string]any
-	for len(kinds) < 3 {
-		m, err := events.NextMsg(5 * time.Second)
-		if err != nil {
-			t.Fatalf("events so far %v: %v", kinds, err)
-		}
-		var ev wire.Event
-		if err := json.Unmarshal(m.Data, &ev); err != nil {
-			t.Fatal(err)
-		}
-		kinds = append(kinds, ev.Kind)
-		switch ev.Kind {
-		case "paused":
-			_ = json.Unmarshal(ev.Data, &paused)
-		case "resumed":
-			_ = json.Unmarshal(ev.Data, &resumed)
-		}
-	}
+	_ = json.Unmarshal(data["paused"], &paused)
+	_ = json.Unmarshal(data["resumed"], &resumed)
 	if kinds[0] != "start" || kinds[1] != "paused" || kinds[2] != "resumed" {
 		t.Errorf("events %v, want start, paused, resumed (a repeated pause publishes nothing)", kinds)
 	}
@@ -215,4 +206,101 @@ func TestPauseRequestsAreChecked(t *testing.T) {
 	if c.Paused() {
 		t.Error("a refused request paused the call")
 	}
+}
+
+// The operator's pause and the stream's are held and lifted apart: neither resume lifts the
+// other's hold, frames stay paused until the last hold goes, and one paused/resumed event pair
+// spans the overlap.
+func TestPauseSourcesOverlap(t *testing.T) {
+	n, nc := testNode(t, 0)
+	audio, events := watchCall(t, nc)
+	c := pcmCall(t, n, 1) // 0 live
+	loud := bytes.Repeat([]byte{0x55}, 320)
+	send := func() {
+		t.Helper()
+		if err := c.Send(0, loud, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep := c.SetPausedBy(PauseStream, true, "audiohook paused", "audiohook/s1"); !rep.Paused || len(rep.Sources) != 1 || rep.Sources[0] != "stream" {
+		t.Fatalf("stream pause: %+v", rep)
+	}
+	send() // 1 paused
+	if rep := pause(t, nc, "c1", true); !rep.Paused || len(rep.Sources) != 2 {
+		t.Fatalf("operator pause over the stream's: %+v", rep)
+	}
+	send() // 2 paused
+	if rep := c.SetPausedBy(PauseStream, false, "audiohook resumed", "audiohook/s1"); !rep.OK || !rep.Paused || len(rep.Sources) != 1 || rep.Sources[0] != "operator" {
+		t.Fatalf("the stream's resume lifted the operator's pause: %+v", rep)
+	}
+	send() // 3 paused
+	if rep := c.SetPausedBy(PauseStream, true, "audiohook paused", "audiohook/s1"); !rep.Paused {
+		t.Fatalf("stream pause again: %+v", rep)
+	}
+	if rep := pause(t, nc, "c1", false); !rep.OK || !rep.Paused || len(rep.Sources) != 1 || rep.Sources[0] != "stream" {
+		t.Fatalf("the operator's resume lifted the stream's pause: %+v", rep)
+	}
+	send() // 4 paused
+	if rep := c.SetPausedBy(PauseStream, false, "audiohook resumed", "audiohook/s1"); rep.Paused || len(rep.Sources) != 0 || rep.Seq[0].Next != 5 {
+		t.Fatalf("last resume: %+v", rep)
+	}
+	send() // 5 live
+	got := sent{flags: map[uint32]frame.Flags{}, payload: map[uint32][]byte{}}
+	for len(got.flags) < 6 {
+		m, err := audio.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d frames: %v", len(got.flags), err)
+		}
+		parseFrames(t, m.Data, 0, &got)
+	}
+	for seq := uint32(0); seq < 6; seq++ {
+		paused := seq >= 1 && seq <= 4
+		if got.flags[seq]&frame.FlagPaused != 0 != paused || paused == (len(got.payload[seq]) == 320) {
+			t.Errorf("frame %d: flags %b, %d bytes; paused want %v", seq, got.flags[seq], len(got.payload[seq]), paused)
+		}
+	}
+	if kinds, _ := nextEvents(t, events, 3); kinds[0] != "start" || kinds[1] != "paused" || kinds[2] != "resumed" {
+		t.Errorf("events %v, want start, paused, resumed", kinds)
+	}
+	if m, err := events.NextMsg(200 * time.Millisecond); err == nil {
+		t.Errorf("an event more: %s", m.Data)
+	}
+}
+
+// Each source's hold ends by itself after MaxPause, counted from its own start.
+func TestPauseHoldsExpireApart(t *testing.T) {
+	n, _ := testNode(t, 0)
+	c := pcmCall(t, n, 1)
+	n.cfg.MaxPause = time.Minute
+	t0 := time.Now()
+	c.setPaused(PauseOperator, true, "card", "agent-7", t0, false)
+	c.setPaused(PauseStream, true, "audiohook paused", "audiohook/s1", t0.Add(30*time.Second), false)
+	c.expirePause(t0.Add(61 * time.Second))
+	if rep := c.SetPausedBy(PauseStream, true, "", ""); !rep.Paused || len(rep.Sources) != 1 || rep.Sources[0] != "stream" {
+		t.Fatalf("after the operator's hold expired: %+v, want the stream's hold alone", rep)
+	}
+	c.expirePause(t0.Add(91 * time.Second))
+	if c.Paused() {
+		t.Fatal("still paused after both holds expired")
+	}
+}
+
+// nextEvents reads n call events: their kinds in order, and the data of each kind.
+func nextEvents(t *testing.T, sub *nats.Subscription, n int) ([]string, map[string]json.RawMessage) {
+	t.Helper()
+	var kinds []string
+	data := map[string]json.RawMessage{}
+	for len(kinds) < n {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("events so far %v: %v", kinds, err)
+		}
+		var ev wire.Event
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			t.Fatal(err)
+		}
+		kinds = append(kinds, ev.Kind)
+		data[ev.Kind] = ev.Data
+	}
+	return kinds, data
 }

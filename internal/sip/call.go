@@ -299,11 +299,12 @@ func (c *callState) publish(kind string, data any) {
 	}
 }
 
-// add registers a placed call and starts its watcher; false while draining.
+// add registers a placed call and starts its watcher; false while draining (or, when INVITEs
+// raced past the check, at MaxCalls).
 func (s *Server) add(c *callState) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.draining {
+	if s.registry.Acquire("") != nil {
 		return false
 	}
 	s.calls[c.dlg.ID] = c
@@ -385,7 +386,10 @@ func (c *callState) finish(reason string, bye bool) {
 		}
 		_ = c.dlg.Close()
 		c.s.mu.Lock()
-		delete(c.s.calls, c.dlg.ID)
+		if c.s.calls[c.dlg.ID] == c {
+			delete(c.s.calls, c.dlg.ID)
+			c.s.registry.Release("")
+		}
 		c.s.m.calls.Set(float64(len(c.s.calls)))
 		c.s.mu.Unlock()
 		c.s.m.ended.WithLabelValues(reason).Inc()

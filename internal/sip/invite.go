@@ -282,9 +282,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		}
 		return
 	}
-	s.mu.Lock()
-	draining, full := s.draining, len(s.calls) >= s.cfg.MaxCalls
-	s.mu.Unlock()
+	draining, full := s.registry.Draining(), s.registry.Live() >= s.cfg.MaxCalls
 	if draining {
 		s.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
 		return

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/drain"
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/emiago/sipgo"
@@ -60,8 +61,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	calls    map[string]*callState // by dialog id
-	draining bool
-	wg       sync.WaitGroup // call goroutines and in-flight request handlers
+	registry *drain.Sessions       // a slot per call in calls; draining once Run's context ended
+	wg       sync.WaitGroup        // call goroutines and in-flight request handlers
 	running  atomic.Bool
 
 	answerHook  func(time.Duration)                // tests: every INVITE → 200 OK time
@@ -79,7 +80,8 @@ func New(cfg Config, d Deps) (*Server, error) {
 	}
 	lis := netip.MustParseAddrPort(cfg.Listen)
 	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "sip").Logger(), m: newMetrics(d.Registry), pol: newPolicy(&cfg), lim: newSourceLimits(&cfg),
-		listenIP: lis.Addr(), advertise: lis.Addr(), ready: make(chan struct{}), calls: map[string]*callState{}}
+		listenIP: lis.Addr(), advertise: lis.Addr(), ready: make(chan struct{}), calls: map[string]*callState{},
+		registry: drain.New(cfg.MaxCalls, 0, nil)}
 	if cfg.AdvertiseIP != "" {
 		s.advertise = netip.MustParseAddr(cfg.AdvertiseIP)
 	}
@@ -129,11 +131,7 @@ func dialogKey(req *sip.Request) string {
 }
 
 // Calls returns the number of calls in progress.
-func (s *Server) Calls() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.calls)
-}
+func (s *Server) Calls() int { return s.registry.Live() }
 
 // listen opens the UDP and TCP listeners on one port.
 func (s *Server) listen() (net.PacketConn, net.Listener, error) {
@@ -288,13 +286,7 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	s.log.Info().Str("addr", local.String()).Strs("transports", s.cfg.Transports).Msg("SIP listening")
 
 	<-ctx.Done()
-	s.mu.Lock()
-	s.draining = true
-	s.mu.Unlock()
-	deadline := time.Now().Add(s.cfg.DrainTimeout)
-	for s.Calls() > 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	s.registry.Drain(s.cfg.DrainTimeout)
 	s.mu.Lock()
 	rest := make([]*callState, 0, len(s.calls))
 	for _, c := range s.calls {

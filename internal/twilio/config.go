@@ -1,16 +1,14 @@
 package twilio
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/timeline"
+	"github.com/callrouter/callrouter/internal/tokenfile"
 )
 
 // Config configures the Media Streams server.
@@ -100,7 +98,11 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// LoadTokens reads TokenFile (when set) into Tokens.
+// minToken is the shortest stream token accepted.
+const minToken = 16
+
+// LoadTokens reads TokenFile (when set; internal/tokenfile, one "<tenant> <token>" a line) into
+// Tokens.
 func (c *Config) LoadTokens() error {
 	if c.TokenFile == "" {
 		return nil
@@ -110,31 +112,10 @@ func (c *Config) LoadTokens() error {
 		return err
 	}
 	defer f.Close()
-	out := map[string]string{}
-	sc := bufio.NewScanner(io.LimitReader(f, 16<<20))
-	for line := 1; sc.Scan(); line++ {
-		text := strings.TrimSpace(sc.Text())
-		if text == "" || text[0] == '#' {
-			continue
-		}
-		fs := strings.Fields(text)
-		if len(fs) != 2 {
-			return fmt.Errorf("twilio: token file line %d: want \"<tenant> <token>\"", line)
-		}
-		if err := subjects.Check("tenant", fs[0]); err != nil {
-			return fmt.Errorf("twilio: token file line %d: %w", line, err)
-		}
-		if len(fs[1]) < 16 || len(fs[1]) > 256 {
-			return fmt.Errorf("twilio: token file line %d: a token must be 16-256 characters", line)
-		}
-		if _, dup := out[fs[1]]; dup {
-			return fmt.Errorf("twilio: token file line %d: duplicate token", line)
-		}
-		out[fs[1]] = fs[0]
+	m, err := tokenfile.Tokens(f, minToken)
+	if err != nil {
+		return fmt.Errorf("twilio: token file: %w", err)
 	}
-	if err := sc.Err(); err != nil {
-		return err
-	}
-	c.Tokens = out
+	c.Tokens = m
 	return nil
 }

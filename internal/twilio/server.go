@@ -14,10 +14,10 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/drain"
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/coder/websocket"
@@ -43,13 +43,9 @@ type Server struct {
 	ready   chan struct{}
 	stop    chan struct{}
 	started atomic.Bool
-
-	mu        sync.Mutex
-	draining  bool
-	closing   bool
-	active    int
-	perTenant map[string]int
-	wg        sync.WaitGroup
+	// live holds a slot per stream until its goroutine returns, counted against its tenant from
+	// start (the upgrade carries no credential).
+	live *drain.Sessions
 }
 
 var _ ingest.Source = (*Server)(nil)
@@ -63,8 +59,10 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if d.Registry == nil {
 		d.Registry = prometheus.NewRegistry()
 	}
-	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "twilio").Logger(), m: newMetrics(d.Registry),
-		tokens: map[[sha256.Size]byte]string{}, rate: guard.NewSourceRate(cfg.UpgradeRate, cfg.UpgradeBurst), ready: make(chan struct{}), stop: make(chan struct{}), perTenant: map[string]int{}}
+	m := newMetrics(d.Registry)
+	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "twilio").Logger(), m: m,
+		tokens: map[[sha256.Size]byte]string{}, rate: guard.NewSourceRate(cfg.UpgradeRate, cfg.UpgradeBurst), ready: make(chan struct{}), stop: make(chan struct{}),
+		live: drain.New(cfg.MaxSessions, cfg.MaxSessionsPerTenant, func(n int) { m.sessions.Set(float64(n)) })}
 	for tok, tenant := range cfg.Tokens {
 		s.tokens[sha256.Sum256([]byte(tok))] = tenant
 	}
@@ -78,11 +76,7 @@ func (s *Server) Mount(mux *http.ServeMux) { mux.Handle(s.cfg.Path, s) }
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // Sessions returns the streams holding a slot.
-func (s *Server) Sessions() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.active
-}
+func (s *Server) Sessions() int { return s.live.Live() }
 
 // Run takes streams into n until ctx ends, then drains: upgrades get 503 while the streams up
 // have the drain timeout; the rest are closed (1001) and Run returns once every one has ended.
@@ -94,60 +88,14 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	close(s.ready)
 	s.log.Info().Str("path", s.cfg.Path).Int("tokens", len(s.tokens)).Msg("twilio media streams endpoint serving")
 	<-ctx.Done()
-	s.mu.Lock()
-	s.draining = true
-	s.mu.Unlock()
-	if k := s.Sessions(); k > 0 && s.cfg.DrainTimeout > 0 {
+	if k := s.live.Live(); k > 0 && s.cfg.DrainTimeout > 0 {
 		s.log.Info().Int("streams", k).Dur("timeout", s.cfg.DrainTimeout).Msg("twilio draining")
-		deadline := time.Now().Add(s.cfg.DrainTimeout)
-		for s.Sessions() > 0 && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
 	}
-	s.mu.Lock()
-	s.closing = true
-	s.mu.Unlock()
+	s.live.Drain(s.cfg.DrainTimeout)
 	close(s.stop)
-	s.wg.Wait()
+	s.live.Wait()
 	s.node.Store(nil)
 	return nil
-}
-
-// acquire takes a node slot (the tenant is known only at start; see tenantSlot).
-func (s *Server) acquire() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.draining || s.closing || s.active >= s.cfg.MaxSessions {
-		return false
-	}
-	s.active++
-	s.wg.Add(1)
-	s.m.sessions.Set(float64(s.active))
-	return true
-}
-
-// tenantSlot counts a started stream against its tenant; false past the tenant's bound.
-func (s *Server) tenantSlot(tenant string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cfg.MaxSessionsPerTenant > 0 && s.perTenant[tenant] >= s.cfg.MaxSessionsPerTenant {
-		return false
-	}
-	s.perTenant[tenant]++
-	return true
-}
-
-func (s *Server) release(tenant string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.active--
-	if tenant != "" {
-		if s.perTenant[tenant]--; s.perTenant[tenant] <= 0 {
-			delete(s.perTenant, tenant)
-		}
-	}
-	s.m.sessions.Set(float64(s.active))
-	s.wg.Done()
 }
 
 // tenantOf returns the tenant of a token.
@@ -171,14 +119,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n := s.node.Load()
-	if n == nil || !s.acquire() {
+	if n == nil || s.live.Acquire("") != nil {
 		s.m.upgrades.WithLabelValues("unavailable").Inc()
 		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.RetryAfter/time.Second)))
 		http.Error(w, "Media Streams: this node takes no new streams", http.StatusServiceUnavailable)
 		return
 	}
 	st := &stream{s: s, n: n, log: s.log}
-	defer func() { s.release(st.tenant) }()
+	defer func() { s.live.Release(st.tenant) }()
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Time{})
 	_ = rc.SetWriteDeadline(time.Time{})

@@ -314,7 +314,7 @@ func (st *stream) onStart(sid string, p *startMsg) error {
 	if len(p.CustomParameters) > maxParams {
 		return protocolErr("more than %d custom parameters", maxParams)
 	}
-	if !st.s.tenantSlot(tenant) {
+	if !st.s.live.Tenant(tenant) {
 		return &closeError{code: websocket.StatusTryAgainLater, text: fmt.Sprintf("too many streams for this tenant; retry after %v", st.s.cfg.RetryAfter), reason: reasonRefused}
 	}
 	st.tenant = tenant

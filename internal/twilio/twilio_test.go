@@ -379,3 +379,32 @@ func TestUpgradeRate(t *testing.T) {
 		t.Fatalf("third upgrade: %v %+v, want 429", err, resp)
 	}
 }
+
+// TestStreamBounds: past -twilio-max-sessions an upgrade gets 503 with Retry-After; past
+// -twilio-max-sessions-per-tenant a start is closed with 1013, and its slot given back.
+func TestStreamBounds(t *testing.T) {
+	e := startEnv(t, 0, func(c *Config) {
+		c.MaxSessions, c.MaxSessionsPerTenant = 2, 1
+		c.Tokens["globex-token-0123456789abcdef"] = "globex"
+	})
+	first := dial(t, e.url)
+	first.start(tokenAcme, "inbound")
+	first.media("inbound", 1, make([]byte, 160))
+	eventually(t, 5*time.Second, "the first call", func() bool { return len(e.stack.Ingest.Calls()) == 1 })
+	second := dial(t, e.url)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, resp, err := websocket.Dial(ctx, e.url, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("third upgrade: %v %+v, want 503 with Retry-After", err, resp)
+	}
+	second.start(tokenAcme, "inbound")
+	if code, _ := second.closed(); code != websocket.StatusTryAgainLater {
+		t.Fatalf("acme's second start: close %v, want 1013", code)
+	}
+	eventually(t, 5*time.Second, "the refused stream's slot", func() bool { return e.srv.Sessions() == 1 })
+	third := dial(t, e.url)
+	third.start("globex-token-0123456789abcdef", "inbound")
+	third.media("inbound", 1, make([]byte, 160))
+	eventually(t, 5*time.Second, "globex's call", func() bool { return len(e.stack.Ingest.Calls()) == 2 })
+}

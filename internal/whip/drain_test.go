@@ -33,11 +33,7 @@ func talking(t *testing.T, ctx context.Context, e *env) (c *client, sess *sessio
 	return c, e.whip.lookup(sessionID(c.location)), stop
 }
 
-func (s *Server) isDraining() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.draining
-}
+func (s *Server) isDraining() bool { return s.live.Draining() }
 
 // SIGTERM on ingest: sessions that are up keep sending frames to the worker while new POSTs get
 // 503 with Retry-After, and Run returns once the last one has hung up.

@@ -162,9 +162,7 @@ func TestSessionBounds(t *testing.T) {
 		t.Fatalf("after a release: %d sessions", s.Sessions())
 	}
 	s.releaseSlot("c")
-	s.mu.Lock()
-	s.draining = true
-	s.mu.Unlock()
+	s.live.Drain(0)
 	if ok, why := s.acquire("c"); ok || !strings.Contains(why, "draining") {
 		t.Fatalf("acquire while draining: %v %q", ok, why)
 	}

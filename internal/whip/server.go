@@ -18,8 +18,8 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"time"
 
+	"github.com/callrouter/callrouter/internal/drain"
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/pion/ice/v4"
@@ -55,14 +55,12 @@ type Server struct {
 	apis map[string]*webrtc.API
 	cert webrtc.Certificate
 
-	mu        sync.Mutex
-	draining  bool                // Run's context ended: no new sessions, the ones up go on
-	closing   bool                // Run is shutting down: no new goroutines, no new sessions
-	sessions  map[string]*session // by URL id, including ended ones that linger
-	active    int
-	perTenant map[string]int
-	wg        sync.WaitGroup
-	watching  watchers // watch streams (watch.go)
+	live     *drain.Sessions // a slot per session being set up or running; draining once Run's context ended
+	mu       sync.Mutex
+	closing  bool                // Run is shutting down: no new goroutines, no new sessions
+	sessions map[string]*session // by URL id, including ended ones that linger
+	wg       sync.WaitGroup
+	watching watchers // watch streams (watch.go)
 
 	handlerHook atomic.Pointer[func(*http.Request)]           // tests: runs before every request is served
 	packetHook  atomic.Pointer[func(call string, raw []byte)] // tests: runs on every RTP packet a track reads
@@ -81,7 +79,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "whip").Logger(),
 		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), post: guard.NewSourceRate(cfg.PostRate, cfg.PostBurst), ready: make(chan struct{}), stop: make(chan struct{}),
-		sessions: map[string]*session{}, perTenant: map[string]int{}}
+		sessions: map[string]*session{}, live: drain.New(cfg.MaxSessions, cfg.MaxSessionsPerTenant, nil)}
 	s.m = newMetrics(d.Registry, s.countState)
 	return s, nil
 }
@@ -144,19 +142,13 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 
 // drain refuses new sessions and waits, up to the drain timeout, for the ones up to end.
 func (s *Server) drain() {
-	s.mu.Lock()
-	s.draining = true
-	n := s.active
-	s.mu.Unlock()
+	n := s.live.Live()
 	if n == 0 || s.cfg.DrainTimeout <= 0 {
+		s.live.Drain(0)
 		return
 	}
 	s.log.Info().Int("sessions", n).Dur("timeout", s.cfg.DrainTimeout).Msg("whip draining")
-	deadline := time.Now().Add(s.cfg.DrainTimeout)
-	for s.Sessions() > 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if n := s.Sessions(); n > 0 {
+	if n := s.live.Drain(s.cfg.DrainTimeout); n > 0 {
 		s.log.Info().Int("sessions", n).Msg("drain timeout: ending the sessions still up")
 	}
 }
@@ -218,27 +210,16 @@ func (s *Server) listen() error {
 
 // acquire takes a session slot for tenant, or says why there is none.
 func (s *Server) acquire(tenant string) (ok bool, why string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case s.draining: // set before closing
+	switch err := s.live.Acquire(tenant); {
+	case errors.Is(err, drain.ErrDraining): // set before closing
 		return false, "draining: this node takes no new sessions"
-	case s.active >= s.cfg.MaxSessions || (s.cfg.MaxSessionsPerTenant > 0 && s.perTenant[tenant] >= s.cfg.MaxSessionsPerTenant):
+	case err != nil:
 		return false, "too many sessions"
 	}
-	s.active++
-	s.perTenant[tenant]++
 	return true, ""
 }
 
-func (s *Server) releaseSlot(tenant string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.active--
-	if s.perTenant[tenant]--; s.perTenant[tenant] <= 0 {
-		delete(s.perTenant, tenant)
-	}
-}
+func (s *Server) releaseSlot(tenant string) { s.live.Release(tenant) }
 
 // add registers a session; false once the server is shutting down.
 func (s *Server) add(sess *session) bool {
@@ -294,8 +275,4 @@ func (s *Server) forget(sess *session) {
 }
 
 // Sessions returns the number of sessions holding a slot (being set up or running).
-func (s *Server) Sessions() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.active
-}
+func (s *Server) Sessions() int { return s.live.Live() }

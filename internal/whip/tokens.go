@@ -1,8 +1,6 @@
 package whip
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -10,7 +8,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/tokenfile"
 )
 
 // Auth errors.
@@ -21,51 +19,24 @@ var (
 	ErrBadToken = errors.New("whip: unknown bearer token")
 )
 
-// maxTokenLen bounds a bearer token.
-const maxTokenLen = 256
+// minToken is the shortest bearer token accepted.
+const minToken = 8
 
 func checkToken(tok string) error {
-	if len(tok) < 8 || len(tok) > maxTokenLen {
-		return fmt.Errorf("whip: a token must be 8-%d characters long", maxTokenLen)
-	}
-	for i := 0; i < len(tok); i++ {
-		if tok[i] <= ' ' || tok[i] >= 0x7f {
-			return errors.New("whip: a token must be printable ASCII without spaces")
-		}
+	if err := tokenfile.Check(tok, minToken); err != nil {
+		return fmt.Errorf("whip: %w", err)
 	}
 	return nil
 }
 
-// ParseTokens reads a token file: one "<tenant> <token>" pair a line, blank lines and lines
-// starting with '#' ignored. It returns token → tenant.
+// ParseTokens reads a token file (internal/tokenfile: one "<tenant> <token>" pair a line, blank
+// lines and lines starting with '#' ignored). It returns token → tenant.
 func ParseTokens(r io.Reader) (map[string]string, error) {
-	out := map[string]string{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 4096), 4096)
-	for line := 1; sc.Scan(); line++ {
-		text := strings.TrimSpace(sc.Text())
-		if text == "" || text[0] == '#' {
-			continue
-		}
-		f := strings.Fields(text)
-		if len(f) != 2 {
-			return nil, fmt.Errorf("whip: token file line %d: want \"<tenant> <token>\"", line)
-		}
-		if err := subjects.Check("tenant", f[0]); err != nil {
-			return nil, fmt.Errorf("whip: token file line %d: %w", line, err)
-		}
-		if err := checkToken(f[1]); err != nil {
-			return nil, fmt.Errorf("whip: token file line %d: %w", line, err)
-		}
-		if _, dup := out[f[1]]; dup {
-			return nil, fmt.Errorf("whip: token file line %d: duplicate token", line)
-		}
-		out[f[1]] = f[0]
-	}
-	if err := sc.Err(); err != nil {
+	m, err := tokenfile.Tokens(r, minToken)
+	if err != nil {
 		return nil, fmt.Errorf("whip: token file: %w", err)
 	}
-	return out, nil
+	return m, nil
 }
 
 // LoadTokens reads cfg.TokenFile, when set, into cfg.Tokens (file entries win).
@@ -73,11 +44,12 @@ func (c *Config) LoadTokens() error {
 	if c.TokenFile == "" {
 		return nil
 	}
-	b, err := os.ReadFile(c.TokenFile)
+	f, err := os.Open(c.TokenFile)
 	if err != nil {
 		return err
 	}
-	m, err := ParseTokens(bytes.NewReader(b))
+	defer f.Close()
+	m, err := ParseTokens(f)
 	if err != nil {
 		return err
 	}
@@ -118,7 +90,7 @@ func (a *authenticator) tenant(header string) (string, error) {
 		return "", ErrNoToken
 	}
 	tok = strings.TrimSpace(tok)
-	if len(tok) == 0 || len(tok) > maxTokenLen {
+	if len(tok) == 0 || len(tok) > tokenfile.MaxToken {
 		return "", ErrBadToken
 	}
 	if t, ok := a.tenants[sha256.Sum256([]byte(tok))]; ok {

@@ -22,7 +22,8 @@ const MaxPauseText = 128
 // router (router.api.pause), which forwards it to the owner; the owner answers with a PauseReply.
 // While paused, ingest publishes every frame without its audio (frame.FlagPaused) and masks DTMF
 // digits in its events. Pausing a paused call (or resuming a running one) changes nothing and is
-// answered OK.
+// answered OK. A request holds or lifts the operator's pause only: a pause the media stream
+// itself holds (an AudioHook client's) stays until the stream resumes.
 type PauseRequest struct {
 	V      int    `json:"v"`
 	Tenant string `json:"tenant"`
@@ -55,6 +56,9 @@ type PauseReply struct {
 	// absent when the call is not paused.
 	Since time.Time `json:"since,omitzero"`
 	Until time.Time `json:"until,omitzero"`
+	// Sources names who holds the pause ("operator", "stream"): a resume lifts only its
+	// requester's hold, so the call stays paused while another source holds it.
+	Sources []string `json:"sources,omitempty"`
 	// Seq is, per leg, the first sequence number of the pause (paused) or after it (resumed).
 	Seq []session.LegSeq `json:"seq,omitempty"`
 }
