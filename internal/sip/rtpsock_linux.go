@@ -42,15 +42,22 @@ const (
 )
 
 // listenRTP binds a UDP socket on ip:port the way net.ListenUDP would: a wildcard address takes
-// IPv4 and IPv6 on one dual-stack socket.
+// IPv4 and IPv6 on one dual-stack socket, or IPv4 alone where the host has no IPv6.
 func listenRTP(ip netip.Addr, port int, pools *rtpPollers) (*rtpConn, error) {
-	family := syscall.AF_INET6
-	if ip.Is4() || ip.Is4In6() {
-		family = syscall.AF_INET
-		if ip.IsUnspecified() {
-			family = syscall.AF_INET6
+	if ip.IsUnspecified() {
+		c, err := listenFamily(syscall.AF_INET6, ip, port, pools)
+		if err == nil || errors.Is(err, syscall.EADDRINUSE) {
+			return c, err
 		}
+		return listenFamily(syscall.AF_INET, netip.IPv4Unspecified(), port, pools)
 	}
+	if ip.Is4() || ip.Is4In6() {
+		return listenFamily(syscall.AF_INET, ip, port, pools)
+	}
+	return listenFamily(syscall.AF_INET6, ip, port, pools)
+}
+
+func listenFamily(family int, ip netip.Addr, port int, pools *rtpPollers) (*rtpConn, error) {
 	fd, err := syscall.Socket(family, syscall.SOCK_DGRAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
