@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/peertest"
@@ -179,8 +181,13 @@ func snr(ref, got []int16) float64 {
 }
 
 // TestOpusMatchesLibopus decodes packets that libopus 1.3.1 encoded (a SILK and a hybrid stream,
-// 20 ms each, from espeak-ng speech) and compares with libopus's own decoding of them.
+// 20 ms each, from espeak-ng speech) and compares with libopus's own decoding of them: pion/opus
+// within 40 dB, the libopus build (-tags libopus) sample for sample.
 func TestOpusMatchesLibopus(t *testing.T) {
+	want := 40.0
+	if OpusImpl == "libopus" {
+		want = math.Inf(1)
+	}
 	for _, name := range []string{"silk12k", "hybrid32k"} {
 		pk := readPackets(t, "opus-"+name+".pkts")
 		ref, err := os.ReadFile(filepath.Join("testdata", "opus-"+name+".ref48k.s16"))
@@ -201,10 +208,10 @@ func TestOpusMatchesLibopus(t *testing.T) {
 				t.Fatalf("%s: a 20 ms packet gave %d samples", name, len(got)-n)
 			}
 		}
-		if s := snr(pcm(ref), got); s < 40 {
-			t.Errorf("%s: %.1f dB SNR against libopus, want ≥ 40", name, s)
+		if s := snr(pcm(ref), got); s < want {
+			t.Errorf("%s: %s: %.1f dB SNR against libopus, want ≥ %.0f", OpusImpl, name, s, want)
 		} else {
-			t.Logf("%s: %.1f dB SNR against libopus", name, s)
+			t.Logf("%s: %s: %.1f dB SNR against libopus", OpusImpl, name, s)
 		}
 	}
 	if _, err := mustDecoder(t, frame.CodecOpus, 48000).Decode([]byte{0xFF}, nil); err == nil {
@@ -332,19 +339,31 @@ func BenchmarkDecode(b *testing.B) {
 		{"g722", frame.CodecG722, 8000, [][]byte{readFile(b, "testdata/g722-speech.g722")[:160]}},
 		{"opus-silk-48k", frame.CodecOpus, 48000, readPackets(b, "opus-silk12k.pkts")},
 		{"opus-hybrid-48k", frame.CodecOpus, 48000, readPackets(b, "opus-hybrid32k.pkts")},
-		{"opus-hybrid-16k", frame.CodecOpus, 16000, readPackets(b, "opus-hybrid32k.pkts")}} {
+		{"opus-hybrid-16k", frame.CodecOpus, 16000, readPackets(b, "opus-hybrid32k.pkts")},
+		{"opus-hybrid-8k", frame.CodecOpus, 8000, readPackets(b, "opus-hybrid32k.pkts")},
+		{"opus-silk-16k", frame.CodecOpus, 16000, readPackets(b, "opus-silk12k.pkts")},
+		{"opus-silk-8k", frame.CodecOpus, 8000, readPackets(b, "opus-silk12k.pkts")}} {
 		b.Run(c.name, func(b *testing.B) {
 			d := mustDecoder(b, c.codec, c.rate)
 			dst := make([]int16, 0, 6000)
 			b.ReportAllocs()
 			i := 0
+			c0 := cpuTime()
 			for b.Loop() {
 				dst, _ = d.Decode(c.p[i%len(c.p)], dst[:0])
 				i++
 			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/frame")
+			// CPU time, not wall time: on a shared machine it is what the figures can rest on.
+			b.ReportMetric(float64(cpuTime()-c0)/float64(b.N), "cpu-ns/frame")
 		})
 	}
+}
+
+// cpuTime returns the CPU time this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func readFile(t testing.TB, p string) []byte {

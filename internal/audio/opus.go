@@ -1,3 +1,5 @@
+//go:build !libopus || !cgo
+
 package audio
 
 import (
@@ -8,17 +10,20 @@ import (
 
 // opusDecoder decodes one Opus packet (RFC 6716) per frame, mono, with pion/opus: a pure-Go
 // decoder of SILK, CELT and hybrid packets, so workers need neither cgo nor libopus.
-// docs/processors.md records why, and what it costs against libopus.
+// docs/processors.md records why, and what it costs against libopus. Built with -tags libopus (and
+// cgo), opus_libopus.go decodes with libopus instead.
 type opusDecoder struct {
 	d    opus.Decoder
 	rate int
 }
 
+// OpusImpl names the Opus decoder this binary was built with: "pion/opus" (pure Go, the default)
+// or "libopus" (-tags libopus).
+const OpusImpl = "pion/opus"
+
 func newOpusDecoder(rate int) (*opusDecoder, error) {
-	switch rate {
-	case 8000, 12000, 16000, 24000, 48000:
-	default:
-		return nil, fmt.Errorf("%w: opus at %d Hz", ErrRate, rate)
+	if err := opusRateOK(rate); err != nil {
+		return nil, err
 	}
 	d, err := opus.NewDecoderWithOutput(rate, 1)
 	if err != nil {
@@ -28,9 +33,6 @@ func newOpusDecoder(rate int) (*opusDecoder, error) {
 }
 
 func (d *opusDecoder) Rate() int { return d.rate }
-
-// maxOpusFrame is the longest Opus packet duration, 120 ms, in samples at 48 kHz.
-const maxOpusFrame = 5760
 
 func (d *opusDecoder) Decode(p []byte, dst []int16) ([]int16, error) {
 	if len(p) == 0 {

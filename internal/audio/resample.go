@@ -57,8 +57,9 @@ func NewResampler(from, to int) (*Resampler, error) {
 			s = math.Sin(2*math.Pi*fc*x) / (math.Pi * x)
 		}
 		w := 0.42 - 0.5*math.Cos(2*math.Pi*float64(i)/float64(active-1)) + 0.08*math.Cos(4*math.Pi*float64(i)/float64(active-1))
-		// Store by phase: tap i serves phase i%L at input offset i/L.
-		r.taps[(i%r.l)*r.k+i/r.l] = float32(s * w * float64(r.l))
+		// Store by phase, each phase reversed so that run computes a forward dot product with
+		// the input window: tap i serves phase i%L at input offset i/L.
+		r.taps[(i%r.l)*r.k+r.k-1-i/r.l] = float32(s * w * float64(r.l))
 	}
 	r.Reset()
 	return r, nil
@@ -117,13 +118,7 @@ func (r *Resampler) run(dst []int16) []int16 {
 			break
 		}
 		p := r.pos % l
-		h := r.taps[p*k : p*k+k]
-		x := r.buf[i-k+1 : i+1]
-		var acc float32
-		for j, c := range h {
-			acc += c * x[k-1-j]
-		}
-		dst = append(dst, clamp16(acc))
+		dst = append(dst, clamp16(dot(r.taps[p*k:p*k+k], r.buf[i-k+1:i+1])))
 		r.pos += r.m
 	}
 	// Keep k-1 samples of history behind the next output's newest input.
@@ -155,6 +150,24 @@ func Resample(src []int16, from, to int, dst []int16) ([]int16, error) {
 		dst = append(dst, 0)
 	}
 	return dst, nil
+}
+
+// dot returns the dot product of h and x (len(x) ≥ len(h)), four lanes at a time.
+func dot(h, x []float32) float32 {
+	x = x[:len(h)]
+	var a0, a1, a2, a3 float32
+	j := 0
+	for ; j+4 <= len(h); j += 4 {
+		hh, xx := h[j:j+4:j+4], x[j:j+4:j+4]
+		a0 += hh[0] * xx[0]
+		a1 += hh[1] * xx[1]
+		a2 += hh[2] * xx[2]
+		a3 += hh[3] * xx[3]
+	}
+	for ; j < len(h); j++ {
+		a0 += h[j] * x[j]
+	}
+	return (a0 + a1) + (a2 + a3)
 }
 
 func clamp16(v float32) int16 {

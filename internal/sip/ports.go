@@ -2,7 +2,6 @@ package sip
 
 import (
 	"errors"
-	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -18,6 +17,7 @@ type portPool struct {
 	ip         netip.Addr
 	quarantine time.Duration
 	now        func() time.Time
+	pollers    *rtpPollers
 
 	mu    sync.Mutex
 	free  []freePort // FIFO by release time
@@ -30,7 +30,7 @@ type freePort struct {
 }
 
 func newPortPool(ip netip.Addr, lo, hi int, quarantine time.Duration) *portPool {
-	p := &portPool{ip: ip, quarantine: quarantine, now: time.Now}
+	p := &portPool{ip: ip, quarantine: quarantine, now: time.Now, pollers: newRTPPollers()}
 	if lo%2 == 1 {
 		lo++
 	}
@@ -41,7 +41,7 @@ func newPortPool(ip netip.Addr, lo, hi int, quarantine time.Duration) *portPool 
 }
 
 // open binds a UDP socket on the oldest port out of quarantine.
-func (p *portPool) open() (*net.UDPConn, error) {
+func (p *portPool) open() (*rtpConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
@@ -51,12 +51,11 @@ func (p *portPool) open() (*net.UDPConn, error) {
 			return nil, ErrNoPorts // the oldest is still in quarantine, so are the rest
 		}
 		p.free = p.free[1:]
-		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.ip, uint16(f.port))))
+		c, err := listenRTP(p.ip, f.port, p.pollers)
 		if err != nil {
 			p.free = append(p.free, freePort{port: f.port, released: now}) // someone else holds it
 			continue
 		}
-		_ = c.SetReadBuffer(256 << 10)
 		p.inUse++
 		return c, nil
 	}
@@ -64,8 +63,8 @@ func (p *portPool) open() (*net.UDPConn, error) {
 }
 
 // release closes the socket and puts its port in quarantine.
-func (p *portPool) release(c *net.UDPConn) {
-	port := c.LocalAddr().(*net.UDPAddr).Port
+func (p *portPool) release(c *rtpConn) {
+	port := c.port
 	_ = c.Close()
 	p.mu.Lock()
 	p.free = append(p.free, freePort{port: port, released: p.now()})

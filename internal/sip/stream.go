@@ -1,10 +1,7 @@
 package sip
 
 import (
-	"errors"
-	"net"
 	"net/netip"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -32,7 +29,7 @@ var codecByName = map[string]codec{
 
 // stream receives one negotiated RTP stream into one leg of a call.
 type stream struct {
-	conn     *net.UDPConn
+	conn     *rtpConn
 	leg      int
 	codec    codec
 	audioPT  uint8
@@ -55,9 +52,12 @@ type stream struct {
 	key  *sdesKey                     // the key srtp was made from (callState.mu)
 	hdr  rtp.Header
 	dec  [maxPacket + 64]byte
+
+	done     chan struct{}       // closed when the socket's reader has let go of the stream
+	panicked atomic.Pointer[any] // what the stream's packet handling panicked with
 }
 
-func (s *stream) port() int { return s.conn.LocalAddr().(*net.UDPAddr).Port }
+func (s *stream) port() int { return s.conn.port }
 
 func (s *stream) setRemote(a netip.AddrPort) { s.remote.Store(&a) }
 
@@ -74,22 +74,8 @@ func (s *stream) sourceOK(from netip.AddrPort) bool {
 
 // run reads packets until the socket is closed, then flushes the last frame.
 func (s *stream) run() {
-	tick := frameDur
 	s.lastRTP.Store(time.Now().UnixNano())
-	for {
-		_ = s.conn.SetReadDeadline(time.Now().Add(tick))
-		n, from, err := s.conn.ReadFromUDPAddrPort(s.buf[:])
-		now := time.Now()
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				s.cut.idle(now)
-				continue
-			}
-			break // closed
-		}
-		s.handle(now, from, s.buf[:n])
-		s.cut.idle(now) // a flood of rejected packets must not hold off silence filling
-	}
+	s.conn.serve(s)
 	s.cut.finish()
 	s.dtmf.flush()
 	st := s.cut.stats()
