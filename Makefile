@@ -3,7 +3,7 @@ GO ?= go
 PKGS ?= ./...
 OVERLAY ?= dev
 
-.PHONY: help run build test bench vet fuzz loadtest loadtest-worker nats-keys nats-dev-tls rules fault hostile scale clean
+.PHONY: help run build test test-libopus bench vet fuzz loadtest loadtest-worker nats-keys nats-dev-tls rules fault hostile scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -22,6 +22,10 @@ vet: ## go vet and gofmt
 test: vet ## the full test suite with the race detector, then every benchmark once
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count=1 $(PKGS)
+
+test-libopus: ## audio and processors with the optional cgo libopus decoder (needs Debian's libopus-dev and pkg-config)
+	$(GO) vet -tags libopus ./internal/audio ./internal/proc
+	$(GO) test -race -count=1 -tags libopus ./internal/audio ./internal/proc
 
 bench: ## benchmarks with enough iterations to read figures
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 $(PKGS)
