@@ -38,6 +38,8 @@ var forbidden = map[string][]string{
 	"loadtest/inproc":    {"internal/cli"},
 	// A client: it speaks the protocol and does not link the services it steers.
 	"internal/ctl": {"internal/router", "internal/worker", "internal/stack"},
+
+	"internal/trace/tracetest": {"internal/"}, // an OTLP/HTTP receiver for tests
 }
 
 // only maps a package to the only module packages it may import (directly).
