@@ -196,9 +196,9 @@ func (s *Server) create(w *statusWriter, r *http.Request) {
 	}
 	sess := newSession(s, p.tenant, p.codec)
 	trace.SetCall(span, p.tenant, sess.callID)
-	ok = false
+	kept := false // once added, the session ends its own way
 	defer func() {
-		if !ok {
+		if !kept {
 			sess.abort()
 		}
 	}()
@@ -206,12 +206,7 @@ func (s *Server) create(w *statusWriter, r *http.Request) {
 	defer cancel()
 	answer, err := s.answer(ctx, sess, string(p.offer))
 	if err != nil {
-		code := http.StatusBadRequest
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			code = http.StatusServiceUnavailable
-			w.Header().Set("Retry-After", "1")
-		}
-		s.fail(w, r, code, err.Error())
+		s.answerFailed(w, r, err)
 		return
 	}
 	call, placed := s.startCall(ctx, w, r, p, sess)
@@ -225,10 +220,21 @@ func (s *Server) create(w *statusWriter, r *http.Request) {
 		s.unavailable(w, r, s.cfg.RetryAfter, "shutting down")
 		return
 	}
-	ok = true
+	kept = true
 	if s.watch(w, r, sess) {
 		s.created(w, sess, answer, start)
 	}
+}
+
+// answerFailed answers a POST whose offer could not be answered: 400 for a bad offer, 503 when
+// ICE gathering ran out of time.
+func (s *Server) answerFailed(w http.ResponseWriter, r *http.Request, err error) {
+	code := http.StatusBadRequest
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		code = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", "1")
+	}
+	s.fail(w, r, code, err.Error())
 }
 
 // readPost checks a POST before any work: the endpoint serves, the source is within its rate,
