@@ -30,6 +30,7 @@ var forbidden = map[string][]string{
 	"internal/sdp":       {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/sip"},
 	"internal/whip":      {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
 	"internal/timeline":  {"internal/"},
+	"internal/trace":     {"internal/"}, // OpenTelemetry setup and the NATS header carrier; below bus
 	"internal/natsauth":  {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/proc"},
 	"internal/twilio":    {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip", "internal/sip", "internal/audiohook"},
 	"internal/audiohook": {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip", "internal/sip"},
@@ -37,6 +38,8 @@ var forbidden = map[string][]string{
 	"loadtest/inproc":    {"internal/cli"},
 	// A client: it speaks the protocol and does not link the services it steers.
 	"internal/ctl": {"internal/router", "internal/worker", "internal/stack"},
+
+	"internal/trace/tracetest": {"internal/"}, // an OTLP/HTTP receiver for tests
 }
 
 // only maps a package to the only module packages it may import (directly).

@@ -60,6 +60,7 @@ func run(args []string, out io.Writer) int {
 	fs.IntVar(&o.natsPort, "nats-port", -1, "embedded NATS client port (-1 picks a free one)")
 	fs.StringVar(&o.http, "http", "127.0.0.1:8080", "address for /healthz, /readyz and /metrics")
 	httpLimits := cli.HTTPLimitFlags(fs)
+	traceCfg := cli.TraceFlags(fs)
 	fs.BoolVar(&o.serve, "serve", false, "keep running after the calls end, until SIGTERM")
 	fs.Float64Var(&o.speed, "speed", 1, "playback speed factor (1 = real time)")
 	fs.StringVar(&o.logLevel, "log-level", "warn", "log level of the components: debug, info, warn, error")
@@ -109,6 +110,12 @@ func run(args []string, out io.Writer) int {
 		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
 		return 2
 	}
+	stopTracing, err := cli.StartTracing(traceCfg, "callrouter", "local")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
+		return 2
+	}
+	defer stopTracing()
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", "speech", "dtmf", "levels", "record", "summary"}
 	wc.ProcessorOptions = map[string]proc.Options{"record": {"dir": o.recDir}}

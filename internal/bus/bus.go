@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
@@ -184,7 +185,8 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp any) 
 	if err != nil {
 		return err
 	}
-	msg, err := nc.RequestWithContext(ctx, subject, data)
+	// The trace context of ctx's span, if any (call setup, when tracing is on), rides in headers.
+	msg, err := nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subject, Data: data, Header: trace.Inject(ctx)})
 	if err != nil {
 		return err
 	}

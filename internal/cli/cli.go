@@ -20,6 +20,7 @@ import (
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -100,6 +101,7 @@ type Common struct {
 	NATS        bus.Config
 	HTTP        string
 	HTTPLimits  *obs.Limits
+	Trace       *trace.Config // -otlp-endpoint
 	LogLevel    string
 	CheckConfig bool          // -check-config: validate, print what would be served, exit
 	fs          *flag.FlagSet // the binary's flags, printed by -check-config
@@ -117,9 +119,36 @@ func CommonFlags(fs *flag.FlagSet, httpDefault string) *Common {
 	fs.IntVar(&c.NATS.ReconnectBuf, "nats-reconnect-buf", c.NATS.ReconnectBuf, "bytes buffered while reconnecting")
 	fs.StringVar(&c.HTTP, "http", httpDefault, "address for /healthz, /readyz and /metrics")
 	c.HTTPLimits = HTTPLimitFlags(fs)
+	c.Trace = TraceFlags(fs)
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&c.CheckConfig, "check-config", false, "validate the flags and environment, print what would be served as one JSON line, exit without connecting")
 	return c
+}
+
+// TraceFlags registers -otlp-endpoint, where call setup traces go (trace.Config).
+func TraceFlags(fs *flag.FlagSet) *trace.Config {
+	t := &trace.Config{}
+	fs.StringVar(&t.Endpoint, "otlp-endpoint", "", "OTLP/HTTP base URL that call setup traces are sent to, e.g. http://otel-collector:4318 "+
+		"(/v1/traces is appended; empty: OTEL_EXPORTER_OTLP_ENDPOINT if set, else no tracing)")
+	return t
+}
+
+// StartTracing installs the tracer provider t configures for a component (trace.Setup); stop
+// flushes the spans still batched, with a deadline of its own.
+func StartTracing(t *trace.Config, component, id string) (stop func(), err error) {
+	cfg := trace.Config{Service: component, Instance: id}
+	if t != nil {
+		cfg.Endpoint = t.Endpoint
+	}
+	shutdown, err := trace.Setup(context.Background(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdown(ctx)
+	}, nil
 }
 
 // HTTPLimitFlags registers the -http listener's limit flags (LimitFlags) and returns the limits
@@ -199,6 +228,12 @@ func Main(component, id string, heartbeat time.Duration, c *Common, build Build)
 		fmt.Fprintf(os.Stderr, "%s: %v\n", component, err)
 		return 2
 	}
+	if c.Trace != nil {
+		if err := c.Trace.Validate(); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", component, err)
+			return 2
+		}
+	}
 	if c.CheckConfig {
 		return Check(component, id, c, build, log, os.Stdout, os.Stderr)
 	}
@@ -208,6 +243,12 @@ func Main(component, id string, heartbeat time.Duration, c *Common, build Build)
 }
 
 func run(ctx context.Context, component, id string, heartbeat time.Duration, c *Common, build Build, log zerolog.Logger) int {
+	stopTracing, err := StartTracing(c.Trace, component, id)
+	if err != nil {
+		log.Error().Err(err).Str("flag", "otlp-endpoint").Msg("cannot start tracing")
+		return 2
+	}
+	defer stopTracing() // last: spans of the drain are flushed too
 	c.NATS.Name = component + " " + id
 	c.NATS.WaitForServer = true
 	nc, err := bus.Connect(c.NATS, log)

@@ -20,6 +20,7 @@ import (
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -383,13 +384,20 @@ func (n *Node) requestPlace(ctx context.Context, c *Call, epoch uint32, pools []
 		Resume: resume, Reason: reason}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.PlaceTimeout)
 	defer cancel()
+	ctx, span := trace.Start(ctx, "ingest.place", trace.Client, append(trace.Call(c.spec.Tenant, c.spec.Call), trace.Epoch(epoch), trace.String("callrouter.reason", reason))...)
+	defer span.End()
 	var rep wire.PlaceReply
 	if n.paused.Load() {
 		<-ctx.Done()
+		trace.Fail(span, "paused")
 		return nil, ctx.Err()
 	}
 	if err := bus.Request(ctx, n.nc, subjects.Place, req, &rep); err != nil {
+		trace.Fail(span, err.Error())
 		return nil, err
+	}
+	if !rep.OK {
+		trace.Fail(span, rep.Code+": "+rep.Reason)
 	}
 	return &rep, nil
 }

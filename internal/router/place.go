@@ -13,6 +13,7 @@ import (
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
 )
@@ -35,7 +36,12 @@ func (r *Router) onPlace(m *nats.Msg) {
 		defer func() { <-r.inflight }()
 		defer guard.Recover("router_place", r.log, nil)
 		start := time.Now()
-		rep := r.place(m.Data)
+		ctx, span := trace.Start(trace.Extract(context.Background(), m.Header), "router.place", trace.Server, trace.String("callrouter.router", r.cfg.ID))
+		rep := r.place(ctx, m.Data)
+		if !rep.OK {
+			trace.Fail(span, rep.Code+": "+rep.Reason)
+		}
+		span.End()
 		r.m.placeTime.Observe(time.Since(start).Seconds())
 		bus.Respond(m, rep)
 	}) {
@@ -81,7 +87,8 @@ func checkPlace(req *wire.PlaceRequest) error {
 	return nil
 }
 
-func (r *Router) place(data []byte) wire.PlaceReply {
+// place answers one placement request; ctx carries its span.
+func (r *Router) place(ctx context.Context, data []byte) wire.PlaceReply {
 	var req wire.PlaceRequest
 	rep := wire.PlaceReply{Router: r.cfg.ID}
 	refuse := func(code, reason string) wire.PlaceReply {
@@ -100,11 +107,12 @@ func (r *Router) place(data []byte) wire.PlaceReply {
 		return refuse(wire.CodeBadRequest, err.Error())
 	}
 	log := r.log.With().Str("tenant", req.Call.Tenant).Str("call", req.Call.Call).Uint32("epoch", req.Epoch).Logger()
+	trace.Annotate(ctx, append(trace.Call(req.Call.Tenant, req.Call.Call), trace.Epoch(req.Epoch))...)
 	var placed []wire.Placement
 	for _, pool := range req.Pools {
 		offer := wire.Offer{V: wire.V, Call: req.Call, Ingest: req.Ingest, Epoch: req.Epoch, Pool: pool, Router: r.cfg.ID,
 			Resume: r.resume(&req, pool), Reason: req.Reason}
-		p, code, reason := r.placePool(&req, &offer)
+		p, code, reason := r.placePool(ctx, &req, &offer)
 		if p == nil {
 			r.releaseAll(&req, placed)
 			log.Info().Str("pool", pool).Str("code", code).Str("reason", reason).Msg("placement refused")
@@ -158,7 +166,7 @@ func (r *Router) resume(req *wire.PlaceRequest, pool string) []session.LegSeq {
 }
 
 // placePool offers the call to the least-loaded eligible workers of one pool in turn.
-func (r *Router) placePool(req *wire.PlaceRequest, offer *wire.Offer) (*wire.Placement, string, string) {
+func (r *Router) placePool(ctx context.Context, req *wire.PlaceRequest, offer *wire.Offer) (*wire.Placement, string, string) {
 	tried := map[string]bool{}
 	lastCode, lastReason := wire.CodeNoWorkers, fmt.Sprintf("no live worker in pool %q", offer.Pool)
 	for attempt := 0; attempt < r.cfg.OfferAttempts; attempt++ {
@@ -170,10 +178,19 @@ func (r *Router) placePool(req *wire.PlaceRequest, offer *wire.Offer) (*wire.Pla
 			break
 		}
 		tried[wid] = true
-		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OfferTimeout)
+		octx, span := trace.Start(ctx, "router.offer", trace.Client, append(trace.Call(req.Call.Tenant, req.Call.Call),
+			trace.Epoch(req.Epoch), trace.String("callrouter.worker", wid), trace.String("callrouter.pool", offer.Pool))...)
+		octx, cancel := context.WithTimeout(octx, r.cfg.OfferTimeout)
 		var or wire.OfferReply
-		err := bus.Request(ctx, r.nc, subjects.WorkerVerb(wid, subjects.WorkerVerbOffer), offer, &or)
+		err := bus.Request(octx, r.nc, subjects.WorkerVerb(wid, subjects.WorkerVerbOffer), offer, &or)
 		cancel()
+		switch {
+		case err != nil:
+			trace.Fail(span, err.Error())
+		case !or.OK:
+			trace.Fail(span, or.Code+": "+or.Reason)
+		}
+		span.End()
 		switch {
 		case err != nil:
 			r.m.offers.WithLabelValues("error").Inc()

@@ -15,6 +15,8 @@ import (
 	"github.com/callrouter/callrouter/internal/sdp"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/trace"
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 )
 
@@ -171,7 +173,26 @@ func less(a, b int) bool {
 	return b < 0 || a < b
 }
 
-// onInvite answers a new INVITE, or a re-INVITE within a call.
+// invite is a new INVITE being answered: what each step of onInvite learns.
+type invite struct {
+	req       *sip.Request
+	tx        sip.ServerTransaction
+	start     time.Time
+	ctx       context.Context // holds the sip.invite span
+	span      trace.Span
+	from      peer
+	user      *AuthUser
+	tenant    string
+	rec       *recording
+	expires   time.Duration
+	refresher string
+	plans     []legPlan
+	answers   []sdp.Answer
+}
+
+// onInvite answers a new INVITE, or a re-INVITE within a call: the request is checked,
+// authorized, its offer read and negotiated; then a dialog, RTP ports and a placement are taken,
+// and the 200 OK carries the answer. Every step that refuses has answered.
 func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	start := time.Now()
 	if to := req.To(); to != nil && to.Params != nil {
@@ -180,11 +201,45 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 			return
 		}
 	}
-	src := sourceAddr(req) // the transport guards have applied the allow-list
+	inv := &invite{req: req, tx: tx, start: start}
+	inv.ctx, inv.span = trace.Start(s.ctx, "sip.invite", trace.Server, trace.String("sip.transport", req.Transport()))
+	defer inv.span.End()
+	if !s.checkInvite(inv) || !s.authorize(inv) || !s.readOffer(inv) || !s.admit(inv) {
+		return
+	}
+	dlg, err := s.dialogs[dialogKey(req)].ReadInvite(req, tx)
+	if err != nil {
+		s.reject(inv, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
+		return
+	}
+	_ = dlg.Respond(100, "Trying", nil)
+	c := s.newCall(inv, dlg)
+	if err := c.openStreams(inv.plans, inv.answers); err != nil {
+		c.releaseStreams()
+		trace.Fail(inv.span, "no RTP port free")
+		s.respondDialog(dlg, req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"), warning(`399 callrouter "no RTP port free"`))
+		return
+	}
+	if !s.placeCall(inv, c) {
+		return
+	}
+	s.sendAnswer(inv, c)
+}
+
+// reject answers the INVITE with a final response and marks its span failed.
+func (s *Server) reject(inv *invite, code int, reason string, hdrs ...sip.Header) {
+	trace.Fail(inv.span, strconv.Itoa(code)+" "+reason)
+	s.respond(inv.req, inv.tx, code, reason, hdrs...)
+}
+
+// checkInvite checks the request itself: the transport a sips URI needs, the headers a dialog
+// needs (supplying the Contact and From tag an RFC 2543 client may omit), an acceptable answer.
+func (s *Server) checkInvite(inv *invite) bool {
+	req := inv.req
 	if req.Recipient.Scheme == "sips" && req.Transport() != "TLS" {
 		// RFC 3261 section 26.2.2: a sips request-URI asks for TLS on every hop.
-		s.respond(req, tx, 416, "Unsupported URI Scheme", warning(`399 callrouter "sips needs TLS"`))
-		return
+		s.reject(inv, 416, "Unsupported URI Scheme", warning(`399 callrouter "sips needs TLS"`))
+		return false
 	}
 	if req.Contact() == nil && req.From() != nil {
 		// RFC 2543 INVITEs may omit Contact: the From address is the remote target then.
@@ -207,38 +262,56 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	if req.Contact() == nil || req.CallID() == nil || req.From() == nil || req.To() == nil || req.CSeq() == nil ||
 		req.CSeq().MethodName != sip.INVITE {
-		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "missing or inconsistent Contact, Call-ID, From, To or CSeq"`))
-		return
+		s.reject(inv, 400, "Bad Request", warning(`399 callrouter "missing or inconsistent Contact, Call-ID, From, To or CSeq"`))
+		return false
 	}
 	if !acceptsSDP(req) {
-		s.respond(req, tx, 406, "Not Acceptable", sip.NewHeader("Accept", "application/sdp, multipart/mixed"))
-		return
+		s.reject(inv, 406, "Not Acceptable", sip.NewHeader("Accept", "application/sdp, multipart/mixed"))
+		return false
 	}
-	from := peerOf(req)
-	var user *AuthUser
+	return true
+}
+
+// authorize checks the digest credentials (when configured) and finds the call's tenant, which
+// the digest user must be allowed to call for.
+func (s *Server) authorize(inv *invite) bool {
+	req := inv.req
+	src := sourceAddr(req) // the transport guards have applied the allow-list
+	inv.from = peerOf(req)
 	if s.auth != nil {
 		name, ok, stale := "", false, false
 		if h := req.GetHeader("Authorization"); h != nil {
 			name, ok, stale = s.auth.check(h.Value(), string(req.Method))
 		}
 		if !ok {
-			s.respond(req, tx, 401, "Unauthorized", sip.NewHeader("WWW-Authenticate", s.auth.challenge(stale)))
-			return
+			s.reject(inv, 401, "Unauthorized", sip.NewHeader("WWW-Authenticate", s.auth.challenge(stale)))
+			return false
 		}
-		from.user = name
+		inv.from.user = name
 		u := s.cfg.AuthUsers[name]
-		user = &u
+		inv.user = &u
 	}
-	tenant, ok := s.pol.tenant(req, src, user)
+	tenant, ok := s.pol.tenant(req, src, inv.user)
 	if !ok {
-		s.forbid(req, tx, "tenant")
-		return
+		trace.Fail(inv.span, "403 tenant")
+		s.forbid(req, inv.tx, "tenant")
+		return false
 	}
-	if user != nil && user.Tenant != AnyTenant && user.Tenant != tenant {
-		s.secLog.Warn().Str("user", from.user).Str("tenant", tenant).Msg("SIP digest user called for another tenant")
-		s.forbid(req, tx, "user_tenant")
-		return
+	if inv.user != nil && inv.user.Tenant != AnyTenant && inv.user.Tenant != tenant {
+		s.secLog.Warn().Str("user", inv.from.user).Str("tenant", tenant).Msg("SIP digest user called for another tenant")
+		trace.Fail(inv.span, "403 user_tenant")
+		s.forbid(req, inv.tx, "user_tenant")
+		return false
 	}
+	inv.tenant = tenant
+	trace.SetCall(inv.span, tenant, subjects.Encode(req.CallID().Value()))
+	return true
+}
+
+// readOffer reads the body (SDP, or SIPREC's multipart with metadata), the session timer, and
+// negotiates the legs to answer.
+func (s *Server) readOffer(inv *invite) bool {
+	req := inv.req
 	ct := ""
 	if h := req.ContentType(); h != nil {
 		ct = h.Value()
@@ -246,116 +319,133 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	b, err := parseBody(ct, req.Body())
 	switch {
 	case errors.Is(err, errMediaType):
-		s.respond(req, tx, 415, "Unsupported Media Type", sip.NewHeader("Accept", "application/sdp, multipart/mixed"))
-		return
+		s.reject(inv, 415, "Unsupported Media Type", sip.NewHeader("Accept", "application/sdp, multipart/mixed"))
+		return false
 	case err != nil:
-		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
-		return
+		s.reject(inv, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
+		return false
 	case b.sdp == nil:
-		s.respond(req, tx, 488, "Not Acceptable Here", warning(`399 callrouter "an SDP offer is required in the INVITE"`))
-		return
+		s.reject(inv, 488, "Not Acceptable Here", warning(`399 callrouter "an SDP offer is required in the INVITE"`))
+		return false
 	}
 	off, err := sdp.Parse(b.sdp)
 	if err != nil {
-		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
-		return
+		s.reject(inv, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
+		return false
 	}
-	var rec *recording
 	if b.metadata != nil {
-		if rec, err = parseMetadata(b.metadata); err != nil {
-			s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
-			return
+		if inv.rec, err = parseMetadata(b.metadata); err != nil {
+			s.reject(inv, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
+			return false
 		}
 	}
-	expires, refresher, err := s.sessionTimer(req)
-	if err != nil {
-		s.respond(req, tx, 422, "Session Interval Too Small", sip.NewHeader("Min-SE", strconv.Itoa(int(s.cfg.MinSessionExpires/time.Second))))
-		return
+	if inv.expires, inv.refresher, err = s.sessionTimer(req); err != nil {
+		s.reject(inv, 422, "Session Interval Too Small", sip.NewHeader("Min-SE", strconv.Itoa(int(s.cfg.MinSessionExpires/time.Second))))
+		return false
 	}
-	plans, answers, err := s.negotiate(off, rec)
-	if err != nil {
+	if inv.plans, inv.answers, err = s.negotiate(off, inv.rec); err != nil {
 		var oe *offerError
 		if errors.As(err, &oe) {
-			s.respond(req, tx, oe.code, oe.reason, warning(oe.warn))
+			s.reject(inv, oe.code, oe.reason, warning(oe.warn))
 		} else {
-			s.respond(req, tx, 500, "Server Internal Error")
+			s.reject(inv, 500, "Server Internal Error")
 		}
-		return
+		return false
 	}
+	return true
+}
+
+// admit refuses a new call while draining (503) or at the call limit (486).
+func (s *Server) admit(inv *invite) bool {
 	draining, full := s.registry.Draining(), s.registry.Live() >= s.cfg.MaxCalls
 	if draining {
-		s.respond(req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
-		return
+		s.reject(inv, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+		return false
 	}
 	if full {
-		s.respond(req, tx, 486, "Busy Here", warning(`399 callrouter "call limit reached"`))
-		return
+		s.reject(inv, 486, "Busy Here", warning(`399 callrouter "call limit reached"`))
+		return false
 	}
-	dlg, err := s.dialogs[dialogKey(req)].ReadInvite(req, tx)
-	if err != nil {
-		s.respond(req, tx, 400, "Bad Request", warning(`399 callrouter "`+quote(err.Error())+`"`))
-		return
-	}
-	_ = dlg.Respond(100, "Trying", nil)
+	return true
+}
 
-	c := &callState{s: s, dlg: dlg, peer: from, tenant: tenant, expires: expires, refresher: refresher, rec: rec, start: time.Now(),
-		done: make(chan struct{}), failed: make(chan struct{})}
-	c.log = s.log.With().Str("tenant", tenant).Str("sip_call_id", req.CallID().Value()).Logger()
-	if err := c.openStreams(plans, answers); err != nil {
-		c.releaseStreams()
-		s.respondDialog(dlg, req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"), warning(`399 callrouter "no RTP port free"`))
-		return
-	}
-	spec := session.Spec{ID: session.ID{Tenant: tenant, Call: subjects.Encode(req.CallID().Value())}, Meta: s.pol.metadata(req)}
+// newCall is the call state of an admitted INVITE whose dialog is formed.
+func (s *Server) newCall(inv *invite, dlg *sipgo.DialogServerSession) *callState {
+	c := &callState{s: s, dlg: dlg, peer: inv.from, tenant: inv.tenant, expires: inv.expires, refresher: inv.refresher, rec: inv.rec,
+		start: time.Now(), done: make(chan struct{}), failed: make(chan struct{})}
+	c.log = s.log.With().Str("tenant", inv.tenant).Str("sip_call_id", inv.req.CallID().Value()).Logger()
+	return c
+}
+
+// callSpec is the session the call places: its legs, the SIP metadata, SRTP and SIPREC participants.
+func (c *callState) callSpec(req *sip.Request) session.Spec {
+	spec := session.Spec{ID: session.ID{Tenant: c.tenant, Call: subjects.Encode(req.CallID().Value())}, Meta: c.s.pol.metadata(req)}
 	for i, p := range c.plans {
 		spec.Legs = append(spec.Legs, session.Leg{Index: uint8(i), Name: p.name, Codec: p.codec.fc, Rate: p.codec.rate})
 	}
 	if p := c.plans[0]; p.crypto != nil {
 		spec.Meta["sip.srtp"] = p.crypto.suite
 	}
-	if rec != nil {
+	if c.rec != nil {
 		spec.Meta["siprec"] = "true"
 		for k, v := range c.participantMeta() {
 			spec.Meta[k] = v
 		}
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.PlaceTimeout)
+	return spec
+}
+
+// placeCall starts the call on the ingest node (a CANCEL aborts the placement) and adds it to the
+// server's calls; on failure it has answered and released the ports.
+func (s *Server) placeCall(inv *invite, c *callState) bool {
+	req, tx, dlg := inv.req, inv.tx, c.dlg
+	spec := c.callSpec(req)
+	ctx, cancel := context.WithTimeout(inv.ctx, s.cfg.PlaceTimeout)
 	stop := context.AfterFunc(dlg.Context(), cancel) // CANCEL aborts placement
 	call, err := s.node.StartCall(ctx, spec)
 	stop()
 	cancel()
 	if err != nil {
 		c.releaseStreams()
+		trace.Fail(inv.span, "placement: "+err.Error())
 		s.refuse(dlg, req, tx, err)
-		return
+		return false
 	}
 	c.call = call
 	c.spec = spec
 	if !s.add(c) {
 		call.End("shutdown")
 		c.releaseStreams()
+		trace.Fail(inv.span, "shutting down")
 		s.respondDialog(dlg, req, tx, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
-		return
+		return false
 	}
+	return true
+}
+
+// sendAnswer starts the call's media and sends the 200 OK with the SDP answer; a 200 never
+// acknowledged (or a CANCEL that crossed it) ends the call.
+func (s *Server) sendAnswer(inv *invite, c *callState) {
+	dlg := c.dlg
 	c.startStreams()
-	answer := c.answerSDP()
-	res := sip.NewSDPResponseFromRequest(dlg.InviteRequest, answer)
+	res := sip.NewSDPResponseFromRequest(dlg.InviteRequest, c.answerSDP())
 	for _, h := range c.timerHeaders() {
 		res.AppendHeader(h)
 	}
 	res.AppendHeader(s.allowHeaders()[0])
-	took := time.Since(start)
+	took := time.Since(inv.start)
 	s.m.answer.Observe(took.Seconds())
 	if s.answerHook != nil {
 		s.answerHook(took)
 	}
 	s.m.requests.WithLabelValues("INVITE", "200").Inc()
-	c.log.Info().Str("call", spec.Call).Int("legs", len(spec.Legs)).Dur("answer", time.Since(start)).Msg("SIP call answered")
+	c.log.Info().Str("call", c.spec.Call).Int("legs", len(c.spec.Legs)).Dur("answer", time.Since(inv.start)).Msg("SIP call answered")
 	if err := dlg.WriteResponse(res); err != nil {
 		reason := "no_ack"
 		if dlg.Context().Err() != nil {
 			reason = "cancel"
 		}
+		trace.Fail(inv.span, "200 OK not acknowledged: "+reason)
 		c.finish(reason, reason == "no_ack")
 		return
 	}

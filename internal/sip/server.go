@@ -167,6 +167,35 @@ func (s *Server) listen() (net.PacketConn, net.Listener, error) {
 	return nil, nil, errors.New("sip: no port free for both UDP and TCP")
 }
 
+// listeners are the server's sockets: UDP and TCP on one port (either may be off), and TLS.
+type listeners struct {
+	pc   net.PacketConn
+	tcp  net.Listener
+	tls  net.Listener
+	tlsc *tls.Config // the server side of TLS
+}
+
+// close closes every socket that is open.
+func (ls *listeners) close() {
+	if ls.pc != nil {
+		_ = ls.pc.Close()
+	}
+	if ls.tcp != nil {
+		_ = ls.tcp.Close()
+	}
+	if ls.tls != nil {
+		_ = ls.tls.Close()
+	}
+}
+
+// local is the UDP (else TCP) address.
+func (ls *listeners) local() netip.AddrPort {
+	if ls.pc != nil {
+		return netip.MustParseAddrPort(ls.pc.LocalAddr().String())
+	}
+	return netip.MustParseAddrPort(ls.tcp.Addr().String())
+}
+
 // Run serves SIP until ctx ends, then drains: new INVITEs get 503, calls get DrainTimeout to
 // hang up, and the rest are hung up with BYE. It returns once every goroutine it started has
 // exited.
@@ -175,56 +204,90 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 		return errors.New("sip: server already ran")
 	}
 	s.node = n
-	var tlsServer, tlsClient *tls.Config
-	if s.cfg.TLSListen != "" {
-		var err error
-		if tlsServer, tlsClient, err = tlsConfigs(&s.cfg); err != nil {
-			return err
-		}
-	}
-	pc, l, err := s.listen()
+	ls, tlsClient, err := s.openListeners()
 	if err != nil {
-		return fmt.Errorf("sip: listen: %w", err)
+		return err
 	}
-	var tl net.Listener
-	if tlsServer != nil {
-		if tl, err = net.Listen("tcp", s.cfg.TLSListen); err != nil {
-			if pc != nil {
-				_ = pc.Close()
-			}
-			if l != nil {
-				_ = l.Close()
-			}
-			return fmt.Errorf("sip: listen TLS: %w", err)
-		}
-	}
-	var local netip.AddrPort
-	if pc != nil {
-		local = netip.MustParseAddrPort(pc.LocalAddr().String())
-	} else {
-		local = netip.MustParseAddrPort(l.Addr().String())
-	}
+	local := ls.local()
 	if s.advertise.IsUnspecified() {
 		s.advertise = netip.MustParseAddr("127.0.0.1")
 	}
+	ua, srv, err := s.newUA(tlsClient)
+	if err != nil {
+		ls.close()
+		return err
+	}
+	s.makeDialogs(local, ls.tls)
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	defer cancelRun()
+	s.ctx = runCtx
+	s.route(srv)
+	var serveWG sync.WaitGroup
+	s.serve(srv, ls, &serveWG)
+	s.addr.Store(&local)
+	close(s.ready)
+	s.log.Info().Str("addr", local.String()).Strs("transports", s.cfg.Transports).Msg("SIP listening")
+
+	<-ctx.Done()
+	s.drainCalls()
+	cancelRun()
+	ls.close()
+	_ = ua.Close()
+	serveWG.Wait()
+	s.wg.Wait()
+	return nil
+}
+
+// openListeners opens the UDP/TCP port and, when configured, the TLS listener; it returns the
+// client side of TLS too (for requests callrouter sends, BYE).
+func (s *Server) openListeners() (*listeners, *tls.Config, error) {
+	ls := &listeners{}
+	var tlsClient *tls.Config
+	if s.cfg.TLSListen != "" {
+		var err error
+		if ls.tlsc, tlsClient, err = tlsConfigs(&s.cfg); err != nil {
+			return nil, nil, err
+		}
+	}
+	var err error
+	if ls.pc, ls.tcp, err = s.listen(); err != nil {
+		return nil, nil, fmt.Errorf("sip: listen: %w", err)
+	}
+	if ls.tlsc != nil {
+		if ls.tls, err = net.Listen("tcp", s.cfg.TLSListen); err != nil {
+			ls.close()
+			return nil, nil, fmt.Errorf("sip: listen TLS: %w", err)
+		}
+	}
+	return ls, tlsClient, nil
+}
+
+// newUA builds the sipgo user agent, server and client (s.client), logging through s.log.
+func (s *Server) newUA(tlsClient *tls.Config) (*sipgo.UserAgent, *sipgo.Server, error) {
 	slogger := newSlog(s.log)
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent("callrouter"), sipgo.WithUserAgentHostname(s.advertise.String()), sipgo.WithUserAgenTLSConfig(tlsClient),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger),
 			sip.WithTransactionLayerUnhandledResponseHandler(func(*sip.Response) { s.m.strayResponses.Inc() })),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(slogger)))
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(slogger))
 	if err != nil {
 		_ = ua.Close()
-		return err
+		return nil, nil, err
 	}
 	s.client, err = sipgo.NewClient(ua, sipgo.WithClientHostname(s.advertise.String()), sipgo.WithClientLogger(slogger))
 	if err != nil {
 		_ = ua.Close()
-		return err
+		return nil, nil, err
 	}
+	return ua, srv, nil
+}
+
+// makeDialogs builds the dialog cache and Contact of each transport (dialogKey): UDP and TCP on
+// local's port, TLS and TLS-sips on tl's when TLS is on.
+func (s *Server) makeDialogs(local netip.AddrPort, tl net.Listener) {
 	s.dialogs = map[string]*sipgo.DialogServerCache{}
 	s.contacts = map[string]sip.ContactHeader{}
 	for _, t := range []string{"UDP", "TCP", "TLS", "TLS-sips"} {
@@ -248,9 +311,10 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 		s.dialogs[t] = sipgo.NewDialogServerCache(s.client, contact)
 		s.contacts[t] = contact
 	}
-	runCtx, cancelRun := context.WithCancel(context.Background())
-	defer cancelRun()
-	s.ctx = runCtx
+}
+
+// route registers the request handlers.
+func (s *Server) route(srv *sipgo.Server) {
 	srv.OnInvite(s.handle(s.onInvite))
 	srv.OnAck(s.handle(s.onAck))
 	srv.OnBye(s.handle(s.onBye))
@@ -259,33 +323,35 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	srv.OnUpdate(s.handle(s.onUpdate))
 	srv.OnInfo(s.handle(s.onInfo))
 	srv.OnNoRoute(s.handle(s.onNoRoute))
+}
 
-	var serveWG sync.WaitGroup
-	if pc != nil {
-		serveWG.Add(1)
-		g := &guardConn{PacketConn: pc, parser: sip.NewParser(), m: s.m, lim: s.lim, gate: s.gate}
-		go func() { defer serveWG.Done(); _ = srv.ServeUDP(g) }()
+// serve starts a goroutine serving each listener behind its transport guard; wg waits for them.
+func (s *Server) serve(srv *sipgo.Server, ls *listeners, wg *sync.WaitGroup) {
+	if ls.pc != nil {
+		wg.Add(1)
+		g := &guardConn{PacketConn: ls.pc, parser: sip.NewParser(), m: s.m, lim: s.lim, gate: s.gate}
+		go func() { defer wg.Done(); _ = srv.ServeUDP(g) }()
 	}
-	if l != nil {
-		serveWG.Add(1)
-		gl := &guardListener{Listener: l, transport: "TCP", gate: s.gate, m: s.m, lim: s.lim, idle: s.cfg.TCPIdleTimeout,
+	if ls.tcp != nil {
+		wg.Add(1)
+		gl := &guardListener{Listener: ls.tcp, transport: "TCP", gate: s.gate, m: s.m, lim: s.lim, idle: s.cfg.TCPIdleTimeout,
 			message: s.cfg.TCPMessageTimeout}
-		go func() { defer serveWG.Done(); _ = srv.ServeTCP(gl) }()
+		go func() { defer wg.Done(); _ = srv.ServeTCP(gl) }()
 	}
-	if tl != nil {
-		serveWG.Add(1)
-		gl := &guardListener{Listener: tls.NewListener(tl, tlsServer), transport: "TLS", gate: s.gate, m: s.m, lim: s.lim,
+	if ls.tls != nil {
+		wg.Add(1)
+		gl := &guardListener{Listener: tls.NewListener(ls.tls, ls.tlsc), transport: "TLS", gate: s.gate, m: s.m, lim: s.lim,
 			idle: s.cfg.TCPIdleTimeout, message: s.cfg.TCPMessageTimeout}
-		go func() { defer serveWG.Done(); _ = srv.ServeTLS(gl) }()
-		ta := netip.MustParseAddrPort(tl.Addr().String())
+		go func() { defer wg.Done(); _ = srv.ServeTLS(gl) }()
+		ta := netip.MustParseAddrPort(ls.tls.Addr().String())
 		s.tlsAddr.Store(&ta)
 		s.log.Info().Str("addr", ta.String()).Bool("client_certs", s.cfg.TLSClientCA != "").Msg("SIP over TLS listening")
 	}
-	s.addr.Store(&local)
-	close(s.ready)
-	s.log.Info().Str("addr", local.String()).Strs("transports", s.cfg.Transports).Msg("SIP listening")
+}
 
-	<-ctx.Done()
+// drainCalls refuses new INVITEs, gives the calls DrainTimeout to hang up, and hangs up the rest
+// with BYE, waiting for them.
+func (s *Server) drainCalls() {
 	s.registry.Drain(s.cfg.DrainTimeout)
 	s.mu.Lock()
 	rest := make([]*callState, 0, len(s.calls))
@@ -302,20 +368,6 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 		}()
 	}
 	fin.Wait()
-	cancelRun()
-	if pc != nil {
-		_ = pc.Close()
-	}
-	if l != nil {
-		_ = l.Close()
-	}
-	if tl != nil {
-		_ = tl.Close()
-	}
-	_ = ua.Close()
-	serveWG.Wait()
-	s.wg.Wait()
-	return nil
 }
 
 // handle wraps a request handler so that Run waits for it, and so that a panic in one request

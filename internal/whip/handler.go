@@ -17,6 +17,7 @@ import (
 	"github.com/callrouter/callrouter/internal/ingest"
 	callsession "github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/pion/webrtc/v4"
 )
 
@@ -170,86 +171,49 @@ func (s *Server) unavailable(w http.ResponseWriter, r *http.Request, after time.
 	s.fail(w, r, http.StatusServiceUnavailable, msg)
 }
 
+// offerReq is what a POST's request says: the tenant its token names, the offer and its codec.
+type offerReq struct {
+	node   *ingest.Node
+	tenant string
+	offer  []byte
+	codec  *codec
+}
+
 // create handles POST: authenticate, check the offer, take a slot, answer, place the call.
-func (s *Server) create(w http.ResponseWriter, r *http.Request) {
+func (s *Server) create(w *statusWriter, r *http.Request) {
 	start := time.Now()
-	node := s.node.Load()
-	if node == nil {
-		s.unavailable(w, r, s.cfg.RetryAfter, "not serving")
-		return
-	}
-	if !s.post.Allow(remoteIP(r.RemoteAddr), start) {
-		w.Header().Set("Retry-After", "1")
-		s.fail(w, r, http.StatusTooManyRequests, "too many requests from this address")
-		return
-	}
-	tenant, err := s.auth.tenant(r.Header.Get("Authorization"))
-	if err != nil {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="callrouter"`)
-		s.fail(w, r, http.StatusUnauthorized, err.Error())
-		return
-	}
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/sdp" {
-		s.fail(w, r, http.StatusUnsupportedMediaType, "content type must be application/sdp")
-		return
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			s.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("offer larger than %d bytes", s.cfg.MaxBody))
-			return
+	ctx, span := trace.Start(r.Context(), "whip.create", trace.Server)
+	defer func() {
+		if w.code >= 400 {
+			trace.Fail(span, strconv.Itoa(w.code)+" "+http.StatusText(w.code))
 		}
-		s.fail(w, r, http.StatusBadRequest, "reading offer: "+err.Error())
+		span.End()
+	}()
+	p, ok := s.readPost(w, r, start)
+	if !ok {
 		return
 	}
-	c, err := chooseCodec(body, s.cfg.Codecs)
-	if err != nil {
-		s.fail(w, r, http.StatusBadRequest, err.Error())
-		return
-	}
-	if ok, why := s.acquire(tenant); !ok {
+	if ok, why := s.acquire(p.tenant); !ok {
 		s.unavailable(w, r, s.cfg.RetryAfter, why)
 		return
 	}
-	sess := newSession(s, tenant, c)
-	ok := false
+	sess := newSession(s, p.tenant, p.codec)
+	trace.SetCall(span, p.tenant, sess.callID)
+	kept := false // once added, the session ends its own way
 	defer func() {
-		if !ok {
+		if !kept {
 			sess.abort()
 		}
 	}()
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.SetupTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.SetupTimeout)
 	defer cancel()
-	answer, err := s.answer(ctx, sess, string(body))
+	answer, err := s.answer(ctx, sess, string(p.offer))
 	if err != nil {
-		code := http.StatusBadRequest
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			code = http.StatusServiceUnavailable
-			w.Header().Set("Retry-After", "1")
-		}
-		s.fail(w, r, code, err.Error())
+		s.answerFailed(w, r, err)
 		return
 	}
-	// Subscribe to the call's events before it starts, so the event stream has its "start".
-	sess.sub, err = node.NC().Subscribe(subjects.EventsCall(tenant, sess.callID), guard.Handler("whip_events", sess.log, sess.onEvent))
-	if err != nil {
-		s.unavailable(w, r, s.cfg.RetryAfter, "events: "+err.Error())
-		return
-	}
-	spec := callsession.Spec{ID: callsession.ID{Tenant: tenant, Call: sess.callID},
-		Legs: []callsession.Leg{{Index: 0, Name: "caller", Codec: c.frame, Rate: c.clock}},
-		Meta: map[string]string{"source": "whip", "codec": c.name}}
-	if ua := r.Header.Get("User-Agent"); ua != "" {
-		spec.Meta["user_agent"] = ua[:min(len(ua), 200)]
-	}
-	call, err := node.StartCall(ctx, spec)
-	if err != nil {
-		if after, temporary := ingest.RetryAfter(err); temporary {
-			s.unavailable(w, r, after, err.Error())
-			return
-		}
-		s.fail(w, r, http.StatusInternalServerError, err.Error())
+	call, placed := s.startCall(ctx, w, r, p, sess)
+	if !placed {
 		return
 	}
 	sess.call = call
@@ -259,12 +223,100 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		s.unavailable(w, r, s.cfg.RetryAfter, "shutting down")
 		return
 	}
-	ok = true
+	kept = true
+	if s.startWatcher(w, r, sess) {
+		s.created(w, sess, answer, start)
+	}
+}
+
+// answerFailed answers a POST whose offer could not be answered: 400 for a bad offer, 503 when
+// ICE gathering ran out of time.
+func (s *Server) answerFailed(w http.ResponseWriter, r *http.Request, err error) {
+	code := http.StatusBadRequest
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		code = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", "1")
+	}
+	s.fail(w, r, code, err.Error())
+}
+
+// readPost checks a POST before any work: the endpoint serves, the source is within its rate,
+// the token names a tenant, and the body is an SDP offer within MaxBody with a codec served.
+func (s *Server) readPost(w http.ResponseWriter, r *http.Request, start time.Time) (offerReq, bool) {
+	node := s.node.Load()
+	if node == nil {
+		s.unavailable(w, r, s.cfg.RetryAfter, "not serving")
+		return offerReq{}, false
+	}
+	if !s.post.Allow(remoteIP(r.RemoteAddr), start) {
+		w.Header().Set("Retry-After", "1")
+		s.fail(w, r, http.StatusTooManyRequests, "too many requests from this address")
+		return offerReq{}, false
+	}
+	tenant, err := s.auth.tenant(r.Header.Get("Authorization"))
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="callrouter"`)
+		s.fail(w, r, http.StatusUnauthorized, err.Error())
+		return offerReq{}, false
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/sdp" {
+		s.fail(w, r, http.StatusUnsupportedMediaType, "content type must be application/sdp")
+		return offerReq{}, false
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			s.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("offer larger than %d bytes", s.cfg.MaxBody))
+			return offerReq{}, false
+		}
+		s.fail(w, r, http.StatusBadRequest, "reading offer: "+err.Error())
+		return offerReq{}, false
+	}
+	c, err := chooseCodec(body, s.cfg.Codecs)
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return offerReq{}, false
+	}
+	return offerReq{node: node, tenant: tenant, offer: body, codec: c}, true
+}
+
+// startCall subscribes to the call's events, then places the call on the ingest node; on failure
+// it has answered.
+func (s *Server) startCall(ctx context.Context, w http.ResponseWriter, r *http.Request, p offerReq, sess *session) (*ingest.Call, bool) {
+	var err error
+	// Subscribe to the call's events before it starts, so the event stream has its "start".
+	sess.sub, err = p.node.NC().Subscribe(subjects.EventsCall(p.tenant, sess.callID), guard.Handler("whip_events", sess.log, sess.onEvent))
+	if err != nil {
+		s.unavailable(w, r, s.cfg.RetryAfter, "events: "+err.Error())
+		return nil, false
+	}
+	spec := callsession.Spec{ID: callsession.ID{Tenant: p.tenant, Call: sess.callID},
+		Legs: []callsession.Leg{{Index: 0, Name: "caller", Codec: p.codec.frame, Rate: p.codec.clock}},
+		Meta: map[string]string{"source": "whip", "codec": p.codec.name}}
+	if ua := r.Header.Get("User-Agent"); ua != "" {
+		spec.Meta["user_agent"] = ua[:min(len(ua), 200)]
+	}
+	call, err := p.node.StartCall(ctx, spec)
+	if err != nil {
+		if after, temporary := ingest.RetryAfter(err); temporary {
+			s.unavailable(w, r, after, err.Error())
+			return nil, false
+		}
+		s.fail(w, r, http.StatusInternalServerError, err.Error())
+		return nil, false
+	}
+	return call, true
+}
+
+// startWatcher starts the session's watcher, unless the peer connection failed while the call was
+// being placed or the server is shutting down: then the call ends and the POST gets 503.
+func (s *Server) startWatcher(w http.ResponseWriter, r *http.Request, sess *session) bool {
 	select {
 	case <-sess.done: // the peer connection failed while the call was being placed
-		call.End(sess.endReason())
+		sess.call.End(sess.endReason())
 		s.unavailable(w, r, s.cfg.RetryAfter, "session ended during setup")
-		return
+		return false
 	default:
 	}
 	if !s.spawn(func() {
@@ -273,19 +325,24 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	}) {
 		sess.end(reasonShutdown)
 		s.unavailable(w, r, s.cfg.RetryAfter, "shutting down")
-		return
+		return false
 	}
+	return true
+}
+
+// created answers 201 with the SDP answer, the session URL and the call's identity.
+func (s *Server) created(w http.ResponseWriter, sess *session, answer string, start time.Time) {
 	loc := s.cfg.Path + "/session/" + sess.id
 	h := w.Header()
 	h.Set("Location", loc)
 	h.Set("Content-Type", "application/sdp")
 	h.Set(HeaderCall, sess.callID)
-	h.Set(HeaderTenant, tenant)
+	h.Set(HeaderTenant, sess.tenant)
 	h.Add("Link", fmt.Sprintf(`<%s/events>; rel="events"`, loc))
 	w.WriteHeader(http.StatusCreated)
 	_, _ = io.WriteString(w, answer)
 	s.m.setup.Observe(time.Since(start).Seconds())
-	sess.log.Info().Str("codec", c.name).Dur("setup", time.Since(start)).Msg("whip session created")
+	sess.log.Info().Str("codec", sess.codec.name).Dur("setup", time.Since(start)).Msg("whip session created")
 }
 
 // answer builds the peer connection for an offer and returns the complete answer (every

@@ -13,6 +13,7 @@ import (
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
@@ -64,6 +65,8 @@ type call struct {
 	migrating  atomic.Bool // this worker asked ingest to move the call (drain, rebalance)
 
 	finishing bool // finish has begun (call goroutine only)
+
+	first trace.Span // offer → first frame processed; nil without tracing or once ended (call goroutine only)
 
 	// Forward jumps (call goroutine only). credit is how many missing frames a leg's next
 	// forward jump may explain as loss: it accrues at real time (a frame per frame duration),
@@ -485,6 +488,10 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 	for _, hd := range c.handlers {
 		hd.Frame(&c.out)
 	}
+	if c.first != nil {
+		c.first.End()
+		c.first = nil
+	}
 }
 
 func (c *call) gapCause(leg uint8) string {
@@ -627,6 +634,11 @@ func (c *call) failed(v any) {
 
 func (c *call) finish(reason string) {
 	c.finishing = true
+	if c.first != nil { // stopped before any frame was processed
+		trace.Fail(c.first, "stopped before the first frame: "+reason)
+		c.first.End()
+		c.first = nil
+	}
 	c.unsubscribe()
 	if reason == proc.StopIdle {
 		c.w.m.reapedSubs.Add(2)

@@ -21,6 +21,7 @@ import (
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -249,7 +250,12 @@ func (w *Worker) heartbeat() {
 
 func (w *Worker) onOffer(m *nats.Msg) {
 	var o wire.Offer
+	ctx, span := trace.Start(trace.Extract(context.Background(), m.Header), "worker.offer", trace.Server, trace.String("callrouter.worker", w.cfg.ID))
+	defer span.End()
 	reply := func(r wire.Reply) {
+		if !r.OK {
+			trace.Fail(span, r.Code+": "+r.Reason)
+		}
 		w.m.offers.WithLabelValues(map[bool]string{true: "accepted", false: r.Code}[r.OK]).Inc()
 		bus.Respond(m, wire.OfferReply{Reply: r, Worker: w.cfg.ID})
 	}
@@ -261,6 +267,7 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		reply(wire.Fail(wire.CodeBadRequest, err.Error()))
 		return
 	}
+	trace.Annotate(ctx, append(trace.Call(o.Call.Tenant, o.Call.Call), trace.Epoch(o.Epoch))...)
 	if err := checkOffer(&o, w.cfg.Pool); err != nil {
 		reply(wire.Fail(wire.CodeBadRequest, err.Error()))
 		return
@@ -339,7 +346,14 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		reply(wire.Fail(wire.CodeInternal, err.Error()))
 		return
 	}
+	if trace.Recording(ctx) {
+		// Ended by the call goroutine once the first frame is processed: offer → first frame.
+		_, c.first = trace.Start(ctx, "worker.first_frame", trace.Internal, append(trace.Call(o.Call.Tenant, o.Call.Call), trace.Epoch(o.Epoch))...)
+	}
 	if !w.group.Go(c.run) {
+		if c.first != nil {
+			c.first.End()
+		}
 		reply(wire.Fail(wire.CodeDraining, "worker is shutting down"))
 		return
 	}
