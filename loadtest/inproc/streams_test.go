@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/loadtest"
+	"github.com/callrouter/callrouter/loadtest/probe"
 )
 
 // checkEveryFrame requires a one-phase run of calls two-leg calls of frames frames per leg with
@@ -117,4 +118,40 @@ func TestTwilioWrongTokenFailsSetup(t *testing.T) {
 	harness := withCredentials(func(l *loadtest.Local) { l.TwilioToken = "not-the-token-of-this-run" })
 	rep := run(t, cfg, loadtest.Deps{Harness: harness, Log: testLog(t), StackLog: testLog(t)})
 	checkSetupsFailed(t, rep, 2, "1008 unauthorized")
+}
+
+// TestStreamModesRemote points the AudioHook and Twilio modes at servers and a NATS they did
+// not start (-audiohook/-twilio, -nats): the calls are named by the servers, and their accounts
+// come back from the workers' events.
+func TestStreamModesRemote(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two 1 s runs")
+	}
+	st := remoteStack(t, 1, "accounting", probe.ProcessorName)
+	var l loadtest.Local
+	stopAH, err := startAudioHook(st.Ingest, &l, "lt-ws-remote", 2, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopAH()
+	stopTW, err := startTwilio(st.Ingest, &l, "lt-ws-remote", 2, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopTW()
+	for _, mode := range []string{loadtest.ModeAudioHook, loadtest.ModeTwilio} {
+		cfg := shortConfig(t, mode, "lt-ws-remote", 2, 50, time.Second)
+		cfg.NATSURL = st.URL
+		if mode == loadtest.ModeAudioHook {
+			cfg.AudioHook, cfg.AudioHookKey, cfg.AudioHookSecret = l.AudioHook, l.AudioHookKey, l.AudioHookSecret
+		} else {
+			cfg.Twilio, cfg.TwilioToken = l.Twilio, l.TwilioToken
+		}
+		rep := run(t, cfg, loadtest.Deps{Log: testLog(t)}) // a black-box run: no harness
+		p := rep.Phases[0]
+		if p.Totals.Sent != 2*2*50 || p.Totals.Received != p.Totals.Sent || p.Latency.Count != p.Totals.Sent || !rep.Pass {
+			t.Errorf("%s: sent %d, received %d, %d timed, failures %v, worst %+v", mode, p.Totals.Sent, p.Totals.Received, p.Latency.Count,
+				rep.Failures, p.WorstLegs)
+		}
+	}
 }
