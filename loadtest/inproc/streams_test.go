@@ -155,3 +155,26 @@ func TestStreamModesRemote(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamModesCountRefusals: with room for about one call per worker, the placements past it
+// are refused by the servers (AudioHook: disconnect with 503 and retryAfter; Twilio: close 1013),
+// and the tester counts them as refused, neither failed nor set up; the calls set up are
+// accounted frame by frame.
+func TestStreamModesCountRefusals(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two 1 s runs")
+	}
+	for _, mode := range []string{loadtest.ModeAudioHook, loadtest.ModeTwilio} {
+		cfg := shortConfig(t, mode, "lt-ws-full", 5, 50, time.Second)
+		cfg.Workers, cfg.WorkerCapacity = 1, 1
+		rep := run(t, cfg, loadtest.Deps{Harness: Start, Log: testLog(t), StackLog: testLog(t)})
+		p := rep.Phases[0]
+		if p.Completed < 1 || p.Refused < 1 || p.Failed != 0 || p.Completed+p.Refused != 5 || p.Setup.Count != int64(p.Completed) {
+			t.Errorf("%s: completed %d, refused %d, failed %d, %d setup times, errors %q; want 5 calls set up or refused, some of each",
+				mode, p.Completed, p.Refused, p.Failed, p.Setup.Count, p.Errors)
+		}
+		if want := int64(p.Completed * 2 * 50); p.Totals.Sent != want || p.Totals.Received != want {
+			t.Errorf("%s: sent %d, received %d; want %d each", mode, p.Totals.Sent, p.Totals.Received, want)
+		}
+	}
+}
