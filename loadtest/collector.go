@@ -27,6 +27,7 @@ type LegStats struct {
 	Reordered   int64            `json:"reordered"`
 	Replayed    int64            `json:"replayed"`
 	GapFilled   int64            `json:"gap_filled"`
+	Paused      int64            `json:"paused,omitempty"` // withheld by ingest during a pause: accounted, not lost
 	Unaccounted int64            `json:"unaccounted"`
 	LostBy      map[string]int64 `json:"lost_by_cause,omitempty"`
 	Stop        string           `json:"stop,omitempty"`
@@ -209,6 +210,7 @@ func (c *Collector) Report(call string, stop string, legs []account.Leg) {
 		l.Reordered += t.Reordered
 		l.Replayed += t.Replayed
 		l.GapFilled += t.GapFilled
+		l.Paused += t.Paused
 		for k, v := range t.LostBy {
 			if l.LostBy == nil {
 				l.LostBy = map[string]int64{}
@@ -232,6 +234,7 @@ type Totals struct {
 	Reordered   int64            `json:"reordered"`
 	Replayed    int64            `json:"replayed"`
 	GapFilled   int64            `json:"gap_filled"`
+	Paused      int64            `json:"paused,omitempty"`
 	Unaccounted int64            `json:"unaccounted"`
 	LostBy      map[string]int64 `json:"lost_by_cause,omitempty"`
 	Stops       map[string]int   `json:"worker_stops,omitempty"`
@@ -253,7 +256,7 @@ func (c *Collector) finish(maxBad int) (Totals, []LegStats) {
 	t := Totals{LostBy: map[string]int64{}, Stops: map[string]int{}}
 	var bad []LegStats
 	for _, l := range c.legs {
-		l.Unaccounted = max(0, l.Sent-l.Received-l.Lost)
+		l.Unaccounted = max(0, l.Sent-l.Received-l.Lost-l.Paused)
 		if l.Unaccounted > 0 {
 			if l.LostBy == nil {
 				l.LostBy = map[string]int64{}
@@ -268,6 +271,7 @@ func (c *Collector) finish(maxBad int) (Totals, []LegStats) {
 		t.Reordered += l.Reordered
 		t.Replayed += l.Replayed
 		t.GapFilled += l.GapFilled
+		t.Paused += l.Paused
 		t.Unaccounted += l.Unaccounted
 		for k, v := range l.LostBy {
 			t.LostBy[k] += v

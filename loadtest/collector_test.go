@@ -123,3 +123,35 @@ func newProbeHandler(tb testing.TB, tenant string) proc.Handler {
 	}
 	return h
 }
+
+// TestPausedFramesAreAccounted: the probe counts a pause's frames (proc.PauseHandler) and the
+// span between two paused frames (cause paused) as paused, and the collector takes them as
+// accounted: nothing lost, nothing unaccounted.
+func TestPausedFramesAreAccounted(t *testing.T) {
+	c := newCollector("paused", time.Now(), time.Hour, 4)
+	detach, err := probe.Attach(c.tenant, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer detach()
+	h := newProbeHandler(t, "paused")
+	ph, ok := h.(proc.PauseHandler)
+	if !ok {
+		t.Fatal("the probe does not hear of paused frames (proc.PauseHandler)")
+	}
+	hdr := func(seq uint32) *frame.Header { return &frame.Header{Seq: seq, Capture: time.Now().UnixNano()} }
+	h.Frame(&proc.Frame{Header: *hdr(0)})
+	ph.Paused(hdr(1))
+	h.(proc.GapHandler).Gap(proc.Gap{Leg: 0, From: 2, To: 3, Cause: proc.CausePaused})
+	ph.Paused(hdr(4))
+	h.Frame(&proc.Frame{Header: *hdr(5)})
+	h.Stop(proc.StopEnd)
+	c.sent("c", []int64{6})
+	tot, bad := c.finish(10)
+	if tot.Sent != 6 || tot.Received != 2 || tot.Paused != 4 || tot.Lost != 0 || tot.Unaccounted != 0 || len(bad) != 0 {
+		t.Errorf("totals %+v, worst %+v; want 6 sent, 2 received, 4 paused, none lost or unaccounted", tot, bad)
+	}
+	if c.lost.Load() != 0 {
+		t.Errorf("%d frames on the loss timeline, want 0", c.lost.Load())
+	}
+}

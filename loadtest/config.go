@@ -1,8 +1,10 @@
 package loadtest
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/subjects"
@@ -23,6 +25,14 @@ const (
 	// ModeWHIP plays each call as a WebRTC WHIP client (pion) into callrouter's WHIP ingest; one
 	// leg per call.
 	ModeWHIP = "whip"
+	// ModeAudioHook plays each call as a Genesys AudioHook client (protocol v2: signed WebSocket
+	// upgrade, open/opened, 200 ms PCMU messages, close/closed) into callrouter's AudioHook
+	// server; one or two legs (external, internal) per call.
+	ModeAudioHook = "audiohook"
+	// ModeTwilio plays each call as Twilio Media Streams (connected, start with the token in
+	// customParameters, 20 ms base64 μ-law media per track, stop) into callrouter's Twilio
+	// server; one or two legs (inbound, outbound tracks) per call.
+	ModeTwilio = "twilio"
 	// ModeBaseline publishes the same frames at the same rate from plain publishers to plain
 	// per-call subscribers: NATS alone, the denominator of callrouter's overhead.
 	ModeBaseline = "baseline"
@@ -38,7 +48,7 @@ func canonicalMode(m string) string {
 
 // Config configures a load test run.
 type Config struct {
-	Mode     string   // ModeInproc, ModeSIP, ModeWHIP or ModeBaseline
+	Mode     string   // ModeInproc, ModeSIP, ModeWHIP, ModeAudioHook, ModeTwilio or ModeBaseline
 	Baseline bool     // run a baseline phase first with the same load
 	Rounds   int      // with Baseline: alternate baseline and callrouter phases this many times
 	Inputs   []string // WAV or pcap files, or directories of them, played round-robin
@@ -56,7 +66,16 @@ type Config struct {
 	Impair    Impairments
 	WHIP      string // WHIP mode: endpoint URL of a running WHIP ingest (needs NATSURL); empty runs one in-process
 	WHIPToken string // WHIP mode: bearer token
-	// HangupDelay is how long a SIP or WHIP call waits after its last packet before it hangs up,
+	// AudioHook mode: the WebSocket URL of a running AudioHook server (needs NATSURL; empty runs
+	// one in-process), its X-API-KEY and the key's base64 client secret (empty: unsigned upgrades).
+	AudioHook       string
+	AudioHookKey    string
+	AudioHookSecret string
+	// Twilio mode: the WebSocket URL of a running Media Streams server (needs NATSURL; empty runs
+	// one in-process) and the token sent in start.customParameters.
+	Twilio      string
+	TwilioToken string
+	// HangupDelay is how long a SIP, WHIP, AudioHook or Twilio call waits after its last packet before it hangs up,
 	// as a person does; 0 races the hang-up against the last packets in flight.
 	HangupDelay time.Duration
 
@@ -124,10 +143,12 @@ func (p *problems) add(format string, a ...any) {
 // checkMode checks the mode and the remote endpoints it needs.
 func (c *Config) checkMode(p *problems) {
 	switch c.Mode {
-	case ModeInproc, ModeNATS, ModeSIP, ModeWHIP, ModeBaseline:
+	case ModeInproc, ModeNATS, ModeSIP, ModeWHIP, ModeAudioHook, ModeTwilio, ModeBaseline:
 	default:
-		p.add("mode %q: want %q (or its old name %q), %q, %q or %q", c.Mode, ModeInproc, ModeNATS, ModeSIP, ModeWHIP, ModeBaseline)
+		p.add("mode %q: want %q (or its old name %q), %q, %q, %q, %q or %q", c.Mode, ModeInproc, ModeNATS, ModeSIP, ModeWHIP, ModeAudioHook,
+			ModeTwilio, ModeBaseline)
 	}
+	c.checkStreams(p)
 	if c.WHIP != "" && (c.Mode != ModeWHIP || c.NATSURL == "") {
 		p.add("whip %q: a remote WHIP ingest needs -mode whip and -nats (its workers' events)", c.WHIP)
 	}
@@ -145,6 +166,32 @@ func (c *Config) checkMode(p *problems) {
 	}
 	if c.Secure && c.NATSURL != "" {
 		p.add("secure: TLS and permissions are for the in-process stack; a remote one has its own")
+	}
+}
+
+// checkStreams checks the remote endpoints and credentials of the AudioHook and Twilio modes.
+func (c *Config) checkStreams(p *problems) {
+	if c.AudioHook != "" && (c.Mode != ModeAudioHook || c.NATSURL == "") {
+		p.add("audiohook %q: a remote AudioHook server needs -mode audiohook and -nats (its workers' events)", c.AudioHook)
+	}
+	if c.Mode == ModeAudioHook && c.NATSURL != "" && (c.AudioHook == "" || c.AudioHookKey == "") {
+		p.add("nats: in AudioHook mode a remote stack also needs -audiohook URL and -audiohook-key")
+	}
+	if c.AudioHookSecret != "" {
+		if b, err := base64.StdEncoding.DecodeString(c.AudioHookSecret); err != nil || len(b) == 0 {
+			p.add("audiohook-secret: want the client secret in base64 (as the AudioHook integration shows it)")
+		}
+	}
+	if c.Twilio != "" && (c.Mode != ModeTwilio || c.NATSURL == "") {
+		p.add("twilio %q: a remote Media Streams server needs -mode twilio and -nats (its workers' events)", c.Twilio)
+	}
+	if c.Mode == ModeTwilio && c.NATSURL != "" && (c.Twilio == "" || c.TwilioToken == "") {
+		p.add("nats: in Twilio mode a remote stack also needs -twilio URL and -twilio-token")
+	}
+	for flag, u := range map[string]string{"audiohook": c.AudioHook, "twilio": c.Twilio} {
+		if u != "" && !strings.HasPrefix(u, "ws://") && !strings.HasPrefix(u, "wss://") {
+			p.add("%s %q: want a ws:// or wss:// URL", flag, u)
+		}
 	}
 }
 

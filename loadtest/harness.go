@@ -16,7 +16,7 @@ type Harness func(ctx context.Context, cfg LocalConfig) (*Local, error)
 
 // LocalConfig is what a run asks of the harness.
 type LocalConfig struct {
-	Mode           string // ModeInproc, ModeSIP, ModeWHIP or ModeBaseline
+	Mode           string // ModeInproc, ModeSIP, ModeWHIP, ModeAudioHook, ModeTwilio or ModeBaseline
 	RunID          string // the run's id, which its call ids start with
 	NATSURL        string // a remote callrouter's NATS: ModeInproc runs only an ingest node on it
 	Tenant         string // tenant of the test calls
@@ -31,11 +31,17 @@ type LocalConfig struct {
 
 // Local is what the harness started; Close stops all of it.
 type Local struct {
-	URL    string // the NATS that frames and events go over
-	Stack  bool   // a whole in-process callrouter; false: an ingest node on a remote NATS
-	SIP    string // ModeSIP on an in-process stack: the SIP ingest's host:port
-	WHIP   string // ModeWHIP on an in-process stack: the WHIP endpoint's URL
-	Ingest Target // ModeInproc: the in-process ingest node
+	URL   string // the NATS that frames and events go over
+	Stack bool   // a whole in-process callrouter; false: an ingest node on a remote NATS
+	SIP   string // ModeSIP on an in-process stack: the SIP ingest's host:port
+	WHIP  string // ModeWHIP on an in-process stack: the WHIP endpoint's URL
+	// ModeAudioHook on an in-process stack: the AudioHook server's ws:// URL, an API key of the
+	// run's tenant and its base64 client secret.
+	AudioHook, AudioHookKey, AudioHookSecret string
+	// ModeTwilio on an in-process stack: the Media Streams server's ws:// URL and a token of the
+	// run's tenant.
+	Twilio, TwilioToken string
+	Ingest              Target // ModeInproc: the in-process ingest node
 	// Attach makes sink the in-process workers' probe sink for tenant's calls until detach; nil
 	// when the workers are remote (they publish "loadtest" events instead).
 	Attach func(tenant string, sink account.Sink) (detach func(), err error)

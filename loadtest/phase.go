@@ -18,10 +18,12 @@ const (
 	inprocPath   = "in-process ingest.Node → NATS → router-placed workers"
 	sipPath      = "SIP UAC + RTP → SIP ingest → NATS → router-placed workers"
 	whipPath     = "WHIP client (pion) → WebRTC ingest → NATS → router-placed workers"
+	ahPath       = "AudioHook client (WebSocket, 200 ms PCMU) → AudioHook ingest → NATS → router-placed workers"
+	twPath       = "Twilio Media Streams (WebSocket, 20 ms μ-law) → Twilio ingest → NATS → router-placed workers"
 )
 
 // callrouterPaths names the callrouter phase of each mode.
-var callrouterPaths = map[string]string{ModeInproc: inprocPath, ModeSIP: sipPath, ModeWHIP: whipPath}
+var callrouterPaths = map[string]string{ModeInproc: inprocPath, ModeSIP: sipPath, ModeWHIP: whipPath, ModeAudioHook: ahPath, ModeTwilio: twPath}
 
 // phase runs the configured load against one target and measures it; it also returns the
 // latency histogram, for merging rounds.
@@ -74,6 +76,7 @@ type phaseEnds struct {
 	detach func()     // the in-process probe sink
 	sip    *sipTarget
 	whip   *whipTarget
+	ws     wsTarget // AudioHook or Twilio
 }
 
 // ends builds the phase's target and the way back of its reports.
@@ -120,8 +123,9 @@ func (r *runner) reportsBack(e *phaseEnds, col *Collector) error {
 		return err
 	}
 	prefix := r.id
-	if r.cfg.Mode == ModeWHIP {
-		prefix = "" // the WHIP endpoint names its calls; the tenant should be the run's own
+	switch r.cfg.Mode {
+	case ModeWHIP, ModeAudioHook, ModeTwilio:
+		prefix = "" // the endpoint names its calls; the tenant should be the run's own
 	}
 	e.events, err = subscribeEvents(nc, r.cfg.Tenant, prefix, col)
 	return err
@@ -143,6 +147,22 @@ func (r *runner) callrouterTarget(e *phaseEnds, col *Collector) error {
 			return err
 		}
 		e.whip, e.tgt = wt, wt
+	case ModeAudioHook:
+		at, err := newAudioHookTarget(r.streams.audiohook, r.streams.ahKey, r.streams.ahSecret, r.cfg.HangupDelay)
+		if err != nil {
+			return err
+		}
+		e.ws, e.tgt = at, at
+	case ModeTwilio:
+		nc, err := r.dial("loadtest twilio placements")
+		if err != nil {
+			return err
+		}
+		tt, err := newTwilioTarget(r.streams.twilio, r.streams.twToken, r.cfg.Tenant, nc, r.cfg.HangupDelay)
+		if err != nil {
+			return err
+		}
+		e.ws, e.tgt = tt, tt
 	default:
 		e.tgt = r.local.Ingest
 	}
@@ -169,6 +189,10 @@ func (e *phaseEnds) finish(pc *PhaseReport) {
 		e.whip.close()
 		pc.Impairments = map[string]int64{"rtp_sent": e.whip.sent.Load()}
 	}
+	if e.ws != nil {
+		e.ws.close()
+		pc.Impairments = map[string]int64{"ws_messages_sent": e.ws.messages()}
+	}
 	if e.events != nil {
 		e.events.finish()
 	}
@@ -181,6 +205,9 @@ func (e *phaseEnds) close() {
 	}
 	if e.sip != nil {
 		e.sip.close()
+	}
+	if e.ws != nil {
+		e.ws.close()
 	}
 	if e.events != nil {
 		e.events.close()

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -73,7 +74,8 @@ type PhaseReport struct {
 	PacerLate float64         `json:"pacer_worst_tick_late_ms"`
 	Machine   MachineUsage    `json:"machine"`
 	Warnings  []string        `json:"warnings,omitempty"`
-	// Impairments counts what the SIP mode did to RTP: packets sent, dropped, delayed, reordered.
+	// Impairments counts what the SIP mode did to RTP: packets sent, dropped, delayed, reordered;
+	// the WHIP mode's RTP packets sent; the AudioHook and Twilio modes' WebSocket messages sent.
 	Impairments map[string]int64 `json:"rtp,omitempty"`
 	FramesRate  float64          `json:"frames_per_s"`
 }
@@ -191,6 +193,9 @@ func (r *Report) WriteText(w io.Writer) {
 	row("duplicated", func(p PhaseReport) string { return fmt.Sprint(p.Totals.Duplicated) })
 	row("reordered", func(p PhaseReport) string { return fmt.Sprint(p.Totals.Reordered) })
 	row("gap-filled by ingest", func(p PhaseReport) string { return fmt.Sprint(p.Totals.GapFilled) })
+	if slices.ContainsFunc(r.Phases, func(p PhaseReport) bool { return p.Totals.Paused > 0 }) {
+		row("paused (withheld by ingest; not lost)", func(p PhaseReport) string { return fmt.Sprint(p.Totals.Paused) })
+	}
 	row("latency p50 ms", func(p PhaseReport) string { return fmt.Sprintf("%.3f", p.Latency.P50) })
 	row("latency p90 ms", func(p PhaseReport) string { return fmt.Sprintf("%.3f", p.Latency.P90) })
 	row("latency p99 ms", func(p PhaseReport) string { return fmt.Sprintf("%.3f", p.Latency.P99) })
@@ -229,7 +234,9 @@ func (r *Report) WriteText(w io.Writer) {
 		for _, e := range p.Errors {
 			tw("%s: %s\n", p.Name, e)
 		}
-		if len(p.Impairments) > 0 {
+		if n, ok := p.Impairments["ws_messages_sent"]; ok {
+			tw("%s WebSocket: %d messages sent\n", p.Name, n)
+		} else if len(p.Impairments) > 0 {
 			tw("%s RTP: sent %d, dropped %d, delayed %d, reordered %d\n", p.Name, p.Impairments["rtp_sent"], p.Impairments["dropped"],
 				p.Impairments["delayed"], p.Impairments["reordered"])
 		}

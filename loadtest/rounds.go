@@ -90,6 +90,7 @@ func addTotals(a, b Totals) Totals {
 	a.Reordered += b.Reordered
 	a.Replayed += b.Replayed
 	a.GapFilled += b.GapFilled
+	a.Paused += b.Paused
 	a.Unaccounted += b.Unaccounted
 	lb := map[string]int64{}
 	for k, v := range a.LostBy {

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 )
@@ -36,15 +37,8 @@ func Run(ctx context.Context, cfg Config, d Deps) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Mode == ModeSIP || cfg.Mode == ModeWHIP {
-		for i := range recs {
-			if cfg.Mode == ModeWHIP && len(recs[i].Frames) > 1 {
-				recs[i].Frames = recs[i].Frames[:1] // a WHIP session carries one leg
-			}
-			if err := toG711(&recs[i]); err != nil {
-				return nil, err
-			}
-		}
+	if err := prepare(cfg.Mode, recs); err != nil {
+		return nil, err
 	}
 	r := &runner{cfg: cfg, d: d, recs: recs, id: runID()}
 	for _, rec := range recs {
@@ -54,6 +48,34 @@ func Run(ctx context.Context, cfg Config, d Deps) (*Report, error) {
 		r.cfg.Shards = runtime.GOMAXPROCS(0)
 	}
 	return r.run(ctx)
+}
+
+// prepare makes the recordings sendable in the mode: G.711 for SIP and WHIP, μ-law for AudioHook
+// and Twilio; one leg for WHIP, at most two (external/internal, inbound/outbound) for AudioHook
+// and Twilio.
+func prepare(mode string, recs []Recording) error {
+	maxLegs := 0
+	switch mode {
+	case ModeWHIP:
+		maxLegs = 1 // a WHIP session carries one leg
+	case ModeAudioHook, ModeTwilio:
+		maxLegs = 2
+	case ModeSIP:
+	default:
+		return nil
+	}
+	for i := range recs {
+		if maxLegs > 0 && len(recs[i].Frames) > maxLegs {
+			recs[i].Frames = recs[i].Frames[:maxLegs]
+		}
+		if err := toG711(&recs[i]); err != nil {
+			return err
+		}
+		if (mode == ModeAudioHook || mode == ModeTwilio) && recs[i].Codec != frame.CodecPCMU {
+			return fmt.Errorf("loadtest: %s: %s mode sends μ-law; this is %s (sox in.wav -e mu-law out.wav)", recs[i].Name, mode, recs[i].Codec)
+		}
+	}
+	return nil
 }
 
 func runID() string {
@@ -69,9 +91,10 @@ type runner struct {
 	id   string
 	legs int // the most legs of any recording
 
-	local   *Local // what the harness runs for this run; nil for a black-box run
-	sipAddr string // the SIP ingest the calls go to (SIP mode)
-	whipURL string // the WHIP endpoint the calls go to (WHIP mode)
+	local   *Local     // what the harness runs for this run; nil for a black-box run
+	sipAddr string     // the SIP ingest the calls go to (SIP mode)
+	whipURL string     // the WHIP endpoint the calls go to (WHIP mode)
+	streams streamEnds // the AudioHook or Twilio endpoint and credentials
 	url     string
 	conns   []*nats.Conn
 }
@@ -195,6 +218,8 @@ func durOr(d time.Duration, zero string) string {
 func (r *runner) connect(ctx context.Context) error {
 	if r.cfg.NATSURL != "" && r.cfg.Mode != ModeInproc {
 		r.url, r.sipAddr, r.whipURL = r.cfg.NATSURL, r.cfg.SIP, r.cfg.WHIP
+		r.streams = streamEnds{audiohook: r.cfg.AudioHook, ahKey: r.cfg.AudioHookKey, ahSecret: r.cfg.AudioHookSecret,
+			twilio: r.cfg.Twilio, twToken: r.cfg.TwilioToken}
 		return nil
 	}
 	if r.d.Harness == nil {
@@ -206,6 +231,7 @@ func (r *runner) connect(ctx context.Context) error {
 		return err
 	}
 	r.local, r.url, r.sipAddr, r.whipURL = l, l.URL, l.SIP, l.WHIP
+	r.streams = streamEnds{audiohook: l.AudioHook, ahKey: l.AudioHookKey, ahSecret: l.AudioHookSecret, twilio: l.Twilio, twToken: l.TwilioToken}
 	return nil
 }
 

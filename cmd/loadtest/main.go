@@ -104,20 +104,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// commandLine is the command for the report, with the bearer token left out.
+// secretFlags are the flags whose values the report leaves out.
+var secretFlags = map[string]bool{"whip-token": true, "audiohook-secret": true, "twilio-token": true}
+
+// commandLine is the command for the report, with tokens and secrets left out.
 func commandLine(args []string) string {
 	out := []string{"loadtest"}
 	for i := 0; i < len(args); i++ {
 		a := args[i]
+		name, _, withValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		switch {
-		case a == "-whip-token" || a == "--whip-token":
-			out = append(out, a, "REDACTED")
-			i++
-		case strings.HasPrefix(a, "-whip-token=") || strings.HasPrefix(a, "--whip-token="):
+		case !strings.HasPrefix(a, "-") || !secretFlags[name]:
+			out = append(out, a)
+		case withValue:
 			k, _, _ := strings.Cut(a, "=")
 			out = append(out, k+"=REDACTED")
 		default:
-			out = append(out, a)
+			out = append(out, a, "REDACTED")
+			i++
 		}
 	}
 	return strings.Join(out, " ")
@@ -172,11 +176,16 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 // loadtest.DefaultConfig()).
 func Flags(cfg *loadtest.Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
-	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "inproc (old name: nats): calls through an ingest node in this process onto NATS to the router and workers, in-process or remote (-nats), never a remote ingest; sip: SIP UAC + RTP into the SIP ingest (SIPREC for two legs); whip: pion WHIP clients into the WebRTC ingest (one leg); baseline: raw NATS publishers to subscribers only")
+	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "inproc (old name: nats): calls through an ingest node in this process onto NATS to the router and workers, in-process or remote (-nats), never a remote ingest; sip: SIP UAC + RTP into the SIP ingest (SIPREC for two legs); whip: pion WHIP clients into the WebRTC ingest (one leg); audiohook: Genesys AudioHook clients (signed upgrade, 200 ms PCMU, one or two legs) into the AudioHook ingest; twilio: Twilio Media Streams (20 ms μ-law per track, one or two legs) into the Twilio ingest; baseline: raw NATS publishers to subscribers only")
 	fs.StringVar(&cfg.SIP, "sip", cfg.SIP, "sip mode: host:port of a running SIP ingest (with -nats); empty runs one in-process")
 	fs.StringVar(&cfg.WHIP, "whip", cfg.WHIP, "whip mode: endpoint URL of a running WHIP ingest (with -nats); empty runs one in-process")
 	fs.StringVar(&cfg.WHIPToken, "whip-token", cfg.WHIPToken, "whip mode: bearer token")
-	fs.DurationVar(&cfg.HangupDelay, "hangup-delay", cfg.HangupDelay, "sip and whip modes: wait this long after a call's last packet before BYE/DELETE (0 races them)")
+	fs.StringVar(&cfg.AudioHook, "audiohook", cfg.AudioHook, "audiohook mode: ws:// or wss:// URL of a running AudioHook server (with -nats and -audiohook-key); empty runs one in-process")
+	fs.StringVar(&cfg.AudioHookKey, "audiohook-key", cfg.AudioHookKey, "audiohook mode: the X-API-KEY of a remote server's key file (its tenant should be -tenant)")
+	fs.StringVar(&cfg.AudioHookSecret, "audiohook-secret", cfg.AudioHookSecret, "audiohook mode: the key's client secret, base64 (empty: unsigned upgrades, for a key whose secret is -)")
+	fs.StringVar(&cfg.Twilio, "twilio", cfg.Twilio, "twilio mode: ws:// or wss:// URL of a running Media Streams server (with -nats and -twilio-token); empty runs one in-process")
+	fs.StringVar(&cfg.TwilioToken, "twilio-token", cfg.TwilioToken, "twilio mode: the token sent in start.customParameters (its tenant should be -tenant)")
+	fs.DurationVar(&cfg.HangupDelay, "hangup-delay", cfg.HangupDelay, "sip, whip, audiohook and twilio modes: wait this long after a call's last packet before BYE/DELETE/close/stop (0 races them)")
 	fs.Float64Var(&cfg.Impair.Loss, "loss", 0, "sip mode: probability an RTP packet is dropped")
 	fs.DurationVar(&cfg.Impair.Jitter, "jitter", 0, "sip mode: each RTP packet is delayed by a uniform random 0..jitter")
 	fs.Float64Var(&cfg.Impair.Reorder, "reorder", 0, "sip mode: probability an RTP packet is sent after the next one (with -jitter 0)")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,9 +77,34 @@ func TestRunExitCodes(t *testing.T) {
 }
 
 func TestCommandLineRedactsToken(t *testing.T) {
-	got := commandLine([]string{"-mode", "whip", "-whip-token", "s3cret", "-whip-token=s3cret", "-calls", "2"})
-	if strings.Contains(got, "s3cret") || !strings.Contains(got, "-calls 2") {
+	got := commandLine([]string{"-mode", "whip", "-whip-token", "s3cret", "-whip-token=s3cret", "-calls", "2", "--audiohook-secret", "s3cret",
+		"-twilio-token=s3cret", "-audiohook-key", "k1"})
+	if strings.Contains(got, "s3cret") || !strings.Contains(got, "-calls 2") || !strings.Contains(got, "-audiohook-key k1") ||
+		!strings.Contains(got, "-twilio-token=REDACTED") {
 		t.Errorf("command line %q", got)
+	}
+}
+
+// TestStreamModesNeedTheirEndpoints: a remote AudioHook or Twilio run names what it lacks.
+func TestStreamModesNeedTheirEndpoints(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-mode", "audiohook", "-nats", "nats://x:4222"}, "-audiohook URL and -audiohook-key"},
+		{[]string{"-mode", "twilio", "-nats", "nats://x:4222", "-twilio", "ws://x/twilio/media"}, "-twilio URL and -twilio-token"},
+		{[]string{"-mode", "sip", "-twilio", "ws://x/twilio/media"}, "needs -mode twilio"},
+		{[]string{"-mode", "audiohook", "-audiohook-secret", "not base64!"}, "audiohook-secret"},
+		{[]string{"-mode", "audiohook", "-nats", "nats://x:4222", "-audiohook", "http://x/ws", "-audiohook-key", "k"}, "ws:// or wss://"},
+	} {
+		_, err := parse(append([]string{"-input", "a.wav"}, tc.args...), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v; want an error naming %q", tc.args, err, tc.want)
+		}
+	}
+	if _, err := parse([]string{"-input", "a.wav", "-mode", "twilio", "-nats", "nats://x:4222", "-twilio", "wss://x/twilio/media",
+		"-twilio-token", "t"}, io.Discard); err != nil {
+		t.Errorf("a complete remote Twilio run: %v", err)
 	}
 }
 

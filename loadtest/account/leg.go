@@ -15,6 +15,9 @@ import (
 const (
 	CauseBus     = "bus_loss"     // missing between NATS publish and the subscriber
 	CauseNetwork = "network_loss" // lost before ingest: the tester's own RTP impairments
+	// CausePaused is the workers' cause for frames missing between two paused frames: ingest
+	// withheld them during a pause, so they are accounted (Leg.Paused), not lost.
+	CausePaused = "paused"
 )
 
 // Histogram bounds: latencies are recorded in microseconds from 1 µs to 60 s.
@@ -76,7 +79,10 @@ type Leg struct {
 	Reordered  int64
 	Replayed   int64
 	GapFilled  int64 // frames ingest synthesized for media that never arrived (RTP loss)
-	LostBy     map[string]int64
+	// Paused counts frames of a pause (frame.FlagPaused, and the ones missing between two of
+	// them): ingest withheld their audio on purpose, so they are accounted, never lost.
+	Paused int64
+	LostBy map[string]int64
 
 	next int64 // next expected sequence; -1 before the first frame
 	gaps []Gap // most recent gaps, to recognise late frames
@@ -110,9 +116,19 @@ func (l *Leg) Observe(seq uint32) bool {
 	return true
 }
 
-// Gap counts a range of frames that will never be processed.
+// PausedFrame counts a paused frame the worker delivered in order.
+func (l *Leg) PausedFrame(seq uint32) {
+	l.Paused++
+	l.next = int64(seq) + 1
+}
+
+// Gap counts a range of frames that will never be processed; a paused span counts as paused.
 func (l *Leg) Gap(g Gap) {
 	n := int64(g.Count())
+	if g.Cause == CausePaused {
+		l.Paused += n
+		return
+	}
 	l.Lost += n
 	if l.LostBy == nil {
 		l.LostBy = map[string]int64{}

@@ -31,3 +31,24 @@ func TestLegKeepsBoundedGaps(t *testing.T) {
 		t.Errorf("%d gaps kept, %d lost; want %d, 99", len(l.gaps), l.Lost, maxGapsKept)
 	}
 }
+
+// TestLegPausedIsAccounted: paused frames and the span missing between two of them (cause
+// paused) are accounted as paused, never lost, and survive a loadtest event's round trip.
+func TestLegPausedIsAccounted(t *testing.T) {
+	l := NewLeg()
+	l.InOrder(0)
+	l.PausedFrame(1)
+	l.Gap(Gap{From: 2, To: 4, Cause: CausePaused})
+	l.PausedFrame(5)
+	l.InOrder(6)
+	if l.Received != 2 || l.Paused != 5 || l.Lost != 0 || len(l.LostBy) != 0 || l.Next() != 7 {
+		t.Errorf("received %d, paused %d, lost %d %v, next %d; want 2, 5, 0, 7", l.Received, l.Paused, l.Lost, l.LostBy, l.Next())
+	}
+	cr := NewCallReport("end", []Leg{l}, nil)
+	if got := cr.Accounts()[0]; got.Paused != 5 || got.Received != 2 {
+		t.Errorf("after the event: %+v", got)
+	}
+	if got := FromAccounting(Accounting{Legs: []LegAccount{{Processed: 2, Paused: 5}}})[0]; got.Paused != 5 {
+		t.Errorf("from an accounting event: %+v", got)
+	}
+}

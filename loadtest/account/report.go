@@ -17,6 +17,7 @@ type LegReport struct {
 	Reordered  int64            `json:"reordered"`
 	Replayed   int64            `json:"replayed"`
 	GapFilled  int64            `json:"gap_filled"`
+	Paused     int64            `json:"paused,omitempty"`
 	LostBy     map[string]int64 `json:"lost_by_cause,omitempty"`
 }
 
@@ -28,7 +29,7 @@ func NewCallReport(stop string, legs []Leg, h *hdr.Histogram) CallReport {
 	}
 	for _, l := range legs {
 		cr.Legs = append(cr.Legs, LegReport{Received: l.Received, Lost: l.Lost, Duplicated: l.Duplicated, Reordered: l.Reordered,
-			Replayed: l.Replayed, GapFilled: l.GapFilled, LostBy: l.LostBy})
+			Replayed: l.Replayed, GapFilled: l.GapFilled, Paused: l.Paused, LostBy: l.LostBy})
 	}
 	return cr
 }
@@ -38,7 +39,7 @@ func (cr *CallReport) Accounts() []Leg {
 	out := make([]Leg, len(cr.Legs))
 	for i, l := range cr.Legs {
 		out[i] = Leg{Received: l.Received, Lost: l.Lost, Duplicated: l.Duplicated, Reordered: l.Reordered, Replayed: l.Replayed,
-			GapFilled: l.GapFilled, LostBy: l.LostBy, next: -1}
+			GapFilled: l.GapFilled, Paused: l.Paused, LostBy: l.LostBy, next: -1}
 	}
 	return out
 }
@@ -56,6 +57,7 @@ type LegAccount struct {
 	GapFilled  int            `json:"gap_filled"`
 	Replayed   int            `json:"replayed"`
 	Duplicates int            `json:"duplicates"`
+	Paused     int            `json:"paused"` // withheld by ingest during a pause: accounted, not lost
 	Lost       int            `json:"lost"`
 	LostBy     map[string]int `json:"lost_by_cause,omitempty"`
 }
@@ -70,7 +72,7 @@ func FromAccounting(a Accounting) []Leg {
 		}
 		l := NewLeg()
 		l.Received, l.Duplicated, l.Lost, l.Replayed = int64(la.Processed), int64(la.Duplicates), int64(la.Lost), int64(la.Replayed)
-		l.GapFilled = int64(la.GapFilled)
+		l.GapFilled, l.Paused = int64(la.GapFilled), int64(la.Paused)
 		for k, v := range la.LostBy {
 			if l.LostBy == nil {
 				l.LostBy = map[string]int64{}

@@ -1,8 +1,8 @@
 // Package inproc is the load tester's in-process harness: it runs callrouter's own services in
 // the tester's process for package loadtest — a one-process callrouter (embedded nats-server,
-// router, workers running the "loadtest" probe, and the SIP or WHIP ingest a mode needs), or an
-// ingest node of the tester's own on a remote NATS (mode inproc). It is the white-box half of
-// the tester; package loadtest, the black-box client, never imports a service.
+// router, workers running the "loadtest" probe, and the SIP, WHIP, AudioHook or Twilio ingest a
+// mode needs), or an ingest node of the tester's own on a remote NATS (mode inproc). It is the
+// white-box half of the tester; package loadtest, the black-box client, never imports a service.
 package inproc
 
 import (
@@ -31,7 +31,8 @@ func Start(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local, erro
 
 var _ loadtest.Harness = Start
 
-// startStack starts the one-process callrouter and, for the SIP and WHIP modes, that ingest.
+// startStack starts the one-process callrouter and, for the SIP, WHIP, AudioHook and Twilio
+// modes, that ingest.
 func startStack(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local, error) {
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", probe.ProcessorName}
@@ -65,6 +66,10 @@ func startStack(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local,
 		l.SIP, stop, err = startSIP(st.Ingest, cfg.Tenant, cfg.Calls, cfg.Legs, cfg.StackLog)
 	case loadtest.ModeWHIP:
 		l.WHIP, stop, err = startWHIP(st.Ingest, cfg.Tenant, cfg.Calls, cfg.StackLog)
+	case loadtest.ModeAudioHook:
+		stop, err = startAudioHook(st.Ingest, l, cfg.Tenant, cfg.Calls, cfg.StackLog)
+	case loadtest.ModeTwilio:
+		stop, err = startTwilio(st.Ingest, l, cfg.Tenant, cfg.Calls, cfg.StackLog)
 	}
 	if err != nil {
 		closeStack()

@@ -92,12 +92,19 @@ func (r *call) Frame(f *proc.Frame) {
 	}
 }
 
+// Paused counts a frame of a pause (proc.PauseHandler): accounted, neither received nor lost.
+func (r *call) Paused(h *frame.Header) {
+	if int(h.Leg) < len(r.legs) {
+		r.legs[h.Leg].PausedFrame(h.Seq)
+	}
+}
+
 func (r *call) Gap(g proc.Gap) {
 	if int(g.Leg) >= len(r.legs) {
 		return
 	}
 	r.legs[g.Leg].Gap(account.Gap{Leg: g.Leg, From: g.From, To: g.To, Cause: g.Cause})
-	if r.sink != nil {
+	if r.sink != nil && g.Cause != proc.CausePaused {
 		r.sink.Loss(r.key, int64(g.Count()), time.Now())
 	}
 }
