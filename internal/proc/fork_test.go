@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"math"
 	"net"
@@ -26,8 +27,11 @@ import (
 	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
+	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wav"
+	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/callrouter/callrouter/internal/worker"
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 )
 
@@ -164,11 +168,35 @@ func TestForkToAudioHook(t *testing.T) {
 // README.md). Its dependencies: npm ci --prefix internal/audiohook/testdata/server --include=dev
 const refServerDir = "../audiohook/testdata/server"
 
-// TestForkToReferenceServer forks a two-leg PCMU call to the AudioHook server built on Genesys's
-// reference library, which verifies the fork's signature (HTTP 401 otherwise), runs
-// open/opened/close/closed and records what it receives: its session summary must be ok and its
-// recording the call's two legs, byte for byte, as channels external and internal.
-func TestForkToReferenceServer(t *testing.T) {
+const refKey, refSecretB64 = "Zm9yay1yZWYta2V5LTEyMzQ", "cmVmLXNlcnZlci1zZWNyZXQtMDEyMzQ1Njc4OQ=="
+
+// refServer is the reference-library server, running with its JSON log read into lines.
+type refServer struct {
+	cmd    *exec.Cmd
+	port   int
+	recDir string
+	lines  chan string
+	out    []string // lines read so far
+	mu     sync.Mutex
+	errOut bytes.Buffer // guarded by mu
+}
+
+func (r *refServer) Write(b []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.errOut.Write(b)
+}
+
+func (r *refServer) stderr() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.errOut.String()
+}
+
+// startRefServer starts the server (exiting after sessions sessions) with extra options and
+// waits until it listens; the test's cleanup stops it.
+func startRefServer(t *testing.T, sessions int, extra ...string) *refServer {
+	t.Helper()
 	if _, err := exec.LookPath("node"); err != nil {
 		peertest.Missing(t, "node is not installed")
 	}
@@ -181,58 +209,129 @@ func TestForkToReferenceServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
+	r := &refServer{port: l.Addr().(*net.TCPAddr).Port, recDir: t.TempDir(), lines: make(chan string, 1000)}
 	_ = l.Close()
-	const key, secretB64 = "Zm9yay1yZWYta2V5LTEyMzQ", "cmVmLXNlcnZlci1zZWNyZXQtMDEyMzQ1Njc4OQ=="
-	recDir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node_modules/.bin/ts-node", "-P", "tsconfig.json", "src/minimal-server.ts", "--port", strconv.Itoa(port),
-		"--auth", "request", "--select", "first", "--max-sessions", "1", "--record-dir", recDir, "--keys", `{"`+key+`":"`+secretB64+`"}`)
-	cmd.Dir = refServerDir
-	cmd.Env = append(os.Environ(), "TS_NODE_TRANSPILE_ONLY=1")
-	cmd.WaitDelay = 5 * time.Second
-	stdout, _ := cmd.StdoutPipe()
-	var errOut bytes.Buffer
-	cmd.Stderr = &errOut
-	if err := cmd.Start(); err != nil {
+	args := append([]string{"-P", "tsconfig.json", "src/minimal-server.ts", "--port", strconv.Itoa(r.port),
+		"--auth", "request", "--select", "first", "--max-sessions", strconv.Itoa(sessions), "--record-dir", r.recDir,
+		"--keys", `{"` + refKey + `":"` + refSecretB64 + `"}`}, extra...)
+	r.cmd = exec.CommandContext(ctx, "node_modules/.bin/ts-node", args...)
+	r.cmd.Dir = refServerDir
+	r.cmd.Env = append(os.Environ(), "TS_NODE_TRANSPILE_ONLY=1")
+	r.cmd.WaitDelay = 5 * time.Second
+	stdout, _ := r.cmd.StdoutPipe()
+	r.cmd.Stderr = r
+	if err := r.cmd.Start(); err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	defer func() { cancel(); _ = cmd.Wait() }()
-	lines := make(chan string, 1000)
+	t.Cleanup(func() { cancel(); _ = r.cmd.Wait() })
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
-			lines <- sc.Text()
+			r.lines <- sc.Text()
 		}
-		close(lines)
+		close(r.lines)
 	}()
-	var out []string
 	for listening := false; !listening; {
 		select {
-		case l, ok := <-lines:
+		case l, ok := <-r.lines:
 			if !ok {
-				t.Fatalf("reference server exited: %s", errOut.String())
+				t.Fatalf("reference server exited: %s", r.stderr())
 			}
-			out = append(out, l)
+			r.out = append(r.out, l)
 			listening = strings.Contains(l, `"listening"`)
 		case <-ctx.Done():
 			t.Fatal("reference server did not start")
 		}
 	}
-	targets := filepath.Join(t.TempDir(), "targets")
-	if err := os.WriteFile(targets, []byte(fmt.Sprintf("acme ws://127.0.0.1:%d/api/v1/audiohook/ws %s %s\n", port, key, secretB64)), 0o600); err != nil {
+	return r
+}
+
+// targets writes a fork targets file pointing tenant acme at the server.
+func (r *refServer) targets(t *testing.T) string {
+	p := filepath.Join(t.TempDir(), "targets")
+	if err := os.WriteFile(p, []byte(fmt.Sprintf("acme ws://127.0.0.1:%d/api/v1/audiohook/ws %s %s\n", r.port, refKey, refSecretB64)), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+// wait waits for the server to exit after its sessions (0 if every one was ok).
+func (r *refServer) wait(t *testing.T, within time.Duration) {
+	t.Helper()
+	timeout := time.After(within)
+	for done := false; !done; {
+		select {
+		case l, ok := <-r.lines:
+			if ok {
+				r.out = append(r.out, l)
+			}
+			done = !ok
+		case <-timeout:
+			t.Fatalf("the reference server did not see its sessions complete:\n%s\n%s", strings.Join(r.out, "\n"), r.stderr())
+		}
+	}
+	if err := r.cmd.Wait(); err != nil {
+		t.Fatalf("reference server: %v (exit 1: a session was not ok)\n%s\n%s", err, strings.Join(r.out, "\n"), r.stderr())
+	}
+}
+
+// refLine is the part of the server's JSON log lines the tests read.
+type refLine struct {
+	Event   string `json:"event"`
+	Session string `json:"session"`
+	Message struct {
+		Type       string          `json:"type"`
+		Position   string          `json:"position"`
+		Parameters json.RawMessage `json:"parameters"`
+	} `json:"message"`
+	Summary struct {
+		OK   bool   `json:"ok"`
+		Auth string `json:"auth"`
+	} `json:"summary"`
+}
+
+func (r *refServer) parsed(t *testing.T) []refLine {
+	var out []refLine
+	for _, l := range r.out {
+		var rl refLine
+		if json.Unmarshal([]byte(l), &rl) != nil {
+			t.Fatalf("reference server log line %q", l)
+		}
+		out = append(out, rl)
+	}
+	return out
+}
+
+// TestForkToReferenceServer forks a two-leg PCMU call to the AudioHook server built on Genesys's
+// reference library, which verifies the fork's signature (HTTP 401 otherwise), runs
+// open/opened/close/closed and records what it receives: its session summary must be ok and its
+// recording the call's two legs, byte for byte, as channels external and internal. The server
+// sends three transcript events after opened: each arrives on NATS as a fork.event.
+func TestForkToReferenceServer(t *testing.T) {
+	r := startRefServer(t, 1, "--events", "3")
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", "fork"}
-	wc.ProcessorOptions = map[string]proc.Options{"fork": {"targets": targets}}
+	wc.ProcessorOptions = map[string]proc.Options{"fork": {"targets": r.targets(t)}}
 	s, err := stack.Start(stack.Config{Worker: wc, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	nc, err := nats.Connect(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	events := make(chan *nats.Msg, 100)
+	sub, err := nc.ChanSubscribe(subjects.Event("acme", "forked-ref", proc.ForkEventKind), events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	_ = nc.Flush()
 	deadline := time.Now().Add(10 * time.Second)
 	for len(s.Routers[0].Workers()) != 1 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -243,29 +342,17 @@ func TestForkToReferenceServer(t *testing.T) {
 	}
 	// The server exits after its one session (--max-sessions 1); a fork that never got in leaves it
 	// running.
-	wait := time.After(30 * time.Second)
-	for done := false; !done; {
-		select {
-		case l, ok := <-lines:
-			out = append(out, l)
-			done = !ok
-		case <-wait:
-			t.Fatalf("the reference server saw no complete session:\n%s\n%s", strings.Join(out, "\n"), errOut.String())
+	r.wait(t, 30*time.Second)
+	var session string
+	for _, l := range r.parsed(t) {
+		if l.Event == "session-summary" {
+			if !l.Summary.OK || l.Summary.Auth != "VERIFIED" {
+				t.Fatalf("session summary %+v", l.Summary)
+			}
+			session = l.Session
 		}
 	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("reference server: %v (exit 1: a session was not ok)\n%s\n%s", err, strings.Join(out, "\n"), errOut.String())
-	}
-	var summary string
-	for _, l := range out {
-		if strings.Contains(l, "session-summary") {
-			summary = l
-		}
-	}
-	if !strings.Contains(summary, `"ok":true`) || !strings.Contains(summary, `"VERIFIED"`) {
-		t.Fatalf("session summary %s", summary)
-	}
-	files, _ := filepath.Glob(filepath.Join(recDir, "*.wav"))
+	files, _ := filepath.Glob(filepath.Join(r.recDir, "*.wav"))
 	if len(files) != 1 {
 		t.Fatalf("recordings %v", files)
 	}
@@ -276,6 +363,33 @@ func TestForkToReferenceServer(t *testing.T) {
 	for leg := range 2 {
 		if want := bytes.Join(rec.Frames[leg], nil); len(a.Channels) != 2 || !bytes.Equal(a.Channels[leg], want) {
 			t.Fatalf("recorded channel %d differs from leg %d (%d channels)", leg, leg, len(a.Channels))
+		}
+	}
+	timeout := time.After(10 * time.Second)
+	for i := 1; i <= 3; i++ {
+		select {
+		case m := <-events:
+			var ev wire.Event
+			var data struct {
+				Session string `json:"session"`
+				Type    string `json:"type"`
+				Data    struct {
+					Alternatives []struct {
+						Interpretations []struct {
+							Transcript string `json:"transcript"`
+						} `json:"interpretations"`
+					} `json:"alternatives"`
+				} `json:"data"`
+			}
+			if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Kind != proc.ForkEventKind || json.Unmarshal(ev.Data, &data) != nil {
+				t.Fatalf("fork event %s", m.Data)
+			}
+			if data.Session != session || data.Type != "transcript" || len(data.Data.Alternatives) != 1 ||
+				data.Data.Alternatives[0].Interpretations[0].Transcript != fmt.Sprintf("test transcript %d", i) {
+				t.Fatalf("fork event %d: %s (session %s)", i, ev.Data, session)
+			}
+		case <-timeout:
+			t.Fatalf("%d of 3 receiver events arrived as %s events", i-1, proc.ForkEventKind)
 		}
 	}
 }
