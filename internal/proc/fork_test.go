@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -392,4 +393,165 @@ func TestForkToReferenceServer(t *testing.T) {
 			t.Fatalf("%d of 3 receiver events arrived as %s events", i-1, proc.ForkEventKind)
 		}
 	}
+}
+
+// forkFrames returns n frames of one leg whose bytes differ from frame to frame, so that audio
+// put at a wrong position cannot pass for the right audio.
+func forkFrames(leg, n int) [][]byte {
+	r := rand.New(rand.NewPCG(uint64(leg)+1, 7))
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = make([]byte, 160)
+		for k := range out[i] {
+			out[i][k] = byte(r.Uint32())
+		}
+	}
+	return out
+}
+
+// TestForkMigratedCallWithoutGap: a fork delivers a migrated call to its receiver without a
+// gap. A two-leg call forked to the reference-library server is drained off its worker
+// mid-call (make-before-break, as on SIGTERM); the fork moves with the call and the second
+// worker continues it in a new AudioHook session (continuedSessions naming the first, the same
+// conversationId, open at the position where it takes over). Laid at their positions, the two
+// sessions' recordings must be the call's audio, both channels, byte for byte, nothing missing,
+// nothing twice unless identical, and no `discarded`.
+func TestForkMigratedCallWithoutGap(t *testing.T) {
+	r := startRefServer(t, 2)
+	wc := worker.DefaultConfig()
+	wc.Processors = []string{"accounting", "fork"}
+	wc.ProcessorOptions = map[string]proc.Options{"fork": {"targets": r.targets(t)}}
+	wc.LagThreshold, wc.MaxFrameAge = time.Minute, time.Minute // a loaded machine is not the subject
+	s, err := stack.Start(stack.Config{Workers: 2, Worker: wc, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.Routers[0].Workers()) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("two workers never visible to the router")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	const n, drainAt = 200, 75 // 4 s of call, drained after 1.5 s
+	legs := [][][]byte{forkFrames(0, n), forkFrames(1, n)}
+	rec := &filesrc.Recording{Codec: frame.CodecPCMU, Rate: 8000, Frames: legs}
+	c, err := s.Ingest.StartCall(t.Context(), rec.Spec("acme", "forked-moved", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := c.Placements()[0].Worker
+	tk := time.NewTicker(frame.Duration)
+	defer tk.Stop()
+	for i := range n {
+		<-tk.C
+		for leg := range 2 {
+			if err := c.Send(leg, legs[leg][i], 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == drainAt {
+			for k, w := range s.Workers {
+				if fmt.Sprintf("worker-%d", k+1) == first {
+					s.Stop(w) // drains: every call handed over make-before-break
+				}
+			}
+		}
+	}
+	if p := c.Placements(); len(p) != 1 || p[0].Worker == first {
+		t.Fatalf("the call is still placed on %v, drained from %s", p, first)
+	}
+	c.End("hangup")
+	r.wait(t, 30*time.Second)
+
+	type sess struct {
+		id, conv, cont string
+		pos            int // samples
+		discarded      int
+	}
+	var order []*sess
+	byID := map[string]*sess{}
+	for _, l := range r.parsed(t) {
+		if l.Event != "client-message" {
+			continue
+		}
+		switch l.Message.Type {
+		case "open":
+			var p struct {
+				ConversationID string `json:"conversationId"`
+				Continued      []struct {
+					ID string `json:"id"`
+				} `json:"continuedSessions"`
+			}
+			if err := json.Unmarshal(l.Message.Parameters, &p); err != nil {
+				t.Fatal(err)
+			}
+			ss := &sess{id: l.Session, conv: p.ConversationID, pos: refSamples(t, l.Message.Position)}
+			if len(p.Continued) == 1 {
+				ss.cont = p.Continued[0].ID
+			}
+			order = append(order, ss)
+			byID[l.Session] = ss
+		case "discarded":
+			byID[l.Session].discarded++
+		}
+	}
+	if len(order) != 2 {
+		t.Fatalf("%d sessions, want 2 (one per worker)", len(order))
+	}
+	a, b := order[0], order[1]
+	if a.pos != 0 || a.cont != "" || b.cont != a.id || b.conv != a.conv || b.pos <= 0 || a.discarded+b.discarded != 0 {
+		t.Fatalf("sessions %+v then %+v: want the second to continue the first (continuedSessions, conversationId) at its position, nothing discarded", *a, *b)
+	}
+	total := n * 160
+	var got [2][]byte
+	var have [2][]bool
+	overlap := 0
+	for ch := range 2 {
+		got[ch], have[ch] = make([]byte, total), make([]bool, total)
+	}
+	for _, ss := range order {
+		w, err := wav.ReadFile(filepath.Join(r.recDir, ss.id+".wav"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(w.Channels) != 2 {
+			t.Fatalf("session %s recorded %d channels", ss.id, len(w.Channels))
+		}
+		for ch := range 2 {
+			for i, v := range w.Channels[ch] {
+				at := ss.pos + i
+				switch {
+				case at >= total:
+					t.Fatalf("session %s channel %d: audio at sample %d, past the call's %d", ss.id, ch, at, total)
+				case have[ch][at] && got[ch][at] != v:
+					t.Fatalf("channel %d sample %d: the sessions disagree", ch, at)
+				case have[ch][at]:
+					overlap++
+				}
+				got[ch][at], have[ch][at] = v, true
+			}
+		}
+	}
+	for ch := range 2 {
+		want := bytes.Join(legs[ch], nil)
+		for i := range total {
+			if !have[ch][i] || got[ch][i] != want[i] {
+				t.Fatalf("channel %d: sample %d (%.3f s) missing or wrong (have %v); the second session opened at %.3f s",
+					ch, i, float64(i)/8000, have[ch][i], float64(b.pos)/8000)
+			}
+		}
+	}
+	t.Logf("drained at frame %d; the second session opened at %.3f s; %d samples sent twice", drainAt, float64(b.pos)/8000, overlap)
+}
+
+// refSamples turns an AudioHook position (PT<seconds>S) into samples at 8 kHz.
+func refSamples(t *testing.T, pos string) int {
+	t.Helper()
+	sec, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimPrefix(pos, "PT"), "S"), 64)
+	if err != nil {
+		t.Fatalf("position %q: %v", pos, err)
+	}
+	return int(math.Round(sec * 8000))
 }
