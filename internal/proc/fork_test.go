@@ -25,6 +25,7 @@ import (
 	"github.com/callrouter/callrouter/internal/audiohook"
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
@@ -310,22 +311,28 @@ func (r *refServer) parsed(t *testing.T) []refLine {
 // reference library, which verifies the fork's signature (HTTP 401 otherwise), runs
 // open/opened/close/closed and records what it receives: its session summary must be ok and its
 // recording the call's two legs, byte for byte, as channels external and internal. The server
-// sends three transcript events after opened: each arrives on NATS as a fork.event.
+// sends three transcript events after opened: each arrives on NATS as a fork.event, with
+// permissions on, read by the tenant's own identity.
 func TestForkToReferenceServer(t *testing.T) {
 	r := startRefServer(t, 1, "--events", "3")
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", "fork"}
 	wc.ProcessorOptions = map[string]proc.Options{"fork": {"targets": r.targets(t)}}
-	s, err := stack.Start(stack.Config{Worker: wc, Log: zerolog.Nop()})
+	// With NATS permissions on (as in production): the worker may publish the events and the
+	// tenant, as its own identity, read them.
+	set, err := natsauth.NewSet(natsauth.Local([]string{wc.Pool}, "acme"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := stack.Start(stack.Config{Worker: wc, Log: zerolog.Nop(), Auth: set})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	nc, err := nats.Connect(s.URL)
+	nc, err := s.Connect(natsauth.RoleTenant, "", "acme")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
 	events := make(chan *nats.Msg, 100)
 	sub, err := nc.ChanSubscribe(subjects.Event("acme", "forked-ref", proc.ForkEventKind), events)
 	if err != nil {
