@@ -157,11 +157,16 @@ func (p *forkProc) Start(c Call) (Handler, error) {
 	return h, nil
 }
 
+// forkFrame is a frame of a channel, or (payload nil) a gap: frames seq..gapTo will not come.
 type forkFrame struct {
 	ch      int
 	seq     uint32
+	gapTo   uint32
 	payload []byte
 }
+
+// forkGone marks a slot whose frame will not come (a gap, a paused frame).
+var forkGone = []byte{}
 
 // forkCall is one call's fork: Frame and Stop (on the call's goroutine) hand frames to run.
 type forkCall struct {
@@ -189,7 +194,25 @@ func (h *forkCall) Frame(f *Frame) {
 	if !ok || f.Header.Has(frame.FlagLast) || len(f.Payload) == 0 {
 		return
 	}
-	ff := forkFrame{ch: ch, seq: f.Header.Seq, payload: append([]byte(nil), f.Payload...)}
+	h.queue(forkFrame{ch: ch, seq: f.Header.Seq, payload: append([]byte(nil), f.Payload...)})
+}
+
+// Gap tells the connection that a leg's frames will not come, so it sends what it holds without
+// waiting for them.
+func (h *forkCall) Gap(g Gap) {
+	if ch, ok := h.legIdx[g.Leg]; ok && g.To >= g.From {
+		h.queue(forkFrame{ch: ch, seq: g.From, gapTo: g.To})
+	}
+}
+
+// Paused: a paused frame (secure pause) has no audio; its slot is a gap.
+func (h *forkCall) Paused(fh *frame.Header) {
+	if ch, ok := h.legIdx[fh.Leg]; ok && !fh.Has(frame.FlagLast) {
+		h.queue(forkFrame{ch: ch, seq: fh.Seq, gapTo: fh.Seq})
+	}
+}
+
+func (h *forkCall) queue(ff forkFrame) {
 	for range 2 {
 		select {
 		case h.in <- ff:
@@ -257,6 +280,9 @@ func (h *forkCall) firstFrames() []forkFrame {
 	for n := 0; n < len(h.chans); {
 		select {
 		case f := <-h.in:
+			if f.payload == nil {
+				continue // a gap before the session: nothing to hold
+			}
 			out = append(out, f)
 			if !have[f.ch] {
 				have[f.ch] = true
@@ -511,6 +537,15 @@ func (h *forkCall) takeToken() bool {
 func (h *forkCall) stream(s *forkSession, first []forkFrame) string {
 	reason := "end"
 	put := func(f forkFrame) error {
+		if f.payload == nil {
+			s.gone(f)
+			if s.decided() < forkBatch {
+				return nil
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), forkWriteTimeout)
+			defer cancel()
+			return s.flush(ctx, false)
+		}
 		ahead := int64(f.seq) - s.base
 		if ahead < forkMaxAhead {
 			s.add(f)
@@ -593,7 +628,7 @@ func (s *forkSession) add(f forkFrame) {
 	for len(sl) <= i {
 		sl = append(sl, nil)
 	}
-	if sl[i] == nil {
+	if len(sl[i]) == 0 {
 		p := f.payload
 		if len(p) != s.frameBytes { // normalised, so that the channels stay interleaved in step
 			q := make([]byte, s.frameBytes)
@@ -604,6 +639,26 @@ func (s *forkSession) add(f forkFrame) {
 			p = q
 		}
 		sl[i] = p
+	}
+	s.slots[f.ch] = sl
+}
+
+// gone marks the slots of a gap that lie within what is held (or could be): their frames will
+// not come. Beyond that, a gap shows as the hole before the next frame.
+func (s *forkSession) gone(f forkFrame) {
+	from := max(int64(f.seq)-s.base, 0)
+	to := min(int64(f.gapTo)-s.base, forkMaxAhead-1)
+	if to < from {
+		return
+	}
+	sl := s.slots[f.ch]
+	for int64(len(sl)) <= to {
+		sl = append(sl, nil)
+	}
+	for i := from; i <= to; i++ {
+		if sl[i] == nil {
+			sl[i] = forkGone
+		}
 	}
 	s.slots[f.ch] = sl
 }
@@ -622,7 +677,7 @@ func (s *forkSession) decided() int {
 			continue
 		}
 		for _, sl := range s.slots {
-			if n >= len(sl) || sl[n] == nil {
+			if n >= len(sl) || sl[n] == nil { // a frame may still come (gone ones will not)
 				return n
 			}
 		}
@@ -642,7 +697,7 @@ func (s *forkSession) flush(ctx context.Context, last bool) error {
 	}
 	has := func(i int) bool {
 		for _, sl := range s.slots {
-			if i < len(sl) && sl[i] != nil {
+			if i < len(sl) && len(sl[i]) > 0 {
 				return true
 			}
 		}
@@ -664,7 +719,7 @@ func (s *forkSession) flush(ctx context.Context, last bool) error {
 		for k := i; k < j; k++ {
 			for off := 0; off < s.frameBytes; off += s.frameBytes / 160 {
 				for _, sl := range s.slots {
-					if k < len(sl) && sl[k] != nil {
+					if k < len(sl) && len(sl[k]) > 0 {
 						out = append(out, sl[k][off:off+s.frameBytes/160]...)
 					} else {
 						if off == 0 {

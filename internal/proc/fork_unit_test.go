@@ -112,6 +112,18 @@ func forkFeed(h *forkCall, leg int, seq uint32) {
 	h.Frame(&Frame{Header: frame.Header{Leg: uint8(leg), Seq: seq, Codec: frame.CodecPCMU}, Payload: forkPayload(leg, seq)})
 }
 
+// saw reports whether a text message the receiver got has s in its parameters.
+func (r *testReceiver) saw(s string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range r.msgs {
+		if strings.Contains(string(m.Parameters), s) {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *testReceiver) wait(t *testing.T, h *forkCall) []ahMsg {
 	t.Helper()
 	select {
@@ -173,8 +185,9 @@ func parsePos(t *testing.T, s string) float64 {
 }
 
 // TestForkTimeline: frames go out at their sequence's position; a frame missing on one leg is
-// silence on that channel; a span neither leg has is `discarded`, not silence; a replayed frame
-// behind what was sent is dropped; every message's position is where the stream is.
+// silence on that channel; a span neither leg has is `discarded`, not silence, and goes out as
+// soon as the worker reports it (a gap, paused frames); a replayed frame behind what was sent is
+// dropped; every message's position is where the stream is.
 func TestForkTimeline(t *testing.T) {
 	r := &testReceiver{}
 	h, fc := forkTo(t, r, "timeline")
@@ -189,13 +202,31 @@ func TestForkTimeline(t *testing.T) {
 			forkFeed(h, 1, seq)
 		}
 	}
+	h.Gap(Gap{Leg: 1, From: 352, To: 352, Cause: CauseBus})
+	// A gap on both legs, then a paused frame on both: reported by the worker, so the fork sends
+	// on at once instead of waiting for the frames.
+	h.Gap(Gap{Leg: 0, From: 360, To: 363, Cause: CauseBus})
+	h.Gap(Gap{Leg: 1, From: 360, To: 363, Cause: CauseBus})
+	h.Paused(&frame.Header{Leg: 0, Seq: 364})
+	h.Paused(&frame.Header{Leg: 1, Seq: 364})
+	for seq := uint32(365); seq < 370; seq++ {
+		forkFeed(h, 0, seq)
+		forkFeed(h, 1, seq)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !r.saw(`"start":"PT7.2S"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("the gap the worker reported was not sent as discarded while the call went on")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	h.Stop(StopEnd)
-	ch, discarded := timeline(t, r.wait(t, h), 360)
-	for seq := 0; seq < 360; seq++ {
+	ch, discarded := timeline(t, r.wait(t, h), 370)
+	for seq := 0; seq < 370; seq++ {
 		for leg := range 2 {
 			want := forkPayload(leg, uint32(seq))
 			switch {
-			case seq >= 50 && seq < 350:
+			case seq >= 50 && seq < 350 || seq >= 360 && seq < 365:
 				want = make([]byte, 160) // nothing arrived there
 			case leg == 1 && seq == 352:
 				want = bytes.Repeat([]byte{0xff}, 160) // μ-law silence
@@ -205,11 +236,11 @@ func TestForkTimeline(t *testing.T) {
 			}
 		}
 	}
-	if strings.Join(discarded, ",") != "PT1S+PT6S" {
-		t.Fatalf("discarded %v, want 1 s → 7 s", discarded)
+	if strings.Join(discarded, ",") != "PT1S+PT6S,PT7.2S+PT0.1S" {
+		t.Fatalf("discarded %v, want 1 s → 7 s and 7.2 s → 7.3 s", discarded)
 	}
 	closed := fc.of("fork")[len(fc.of("fork"))-1].(map[string]any)
-	if closed["late"] != int64(1) || closed["filled_ms"] != int64(20) || closed["discarded_ms"] != int64(6000) || closed["position"] != "PT7.2S" {
+	if closed["late"] != int64(1) || closed["filled_ms"] != int64(20) || closed["discarded_ms"] != int64(6100) || closed["position"] != "PT7.4S" {
 		t.Fatalf("closed event %v", closed)
 	}
 }
