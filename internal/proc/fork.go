@@ -34,6 +34,10 @@ type ForkTarget struct {
 	APIKey string
 	Secret []byte // empty: unsigned
 	OrgID  string
+	// Twilio: the target takes the Twilio Media Streams shape instead, with Token (if any) as
+	// the custom parameter "token".
+	Twilio bool
+	Token  string
 }
 
 // Fork timing and bounds.
@@ -57,7 +61,8 @@ const (
 
 // forkProc is the "fork" processor: it streams the frames of each call of a tenant with a target
 // to that target as an AudioHook client (fork.targets=<file>: "<tenant> <ws-url> <api-key>
-// <base64-secret or -> [organization-id]" a line). Legs caller and agent are sent as channels
+// <base64-secret or -> [organization-id]" a line), or in the Twilio Media Streams shape
+// ("<tenant> twilio <ws-url> [token]"). Legs caller and agent are sent as channels
 // external and internal (PCMU or L16 at 8 kHz; calls in other codecs are not forked), one binary
 // message per 200 ms. The connection runs on a goroutine of its own behind a bounded queue: a slow
 // or dead target never holds up the call; what does not fit is dropped and counted.
@@ -96,6 +101,17 @@ func ParseForkTargets(r interface{ Read([]byte) (int, error) }) (map[string]Fork
 			continue
 		}
 		fs := strings.Fields(text)
+		if len(fs) >= 2 && fs[1] == "twilio" {
+			t, err := parseTwilioTarget(fs, line)
+			if err != nil {
+				return nil, err
+			}
+			if _, dup := out[fs[0]]; dup {
+				return nil, fmt.Errorf("fork: targets line %d: tenant %s twice", line, fs[0])
+			}
+			out[fs[0]] = t
+			continue
+		}
 		if len(fs) != 4 && len(fs) != 5 {
 			return nil, fmt.Errorf("fork: targets line %d: want \"<tenant> <ws-url> <api-key> <base64-secret or -> [organization-id]\"", line)
 		}
@@ -147,13 +163,21 @@ func (p *forkProc) Start(c Call) (Handler, error) {
 		legIdx[l.Index] = len(chans)
 		chans = append(chans, ch)
 	}
-	if len(chans) == 0 {
-		c.Emit("fork", map[string]string{"state": "skipped", "why": "no caller/agent leg in PCMU or L16 at 8 kHz"})
+	if len(chans) == 0 || (t.Twilio && format != "PCMU") {
+		why := "no caller/agent leg in PCMU or L16 at 8 kHz"
+		if t.Twilio {
+			why = "no caller/agent leg in PCMU at 8 kHz"
+		}
+		c.Emit("fork", map[string]string{"state": "skipped", "why": why})
 		return forkNoop{}, nil
 	}
 	h := &forkCall{p: p, c: c, t: t, chans: chans, format: format, legIdx: legIdx,
 		in: make(chan forkFrame, forkQueue), stop: make(chan struct{}), done: make(chan struct{})}
-	go h.run()
+	if t.Twilio {
+		go h.runTwilio()
+	} else {
+		go h.run()
+	}
 	return h, nil
 }
 

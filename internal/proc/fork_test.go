@@ -30,10 +30,12 @@ import (
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/twilio"
 	"github.com/callrouter/callrouter/internal/wav"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -151,6 +153,86 @@ func TestForkToAudioHook(t *testing.T) {
 	forkRec.Unlock()
 	if strings.Join(legs, ",") != strings.Join([]string{spec.Legs[0].Name, spec.Legs[1].Name}, ",") {
 		t.Fatalf("mirror legs %v, source legs %+v", legs, spec.Legs)
+	}
+	var got [2][]byte
+	for _, f := range frames {
+		if !f.Header.Has(frame.FlagLast) {
+			got[f.Header.Leg] = append(got[f.Header.Leg], f.Payload...)
+		}
+	}
+	for leg := range 2 {
+		want := bytes.Join(rec.Frames[leg], nil)
+		if !bytes.Equal(got[leg], want) {
+			t.Fatalf("leg %d: %d bytes forked, want %d identical", leg, len(got[leg]), len(want))
+		}
+	}
+}
+
+// TestForkToTwilio: the same call forked in the Twilio Media Streams shape to callrouter's own
+// Media Streams server (token of tenant mirror) comes back as a Twilio call of tenant mirror with
+// both legs byte for byte.
+func TestForkToTwilio(t *testing.T) {
+	tcfg := twilio.DefaultConfig()
+	tcfg.Tokens = map[string]string{"fork-mirror-token-0123456789": "mirror"}
+	tcfg.ReorderWindow = 500 * time.Millisecond // a loaded (-race) machine never releases half a pair
+	twSrv, err := twilio.New(tcfg, twilio.Deps{Log: zerolog.Nop(), Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	twSrv.Mount(mux)
+	hs := httptest.NewServer(mux)
+	defer hs.Close()
+	targets := filepath.Join(t.TempDir(), "targets")
+	line := "acme twilio ws" + strings.TrimPrefix(hs.URL, "http") + tcfg.Path + " fork-mirror-token-0123456789\n"
+	if err := os.WriteFile(targets, []byte(line), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wc := worker.DefaultConfig()
+	wc.Processors = []string{"accounting", "fork", "forkrec"}
+	wc.ProcessorOptions = map[string]proc.Options{"fork": {"targets": targets}}
+	wc.LagThreshold, wc.MaxFrameAge = time.Minute, time.Minute
+	s, err := stack.Start(stack.Config{Worker: wc, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- twSrv.Run(ctx, s.Ingest) }()
+	defer func() { cancel(); <-ran }()
+	<-twSrv.Ready()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.Routers[0].Workers()) != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	rec := &filesrc.Recording{Codec: frame.CodecPCMU, Rate: 8000, Frames: [][][]byte{toneMuLaw(8000*3/2, 440), toneMuLaw(8000*3/2, 300)}}
+	spec := rec.Spec("acme", "forked-tw", nil)
+	if _, err := filesrc.Play(context.Background(), s.Ingest, rec, spec, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	var mirror string
+	for time.Now().Before(deadline.Add(20 * time.Second)) {
+		forkRec.Lock()
+		for id, done := range forkRec.ended {
+			if done && strings.HasPrefix(id, "mirror/tw-") {
+				mirror = id
+			}
+		}
+		forkRec.Unlock()
+		if mirror != "" {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if mirror == "" {
+		t.Fatal("no forked call arrived through Media Streams")
+	}
+	forkRec.Lock()
+	legs, frames := forkRec.legs[mirror], forkRec.frames[mirror]
+	forkRec.Unlock()
+	if strings.Join(legs, ",") != "caller,agent" {
+		t.Fatalf("mirror legs %v", legs)
 	}
 	var got [2][]byte
 	for _, f := range frames {

@@ -330,3 +330,27 @@ func TestForkReceiverEvents(t *testing.T) {
 		t.Fatalf("closed event %v", closed)
 	}
 }
+
+// TestParseForkTargets: AudioHook and Twilio lines, and the errors a bad line gets.
+func TestParseForkTargets(t *testing.T) {
+	good := "# comment\nacme wss://ah.example/ws key c2VjcmV0\nbeta twilio wss://tw.example/media tok\ngamma twilio ws://127.0.0.1:9/m\n"
+	ts, err := ParseForkTargets(strings.NewReader(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b, g := ts["acme"], ts["beta"], ts["gamma"]; a.Twilio || string(a.Secret) != "secret" || !b.Twilio || b.Token != "tok" ||
+		b.URL != "wss://tw.example/media" || !g.Twilio || g.Token != "" {
+		t.Fatalf("targets %+v", ts)
+	}
+	for _, bad := range []string{
+		"beta twilio wss://tw.example/media?token=x tok\n", // Media Streams URLs carry no query
+		"beta twilio https://tw.example/media\n",
+		"beta twilio wss://tw.example/media tok extra\n",
+		"beta twilio\n",
+		"acme wss://a/ws k - o\nacme twilio wss://b/m\n", // a tenant twice
+	} {
+		if _, err := ParseForkTargets(strings.NewReader(bad)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
