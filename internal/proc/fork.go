@@ -323,7 +323,9 @@ func (h *forkCall) firstFrames() []forkFrame {
 			for { // what is queued still goes out
 				select {
 				case f := <-h.in:
-					out = append(out, f)
+					if f.payload != nil {
+						out = append(out, f)
+					}
 				default:
 					return out
 				}
