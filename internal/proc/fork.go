@@ -48,8 +48,8 @@ const (
 	forkCloseTimeout = 5 * time.Second
 	forkWriteTimeout = 5 * time.Second
 	forkSettle       = 100 * time.Millisecond // after the first frame, how long open waits for the other leg's
-	forkMaxLag       = 50                     // slots a channel may lack behind another's newest before it is filled with silence
-	forkMaxAhead     = 250                    // slots held beyond what was sent (5 s): a frame further ahead gives up the oldest
+	forkLagWait      = time.Second            // how long a slot waits for a channel that has not reached it yet
+	forkMaxAhead     = 500                    // slots held beyond what was sent (10 s, twice ingest's ring): a frame further ahead gives up the oldest
 	forkReadLimit    = 64 << 10               // bytes of one message from the receiver
 	forkEntityMax    = 8 << 10                // bytes of one event entity (type and data)
 	forkEventRate    = 20                     // receiver event entities a second per call, and
@@ -204,6 +204,9 @@ type forkCall struct {
 	stop    chan struct{}
 	done    chan struct{}
 	dropped atomic.Int64 // frames the queue dropped (oldest first)
+	// stopReason is Stop's: at the call's end what one channel lacks at the tail is silence;
+	// otherwise the call goes on elsewhere, and the tail only one channel has is left to it.
+	stopReason string
 
 	// Receiver events (readLoop only).
 	events, eventsLimited, eventsMalformed atomic.Int64
@@ -255,7 +258,10 @@ func (h *forkCall) queue(ff forkFrame) {
 }
 
 // Stop ends the session after the queued audio; it does not wait for the target.
-func (h *forkCall) Stop(string) { close(h.stop) }
+func (h *forkCall) Stop(reason string) {
+	h.stopReason = reason // read by run after stop is closed
+	close(h.stop)
+}
 
 // run is the AudioHook client: wait for the call's first frames (where they sit on the call's
 // timeline is where the session starts), connect, open, stream, close.
@@ -348,7 +354,9 @@ type forkSession struct {
 	disc   chan struct{} // disconnect received
 
 	base       int64      // slot of the next audio to send: position = base × 20 ms
-	slots      [][][]byte // per channel, frames from base on (nil: none)
+	slots      [][][]byte // per channel, frames from base on (nil: none); a channel reached slot i if len > i
+	at         []int64    // per slot from base, when a channel first reached it (unix nanos)
+	now        int64
 	frameBytes int
 	silence    byte
 	out        []byte
@@ -563,6 +571,7 @@ func (h *forkCall) takeToken() bool {
 func (h *forkCall) stream(s *forkSession, first []forkFrame) string {
 	reason := "end"
 	put := func(f forkFrame) error {
+		s.now = time.Now().UnixNano()
 		if f.payload == nil {
 			s.gone(f)
 			if s.decided() < forkBatch {
@@ -599,12 +608,24 @@ func (h *forkCall) stream(s *forkSession, first []forkFrame) string {
 			return "write_failed"
 		}
 	}
+	tick := time.NewTicker(forkBatch * frame.Duration)
+	defer tick.Stop()
 loop:
 	for {
 		select {
 		case f := <-h.in:
 			if put(f) != nil {
 				return "write_failed"
+			}
+		case <-tick.C: // what waited its forkLagWait for a channel goes out without a new frame
+			s.now = time.Now().UnixNano()
+			if s.decided() > 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), forkWriteTimeout)
+				err := s.flush(ctx, false)
+				cancel()
+				if err != nil {
+					return "write_failed"
+				}
 			}
 		case <-s.disc:
 			reason = "disconnect"
@@ -627,7 +648,7 @@ loop:
 	ctx, cancel := context.WithTimeout(context.Background(), forkCloseTimeout)
 	defer cancel()
 	if reason == "end" {
-		if err := s.flush(ctx, true); err != nil {
+		if err := s.flush(ctx, h.stopReason == StopEnd); err != nil {
 			return "write_failed"
 		}
 	}
@@ -650,6 +671,7 @@ func (s *forkSession) add(f forkFrame) {
 		s.late++
 		return
 	}
+	s.reach(i)
 	sl := s.slots[f.ch]
 	for len(sl) <= i {
 		sl = append(sl, nil)
@@ -677,6 +699,7 @@ func (s *forkSession) gone(f forkFrame) {
 	if to < from {
 		return
 	}
+	s.reach(int(to))
 	sl := s.slots[f.ch]
 	for int64(len(sl)) <= to {
 		sl = append(sl, nil)
@@ -689,21 +712,24 @@ func (s *forkSession) gone(f forkFrame) {
 	s.slots[f.ch] = sl
 }
 
-// decided returns how many slots from base can go out: those every channel has, and those a
-// channel still lacks while another channel is forkMaxLag slots past them (the missing frame is
-// not coming in time: it is sent as silence).
-func (s *forkSession) decided() int {
-	hi := 0
-	for _, sl := range s.slots {
-		hi = max(hi, len(sl))
+// reach notes that a channel reached slot i: the slots up to it that no channel had reached
+// before start waiting for the others now.
+func (s *forkSession) reach(i int) {
+	for len(s.at) <= i {
+		s.at = append(s.at, s.now)
 	}
+}
+
+// decided returns how many slots from base can go out. The worker hands each leg's frames over
+// in sequence order, so a slot below a channel's newest that the channel lacks will never come
+// (it is silence, or discarded when no channel has it); a slot that a channel has not reached
+// yet waits for it, at most forkLagWait (then that channel is silence there, and its frame, if
+// it comes, is late).
+func (s *forkSession) decided() int {
 	n := 0
-	for ; n < hi; n++ {
-		if hi-1-n >= forkMaxLag {
-			continue
-		}
+	for ; n < len(s.at); n++ {
 		for _, sl := range s.slots {
-			if n >= len(sl) || sl[n] == nil { // a frame may still come (gone ones will not)
+			if n >= len(sl) && s.now-s.at[n] < int64(forkLagWait) {
 				return n
 			}
 		}
@@ -717,9 +743,7 @@ func (s *forkSession) decided() int {
 func (s *forkSession) flush(ctx context.Context, last bool) error {
 	n := s.decided()
 	if last {
-		for _, sl := range s.slots {
-			n = max(n, len(sl))
-		}
+		n = len(s.at)
 	}
 	has := func(i int) bool {
 		for _, sl := range s.slots {
@@ -735,6 +759,10 @@ func (s *forkSession) flush(ctx context.Context, last bool) error {
 			j++
 		}
 		if !has(i) {
+			if j == n && !last {
+				n = i // a hole at the end waits, so that it goes out as one discarded with what follows
+				break
+			}
 			if err := s.discard(ctx, int64(j-i)); err != nil {
 				return err
 			}
@@ -771,6 +799,7 @@ func (s *forkSession) flush(ctx context.Context, last bool) error {
 		clear(sl[:k])
 		s.slots[ch] = append(sl[:0], sl[k:]...)
 	}
+	s.at = append(s.at[:0], s.at[n:]...)
 	return nil
 }
 
