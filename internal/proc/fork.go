@@ -212,6 +212,7 @@ type forkCall struct {
 	events, eventsLimited, eventsMalformed atomic.Int64
 	tokens                                 float64
 	tokensAt                               time.Time
+	clock                                  func() time.Time // the rate's clock; nil: time.Now
 }
 
 // Frame queues a frame for the connection; when the queue is full the oldest frame waiting is
@@ -553,6 +554,9 @@ func (h *forkCall) onEvent(s *forkSession, params json.RawMessage) {
 
 func (h *forkCall) takeToken() bool {
 	now := time.Now()
+	if h.clock != nil {
+		now = h.clock()
+	}
 	if h.tokensAt.IsZero() {
 		h.tokens = forkEventBurst
 	} else {
