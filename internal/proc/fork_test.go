@@ -25,6 +25,7 @@ import (
 	"github.com/callrouter/callrouter/internal/audiohook"
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/proc"
@@ -523,34 +524,21 @@ func TestForkMigratedCallWithoutGap(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	const n, drainAt = 200, 75 // 4 s of call, drained after 1.5 s
-	legs := [][][]byte{forkFrames(0, n), forkFrames(1, n)}
+	const drainAt = 75 // drained after 1.5 s
+	legs := [][][]byte{forkFrames(0, forkMaxFrames), forkFrames(1, forkMaxFrames)}
 	rec := &filesrc.Recording{Codec: frame.CodecPCMU, Rate: 8000, Frames: legs}
 	c, err := s.Ingest.StartCall(t.Context(), rec.Spec("acme", "forked-moved", nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	first := c.Placements()[0].Worker
-	tk := time.NewTicker(frame.Duration)
-	defer tk.Stop()
-	for i := range n {
-		<-tk.C
-		for leg := range 2 {
-			if err := c.Send(leg, legs[leg][i], 0); err != nil {
-				t.Fatal(err)
+	legs = playUntilMoved(t, c, legs, drainAt, first, func() {
+		for k, w := range s.Workers {
+			if fmt.Sprintf("worker-%d", k+1) == first {
+				s.Stop(w) // drains: every call handed over make-before-break
 			}
 		}
-		if i == drainAt {
-			for k, w := range s.Workers {
-				if fmt.Sprintf("worker-%d", k+1) == first {
-					s.Stop(w) // drains: every call handed over make-before-break
-				}
-			}
-		}
-	}
-	if p := c.Placements(); len(p) != 1 || p[0].Worker == first {
-		t.Fatalf("the call is still placed on %v, drained from %s", p, first)
-	}
+	})
 	c.End("hangup")
 	r.wait(t, 30*time.Second)
 	second, overlap := checkStitched(t, r, legs)
@@ -652,6 +640,42 @@ func checkStitched(t *testing.T, r *refServer, legs [][][]byte) (second, overlap
 	return b.pos, overlap / 2
 }
 
+// forkMaxFrames bounds the calls of the migration tests: 20 s.
+const forkMaxFrames = 1000
+
+// playUntilMoved sends the legs' frames at real time, calls move after frame at, and goes on
+// until the call has been placed away from the worker from for a second (50 frames); it returns
+// the frames sent.
+func playUntilMoved(t *testing.T, c *ingest.Call, legs [][][]byte, at int, from string, move func()) [][][]byte {
+	t.Helper()
+	tk := time.NewTicker(frame.Duration)
+	defer tk.Stop()
+	movedAt := -1
+	for i := range len(legs[0]) {
+		<-tk.C
+		for leg := range legs {
+			if err := c.Send(leg, legs[leg][i], 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == at {
+			move()
+		}
+		if p := c.Placements(); movedAt < 0 && i > at && len(p) == 1 && p[0].Worker != from {
+			movedAt = i
+		}
+		if movedAt >= 0 && i >= movedAt+50 {
+			out := make([][][]byte, len(legs))
+			for leg := range legs {
+				out[leg] = legs[leg][:i+1]
+			}
+			return out
+		}
+	}
+	t.Fatalf("the call was not placed away from %s within %d frames", from, len(legs[0]))
+	return nil
+}
+
 // refSamples turns an AudioHook position (PT<seconds>S) into samples at 8 kHz.
 func refSamples(t *testing.T, pos string) int {
 	t.Helper()
@@ -708,8 +732,8 @@ func TestForkFailedOverCallWithoutGap(t *testing.T) {
 		}
 	}
 	workersSeen(2)
-	const n, killAt = 250, 75 // 5 s of call, the victim dies after 1.5 s
-	legs := [][][]byte{forkFrames(0, n), forkFrames(1, n)}
+	const killAt = 75 // the victim dies after 1.5 s
+	legs := [][][]byte{forkFrames(0, forkMaxFrames), forkFrames(1, forkMaxFrames)}
 	rec := &filesrc.Recording{Codec: frame.CodecPCMU, Rate: 8000, Frames: legs}
 	c, err := s.Ingest.StartCall(t.Context(), rec.Spec("acme", "forked-failover", nil))
 	if err != nil {
@@ -718,26 +742,13 @@ func TestForkFailedOverCallWithoutGap(t *testing.T) {
 	if p := c.Placements(); len(p) != 1 || p[0].Worker != "victim" {
 		t.Fatalf("placed on %v, want the victim", p)
 	}
-	tk := time.NewTicker(frame.Duration)
-	defer tk.Stop()
-	for i := range n {
-		<-tk.C
-		for leg := range 2 {
-			if err := c.Send(leg, legs[leg][i], 0); err != nil {
-				t.Fatal(err)
-			}
+	legs = playUntilMoved(t, c, legs, killAt, "victim", func() {
+		if _, err := s.AddWorker("worker-2", wc); err != nil {
+			t.Fatal(err)
 		}
-		if i == killAt {
-			if _, err := s.AddWorker("worker-2", wc); err != nil {
-				t.Fatal(err)
-			}
-			vnc.Close()
-			victim.Close()
-		}
-	}
-	if p := c.Placements(); len(p) != 1 || p[0].Worker != "worker-2" {
-		t.Fatalf("the call is placed on %v, want worker-2 after the failover", p)
-	}
+		vnc.Close()
+		victim.Close()
+	})
 	c.End("hangup")
 	r.wait(t, 30*time.Second)
 	second, overlap := checkStitched(t, r, legs)
