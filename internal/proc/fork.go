@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,10 @@ type ForkTarget struct {
 	APIKey string
 	Secret []byte // empty: unsigned
 	OrgID  string
+	// Twilio: the target takes the Twilio Media Streams shape instead, with Token (if any) as
+	// the custom parameter "token".
+	Twilio bool
+	Token  string
 }
 
 // Fork timing and bounds.
@@ -42,13 +47,22 @@ const (
 	forkOpenTimeout  = 5 * time.Second
 	forkCloseTimeout = 5 * time.Second
 	forkWriteTimeout = 5 * time.Second
-	forkMaxLag       = 50 // frames one leg may run ahead of the other before the other is filled
+	forkSettle       = 100 * time.Millisecond // after the first frame, how long open waits for the other leg's
+	forkLagWait      = time.Second            // how long a slot waits for a channel that has not reached it yet
+	forkMaxAhead     = 500                    // slots held beyond what was sent (10 s, twice ingest's ring): a frame further ahead gives up the oldest
+	forkReadLimit    = 64 << 10               // bytes of one message from the receiver
+	forkEntityMax    = 8 << 10                // bytes of one event entity (type and data)
+	forkEventRate    = 20                     // receiver event entities a second per call, and
+	forkEventBurst   = 50                     // a burst of this many
 	defaultForkOrg   = "00000000-0000-4000-8000-000000000000"
+	// ForkEventKind is the kind of the callrouter event each receiver event entity becomes.
+	ForkEventKind = "fork.event"
 )
 
 // forkProc is the "fork" processor: it streams the frames of each call of a tenant with a target
 // to that target as an AudioHook client (fork.targets=<file>: "<tenant> <ws-url> <api-key>
-// <base64-secret or -> [organization-id]" a line). Legs caller and agent are sent as channels
+// <base64-secret or -> [organization-id]" a line), or in the Twilio Media Streams shape
+// ("<tenant> twilio <ws-url> [token]"). Legs caller and agent are sent as channels
 // external and internal (PCMU or L16 at 8 kHz; calls in other codecs are not forked), one binary
 // message per 200 ms. The connection runs on a goroutine of its own behind a bounded queue: a slow
 // or dead target never holds up the call; what does not fit is dropped and counted.
@@ -87,6 +101,17 @@ func ParseForkTargets(r interface{ Read([]byte) (int, error) }) (map[string]Fork
 			continue
 		}
 		fs := strings.Fields(text)
+		if len(fs) >= 2 && fs[1] == "twilio" {
+			t, err := parseTwilioTarget(fs, line)
+			if err != nil {
+				return nil, err
+			}
+			if _, dup := out[fs[0]]; dup {
+				return nil, fmt.Errorf("fork: targets line %d: tenant %s twice", line, fs[0])
+			}
+			out[fs[0]] = t
+			continue
+		}
 		if len(fs) != 4 && len(fs) != 5 {
 			return nil, fmt.Errorf("fork: targets line %d: want \"<tenant> <ws-url> <api-key> <base64-secret or -> [organization-id]\"", line)
 		}
@@ -138,58 +163,124 @@ func (p *forkProc) Start(c Call) (Handler, error) {
 		legIdx[l.Index] = len(chans)
 		chans = append(chans, ch)
 	}
-	if len(chans) == 0 {
-		c.Emit("fork", map[string]string{"state": "skipped", "why": "no caller/agent leg in PCMU or L16 at 8 kHz"})
+	if len(chans) == 0 || (t.Twilio && format != "PCMU") {
+		why := "no caller/agent leg in PCMU or L16 at 8 kHz"
+		if t.Twilio {
+			why = "no caller/agent leg in PCMU at 8 kHz"
+		}
+		c.Emit("fork", map[string]string{"state": "skipped", "why": why})
 		return forkNoop{}, nil
 	}
 	h := &forkCall{p: p, c: c, t: t, chans: chans, format: format, legIdx: legIdx,
 		in: make(chan forkFrame, forkQueue), stop: make(chan struct{}), done: make(chan struct{})}
-	go h.run()
+	if t.Twilio {
+		go h.runTwilio()
+	} else {
+		go h.run()
+	}
 	return h, nil
 }
 
+// forkFrame is a frame of a channel, or (payload nil) a gap: frames seq..gapTo will not come.
 type forkFrame struct {
 	ch      int
 	seq     uint32
+	gapTo   uint32
 	payload []byte
 }
 
+// forkGone marks a slot whose frame will not come (a gap, a paused frame).
+var forkGone = []byte{}
+
 // forkCall is one call's fork: Frame and Stop (on the call's goroutine) hand frames to run.
 type forkCall struct {
-	p      *forkProc
-	c      Call
-	t      ForkTarget
-	chans  []string
-	format string
-	legIdx map[uint8]int
-	in     chan forkFrame
-	stop   chan struct{}
-	done   chan struct{}
+	p       *forkProc
+	c       Call
+	t       ForkTarget
+	chans   []string
+	format  string
+	legIdx  map[uint8]int
+	in      chan forkFrame
+	stop    chan struct{}
+	done    chan struct{}
+	dropped atomic.Int64 // frames the queue dropped (oldest first)
+	// stopReason is Stop's: at the call's end what one channel lacks at the tail is silence;
+	// otherwise the call goes on elsewhere, and the tail only one channel has is left to it.
+	stopReason string
+
+	// Receiver events (readLoop only).
+	events, eventsLimited, eventsMalformed atomic.Int64
+	tokens                                 float64
+	tokensAt                               time.Time
+	clock                                  func() time.Time // the rate's clock; nil: time.Now
 }
 
+// Frame queues a frame for the connection; when the queue is full the oldest frame waiting is
+// dropped (its slot becomes a gap: silence, or `discarded` when no channel has it).
 func (h *forkCall) Frame(f *Frame) {
 	ch, ok := h.legIdx[f.Header.Leg]
 	if !ok || f.Header.Has(frame.FlagLast) || len(f.Payload) == 0 {
 		return
 	}
-	select {
-	case h.in <- forkFrame{ch: ch, seq: f.Header.Seq, payload: append([]byte(nil), f.Payload...)}:
-	default:
-		h.p.dropped.Add(1)
+	h.queue(forkFrame{ch: ch, seq: f.Header.Seq, payload: append([]byte(nil), f.Payload...)})
+}
+
+// Gap tells the connection that a leg's frames will not come, so it sends what it holds without
+// waiting for them.
+func (h *forkCall) Gap(g Gap) {
+	if ch, ok := h.legIdx[g.Leg]; ok && g.To >= g.From {
+		h.queue(forkFrame{ch: ch, seq: g.From, gapTo: g.To})
 	}
 }
 
-// Stop ends the session after the queued audio; it does not wait for the target.
-func (h *forkCall) Stop(string) { close(h.stop) }
+// Paused: a paused frame (secure pause) has no audio; its slot is a gap.
+func (h *forkCall) Paused(fh *frame.Header) {
+	if ch, ok := h.legIdx[fh.Leg]; ok && !fh.Has(frame.FlagLast) {
+		h.queue(forkFrame{ch: ch, seq: fh.Seq, gapTo: fh.Seq})
+	}
+}
 
-// run is the AudioHook client: connect, open, stream, close.
+func (h *forkCall) queue(ff forkFrame) {
+	for range 2 {
+		select {
+		case h.in <- ff:
+			return
+		default:
+		}
+		select {
+		case <-h.in:
+			h.dropped.Add(1)
+			h.p.dropped.Add(1)
+		default:
+		}
+	}
+	h.dropped.Add(1)
+	h.p.dropped.Add(1)
+}
+
+// Stop ends the session after the queued audio; it does not wait for the target.
+func (h *forkCall) Stop(reason string) {
+	h.stopReason = reason // read by run after stop is closed
+	close(h.stop)
+}
+
+// run is the AudioHook client: wait for the call's first frames (where they sit on the call's
+// timeline is where the session starts), connect, open, stream, close.
 func (h *forkCall) run() {
 	defer close(h.done)
 	log := h.c.Log()
-	s, err := h.connect()
+	first := h.firstFrames()
+	if len(first) == 0 {
+		return // the call stopped before a frame came: nothing to fork
+	}
+	start := int64(first[0].seq)
+	for _, f := range first {
+		start = min(start, int64(f.seq))
+	}
+	s, err := h.connect(start)
 	if err != nil {
 		log.Warn().Err(err).Str("url", h.t.URL).Msg("fork: not connected")
-		h.c.Emit("fork", map[string]string{"state": "failed", "why": err.Error()})
+		h.c.Emit("fork", map[string]any{"state": "failed", "why": err.Error(), "position": forkPosition(start)})
 		for { // drain until the call stops, so Frame never blocks
 			select {
 			case <-h.in:
@@ -199,43 +290,120 @@ func (h *forkCall) run() {
 		}
 	}
 	defer s.conn.CloseNow()
-	h.c.Emit("fork", map[string]string{"state": "open", "session": s.id})
-	reason := h.stream(s)
-	h.c.Emit("fork", map[string]string{"state": "closed", "session": s.id, "reason": reason})
+	open := map[string]any{"state": "open", "session": s.id, "position": forkPosition(start)}
+	if start > 0 {
+		open["continues"] = s.root
+	}
+	h.c.Emit("fork", open)
+	reason := h.stream(s, first)
+	h.c.Emit("fork", map[string]any{"state": "closed", "session": s.id, "reason": reason,
+		"position": forkPosition(s.base), "late": s.late, "discarded_ms": s.discarded * 20, "filled_ms": s.filled * 20,
+		"dropped": h.dropped.Load(), "events": h.events.Load(), "events_limited": h.eventsLimited.Load(),
+		"events_malformed": h.eventsMalformed.Load()})
 }
 
-// forkSession is the client side of one AudioHook session.
+// firstFrames waits for the call's first frame, then up to forkSettle for a frame of every
+// channel, so that a session starts where the earliest of them sits.
+func (h *forkCall) firstFrames() []forkFrame {
+	var out []forkFrame
+	var settle <-chan time.Time
+	have := make([]bool, len(h.chans))
+	for n := 0; n < len(h.chans); {
+		select {
+		case f := <-h.in:
+			if f.payload == nil {
+				continue // a gap before the session: nothing to hold
+			}
+			out = append(out, f)
+			if !have[f.ch] {
+				have[f.ch] = true
+				n++
+			}
+			if settle == nil {
+				t := time.NewTimer(forkSettle)
+				defer t.Stop()
+				settle = t.C
+			}
+		case <-settle:
+			return out
+		case <-h.stop:
+			for { // what is queued still goes out
+				select {
+				case f := <-h.in:
+					if f.payload != nil {
+						out = append(out, f)
+					}
+				default:
+					return out
+				}
+			}
+		}
+	}
+	return out
+}
+
+// forkSession is the client side of one AudioHook session. Its audio is laid out on the call's
+// frame timeline: the frame with sequence n on any leg is slot n, position n × 20 ms, so every
+// worker that holds the call puts a frame at the same position.
 type forkSession struct {
-	conn     *websocket.Conn
-	id       string
-	seq      int64
-	server   atomic.Int64  // last server seq seen
-	closed   chan struct{} // closed answered
-	disc     chan struct{} // disconnect received
-	samples  int64         // per channel sent
-	bps      int
-	pending  [][]byte // per channel, 20 ms frames not yet sent
-	lastSeq  []int64
-	batchBuf []byte
+	conn   *websocket.Conn
+	id     string
+	root   string // the call's first session (where the timeline starts)
+	seq    int64
+	server atomic.Int64  // last server seq seen
+	closed chan struct{} // closed answered
+	disc   chan struct{} // disconnect received
+
+	base       int64      // slot of the next audio to send: position = base × 20 ms
+	slots      [][][]byte // per channel, frames from base on (nil: none); a channel reached slot i if len > i
+	at         []int64    // per slot from base, when a channel first reached it (unix nanos)
+	now        int64
+	frameBytes int
+	silence    byte
+	out        []byte
+
+	late      int64 // frames behind what was sent (a replay of what this session already had)
+	discarded int64 // slots reported as discarded
+	filled    int64 // channel slots sent as silence
 }
 
 func forkUUID() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
-	b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+	return uuidOf(b)
 }
 
-// connect upgrades (signed as an AudioHook client does) and runs open → opened.
-func (h *forkCall) connect() (*forkSession, error) {
+func uuidOf(b []byte) string {
+	b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// forkID is a UUID derived from the call, so that every worker names the same thing alike.
+func forkID(what, tenant, call string) string {
+	sum := sha256.Sum256([]byte("callrouter fork\x00" + what + "\x00" + tenant + "\x00" + call))
+	return uuidOf(sum[:16])
+}
+
+// forkPosition is an AudioHook position (ISO 8601 duration) of a slot.
+func forkPosition(slot int64) string {
+	return "PT" + strconv.FormatFloat((time.Duration(slot)*frame.Duration).Seconds(), 'f', -1, 64) + "S"
+}
+
+// connect upgrades (signed as an AudioHook client does) and runs open → opened. A session that
+// starts at slot 0 is the call's first: its id is derived from the call. One that starts later
+// continues it (the call moved to this worker): it has an id of its own and names the first in
+// continuedSessions.
+func (h *forkCall) connect(start int64) (*forkSession, error) {
 	u, _ := url.Parse(h.t.URL)
-	s := &forkSession{id: forkUUID(), closed: make(chan struct{}), disc: make(chan struct{}), bps: 1,
-		pending: make([][]byte, len(h.chans)), lastSeq: make([]int64, len(h.chans))}
-	if h.format == "L16" {
-		s.bps = 2
+	spec := h.c.Spec()
+	s := &forkSession{root: forkID("session", spec.Tenant, spec.Call), closed: make(chan struct{}), disc: make(chan struct{}),
+		base: start, slots: make([][][]byte, len(h.chans)), frameBytes: 160, silence: 0xff}
+	s.id = s.root
+	if start > 0 {
+		s.id = forkUUID()
 	}
-	for i := range s.lastSeq {
-		s.lastSeq[i] = -1
+	if h.format == "L16" {
+		s.frameBytes, s.silence = 320, 0
 	}
 	hdr := http.Header{}
 	hdr.Set("Audiohook-Organization-Id", h.t.OrgID)
@@ -251,12 +419,18 @@ func (h *forkCall) connect() (*forkSession, error) {
 	if err != nil {
 		return nil, err
 	}
+	conn.SetReadLimit(forkReadLimit)
 	s.conn = conn
-	spec := h.c.Spec()
 	media := map[string]any{"type": "audio", "format": h.format, "channels": h.chans, "rate": 8000}
-	open := map[string]any{"organizationId": h.t.OrgID, "conversationId": forkUUID(),
-		"participant": map[string]any{"id": forkUUID(), "ani": spec.Meta["ani"], "aniName": "", "dnis": spec.Meta["dnis"]},
+	open := map[string]any{"organizationId": h.t.OrgID, "conversationId": forkID("conversation", spec.Tenant, spec.Call),
+		"participant": map[string]any{"id": forkID("participant", spec.Tenant, spec.Call), "ani": spec.Meta["ani"], "aniName": "", "dnis": spec.Meta["dnis"]},
 		"media":       []any{media}, "customConfig": map[string]string{"tenant": spec.Tenant, "call": spec.Call}}
+	if start > 0 {
+		// Another worker's session carried the call before: this worker cannot know its
+		// message counts, so they are 0; the receiver joins the sessions by conversationId and
+		// position.
+		open["continuedSessions"] = []any{map[string]any{"id": s.root, "serverseq": 0, "clientseq": 0}}
+	}
 	if err := s.send(ctx, "open", open); err != nil {
 		conn.CloseNow()
 		return nil, err
@@ -280,7 +454,7 @@ func (h *forkCall) connect() (*forkSession, error) {
 		return nil, err
 	}
 	s.server.Store(m.Seq)
-	go s.readLoop()
+	go h.readLoop(s)
 	return s, nil
 }
 
@@ -306,24 +480,25 @@ func signAudioHook(h http.Header, u *url.URL, t ForkTarget) {
 
 func (s *forkSession) send(ctx context.Context, typ string, params any) error {
 	s.seq++
-	pos := time.Duration(s.samples) * time.Second / 8000
 	b, _ := json.Marshal(map[string]any{"version": "2", "type": typ, "id": s.id, "seq": s.seq, "serverseq": s.server.Load(),
-		"position": fmt.Sprintf("PT%gS", pos.Seconds()), "parameters": params})
+		"position": forkPosition(s.base), "parameters": params})
 	return s.conn.Write(ctx, websocket.MessageText, b)
 }
 
-// readLoop follows the server: its seq, closed and disconnect.
-func (s *forkSession) readLoop() {
+// readLoop follows the server: its seq, closed, disconnect and events.
+func (h *forkCall) readLoop(s *forkSession) {
 	for {
 		_, b, err := s.conn.Read(context.Background())
 		if err != nil {
 			return
 		}
 		var m struct {
-			Type string `json:"type"`
-			Seq  int64  `json:"seq"`
+			Type       string          `json:"type"`
+			Seq        int64           `json:"seq"`
+			Parameters json.RawMessage `json:"parameters"`
 		}
 		if json.Unmarshal(b, &m) != nil {
+			h.eventsMalformed.Add(1)
 			continue
 		}
 		s.server.Store(m.Seq)
@@ -333,25 +508,126 @@ func (s *forkSession) readLoop() {
 			return
 		case "disconnect":
 			close(s.disc)
+		case "event":
+			h.onEvent(s, m.Parameters)
 		}
 	}
 }
 
-// stream sends the call's audio until it stops or the server disconnects, then closes.
-func (h *forkCall) stream(s *forkSession) string {
+// forkEvent is the data of a fork.event: one entity of a receiver's `event` message.
+type forkEvent struct {
+	Session string          `json:"session"`
+	Type    string          `json:"type"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// onEvent publishes each entity of an `event` message as a callrouter event (kind fork.event),
+// at most forkEventRate a second (burst forkEventBurst) per call; an entity that is not an
+// object with a type (1-64 bytes) and data, or over forkEntityMax bytes, is counted and dropped,
+// and so is one over the rate.
+func (h *forkCall) onEvent(s *forkSession, params json.RawMessage) {
+	var p struct {
+		Entities []json.RawMessage `json:"entities"`
+	}
+	if json.Unmarshal(params, &p) != nil || len(p.Entities) == 0 {
+		h.eventsMalformed.Add(1)
+		return
+	}
+	for _, e := range p.Entities {
+		var ent struct {
+			Type string          `json:"type"`
+			Data json.RawMessage `json:"data"`
+		}
+		if len(e) > forkEntityMax || json.Unmarshal(e, &ent) != nil || ent.Type == "" || len(ent.Type) > 64 ||
+			len(ent.Data) == 0 || string(ent.Data) == "null" {
+			h.eventsMalformed.Add(1)
+			continue
+		}
+		if !h.takeToken() {
+			h.eventsLimited.Add(1)
+			continue
+		}
+		h.events.Add(1)
+		h.c.Emit(ForkEventKind, forkEvent{Session: s.id, Type: ent.Type, Data: ent.Data})
+	}
+}
+
+func (h *forkCall) takeToken() bool {
+	now := time.Now()
+	if h.clock != nil {
+		now = h.clock()
+	}
+	if h.tokensAt.IsZero() {
+		h.tokens = forkEventBurst
+	} else {
+		h.tokens = min(forkEventBurst, h.tokens+now.Sub(h.tokensAt).Seconds()*forkEventRate)
+	}
+	h.tokensAt = now
+	if h.tokens < 1 {
+		return false
+	}
+	h.tokens--
+	return true
+}
+
+// stream sends the call's audio (first, the frames that were waiting for the session) until the
+// call stops or the server disconnects, then closes.
+func (h *forkCall) stream(s *forkSession, first []forkFrame) string {
 	reason := "end"
-	flush := func() error {
+	put := func(f forkFrame) error {
+		s.now = time.Now().UnixNano()
+		if f.payload == nil {
+			s.gone(f)
+			if s.decided() < forkBatch {
+				return nil
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), forkWriteTimeout)
+			defer cancel()
+			return s.flush(ctx, false)
+		}
+		ahead := int64(f.seq) - s.base
+		if ahead < forkMaxAhead {
+			s.add(f)
+			if s.decided() < forkBatch {
+				return nil
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), forkWriteTimeout)
 		defer cancel()
+		if ahead >= forkMaxAhead {
+			// A long hole (a dropped span, a resync): what is held goes out, then the hole up
+			// to this frame is reported as discarded.
+			if err := s.flush(ctx, true); err != nil {
+				return err
+			}
+			if err := s.discard(ctx, int64(f.seq)-s.base); err != nil {
+				return err
+			}
+			s.add(f)
+		}
 		return s.flush(ctx, false)
 	}
+	for _, f := range first {
+		if put(f) != nil {
+			return "write_failed"
+		}
+	}
+	tick := time.NewTicker(forkBatch * frame.Duration)
+	defer tick.Stop()
 loop:
 	for {
 		select {
 		case f := <-h.in:
-			s.add(f, h.format)
-			if s.ready() >= forkBatch {
-				if err := flush(); err != nil {
+			if put(f) != nil {
+				return "write_failed"
+			}
+		case <-tick.C: // what waited its forkLagWait for a channel goes out without a new frame
+			s.now = time.Now().UnixNano()
+			if s.decided() > 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), forkWriteTimeout)
+				err := s.flush(ctx, false)
+				cancel()
+				if err != nil {
 					return "write_failed"
 				}
 			}
@@ -362,7 +638,9 @@ loop:
 			for { // what is queued, then close
 				select {
 				case f := <-h.in:
-					s.add(f, h.format)
+					if put(f) != nil {
+						return "write_failed"
+					}
 					continue
 				default:
 				}
@@ -374,7 +652,9 @@ loop:
 	ctx, cancel := context.WithTimeout(context.Background(), forkCloseTimeout)
 	defer cancel()
 	if reason == "end" {
-		_ = s.flush(ctx, true)
+		if err := s.flush(ctx, h.stopReason == StopEnd); err != nil {
+			return "write_failed"
+		}
 	}
 	if s.send(ctx, "close", map[string]string{"reason": reason}) == nil {
 		select {
@@ -387,85 +667,154 @@ loop:
 	return reason
 }
 
-// add puts a frame at its channel's place: a sequence gap is filled with silence (at most
-// forkMaxLag frames), a late frame is dropped.
-func (s *forkSession) add(f forkFrame, format string) {
-	silence := byte(0xff)
-	if format == "L16" {
-		silence = 0
+// add puts a frame in its slot (less than forkMaxAhead past base). A frame before base was
+// sent already, or given up: it is counted late and dropped, as is a second copy of a slot.
+func (s *forkSession) add(f forkFrame) {
+	i := int(int64(f.seq) - s.base)
+	if i < 0 {
+		s.late++
+		return
 	}
-	last := s.lastSeq[f.ch]
-	if last >= 0 {
-		d := int64(f.seq) - last
-		if d <= 0 {
-			return
+	s.reach(i)
+	sl := s.slots[f.ch]
+	for len(sl) <= i {
+		sl = append(sl, nil)
+	}
+	if len(sl[i]) == 0 {
+		p := f.payload
+		if len(p) != s.frameBytes { // normalised, so that the channels stay interleaved in step
+			q := make([]byte, s.frameBytes)
+			n := copy(q, p)
+			for k := n; k < len(q); k++ {
+				q[k] = s.silence
+			}
+			p = q
 		}
-		for k := int64(1); k < min(d, forkMaxLag); k++ {
-			for range f.payload {
-				s.pending[f.ch] = append(s.pending[f.ch], silence)
+		sl[i] = p
+	}
+	s.slots[f.ch] = sl
+}
+
+// gone marks the slots of a gap that lie within what is held (or could be): their frames will
+// not come. Beyond that, a gap shows as the hole before the next frame.
+func (s *forkSession) gone(f forkFrame) {
+	from := max(int64(f.seq)-s.base, 0)
+	to := min(int64(f.gapTo)-s.base, forkMaxAhead-1)
+	if to < from {
+		return
+	}
+	s.reach(int(to))
+	sl := s.slots[f.ch]
+	for int64(len(sl)) <= to {
+		sl = append(sl, nil)
+	}
+	for i := from; i <= to; i++ {
+		if sl[i] == nil {
+			sl[i] = forkGone
+		}
+	}
+	s.slots[f.ch] = sl
+}
+
+// reach notes that a channel reached slot i: the slots up to it that no channel had reached
+// before start waiting for the others now.
+func (s *forkSession) reach(i int) {
+	for len(s.at) <= i {
+		s.at = append(s.at, s.now)
+	}
+}
+
+// decided returns how many slots from base can go out. The worker hands each leg's frames over
+// in sequence order, so a slot below a channel's newest that the channel lacks will never come
+// (it is silence, or discarded when no channel has it); a slot that a channel has not reached
+// yet waits for it, at most forkLagWait (then that channel is silence there, and its frame, if
+// it comes, is late).
+func (s *forkSession) decided() int {
+	n := 0
+	for ; n < len(s.at); n++ {
+		for _, sl := range s.slots {
+			if n >= len(sl) && s.now-s.at[n] < int64(forkLagWait) {
+				return n
 			}
 		}
 	}
-	s.lastSeq[f.ch] = int64(f.seq)
-	s.pending[f.ch] = append(s.pending[f.ch], f.payload...)
-	// A channel far ahead of another: the other is filled so the message stays in step.
-	frameBytes := 160 * s.bps
-	for ch := range s.pending {
-		for len(s.pending[f.ch])-len(s.pending[ch]) > forkMaxLag*frameBytes {
-			s.pending[ch] = append(s.pending[ch], make([]byte, frameBytes)...)
-			if silence != 0 {
-				for i := len(s.pending[ch]) - frameBytes; i < len(s.pending[ch]); i++ {
-					s.pending[ch][i] = silence
+	return n
+}
+
+// flush sends the decided slots (every slot held, when last): a run of slots that some channel
+// has as binary messages of at most forkBatch slots, the channels interleaved and a channel's
+// missing frames as silence; a run that no channel has as `discarded`.
+func (s *forkSession) flush(ctx context.Context, last bool) error {
+	n := s.decided()
+	if last {
+		n = len(s.at)
+	}
+	has := func(i int) bool {
+		for _, sl := range s.slots {
+			if i < len(sl) && len(sl[i]) > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	for i := 0; i < n; {
+		j := i + 1
+		for j < n && has(j) == has(i) && (!has(i) || j-i < forkBatch) {
+			j++
+		}
+		if !has(i) {
+			if j == n && !last {
+				n = i // a hole at the end waits, so that it goes out as one discarded with what follows
+				break
+			}
+			if err := s.discard(ctx, int64(j-i)); err != nil {
+				return err
+			}
+			i = j
+			continue
+		}
+		out := s.out[:0]
+		for k := i; k < j; k++ {
+			for off := 0; off < s.frameBytes; off += s.frameBytes / 160 {
+				for _, sl := range s.slots {
+					if k < len(sl) && len(sl[k]) > 0 {
+						out = append(out, sl[k][off:off+s.frameBytes/160]...)
+					} else {
+						if off == 0 {
+							s.filled++
+						}
+						out = append(out, s.silence)
+						if s.frameBytes == 320 {
+							out = append(out, s.silence)
+						}
+					}
 				}
 			}
 		}
-	}
-}
-
-// ready returns the 20 ms frames every channel has.
-func (s *forkSession) ready() int {
-	n := len(s.pending[0])
-	for _, p := range s.pending[1:] {
-		n = min(n, len(p))
-	}
-	return n / (160 * s.bps)
-}
-
-// flush sends what every channel has, interleaved (all of it, padding short channels, when last).
-func (s *forkSession) flush(ctx context.Context, last bool) error {
-	n := len(s.pending[0])
-	for _, p := range s.pending {
-		if last {
-			n = max(n, len(p))
-		} else {
-			n = min(n, len(p))
+		s.out = out
+		if err := s.conn.Write(ctx, websocket.MessageBinary, out); err != nil {
+			return err
 		}
+		s.base += int64(j - i)
+		i = j
 	}
-	n -= n % s.bps
-	if n == 0 {
+	for ch, sl := range s.slots {
+		k := min(n, len(sl))
+		clear(sl[:k])
+		s.slots[ch] = append(sl[:0], sl[k:]...)
+	}
+	s.at = append(s.at[:0], s.at[n:]...)
+	return nil
+}
+
+// discard tells the receiver that n slots from base carry no audio (AudioHook `discarded`), and
+// moves base past them.
+func (s *forkSession) discard(ctx context.Context, n int64) error {
+	if n <= 0 {
 		return nil
 	}
-	pad := byte(0xff) // μ-law silence; L16's is zero
-	if s.bps == 2 {
-		pad = 0
-	}
-	out := s.batchBuf[:0]
-	for i := 0; i < n; i += s.bps {
-		for ch := range s.pending {
-			if i+s.bps <= len(s.pending[ch]) {
-				out = append(out, s.pending[ch][i:i+s.bps]...)
-			} else {
-				for k := 0; k < s.bps; k++ {
-					out = append(out, pad)
-				}
-			}
-		}
-	}
-	s.batchBuf = out
-	for ch := range s.pending {
-		k := min(n, len(s.pending[ch]))
-		s.pending[ch] = append(s.pending[ch][:0], s.pending[ch][k:]...)
-	}
-	s.samples += int64(n / s.bps)
-	return s.conn.Write(ctx, websocket.MessageBinary, out)
+	err := s.send(ctx, "discarded", map[string]string{"start": forkPosition(s.base), "discarded": forkPosition(n)})
+	s.base += n
+	s.discarded += n
+	return err
 }
