@@ -37,17 +37,21 @@ type notice struct {
 func (r *Router) reconcile(now time.Time, held map[orphanKey]uint32) []notice {
 	var out []notice
 	seen := map[strandKey]bool{}
-	for iid, in := range r.ingests {
+	for iid := range r.ingests {
 		_, stalled := r.silent[iid]
-		for id, c := range r.ingestCalls(in) {
+		calls, known := r.ingestCalls(iid)
+		if !known {
+			continue // what it lists is not known complete: a missing call would be no news
+		}
+		for id, c := range calls {
 			for _, p := range c.Placements {
 				if e, ok := held[orphanKey{id, p.Worker}]; ok && e >= c.Epoch {
 					continue
 				}
 				w := r.workers[p.Worker]
 				if w != nil {
-					if _, ok := w.calls.get(); !ok {
-						continue // its call list did not decode: what it holds is unknown
+					if _, ok := r.workerCalls(p.Worker); !ok {
+						continue // its call list is not known complete: what it holds is unknown
 					}
 				}
 				key := strandKey{id, iid, p.Worker, c.Epoch}
