@@ -15,7 +15,8 @@ import (
 // the heap where the platform has no mmap) and takes them back for reuse; the memory is kept for
 // the next call rather than returned to the system. A block goes back only when the ring that
 // holds it is unreachable (runtime.AddCleanup), so no frame can be read from a block that has
-// been handed to another call.
+// been handed to another call, or when the call ends (ring.release), whichever comes first: the
+// collector does not see this memory, so it may run rarely while calls come and go.
 
 // blockRegion is the most a region maps at once: a region holds as many blocks as fit.
 const blockRegion = 4 << 20
@@ -62,10 +63,10 @@ func poolOf(size int) *blockPool {
 	return p.(*blockPool)
 }
 
-// offHeap returns a block of size bytes that goes back to its pool once owner is unreachable.
-// The block must not be referenced from anywhere that outlives owner.
-func offHeap[T any](owner *T, size int) []byte {
+// offHeap returns a block of size bytes that goes back to its pool once owner is unreachable,
+// unless the returned cleanup is stopped first (the owner then puts the block back itself). The
+// block must not be referenced from anywhere that outlives owner.
+func offHeap[T any](owner *T, size int) ([]byte, runtime.Cleanup) {
 	b := getBlock(size)
-	runtime.AddCleanup(owner, putBlock, b)
-	return b
+	return b, runtime.AddCleanup(owner, putBlock, b)
 }

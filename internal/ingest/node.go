@@ -375,6 +375,7 @@ func (n *Node) releasePlacements(c *Call, epoch uint32, ps []wire.Placement) {
 func (n *Node) forget(c *Call) {
 	c.mu.Lock()
 	c.ended = true
+	c.releaseRings()
 	c.mu.Unlock()
 	n.remove(c)
 	c.endOnce.Do(func() { close(c.done) })

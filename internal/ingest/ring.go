@@ -1,5 +1,7 @@
 package ingest
 
+import "runtime"
+
 // ring keeps the most recent marshalled frames of one leg for replay. The frames live in one
 // contiguous block of fixed-size slots outside the Go heap (blocks.go): storing a frame allocates
 // nothing, the garbage collector has nothing to mark and its heap goal does not count the rings
@@ -14,11 +16,24 @@ type ring struct {
 	seqs   []uint32
 	head   int // next slot to write
 	n      int
+
+	cleanup runtime.Cleanup // puts buf back when the ring is unreachable; stopped by release
+}
+
+// release gives the ring's block back now, when its call ends, rather than at the next garbage
+// collection; the ring then holds nothing and must not be written again.
+func (r *ring) release() {
+	if r.buf == nil {
+		return
+	}
+	r.cleanup.Stop()
+	putBlock(r.buf)
+	r.buf, r.big, r.n = nil, nil, 0
 }
 
 func newRing(frames, stride int) *ring {
 	r := &ring{stride: stride, lens: make([]int32, frames), seqs: make([]uint32, frames)}
-	r.buf = offHeap(r, frames*stride)
+	r.buf, r.cleanup = offHeap(r, frames*stride)
 	return r
 }
 

@@ -120,3 +120,28 @@ func BenchmarkCallRingsHeap(b *testing.B) {
 	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/calls, "heap-bytes/call")
 	runtime.KeepAlive(keep)
 }
+
+// TestRingReleaseGivesTheBlockBackAtOnce: a released ring (its call ended) is back in its pool
+// without waiting for a collection, holds nothing, and releasing it twice changes nothing.
+func TestRingReleaseGivesTheBlockBackAtOnce(t *testing.T) {
+	const frames, stride = 5, 91 // a size no other test uses
+	r := newRing(frames, stride)
+	r.put(0, append(r.slot(), 1, 2, 3))
+	block := &r.buf[0]
+	p := poolOf(frames * stride)
+	r.release()
+	r.release()
+	p.mu.Lock()
+	n := 0
+	for _, b := range p.free {
+		if &b[0] == block {
+			n++
+		}
+	}
+	p.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("the released block is in its pool %d times, want once", n)
+	}
+	r.each(0, 100, func(uint32, []byte) bool { t.Error("a released ring still yields a frame"); return false })
+	runtime.KeepAlive(r)
+}
