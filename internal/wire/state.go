@@ -8,8 +8,10 @@ import (
 )
 
 // FullEvery bounds how many call-state messages may pass between two full snapshots: a router
-// that starts, or misses a delta, knows a component's calls again within FullEvery intervals.
-const FullEvery = 10
+// that starts, or misses a delta, knows a component's calls again within FullEvery intervals
+// (2.5 s at the default 500 ms: before a router's first orphan sweep, OrphanGrace after it starts,
+// so a cold router judges as early as when the lists came whole).
+const FullEvery = 5
 
 // CallState is a worker's or ingest's call list, published on hb.<component>.<id>.calls every
 // heartbeat interval, just before its liveness heartbeat. Seq goes up by one per message (from 1
