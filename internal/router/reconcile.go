@@ -49,10 +49,13 @@ func (r *Router) reconcile(now time.Time, held map[orphanKey]uint32) []notice {
 					continue
 				}
 				w := r.workers[p.Worker]
+				var listed time.Time // when the worker's call list last came
 				if w != nil {
-					if _, ok := r.workerCalls(p.Worker); !ok {
+					s := r.wstate[p.Worker]
+					if s == nil || !s.known {
 						continue // its call list is not known complete: what it holds is unknown
 					}
+					listed = s.seen
 				}
 				key := strandKey{id, iid, p.Worker, c.Epoch}
 				seen[key] = true
@@ -63,10 +66,11 @@ func (r *Router) reconcile(now time.Time, held map[orphanKey]uint32) []notice {
 				}
 				// A call this router reaped itself is known not to be held: no grace. Otherwise the
 				// worker's heartbeat may predate the offer it accepted, so the mismatch must last.
-				// A live worker must also have sent a heartbeat since the mismatch was first seen: a
-				// router reading heartbeats late does not take its own delay for a lost call.
+				// A live worker must also have sent a call list since the mismatch was first seen: a
+				// router reading them late (they come on a subscription of their own, behind its
+				// liveness) does not take its own delay for a lost call.
 				_, reaped := r.reaped[orphanKey{id, p.Worker}]
-				if !reaped && (now.Sub(since) < r.cfg.ReconcileGrace || w != nil && !w.seen.After(since)) {
+				if !reaped && (now.Sub(since) < r.cfg.ReconcileGrace || w != nil && !listed.After(since)) {
 					continue
 				}
 				reason := wire.ReasonReconcile
