@@ -50,6 +50,7 @@ func canonicalMode(m string) string {
 type Config struct {
 	Mode     string   // ModeInproc, ModeSIP, ModeWHIP, ModeAudioHook, ModeTwilio or ModeBaseline
 	Baseline bool     // run a baseline phase first with the same load
+	Floor    bool     // with Baseline: also the floor phase, raw NATS read by one wildcard subscription per connection
 	Rounds   int      // with Baseline: alternate baseline and callrouter phases this many times
 	Inputs   []string // WAV or pcap files, or directories of them, played round-robin
 	Legs     int      // legs per call taken from each input (0: every channel or stream)
@@ -221,6 +222,9 @@ func (c *Config) checkLoad(p *problems) {
 	}
 	if c.Rounds < 1 || c.Rounds > 20 {
 		p.add("rounds %d: want 1-20", c.Rounds)
+	}
+	if c.Floor && !c.Baseline {
+		p.add("floor: the wildcard floor is reported next to the baseline (-baseline)")
 	}
 	if c.Rounds > 1 && !c.Baseline {
 		p.add("rounds %d: alternating rounds need the baseline phase (-baseline)", c.Rounds)

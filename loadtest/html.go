@@ -253,6 +253,7 @@ inputs: {{range .Inputs}}<code>{{.}}</code> {{end}}{{if .Command}}<br>command: <
 <tr><td class="l">load average at end</td>{{range .Phases}}<td>{{.Machine.LoadAvg}}</td>{{end}}</tr>
 </table>
 {{with .Ratio}}<p>callrouter / baseline in this run: p50 <b>{{.P50}}×</b>, p90 {{.P90}}×, p99 <b>{{.P99}}×</b>{{if .CPU}}, CPU {{.CPU}}×{{end}}{{if .MedianRoundP99}}; median of the rounds' p99 ratios {{.MedianRoundP99}}×{{end}}</p>{{end}}
+{{with .Floor}}<p>callrouter / wildcard floor (one wildcard subscription per connection) in this run: p50 <b>{{.P50}}×</b>, p90 {{.P90}}×, p99 <b>{{.P99}}×</b>{{if .CPU}}, CPU {{.CPU}}×{{end}}{{if .MedianRoundP99}}; median of the rounds' p99 ratios {{.MedianRoundP99}}×{{end}}</p>{{end}}
 {{if .Rounds}}<table><tr><th>round</th><th>baseline p50 ms</th><th>callrouter p50 ms</th><th>baseline p99 ms</th><th>callrouter p99 ms</th><th>p99 ratio</th></tr>
 {{range .Rounds}}<tr><td>{{.Round}}</td><td>{{.Baseline.P50}}</td><td>{{.Callrouter.P50}}</td><td>{{.Baseline.P99}}</td><td>{{.Callrouter.P99}}</td><td>{{.P99Ratio}}</td></tr>{{end}}</table>{{end}}
 {{latencyChart .}}

@@ -10,6 +10,7 @@ import (
 
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/nats-io/nats.go"
 )
 
 // Phase paths, as the report names them.
@@ -77,14 +78,22 @@ type phaseEnds struct {
 	sip    *sipTarget
 	whip   *whipTarget
 	ws     wsTarget // AudioHook or Twilio
+	floor  *floorTarget
 }
 
 // ends builds the phase's target and the way back of its reports.
 func (r *runner) ends(name string, col *Collector) (*phaseEnds, error) {
 	e := &phaseEnds{}
-	if name == "baseline" {
+	switch name {
+	case "baseline":
 		rt, err := r.baselineTarget(col)
 		e.tgt = rt
+		return e, err
+	case "floor":
+		ft, err := r.floorTarget(col)
+		if ft != nil {
+			e.tgt, e.floor = ft, ft
+		}
 		return e, err
 	}
 	if err := r.reportsBack(e, col); err != nil {
@@ -108,6 +117,24 @@ func (r *runner) baselineTarget(col *Collector) (*rawTarget, error) {
 		rt.subs = append(rt.subs, nc)
 	}
 	return rt, nil
+}
+
+// floorTarget connects the floor's publisher and its subscriber connections, as many as the
+// baseline's, each with its one wildcard subscription.
+func (r *runner) floorTarget(col *Collector) (*floorTarget, error) {
+	pub, err := r.dial("loadtest floor publisher")
+	if err != nil {
+		return nil, err
+	}
+	var subs []*nats.Conn
+	for i := 0; i < max(1, r.cfg.Workers); i++ {
+		nc, err := r.dial(fmt.Sprintf("loadtest floor subscriber %d", i+1))
+		if err != nil {
+			return nil, err
+		}
+		subs = append(subs, nc)
+	}
+	return newFloorTarget(pub, subs, r.cfg.Tenant, col, BaselinePendingMsgs, r.cfg.Calls)
 }
 
 // reportsBack attaches the collector to the in-process workers' probe, or subscribes to a remote
@@ -211,6 +238,9 @@ func (e *phaseEnds) close() {
 	}
 	if e.events != nil {
 		e.events.close()
+	}
+	if e.floor != nil {
+		e.floor.close()
 	}
 	if e.detach != nil {
 		e.detach()

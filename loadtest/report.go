@@ -20,6 +20,7 @@ type Report struct {
 	Config   ReportConfig  `json:"config"`
 	Phases   []PhaseReport `json:"phases"`
 	Ratio    *Ratio        `json:"ratio_vs_baseline,omitempty"`
+	Floor    *Ratio        `json:"ratio_vs_floor,omitempty"` // callrouter over the wildcard floor (-floor)
 	Rounds   []RoundReport `json:"rounds,omitempty"`
 	Checked  bool          `json:"checked"`
 	Pass     bool          `json:"pass"`
@@ -256,6 +257,21 @@ func (r *Report) WriteText(w io.Writer) {
 		}
 		if r.Ratio.MedianRoundP99 > 0 {
 			tw("  median of the rounds' p99 ratios: %.2f×\n", r.Ratio.MedianRoundP99)
+		}
+	}
+	if f := r.Floor; f != nil {
+		tw("callrouter / wildcard floor: p50 %.2f×, p90 %.2f×, p99 %.2f×", f.P50, f.P90, f.P99)
+		if f.CPU > 0 {
+			tw(", CPU %.2f×", f.CPU)
+		}
+		tw("\n")
+		for _, rr := range r.Rounds {
+			if rr.Floor != nil {
+				tw("  round %d: p99 %.3f / %.3f ms (%.2f×)\n", rr.Round, rr.Callrouter.P99, rr.Floor.P99, rr.FloorP99Ratio)
+			}
+		}
+		if f.MedianRoundP99 > 0 {
+			tw("  median of the rounds' p99 ratios: %.2f×\n", f.MedianRoundP99)
 		}
 	}
 	switch {

@@ -12,6 +12,9 @@ type RoundReport struct {
 	Baseline   Percentiles `json:"baseline"`
 	Callrouter Percentiles `json:"callrouter"`
 	P99Ratio   float64     `json:"p99_ratio"`
+	// Floor is the round's floor phase (-floor), and callrouter's p99 over its p99.
+	Floor         *Percentiles `json:"floor,omitempty"`
+	FloorP99Ratio float64      `json:"floor_p99_ratio,omitempty"`
 }
 
 type phaseResult struct {

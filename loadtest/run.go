@@ -149,7 +149,7 @@ func (r *runner) phases(ctx context.Context, rep *Report) error {
 		rep.Phases = append(rep.Phases, p)
 		return nil
 	}
-	var base, cr []phaseResult
+	var base, floor, cr []phaseResult
 	for round := 0; round < r.cfg.Rounds && ctx.Err() == nil; round++ {
 		if r.cfg.Baseline {
 			p, h, err := r.phase(ctx, "baseline", baselinePath)
@@ -157,6 +157,13 @@ func (r *runner) phases(ctx context.Context, rep *Report) error {
 				return err
 			}
 			base = append(base, phaseResult{p, h})
+		}
+		if r.cfg.Floor && ctx.Err() == nil {
+			p, h, err := r.phase(ctx, "floor", floorPath)
+			if err != nil {
+				return err
+			}
+			floor = append(floor, phaseResult{p, h})
 		}
 		if ctx.Err() != nil {
 			break
@@ -167,12 +174,20 @@ func (r *runner) phases(ctx context.Context, rep *Report) error {
 		}
 		cr = append(cr, phaseResult{p, h})
 		if len(base) > round {
-			rep.Rounds = append(rep.Rounds, RoundReport{Round: round + 1, Baseline: base[round].p.Latency, Callrouter: p.Latency,
-				P99Ratio: ratio(p.Latency.P99, base[round].p.Latency.P99)})
+			rr := RoundReport{Round: round + 1, Baseline: base[round].p.Latency, Callrouter: p.Latency,
+				P99Ratio: ratio(p.Latency.P99, base[round].p.Latency.P99)}
+			if len(floor) > round {
+				f := floor[round].p.Latency
+				rr.Floor, rr.FloorP99Ratio = &f, ratio(p.Latency.P99, f.P99)
+			}
+			rep.Rounds = append(rep.Rounds, rr)
 		}
 	}
 	if len(base) > 0 {
 		rep.Phases = append(rep.Phases, mergePhases(base))
+	}
+	if len(floor) > 0 {
+		rep.Phases = append(rep.Phases, mergePhases(floor))
 	}
 	if len(cr) > 0 {
 		rep.Phases = append(rep.Phases, mergePhases(cr))
@@ -180,21 +195,42 @@ func (r *runner) phases(ctx context.Context, rep *Report) error {
 	return nil
 }
 
-// compare sets the callrouter / baseline ratios when both phases ran.
+// compare sets the callrouter / baseline ratios when both phases ran, and the callrouter /
+// floor ratios when the floor ran too.
 func (rep *Report) compare() {
-	if len(rep.Phases) != 2 {
+	b, c, f := rep.phase("baseline"), rep.phase("callrouter"), rep.phase("floor")
+	if b == nil || c == nil {
 		return
 	}
-	b, c := rep.Phases[0], rep.Phases[1]
 	rep.Ratio = &Ratio{P50: ratio(c.Latency.P50, b.Latency.P50), P90: ratio(c.Latency.P90, b.Latency.P90), P99: ratio(c.Latency.P99, b.Latency.P99),
 		CPU: ratio(sumCPU(c.Processes), sumCPU(b.Processes))}
+	if f != nil {
+		rep.Floor = &Ratio{P50: ratio(c.Latency.P50, f.Latency.P50), P90: ratio(c.Latency.P90, f.Latency.P90), P99: ratio(c.Latency.P99, f.Latency.P99),
+			CPU: ratio(sumCPU(c.Processes), sumCPU(f.Processes))}
+	}
 	if len(rep.Rounds) > 1 {
-		var rs []float64
+		var rs, fs []float64
 		for _, rr := range rep.Rounds {
 			rs = append(rs, rr.P99Ratio)
+			if rr.Floor != nil {
+				fs = append(fs, rr.FloorP99Ratio)
+			}
 		}
 		rep.Ratio.MedianRoundP99 = median(rs)
+		if rep.Floor != nil && len(fs) > 0 {
+			rep.Floor.MedianRoundP99 = median(fs)
+		}
 	}
+}
+
+// phase returns the phase with that name, or nil.
+func (rep *Report) phase(name string) *PhaseReport {
+	for i := range rep.Phases {
+		if rep.Phases[i].Name == name {
+			return &rep.Phases[i]
+		}
+	}
+	return nil
 }
 
 func sumCPU(ps []ProcUsage) float64 {

@@ -126,6 +126,7 @@ type rawSub struct {
 	legs  []account.Leg
 	ended uint16
 	done  bool
+	end   func() // the floor's: forget the call; nil: unsubscribe sub
 }
 
 // onMsg runs on the subscription's goroutine, one message at a time.
@@ -144,7 +145,11 @@ func (s *rawSub) onMsg(m *nats.Msg) {
 		s.ended |= 1 << h.Leg
 		if int(s.ended) == 1<<len(s.legs)-1 {
 			s.done = true
-			_ = s.sub.Unsubscribe()
+			if s.end != nil {
+				s.end()
+			} else {
+				_ = s.sub.Unsubscribe()
+			}
 			s.col.Report(s.call, "end", s.legs)
 		}
 		return

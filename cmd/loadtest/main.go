@@ -190,6 +190,7 @@ func Flags(cfg *loadtest.Config) *flag.FlagSet {
 	fs.DurationVar(&cfg.Impair.Jitter, "jitter", 0, "sip mode: each RTP packet is delayed by a uniform random 0..jitter")
 	fs.Float64Var(&cfg.Impair.Reorder, "reorder", 0, "sip mode: probability an RTP packet is sent after the next one (with -jitter 0)")
 	fs.BoolVar(&cfg.Baseline, "baseline", cfg.Baseline, "first run a raw NATS baseline phase at the same message rate and sizes, and report the ratios")
+	fs.BoolVar(&cfg.Floor, "floor", cfg.Floor, "with -baseline: also run raw NATS read by one wildcard subscription per subscriber connection (the fastest consumption NATS allows) and report callrouter's distance to it")
 	fs.Func("input", "WAV (PCM16, μ-law, A-law; mono = 1 leg, stereo = 2) or classic pcap file, or a directory of them; repeat or comma-separate; played round-robin", func(s string) error {
 		for _, p := range strings.Split(s, ",") {
 			if p = strings.TrimSpace(p); p != "" {

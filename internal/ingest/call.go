@@ -140,6 +140,7 @@ func (c *Call) End(reason string) {
 				_ = c.publishLocked(&c.legs[i], nil, frame.FlagLast, now)
 			}
 		}
+		c.releaseRings()
 		c.mu.Unlock()
 		if epoch > 0 {
 			c.n.event(c, epoch, "end", map[string]string{"reason": reason})
@@ -167,6 +168,14 @@ func (c *Call) setPlacement(epoch uint32, p []wire.Placement) bool {
 	return true
 }
 
+// releaseRings gives the legs' ring memory back once the call has ended (a replay then finds
+// nothing, as it would once the call has left the node). Must hold c.mu, with c.ended set.
+func (c *Call) releaseRings() {
+	for i := range c.legs {
+		c.legs[i].ring.release()
+	}
+}
+
 func (c *Call) nextEpoch() uint32 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -185,6 +194,9 @@ func (c *Call) replay(dst []byte, r wire.LegRange, limit int) (out []byte, next 
 		return dst, 0, false
 	}
 	l := &c.legs[r.Leg]
+	if c.ended {
+		return dst, 0, false // its rings are released
+	}
 	from, to := r.From, r.To
 	if from == session.FromRingStart {
 		from = 0

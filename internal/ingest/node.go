@@ -89,7 +89,9 @@ type Node struct {
 	draining bool
 	g        guard.Group // goroutines started from NATS callbacks (re-placements)
 	closed   atomic.Bool
-	paused   atomic.Bool // fault injection (Pause): publish nothing, answer nothing
+	paused   atomic.Bool                         // fault injection (Pause): publish nothing, answer nothing
+	hbMu     sync.Mutex                          // one heartbeat at a time: states is a sequence
+	states   *wire.StateTracker[wire.IngestCall] // the call list's snapshots and deltas, under hbMu
 }
 
 // Deps are the node's collaborators.
@@ -112,7 +114,7 @@ func New(cfg Config, d Deps) (*Node, error) {
 		d.Health = &obs.Health{}
 	}
 	return &Node{cfg: cfg, nc: d.NC, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
-		health: d.Health, calls: map[session.ID]*Call{}}, nil
+		health: d.Health, calls: map[session.ID]*Call{}, states: wire.NewIngestStates(cfg.ID)}, nil
 }
 
 // ID returns the node id.
@@ -374,6 +376,7 @@ func (n *Node) releasePlacements(c *Call, epoch uint32, ps []wire.Placement) {
 func (n *Node) forget(c *Call) {
 	c.mu.Lock()
 	c.ended = true
+	c.releaseRings()
 	c.mu.Unlock()
 	n.remove(c)
 	c.endOnce.Do(func() { close(c.done) })
@@ -416,24 +419,31 @@ func (n *Node) reap() {
 	}
 }
 
+// heartbeat publishes the call list (a snapshot or a delta) and then the liveness heartbeat.
 func (n *Node) heartbeat() {
+	n.hbMu.Lock()
+	defer n.hbMu.Unlock()
 	n.mu.Lock()
-	hb := wire.IngestHeartbeat{V: wire.V, ID: n.cfg.ID, Draining: n.draining, IntervalMS: int(n.cfg.HeartbeatInterval / time.Millisecond)}
+	hb := wire.IngestHeartbeat{V: wire.VHeartbeat, ID: n.cfg.ID, Draining: n.draining, IntervalMS: int(n.cfg.HeartbeatInterval / time.Millisecond)}
 	calls := make([]*Call, 0, len(n.calls))
 	for _, c := range n.calls {
 		calls = append(calls, c)
 	}
 	n.mu.Unlock()
-	hb.Calls = make([]wire.IngestCall, 0, len(calls))
+	list := make([]wire.IngestCall, 0, len(calls))
 	for _, c := range calls {
 		c.mu.Lock()
 		if c.epoch > 0 {
-			hb.Calls = append(hb.Calls, wire.IngestCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch, Placements: c.placements, Paused: c.pause.on})
+			list = append(list, wire.IngestCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch, Placements: c.placements, Paused: c.pause.on})
 		}
 		c.mu.Unlock()
 	}
 	if n.paused.Load() {
 		return
+	}
+	hb.Active = len(list)
+	if err := bus.Publish(n.nc, subjects.HeartbeatCalls(subjects.Ingest, n.cfg.ID), n.states.Next(list)); err != nil {
+		n.log.Warn().Err(err).Msg("call list not published")
 	}
 	if err := bus.Publish(n.nc, subjects.Heartbeat(subjects.Ingest, n.cfg.ID), hb); err != nil {
 		n.log.Warn().Err(err).Msg("heartbeat not published")

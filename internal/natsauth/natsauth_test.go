@@ -203,6 +203,8 @@ func TestPermissions(t *testing.T) {
 		{"ingest-ingest-1", pub, "events.acme.c1.start", true},
 		{"ingest-ingest-1", pub, "hb.ingest.ingest-1", true},
 		{"ingest-ingest-1", pub, "hb.ingest.ingest-2", false},
+		{"ingest-ingest-1", pub, "hb.ingest.ingest-1.calls", true},
+		{"ingest-ingest-1", pub, "hb.ingest.ingest-2.calls", false},
 		{"ingest-ingest-1", pub, "hb.worker.w-1", false},
 		{"ingest-ingest-1", pub, "router.place", true},
 		{"ingest-ingest-1", pub, "worker.w-1.release", true},
@@ -230,6 +232,9 @@ func TestPermissions(t *testing.T) {
 		// a per-node worker of the shared pool
 		{"worker-default-w-1", pub, "hb.worker.w-1", true},
 		{"worker-default-w-1", pub, "hb.worker.fake-1", false},
+		{"worker-default-w-1", pub, "hb.worker.w-1.calls", true},
+		{"worker-default-w-1", pub, "hb.worker.fake-1.calls", false},
+		{"worker-default-w-1", pub, "hb.ingest.ingest-1.calls", false},
 		{"worker-default-w-1", pub, "hb.ingest.ingest-1", false},
 		{"worker-default-w-1", pub, "events.globex.c1.dtmf", true},
 		{"worker-default-w-1", pub, "ingest.ingest-1.replay", true},

@@ -83,6 +83,7 @@ func ingestIdentity(name, id string) Identity {
 			subjects.AllAudio,                                    // every tenant's calls land on ingest
 			subjects.ClassEvents + ".>",                          // start, replaced, end
 			subjects.Heartbeat(subjects.Ingest, me),              // its own heartbeat
+			subjects.HeartbeatCalls(subjects.Ingest, me),         // and its call list
 			subjects.Place,                                       // placement requests
 			subjects.WorkerVerb("*", subjects.WorkerVerbRelease), // a call that ended while placing
 		},
@@ -132,6 +133,7 @@ func workerIdentity(name, id, pool string, tenants []string) Identity {
 	w := Identity{Name: name, Role: RoleWorker, Node: id, Pool: pool, Tenants: tenants, Responses: true, // offer, release, ctl
 		Pub: []string{
 			subjects.Heartbeat(subjects.Worker, me),
+			subjects.HeartbeatCalls(subjects.Worker, me),
 			subjects.IngestVerb("*", subjects.IngestVerbReplay),
 			subjects.IngestVerb("*", subjects.IngestVerbPlace), // migrations, fencing hand-backs
 		},

@@ -84,14 +84,16 @@ func (r *Router) Calls() []wire.CallView {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	progress := map[session.ID][]session.LegSeq{}
-	for _, w := range r.workers {
-		for _, c := range r.workerCalls(w) {
-			progress[session.ID{Tenant: c.Tenant, Call: c.Call}] = c.Progress
+	for wid := range r.workers {
+		calls, _ := r.workerCalls(wid)
+		for id, c := range calls {
+			progress[id] = c.Progress
 		}
 	}
 	var out []wire.CallView
-	for iid, in := range r.ingests {
-		for id, c := range r.ingestCalls(in) {
+	for iid := range r.ingests {
+		calls, _ := r.ingestCalls(iid)
+		for id, c := range calls {
 			out = append(out, wire.CallView{Tenant: id.Tenant, Call: id.Call, Epoch: c.Epoch, Ingest: iid, Placements: c.Placements, Progress: progress[id], Paused: c.Paused})
 		}
 	}
@@ -124,10 +126,12 @@ func (r *Router) forwardPause(m *nats.Msg, tenant string) {
 	id := session.ID{Tenant: req.Tenant, Call: req.Call}
 	owner := ""
 	r.mu.Lock()
-	for iid, in := range r.ingests {
-		if _, ok := r.ingestCalls(in)[id]; ok {
-			owner = iid
-			break
+	for iid := range r.ingests {
+		if calls, _ := r.ingestCalls(iid); calls != nil {
+			if _, ok := calls[id]; ok {
+				owner = iid
+				break
+			}
 		}
 	}
 	r.mu.Unlock()

@@ -1,110 +1,170 @@
 package router
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
-	"reflect"
-	"strings"
-	"sync"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/nats-io/nats.go"
 )
 
-// Worker and ingest heartbeats carry one entry per call the component holds: at 500 calls a
-// worker heartbeat is about 90 KB of JSON and takes encoding/json 3 ms to decode, four times a
-// second per worker, on a machine that is also moving audio. The router needs the summary fields
-// (liveness, capacity, readiness) of every heartbeat but the call list only now and then (a
-// death, a failover placement, the orphan sweep, the admin API). So it reads each heartbeat's
-// fields up to "calls" and keeps the message; the list is decoded from the kept bytes the first
-// time it is asked for, so what it sees is always the latest heartbeat's.
+// Heartbeats come in two streams per worker and ingest (docs/protocol.md, "Heartbeats"): liveness
+// on hb.<component>.<id>, small, read whole on every interval to judge deaths and eligibility; and
+// the call list on hb.<component>.<id>.calls, full snapshots and deltas, which this file folds
+// into one callState per component on a subscription of its own, so a large list never delays
+// the liveness behind it. A version-1 heartbeat carries its calls inline; it is read as a
+// liveness heartbeat plus a full snapshot.
 
-var errNotObject = errors.New("heartbeat is not a JSON object")
-
-// summaryFields maps a heartbeat type to the JSON names of its fields other than "calls".
-var summaryFields sync.Map // reflect.Type → map[string]bool
-
-func fieldsOf(t reflect.Type) map[string]bool {
-	if f, ok := summaryFields.Load(t); ok {
-		return f.(map[string]bool)
-	}
-	names := map[string]bool{}
-	for i := 0; i < t.NumField(); i++ {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		if name != "" && name != "-" && name != "calls" {
-			names[name] = true
-		}
-	}
-	summaryFields.Store(t, names)
-	return names
+// callState is a router's copy of one component's call list.
+type callState[T any] struct {
+	byID map[session.ID]T
+	seq  uint64
+	// known: a full snapshot was applied and no delta since was missed. What a component holds
+	// is not judged (orphans, strands) while it is false; byID is still the best guess for the
+	// admin API and a dead worker's last progress.
+	known bool
+	seen  time.Time // of the last message
 }
 
-// decodeSummary decodes the members of the heartbeat object data into v (a pointer to a
-// heartbeat struct), stopping at the "calls" member once every other field of v has been seen.
-// Our components write "calls" last, so the list is not read at all; a heartbeat from another
-// producer that puts it earlier is read through and decoded all the same.
-func decodeSummary(data []byte, v any) error {
-	want := fieldsOf(reflect.TypeOf(v).Elem())
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return errNotObject
+func (s *callState[T]) apply(m *wire.CallState[T], key func(T) session.ID, now time.Time) {
+	s.seen = now
+	switch {
+	case m.Full:
+		s.byID = make(map[session.ID]T, len(m.Calls))
+		for _, c := range m.Calls {
+			s.byID[key(c)] = c
+		}
+		s.known = true
+	case s.known && m.Seq == s.seq+1:
+		for _, c := range m.Calls {
+			s.byID[key(c)] = c
+		}
+		for _, id := range m.Gone {
+			delete(s.byID, id)
+		}
+	default:
+		s.known = false // a delta went missing (or this router started after it): wait for a snapshot
 	}
-	var head bytes.Buffer
-	head.WriteByte('{')
-	seen := 0
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		key, _ := t.(string)
-		if key == "calls" && seen == len(want) {
-			break
-		}
-		var val json.RawMessage
-		if err := dec.Decode(&val); err != nil {
-			return err
-		}
-		if key == "calls" || !want[key] {
-			continue
-		}
-		seen++
-		if head.Len() > 1 {
-			head.WriteByte(',')
-		}
-		k, _ := json.Marshal(key)
-		head.Write(k)
-		head.WriteByte(':')
-		head.Write(val)
-	}
-	head.WriteByte('}')
-	return json.Unmarshal(head.Bytes(), v)
+	s.seq = m.Seq
 }
 
-// lazyCalls holds a heartbeat message and decodes its "calls" member on first use.
-type lazyCalls[T any] struct {
-	raw    []byte
-	calls  []T
-	parsed bool
-	bad    bool // the list did not decode
-}
+func workerKey(c wire.WorkerCall) session.ID { return session.ID{Tenant: c.Tenant, Call: c.Call} }
+func ingestKey(c wire.IngestCall) session.ID { return session.ID{Tenant: c.Tenant, Call: c.Call} }
 
-// newLazyCalls keeps data without copying it: a nats.go message's Data is its own copy, taken
-// out of the connection's read buffer.
-func newLazyCalls[T any](data []byte) lazyCalls[T] {
-	return lazyCalls[T]{raw: data}
-}
-
-// get returns the calls; ok is false when the list does not decode (it is then empty).
-func (l *lazyCalls[T]) get() (calls []T, ok bool) {
-	if !l.parsed {
-		l.parsed = true
-		var body struct {
-			Calls []T `json:"calls"`
-		}
-		if err := json.Unmarshal(l.raw, &body); err != nil {
-			l.raw, l.bad = nil, true
-			return nil, false
-		}
-		l.calls, l.raw = body.Calls, nil
+// onCalls folds a call-list message into the component's state.
+func (r *Router) onCalls(m *nats.Msg) {
+	comp, id, err := subjects.ParseHeartbeatCalls(m.Subject)
+	if err != nil {
+		return
 	}
-	return l.calls, !l.bad
+	now := time.Now()
+	switch comp {
+	case subjects.Worker:
+		var st wire.WorkerState
+		if json.Unmarshal(m.Data, &st) != nil || st.ID != id || st.Seq == 0 {
+			r.m.badHB.Inc()
+			return
+		}
+		r.mu.Lock()
+		stateOf(r.wstate, id).apply(&st, workerKey, now)
+		r.mu.Unlock()
+	case subjects.Ingest:
+		var st wire.IngestState
+		if json.Unmarshal(m.Data, &st) != nil || st.ID != id || st.Seq == 0 {
+			r.m.badHB.Inc()
+			return
+		}
+		r.mu.Lock()
+		stateOf(r.istate, id).apply(&st, ingestKey, now)
+		r.mu.Unlock()
+	}
+}
+
+// onHeartbeat records a liveness heartbeat (and a version-1 heartbeat's inline call list).
+func (r *Router) onHeartbeat(m *nats.Msg) {
+	comp, id, err := subjects.ParseHeartbeat(m.Subject)
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	switch comp {
+	case subjects.Worker:
+		var hb wire.WorkerHeartbeat
+		if json.Unmarshal(m.Data, &hb) != nil || hb.ID != id || !validInterval(hb.IntervalMS) || hb.Capacity < 0 || hb.Active < 0 {
+			r.m.badHB.Inc()
+			return
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if hb.V < wire.VHeartbeat {
+			legacy(r.wstate, id, hb.Calls, workerKey, now)
+		}
+		hb.Calls = nil
+		r.workers[id] = &workerInfo{hb: hb, seen: now}
+	case subjects.Ingest:
+		var hb wire.IngestHeartbeat
+		if json.Unmarshal(m.Data, &hb) != nil || hb.ID != id || !validInterval(hb.IntervalMS) || hb.Active < 0 {
+			r.m.badHB.Inc()
+			return
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if hb.V < wire.VHeartbeat {
+			legacy(r.istate, id, hb.Calls, ingestKey, now)
+			hb.Active = len(hb.Calls)
+		}
+		hb.Calls = nil
+		r.ingests[id] = &ingestInfo{hb: hb, seen: now}
+	case subjects.Router:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.routers[id] = now
+	}
+}
+
+// legacy applies a version-1 heartbeat's inline calls as a full snapshot.
+func legacy[T any](states map[string]*callState[T], id string, calls []T, key func(T) session.ID, now time.Time) {
+	s := stateOf(states, id)
+	s.apply(&wire.CallState[T]{Seq: s.seq, Full: true, Calls: calls}, key, now)
+}
+
+func stateOf[T any](states map[string]*callState[T], id string) *callState[T] {
+	s := states[id]
+	if s == nil {
+		s = &callState[T]{}
+		states[id] = s
+	}
+	return s
+}
+
+// workerCalls returns worker id's calls and whether the list is known to be complete. Must hold r.mu.
+func (r *Router) workerCalls(id string) (map[session.ID]wire.WorkerCall, bool) {
+	if s := r.wstate[id]; s != nil {
+		return s.byID, s.known
+	}
+	return nil, false
+}
+
+// ingestCalls returns ingest id's calls and whether the list is known to be complete. Must hold r.mu.
+func (r *Router) ingestCalls(id string) (map[session.ID]wire.IngestCall, bool) {
+	if s := r.istate[id]; s != nil {
+		return s.byID, s.known
+	}
+	return nil, false
+}
+
+// forgetStates drops the call lists of components that have sent nothing for a minute. Must hold r.mu.
+func (r *Router) forgetStates(now time.Time) {
+	for id, s := range r.wstate {
+		if _, live := r.workers[id]; !live && now.Sub(s.seen) > time.Minute {
+			delete(r.wstate, id)
+		}
+	}
+	for id, s := range r.istate {
+		if _, live := r.ingests[id]; !live && now.Sub(s.seen) > time.Minute {
+			delete(r.istate, id)
+		}
+	}
 }

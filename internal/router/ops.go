@@ -205,7 +205,7 @@ func (r *Router) Ingests() []wire.IngestView {
 	out := make([]wire.IngestView, 0, len(r.ingests))
 	for id, in := range r.ingests {
 		fresh := now.Sub(in.seen) <= 2*time.Duration(max(in.hb.IntervalMS, 1))*time.Millisecond
-		out = append(out, wire.IngestView{ID: id, Active: len(r.ingestCalls(in)), Draining: in.hb.Draining,
+		out = append(out, wire.IngestView{ID: id, Active: in.hb.Active, Draining: in.hb.Draining,
 			Ready: fresh && !in.hb.Draining, IntervalMS: in.hb.IntervalMS, LastSeen: in.seen})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })

@@ -140,14 +140,13 @@ func (r *Router) resume(req *wire.PlaceRequest, pool string) []session.LegSeq {
 	defer r.mu.Unlock()
 	var best []session.LegSeq
 	var bestEpoch uint32
-	for _, w := range r.workers {
+	for wid, w := range r.workers {
 		if w.hb.Pool != pool {
 			continue
 		}
-		for _, c := range r.workerCalls(w) {
-			if c.Tenant == req.Call.Tenant && c.Call == req.Call.Call && c.Epoch < req.Epoch && c.Epoch >= bestEpoch {
-				best, bestEpoch = c.Progress, c.Epoch
-			}
+		calls, _ := r.workerCalls(wid)
+		if c, ok := calls[req.Call.ID]; ok && c.Epoch < req.Epoch && c.Epoch >= bestEpoch {
+			best, bestEpoch = c.Progress, c.Epoch
 		}
 	}
 	if best == nil {

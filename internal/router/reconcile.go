@@ -37,18 +37,25 @@ type notice struct {
 func (r *Router) reconcile(now time.Time, held map[orphanKey]uint32) []notice {
 	var out []notice
 	seen := map[strandKey]bool{}
-	for iid, in := range r.ingests {
+	for iid := range r.ingests {
 		_, stalled := r.silent[iid]
-		for id, c := range r.ingestCalls(in) {
+		calls, known := r.ingestCalls(iid)
+		if !known {
+			continue // what it lists is not known complete: a missing call would be no news
+		}
+		for id, c := range calls {
 			for _, p := range c.Placements {
 				if e, ok := held[orphanKey{id, p.Worker}]; ok && e >= c.Epoch {
 					continue
 				}
 				w := r.workers[p.Worker]
+				var listed time.Time // when the worker's call list last came
 				if w != nil {
-					if _, ok := w.calls.get(); !ok {
-						continue // its call list did not decode: what it holds is unknown
+					s := r.wstate[p.Worker]
+					if s == nil || !s.known {
+						continue // its call list is not known complete: what it holds is unknown
 					}
+					listed = s.seen
 				}
 				key := strandKey{id, iid, p.Worker, c.Epoch}
 				seen[key] = true
@@ -59,10 +66,11 @@ func (r *Router) reconcile(now time.Time, held map[orphanKey]uint32) []notice {
 				}
 				// A call this router reaped itself is known not to be held: no grace. Otherwise the
 				// worker's heartbeat may predate the offer it accepted, so the mismatch must last.
-				// A live worker must also have sent a heartbeat since the mismatch was first seen: a
-				// router reading heartbeats late does not take its own delay for a lost call.
+				// A live worker must also have sent a call list since the mismatch was first seen: a
+				// router reading them late (they come on a subscription of their own, behind its
+				// liveness) does not take its own delay for a lost call.
 				_, reaped := r.reaped[orphanKey{id, p.Worker}]
-				if !reaped && (now.Sub(since) < r.cfg.ReconcileGrace || w != nil && !w.seen.After(since)) {
+				if !reaped && (now.Sub(since) < r.cfg.ReconcileGrace || w != nil && !listed.After(since)) {
 					continue
 				}
 				reason := wire.ReasonReconcile

@@ -29,11 +29,9 @@ import (
 const maxUnreadHeartbeats = 64
 
 type workerInfo struct {
-	hb      wire.WorkerHeartbeat // summary fields; hb.Calls is unused, see calls
-	calls   lazyCalls[wire.WorkerCall]
+	hb      wire.WorkerHeartbeat // liveness; the calls are in Router.wstate
 	seen    time.Time
-	pending int  // offers accepted since the last heartbeat
-	counted bool // a call list that did not decode has been counted as a bad heartbeat
+	pending int // offers accepted since the last heartbeat
 }
 
 func (w *workerInfo) eligible() bool {
@@ -43,9 +41,7 @@ func (w *workerInfo) eligible() bool {
 }
 
 type ingestInfo struct {
-	hb   wire.IngestHeartbeat // summary fields; hb.Calls is unused, see calls
-	list lazyCalls[wire.IngestCall]
-	byID map[session.ID]wire.IngestCall // built from list on first use
+	hb   wire.IngestHeartbeat // liveness; the calls are in Router.istate
 	seen time.Time
 }
 
@@ -76,6 +72,8 @@ type Router struct {
 	mu      sync.Mutex
 	workers map[string]*workerInfo
 	ingests map[string]*ingestInfo
+	wstate  map[string]*callState[wire.WorkerCall] // call lists by worker (heartbeat.go)
+	istate  map[string]*callState[wire.IngestCall] // call lists by ingest
 	routers map[string]time.Time
 	orphans map[orphanKey]time.Time
 	lost    map[lostKey]lostProgress // last progress workers reported for calls (live or lost), for resumes
@@ -115,6 +113,7 @@ func New(cfg Config, d Deps) (*Router, error) {
 	r := &Router{
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("router", cfg.ID).Logger(), m: newMetrics(d.Registry), health: d.Health,
 		workers: map[string]*workerInfo{}, ingests: map[string]*ingestInfo{}, routers: map[string]time.Time{},
+		wstate: map[string]*callState[wire.WorkerCall]{}, istate: map[string]*callState[wire.IngestCall]{},
 		orphans: map[orphanKey]time.Time{}, lost: map[lostKey]lostProgress{},
 		strands: map[strandKey]time.Time{}, reaped: map[orphanKey]time.Time{}, silent: map[string]time.Time{}, inflight: make(chan struct{}, cfg.MaxInflight),
 	}
@@ -138,11 +137,16 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		r.g.Close()
 	}()
-	hbSub, err := r.nc.Subscribe(subjects.AllHeartbeats, r.handler("router_heartbeat", r.onHeartbeat))
+	hbSub, err := r.nc.Subscribe(subjects.AllLiveness, r.handler("router_heartbeat", r.onHeartbeat))
 	if err := add(hbSub, err); err != nil {
 		return err
 	}
 	r.hbSub = hbSub
+	// Call lists on a subscription (and so a goroutine) of their own: a large one never delays
+	// the liveness heartbeats that deaths are judged by.
+	if err := add(r.nc.Subscribe(subjects.AllCallStates, r.handler("router_calls", r.onCalls))); err != nil {
+		return err
+	}
 	if err := add(r.nc.QueueSubscribe(subjects.Place, subjects.RouterQueue, r.handler("router_place", r.onPlace))); err != nil {
 		return err
 	}
@@ -176,56 +180,53 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 }
 
-func (r *Router) onHeartbeat(m *nats.Msg) {
-	comp, id, err := subjects.ParseHeartbeat(m.Subject)
-	if err != nil {
-		return
-	}
-	now := time.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	switch comp {
-	case subjects.Worker:
-		var hb wire.WorkerHeartbeat
-		if decodeSummary(m.Data, &hb) != nil || hb.ID != id || !validInterval(hb.IntervalMS) || hb.Capacity < 0 || hb.Active < 0 {
-			r.m.badHB.Inc()
-			return
-		}
-		r.workers[id] = &workerInfo{hb: hb, calls: newLazyCalls[wire.WorkerCall](m.Data), seen: now}
-	case subjects.Ingest:
-		var hb wire.IngestHeartbeat
-		if decodeSummary(m.Data, &hb) != nil || hb.ID != id || !validInterval(hb.IntervalMS) {
-			r.m.badHB.Inc()
-			return
-		}
-		r.ingests[id] = &ingestInfo{hb: hb, list: newLazyCalls[wire.IngestCall](m.Data), seen: now}
-	case subjects.Router:
-		r.routers[id] = now
-	}
-}
-
-// tick detects deaths, reaps orphans, and heartbeats.
+// tick detects deaths, forgets what is too old to matter, sweeps orphans and strands, and
+// heartbeats.
 func (r *Router) tick(heartbeat bool) {
 	now := time.Now()
+	if heartbeat {
+		defer r.publishHeartbeat()
+	}
 	// A starved router must not mistake its own delay for everyone's death: when its tick runs late
 	// or heartbeats wait unread in its subscription, it judges no one this round.
 	late := !r.lastTick.IsZero() && now.Sub(r.lastTick) > 250*time.Millisecond
 	r.lastTick = now
 	if n, _, err := r.hbSub.Pending(); late || err != nil || n > maxUnreadHeartbeats {
-		if heartbeat {
-			r.publishHeartbeat()
-		}
 		return
 	}
-	var downs []wire.Down
-	var releases []wire.Release
-	var releaseTo []string
+	var sw sweep
 	r.mu.Lock()
+	downs := r.judge(now)
+	r.expire(now)
+	// The sweep reads every call list, so it runs a few times per grace period, not every tick.
+	if now.Sub(r.started()) > r.cfg.OrphanGrace && now.Sub(r.lastSweep) >= max(r.cfg.OrphanGrace/3, 100*time.Millisecond) {
+		r.lastSweep = now
+		sw = r.sweepOrphans(now)
+		sw.notices = r.reconcile(now, sw.held)
+	}
+	r.m.workers.Set(float64(len(r.workers)))
+	r.m.ingests.Set(float64(len(r.ingests)))
+	r.mu.Unlock()
+
+	for _, d := range downs {
+		r.log.Warn().Str("down", d.Component).Str("down_id", d.ID).Msg("declared down")
+		r.m.downs.WithLabelValues(d.Component).Inc()
+		_ = bus.Publish(r.nc, subjects.Bcast(subjects.TopicDown), d)
+	}
+	r.release(sw.releases)
+	r.notify(sw.notices)
+}
+
+// judge declares down the workers and ingests silent for their misses, keeping a dead worker's
+// last progress for the re-placements. Must hold r.mu.
+func (r *Router) judge(now time.Time) []wire.Down {
+	var downs []wire.Down
 	for id, w := range r.workers {
 		if now.Sub(w.seen) > time.Duration(r.cfg.Misses*max(w.hb.IntervalMS, 1))*time.Millisecond {
 			delete(r.workers, id)
-			for _, c := range r.workerCalls(w) {
-				r.lost[lostKey{session.ID{Tenant: c.Tenant, Call: c.Call}, w.hb.Pool}] = lostProgress{c.Progress, now}
+			calls, _ := r.workerCalls(id) // complete or not, the best progress there is
+			for cid, c := range calls {
+				r.lost[lostKey{cid, w.hb.Pool}] = lostProgress{c.Progress, now}
 			}
 			downs = append(downs, wire.Down{V: wire.V, Component: subjects.Worker, ID: id, Reason: "missed heartbeats", By: r.cfg.ID})
 		}
@@ -237,6 +238,12 @@ func (r *Router) tick(heartbeat bool) {
 			downs = append(downs, wire.Down{V: wire.V, Component: subjects.Ingest, ID: id, Reason: "missed heartbeats", By: r.cfg.ID})
 		}
 	}
+	return downs
+}
+
+// expire forgets progress, reaps and silences older than a minute, routers past their misses and
+// the call lists of components gone for a minute. Must hold r.mu.
+func (r *Router) expire(now time.Time) {
 	for k, l := range r.lost {
 		if now.Sub(l.at) > time.Minute {
 			delete(r.lost, k)
@@ -257,67 +264,71 @@ func (r *Router) tick(heartbeat bool) {
 			delete(r.routers, id)
 		}
 	}
-	// Orphans: calls a worker holds that no live ingest owns at that worker and epoch; and
-	// strands, the reverse (reconcile). The sweep reads every call list, so it runs a few times
-	// per grace period, not every tick.
-	var notices []notice
-	if now.Sub(r.started()) > r.cfg.OrphanGrace && now.Sub(r.lastSweep) >= max(r.cfg.OrphanGrace/3, 100*time.Millisecond) {
-		r.lastSweep = now
-		seen := map[orphanKey]bool{}
-		held := map[orphanKey]uint32{}
-		for wid, w := range r.workers {
-			for _, c := range r.workerCalls(w) {
-				id := session.ID{Tenant: c.Tenant, Call: c.Call}
-				key := orphanKey{id, wid}
-				held[key] = max(held[key], c.Epoch)
-				r.lost[lostKey{id, w.hb.Pool}] = lostProgress{c.Progress, now}
-				if r.owned(id, wid, c.Ingest) {
-					continue
-				}
-				seen[key] = true
-				since, ok := r.orphans[key]
-				if !ok {
-					r.orphans[key] = now
-					since = now
-				}
-				// A worker superseded by a newer epoch (newer) is left the same grace: during a
-				// make-before-break hand-over it stops by itself at the first frame of the new epoch.
-				if now.Sub(since) > r.cfg.OrphanGrace {
-					delete(r.orphans, key)
-					r.reaped[key] = now
-					releases = append(releases, wire.Release{V: wire.V, Tenant: c.Tenant, Call: c.Call, Epoch: c.Epoch, Reason: "orphan"})
-					releaseTo = append(releaseTo, wid)
-				}
-			}
-		}
-		for k := range r.orphans {
-			if !seen[k] {
-				delete(r.orphans, k)
-			}
-		}
-		notices = r.reconcile(now, held)
-	}
-	r.m.workers.Set(float64(len(r.workers)))
-	r.m.ingests.Set(float64(len(r.ingests)))
-	r.mu.Unlock()
+	r.forgetStates(now)
+}
 
-	for _, d := range downs {
-		r.log.Warn().Str("down", d.Component).Str("down_id", d.ID).Msg("declared down")
-		r.m.downs.WithLabelValues(d.Component).Inc()
-		_ = bus.Publish(r.nc, subjects.Bcast(subjects.TopicDown), d)
-	}
-	for i, rel := range releases {
-		r.m.reaped.Inc()
-		r.log.Info().Str("tenant", rel.Tenant).Str("call", rel.Call).Str("worker_id", releaseTo[i]).Msg("releasing orphan call")
-		// Fire and forget: the next heartbeat shows whether it went.
-		if data, err := json.Marshal(rel); err == nil {
-			_ = r.nc.Publish(subjects.WorkerVerb(releaseTo[i], subjects.WorkerVerbRelease), data)
+// sweep is what one orphan sweep decided: releases to send, the newest epoch each worker holds
+// each call at (for reconcile), and the reconciliation notices.
+type sweep struct {
+	releases []release
+	held     map[orphanKey]uint32
+	notices  []notice
+}
+
+type release struct {
+	worker string
+	msg    wire.Release
+}
+
+// sweepOrphans finds the calls a worker holds that no live ingest owns at that worker, and
+// releases those orphaned for the grace. A worker superseded by a newer epoch is left the same
+// grace: during a make-before-break hand-over it stops by itself at the new epoch's first frame.
+// Workers and ingests whose call lists are not known complete are not judged. Must hold r.mu.
+func (r *Router) sweepOrphans(now time.Time) sweep {
+	sw := sweep{held: map[orphanKey]uint32{}}
+	seen := map[orphanKey]bool{}
+	for wid, w := range r.workers {
+		calls, known := r.workerCalls(wid)
+		if !known {
+			continue
 		}
-		r.event(rel.Tenant, rel.Call, rel.Epoch, "reaped", map[string]string{"worker": releaseTo[i], "reason": "no ingest owns the call"})
+		for id, c := range calls {
+			key := orphanKey{id, wid}
+			sw.held[key] = max(sw.held[key], c.Epoch)
+			r.lost[lostKey{id, w.hb.Pool}] = lostProgress{c.Progress, now}
+			if r.owned(id, wid, c.Ingest) {
+				continue
+			}
+			seen[key] = true
+			since, ok := r.orphans[key]
+			if !ok {
+				r.orphans[key] = now
+				since = now
+			}
+			if now.Sub(since) > r.cfg.OrphanGrace {
+				delete(r.orphans, key)
+				r.reaped[key] = now
+				sw.releases = append(sw.releases, release{wid, wire.Release{V: wire.V, Tenant: c.Tenant, Call: c.Call, Epoch: c.Epoch, Reason: "orphan"}})
+			}
+		}
 	}
-	r.notify(notices)
-	if heartbeat {
-		r.publishHeartbeat()
+	for k := range r.orphans {
+		if !seen[k] {
+			delete(r.orphans, k)
+		}
+	}
+	return sw
+}
+
+// release sends the orphan releases, fire and forget: the next call list shows whether they went.
+func (r *Router) release(rs []release) {
+	for _, rel := range rs {
+		r.m.reaped.Inc()
+		r.log.Info().Str("tenant", rel.msg.Tenant).Str("call", rel.msg.Call).Str("worker_id", rel.worker).Msg("releasing orphan call")
+		if data, err := json.Marshal(rel.msg); err == nil {
+			_ = r.nc.Publish(subjects.WorkerVerb(rel.worker, subjects.WorkerVerbRelease), data)
+		}
+		r.event(rel.msg.Tenant, rel.msg.Call, rel.msg.Epoch, "reaped", map[string]string{"worker": rel.worker, "reason": "no ingest owns the call"})
 	}
 }
 
@@ -334,39 +345,17 @@ func (r *Router) lastProgress(id session.ID, pool string) []session.LegSeq {
 	return r.lost[lostKey{id, pool}].progress
 }
 
-// workerCalls returns the calls of a worker's latest heartbeat. Must hold r.mu.
-func (r *Router) workerCalls(w *workerInfo) []wire.WorkerCall {
-	calls, ok := w.calls.get()
-	if !ok && !w.counted {
-		w.counted = true
-		r.m.badHB.Inc()
-	}
-	return calls
-}
-
-// ingestCalls returns the calls of an ingest's latest heartbeat by id. Must hold r.mu.
-func (r *Router) ingestCalls(in *ingestInfo) map[session.ID]wire.IngestCall {
-	if in.byID == nil {
-		list, ok := in.list.get()
-		if !ok {
-			r.m.badHB.Inc()
-		}
-		in.byID = make(map[session.ID]wire.IngestCall, len(list))
-		for _, c := range list {
-			in.byID[session.ID{Tenant: c.Tenant, Call: c.Call}] = c
-		}
-	}
-	return in.byID
-}
-
-// owned reports whether a live ingest lists call id as placed on worker wid. A worker left behind
-// by a newer epoch is not an owner. Must hold r.mu.
+// owned reports whether a live ingest lists call id as placed on worker wid, or might (its list
+// is not known complete). A worker left behind by a newer epoch is not an owner. Must hold r.mu.
 func (r *Router) owned(id session.ID, wid, ingest string) bool {
-	in := r.ingests[ingest]
-	if in == nil {
+	if r.ingests[ingest] == nil {
 		return false
 	}
-	c, ok := r.ingestCalls(in)[id]
+	calls, known := r.ingestCalls(ingest)
+	if !known {
+		return true
+	}
+	c, ok := calls[id]
 	if !ok {
 		return false
 	}

@@ -34,7 +34,7 @@ func statusCluster(t *testing.T) *httptest.Server {
 	beat := func() {
 		_ = bus.Publish(nc, subjects.Heartbeat(subjects.Worker, "w1"), wire.WorkerHeartbeat{V: wire.V, ID: "w1", Pool: "default", Mode: "session",
 			Capacity: 10, Active: 1, LagMS: 12.5, Ready: true, IntervalMS: 100,
-			Calls: []wire.WorkerCall{{Tenant: "acme", Call: "c-1", Epoch: 1, Pool: "default", Ingest: "i1", Progress: []session.LegSeq{{Leg: 0, Next: 250}, {Leg: 1, Next: 249}}}}})
+			Calls: []wire.WorkerCall{{Tenant: "acme", Call: "c-1", Epoch: 1, Ingest: "i1", Progress: []session.LegSeq{{Leg: 0, Next: 250}, {Leg: 1, Next: 249}}}}})
 		_ = bus.Publish(nc, subjects.Heartbeat(subjects.Ingest, "i1"), wire.IngestHeartbeat{V: wire.V, ID: "i1", IntervalMS: 100,
 			Calls: []wire.IngestCall{{Tenant: "acme", Call: "c-1", Epoch: 1, Placements: []wire.Placement{{Pool: "default", Worker: "w1"}}}}})
 	}

@@ -90,8 +90,9 @@ func (tenantCalls) Describe(ch chan<- *prometheus.Desc) { ch <- tenantCallsDesc 
 func (c tenantCalls) Collect(ch chan<- prometheus.Metric) {
 	counts := map[string]int{}
 	c.r.mu.Lock()
-	for _, in := range c.r.ingests {
-		for id := range c.r.ingestCalls(in) {
+	for iid := range c.r.ingests {
+		calls, _ := c.r.ingestCalls(iid)
+		for id := range calls {
 			counts[subjects.Encode(id.Tenant)]++
 		}
 	}

@@ -6,7 +6,8 @@
 //	audio.<tenant>.<call>.<leg>      binary frames, ingest → the worker holding the call
 //	events.<tenant>.<call>.<kind>    JSON events, workers and routers → anyone
 //	ctl.<tenant>.<call>              request-reply to whichever worker holds the call
-//	hb.<component>.<id>              heartbeats (fan-out)
+//	hb.<component>.<id>              heartbeats: liveness (fan-out)
+//	hb.<component>.<id>.calls        the call list, as snapshots and deltas (fan-out)
 //	bcast.<topic>                    coordination notices (down, drain)
 //	router.place                     placement requests (queue group "router")
 //	router.api.<verb>                admin API (queue group "router")
@@ -67,6 +68,9 @@ const (
 	Place             = "router.place"
 	APIPrefix         = "router.api."
 	AllHeartbeats     = "hb.>"
+	AllLiveness       = "hb.*.*"       // every component's liveness heartbeat
+	AllCallStates     = "hb.*.*.calls" // every worker's and ingest's call list
+	TokenCalls        = "calls"
 	AllBroadcasts     = "bcast.>"
 	AllAudio          = "audio.>"
 	WorkerVerbOffer   = "offer"
@@ -173,6 +177,12 @@ func Heartbeat(component, id string) string {
 	return ClassHB + "." + component + "." + id
 }
 
+// HeartbeatCalls is the subject of one worker's or ingest's call list (snapshots and deltas),
+// next to its liveness heartbeat.
+func HeartbeatCalls(component, id string) string {
+	return ClassHB + "." + component + "." + id + "." + TokenCalls
+}
+
 // Bcast is a coordination broadcast subject.
 func Bcast(topic string) string { return ClassBcast + "." + topic }
 
@@ -253,6 +263,15 @@ func ParseEvent(s string) (EventSubject, error) {
 		return EventSubject{}, ErrBadSubject
 	}
 	return e, nil
+}
+
+// ParseHeartbeatCalls parses hb.<component>.<id>.calls.
+func ParseHeartbeatCalls(s string) (component, id string, err error) {
+	rest, ok := strings.CutSuffix(s, "."+TokenCalls)
+	if !ok {
+		return "", "", ErrBadSubject
+	}
+	return ParseHeartbeat(rest)
 }
 
 // ParseHeartbeat parses hb.<component>.<id>.

@@ -78,6 +78,18 @@ func TestParseEventAndHeartbeat(t *testing.T) {
 	if err != nil || c != Worker || id != "w1" {
 		t.Fatalf("ParseHeartbeat = %q %q %v", c, id, err)
 	}
+	if _, _, err := ParseHeartbeat(HeartbeatCalls(Worker, "w1")); err == nil {
+		t.Error("ParseHeartbeat took a call-list subject")
+	}
+	c, id, err = ParseHeartbeatCalls(HeartbeatCalls(Ingest, "i1"))
+	if err != nil || c != Ingest || id != "i1" {
+		t.Fatalf("ParseHeartbeatCalls = %q %q %v", c, id, err)
+	}
+	for _, bad := range []string{Heartbeat(Worker, "w1"), "hb.worker.calls", "hb.worker.w1.x.calls", "hb..w1.calls"} {
+		if _, _, err := ParseHeartbeatCalls(bad); err == nil {
+			t.Errorf("ParseHeartbeatCalls(%q) = nil error", bad)
+		}
+	}
 }
 
 func FuzzAudioRoundTrip(f *testing.F) {

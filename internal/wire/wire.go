@@ -119,18 +119,22 @@ type ReleaseReply struct {
 	Progress []session.LegSeq `json:"progress,omitempty"`
 }
 
-// WorkerCall is one call in a worker heartbeat.
+// VHeartbeat is the version of worker and ingest heartbeats and call lists: 2 since liveness
+// (hb.<component>.<id>) and the call list (hb.<component>.<id>.calls) went separate ways.
+// Routers still read a version-1 heartbeat, which carries its calls inline, so routers are
+// upgraded first (docs/protocol.md, "Heartbeats").
+const VHeartbeat = 2
+
+// WorkerCall is one call in a worker's call list.
 type WorkerCall struct {
 	Tenant   string           `json:"tenant"`
 	Call     string           `json:"call"`
 	Epoch    uint32           `json:"epoch"`
-	Pool     string           `json:"pool"`
 	Ingest   string           `json:"ingest"`
 	Progress []session.LegSeq `json:"progress"`
-	LagMS    float64          `json:"lag_ms"`
 }
 
-// WorkerHeartbeat is published on hb.worker.<id>.
+// WorkerHeartbeat is a worker's liveness, published on hb.worker.<id> every interval.
 type WorkerHeartbeat struct {
 	V    int    `json:"v"`
 	ID   string `json:"id"`
@@ -145,12 +149,11 @@ type WorkerHeartbeat struct {
 	Ready      bool     `json:"ready"`
 	Draining   bool     `json:"draining"`
 	IntervalMS int      `json:"interval_ms"`
-	// Calls stays the last field: routers read the fields before it on every heartbeat and the
-	// list only when they need it.
-	Calls []WorkerCall `json:"calls"`
+	// Calls is version 1's inline call list; version 2 sends it as a WorkerState.
+	Calls []WorkerCall `json:"calls,omitempty"`
 }
 
-// IngestCall is one call in an ingest heartbeat.
+// IngestCall is one call in an ingest's call list.
 type IngestCall struct {
 	Tenant     string      `json:"tenant"`
 	Call       string      `json:"call"`
@@ -159,14 +162,15 @@ type IngestCall struct {
 	Paused     bool        `json:"paused,omitempty"` // in a secure pause
 }
 
-// IngestHeartbeat is published on hb.ingest.<id>.
+// IngestHeartbeat is an ingest's liveness, published on hb.ingest.<id> every interval.
 type IngestHeartbeat struct {
 	V          int    `json:"v"`
 	ID         string `json:"id"`
 	Draining   bool   `json:"draining"`
 	IntervalMS int    `json:"interval_ms"`
-	// Calls stays the last field, as in WorkerHeartbeat.
-	Calls []IngestCall `json:"calls"`
+	Active     int    `json:"active"` // calls placed (version 2)
+	// Calls is version 1's inline call list; version 2 sends it as an IngestState.
+	Calls []IngestCall `json:"calls,omitempty"`
 }
 
 // RouterHeartbeat is published on hb.router.<id>.

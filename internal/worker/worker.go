@@ -66,7 +66,9 @@ type Worker struct {
 	frameSeen atomic.Uint64 // frame mode
 	lastTick  atomic.Int64  // mono() at the last heartbeat tick; see Config.FenceAfter
 	closed    atomic.Bool
-	op        opDrain // a drain requested over NATS (drainverb.go)
+	op        opDrain                             // a drain requested over NATS (drainverb.go)
+	hbMu      sync.Mutex                          // one heartbeat at a time: states is a sequence
+	states    *wire.StateTracker[wire.WorkerCall] // the call list's snapshots and deltas, under hbMu
 }
 
 // Deps are the worker's collaborators.
@@ -100,7 +102,7 @@ func New(cfg Config, d Deps) (*Worker, error) {
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("worker", cfg.ID).Str("pool", cfg.Pool).Logger(),
 		m: newMetrics(d.Registry), health: d.Health, procs: procs,
 		calls: map[session.ID]*call{},
-		start: time.Now(), wall0: cfg.Now().UnixNano(),
+		start: time.Now(), wall0: cfg.Now().UnixNano(), states: wire.NewWorkerStates(cfg.ID),
 	}, nil
 }
 
@@ -225,24 +227,27 @@ func (w *Worker) snapshot() []*call {
 	return out
 }
 
+// heartbeat publishes the call list (a snapshot or a delta) and then the liveness heartbeat.
 func (w *Worker) heartbeat() {
+	w.hbMu.Lock()
+	defer w.hbMu.Unlock()
 	calls := w.snapshot()
 	sort.Slice(calls, func(i, j int) bool { return calls[i].spec.Call < calls[j].spec.Call })
 	w.mu.Lock()
 	draining := w.draining
 	w.mu.Unlock()
-	hb := wire.WorkerHeartbeat{V: wire.V, ID: w.cfg.ID, Pool: w.cfg.Pool, Mode: w.cfg.Mode, Tenants: w.cfg.Tenants, Capacity: w.cfg.Capacity,
-		Active: len(calls), Ready: w.health.Ready() && !draining, Draining: draining,
-		IntervalMS: int(w.cfg.HeartbeatInterval / time.Millisecond), Calls: make([]wire.WorkerCall, 0, len(calls))}
+	list := make([]wire.WorkerCall, 0, len(calls))
 	var worst int64
 	for _, c := range calls {
-		l := c.lagNS.Load()
-		worst = max(worst, l)
-		hb.Calls = append(hb.Calls, wire.WorkerCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Pool: w.cfg.Pool,
-			Ingest: c.ingest, Progress: c.progress(), LagMS: float64(l) / 1e6})
+		worst = max(worst, c.lagNS.Load())
+		list = append(list, wire.WorkerCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Ingest: c.ingest, Progress: c.progress()})
 	}
-	hb.LagMS = float64(worst) / 1e6
-	hb.Lagging = w.lagging.Load()
+	if err := bus.Publish(w.nc, subjects.HeartbeatCalls(subjects.Worker, w.cfg.ID), w.states.Next(list)); err != nil {
+		w.log.Warn().Err(err).Msg("call list not published")
+	}
+	hb := wire.WorkerHeartbeat{V: wire.VHeartbeat, ID: w.cfg.ID, Pool: w.cfg.Pool, Mode: w.cfg.Mode, Tenants: w.cfg.Tenants, Capacity: w.cfg.Capacity,
+		Active: len(calls), LagMS: float64(worst) / 1e6, Lagging: w.lagging.Load(), Ready: w.health.Ready() && !draining, Draining: draining,
+		IntervalMS: int(w.cfg.HeartbeatInterval / time.Millisecond)}
 	if err := bus.Publish(w.nc, subjects.Heartbeat(subjects.Worker, w.cfg.ID), hb); err != nil {
 		w.log.Warn().Err(err).Msg("heartbeat not published")
 	}

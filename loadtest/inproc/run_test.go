@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -135,6 +136,37 @@ func TestReplayTwentyCallsNoLoss(t *testing.T) {
 	}
 	if _, err := json.Marshal(rep); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFloorPhase runs the baseline, the wildcard floor and callrouter: every frame of the floor
+// (one wildcard subscription per subscriber connection) is received and timed, and the report
+// gives callrouter's ratios to the floor next to those to the baseline.
+func TestFloorPhase(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three 2 s phases")
+	}
+	cfg := shortConfig(t, loadtest.ModeInproc, "lt-floor", 6, 100, 2*time.Second)
+	cfg.Baseline, cfg.Floor = true, true
+	rep := run(t, cfg, loadtest.Deps{Harness: Start, Log: testLog(t), StackLog: testLog(t)})
+	var text bytes.Buffer
+	rep.WriteText(&text)
+	t.Log(text.String())
+	if len(rep.Phases) != 3 || rep.Phases[1].Name != "floor" || rep.Ratio == nil || rep.Floor == nil || rep.Floor.P99 <= 0 {
+		t.Fatalf("phases %d, ratio %v, floor ratio %v", len(rep.Phases), rep.Ratio, rep.Floor)
+	}
+	if len(rep.Rounds) != 1 || rep.Rounds[0].Floor == nil || rep.Rounds[0].FloorP99Ratio <= 0 {
+		t.Errorf("rounds %+v: want the floor's percentiles and ratio", rep.Rounds)
+	}
+	f := rep.Phases[1]
+	if f.Completed != cfg.Calls || f.Totals.Sent == 0 || f.Totals.Received != f.Totals.Sent || f.LossRatio != 0 || f.Latency.Count != f.Totals.Received {
+		t.Errorf("floor: %d calls, sent %d, received %d, loss %v, %d latencies", f.Completed, f.Totals.Sent, f.Totals.Received, f.LossRatio, f.Latency.Count)
+	}
+	if !strings.Contains(text.String(), "callrouter / wildcard floor") {
+		t.Error("the text report does not give the floor ratios")
+	}
+	if !rep.Pass {
+		t.Errorf("failures: %v", rep.Failures)
 	}
 }
 
