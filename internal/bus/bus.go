@@ -35,7 +35,6 @@ type Config struct {
 	TLSKey       string // client key file
 	TLSCA        string // CA file to verify the servers
 	ReconnectBuf int    // bytes buffered while reconnecting; beyond it publishes fail
-	PendingMsgs  int    // default per-subscription pending message limit
 	// WaitForServer makes Connect return at once when no server answers and keep trying in the
 	// background (nats.RetryOnFailedConnect), as after a disconnect: the binaries start without
 	// NATS and become ready when it comes. Subscriptions made before the first connection are
@@ -45,7 +44,7 @@ type Config struct {
 
 // DefaultConfig returns a Config for a local server.
 func DefaultConfig() Config {
-	return Config{URL: nats.DefaultURL, ReconnectBuf: 8 << 20, PendingMsgs: 65536}
+	return Config{URL: nats.DefaultURL, ReconnectBuf: 8 << 20}
 }
 
 // Validate reports the first bad field.
