@@ -76,7 +76,6 @@ type Router struct {
 	mu      sync.Mutex
 	workers map[string]*workerInfo
 	ingests map[string]*ingestInfo
-	routers map[string]time.Time
 	orphans map[orphanKey]time.Time
 	lost    map[lostKey]lostProgress // last progress workers reported for calls (live or lost), for resumes
 	strands map[strandKey]time.Time  // placements an ingest lists that their worker does not hold, since
@@ -114,7 +113,7 @@ func New(cfg Config, d Deps) (*Router, error) {
 	}
 	r := &Router{
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("router", cfg.ID).Logger(), m: newMetrics(d.Registry), health: d.Health,
-		workers: map[string]*workerInfo{}, ingests: map[string]*ingestInfo{}, routers: map[string]time.Time{},
+		workers: map[string]*workerInfo{}, ingests: map[string]*ingestInfo{},
 		orphans: map[orphanKey]time.Time{}, lost: map[lostKey]lostProgress{},
 		strands: map[strandKey]time.Time{}, reaped: map[orphanKey]time.Time{}, silent: map[string]time.Time{}, inflight: make(chan struct{}, cfg.MaxInflight),
 	}
@@ -199,8 +198,6 @@ func (r *Router) onHeartbeat(m *nats.Msg) {
 			return
 		}
 		r.ingests[id] = &ingestInfo{hb: hb, list: newLazyCalls[wire.IngestCall](m.Data), seen: now}
-	case subjects.Router:
-		r.routers[id] = now
 	}
 }
 
@@ -250,11 +247,6 @@ func (r *Router) tick(heartbeat bool) {
 	for k, t := range r.silent {
 		if now.Sub(t) > time.Minute {
 			delete(r.silent, k)
-		}
-	}
-	for id, t := range r.routers {
-		if now.Sub(t) > time.Duration(r.cfg.Misses+1)*r.cfg.HeartbeatInterval {
-			delete(r.routers, id)
 		}
 	}
 	// Orphans: calls a worker holds that no live ingest owns at that worker and epoch; and
