@@ -48,10 +48,10 @@ type callState struct {
 	evWindow  time.Time
 	evCount   int
 
-	done     chan struct{}
-	finishMu sync.Once
-	failed   chan struct{} // closed (failOnce) when a stream's read loop panicked: watch ends the call
-	failOnce sync.Once
+	done       chan struct{}
+	finishOnce sync.Once
+	failed     chan struct{} // closed (failOnce) when a stream's read loop panicked: watch ends the call
+	failOnce   sync.Once
 }
 
 // openStreams binds one RTP socket per leg; the legs take the plans' order.
@@ -366,7 +366,7 @@ func (c *callState) watch() {
 // finish ends the call once: BYE to the peer when we hang up, RTP sockets closed (their last
 // frames flushed), the ingest call ended, ports released into quarantine.
 func (c *callState) finish(reason string, bye bool) {
-	c.finishMu.Do(func() {
+	c.finishOnce.Do(func() {
 		close(c.done)
 		if bye {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
