@@ -145,7 +145,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbReplay), handle("ingest_replay", n.onReplay))); err != nil {
 		return err
 	}
-	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbPlace), handle("ingest_migrate", n.onMigrate))); err != nil {
+	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbPlace), handle("ingest_place", n.onPlace))); err != nil {
 		return err
 	}
 	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbPause), handle("ingest_pause", n.onPause))); err != nil {
