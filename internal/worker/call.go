@@ -203,9 +203,6 @@ const stoppingBit = 1 << 32
 // curEpoch returns the epoch the call is held at.
 func (c *call) curEpoch() uint32 { return uint32(c.state.Load()) }
 
-// stopping reports whether the call has begun to stop.
-func (c *call) stopping() bool { return c.state.Load()&stoppingBit != 0 }
-
 // markStopping records that the call is stopping; offers no longer advance it.
 func (c *call) markStopping() { c.state.Or(stoppingBit) }
 
