@@ -57,7 +57,7 @@ type levelsCall struct {
 }
 
 func (levelsProc) Start(c Call) (Handler, error) {
-	l := &levelsCall{c: c, sh: AcquireShared(c), legs: make([]levelsLeg, len(c.Spec().Legs))}
+	l := &levelsCall{c: c, sh: c.Shared().Acquire(), legs: make([]levelsLeg, len(c.Spec().Legs))}
 	for i, leg := range c.Spec().Legs {
 		l.legs[i].out = LegLevels{Leg: leg.Index, Name: leg.Name}
 	}
@@ -141,5 +141,5 @@ func (l *levelsCall) Stop(string) {
 	}
 	l.c.Emit("levels", out)
 	l.sh.Put("levels", out)
-	ReleaseShared(l.c)
+	l.sh.Release()
 }
