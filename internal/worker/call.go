@@ -78,9 +78,10 @@ type call struct {
 	paused   [session.MaxLegs]bool // the leg's last frame in order was paused (frame.FlagPaused)
 	ended    uint16
 	handlers []proc.Handler
-	cur      item       // the frame being processed; a field so the frame path does not allocate
-	now      int64      // w.mono() when cur was taken off the channel
-	out      proc.Frame // what handlers receive; reused for the same reason
+	shared   *proc.Shared // what the processors share (decoded audio, summary sections)
+	cur      item         // the frame being processed; a field so the frame path does not allocate
+	now      int64        // w.mono() when cur was taken off the channel
+	out      proc.Frame   // what handlers receive; reused for the same reason
 
 	// Delay baseline (call goroutine only): the lowest arrival−capture seen, which holds the
 	// constant offset between ingest's clock and this worker's plus the fastest trip; a live
@@ -99,6 +100,8 @@ func newCall(w *Worker, o *wire.Offer) *call {
 		queue: w.cfg.QueueFrames * scale,
 		done:  make(chan struct{}),
 		from:  make([]int64, len(o.Call.Legs)),
+
+		shared: proc.NewShared(len(o.Call.Legs)),
 
 		resumeCause: proc.CauseReplacement,
 	}
@@ -654,6 +657,7 @@ func (c *call) Epoch() uint32        { return c.curEpoch() }
 func (c *call) Worker() string       { return c.w.cfg.ID }
 func (c *call) Pool() string         { return c.w.cfg.Pool }
 func (c *call) Log() *zerolog.Logger { return &c.log }
+func (c *call) Shared() *proc.Shared { return c.shared }
 
 // Emit publishes an event unless the call has been superseded.
 func (c *call) Emit(kind string, data any) {
