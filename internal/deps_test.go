@@ -33,6 +33,7 @@ var forbidden = map[string][]string{
 	"internal/natsauth":  {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/proc"},
 	"internal/twilio":    {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip", "internal/sip", "internal/audiohook"},
 	"internal/audiohook": {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip", "internal/sip"},
+	"internal/sources":   {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/proc"},
 	"hostile":            {"internal/"}, // tests only: it attacks the built binaries from outside
 	"loadtest/inproc":    {"internal/cli"},
 	// A client: it speaks the protocol and does not link the services it steers.

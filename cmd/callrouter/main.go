@@ -24,6 +24,7 @@ import (
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/sample"
 	"github.com/callrouter/callrouter/internal/sip"
+	"github.com/callrouter/callrouter/internal/sources"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/wav"
 	"github.com/callrouter/callrouter/internal/whip"
@@ -136,35 +137,11 @@ func run(args []string, out io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	// The browser call page and its WHIP endpoint; the demo tenant needs no token here.
+	// The browser call page and its WHIP endpoint (the demo tenant needs no token here), on
+	// their own listener apart from /metrics and the probes on -http; SIP with -sip-listen.
 	wcfg := whip.DefaultConfig()
 	wcfg.UDPAddr, wcfg.OpenTenant = o.whipUDP, "demo"
-	wsrv, err := whip.New(wcfg, whip.Deps{Log: log, Registry: reg})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "callrouter: flag -whip-udp: %v\n", err)
-		return 2
-	}
-	// WHIP and the call page on their own listener, apart from /metrics and the probes on -http.
-	pub, err := whip.ListenPublic(o.whip, wsrv.PublicHandler(), log)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
-		return 2
-	}
-	pubCtx, pubStop := context.WithCancel(context.Background())
-	pubDone := make(chan error, 1)
-	go func() { pubDone <- pub.Run(pubCtx) }()
-	whipDone := make(chan error, 1)
-	go func() { whipDone <- wsrv.Run(ctx, s.Ingest) }()
-	defer func() {
-		stop()
-		if err := <-whipDone; err != nil {
-			fmt.Fprintf(os.Stderr, "callrouter: WHIP: %v\n", err)
-		}
-		pubStop() // after the sessions ended: their pages keep their URLs until then
-		if err := <-pubDone; err != nil {
-			fmt.Fprintf(os.Stderr, "callrouter: WHIP listener: %v\n", err)
-		}
-	}() // before s.Close: sessions end while ingest still runs
+	srcCfg := sources.Config{WHIP: &wcfg, Listen: o.whip}
 	if o.sip != "" {
 		scfg := sip.DefaultConfig()
 		scfg.Listen, scfg.DefaultTenant = o.sip, "demo"
@@ -172,23 +149,25 @@ func run(args []string, out io.Writer) int {
 			fmt.Fprintf(os.Stderr, "callrouter: flag -sip-listen: %v\n", err)
 			return 2
 		}
-		ssrv, err := sip.New(scfg, sip.Deps{Log: log, Registry: reg})
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "callrouter: flag -sip-listen: %v\n", err)
-			return 2
-		}
-		sipDone := make(chan error, 1)
-		go func() { sipDone <- ssrv.Run(ctx, s.Ingest) }()
-		defer func() {
-			stop()
-			if err := <-sipDone; err != nil {
-				fmt.Fprintf(os.Stderr, "callrouter: SIP: %v\n", err)
-			}
-		}()
+		srcCfg.SIP = &scfg
 	}
+	src, err := sources.New(srcCfg, sources.Deps{Log: log, Registry: reg})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
+		return 2
+	}
+	running, err := src.Start(ctx, s.Ingest)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
+		return 2
+	}
+	defer func() {
+		stop()
+		running.Wait()
+	}() // before s.Close: sessions end while ingest still runs
 	go func() { _ = srv.Run(ctx) }()
 	fmt.Fprintf(out, "callrouter: NATS %s, metrics http://%s/metrics, call page %s/call/, %d workers; playing %d call(s) of %.1f s\n",
-		s.URL, srv.Addr(), pub.URL(), o.workers, o.calls, float64(rec.Len())*0.02/o.speed)
+		s.URL, srv.Addr(), running.PublicURL(), o.workers, o.calls, float64(rec.Len())*0.02/o.speed)
 
 	// Print every event, in arrival order, until the calls are done.
 	nc, err := s.Connect(natsauth.RoleAdmin, "", "local")
