@@ -22,6 +22,7 @@ import (
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/sample"
 	"github.com/callrouter/callrouter/internal/sip"
@@ -208,7 +209,7 @@ func run(args []string, out io.Writer) int {
 		go func() {
 			defer wg.Done()
 			spec := rec.Spec("demo", fmt.Sprintf("call-%d", i+1), map[string]string{"source": "sample"})
-			if _, err := filesrc.Play(ctx, s.Ingest, rec, spec, 0, o.speed); err != nil {
+			if _, err := player.Play(ctx, s.Ingest, rec, spec, 0, o.speed); err != nil {
 				pr.failure(spec.Call, err)
 			}
 		}()

@@ -17,6 +17,7 @@ import (
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/sources"
 	"github.com/callrouter/callrouter/internal/whip"
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,7 +27,7 @@ import (
 func main() { os.Exit(run(os.Args[1:])) }
 
 // player is the file source behind -play.
-type player struct {
+type playFlags struct {
 	path       string
 	calls      int
 	tenant     string
@@ -39,7 +40,7 @@ func run(args []string) int {
 	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
 	common := cli.CommonFlags(fs, ":8080")
 	cfg := Flags(fs)
-	var p player
+	var p playFlags
 	fs.StringVar(&p.path, "play", "", "WAV file to play as calls (PCM16, μ-law or A-law; stereo = two legs)")
 	fs.IntVar(&p.calls, "play-calls", 1, "concurrent calls to play the -play file as")
 	fs.StringVar(&p.tenant, "play-tenant", "demo", "tenant of played calls")
@@ -125,7 +126,7 @@ func run(args []string) int {
 type service struct {
 	n   *ingest.Node
 	rec *filesrc.Recording
-	p   player
+	p   playFlags
 	log zerolog.Logger
 	src *sources.Set
 }
@@ -144,7 +145,7 @@ func (s *service) Run(ctx context.Context) error {
 				defer wg.Done()
 				spec := s.rec.Spec(s.p.tenant, fmt.Sprintf("%s-%d", s.p.callPrefix, i), nil)
 				for ctx.Err() == nil {
-					_, err := filesrc.Play(ctx, s.n, s.rec, spec, s.p.frames, s.p.speed)
+					_, err := player.Play(ctx, s.n, s.rec, spec, s.p.frames, s.p.speed)
 					if err == nil || ctx.Err() != nil {
 						return
 					}

@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
-	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/natsauth"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
@@ -149,7 +149,7 @@ func TestAttacksFailWithPermissions(t *testing.T) {
 	defer cancel()
 	played := make(chan error, 1)
 	go func() {
-		_, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "attack-0", nil), frames, 1)
+		_, err := player.Play(ctx, s.Ingest, rec, rec.Spec("acme", "attack-0", nil), frames, 1)
 		played <- err
 	}()
 	id := session.ID{Tenant: "acme", Call: "attack-0"}
@@ -282,7 +282,7 @@ func TestAttacksFailWithPermissions(t *testing.T) {
 		t.Fatalf("the call under attack: %v", err)
 	}
 	// Placement still works after the forged heartbeats, offers and downs.
-	if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "attack-1", nil), 50, 4); err != nil {
+	if _, err := player.Play(ctx, s.Ingest, rec, rec.Spec("acme", "attack-1", nil), 50, 4); err != nil {
 		t.Fatalf("a call after the attacks: %v", err)
 	}
 	eventually(t, 10*time.Second, "every worker to release its calls", func() bool {
@@ -327,7 +327,7 @@ func TestDedicatedPool(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	rec := tone(t, 50)
-	if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "pci-0", nil), 50, 4); err != nil {
+	if _, err := player.Play(ctx, s.Ingest, rec, rec.Spec("acme", "pci-0", nil), 50, 4); err != nil {
 		t.Fatalf("acme's call on its dedicated pool: %v", err)
 	}
 	if _, err := s.Ingest.StartCall(ctx, rec.Spec("globex", "pci-1", nil)); err == nil || !strings.Contains(err.Error(), "pci") {
