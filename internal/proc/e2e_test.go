@@ -11,6 +11,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/audio"
 	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/subjects"
@@ -87,7 +88,7 @@ func TestEndToEnd(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "e2e-1", nil), 0, 2); err != nil {
+	if _, err := player.Play(ctx, s.Ingest, rec, rec.Spec("acme", "e2e-1", nil), 0, 2); err != nil {
 		t.Fatal(err)
 	}
 	deadline = time.Now().Add(15 * time.Second)
