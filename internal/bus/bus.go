@@ -1,6 +1,6 @@
 // Package bus is callrouter's one seam to Core NATS: connection options (URL, credentials, TLS,
-// bounded reconnect buffer), JSON request-reply helpers, and an embedded nats-server for the
-// one-process mode and for tests.
+// bounded reconnect buffer), JSON request-reply helpers, call events (the one publisher and a
+// collector), and an embedded nats-server for the one-process mode and for tests.
 package bus
 
 import (
