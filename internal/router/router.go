@@ -371,9 +371,7 @@ func (r *Router) owned(id session.ID, wid, ingest string) bool {
 }
 
 func (r *Router) event(tenant, call string, epoch uint32, kind string, data any) {
-	body, _ := json.Marshal(data)
-	_ = bus.Publish(r.nc, subjects.Event(tenant, call, kind), wire.Event{V: wire.V, Kind: kind, Tenant: tenant, Call: call,
-		Epoch: epoch, Time: time.Now().UTC(), Source: "router/" + r.cfg.ID, Data: body})
+	_ = bus.PublishEvent(r.nc, wire.Event{Kind: kind, Tenant: tenant, Call: call, Epoch: epoch, Source: "router/" + r.cfg.ID}, data)
 }
 
 // Close refuses new placements and waits for in-flight ones; safe to call more than once.
