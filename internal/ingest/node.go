@@ -7,7 +7,6 @@ package ingest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -436,7 +435,5 @@ func (n *Node) event(c *Call, epoch uint32, kind string, data any) {
 	if n.paused.Load() {
 		return
 	}
-	body, _ := json.Marshal(data)
-	_ = bus.Publish(n.nc, subjects.Event(c.spec.Tenant, c.spec.Call, kind), wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant,
-		Call: c.spec.Call, Epoch: epoch, Time: time.Now().UTC(), Source: "ingest/" + n.cfg.ID, Data: body})
+	_ = bus.PublishEvent(n.nc, wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: epoch, Source: "ingest/" + n.cfg.ID}, data)
 }
