@@ -664,14 +664,8 @@ func (c *call) Emit(kind string, data any) {
 	if c.superseded.Load() {
 		return
 	}
-	body, err := json.Marshal(data)
-	if err != nil {
-		c.log.Error().Err(err).Str("kind", kind).Msg("event does not marshal")
-		return
-	}
-	ev := wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(),
-		Time: c.w.cfg.Now().UTC(), Source: "worker/" + c.w.cfg.ID, Data: body}
-	if err := bus.Publish(c.w.nc, subjects.Event(c.spec.Tenant, c.spec.Call, kind), ev); err != nil {
+	ev := wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Time: c.w.cfg.Now(), Source: "worker/" + c.w.cfg.ID}
+	if err := bus.PublishEvent(c.w.nc, ev, data); err != nil {
 		c.log.Warn().Err(err).Str("kind", kind).Msg("event not published")
 	}
 }
