@@ -354,5 +354,3 @@ func resample48(pcm, dst []int16) ([]int16, error) { return audio.Resample(pcm, 
 func encodeMu(v int16) byte { return audio.EncodeMuLaw(v) }
 
 func pow10(x float64) float64 { return math.Pow(10, x) }
-
-func loadRec(p string) (*filesrc.Recording, error) { return filesrc.Load(p, 0) }
