@@ -34,6 +34,8 @@ var forbidden = map[string][]string{
 	"internal/natsauth":  {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/proc"},
 	"internal/twilio":    {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip", "internal/sip", "internal/audiohook"},
 	"internal/audiohook": {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip", "internal/sip"},
+	"internal/player":    {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
+	"internal/sources":   {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/proc"},
 	"hostile":            {"internal/"}, // tests only: it attacks the built binaries from outside
 	"loadtest/inproc":    {"internal/cli"},
 	// A client: it speaks the protocol and does not link the services it steers.
@@ -50,8 +52,10 @@ var only = map[string][]string{
 	"loadtest": {"internal/frame", "internal/subjects", "internal/wire", "internal/session",
 		"internal/wav", "internal/filesrc", "internal/timeline", "loadtest/account"},
 	"loadtest/account":   {},
-	"internal/tokenfile": {"internal/subjects"},                                   // parses credential files; every transport may use it
-	"loadtest/probe":     {"internal/frame", "internal/proc", "loadtest/account"}, // linked into a worker only with -tags loadtest
+	"internal/tokenfile": {"internal/subjects"}, // parses credential files; every transport may use it
+	// A reader: a black-box client that cuts recordings links no service (player plays them into ingest).
+	"internal/filesrc": {"internal/frame", "internal/session", "internal/wav"},
+	"loadtest/probe":   {"internal/frame", "internal/proc", "loadtest/account"}, // linked into a worker only with -tags loadtest
 }
 
 // packages returns every directory under the module root holding non-test Go files.

@@ -20,6 +20,7 @@ import (
 	"github.com/callrouter/callrouter/internal/cli"
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/peertest"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/wav"
 	"github.com/callrouter/callrouter/internal/worker"
@@ -70,7 +71,7 @@ func TestPrometheusScrapesAStackAndRunsEveryQuery(t *testing.T) {
 	played := make(chan struct{})
 	go func() {
 		defer close(played)
-		_, _ = filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "c-1", nil), 3000, 1)
+		_, _ = player.Play(ctx, s.Ingest, rec, rec.Spec("acme", "c-1", nil), 3000, 1)
 	}()
 	defer func() { cancel(); <-played }()
 

@@ -101,7 +101,10 @@ func BenchmarkFramePath(b *testing.B) {
 	}
 }
 
-type nopCall struct{ spec session.Spec }
+type nopCall struct {
+	spec session.Spec
+	sh   *proc.Shared
+}
 
 func (c *nopCall) Spec() *session.Spec  { return &c.spec }
 func (c *nopCall) Epoch() uint32        { return 1 }
@@ -109,6 +112,12 @@ func (c *nopCall) Worker() string       { return "w" }
 func (c *nopCall) Pool() string         { return "p" }
 func (c *nopCall) Emit(string, any)     {}
 func (c *nopCall) Log() *zerolog.Logger { l := zerolog.Nop(); return &l }
+func (c *nopCall) Shared() *proc.Shared {
+	if c.sh == nil {
+		c.sh = proc.NewShared(len(c.spec.Legs))
+	}
+	return c.sh
+}
 
 func newProbeHandler(tb testing.TB, tenant string) proc.Handler {
 	tb.Helper()

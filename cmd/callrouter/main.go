@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,10 +22,13 @@ import (
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/sample"
 	"github.com/callrouter/callrouter/internal/sip"
+	"github.com/callrouter/callrouter/internal/sources"
 	"github.com/callrouter/callrouter/internal/stack"
+	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/callrouter/callrouter/internal/wav"
 	"github.com/callrouter/callrouter/internal/whip"
 	"github.com/callrouter/callrouter/internal/wire"
@@ -40,6 +44,8 @@ type options struct {
 	workers  int
 	natsPort int
 	http     string
+	limits   *obs.Limits
+	trace    *trace.Config
 	serve    bool
 	speed    float64
 	logLevel string
@@ -49,18 +55,20 @@ type options struct {
 	recDir   string
 	sip      string
 	keysDir  string
+	sources  sources.Config // the call page and WHIP (the demo tenant needs no token), SIP with -sip-listen
 }
 
-func run(args []string, out io.Writer) int {
+// parse reads the flags and environment and checks them; errors name the flag.
+func parse(args []string) (*options, error) {
 	fs := flag.NewFlagSet("callrouter", flag.ContinueOnError)
-	var o options
+	o := &options{}
 	fs.StringVar(&o.wavPath, "wav", "", "WAV file to play (default: the shipped two-leg sample call)")
 	fs.IntVar(&o.calls, "calls", 1, "concurrent calls to play")
 	fs.IntVar(&o.workers, "workers", 2, "workers in the pool")
 	fs.IntVar(&o.natsPort, "nats-port", -1, "embedded NATS client port (-1 picks a free one)")
 	fs.StringVar(&o.http, "http", "127.0.0.1:8080", "address for /healthz, /readyz and /metrics")
-	httpLimits := cli.HTTPLimitFlags(fs)
-	traceCfg := cli.TraceFlags(fs)
+	o.limits = cli.HTTPLimitFlags(fs)
+	o.trace = cli.TraceFlags(fs)
 	fs.BoolVar(&o.serve, "serve", false, "keep running after the calls end, until SIGTERM")
 	fs.Float64Var(&o.speed, "speed", 1, "playback speed factor (1 = real time)")
 	fs.StringVar(&o.logLevel, "log-level", "warn", "log level of the components: debug, info, warn, error")
@@ -74,13 +82,33 @@ func run(args []string, out io.Writer) int {
 	fs.StringVar(&o.whip.CertFile, "whip-tls-cert", "", "PEM certificate for HTTPS on -whip-listen (with -whip-tls-key): a browser on another machine grants the microphone only to https")
 	fs.StringVar(&o.whip.KeyFile, "whip-tls-key", "", "PEM private key of -whip-tls-cert")
 	if err := cli.Parse(fs, args); err != nil {
-		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
-		return 2
+		return nil, err
 	}
 	if o.calls < 1 || o.workers < 1 || o.speed <= 0 {
-		fmt.Fprintln(os.Stderr, "callrouter: flags -calls, -workers and -speed must be positive")
-		return 2
+		return nil, errors.New("flags -calls, -workers and -speed must be positive")
 	}
+	if err := o.limits.Check(); err != nil {
+		return nil, err
+	}
+	if err := o.whip.Validate(); err != nil {
+		return nil, err
+	}
+	wcfg := whip.DefaultConfig()
+	wcfg.UDPAddr, wcfg.OpenTenant = o.whipUDP, "demo"
+	o.sources = sources.Config{WHIP: &wcfg, Listen: o.whip}
+	if o.sip != "" {
+		scfg := sip.DefaultConfig()
+		scfg.Listen, scfg.DefaultTenant = o.sip, "demo"
+		if err := scfg.Validate(); err != nil {
+			return nil, fmt.Errorf("flag -sip-listen: %w", err)
+		}
+		o.sources.SIP = &scfg
+	}
+	return o, nil
+}
+
+// recording loads the -wav file, or the shipped sample without one.
+func (o *options) recording() (*filesrc.Recording, error) {
 	var audio *wav.Audio
 	var err error
 	if o.wavPath == "" {
@@ -89,12 +117,24 @@ func run(args []string, out io.Writer) int {
 		audio, err = wav.ReadFile(o.wavPath)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "callrouter: flag -wav: %v\n", err)
-		return 2
+		return nil, fmt.Errorf("flag -wav: %w", err)
 	}
 	rec, err := filesrc.FromAudio(audio, 0)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "callrouter: flag -wav: %v\n", err)
+		return nil, fmt.Errorf("flag -wav: %w", err)
+	}
+	return rec, nil
+}
+
+func run(args []string, out io.Writer) int {
+	o, err := parse(args)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
+		return 2
+	}
+	rec, err := o.recording()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
 		return 2
 	}
 	log, err := obs.Logger(os.Stderr, o.logLevel, "callrouter", "local")
@@ -102,15 +142,7 @@ func run(args []string, out io.Writer) int {
 		fmt.Fprintf(os.Stderr, "callrouter: flag -log-level: %v\n", err)
 		return 2
 	}
-	if err := httpLimits.Check(); err != nil {
-		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
-		return 2
-	}
-	if err := o.whip.Validate(); err != nil {
-		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
-		return 2
-	}
-	stopTracing, err := cli.StartTracing(traceCfg, "callrouter", "local")
+	stopTracing, err := cli.StartTracing(o.trace, "callrouter", "local")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
 		return 2
@@ -136,66 +168,31 @@ func run(args []string, out io.Writer) int {
 		return 1
 	}
 	defer s.Close()
-	srv, err := obs.ListenLimits(o.http, s.Health, reg, *httpLimits)
+	srv, err := obs.ListenLimits(o.http, s.Health, reg, *o.limits)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "callrouter: flag -http: %v\n", err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	// The browser call page and its WHIP endpoint; the demo tenant needs no token here.
-	wcfg := whip.DefaultConfig()
-	wcfg.UDPAddr, wcfg.OpenTenant = o.whipUDP, "demo"
-	wsrv, err := whip.New(wcfg, whip.Deps{Log: log, Registry: reg})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "callrouter: flag -whip-udp: %v\n", err)
-		return 2
-	}
-	// WHIP and the call page on their own listener, apart from /metrics and the probes on -http.
-	pub, err := whip.ListenPublic(o.whip, wsrv.PublicHandler(), log)
+	// The call page and WHIP on their own listener apart from /metrics and the probes on -http.
+	src, err := sources.New(o.sources, sources.Deps{Log: log, Registry: reg})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
 		return 2
 	}
-	pubCtx, pubStop := context.WithCancel(context.Background())
-	pubDone := make(chan error, 1)
-	go func() { pubDone <- pub.Run(pubCtx) }()
-	whipDone := make(chan error, 1)
-	go func() { whipDone <- wsrv.Run(ctx, s.Ingest) }()
+	running, err := src.Start(ctx, s.Ingest)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callrouter: %v\n", err)
+		return 2
+	}
 	defer func() {
 		stop()
-		if err := <-whipDone; err != nil {
-			fmt.Fprintf(os.Stderr, "callrouter: WHIP: %v\n", err)
-		}
-		pubStop() // after the sessions ended: their pages keep their URLs until then
-		if err := <-pubDone; err != nil {
-			fmt.Fprintf(os.Stderr, "callrouter: WHIP listener: %v\n", err)
-		}
+		running.Wait()
 	}() // before s.Close: sessions end while ingest still runs
-	if o.sip != "" {
-		scfg := sip.DefaultConfig()
-		scfg.Listen, scfg.DefaultTenant = o.sip, "demo"
-		if err := scfg.Validate(); err != nil {
-			fmt.Fprintf(os.Stderr, "callrouter: flag -sip-listen: %v\n", err)
-			return 2
-		}
-		ssrv, err := sip.New(scfg, sip.Deps{Log: log, Registry: reg})
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "callrouter: flag -sip-listen: %v\n", err)
-			return 2
-		}
-		sipDone := make(chan error, 1)
-		go func() { sipDone <- ssrv.Run(ctx, s.Ingest) }()
-		defer func() {
-			stop()
-			if err := <-sipDone; err != nil {
-				fmt.Fprintf(os.Stderr, "callrouter: SIP: %v\n", err)
-			}
-		}()
-	}
 	go func() { _ = srv.Run(ctx) }()
 	fmt.Fprintf(out, "callrouter: NATS %s, metrics http://%s/metrics, call page %s/call/, %d workers; playing %d call(s) of %.1f s\n",
-		s.URL, srv.Addr(), pub.URL(), o.workers, o.calls, float64(rec.Len())*0.02/o.speed)
+		s.URL, srv.Addr(), running.PublicURL(), o.workers, o.calls, float64(rec.Len())*0.02/o.speed)
 
 	// Print every event, in arrival order, until the calls are done.
 	nc, err := s.Connect(natsauth.RoleAdmin, "", "local")
@@ -204,24 +201,8 @@ func run(args []string, out io.Writer) int {
 		return 1
 	}
 	defer nc.Close()
-	var mu sync.Mutex
-	stopped := 0
-	sub, err := nc.Subscribe("events.>", func(m *nats.Msg) {
-		mu.Lock()
-		defer mu.Unlock()
-		var ev wire.Event
-		if json.Unmarshal(m.Data, &ev) != nil {
-			return
-		}
-		if ev.Kind == "stopped" {
-			stopped++
-		}
-		if o.json {
-			fmt.Fprintln(out, string(m.Data))
-			return
-		}
-		fmt.Fprintf(out, "%s %s/%s %-10s %-16s %s\n", ev.Time.Format("15:04:05.000"), ev.Tenant, ev.Call, ev.Kind, ev.Source, ev.Data)
-	})
+	pr := &printer{out: out, json: o.json}
+	sub, err := nc.Subscribe("events.>", pr.event)
 	if err != nil || nc.Flush() != nil {
 		fmt.Fprintf(os.Stderr, "callrouter: cannot subscribe to events: %v\n", err)
 		return 1
@@ -232,37 +213,75 @@ func run(args []string, out io.Writer) int {
 		time.Sleep(20 * time.Millisecond)
 	}
 	var wg sync.WaitGroup
-	failed := 0
 	for i := 0; i < o.calls; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			spec := rec.Spec("demo", fmt.Sprintf("call-%d", i+1), map[string]string{"source": "sample"})
-			if _, err := filesrc.Play(ctx, s.Ingest, rec, spec, 0, o.speed); err != nil {
-				mu.Lock()
-				failed++
-				fmt.Fprintf(out, "call-%d: %v\n", i+1, err)
-				mu.Unlock()
+			if _, err := player.Play(ctx, s.Ingest, rec, spec, 0, o.speed); err != nil {
+				pr.failure(spec.Call, err)
 			}
 		}()
 	}
 	wg.Wait()
 	// The workers publish their last events when every leg's last frame arrives.
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		mu.Lock()
-		done := stopped >= o.calls-failed
-		mu.Unlock()
-		if done || ctx.Err() != nil {
-			break
-		}
+	for deadline := time.Now().Add(10 * time.Second); !pr.done(o.calls) && ctx.Err() == nil && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
 	}
 	_ = nc.Flush()
 	if o.serve {
 		fmt.Fprintln(out, "callrouter: calls done; serving until SIGTERM")
 		<-ctx.Done()
 	}
-	if failed > 0 {
+	if pr.failures() > 0 {
 		return 1
 	}
 	return 0
+}
+
+// printer writes every event to out as it arrives and counts the calls that stopped or failed.
+type printer struct {
+	out  io.Writer
+	json bool
+
+	mu              sync.Mutex
+	stopped, failed int
+}
+
+func (p *printer) event(m *nats.Msg) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var ev wire.Event
+	if json.Unmarshal(m.Data, &ev) != nil {
+		return
+	}
+	if ev.Kind == "stopped" {
+		p.stopped++
+	}
+	if p.json {
+		fmt.Fprintln(p.out, string(m.Data))
+		return
+	}
+	fmt.Fprintf(p.out, "%s %s/%s %-10s %-16s %s\n", ev.Time.Format("15:04:05.000"), ev.Tenant, ev.Call, ev.Kind, ev.Source, ev.Data)
+}
+
+// failure reports a call that could not be played.
+func (p *printer) failure(call string, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.failed++
+	fmt.Fprintf(p.out, "%s: %v\n", call, err)
+}
+
+// done reports whether every one of calls has stopped or failed.
+func (p *printer) done(calls int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stopped >= calls-p.failed
+}
+
+func (p *printer) failures() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failed
 }

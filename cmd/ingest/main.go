@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -18,7 +17,8 @@ import (
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/obs"
-	"github.com/callrouter/callrouter/internal/sip"
+	"github.com/callrouter/callrouter/internal/player"
+	"github.com/callrouter/callrouter/internal/sources"
 	"github.com/callrouter/callrouter/internal/whip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -27,7 +27,7 @@ import (
 func main() { os.Exit(run(os.Args[1:])) }
 
 // player is the file source behind -play.
-type player struct {
+type playFlags struct {
 	path       string
 	calls      int
 	tenant     string
@@ -40,7 +40,7 @@ func run(args []string) int {
 	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
 	common := cli.CommonFlags(fs, ":8080")
 	cfg := Flags(fs)
-	var p player
+	var p playFlags
 	fs.StringVar(&p.path, "play", "", "WAV file to play as calls (PCM16, μ-law or A-law; stereo = two legs)")
 	fs.IntVar(&p.calls, "play-calls", 1, "concurrent calls to play the -play file as")
 	fs.StringVar(&p.tenant, "play-tenant", "demo", "tenant of played calls")
@@ -101,42 +101,42 @@ func run(args []string) int {
 			return 2
 		}
 	}
+	if *sipListen == "" {
+		scfg = nil
+	}
+	if !*whipOn {
+		wcfg = nil
+	}
+	ah, tw := st.configs()
+	srcCfg := sources.Config{WHIP: wcfg, Listen: *lcfg, SIP: scfg, AudioHook: ah, Twilio: tw}
 	return cli.Main("ingest", cfg.ID, cfg.HeartbeatInterval, common, func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (cli.Service, error) {
 		n, err := ingest.New(*cfg, ingest.Deps{NC: nc, Log: log, Registry: reg, Health: h})
 		if err != nil {
 			return nil, err
 		}
-		svc := &service{n: n, rec: rec, p: p, log: log, listen: *lcfg, st: st}
-		if err := st.Build(log, reg); err != nil {
+		src, err := sources.New(srcCfg, sources.Deps{Log: log, Registry: reg})
+		if err != nil {
 			return nil, err
 		}
-		if *whipOn {
-			if svc.whip, err = whip.New(*wcfg, whip.Deps{Log: log, Registry: reg}); err != nil {
-				return nil, err
-			}
-		}
-		if *sipListen != "" {
-			if svc.sip, err = sip.New(*scfg, sip.Deps{Log: log, Registry: reg}); err != nil {
-				return nil, err
-			}
-		}
-		return svc, nil
+		return &service{n: n, rec: rec, p: p, log: log, src: src}, nil
 	})
 }
 
 // service runs the node and its sources.
 type service struct {
-	n      *ingest.Node
-	rec    *filesrc.Recording
-	p      player
-	log    zerolog.Logger
-	whip   *whip.Server // nil with -whip=false
-	listen whip.ListenConfig
-	sip    *sip.Server // nil without -sip-listen
-	st     *streams    // WebSocket stream sources (AudioHook, Twilio Media Streams), on the public listener
+	n   *ingest.Node
+	rec *filesrc.Recording
+	p   playFlags
+	log zerolog.Logger
+	src *sources.Set
 }
 
 func (s *service) Run(ctx context.Context) error {
+	// The sources start once NATS is up (cli.Main runs this then): before, the node takes no calls.
+	running, err := s.src.Start(ctx, s.n)
+	if err != nil {
+		return err
+	}
 	var wg sync.WaitGroup
 	if s.rec != nil {
 		for i := 0; i < s.p.calls; i++ {
@@ -145,7 +145,7 @@ func (s *service) Run(ctx context.Context) error {
 				defer wg.Done()
 				spec := s.rec.Spec(s.p.tenant, fmt.Sprintf("%s-%d", s.p.callPrefix, i), nil)
 				for ctx.Err() == nil {
-					_, err := filesrc.Play(ctx, s.n, s.rec, spec, s.p.frames, s.p.speed)
+					_, err := player.Play(ctx, s.n, s.rec, spec, s.p.frames, s.p.speed)
 					if err == nil || ctx.Err() != nil {
 						return
 					}
@@ -162,53 +162,8 @@ func (s *service) Run(ctx context.Context) error {
 			}()
 		}
 	}
-	if s.whip != nil || s.st.Enabled() {
-		// WHIP, the call page and the WebSocket streams on their own public listener
-		// (-whip-listen), never the -http one with /metrics. It is bound once NATS is up:
-		// before, the node takes no calls.
-		mux := http.NewServeMux()
-		if s.whip != nil {
-			mux.Handle("/", s.whip.PublicHandler())
-		}
-		s.st.Mount(mux)
-		pub, err := whip.ListenPublic(s.listen, mux, s.log)
-		if err != nil {
-			return err
-		}
-		// The listener outlives ctx until the WHIP endpoint has drained: a page keeps its
-		// session URL (DELETE, events) while its call ends. WebSocket sessions are hijacked
-		// connections: closing the listener ends none of them.
-		pubCtx, pubStop := context.WithCancel(context.Background())
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			if err := pub.Run(pubCtx); err != nil {
-				s.log.Error().Err(err).Msg("public listener stopped")
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			defer pubStop()
-			if s.whip == nil {
-				<-ctx.Done()
-				return
-			}
-			if err := s.whip.Run(ctx, s.n); err != nil {
-				s.log.Error().Err(err).Msg("WHIP endpoint stopped")
-			}
-		}()
-	}
-	if s.sip != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := s.sip.Run(ctx, s.n); err != nil {
-				s.log.Error().Err(err).Msg("SIP user agent stopped")
-			}
-		}()
-	}
-	s.st.Start(ctx, s.n, &wg, s.log)
-	err := s.n.Run(ctx)
+	err = s.n.Run(ctx)
+	running.Wait()
 	wg.Wait()
 	return err
 }

@@ -1,32 +1,24 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
-	"net/http"
-	"sync"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/audiohook"
-	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/twilio"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 )
 
 // streams are the WebSocket stream sources served on the ingest's public HTTP side: the Genesys
 // AudioHook server (on when -audiohook-key-file is set) and the Twilio Media Streams server (on
 // when -twilio-token-file is set).
 type streams struct {
-	ah    audiohook.Config
-	ahSrv *audiohook.Server
-	tw    twilio.Config
-	twSrv *twilio.Server
+	ah audiohook.Config
+	tw twilio.Config
 }
 
-// StreamFlags registers the stream sources' flags. After parsing call Validate, then Build in the
-// service constructor, Mount on the public mux and Start with the node.
+// StreamFlags registers the stream sources' flags. After parsing call Validate; configs hands
+// the sources that are on to package sources.
 func StreamFlags(fs *flag.FlagSet) *streams {
 	s := &streams{ah: audiohook.DefaultConfig(), tw: twilio.DefaultConfig()}
 	c := &s.ah
@@ -83,60 +75,15 @@ func (s *streams) Validate(drain time.Duration) error {
 	return nil
 }
 
-// Build makes the servers of the sources that are on.
-func (s *streams) Build(log zerolog.Logger, reg prometheus.Registerer) error {
-	var err error
+// configs returns the configs of the sources that are on (nil when off).
+func (s *streams) configs() (*audiohook.Config, *twilio.Config) {
+	var ah *audiohook.Config
+	var tw *twilio.Config
 	if s.ah.KeyFile != "" {
-		if s.ahSrv, err = audiohook.New(s.ah, audiohook.Deps{Log: log, Registry: reg}); err != nil {
-			return err
-		}
+		ah = &s.ah
 	}
 	if s.tw.TokenFile != "" {
-		s.twSrv, err = twilio.New(s.tw, twilio.Deps{Log: log, Registry: reg})
+		tw = &s.tw
 	}
-	return err
-}
-
-// Enabled reports whether any stream source is on (and so needs the public listener).
-func (s *streams) Enabled() bool { return s.ahSrv != nil || s.twSrv != nil }
-
-// Mount serves the sources' endpoints on mux (the public HTTP side).
-func (s *streams) Mount(mux *http.ServeMux) {
-	if s.ahSrv != nil {
-		s.ahSrv.Mount(mux)
-	}
-	if s.twSrv != nil {
-		s.twSrv.Mount(mux)
-	}
-}
-
-// Start runs the sources with n on goroutines that wg tracks; they drain when ctx ends.
-func (s *streams) Start(ctx context.Context, n *ingest.Node, wg *sync.WaitGroup, log zerolog.Logger) {
-	for name, src := range map[string]ingest.Source{"AudioHook": s.ahSrvSource(), "Twilio Media Streams": s.twSrvSource()} {
-		if src == nil {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := src.Run(ctx, n); err != nil {
-				log.Error().Err(err).Msgf("%s endpoint stopped", name)
-			}
-		}()
-	}
-}
-
-// The sources that are on, as ingest.Sources (nil when off: a nil *Server in an interface is not nil).
-func (s *streams) ahSrvSource() ingest.Source {
-	if s.ahSrv == nil {
-		return nil
-	}
-	return s.ahSrv
-}
-
-func (s *streams) twSrvSource() ingest.Source {
-	if s.twSrv == nil {
-		return nil
-	}
-	return s.twSrv
+	return ah, tw
 }

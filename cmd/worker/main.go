@@ -69,7 +69,12 @@ func Flags(fs *flag.FlagSet) (*worker.Config, *cli.Append) {
 		}
 		return nil
 	})
-	fs.StringVar(&cfg.Mode, "mode", cfg.Mode, "pool mode: session (one worker per call, ordered) or frame (frames balanced per message)")
+	fs.Func("mode", "pool mode: session, the only one (each call on one worker, in order)", func(v string) error {
+		if v != worker.ModeSession {
+			return fmt.Errorf("%q: the only mode is %q (frame mode, which counted frames and ran no processor, was removed)", v, worker.ModeSession)
+		}
+		return nil
+	})
 	fs.IntVar(&cfg.Capacity, "capacity", cfg.Capacity, "calls held at once")
 	fs.IntVar(&cfg.QueueFrames, "queue-frames", cfg.QueueFrames, "frames a two-leg call may have waiting, beyond which the oldest is dropped (at most -pending-msgs; scaled by legs/2 for calls with more legs)")
 	fs.IntVar(&cfg.PendingMsgs, "pending-msgs", cfg.PendingMsgs, "capacity of a two-leg call's NATS subscription channel, beyond which messages are dropped as a slow consumer (scaled by legs/2 for calls with more legs)")

@@ -618,10 +618,8 @@ func (sess *session) publish(kind string, data any) {
 	if c == nil {
 		return
 	}
-	body, _ := json.Marshal(data)
 	id := c.ID()
-	_ = bus.Publish(sess.n.NC(), subjects.Event(id.Tenant, id.Call, kind), wire.Event{V: wire.V, Kind: kind, Tenant: id.Tenant, Call: id.Call,
-		Epoch: c.Epoch(), Time: time.Now().UTC(), Source: "ingest/audiohook", Data: body})
+	_ = bus.PublishEvent(sess.n.NC(), wire.Event{Kind: kind, Tenant: id.Tenant, Call: id.Call, Epoch: c.Epoch(), Source: "ingest/audiohook"}, data)
 }
 
 // end ends the call and closes the WebSocket.

@@ -1,6 +1,6 @@
 // Package bus is callrouter's one seam to Core NATS: connection options (URL, credentials, TLS,
-// bounded reconnect buffer), JSON request-reply helpers, and an embedded nats-server for the
-// one-process mode and for tests.
+// bounded reconnect buffer), JSON request-reply helpers, call events (the one publisher and a
+// collector), and an embedded nats-server for the one-process mode and for tests.
 package bus
 
 import (
@@ -36,7 +36,6 @@ type Config struct {
 	TLSKey       string // client key file
 	TLSCA        string // CA file to verify the servers
 	ReconnectBuf int    // bytes buffered while reconnecting; beyond it publishes fail
-	PendingMsgs  int    // default per-subscription pending message limit
 	// WaitForServer makes Connect return at once when no server answers and keep trying in the
 	// background (nats.RetryOnFailedConnect), as after a disconnect: the binaries start without
 	// NATS and become ready when it comes. Subscriptions made before the first connection are
@@ -46,7 +45,7 @@ type Config struct {
 
 // DefaultConfig returns a Config for a local server.
 func DefaultConfig() Config {
-	return Config{URL: nats.DefaultURL, ReconnectBuf: 8 << 20, PendingMsgs: 65536}
+	return Config{URL: nats.DefaultURL, ReconnectBuf: 8 << 20}
 }
 
 // Validate reports the first bad field.

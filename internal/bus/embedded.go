@@ -3,6 +3,7 @@ package bus
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -64,7 +65,7 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		opts.Cluster.Name = o.ClusterName
 		opts.Cluster.Host = o.Host
 		opts.Cluster.Port = o.ClusterPort
-		opts.Routes = server.RoutesFromStr(joinRoutes(o.Routes))
+		opts.Routes = server.RoutesFromStr(strings.Join(o.Routes, ","))
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
@@ -76,17 +77,6 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		return nil, errors.New("bus: embedded server did not start in 10s")
 	}
 	return &Embedded{s}, nil
-}
-
-func joinRoutes(r []string) string {
-	out := ""
-	for i, s := range r {
-		if i > 0 {
-			out += ","
-		}
-		out += s
-	}
-	return out
 }
 
 // URL returns the client URL.

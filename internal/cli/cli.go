@@ -195,7 +195,7 @@ type Service interface {
 	Run(ctx context.Context) error
 }
 
-// Mounter is implemented by services that serve HTTP handlers (WHIP, the call page) on the
+// Mounter is implemented by services that serve HTTP handlers (the router's status page) on the
 // binary's -http server next to /healthz, /readyz and /metrics.
 type Mounter interface {
 	Mount(mux *http.ServeMux)

@@ -15,6 +15,7 @@ import (
 	"github.com/callrouter/callrouter/internal/cli"
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wav"
@@ -144,7 +145,7 @@ func runCheck(e *env) int {
 	var call *ingest.Call
 	go func() {
 		defer close(placed)
-		call, playErr = filesrc.Play(playCtx, node, rec, spec, o.frames, 1)
+		call, playErr = player.Play(playCtx, node, rec, spec, o.frames, 1)
 	}()
 	<-placed
 	if call != nil {

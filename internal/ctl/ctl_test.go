@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
-	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
@@ -143,7 +143,7 @@ func TestOperatorCommands(t *testing.T) {
 	played := make(chan error, 1)
 	go func() {
 		// 30 s of audio, looped; the test ends it by cancelling.
-		_, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "c-1", nil), 1500, 1)
+		_, err := player.Play(ctx, s.Ingest, rec, rec.Spec("acme", "c-1", nil), 1500, 1)
 		played <- err
 	}()
 	defer func() {

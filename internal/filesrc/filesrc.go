@@ -1,15 +1,12 @@
-// Package filesrc plays WAV files as live calls into ingest, at real-time pace (or a speed factor):
-// one channel per leg, 20 ms per frame, in the file's own encoding (16-bit PCM as L16, μ-law as
-// PCMU, A-law as PCMA). The one-process mode and the tests use it as their call source.
+// Package filesrc cuts WAV files into recordings of 20 ms payloads: one channel per leg, in the
+// file's own encoding (16-bit PCM as L16, μ-law as PCMU, A-law as PCMA). It reads only; package
+// player plays a recording into an ingest node, and the load tester sends it as a client.
 package filesrc
 
 import (
-	"context"
 	"fmt"
-	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
-	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/wav"
 )
@@ -88,40 +85,4 @@ func (r *Recording) Spec(tenant, call string, meta map[string]string) session.Sp
 		s.Legs = append(s.Legs, session.Leg{Index: uint8(i), Name: DefaultLegNames[i], Codec: r.Codec, Rate: uint32(r.Rate)})
 	}
 	return s
-}
-
-// Play places a call and sends the recording at real time divided by speed, then ends the call.
-// frames limits the number of frames per leg (0 plays the whole recording once; more loops it).
-func Play(ctx context.Context, n *ingest.Node, r *Recording, spec session.Spec, frames int, speed float64) (*ingest.Call, error) {
-	c, err := n.StartCall(ctx, spec)
-	if err != nil {
-		return nil, err
-	}
-	if frames <= 0 {
-		frames = r.Len()
-	}
-	if speed <= 0 {
-		speed = 1
-	}
-	tick := time.Duration(float64(frame.Duration) / speed)
-	start := time.Now()
-	for i := 0; i < frames; i++ {
-		if d := time.Until(start.Add(time.Duration(i) * tick)); d > 0 {
-			select {
-			case <-ctx.Done():
-				c.End("source_stopped")
-				return c, ctx.Err()
-			case <-c.Done():
-				return c, ingest.ErrEnded
-			case <-time.After(d):
-			}
-		}
-		for leg := range r.Frames {
-			if err := c.Send(leg, r.Frames[leg][i%r.Len()], 0); err != nil {
-				return c, err
-			}
-		}
-	}
-	c.End("hangup")
-	return c, nil
 }

@@ -7,7 +7,6 @@ package ingest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -148,7 +147,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbReplay), handle("ingest_replay", n.onReplay))); err != nil {
 		return err
 	}
-	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbPlace), handle("ingest_migrate", n.onMigrate))); err != nil {
+	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbPlace), handle("ingest_place", n.onPlace))); err != nil {
 		return err
 	}
 	if err := add(n.nc.Subscribe(subjects.IngestVerb(n.cfg.ID, subjects.IngestVerbPause), handle("ingest_pause", n.onPause))); err != nil {
@@ -454,7 +453,5 @@ func (n *Node) event(c *Call, epoch uint32, kind string, data any) {
 	if n.paused.Load() {
 		return
 	}
-	body, _ := json.Marshal(data)
-	_ = bus.Publish(n.nc, subjects.Event(c.spec.Tenant, c.spec.Call, kind), wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant,
-		Call: c.spec.Call, Epoch: epoch, Time: time.Now().UTC(), Source: "ingest/" + n.cfg.ID, Data: body})
+	_ = bus.PublishEvent(n.nc, wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: epoch, Source: "ingest/" + n.cfg.ID}, data)
 }

@@ -140,10 +140,10 @@ func (n *Node) onDown(m *nats.Msg) {
 	}
 }
 
-// onMigrate serves ingest.<id>.place: a worker's request to move a call away from it (drain,
+// onPlace serves ingest.<id>.place: a worker's request to re-place a call away from it (drain,
 // rebalance, fenced), or a router's notice that a placement is stranded (published without a
 // reply subject, repeated every sweep).
-func (n *Node) onMigrate(m *nats.Msg) {
+func (n *Node) onPlace(m *nats.Msg) {
 	fail := func(code, reason string) {
 		if code == wire.CodeBadRequest {
 			n.m.badRequests.WithLabelValues("place").Inc()

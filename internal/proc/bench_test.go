@@ -18,6 +18,7 @@ type nopCall struct {
 	spec session.Spec
 	log  zerolog.Logger
 	n    int
+	sh   *Shared
 }
 
 func (c *nopCall) Spec() *session.Spec  { return &c.spec }
@@ -26,6 +27,12 @@ func (c *nopCall) Worker() string       { return "w1" }
 func (c *nopCall) Pool() string         { return "default" }
 func (c *nopCall) Log() *zerolog.Logger { return &c.log }
 func (c *nopCall) Emit(string, any)     { c.n++ }
+func (c *nopCall) Shared() *Shared {
+	if c.sh == nil {
+		c.sh = NewShared(len(c.spec.Legs))
+	}
+	return c.sh
+}
 
 // opusPackets reads the audio package's Opus fixture (20 ms packets of speech, hybrid mode).
 func opusPackets(t testing.TB) [][]byte {
@@ -86,7 +93,7 @@ func BenchmarkProcessor(b *testing.B) {
 				var hs []Handler
 				var sh *Shared
 				if name == "media" {
-					sh = AcquireShared(c)
+					sh = c.Shared().Acquire()
 				} else {
 					hs = start(b, c, names, recordOpts(b.TempDir()))
 				}
@@ -112,7 +119,7 @@ func BenchmarkProcessor(b *testing.B) {
 					h.Stop(StopEnd)
 				}
 				if sh != nil {
-					ReleaseShared(c)
+					sh.Release()
 				}
 			})
 		}

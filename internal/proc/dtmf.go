@@ -101,7 +101,7 @@ type dtmfCall struct {
 }
 
 func (p dtmfProc) Start(c Call) (Handler, error) {
-	d := &dtmfCall{cfg: p.cfg, c: c, sh: AcquireShared(c), legs: make([]dtmfLeg, len(c.Spec().Legs))}
+	d := &dtmfCall{cfg: p.cfg, c: c, sh: c.Shared().Acquire(), legs: make([]dtmfLeg, len(c.Spec().Legs))}
 	for i, l := range c.Spec().Legs {
 		d.legs[i] = dtmfLeg{name: l.Name, g: newGoertzel(p.cfg)}
 	}
@@ -202,5 +202,5 @@ func (d *dtmfCall) Stop(string) {
 		sum.Legs[i] = LegDigits{Leg: uint8(i), Name: l.name, Digits: string(l.digits)}
 	}
 	d.sh.Put("dtmf", sum)
-	ReleaseShared(d.c)
+	d.sh.Release()
 }

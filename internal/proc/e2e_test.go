@@ -5,12 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/audio"
+	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/subjects"
@@ -60,23 +61,11 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	var mu sync.Mutex
-	events := map[string][]wire.Event{}
-	sub, err := nc.Subscribe(subjects.EventsCall("acme", "e2e-1"), func(m *nats.Msg) {
-		var ev wire.Event
-		if json.Unmarshal(m.Data, &ev) == nil {
-			mu.Lock()
-			events[ev.Kind] = append(events[ev.Kind], ev)
-			mu.Unlock()
-		}
-	})
+	evs, err := bus.CollectEvents(nc, subjects.EventsCall("acme", "e2e-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sub.Unsubscribe()
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	defer evs.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for len(s.Routers[0].Workers()) < 1 {
 		if time.Now().After(deadline) {
@@ -87,24 +76,17 @@ func TestEndToEnd(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "e2e-1", nil), 0, 2); err != nil {
+	if _, err := player.Play(ctx, s.Ingest, rec, rec.Spec("acme", "e2e-1", nil), 0, 2); err != nil {
 		t.Fatal(err)
 	}
 	deadline = time.Now().Add(15 * time.Second)
-	for {
-		mu.Lock()
-		done := len(events["summary"]) > 0
-		mu.Unlock()
-		if done {
-			break
-		}
+	for len(evs.Of("summary")) == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("no summary event; got %v", kinds(events))
+			t.Fatalf("no summary event; got %v", kinds(byKind(evs.All())))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	events := byKind(evs.All())
 
 	var sum proc.Summary
 	if err := json.Unmarshal(events["summary"][0].Data, &sum); err != nil {
@@ -166,6 +148,15 @@ func kinds(m map[string][]wire.Event) map[string]int {
 	out := map[string]int{}
 	for k, v := range m {
 		out[k] = len(v)
+	}
+	return out
+}
+
+// byKind groups events by kind.
+func byKind(evs []wire.Event) map[string][]wire.Event {
+	out := map[string][]wire.Event{}
+	for _, ev := range evs {
+		out[ev.Kind] = append(out[ev.Kind], ev)
 	}
 	return out
 }

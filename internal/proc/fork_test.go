@@ -28,6 +28,7 @@ import (
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/peertest"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/subjects"
@@ -129,7 +130,7 @@ func TestForkToAudioHook(t *testing.T) {
 
 	rec := &filesrc.Recording{Codec: frame.CodecPCMU, Rate: 8000, Frames: [][][]byte{toneMuLaw(8000*3/2, 440), toneMuLaw(8000*3/2, 300)}}
 	spec := rec.Spec("acme", "forked-1", nil)
-	if _, err := filesrc.Play(context.Background(), s.Ingest, rec, spec, 0, 1); err != nil {
+	if _, err := player.Play(context.Background(), s.Ingest, rec, spec, 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	var mirror string
@@ -209,7 +210,7 @@ func TestForkToTwilio(t *testing.T) {
 	}
 	rec := &filesrc.Recording{Codec: frame.CodecPCMU, Rate: 8000, Frames: [][][]byte{toneMuLaw(8000*3/2, 440), toneMuLaw(8000*3/2, 300)}}
 	spec := rec.Spec("acme", "forked-tw", nil)
-	if _, err := filesrc.Play(context.Background(), s.Ingest, rec, spec, 0, 1); err != nil {
+	if _, err := player.Play(context.Background(), s.Ingest, rec, spec, 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	var mirror string
@@ -428,7 +429,7 @@ func TestForkToReferenceServer(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	rec := &filesrc.Recording{Codec: frame.CodecPCMU, Rate: 8000, Frames: [][][]byte{toneMuLaw(8000, 440), toneMuLaw(8000, 300)}}
-	if _, err := filesrc.Play(context.Background(), s.Ingest, rec, rec.Spec("acme", "forked-ref", nil), 0, 1); err != nil {
+	if _, err := player.Play(context.Background(), s.Ingest, rec, rec.Spec("acme", "forked-ref", nil), 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	// The server exits after its one session (--max-sessions 1); a fork that never got in leaves it

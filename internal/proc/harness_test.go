@@ -25,6 +25,7 @@ type fakeCall struct {
 	log    zerolog.Logger
 	mu     sync.Mutex
 	events []emitted
+	sh     *Shared
 }
 
 type emitted struct {
@@ -42,6 +43,12 @@ func (f *fakeCall) Epoch() uint32        { return 1 }
 func (f *fakeCall) Worker() string       { return "w1" }
 func (f *fakeCall) Pool() string         { return "default" }
 func (f *fakeCall) Log() *zerolog.Logger { return &f.log }
+func (f *fakeCall) Shared() *Shared {
+	if f.sh == nil {
+		f.sh = NewShared(len(f.spec.Legs))
+	}
+	return f.sh
+}
 func (f *fakeCall) Emit(kind string, data any) {
 	b, err := json.Marshal(data)
 	if err != nil {
@@ -347,5 +354,3 @@ func resample48(pcm, dst []int16) ([]int16, error) { return audio.Resample(pcm, 
 func encodeMu(v int16) byte { return audio.EncodeMuLaw(v) }
 
 func pow10(x float64) float64 { return math.Pow(10, x) }
-
-func loadRec(p string) (*filesrc.Recording, error) { return filesrc.Load(p, 0) }

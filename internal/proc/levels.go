@@ -82,7 +82,7 @@ type levelsCall struct {
 }
 
 func (p levelsProc) Start(c Call) (Handler, error) {
-	l := &levelsCall{c: c, sh: AcquireShared(c), legs: make([]levelsLeg, len(c.Spec().Legs)), meter: p.meterFrames}
+	l := &levelsCall{c: c, sh: c.Shared().Acquire(), legs: make([]levelsLeg, len(c.Spec().Legs)), meter: p.meterFrames}
 	for i, leg := range c.Spec().Legs {
 		l.legs[i].out = LegLevels{Leg: leg.Index, Name: leg.Name}
 	}
@@ -191,5 +191,5 @@ func (l *levelsCall) Stop(string) {
 	}
 	l.c.Emit("levels", out)
 	l.sh.Put("levels", out)
-	ReleaseShared(l.c)
+	l.sh.Release()
 }

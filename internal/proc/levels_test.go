@@ -60,8 +60,8 @@ func TestSummaryWhateverTheOrder(t *testing.T) {
 	if s.DurationMS != int64(rec.Len())*20 {
 		t.Errorf("duration %d ms, want %d", s.DurationMS, rec.Len()*20)
 	}
-	if len(shared) != 0 {
-		t.Errorf("shared state leaked: %d calls", len(shared))
+	if sh := c.Shared(); sh.refs != 0 || len(sh.sections) != 0 || len(sh.finishers) != 0 {
+		t.Errorf("shared state kept after the last Stop: %d refs, %d sections, %d finishers", sh.refs, len(sh.sections), len(sh.finishers))
 	}
 }
 

@@ -34,8 +34,8 @@ type mediaConv struct {
 	out []int16
 }
 
-func newMedia(c Call) *Media {
-	return &Media{legs: make([]mediaLeg, len(c.Spec().Legs))}
+func newMedia(legs int) *Media {
+	return &Media{legs: make([]mediaLeg, legs)}
 }
 
 // OpusRate is the rate Media decodes Opus to: wideband, all that speech analysis and call

@@ -51,6 +51,9 @@ type Call interface {
 	// marshalled to JSON. Emit does nothing once the call has been superseded.
 	Emit(kind string, data any)
 	Log() *zerolog.Logger
+	// Shared is the state the call's processors share (decoded audio, summary sections); the
+	// same value for every processor of the call.
+	Shared() *Shared
 }
 
 // Frame is one frame delivered to a handler. Payload aliases a NATS message buffer and is valid

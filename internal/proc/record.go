@@ -205,7 +205,7 @@ func (p recordProc) Start(c Call) (Handler, error) {
 	spec := c.Spec()
 	r := &recordCall{cfg: p.cfg, dir: p.dir, c: c, chans: len(spec.Legs), legs: make([]recLeg, len(spec.Legs))}
 	r.chooseFormat(spec.Legs)
-	r.sh = AcquireShared(c)
+	r.sh = c.Shared().Acquire()
 	r.out = Recording{Format: "pcm16", Rate: r.rate}
 	switch r.format {
 	case wav.FormatMuLaw:
@@ -531,7 +531,7 @@ func (r *recordCall) writeFailed(err error) {
 
 // Stop writes the rest and finishes the file.
 func (r *recordCall) Stop(string) {
-	defer ReleaseShared(r.c)
+	defer r.sh.Release()
 	if r.done {
 		return
 	}

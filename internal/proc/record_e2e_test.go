@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/filesrc"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/subjects"
@@ -84,7 +85,7 @@ func TestRecordFailureReachesTheBus(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "nodir", nil), 0, 4); err != nil {
+	if _, err := player.Play(ctx, s.Ingest, rec, rec.Spec("acme", "nodir", nil), 0, 4); err != nil {
 		t.Fatal(err)
 	}
 	deadline = time.Now().Add(15 * time.Second)

@@ -468,7 +468,7 @@ func crashedPart(t *testing.T, dir string) (string, []byte) {
 		hs[0].Frame(&f)
 	}
 	hs[0].(*recordCall).f.Close()
-	ReleaseShared(c)
+	c.Shared().Release()
 	return filepath.Join(dir, "acme", ".crash-e1.wav.part"), concat(rec.Frames[0])
 }
 

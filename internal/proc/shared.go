@@ -1,59 +1,45 @@
 package proc
 
-import "sync"
-
 // Shared is per-call state that the analysis processors of one call share: the decoded audio
-// (Media) and the sections that each processor contributes to the call summary. The first
-// processor to start on a call creates it, each holds a reference from Start to Stop, and the
-// last Stop runs the finishers (the "summary" processor's event), so the summary sees every
-// section whatever the processors' order. All use happens on the call's goroutine, except the
-// registry itself.
+// (Media) and the sections that each processor contributes to the call summary. The worker makes
+// one per call (NewShared) and hands it to every processor through Call.Shared. Each processor
+// that uses it takes a reference in Start (Acquire) and gives it back in Stop (Release); the last
+// Release runs the finishers (the "summary" processor's event), so the summary sees every section
+// whatever the processors' order. All use happens on the call's goroutine.
 type Shared struct {
 	Media *Media
 
+	legs      int
 	refs      int
 	sections  map[string]any
 	finishers []func()
 }
 
-var (
-	sharedMu sync.Mutex
-	shared   = map[Call]*Shared{}
-)
+// NewShared returns the shared state of a call with legs legs.
+func NewShared(legs int) *Shared {
+	return &Shared{Media: newMedia(legs), legs: legs, sections: map[string]any{}}
+}
 
-// AcquireShared returns the call's shared state, creating it for the first processor, and takes
-// a reference that the processor must give back with ReleaseShared in its Stop.
-func AcquireShared(c Call) *Shared {
-	sharedMu.Lock()
-	defer sharedMu.Unlock()
-	s := shared[c]
-	if s == nil {
-		s = &Shared{Media: newMedia(c), sections: map[string]any{}}
-		shared[c] = s
-	}
+// Acquire takes a reference that the processor gives back with Release in its Stop.
+func (s *Shared) Acquire() *Shared {
 	s.refs++
 	return s
 }
 
-// ReleaseShared gives back a reference; the last one runs the finishers and forgets the call.
-func ReleaseShared(c Call) {
-	sharedMu.Lock()
-	s := shared[c]
-	if s == nil {
-		sharedMu.Unlock()
+// Release gives back a reference; the last one runs the finishers and starts the state afresh
+// (a processor started on the call later sees none of it).
+func (s *Shared) Release() {
+	if s.refs == 0 {
 		return
 	}
 	s.refs--
-	last := s.refs == 0
-	if last {
-		delete(shared, c)
+	if s.refs > 0 {
+		return
 	}
-	sharedMu.Unlock()
-	if last {
-		for _, f := range s.finishers {
-			f()
-		}
+	for _, f := range s.finishers {
+		f()
 	}
+	*s = *NewShared(s.legs)
 }
 
 // Put records a processor's contribution to the call summary under name.

@@ -122,7 +122,7 @@ var floorRise = math.Pow(10, 0.01/10)
 const maxSegments = 50000
 
 func (p speechProc) Start(c Call) (Handler, error) {
-	s := &speechCall{cfg: p.cfg, c: c, sh: AcquireShared(c), legs: make([]speechLeg, len(c.Spec().Legs))}
+	s := &speechCall{cfg: p.cfg, c: c, sh: c.Shared().Acquire(), legs: make([]speechLeg, len(c.Spec().Legs))}
 	full := 32768.0
 	s.thresh = full * full * math.Pow(10, p.cfg.ThresholdDB/10)
 	s.margin = math.Pow(10, p.cfg.MarginDB/10)
@@ -200,7 +200,7 @@ func (s *speechCall) Stop(string) {
 	sum := s.summary()
 	s.c.Emit("speech_summary", sum)
 	s.sh.Put("speech", sum)
-	ReleaseShared(s.c)
+	s.sh.Release()
 }
 
 // summary computes talk, silence and overtalk by sweeping every leg's segments.

@@ -44,7 +44,7 @@ type summaryCall struct {
 }
 
 func (summaryProc) Start(c Call) (Handler, error) {
-	s := &summaryCall{c: c, sh: AcquireShared(c)}
+	s := &summaryCall{c: c, sh: c.Shared().Acquire()}
 	for _, l := range c.Spec().Legs {
 		s.out.Legs = append(s.out.Legs, SummaryLeg{Leg: l.Index, Name: l.Name, Codec: l.Codec.String()})
 	}
@@ -73,7 +73,7 @@ func (s *summaryCall) Gap(g Gap) {
 
 func (s *summaryCall) Stop(reason string) {
 	s.out.Reason = reason
-	ReleaseShared(s.c)
+	s.sh.Release()
 }
 
 // publish runs after every processor sharing the call has stopped.

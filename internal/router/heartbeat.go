@@ -117,10 +117,6 @@ func (r *Router) onHeartbeat(m *nats.Msg) {
 		}
 		hb.Calls = nil
 		r.ingests[id] = &ingestInfo{hb: hb, seen: now}
-	case subjects.Router:
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		r.routers[id] = now
 	}
 }
 

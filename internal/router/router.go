@@ -74,7 +74,6 @@ type Router struct {
 	ingests map[string]*ingestInfo
 	wstate  map[string]*callState[wire.WorkerCall] // call lists by worker (heartbeat.go)
 	istate  map[string]*callState[wire.IngestCall] // call lists by ingest
-	routers map[string]time.Time
 	orphans map[orphanKey]time.Time
 	lost    map[lostKey]lostProgress // last progress workers reported for calls (live or lost), for resumes
 	strands map[strandKey]time.Time  // placements an ingest lists that their worker does not hold, since
@@ -112,7 +111,7 @@ func New(cfg Config, d Deps) (*Router, error) {
 	}
 	r := &Router{
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("router", cfg.ID).Logger(), m: newMetrics(d.Registry), health: d.Health,
-		workers: map[string]*workerInfo{}, ingests: map[string]*ingestInfo{}, routers: map[string]time.Time{},
+		workers: map[string]*workerInfo{}, ingests: map[string]*ingestInfo{},
 		wstate: map[string]*callState[wire.WorkerCall]{}, istate: map[string]*callState[wire.IngestCall]{},
 		orphans: map[orphanKey]time.Time{}, lost: map[lostKey]lostProgress{},
 		strands: map[strandKey]time.Time{}, reaped: map[orphanKey]time.Time{}, silent: map[string]time.Time{}, inflight: make(chan struct{}, cfg.MaxInflight),
@@ -259,11 +258,6 @@ func (r *Router) expire(now time.Time) {
 			delete(r.silent, k)
 		}
 	}
-	for id, t := range r.routers {
-		if now.Sub(t) > time.Duration(r.cfg.Misses+1)*r.cfg.HeartbeatInterval {
-			delete(r.routers, id)
-		}
-	}
 	r.forgetStates(now)
 }
 
@@ -368,9 +362,7 @@ func (r *Router) owned(id session.ID, wid, ingest string) bool {
 }
 
 func (r *Router) event(tenant, call string, epoch uint32, kind string, data any) {
-	body, _ := json.Marshal(data)
-	_ = bus.Publish(r.nc, subjects.Event(tenant, call, kind), wire.Event{V: wire.V, Kind: kind, Tenant: tenant, Call: call,
-		Epoch: epoch, Time: time.Now().UTC(), Source: "router/" + r.cfg.ID, Data: body})
+	_ = bus.PublishEvent(r.nc, wire.Event{Kind: kind, Tenant: tenant, Call: call, Epoch: epoch, Source: "router/" + r.cfg.ID}, data)
 }
 
 // Close refuses new placements and waits for in-flight ones; safe to call more than once.

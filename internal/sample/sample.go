@@ -13,6 +13,3 @@ var callWAV []byte
 
 // Call returns the sample call, decoded.
 func Call() (*wav.Audio, error) { return wav.Parse(callWAV) }
-
-// CallWAV returns the sample call's WAV bytes.
-func CallWAV() []byte { return callWAV }

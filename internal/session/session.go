@@ -75,17 +75,6 @@ func (s *Spec) Validate() error {
 	return nil
 }
 
-// State is a call's lifecycle state at one component.
-type State string
-
-// Call states.
-const (
-	Placing   State = "placing"
-	Active    State = "active"
-	Migrating State = "migrating"
-	Ended     State = "ended"
-)
-
 // From values of a LegSeq.
 const (
 	// FromEpochStart asks for frames from the first one published at the current epoch.
@@ -100,40 +89,4 @@ const (
 type LegSeq struct {
 	Leg  uint8 `json:"leg"`
 	Next int64 `json:"next"`
-}
-
-// Progress tracks, per leg, the next expected sequence number.
-type Progress struct {
-	next [MaxLegs]int64
-	n    int
-}
-
-// NewProgress starts progress for n legs at the given per-leg positions (missing legs start at
-// from).
-func NewProgress(n int, start []LegSeq, from int64) Progress {
-	p := Progress{n: n}
-	for i := range p.next {
-		p.next[i] = from
-	}
-	for _, ls := range start {
-		if int(ls.Leg) < MaxLegs {
-			p.next[ls.Leg] = ls.Next
-		}
-	}
-	return p
-}
-
-// Next returns the next expected sequence of a leg.
-func (p *Progress) Next(leg uint8) int64 { return p.next[leg%MaxLegs] }
-
-// Set records that seq was the last processed sequence of leg.
-func (p *Progress) Set(leg uint8, seq uint32) { p.next[leg%MaxLegs] = int64(seq) + 1 }
-
-// Snapshot returns the per-leg positions.
-func (p *Progress) Snapshot() []LegSeq {
-	out := make([]LegSeq, p.n)
-	for i := 0; i < p.n; i++ {
-		out[i] = LegSeq{Leg: uint8(i), Next: p.next[i]}
-	}
-	return out
 }

@@ -3,7 +3,6 @@ package sip
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"strconv"
 	"sync"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/sdp"
 	"github.com/callrouter/callrouter/internal/session"
-	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
@@ -48,10 +46,10 @@ type callState struct {
 	evWindow  time.Time
 	evCount   int
 
-	done     chan struct{}
-	finishMu sync.Once
-	failed   chan struct{} // closed (failOnce) when a stream's read loop panicked: watch ends the call
-	failOnce sync.Once
+	done       chan struct{}
+	finishOnce sync.Once
+	failed     chan struct{} // closed (failOnce) when a stream's read loop panicked: watch ends the call
+	failOnce   sync.Once
 }
 
 // openStreams binds one RTP socket per leg; the legs take the plans' order.
@@ -291,10 +289,8 @@ func (c *callState) publish(kind string, data any) {
 	if d, ok := data.(dtmfData); ok && c.call.Paused() {
 		data = maskedDTMF{dtmfData: d, Masked: true}
 	}
-	body, _ := json.Marshal(data)
-	ev := wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.call.Epoch(), Time: now.UTC(),
-		Source: "ingest/" + c.s.node.ID() + "/sip", Data: body}
-	if err := bus.Publish(c.s.node.NC(), subjects.Event(c.spec.Tenant, c.spec.Call, kind), ev); err != nil {
+	ev := wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.call.Epoch(), Time: now, Source: "ingest/" + c.s.node.ID() + "/sip"}
+	if err := bus.PublishEvent(c.s.node.NC(), ev, data); err != nil {
 		c.log.Warn().Err(err).Str("kind", kind).Msg("call event not published")
 	}
 }
@@ -367,7 +363,7 @@ func (c *callState) watch() {
 // finish ends the call once: BYE to the peer when we hang up, RTP sockets closed (their last
 // frames flushed), the ingest call ended, ports released into quarantine.
 func (c *callState) finish(reason string, bye bool) {
-	c.finishMu.Do(func() {
+	c.finishOnce.Do(func() {
 		close(c.done)
 		if bye {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

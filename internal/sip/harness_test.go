@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -246,9 +245,8 @@ func freeUDPPort(t testing.TB) int {
 
 // eventLog collects call events from NATS.
 type eventLog struct {
-	nc  *nats.Conn
-	mu  sync.Mutex
-	evs []wire.Event
+	nc *nats.Conn
+	*bus.Events
 }
 
 func watchEvents(t testing.TB, url string) *eventLog {
@@ -258,36 +256,16 @@ func watchEvents(t testing.TB, url string) *eventLog {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &eventLog{nc: nc}
-	if _, err := nc.Subscribe("events.>", func(m *nats.Msg) {
-		var ev wire.Event
-		if json.Unmarshal(m.Data, &ev) == nil {
-			l.mu.Lock()
-			l.evs = append(l.evs, ev)
-			l.mu.Unlock()
-		}
-	}); err != nil {
+	evs, err := bus.CollectEvents(nc, "events.>")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	return l
+	return &eventLog{nc: nc, Events: evs}
 }
 
 func (l *eventLog) close() { l.nc.Close() }
 
-func (l *eventLog) of(kind string) []wire.Event {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []wire.Event
-	for _, e := range l.evs {
-		if e.Kind == kind {
-			out = append(out, e)
-		}
-	}
-	return out
-}
+func (l *eventLog) of(kind string) []wire.Event { return l.Of(kind) }
 
 // sipp runs SIPp in dir against the env and returns its combined output; it fails the test when
 // SIPp reports failed calls.

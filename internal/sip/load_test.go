@@ -16,6 +16,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/session"
 )
 
@@ -59,7 +60,7 @@ func TestSIPLoad(t *testing.T) {
 			defer wg.Done()
 			spec := rc.Spec("base", fmt.Sprintf("base-%d", i), nil)
 			spec.Legs[0] = session.Leg{Index: 0, Name: "caller", Codec: frame.CodecPCMA, Rate: 8000}
-			if _, err := filesrc.Play(context.Background(), e.st.Ingest, rc, spec, 0, 1); err != nil {
+			if _, err := player.Play(context.Background(), e.st.Ingest, rc, spec, 0, 1); err != nil {
 				errs <- err
 			}
 		}()

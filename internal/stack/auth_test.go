@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
-	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/natsauth"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
@@ -149,7 +149,7 @@ func TestAttacksFailWithPermissions(t *testing.T) {
 	defer cancel()
 	played := make(chan error, 1)
 	go func() {
-		_, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "attack-0", nil), frames, 1)
+		_, err := player.Play(ctx, s.Ingest, rec, rec.Spec("acme", "attack-0", nil), frames, 1)
 		played <- err
 	}()
 	id := session.ID{Tenant: "acme", Call: "attack-0"}
@@ -282,7 +282,7 @@ func TestAttacksFailWithPermissions(t *testing.T) {
 		t.Fatalf("the call under attack: %v", err)
 	}
 	// Placement still works after the forged heartbeats, offers and downs.
-	if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "attack-1", nil), 50, 4); err != nil {
+	if _, err := player.Play(ctx, s.Ingest, rec, rec.Spec("acme", "attack-1", nil), 50, 4); err != nil {
 		t.Fatalf("a call after the attacks: %v", err)
 	}
 	eventually(t, 10*time.Second, "every worker to release its calls", func() bool {
@@ -327,7 +327,7 @@ func TestDedicatedPool(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	rec := tone(t, 50)
-	if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "pci-0", nil), 50, 4); err != nil {
+	if _, err := player.Play(ctx, s.Ingest, rec, rec.Spec("acme", "pci-0", nil), 50, 4); err != nil {
 		t.Fatalf("acme's call on its dedicated pool: %v", err)
 	}
 	if _, err := s.Ingest.StartCall(ctx, rec.Spec("globex", "pci-1", nil)); err == nil || !strings.Contains(err.Error(), "pci") {
@@ -335,44 +335,4 @@ func TestDedicatedPool(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "the dedicated worker to release its call", func() bool { return pci.Calls() == 0 })
 	checkComplete(t, "pci", 1, 2, 50)
-}
-
-// TestDedicatedFrameModePool: a frame-mode worker of a pool dedicated to acme queue-subscribes
-// acme's audio only, which its credentials allow (a subscription to all audio would be refused):
-// it sees every frame of acme's call and none of globex's.
-func TestDedicatedFrameModePool(t *testing.T) {
-	spec, err := natsauth.Parse(strings.NewReader("tenant acme\ntenant globex\npool default shared\npool stats acme\ningest\nrouter\nworker default\nworker stats\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := natsauth.NewSet(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Start(Config{Workers: 1, Worker: testWorkerConfig(), Log: testLogger(t), Auth: set})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	wc := testWorkerConfig()
-	wc.Pool, wc.Mode, wc.Tenants = "stats", "frame", []string{"acme"}
-	fw, err := s.AddWorker("stats-1", wc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 10*time.Second, "2 workers visible to the router", func() bool { return len(s.Routers[0].Workers()) == 2 })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	rec := tone(t, 40)
-	for _, tenant := range []string{"globex", "acme"} {
-		if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec(tenant, "stats-0", nil), 40, 4); err != nil {
-			t.Fatalf("%s's call: %v", tenant, err)
-		}
-	}
-	// 40 frames and a last frame per leg, two legs: acme's call only. globex's frames, published
-	// earlier by the same connection, would have been delivered before acme's.
-	eventually(t, 10*time.Second, "the frame-mode worker to see acme's frames", func() bool { return fw.FramesSeen() >= 82 })
-	if n := fw.FramesSeen(); n != 82 {
-		t.Fatalf("frame-mode worker saw %d frames; want acme's 82", n)
-	}
 }

@@ -25,17 +25,17 @@ import (
 // heard of, a router restarted while calls start. Each logs detection time, time to resume and
 // the frames missing and duplicated (the README's fault table).
 
-// player sends one frame on each leg of each call every 20 ms until stopped, counting frames.
-type player struct {
+// pump sends one frame on each leg of each call every 20 ms until stopped, counting frames.
+type pump struct {
 	calls []*ingest.Call
 	sent  atomic.Int64 // frames per leg, the same for every call
 	stop  chan struct{}
 	wg    sync.WaitGroup
 }
 
-func play(t *testing.T, calls []*ingest.Call) *player {
+func play(t *testing.T, calls []*ingest.Call) *pump {
 	rec := tone(t, 50)
-	p := &player{calls: calls, stop: make(chan struct{})}
+	p := &pump{calls: calls, stop: make(chan struct{})}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -59,7 +59,7 @@ func play(t *testing.T, calls []*ingest.Call) *player {
 }
 
 // end stops sending, hangs every call up and waits until no worker holds one.
-func (p *player) end(t *testing.T, s *Stack, extra ...*worker.Worker) int64 {
+func (p *pump) end(t *testing.T, s *Stack, extra ...*worker.Worker) int64 {
 	close(p.stop)
 	p.wg.Wait()
 	for _, c := range p.calls {

@@ -26,10 +26,10 @@ var controlSubjects = []string{
 	subjects.Heartbeat(subjects.Worker, "worker-1"), subjects.Heartbeat(subjects.Worker, "ghost"),
 	subjects.Heartbeat(subjects.Ingest, "ingest-1"), subjects.Heartbeat(subjects.Ingest, "ghost"),
 	subjects.Heartbeat(subjects.Router, "ghost"),
-	subjects.Bcast(subjects.TopicDown), subjects.Bcast(subjects.TopicDrain),
+	subjects.Bcast(subjects.TopicDown), subjects.Bcast("ghost"),
 	subjects.IngestVerb("ingest-1", subjects.IngestVerbReplay), subjects.IngestVerb("ingest-1", subjects.IngestVerbPlace),
 	subjects.WorkerVerb("worker-1", subjects.WorkerVerbOffer), subjects.WorkerVerb("worker-1", subjects.WorkerVerbRelease),
-	subjects.WorkerVerb("worker-1", subjects.WorkerVerbHandoff),
+	subjects.WorkerVerb("worker-1", wire.WorkerVerbDrain),
 	subjects.Ctl("fuzz", "c1"),
 }
 

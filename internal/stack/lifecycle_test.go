@@ -11,13 +11,11 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
-	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/router"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
-	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -462,37 +460,6 @@ func TestAdminAPI(t *testing.T) {
 	raw, err := nc.RequestWithContext(ctx, subjects.API("calls"), nil)
 	if err != nil || !json.Valid(raw.Data) {
 		t.Errorf("calls with an empty body: %v", err)
-	}
-}
-
-func TestFrameModePoolBalancesFrames(t *testing.T) {
-	cfg := fastConfig(t)
-	s, err := Start(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	fc := cfg.Worker
-	fc.Pool, fc.Mode = "vad", worker.ModeFrame
-	a, err := s.AddWorker("frame-a", fc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := s.AddWorker("frame-b", fc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitWorkers(t, s, 3)
-	rec := tone(t, 100)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", "framemode", nil), 100, 4); err != nil {
-		t.Fatal(err)
-	}
-	const want = 2 * 101 // two legs, 100 frames and a last frame each
-	eventually(t, 5*time.Second, "frame-mode pool to see every frame once", func() bool { return a.FramesSeen()+b.FramesSeen() == want })
-	if a.FramesSeen() == 0 || b.FramesSeen() == 0 {
-		t.Errorf("frames not balanced: %d and %d", a.FramesSeen(), b.FramesSeen())
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -56,37 +55,22 @@ func pciSpec(call string) session.Spec {
 }
 
 // eventLog collects a call's events.
-type eventLog struct {
-	mu  sync.Mutex
-	evs []wire.Event
-}
+type eventLog struct{ *bus.Events }
 
 func watchEvents(t *testing.T, nc *nats.Conn, call string) *eventLog {
 	t.Helper()
-	l := &eventLog{}
-	if _, err := nc.Subscribe(subjects.EventsCall("acme", call), func(m *nats.Msg) {
-		var ev wire.Event
-		if json.Unmarshal(m.Data, &ev) == nil {
-			l.mu.Lock()
-			l.evs = append(l.evs, ev)
-			l.mu.Unlock()
-		}
-	}); err != nil {
+	evs, err := bus.CollectEvents(nc, subjects.EventsCall("acme", call))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	return l
+	return &eventLog{evs}
 }
 
 // of returns the events of one kind (from one source, when source is not empty).
 func (l *eventLog) of(kind, source string) []wire.Event {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []wire.Event
-	for _, ev := range l.evs {
-		if ev.Kind == kind && (source == "" || ev.Source == source) {
+	for _, ev := range l.Of(kind) {
+		if source == "" || ev.Source == source {
 			out = append(out, ev)
 		}
 	}

@@ -65,7 +65,8 @@ type Stack struct {
 	ctx     context.Context
 }
 
-// Start starts everything and returns once each component is serving.
+// Start starts everything and returns once each component runs; components serve (routers see
+// workers, NATS subscriptions are in place) a moment later, so callers poll for what they need.
 func Start(cfg Config) (*Stack, error) {
 	if cfg.Routers == 0 {
 		cfg.Routers = 1

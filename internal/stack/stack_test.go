@@ -12,6 +12,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/wav"
 	"github.com/callrouter/callrouter/internal/worker"
@@ -121,7 +122,7 @@ func playCalls(ctx context.Context, t testing.TB, s *Stack, rec *filesrc.Recordi
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = filesrc.Play(ctx, s.Ingest, rec, rec.Spec("acme", fmt.Sprintf("%s-%d", prefix, i), nil), frames, 1)
+			_, errs[i] = player.Play(ctx, s.Ingest, rec, rec.Spec("acme", fmt.Sprintf("%s-%d", prefix, i), nil), frames, 1)
 		}()
 	}
 	wg.Wait()

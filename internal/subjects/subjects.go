@@ -59,8 +59,7 @@ const (
 
 // Broadcast topics.
 const (
-	TopicDown  = "down"
-	TopicDrain = "drain"
+	TopicDown = "down"
 )
 
 // Fixed subjects.
@@ -75,7 +74,6 @@ const (
 	AllAudio          = "audio.>"
 	WorkerVerbOffer   = "offer"
 	WorkerVerbRelease = "release"
-	WorkerVerbHandoff = "handoff"
 	IngestVerbReplay  = "replay"
 	IngestVerbPlace   = "place"
 	IngestVerbPause   = "pause"
@@ -116,7 +114,7 @@ func Check(what, s string) error {
 
 // Encode turns any outside string (a SIP Call-ID, a user name) into a valid token. Valid strings
 // that do not start with '~' come back unchanged; anything else becomes "~" followed by the
-// unpadded base64url of the bytes, or, when that would be too long, "~h" and a 64-bit FNV hash of
+// unpadded base64url of the bytes, or, when that would be too long, "~=" and a 64-bit FNV hash of
 // the string plus a readable prefix. Encode is deterministic, so the same Call-ID always gives the
 // same token.
 func Encode(s string) string {

@@ -418,8 +418,6 @@ func (st *stream) onDTMF(d *dtmfMsg) {
 // publish sends an event of the call on events.<tenant>.<call>.<kind>.
 func (st *stream) publish(kind string, data any) {
 	c := st.call
-	body, _ := json.Marshal(data)
 	id := c.ID()
-	_ = bus.Publish(st.n.NC(), subjects.Event(id.Tenant, id.Call, kind), wire.Event{V: wire.V, Kind: kind, Tenant: id.Tenant, Call: id.Call,
-		Epoch: c.Epoch(), Time: time.Now().UTC(), Source: "ingest/twilio", Data: body})
+	_ = bus.PublishEvent(st.n.NC(), wire.Event{Kind: kind, Tenant: id.Tenant, Call: id.Call, Epoch: c.Epoch(), Source: "ingest/twilio"}, data)
 }

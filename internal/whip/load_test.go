@@ -15,6 +15,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/player"
 )
 
 // Environment of the load client process (see TestMain).
@@ -110,7 +111,7 @@ func TestLoadCPUPerCall(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, _ = filesrc.Play(ctx, e.stack.Ingest, rec, rec.Spec("acme", fmt.Sprintf("base-%d", i), nil), seconds*50, 1)
+				_, _ = player.Play(ctx, e.stack.Ingest, rec, rec.Spec("acme", fmt.Sprintf("base-%d", i), nil), seconds*50, 1)
 			}()
 		}
 		eventually(t, 20*time.Second, "baseline calls placed", func() bool { return len(e.stack.Ingest.Calls()) == calls })

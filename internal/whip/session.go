@@ -302,12 +302,6 @@ func (sess *session) report(cut *cutter) {
 	if n == nil {
 		return
 	}
-	_ = bus.Publish(n.NC(), subjects.Event(sess.tenant, sess.callID, "media"), wire.Event{V: wire.V, Kind: "media",
-		Tenant: sess.tenant, Call: sess.callID, Epoch: sess.call.Epoch(), Time: time.Now().UTC(), Source: "ingest/" + n.ID() + "/whip",
-		Data: mustJSON(map[string]any{"codec": sess.codec.name, "stats": st})})
-}
-
-func mustJSON(v any) json.RawMessage {
-	b, _ := json.Marshal(v)
-	return b
+	_ = bus.PublishEvent(n.NC(), wire.Event{Kind: "media", Tenant: sess.tenant, Call: sess.callID, Epoch: sess.call.Epoch(), Source: "ingest/" + n.ID() + "/whip"},
+		map[string]any{"codec": sess.codec.name, "stats": st})
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/player"
 )
 
 // TestWatchCall follows a call that no page placed (a file source, as a SIP call would be) by
@@ -73,7 +74,7 @@ func TestWatchCall(t *testing.T) {
 			rec.Frames[leg][i] = payload
 		}
 	}
-	if _, err := filesrc.Play(ctx, e.stack.Ingest, rec, rec.Spec("acme", "c-watch", nil), 0, 1); err != nil {
+	if _, err := player.Play(ctx, e.stack.Ingest, rec, rec.Spec("acme", "c-watch", nil), 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	kinds := map[string]int{}

@@ -81,9 +81,10 @@ type call struct {
 	paused   [session.MaxLegs]bool // the leg's last frame in order was paused (frame.FlagPaused)
 	ended    uint16
 	handlers []proc.Handler
-	cur      item       // the frame being processed; a field so the frame path does not allocate
-	now      int64      // w.mono() when cur was taken off the channel
-	out      proc.Frame // what handlers receive; reused for the same reason
+	shared   *proc.Shared // what the processors share (decoded audio, summary sections)
+	cur      item         // the frame being processed; a field so the frame path does not allocate
+	now      int64        // w.mono() when cur was taken off the channel
+	out      proc.Frame   // what handlers receive; reused for the same reason
 
 	// Delay baseline (call goroutine only): the lowest arrival−capture seen, which holds the
 	// constant offset between ingest's clock and this worker's plus the fastest trip; a live
@@ -102,6 +103,8 @@ func newCall(w *Worker, o *wire.Offer) *call {
 		queue: w.cfg.QueueFrames * scale,
 		done:  make(chan struct{}),
 		from:  make([]int64, len(o.Call.Legs)),
+
+		shared: proc.NewShared(len(o.Call.Legs)),
 
 		resumeCause: proc.CauseReplacement,
 	}
@@ -205,9 +208,6 @@ const stoppingBit = 1 << 32
 
 // curEpoch returns the epoch the call is held at.
 func (c *call) curEpoch() uint32 { return uint32(c.state.Load()) }
-
-// stopping reports whether the call has begun to stop.
-func (c *call) stopping() bool { return c.state.Load()&stoppingBit != 0 }
 
 // markStopping records that the call is stopping; offers no longer advance it.
 func (c *call) markStopping() { c.state.Or(stoppingBit) }
@@ -669,20 +669,15 @@ func (c *call) Epoch() uint32        { return c.curEpoch() }
 func (c *call) Worker() string       { return c.w.cfg.ID }
 func (c *call) Pool() string         { return c.w.cfg.Pool }
 func (c *call) Log() *zerolog.Logger { return &c.log }
+func (c *call) Shared() *proc.Shared { return c.shared }
 
 // Emit publishes an event unless the call has been superseded.
 func (c *call) Emit(kind string, data any) {
 	if c.superseded.Load() {
 		return
 	}
-	body, err := json.Marshal(data)
-	if err != nil {
-		c.log.Error().Err(err).Str("kind", kind).Msg("event does not marshal")
-		return
-	}
-	ev := wire.Event{V: wire.V, Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(),
-		Time: c.w.cfg.Now().UTC(), Source: "worker/" + c.w.cfg.ID, Data: body}
-	if err := bus.Publish(c.w.nc, subjects.Event(c.spec.Tenant, c.spec.Call, kind), ev); err != nil {
+	ev := wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Time: c.w.cfg.Now(), Source: "worker/" + c.w.cfg.ID}
+	if err := bus.PublishEvent(c.w.nc, ev, data); err != nil {
 		c.log.Warn().Err(err).Str("kind", kind).Msg("event not published")
 	}
 }

@@ -9,23 +9,17 @@ import (
 	"github.com/callrouter/callrouter/internal/subjects"
 )
 
-// Modes of a pool.
-const (
-	// ModeSession gives each call to one worker of the pool, on a plain ordered subscription.
-	ModeSession = "session"
-	// ModeFrame balances every call's frames per message across the pool's queue group; for
-	// stateless processing only.
-	ModeFrame = "frame"
-)
+// ModeSession is the mode every worker's heartbeat announces: each call goes to one worker of
+// the pool, on a plain ordered subscription (routers place only on session-mode workers).
+const ModeSession = "session"
 
 // Config configures a worker.
 type Config struct {
 	ID   string
 	Pool string
-	Mode string
 	// Tenants, when set, dedicates the worker to these tenants: it refuses other tenants' offers
-	// (its NATS identity could not subscribe their audio anyway), subscribes only their audio in
-	// frame mode, and says so in its heartbeat so routers offer it nothing else.
+	// (its NATS identity could not subscribe their audio anyway), and says so in its heartbeat so
+	// routers offer it nothing else.
 	Tenants           []string
 	Capacity          int           // calls held at once
 	QueueFrames       int           // frames a two-leg call may have waiting; beyond that the oldest is dropped (scaled for more legs)
@@ -53,7 +47,6 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Pool:              "default",
-		Mode:              ModeSession,
 		Capacity:          200,
 		QueueFrames:       250,
 		PendingMsgs:       500,
@@ -82,9 +75,6 @@ func (c *Config) Validate() error {
 		if err := subjects.Check("tenant", t); err != nil {
 			errs = append(errs, err)
 		}
-	}
-	if c.Mode != ModeSession && c.Mode != ModeFrame {
-		errs = append(errs, fmt.Errorf("worker: mode %q, want %q or %q", c.Mode, ModeSession, ModeFrame))
 	}
 	pos := func(name string, v int) {
 		if v <= 0 {

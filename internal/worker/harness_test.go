@@ -16,6 +16,7 @@ import (
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/router"
 	"github.com/callrouter/callrouter/internal/session"
@@ -206,7 +207,7 @@ func playNamed(t *testing.T, s *stack.Stack, names []string, frames int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = filesrc.Play(ctx, s.Ingest, r, r.Spec("acme", name, nil), frames, 1)
+			_, errs[i] = player.Play(ctx, s.Ingest, r, r.Spec("acme", name, nil), frames, 1)
 		}()
 	}
 	wg.Wait()

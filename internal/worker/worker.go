@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
-	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/obs"
 	"github.com/callrouter/callrouter/internal/proc"
@@ -61,14 +60,13 @@ type Worker struct {
 	start time.Time
 	wall0 int64
 
-	lagSince  int64 // mono() when lag first went over the threshold; 0 when under
-	lagging   atomic.Bool
-	frameSeen atomic.Uint64 // frame mode
-	lastTick  atomic.Int64  // mono() at the last heartbeat tick; see Config.FenceAfter
-	closed    atomic.Bool
-	op        opDrain                             // a drain requested over NATS (drainverb.go)
-	hbMu      sync.Mutex                          // one heartbeat at a time: states is a sequence
-	states    *wire.StateTracker[wire.WorkerCall] // the call list's snapshots and deltas, under hbMu
+	lagSince int64 // mono() when lag first went over the threshold; 0 when under
+	lagging  atomic.Bool
+	lastTick atomic.Int64 // mono() at the last heartbeat tick; see Config.FenceAfter
+	closed   atomic.Bool
+	op       opDrain                             // a drain requested over NATS (drainverb.go)
+	hbMu     sync.Mutex                          // one heartbeat at a time: states is a sequence
+	states   *wire.StateTracker[wire.WorkerCall] // the call list's snapshots and deltas, under hbMu
 }
 
 // Deps are the worker's collaborators.
@@ -128,36 +126,21 @@ func (w *Worker) Run(ctx context.Context) error {
 			_ = s.Unsubscribe()
 		}
 	}()
-	if w.cfg.Mode == ModeFrame {
-		audio := []string{subjects.AllAudio}
-		if len(w.cfg.Tenants) > 0 {
-			audio = audio[:0]
-			for _, t := range w.cfg.Tenants {
-				audio = append(audio, subjects.ClassAudio+"."+t+".>")
-			}
-		}
-		for _, a := range audio {
-			if err := sub(w.nc.QueueSubscribe(a, "pool."+w.cfg.Pool, guard.Handler("worker_frame", w.log, w.onFrameMode))); err != nil {
-				return err
-			}
-		}
-	} else {
-		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), guard.Handler("worker_offer", w.log, w.onOffer))); err != nil {
-			return err
-		}
-		if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbRelease), guard.Handler("worker_release", w.log, w.onRelease))); err != nil {
-			return err
-		}
-		if err := w.subscribeDrain(ctx, sub); err != nil {
-			return err
-		}
+	if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), guard.Handler("worker_offer", w.log, w.onOffer))); err != nil {
+		return err
+	}
+	if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbRelease), guard.Handler("worker_release", w.log, w.onRelease))); err != nil {
+		return err
+	}
+	if err := w.subscribeDrain(ctx, sub); err != nil {
+		return err
 	}
 	if err := w.nc.Flush(); err != nil {
 		return fmt.Errorf("worker: flush: %w", err)
 	}
 	w.health.SetLive(true)
 	w.health.SetReady(true)
-	w.log.Info().Int("capacity", w.cfg.Capacity).Str("mode", w.cfg.Mode).Msg("worker running")
+	w.log.Info().Int("capacity", w.cfg.Capacity).Msg("worker running")
 
 	t := time.NewTicker(w.cfg.HeartbeatInterval)
 	defer t.Stop()
@@ -245,7 +228,7 @@ func (w *Worker) heartbeat() {
 	if err := bus.Publish(w.nc, subjects.HeartbeatCalls(subjects.Worker, w.cfg.ID), w.states.Next(list)); err != nil {
 		w.log.Warn().Err(err).Msg("call list not published")
 	}
-	hb := wire.WorkerHeartbeat{V: wire.VHeartbeat, ID: w.cfg.ID, Pool: w.cfg.Pool, Mode: w.cfg.Mode, Tenants: w.cfg.Tenants, Capacity: w.cfg.Capacity,
+	hb := wire.WorkerHeartbeat{V: wire.VHeartbeat, ID: w.cfg.ID, Pool: w.cfg.Pool, Mode: ModeSession, Tenants: w.cfg.Tenants, Capacity: w.cfg.Capacity,
 		Active: len(calls), LagMS: float64(worst) / 1e6, Lagging: w.lagging.Load(), Ready: w.health.Ready() && !draining, Draining: draining,
 		IntervalMS: int(w.cfg.HeartbeatInterval / time.Millisecond)}
 	if err := bus.Publish(w.nc, subjects.Heartbeat(subjects.Worker, w.cfg.ID), hb); err != nil {
@@ -567,17 +550,3 @@ func (w *Worker) Calls() int {
 func (w *Worker) fenced(now int64) bool {
 	return now-w.lastTick.Load() > int64(w.cfg.FenceAfter)
 }
-
-// onFrameMode counts and checks frames balanced across a frame-mode pool's queue group.
-func (w *Worker) onFrameMode(m *nats.Msg) {
-	var h frame.Header
-	if _, err := h.Unmarshal(m.Data); err != nil {
-		w.m.bad.Inc()
-		return
-	}
-	w.frameSeen.Add(1)
-	w.m.processed.Inc()
-}
-
-// FramesSeen returns how many frames a frame-mode worker has processed.
-func (w *Worker) FramesSeen() uint64 { return w.frameSeen.Load() }

@@ -19,6 +19,7 @@ type fakeCall struct {
 	spec   session.Spec
 	events map[string][]byte
 	log    zerolog.Logger
+	sh     *proc.Shared
 }
 
 func (f *fakeCall) Spec() *session.Spec { return &f.spec }
@@ -28,6 +29,7 @@ func (f *fakeCall) Pool() string        { return "default" }
 func (f *fakeCall) Log() *zerolog.Logger {
 	return &f.log
 }
+func (f *fakeCall) Shared() *proc.Shared { return f.sh }
 func (f *fakeCall) Emit(kind string, data any) {
 	b, _ := json.Marshal(data)
 	f.events[kind] = b
@@ -36,7 +38,7 @@ func (f *fakeCall) Emit(kind string, data any) {
 func newFake(tenant string) *fakeCall {
 	return &fakeCall{spec: session.Spec{ID: session.ID{Tenant: tenant, Call: "c1"}, Legs: []session.Leg{
 		{Index: 0, Name: "caller", Codec: frame.CodecPCMU, Rate: 8000}, {Index: 1, Name: "agent", Codec: frame.CodecPCMU, Rate: 8000}}},
-		events: map[string][]byte{}, log: zerolog.Nop()}
+		events: map[string][]byte{}, log: zerolog.Nop(), sh: proc.NewShared(2)}
 }
 
 // play feeds a handler: leg 0 frames 0-9 with 5-6 lost, leg 1 frames 0-3, one replayed, plus a

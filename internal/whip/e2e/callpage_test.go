@@ -22,6 +22,7 @@ import (
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/peertest"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/wav"
@@ -226,7 +227,7 @@ func callPageTimeline(t *testing.T) {
 	spec := rec.Spec("demo", callID, map[string]string{"label": `<img src=x onerror="document.title='pwned'">`})
 	played := make(chan error, 2)
 	go func() {
-		_, err := filesrc.Play(ctx, s.Ingest, rec, spec, 0, 1)
+		_, err := player.Play(ctx, s.Ingest, rec, spec, 0, 1)
 		played <- err
 	}()
 	var out []string
