@@ -150,7 +150,8 @@ func run(args []string, out io.Writer) int {
 	defer stopTracing()
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", "speech", "dtmf", "levels", "record", "summary"}
-	wc.ProcessorOptions = map[string]proc.Options{"record": {"dir": o.recDir}}
+	// The call page's level meters need a level event per leg every 200 ms; the printer skips them.
+	wc.ProcessorOptions = map[string]proc.Options{"record": {"dir": o.recDir}, "levels": {"meter_ms": "200"}}
 	reg := obs.NewRegistry()
 	// Permissions on, as in production: each component connects as its role's identity
 	// (docs/security.md); the event printer below is the operator "local".
@@ -260,6 +261,9 @@ func (p *printer) event(m *nats.Msg) {
 	}
 	if p.json {
 		fmt.Fprintln(p.out, string(m.Data))
+		return
+	}
+	if ev.Kind == "level" { // five a second per leg, for the call page's meters
 		return
 	}
 	fmt.Fprintf(p.out, "%s %s/%s %-10s %-16s %s\n", ev.Time.Format("15:04:05.000"), ev.Tenant, ev.Call, ev.Kind, ev.Source, ev.Data)
