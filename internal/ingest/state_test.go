@@ -341,11 +341,13 @@ func TestReplacementBacksOffWhileNoRouterAnswers(t *testing.T) {
 func TestMigrateNoticeWhileTheCallEnds(t *testing.T) {
 	n, rt, nc := stNode(t, func(c *Config) { c.PlaceTimeout = 5 * time.Second })
 	c := stCall(t, n, "end", 3)
-	release := make(chan struct{})
+	gate := make(chan struct{})
+	release := sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(release) // a stand-in router blocked on a failed test's gate would never return
 	asked := make(chan wire.PlaceRequest, 4)
 	rt.setAnswer(func(req wire.PlaceRequest) *wire.PlaceReply {
 		asked <- req
-		<-release
+		<-gate
 		return placeOn("w2")(req)
 	})
 	audio, err := nc.SubscribeSync(subjects.Audio("acme", "end", "*"))
@@ -366,13 +368,13 @@ func TestMigrateNoticeWhileTheCallEnds(t *testing.T) {
 	select {
 	case <-endDone:
 	case <-time.After(5 * time.Second):
-		close(release)
+		release()
 		t.Fatal("End waited for the re-placement")
 	}
 	if n.Call(c.ID()) != nil {
 		t.Fatal("the ended call is still on the node")
 	}
-	close(release)
+	release()
 	// The last frames went out at epoch 1 (after the call's first frames, which the
 	// subscription may still see); after the late success nothing else does.
 	for lasts := 0; lasts < 2; {
