@@ -65,10 +65,12 @@ func (w *Worker) onDrainRequest(run context.Context, m *nats.Msg) {
 		reply(wire.OK(), true, len(calls))
 		return
 	}
-	// Draining before the migrations start, so no offer lands in between.
+	// Draining before the migrations start, and the calls to migrate taken after it, so no offer
+	// lands in between: one accepted before the flag is in the list, one after it is refused.
 	w.mu.Lock()
 	w.draining = true
 	w.mu.Unlock()
+	calls = w.snapshot()
 	w.health.SetReady(false)
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.DrainTimeout)
 	started := w.group.Go(func() {
