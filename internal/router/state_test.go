@@ -154,7 +154,7 @@ func (cl *cluster) addWorker(t *testing.T, id string, capacity int) {
 		case len(w.hb.Calls) >= w.hb.Capacity:
 			refuse = wire.CodeFull
 		default:
-			w.hb.Calls = append(w.hb.Calls, wire.WorkerCall{Tenant: o.Call.Tenant, Call: o.Call.Call, Epoch: o.Epoch, Pool: o.Pool, Ingest: o.Ingest})
+			w.hb.Calls = append(w.hb.Calls, wire.WorkerCall{Tenant: o.Call.Tenant, Call: o.Call.Call, Epoch: o.Epoch, Ingest: o.Ingest})
 		}
 		cl.mu.Unlock()
 		rep := wire.OfferReply{Reply: wire.OK(), Worker: id}
@@ -513,7 +513,7 @@ func TestStrandedPlacementIsReportedUntilRepaired(t *testing.T) {
 	}
 	// The ingest re-places the call on w2 at epoch 4: once both heartbeats agree the notices stop.
 	cl.worker("w2", func(w *fakeWorker) {
-		w.hb.Calls = append(w.hb.Calls, wire.WorkerCall{Tenant: "acme", Call: "lost", Epoch: 4, Pool: "default", Ingest: "in-1"})
+		w.hb.Calls = append(w.hb.Calls, wire.WorkerCall{Tenant: "acme", Call: "lost", Epoch: 4, Ingest: "in-1"})
 	})
 	cl.setIngest(&wire.IngestHeartbeat{V: wire.V, ID: "in-1", IntervalMS: 100, Calls: []wire.IngestCall{
 		{Tenant: "acme", Call: "lost", Epoch: 4, Placements: []wire.Placement{{Pool: "default", Worker: "w2"}}}}})
