@@ -661,7 +661,9 @@ func (h *forkCall) connect(start int64) (*forkSession, error) {
 // forkDisconnectFinal: a receiver's disconnect with reason completed (it wants no more of the
 // call) or unauthorized ends the fork; error (a protocol violation, a receiver going down) is
 // retried within fork.reconnect_attempts.
-func forkDisconnectFinal(reason string) bool { return reason == "completed" || reason == "unauthorized" }
+func forkDisconnectFinal(reason string) bool {
+	return reason == "completed" || reason == "unauthorized"
+}
 
 // signAudioHook signs an upgrade request as the AudioHook reference client does (RFC 9421,
 // hmac-sha256 over the six required components).
