@@ -346,7 +346,9 @@ func (h *forkCall) run() {
 	}
 	h.opened(s)
 	pending := first
+	stalled := 0 // sessions in a row that ended without sending anything new
 	for {
+		from := s.base
 		reason := h.stream(s, pending)
 		pending = nil
 		if reason != "write_failed" && reason != "lost" && reason != "disconnected" {
@@ -356,6 +358,14 @@ func (h *forkCall) run() {
 		// The connection failed under the session, or the receiver ended it without saying it
 		// was done: a new session continues from what may not have arrived.
 		s.conn.CloseNow()
+		if s.base > from {
+			stalled = 0
+		} else if stalled++; stalled > h.p.retry.attempts {
+			h.fail(s, s.base, fmt.Errorf("fork: %d sessions in a row ended (%s) before sending anything new", stalled, reason))
+			return
+		} else {
+			time.Sleep(h.p.retry.delay(stalled - 1))
+		}
 		h.reconnects++
 		h.c.Emit("fork", map[string]any{"state": "reconnecting", "session": s.id, "why": reason, "position": forkPosition(s.base)})
 		log.Info().Str("session", s.id).Str("why", reason).Msg("fork: reconnecting")
@@ -428,12 +438,18 @@ func (h *forkCall) dial(start int64) (*forkSession, error) {
 			return nil, err
 		}
 		h.c.Log().Info().Err(err).Int("attempt", attempt+1).Msg("fork: connect failed, retrying")
-		d := retry.backoff << min(attempt, 20)
-		if d > retry.max || d <= 0 {
-			d = retry.max
-		}
-		time.Sleep(d/2 + mrand.N(d/2+1))
+		time.Sleep(retry.delay(attempt))
 	}
+}
+
+// delay is the wait before retry n (from 0): backoff×2ⁿ, at most max, less up to half of it at
+// random, so that the forks of many calls that lost one receiver do not come back in step.
+func (r forkRetry) delay(n int) time.Duration {
+	d := r.backoff << min(n, 20)
+	if d > r.max || d <= 0 {
+		d = r.max
+	}
+	return d/2 + mrand.N(d/2+1)
 }
 
 // resume opens a session that continues old: it starts at the oldest slot that old sent and

@@ -21,7 +21,8 @@ import (
 // close handshake) after it has read dropAfter binary messages; upgrades after that are answered
 // with status refuse until up is closed. It keeps every session's messages.
 type flakyReceiver struct {
-	dropAfter int
+	dropAfter int      // 0: never
+	after     []string // text messages sent after opened
 	refuse    int
 	up        chan struct{}
 	dropped   chan struct{}
@@ -90,6 +91,10 @@ func (r *flakyReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			}
 			_ = json.Unmarshal(m.Parameters, &p)
 			reply("opened", map[string]any{"media": p.Media[:1]})
+			for _, a := range r.after {
+				seq++
+				_ = c.Write(ctx, websocket.MessageText, []byte(a))
+			}
 		case "close":
 			reply("closed", map[string]any{})
 			return
@@ -317,7 +322,7 @@ func TestForkReconnectDiscardsWhatTheQueueLost(t *testing.T) {
 	}
 	waitFor(t, "retries refused", func() bool { _, n := r.snapshot(); return n >= 1 })
 	close(r.up)
-	waitFor(t, "the second session", func() bool { return len(forkState(fc, "open")) == 2 })
+	waitFor(t, "the second session to take the queue", func() bool { return len(forkState(fc, "open")) == 2 && len(h.in) == 0 })
 	feedPaced(t, h, 160, 200)
 	h.Stop(StopEnd)
 	waitFor(t, "the fork to end", func() bool {
@@ -345,7 +350,7 @@ func TestForkReconnectDiscardsWhatTheQueueLost(t *testing.T) {
 		}
 		for leg := range 2 {
 			if !lost && !bytes.Equal(ch[leg][seq], forkPayload(leg, uint32(seq))) {
-				t.Fatalf("slot %d leg %d missing or wrong", seq, leg)
+				t.Fatalf("slot %d leg %d missing or wrong (%x…; fork events %v)", seq, leg, ch[leg][seq][:2], forkState(fc, "closed"))
 			}
 			if lost && ch[leg][seq] != nil {
 				t.Fatalf("slot %d leg %d: audio where the queue lost it", seq, leg)
@@ -410,5 +415,60 @@ func TestForkOptions(t *testing.T) {
 	}
 	if _, err := newFork(Options{"targets": targets, "queue": "40", "reconnect_attempts": "0", "reconnect_backoff": "1s", "reconnect_backoff_max": "1s"}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestForkReceiverDisconnect: a receiver's disconnect with reason error is answered with close
+// and a new session that names every earlier one in continuedSessions; sessions in a row that end
+// before sending anything new count against fork.reconnect_attempts (2: the third ends it), then
+// the fork gives up. A
+// disconnect with reason unauthorized is final: close, and no new session.
+func TestForkReceiverDisconnect(t *testing.T) {
+	disc := func(reason string) string {
+		return `{"version":"2","type":"disconnect","id":"x","seq":2,"clientseq":1,"parameters":{"reason":"` + reason + `"}}`
+	}
+	r := newFlakyReceiver(0, 0)
+	r.after = []string{disc("error")}
+	close(r.up)
+	h, fc := forkWith(t, r, "flapping", Options{"reconnect_backoff": "5ms", "reconnect_backoff_max": "20ms", "reconnect_attempts": "2"})
+	for seq := uint32(0); seq < 20; seq++ {
+		forkFeed(h, 0, seq)
+		forkFeed(h, 1, seq)
+	}
+	waitFor(t, "the fork to give up", func() bool { return len(forkState(fc, "failed")) == 1 })
+	failed := forkState(fc, "failed")[0]
+	sessions, _ := r.snapshot()
+	if failed["final"] != false || !strings.Contains(failed["why"].(string), "before sending anything new") || len(sessions) < 3 || len(sessions) > 23 || failed["reconnects"] != int64(len(sessions)-1) {
+		t.Fatalf("failed %v after %d sessions", failed, len(sessions))
+	}
+	var ids []string
+	for i, msgs := range sessions {
+		var p struct {
+			Continued []forkContinued `json:"continuedSessions"`
+		}
+		_ = json.Unmarshal(msgs[0].Parameters, &p)
+		var named []string
+		for _, c := range p.Continued {
+			named = append(named, c.ID)
+		}
+		if strings.Join(named, ",") != strings.Join(ids, ",") {
+			t.Fatalf("session %d continues %v, want %v", i, named, ids)
+		}
+		ids = append(ids, msgs[0].ID)
+		if last := msgs[len(msgs)-1]; last.Type != "close" || !strings.Contains(string(last.Parameters), `"disconnect"`) {
+			t.Fatalf("session %d ended with %s %s", i, last.Type, last.Parameters)
+		}
+	}
+
+	r = newFlakyReceiver(0, 0)
+	r.after = []string{disc("unauthorized")}
+	close(r.up)
+	h, fc = forkWith(t, r, "unauthorized", Options{"reconnect_backoff": "5ms", "reconnect_backoff_max": "20ms"})
+	forkFeed(h, 0, 0)
+	forkFeed(h, 1, 0)
+	waitFor(t, "the fork to close", func() bool { return len(forkState(fc, "closed")) == 1 })
+	sessions, _ = r.snapshot()
+	if closed := forkState(fc, "closed")[0]; closed["reason"] != "disconnect" || closed["reconnects"] != int64(0) || len(sessions) != 1 {
+		t.Fatalf("closed %v after %d sessions", closed, len(sessions))
 	}
 }
