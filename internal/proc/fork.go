@@ -90,10 +90,10 @@ func newFork(o Options) (Processor, error) {
 	p := &forkProc{}
 	var err error
 	if p.queue, err = o.Int("queue", forkQueue); err != nil || p.queue < 10 || p.queue > 100000 {
-		return nil, fmt.Errorf("fork: -proc-opt fork.queue=%q: want frames from 10 to 100000", o["queue"])
+		return nil, fmt.Errorf("fork: -proc-opt fork.queue=%s: want frames from 10 to 100000", o["queue"])
 	}
 	if p.retry.attempts, err = o.Int("reconnect_attempts", 10); err != nil || p.retry.attempts < 0 || p.retry.attempts > 1000 {
-		return nil, fmt.Errorf("fork: -proc-opt fork.reconnect_attempts=%q: want 0 (never reconnect) to 1000", o["reconnect_attempts"])
+		return nil, fmt.Errorf("fork: -proc-opt fork.reconnect_attempts=%s: want 0 (never reconnect) to 1000", o["reconnect_attempts"])
 	}
 	dur := func(key string, def time.Duration) (time.Duration, error) {
 		v := o[key]
@@ -102,7 +102,7 @@ func newFork(o Options) (Processor, error) {
 		}
 		d, err := time.ParseDuration(v)
 		if err != nil || d < time.Millisecond || d > 5*time.Minute {
-			return 0, fmt.Errorf("fork: -proc-opt fork.%s=%q: want a duration from 1ms to 5m", key, v)
+			return 0, fmt.Errorf("fork: -proc-opt fork.%s=%s: want a duration from 1ms to 5m", key, v)
 		}
 		return d, nil
 	}
