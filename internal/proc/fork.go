@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -249,6 +250,7 @@ type forkCall struct {
 
 	// Receiver events (readLoop only).
 	events, eventsLimited, eventsMalformed atomic.Int64
+	tokensMu                               sync.Mutex // a reconnect's old readLoop may still be reading
 	tokens                                 float64
 	tokensAt                               time.Time
 	clock                                  func() time.Time // the rate's clock; nil: time.Now
@@ -790,6 +792,8 @@ func (h *forkCall) takeToken() bool {
 	if h.clock != nil {
 		now = h.clock()
 	}
+	h.tokensMu.Lock()
+	defer h.tokensMu.Unlock()
 	if h.tokensAt.IsZero() {
 		h.tokens = forkEventBurst
 	} else {
