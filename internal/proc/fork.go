@@ -10,11 +10,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,7 +44,8 @@ type ForkTarget struct {
 
 // Fork timing and bounds.
 const (
-	forkQueue        = 500 // frames (per call) waiting for the connection: 5 s of one leg
+	forkQueue        = 500 // frames (per call) waiting for the connection: 5 s of one leg (fork.queue)
+	forkReplay       = 50  // slots (1 s) of what was sent that a reconnected session sends again
 	forkBatch        = 10  // 20 ms frames per binary message (200 ms, as Genesys sends)
 	forkOpenTimeout  = 5 * time.Second
 	forkCloseTimeout = 5 * time.Second
@@ -69,11 +72,49 @@ const (
 type forkProc struct {
 	targets map[string]ForkTarget
 	dropped atomic.Uint64
+	queue   int
+	retry   forkRetry
+}
+
+// forkRetry is how an AudioHook fork reconnects after its connection fails: up to attempts
+// tries after each failure, the n-th after a delay of backoff×2ⁿ⁻¹ (at most max), of which a
+// random half is jitter.
+type forkRetry struct {
+	attempts     int
+	backoff, max time.Duration
 }
 
 func newFork(o Options) (Processor, error) {
-	if err := o.Only("targets"); err != nil {
+	if err := o.Only("targets", "queue", "reconnect_attempts", "reconnect_backoff", "reconnect_backoff_max"); err != nil {
+		return nil, fmt.Errorf("fork: %w", err)
+	}
+	p := &forkProc{}
+	var err error
+	if p.queue, err = o.Int("queue", forkQueue); err != nil || p.queue < 10 || p.queue > 100000 {
+		return nil, fmt.Errorf("fork: -proc-opt fork.queue=%s: want frames from 10 to 100000", o["queue"])
+	}
+	if p.retry.attempts, err = o.Int("reconnect_attempts", 10); err != nil || p.retry.attempts < 0 || p.retry.attempts > 1000 {
+		return nil, fmt.Errorf("fork: -proc-opt fork.reconnect_attempts=%s: want 0 (never reconnect) to 1000", o["reconnect_attempts"])
+	}
+	dur := func(key string, def time.Duration) (time.Duration, error) {
+		v := o[key]
+		if v == "" {
+			return def, nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Millisecond || d > 5*time.Minute {
+			return 0, fmt.Errorf("fork: -proc-opt fork.%s=%s: want a duration from 1ms to 5m", key, v)
+		}
+		return d, nil
+	}
+	if p.retry.backoff, err = dur("reconnect_backoff", 250*time.Millisecond); err != nil {
 		return nil, err
+	}
+	if p.retry.max, err = dur("reconnect_backoff_max", 5*time.Second); err != nil {
+		return nil, err
+	}
+	if p.retry.max < p.retry.backoff {
+		return nil, fmt.Errorf("fork: -proc-opt fork.reconnect_backoff_max=%s is below fork.reconnect_backoff=%s", p.retry.max, p.retry.backoff)
 	}
 	path := o["targets"]
 	if path == "" {
@@ -84,11 +125,10 @@ func newFork(o Options) (Processor, error) {
 		return nil, fmt.Errorf("fork: %w", err)
 	}
 	defer f.Close()
-	t, err := ParseForkTargets(f)
-	if err != nil {
+	if p.targets, err = ParseForkTargets(f); err != nil {
 		return nil, err
 	}
-	return &forkProc{targets: t}, nil
+	return p, nil
 }
 
 // ParseForkTargets reads a targets file.
@@ -172,7 +212,7 @@ func (p *forkProc) Start(c Call) (Handler, error) {
 		return forkNoop{}, nil
 	}
 	h := &forkCall{p: p, c: c, t: t, chans: chans, format: format, legIdx: legIdx,
-		in: make(chan forkFrame, forkQueue), stop: make(chan struct{}), done: make(chan struct{})}
+		in: make(chan forkFrame, p.queue), stop: make(chan struct{}), done: make(chan struct{})}
 	if t.Twilio {
 		go h.runTwilio()
 	} else {
@@ -210,10 +250,34 @@ type forkCall struct {
 
 	// Receiver events (readLoop only).
 	events, eventsLimited, eventsMalformed atomic.Int64
+	tokensMu                               sync.Mutex // a reconnect's old readLoop may still be reading
 	tokens                                 float64
 	tokensAt                               time.Time
 	clock                                  func() time.Time // the rate's clock; nil: time.Now
+
+	// Reconnection (run only).
+	sessions   []forkContinued // the sessions before the current one, for continuedSessions
+	reconnects int64
 }
+
+// forkContinued names an earlier session in continuedSessions.
+type forkContinued struct {
+	ID        string `json:"id"`
+	Serverseq int64  `json:"serverseq"`
+	Clientseq int64  `json:"clientseq"`
+}
+
+// forkSent is what a session sent for n slots from base: audio (a binary message), or nil for a
+// discarded span.
+type forkSent struct {
+	base, n int64
+	audio   []byte
+}
+
+// forkFinal is a refusal that reconnecting would not change.
+type forkFinal struct{ why string }
+
+func (e forkFinal) Error() string { return e.why }
 
 // Frame queues a frame for the connection; when the queue is full the oldest frame waiting is
 // dropped (its slot becomes a gap: silence, or `discarded` when no channel has it).
@@ -277,29 +341,160 @@ func (h *forkCall) run() {
 	for _, f := range first {
 		start = min(start, int64(f.seq))
 	}
-	s, err := h.connect(start)
+	s, err := h.dial(start)
 	if err != nil {
-		log.Warn().Err(err).Str("url", h.t.URL).Msg("fork: not connected")
-		h.c.Emit("fork", map[string]any{"state": "failed", "why": err.Error(), "position": forkPosition(start)})
-		for { // drain until the call stops, so Frame never blocks
-			select {
-			case <-h.in:
-			case <-h.stop:
-				return
-			}
+		h.fail(nil, start, err)
+		return
+	}
+	h.opened(s)
+	pending := first
+	stalled := 0 // sessions in a row that ended without sending anything new
+	for {
+		from := s.base
+		reason := h.stream(s, pending)
+		pending = nil
+		if reason != "write_failed" && reason != "lost" && reason != "disconnected" {
+			h.closed(s, reason)
+			return
+		}
+		// The connection failed under the session, or the receiver ended it without saying it
+		// was done: a new session continues from what may not have arrived.
+		s.conn.CloseNow()
+		if s.base > from {
+			stalled = 0
+		} else if stalled++; stalled > h.p.retry.attempts {
+			h.fail(s, s.base, fmt.Errorf("fork: %d sessions in a row ended (%s) before sending anything new", stalled, reason))
+			return
+		} else {
+			time.Sleep(h.p.retry.delay(stalled - 1))
+		}
+		h.reconnects++
+		h.c.Emit("fork", map[string]any{"state": "reconnecting", "session": s.id, "why": reason, "position": forkPosition(s.base)})
+		log.Info().Str("session", s.id).Str("why", reason).Msg("fork: reconnecting")
+		h.sessions = append(h.sessions, forkContinued{ID: s.id, Serverseq: s.server.Load(), Clientseq: s.seq})
+		ns, err := h.resume(s)
+		if err != nil {
+			h.fail(s, s.base, err)
+			return
+		}
+		s = ns
+		h.opened(s)
+	}
+}
+
+// opened emits the fork event for a session that is open.
+func (h *forkCall) opened(s *forkSession) {
+	open := map[string]any{"state": "open", "session": s.id, "position": forkPosition(s.start)}
+	if s.start > 0 || len(h.sessions) > 0 {
+		open["continues"] = s.root
+		if len(h.sessions) > 0 {
+			open["continues"] = h.sessions[len(h.sessions)-1].ID
 		}
 	}
-	defer s.conn.CloseNow()
-	open := map[string]any{"state": "open", "session": s.id, "position": forkPosition(start)}
-	if start > 0 {
-		open["continues"] = s.root
-	}
 	h.c.Emit("fork", open)
-	reason := h.stream(s, first)
-	h.c.Emit("fork", map[string]any{"state": "closed", "session": s.id, "reason": reason,
-		"position": forkPosition(s.base), "late": s.late, "discarded_ms": s.discarded * 20, "filled_ms": s.filled * 20,
-		"dropped": h.dropped.Load(), "events": h.events.Load(), "events_limited": h.eventsLimited.Load(),
-		"events_malformed": h.eventsMalformed.Load()})
+}
+
+// counts are the fork event's counters.
+func (h *forkCall) counts(s *forkSession, ev map[string]any) map[string]any {
+	ev["dropped"], ev["reconnects"] = h.dropped.Load(), h.reconnects
+	ev["events"], ev["events_limited"], ev["events_malformed"] = h.events.Load(), h.eventsLimited.Load(), h.eventsMalformed.Load()
+	if s != nil {
+		ev["late"], ev["discarded_ms"], ev["filled_ms"] = s.late, s.discarded*20, s.filled*20
+	}
+	return ev
+}
+
+func (h *forkCall) closed(s *forkSession, reason string) {
+	h.c.Emit("fork", h.counts(s, map[string]any{"state": "closed", "session": s.id, "reason": reason, "position": forkPosition(s.base)}))
+}
+
+// fail reports that the fork gave up (a final refusal, or every attempt failed) and drains the
+// queue until the call stops, so that Frame never blocks.
+func (h *forkCall) fail(s *forkSession, at int64, err error) {
+	var final forkFinal
+	h.c.Log().Warn().Err(err).Str("url", h.t.URL).Msg("fork: not connected")
+	h.c.Emit("fork", h.counts(s, map[string]any{"state": "failed", "why": err.Error(), "final": errors.As(err, &final), "position": forkPosition(at)}))
+	for {
+		select {
+		case <-h.in:
+		case <-h.stop:
+			return
+		}
+	}
+}
+
+// dial connects a session starting at slot start, retrying with backoff unless the refusal is
+// final. It runs on the fork's goroutine: meanwhile the call's frames wait in the bounded queue.
+func (h *forkCall) dial(start int64) (*forkSession, error) {
+	retry := h.p.retry
+	for attempt := 0; ; attempt++ {
+		s, err := h.connect(start)
+		if err == nil {
+			return s, nil
+		}
+		var final forkFinal
+		if errors.As(err, &final) || attempt >= retry.attempts {
+			if !errors.As(err, &final) && attempt > 0 {
+				err = fmt.Errorf("%w (after %d attempts)", err, attempt+1)
+			}
+			return nil, err
+		}
+		h.c.Log().Info().Err(err).Int("attempt", attempt+1).Msg("fork: connect failed, retrying")
+		time.Sleep(retry.delay(attempt))
+	}
+}
+
+// delay is the wait before retry n (from 0): backoff×2ⁿ, at most max, less up to half of it at
+// random, so that the forks of many calls that lost one receiver do not come back in step.
+func (r forkRetry) delay(n int) time.Duration {
+	d := r.backoff << min(n, 20)
+	if d > r.max || d <= 0 {
+		d = r.max
+	}
+	return d/2 + mrand.N(d/2+1)
+}
+
+// resume opens a session that continues old: it starts at the oldest slot that old sent and
+// this fork still holds (up to forkReplay slots, which may not have reached the receiver before
+// the connection failed), sends those again, then goes on with what old held; frames the
+// queue dropped meanwhile leave a hole that goes out as `discarded`.
+func (h *forkCall) resume(old *forkSession) (*forkSession, error) {
+	start := old.base
+	if len(old.sent) > 0 {
+		start = old.sent[0].base
+	}
+	for tries := 0; ; tries++ {
+		s, err := h.dial(start)
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), forkWriteTimeout)
+		for _, m := range old.sent {
+			if m.audio == nil {
+				err = s.send(ctx, "discarded", map[string]string{"start": forkPosition(s.base), "discarded": forkPosition(m.n)})
+			} else {
+				err = s.conn.Write(ctx, websocket.MessageBinary, m.audio)
+			}
+			if err != nil {
+				break
+			}
+			s.base += m.n
+		}
+		cancel()
+		if err == nil {
+			s.slots, s.at, s.out = old.slots, old.at, old.out
+			s.late, s.discarded, s.filled = old.late, old.discarded, old.filled
+			s.sent, s.sentSlots = old.sent, old.sentSlots
+			return s, nil
+		}
+		// The new connection failed too: the next one starts where this one did.
+		s.conn.CloseNow()
+		h.sessions = append(h.sessions, forkContinued{ID: s.id, Serverseq: s.server.Load(), Clientseq: s.seq})
+		if tries >= h.p.retry.attempts {
+			return nil, fmt.Errorf("fork: resending to a new session: %w", err)
+		}
+		h.reconnects++
+	}
 }
 
 // firstFrames waits for the call's first frame, then up to forkSettle for a frame of every
@@ -352,7 +547,11 @@ type forkSession struct {
 	seq    int64
 	server atomic.Int64  // last server seq seen
 	closed chan struct{} // closed answered
-	disc   chan struct{} // disconnect received
+	disc   chan struct{} // disconnect received (discWhy set)
+	dead   chan struct{} // the connection failed before closed
+	start  int64         // slot of open's position
+
+	discWhy string
 
 	base       int64      // slot of the next audio to send: position = base × 20 ms
 	slots      [][][]byte // per channel, frames from base on (nil: none); a channel reached slot i if len > i
@@ -361,6 +560,9 @@ type forkSession struct {
 	frameBytes int
 	silence    byte
 	out        []byte
+
+	sent      []forkSent // the last forkReplay slots or more sent, in order (a resumed session sends them again)
+	sentSlots int64
 
 	late      int64 // frames behind what was sent (a replay of what this session already had)
 	discarded int64 // slots reported as discarded
@@ -397,10 +599,18 @@ func (h *forkCall) connect(start int64) (*forkSession, error) {
 	u, _ := url.Parse(h.t.URL)
 	spec := h.c.Spec()
 	s := &forkSession{root: forkID("session", spec.Tenant, spec.Call), closed: make(chan struct{}), disc: make(chan struct{}),
-		base: start, slots: make([][][]byte, len(h.chans)), frameBytes: 160, silence: 0xff}
+		dead: make(chan struct{}), base: start, start: start, slots: make([][][]byte, len(h.chans)), frameBytes: 160, silence: 0xff}
 	s.id = s.root
-	if start > 0 {
+	var continued []forkContinued
+	if start > 0 || len(h.sessions) > 0 {
 		s.id = forkUUID()
+		if len(h.sessions) == 0 || h.sessions[0].ID != s.root {
+			// Another worker's session carried the call before: this worker cannot know its
+			// message counts, so they are 0; the receiver joins the sessions by conversationId
+			// and position.
+			continued = append(continued, forkContinued{ID: s.root})
+		}
+		continued = append(continued, h.sessions...)
 	}
 	if h.format == "L16" {
 		s.frameBytes, s.silence = 320, 0
@@ -415,8 +625,12 @@ func (h *forkCall) connect(start int64) (*forkSession, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), forkOpenTimeout)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, h.t.URL, &websocket.DialOptions{HTTPHeader: hdr})
+	conn, resp, err := websocket.Dial(ctx, h.t.URL, &websocket.DialOptions{HTTPHeader: hdr})
 	if err != nil {
+		if resp != nil && resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusRequestTimeout &&
+			resp.StatusCode != http.StatusTooManyRequests {
+			return nil, forkFinal{fmt.Sprintf("fork: the receiver refused the upgrade: %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))}
+		}
 		return nil, err
 	}
 	conn.SetReadLimit(forkReadLimit)
@@ -425,11 +639,8 @@ func (h *forkCall) connect(start int64) (*forkSession, error) {
 	open := map[string]any{"organizationId": h.t.OrgID, "conversationId": forkID("conversation", spec.Tenant, spec.Call),
 		"participant": map[string]any{"id": forkID("participant", spec.Tenant, spec.Call), "ani": spec.Meta["ani"], "aniName": "", "dnis": spec.Meta["dnis"]},
 		"media":       []any{media}, "customConfig": map[string]string{"tenant": spec.Tenant, "call": spec.Call}}
-	if start > 0 {
-		// Another worker's session carried the call before: this worker cannot know its
-		// message counts, so they are 0; the receiver joins the sessions by conversationId and
-		// position.
-		open["continuedSessions"] = []any{map[string]any{"id": s.root, "serverseq": 0, "clientseq": 0}}
+	if len(continued) > 0 {
+		open["continuedSessions"] = continued
 	}
 	if err := s.send(ctx, "open", open); err != nil {
 		conn.CloseNow()
@@ -440,7 +651,8 @@ func (h *forkCall) connect(start int64) (*forkSession, error) {
 		Type       string `json:"type"`
 		Seq        int64  `json:"seq"`
 		Parameters struct {
-			Media []json.RawMessage `json:"media"`
+			Media  []json.RawMessage `json:"media"`
+			Reason string            `json:"reason"`
 		} `json:"parameters"`
 	}
 	if err == nil {
@@ -448,14 +660,27 @@ func (h *forkCall) connect(start int64) (*forkSession, error) {
 	}
 	if err != nil || m.Type != "opened" || len(m.Parameters.Media) != 1 {
 		conn.CloseNow()
-		if err == nil {
-			err = fmt.Errorf("fork: got %s, not opened with our media", m.Type)
+		switch {
+		case err != nil:
+		case m.Type == "disconnect" && forkDisconnectFinal(m.Parameters.Reason):
+			err = forkFinal{fmt.Sprintf("fork: the receiver answered open with disconnect %s", m.Parameters.Reason)}
+		case m.Type == "opened":
+			err = forkFinal{"fork: opened without our media"}
+		default:
+			err = fmt.Errorf("fork: got %s, not opened", m.Type)
 		}
 		return nil, err
 	}
 	s.server.Store(m.Seq)
 	go h.readLoop(s)
 	return s, nil
+}
+
+// forkDisconnectFinal: a receiver's disconnect with reason completed (it wants no more of the
+// call) or unauthorized ends the fork; error (a protocol violation, a receiver going down) is
+// retried within fork.reconnect_attempts.
+func forkDisconnectFinal(reason string) bool {
+	return reason == "completed" || reason == "unauthorized"
 }
 
 // signAudioHook signs an upgrade request as the AudioHook reference client does (RFC 9421,
@@ -490,6 +715,7 @@ func (h *forkCall) readLoop(s *forkSession) {
 	for {
 		_, b, err := s.conn.Read(context.Background())
 		if err != nil {
+			close(s.dead)
 			return
 		}
 		var m struct {
@@ -507,7 +733,16 @@ func (h *forkCall) readLoop(s *forkSession) {
 			close(s.closed)
 			return
 		case "disconnect":
-			close(s.disc)
+			var p struct {
+				Reason string `json:"reason"`
+			}
+			_ = json.Unmarshal(m.Parameters, &p)
+			select {
+			case <-s.disc:
+			default:
+				s.discWhy = p.Reason
+				close(s.disc)
+			}
 		case "event":
 			h.onEvent(s, m.Parameters)
 		}
@@ -557,6 +792,8 @@ func (h *forkCall) takeToken() bool {
 	if h.clock != nil {
 		now = h.clock()
 	}
+	h.tokensMu.Lock()
+	defer h.tokensMu.Unlock()
 	if h.tokensAt.IsZero() {
 		h.tokens = forkEventBurst
 	} else {
@@ -607,8 +844,13 @@ func (h *forkCall) stream(s *forkSession, first []forkFrame) string {
 		}
 		return s.flush(ctx, false)
 	}
-	for _, f := range first {
+	for k, f := range first {
 		if put(f) != nil {
+			for _, f := range first[k+1:] { // held for the session that resumes this one
+				if ahead := int64(f.seq) - s.base; ahead >= 0 && ahead < forkMaxAhead {
+					s.add(f)
+				}
+			}
 			return "write_failed"
 		}
 	}
@@ -634,6 +876,14 @@ loop:
 		case <-s.disc:
 			reason = "disconnect"
 			break loop
+		case <-s.dead:
+			select {
+			case <-s.disc:
+				reason = "disconnect"
+				break loop
+			default:
+			}
+			return "lost"
 		case <-h.stop:
 			for { // what is queued, then close
 				select {
@@ -659,11 +909,20 @@ loop:
 	if s.send(ctx, "close", map[string]string{"reason": reason}) == nil {
 		select {
 		case <-s.closed:
+		case <-s.dead:
+			if reason == "end" {
+				return "lost" // the end may not have arrived: a new session sends it again
+			}
 		case <-ctx.Done():
 			reason = "close_timeout"
 		}
+	} else if reason == "end" {
+		return "write_failed"
 	}
 	_ = s.conn.Close(websocket.StatusNormalClosure, "")
+	if reason == "disconnect" && !forkDisconnectFinal(s.discWhy) {
+		return "disconnected"
+	}
 	return reason
 }
 
@@ -757,19 +1016,19 @@ func (s *forkSession) flush(ctx context.Context, last bool) error {
 		}
 		return false
 	}
-	for i := 0; i < n; {
+	// What failed to go out counts as sent: it is among the slots a resumed session sends again.
+	var err error
+	i := 0
+	for i < n && err == nil {
 		j := i + 1
 		for j < n && has(j) == has(i) && (!has(i) || j-i < forkBatch) {
 			j++
 		}
 		if !has(i) {
 			if j == n && !last {
-				n = i // a hole at the end waits, so that it goes out as one discarded with what follows
-				break
+				break // a hole at the end waits, so that it goes out as one discarded with what follows
 			}
-			if err := s.discard(ctx, int64(j-i)); err != nil {
-				return err
-			}
+			err = s.discard(ctx, int64(j-i))
 			i = j
 			continue
 		}
@@ -792,19 +1051,35 @@ func (s *forkSession) flush(ctx context.Context, last bool) error {
 			}
 		}
 		s.out = out
-		if err := s.conn.Write(ctx, websocket.MessageBinary, out); err != nil {
-			return err
-		}
+		err = s.conn.Write(ctx, websocket.MessageBinary, out)
+		s.record(int64(j-i), out)
 		s.base += int64(j - i)
 		i = j
 	}
+	n = i
 	for ch, sl := range s.slots {
 		k := min(n, len(sl))
 		clear(sl[:k])
 		s.slots[ch] = append(sl[:0], sl[k:]...)
 	}
 	s.at = append(s.at[:0], s.at[n:]...)
-	return nil
+	return err
+}
+
+// record keeps what went out for n slots from base (audio nil: discarded), the last forkReplay
+// slots at least.
+func (s *forkSession) record(n int64, audio []byte) {
+	m := forkSent{base: s.base, n: n}
+	if audio != nil {
+		m.audio = append([]byte(nil), audio...)
+	}
+	s.sent = append(s.sent, m)
+	s.sentSlots += n
+	for len(s.sent) > 1 && s.sentSlots-s.sent[0].n >= forkReplay {
+		s.sentSlots -= s.sent[0].n
+		s.sent[0] = forkSent{}
+		s.sent = s.sent[1:]
+	}
 }
 
 // discard tells the receiver that n slots from base carry no audio (AudioHook `discarded`), and
@@ -814,6 +1089,7 @@ func (s *forkSession) discard(ctx context.Context, n int64) error {
 		return nil
 	}
 	err := s.send(ctx, "discarded", map[string]string{"start": forkPosition(s.base), "discarded": forkPosition(n)})
+	s.record(n, nil)
 	s.base += n
 	s.discarded += n
 	return err
