@@ -15,6 +15,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/filesrc"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/worker"
@@ -141,7 +142,7 @@ func TestForkReconnectWhileCallGoesOn(t *testing.T) {
 	const n = 100 // frames a leg: 2 s
 	rec := &filesrc.Recording{Codec: frame.CodecPCMU, Rate: 8000, Frames: [][][]byte{toneMuLaw(160*n, 440), toneMuLaw(160*n, 300)}}
 	spec := rec.Spec("acme", "fork-down", nil)
-	if _, err := filesrc.Play(context.Background(), s.Ingest, rec, spec, 0, 1); err != nil {
+	if _, err := player.Play(context.Background(), s.Ingest, rec, spec, 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	id := "acme/fork-down"
