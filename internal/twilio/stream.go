@@ -328,7 +328,9 @@ func (st *stream) onStart(sid string, p *startMsg) error {
 		}
 	}
 	st.log = st.log.With().Str("tenant", tenant).Str("call", spec.Call).Logger()
-	c, err := st.n.StartCall(context.Background(), spec)
+	ctx, cancel := context.WithTimeout(context.Background(), st.s.cfg.PlaceTimeout)
+	c, err := st.n.StartCall(ctx, spec)
+	cancel()
 	if err != nil {
 		after, _ := ingest.RetryAfter(err)
 		if after <= 0 {
