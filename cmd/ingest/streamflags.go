@@ -48,6 +48,7 @@ func StreamFlags(fs *flag.FlagSet) *streams {
 	fs.DurationVar(&t.RetryAfter, "twilio-retry-after", t.RetryAfter, "Retry-After of a refused Twilio upgrade")
 	fs.DurationVar(&t.StartTimeout, "twilio-start-timeout", t.StartTimeout, "wait for start after the upgrade")
 	fs.DurationVar(&t.IdleTimeout, "twilio-idle-timeout", t.IdleTimeout, "end a stream that sends nothing for this long")
+	fs.DurationVar(&t.PlaceTimeout, "twilio-place-timeout", t.PlaceTimeout, "bound on placing a stream's call after start (then: close 1013)")
 	fs.DurationVar(&t.ReorderWindow, "twilio-reorder-window", t.ReorderWindow, "how long a media chunk waits for earlier ones")
 	fs.DurationVar(&t.MaxAhead, "twilio-max-ahead", t.MaxAhead, "how far media timestamps may run ahead of the wall clock before the stream is closed")
 	return s

@@ -29,7 +29,8 @@ func TestAudioHookFlags(t *testing.T) {
 	}
 	for _, args := range [][]string{{"-audiohook-key-file", bad}, {"-audiohook-key-file", filepath.Join(dir, "missing")},
 		{"-audiohook-key-file", good, "-audiohook-max-ahead", "0s"}, {"-audiohook-key-file", good, "-audiohook-path", "ws"},
-		{"-twilio-token-file", bad}, {"-twilio-token-file", tw, "-twilio-reorder-window", "2s"}} {
+		{"-twilio-token-file", bad}, {"-twilio-token-file", tw, "-twilio-reorder-window", "2s"},
+		{"-twilio-token-file", tw, "-twilio-place-timeout", "0s"}} {
 		if code := run(append(base, args...)); code != 2 {
 			t.Errorf("run(%q) = %d, want 2", args, code)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/callrouter/callrouter/internal/ingest"
 	callsession "github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
@@ -438,7 +439,16 @@ func choose(offers []media) (media, bool) {
 	return best, found
 }
 
-func (sess *session) onOpen(m clientMsg) error {
+// onOpen answers "open"; its span, audiohook.open, is the root of the call's setup trace.
+func (sess *session) onOpen(m clientMsg) (err error) {
+	ctx, span := trace.Start(context.Background(), "audiohook.open", trace.Server, trace.Call(sess.tenant, sess.callID)...)
+	defer func() {
+		var pe *protoError
+		if errors.As(err, &pe) {
+			trace.Fail(span, pe.disconnect+": "+pe.info)
+		}
+		trace.End(span, nil)
+	}()
 	var p openParams
 	if err := json.Unmarshal(m.Parameters, &p); err != nil {
 		return violation("malformed open parameters: %v", err)
@@ -456,7 +466,7 @@ func (sess *session) onOpen(m clientMsg) error {
 		if len(p.CustomConfig) > 0 {
 			_ = json.Unmarshal(p.CustomConfig, &cc)
 		}
-		if err := sess.place(p, sel, cc); err != nil {
+		if err := sess.place(ctx, p, sel, cc); err != nil {
 			return err
 		}
 	}
@@ -474,7 +484,7 @@ func (sess *session) onOpen(m clientMsg) error {
 }
 
 // place starts the call: legs from the selected channels, metadata from open.
-func (sess *session) place(p openParams, sel media, cc customConfig) error {
+func (sess *session) place(ctx context.Context, p openParams, sel media, cc customConfig) error {
 	call := sess.callID
 	spec := callsession.Spec{ID: callsession.ID{Tenant: sess.tenant, Call: call}, Meta: map[string]string{
 		"source": "audiohook", "audiohook_session": sess.id, "organization": p.OrganizationID, "conversation": p.ConversationID,
@@ -497,7 +507,7 @@ func (sess *session) place(p openParams, sel media, cc customConfig) error {
 	}
 	// The client gives up on "opened" after its open timeout (5 s for Genesys): placing takes no
 	// longer than ours.
-	ctx, cancel := context.WithTimeout(context.Background(), sess.s.cfg.OpenTimeout)
+	ctx, cancel := context.WithTimeout(ctx, sess.s.cfg.OpenTimeout)
 	defer cancel()
 	c, err := sess.n.StartCall(ctx, spec)
 	if err != nil {

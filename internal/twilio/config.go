@@ -38,6 +38,9 @@ type Config struct {
 	// sends nothing for that long.
 	StartTimeout time.Duration
 	IdleTimeout  time.Duration
+	// PlaceTimeout bounds placing the call after "start" (ingest's retries included): the read
+	// loop waits for it while Twilio keeps sending media.
+	PlaceTimeout time.Duration
 	// ReorderWindow is how long a media message waits for earlier chunks (Twilio's frames may
 	// arrive out of order); MaxAhead bounds how far media timestamps may run ahead of the wall
 	// clock since "start".
@@ -60,6 +63,7 @@ func DefaultConfig() Config {
 		UpgradeBurst:         200,
 		StartTimeout:         5 * time.Second,
 		IdleTimeout:          30 * time.Second,
+		PlaceTimeout:         5 * time.Second,
 		ReorderWindow:        60 * time.Millisecond,
 		MaxAhead:             5 * time.Second,
 		DrainTimeout:         30 * time.Second,
@@ -81,7 +85,8 @@ func (c *Config) Validate() error {
 	if c.MaxSessions < 1 || c.MaxSessionsPerTenant < 0 {
 		errs = append(errs, errors.New("twilio: -twilio-max-sessions must be positive and -twilio-max-sessions-per-tenant at least 0"))
 	}
-	for name, d := range map[string]time.Duration{"-twilio-start-timeout": c.StartTimeout, "-twilio-idle-timeout": c.IdleTimeout, "-twilio-max-ahead": c.MaxAhead} {
+	for name, d := range map[string]time.Duration{"-twilio-start-timeout": c.StartTimeout, "-twilio-idle-timeout": c.IdleTimeout, "-twilio-max-ahead": c.MaxAhead,
+		"-twilio-place-timeout": c.PlaceTimeout} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("twilio: %s %v must be positive", name, d))
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/timeline"
+	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
@@ -281,7 +282,17 @@ func (st *stream) onMessage(b []byte) (stop bool, err error) {
 	return false, nil // other events: newer protocol versions; ignored
 }
 
-func (st *stream) onStart(sid string, p *startMsg) error {
+// onStart places the stream's call; its span, twilio.start, is the root of the call's setup
+// trace.
+func (st *stream) onStart(sid string, p *startMsg) (err error) {
+	ctx, span := trace.Start(context.Background(), "twilio.start", trace.Server)
+	defer func() {
+		var ce *closeError
+		if errors.As(err, &ce) {
+			trace.Fail(span, fmt.Sprintf("%d %s", ce.code, ce.text))
+		}
+		trace.End(span, nil)
+	}()
 	if p.StreamSid != "" && sid == "" {
 		sid = p.StreamSid
 	}
@@ -328,7 +339,10 @@ func (st *stream) onStart(sid string, p *startMsg) error {
 		}
 	}
 	st.log = st.log.With().Str("tenant", tenant).Str("call", spec.Call).Logger()
-	c, err := st.n.StartCall(context.Background(), spec)
+	trace.SetCall(span, tenant, spec.Call)
+	ctx, cancel := context.WithTimeout(ctx, st.s.cfg.PlaceTimeout)
+	c, err := st.n.StartCall(ctx, spec)
+	cancel()
 	if err != nil {
 		after, _ := ingest.RetryAfter(err)
 		if after <= 0 {

@@ -408,3 +408,41 @@ func TestStreamBounds(t *testing.T) {
 	third.media("inbound", 1, make([]byte, 160))
 	eventually(t, 5*time.Second, "globex's call", func() bool { return len(e.stack.Ingest.Calls()) == 2 })
 }
+
+// TestPlaceTimeout: with a router that takes placement requests and never answers, placing a
+// stream's call gives up after -twilio-place-timeout (not after ingest's own 30 s request
+// timeout here) and closes 1013.
+func TestPlaceTimeout(t *testing.T) {
+	e := startEnv(t, 30*time.Second, func(c *Config) { c.PlaceTimeout = 300 * time.Millisecond })
+	for _, r := range e.stack.Routers {
+		e.stack.Stop(r)
+	}
+	nc, err := e.stack.Connect("router", "", "mute")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Subscribe(subjects.Place, func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, e.url)
+	begin := time.Now()
+	c.start(tokenAcme, "inbound")
+	code, reason := c.closed()
+	if took := time.Since(begin); code != websocket.StatusTryAgainLater || !strings.Contains(reason, "retry after") || took > 15*time.Second {
+		t.Fatalf("unplaced start: close %v %q after %v, want 1013 with retry after well before 30s", code, reason, took)
+	}
+	eventually(t, 5*time.Second, "no slot held", func() bool { return e.srv.Sessions() == 0 })
+}
+
+func TestPlaceTimeoutValidated(t *testing.T) {
+	c := DefaultConfig()
+	c.Tokens = map[string]string{tokenAcme: "acme"}
+	c.PlaceTimeout = 0
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "-twilio-place-timeout") {
+		t.Fatalf("Validate: %v, want an error naming -twilio-place-timeout", err)
+	}
+}
