@@ -70,6 +70,7 @@ func TestScaleOut(t *testing.T) {
 
 	var results []*scaleRun
 	var churn []*scaleRun
+	var churnRates []int // the start rate of each churn run
 	for _, topo := range []topology{singleTopo, clusterTopo} {
 		t.Run(topo.name, func(t *testing.T) {
 			d := startDeployment(t, topo)
@@ -78,11 +79,27 @@ func TestScaleOut(t *testing.T) {
 			for _, rate := range rates {
 				// Calls of 2 s kept up at rate×2 concurrent: rate calls start (and end) every second.
 				churn = append(churn, d.load(t, fmt.Sprintf("churn-%d/s", rate), 2*rate, 2*time.Second, 20*time.Second, float64(4*rate)))
+				churnRates = append(churnRates, rate)
 			}
 		})
 	}
 	if t.Failed() {
 		return
+	}
+	if path := os.Getenv("CALLROUTER_SCALE_JSON"); path != "" {
+		writeScaleJSON(t, path, append(append([]*scaleRun{}, results...), churn...))
+	}
+	for i, r := range churn {
+		r.rate = churnRates[i]
+	}
+	for _, topo := range []topology{singleTopo, clusterTopo} {
+		best := 0
+		for _, r := range churn {
+			if r.topo == topo && r.setupP99 <= churnSetupBound && r.lost == 0 && r.refused == 0 && r.failed == 0 {
+				best = max(best, r.rate)
+			}
+		}
+		t.Logf("FIGURES churn: %s sustains %d call starts/s with setup p99 <= %.0f ms (tried %v)", topo.name, best, churnSetupBound, rates)
 	}
 	t.Logf("\n%s", scaleTable(results))
 	t.Logf("\n%s", churnTable(churn))
@@ -211,11 +228,15 @@ func (nd *natsNode) startPlain(t *testing.T, all []*natsNode) {
 	})
 }
 
+// churnSetupBound is the setup p99 (ms) under which a call start rate counts as sustained.
+const churnSetupBound = 100.0
+
 // scaleRun is what one load of a topology measured.
 type scaleRun struct {
 	topo                    topology
 	name                    string
 	calls                   int
+	rate                    int                // churn runs: call starts per second
 	cores                   map[string]float64 // CPU seconds per second over the steady window, by class
 	rssMB                   map[string]float64 // resident memory at the window's end, by class
 	subs                    int                // NATS subscriptions (sum over nodes) at the window's end
@@ -333,6 +354,40 @@ func (d *deployment) load(t *testing.T, name string, calls int, callDur, runTime
 		return true
 	})
 	return r
+}
+
+// writeScaleJSON writes the runs in the form loadtest/capacity reads (capacity.ScaleRun), for its
+// testdata.
+func writeScaleJSON(t *testing.T, path string, rs []*scaleRun) {
+	t.Helper()
+	type out struct {
+		Topology      string             `json:"topology"`
+		NATSNodes     int                `json:"nats"`
+		Routers       int                `json:"routers"`
+		Ingests       int                `json:"ingests"`
+		Workers       int                `json:"workers"`
+		Name          string             `json:"name"`
+		Calls         int                `json:"calls"`
+		Cores         map[string]float64 `json:"cores"`
+		RSSMB         map[string]float64 `json:"rss_mb"`
+		Subs          int                `json:"subs"`
+		NATSInPerSec  float64            `json:"nats_in_msgs_per_s"`
+		NATSOutPerSec float64            `json:"nats_out_msgs_per_s"`
+		P99           float64            `json:"p99_ms"`
+		SetupP99      float64            `json:"setup_p99_ms"`
+	}
+	var runs []out
+	for _, r := range rs {
+		runs = append(runs, out{r.topo.name, r.topo.nats, r.topo.routers, r.topo.ingests, r.topo.workers, r.name, r.calls,
+			r.cores, r.rssMB, r.subs, float64(r.natsInMsgs) / r.window.Seconds(), float64(r.natsOutMsgs) / r.window.Seconds(), r.p99, r.setupP99})
+	}
+	b, err := json.MarshalIndent(runs, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		t.Errorf("CALLROUTER_SCALE_JSON: %v", err)
+	}
 }
 
 type procSample struct {

@@ -52,7 +52,11 @@ var only = map[string][]string{
 	"loadtest/account":   {},
 	"internal/tokenfile": {"internal/subjects"},                                   // parses credential files; every transport may use it
 	"loadtest/probe":     {"internal/frame", "internal/proc", "loadtest/account"}, // linked into a worker only with -tags loadtest
+	"loadtest/capacity":  {},                                                      // the capacity model: arithmetic on reports
 }
+
+// stdlibOnly lists packages that import nothing outside the standard library.
+var stdlibOnly = []string{"loadtest/capacity"}
 
 // packages returns every directory under the module root holding non-test Go files.
 func packages(t *testing.T) map[string][]string {
@@ -86,6 +90,9 @@ func TestImportDirection(t *testing.T) {
 			}
 			for _, imp := range af.Imports {
 				path := strings.Trim(imp.Path.Value, `"`)
+				if slices.Contains(stdlibOnly, pkg) && strings.Contains(strings.Split(path, "/")[0], ".") {
+					t.Errorf("%s imports %s: %s may import only the standard library", f, path, pkg)
+				}
 				if !strings.HasPrefix(path, module) {
 					continue
 				}
