@@ -10,8 +10,10 @@ package e2e
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -167,13 +169,29 @@ func startDeployment(t *testing.T, topo topology) *deployment {
 	}
 	for i := 0; i < topo.ingests; i++ {
 		id := fmt.Sprintf("ingest-%d", i)
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		// SIP and RTP ports below the ephemeral range (32768 and up): every process here binds
+		// HTTP and WHIP on :0, and a SIP port taken from that range can be handed to one of them
+		// between the probe and the ingest's bind (a run saw a router's HTTP take it: the ingest's
+		// SIP stopped and the tester waited for ever).
+		addr := fmt.Sprintf("127.0.0.1:%d", lowFreePort(t, 10000+i*1000, 1000))
 		d.sip = append(d.sip, addr)
-		lo := 20000 + i*10000
-		d.procs["ingest"] = append(d.procs["ingest"], start(t, id, "ingest", append(common(id),
+		lo := 12000 + i*10000
+		p := start(t, id, "ingest", append(common(id),
 			"-whip-listen", "127.0.0.1:0", "-whip-udp", "127.0.0.1:0",
 			"-sip-listen", addr, "-sip-tenant-rule", "ruri-user", "-sip-invite-rate", "0",
-			"-sip-rtp-port-min", fmt.Sprint(lo), "-sip-rtp-port-max", fmt.Sprint(lo+9999))...))
+			"-sip-rtp-port-min", fmt.Sprint(lo), "-sip-rtp-port-max", fmt.Sprint(lo+9999))...)
+		d.procs["ingest"] = append(d.procs["ingest"], p)
+		eventually(t, 30*time.Second, id+" to listen for SIP on "+addr, func() bool {
+			if b, _ := os.ReadFile(p.log); strings.Contains(string(b), "SIP user agent stopped") {
+				t.Fatalf("%s: SIP stopped:\n%s", id, b)
+			}
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err != nil {
+				return false
+			}
+			c.Close()
+			return true
+		})
 	}
 	eventually(t, 60*time.Second, fmt.Sprintf("%d ready workers", topo.workers), func() bool {
 		ready := 0
@@ -185,6 +203,26 @@ func startDeployment(t *testing.T, topo topology) *deployment {
 		return ready == topo.workers
 	})
 	return d
+}
+
+// lowFreePort is a port in [from, from+n) free for both TCP and UDP on loopback now.
+func lowFreePort(t *testing.T, from, n int) int {
+	t.Helper()
+	for p := from; p < from+n; p++ {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return p
+	}
+	t.Fatalf("no port free for TCP and UDP in %d..%d", from, from+n-1)
+	return 0
 }
 
 func (d *deployment) workerViews() []wire.WorkerView {
@@ -276,7 +314,10 @@ func (d *deployment) load(t *testing.T, name string, calls int, callDur, runTime
 			t.Fatal(err)
 		}
 		// Each tester talks to its own NATS node, as ingests and testers in different zones would.
-		tt.cmd = exec.Command(filepath.Join(binDir, "loadtest"), "-mode", "sip", "-nats", d.nats[i%len(d.nats)].url(), "-sip", addr,
+		// Bounded: a tester that outlives its calls, settle and a margin is killed, and the run fails.
+		ctx, cancel := context.WithTimeout(context.Background(), callDur+runTime+2*time.Minute)
+		t.Cleanup(cancel)
+		tt.cmd = exec.CommandContext(ctx, filepath.Join(binDir, "loadtest"), "-mode", "sip", "-nats", d.nats[i%len(d.nats)].url(), "-sip", addr,
 			"-input", "../internal/sample/call.wav", "-calls", fmt.Sprint(per), "-ramp", fmt.Sprint(ramp/float64(len(d.sip))),
 			"-call-duration", callDur.String(), "-run-time", runTime.String(), "-tenant", fmt.Sprintf("scale%d", i),
 			"-settle", "20s", "-quiet", "-json", tt.json)
