@@ -143,7 +143,7 @@ type deployment struct {
 
 func startDeployment(t *testing.T, topo topology) *deployment {
 	t.Helper()
-	d := &deployment{topo: topo, nats: allocNATS(t, topo.nats), procs: map[string][]*process{}}
+	d := &deployment{topo: topo, nats: scaleNATS(t, topo.nats), procs: map[string][]*process{}}
 	for _, nd := range d.nats {
 		nd.startPlain(t, d.nats)
 		d.procs["nats"] = append(d.procs["nats"], nd.process)
@@ -203,6 +203,24 @@ func startDeployment(t *testing.T, topo topology) *deployment {
 		return ready == topo.workers
 	})
 	return d
+}
+
+// scaleNATS allocates the nodes' ports below the ephemeral range, each distinct: allocNATS's
+// freePort closes its probe, so two of its ports can coincide (a run saw one node's client port
+// handed out again as another's monitor port) and any :0 bind can take one before the node starts.
+func scaleNATS(t *testing.T, n int) []*natsNode {
+	t.Helper()
+	nodes := make([]*natsNode, n)
+	next := 5000
+	port := func() int {
+		p := lowFreePort(t, next, 9000-next)
+		next = p + 1
+		return p
+	}
+	for i := range nodes {
+		nodes[i] = &natsNode{index: i, port: port(), clusterPort: port(), monPort: port()}
+	}
+	return nodes
 }
 
 // lowFreePort is a port in [from, from+n) free for both TCP and UDP on loopback now.
