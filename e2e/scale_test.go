@@ -376,11 +376,16 @@ func (d *deployment) load(t *testing.T, name string, calls int, callDur, runTime
 		}
 		var rep struct {
 			Phases []struct {
-				Refused int                        `json:"calls_refused"`
-				Failed  int                        `json:"calls_failed"`
-				Setup   struct{ P99 float64 }      `json:"setup"`
-				Latency struct{ P50, P99 float64 } `json:"latency"`
-				Frames  struct {
+				Refused int `json:"calls_refused"`
+				Failed  int `json:"calls_failed"`
+				Setup   struct {
+					P99 float64 `json:"p99_ms"`
+				} `json:"setup"`
+				Latency struct {
+					P50 float64 `json:"p50_ms"`
+					P99 float64 `json:"p99_ms"`
+				} `json:"latency"`
+				Frames struct {
 					Sent, Lost, Unaccounted int64
 				} `json:"frames"`
 			} `json:"phases"`
