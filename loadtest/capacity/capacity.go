@@ -229,9 +229,9 @@ func Size(c Costs, d Demand, node Node, local bool) Plan {
 	}
 	p.Ingest, p.IngestBy = nodes(c.IngestCPU, c.IngestMB)
 	p.Worker, p.WorkerBy = nodes(c.WorkerCPU, c.WorkerMB)
-	// NATS: the smallest odd k (odd so a JetStream-free cluster still splits cleanly across
-	// three zones) whose per-node CPU and memory fit.
-	for k := 3; ; k += 2 {
+	// NATS: the smallest k of at least 3 whose per-node CPU and memory fit (the hop factor grows
+	// with k, so more nodes give diminishing relief without locality).
+	for k := 3; ; k++ {
 		per := calls * c.NATSCPUPerCall(k, local) / float64(k)
 		mem := calls * c.NATSMB / float64(k)
 		if (per <= cores && mem <= memMB) || k > 999 {
