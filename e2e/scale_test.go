@@ -10,8 +10,10 @@ package e2e
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -70,6 +72,7 @@ func TestScaleOut(t *testing.T) {
 
 	var results []*scaleRun
 	var churn []*scaleRun
+	var churnRates []int // the start rate of each churn run
 	for _, topo := range []topology{singleTopo, clusterTopo} {
 		t.Run(topo.name, func(t *testing.T) {
 			d := startDeployment(t, topo)
@@ -78,11 +81,27 @@ func TestScaleOut(t *testing.T) {
 			for _, rate := range rates {
 				// Calls of 2 s kept up at rate×2 concurrent: rate calls start (and end) every second.
 				churn = append(churn, d.load(t, fmt.Sprintf("churn-%d/s", rate), 2*rate, 2*time.Second, 20*time.Second, float64(4*rate)))
+				churnRates = append(churnRates, rate)
 			}
 		})
 	}
 	if t.Failed() {
 		return
+	}
+	if path := os.Getenv("CALLROUTER_SCALE_JSON"); path != "" {
+		writeScaleJSON(t, path, append(append([]*scaleRun{}, results...), churn...))
+	}
+	for i, r := range churn {
+		r.rate = churnRates[i]
+	}
+	for _, topo := range []topology{singleTopo, clusterTopo} {
+		best := 0
+		for _, r := range churn {
+			if r.topo == topo && r.setupP99 <= churnSetupBound && r.lost == 0 && r.refused == 0 && r.failed == 0 {
+				best = max(best, r.rate)
+			}
+		}
+		t.Logf("FIGURES churn: %s sustains %d call starts/s with setup p99 <= %.0f ms (tried %v)", topo.name, best, churnSetupBound, rates)
 	}
 	t.Logf("\n%s", scaleTable(results))
 	t.Logf("\n%s", churnTable(churn))
@@ -124,7 +143,7 @@ type deployment struct {
 
 func startDeployment(t *testing.T, topo topology) *deployment {
 	t.Helper()
-	d := &deployment{topo: topo, nats: allocNATS(t, topo.nats), procs: map[string][]*process{}}
+	d := &deployment{topo: topo, nats: scaleNATS(t, topo.nats), procs: map[string][]*process{}}
 	for _, nd := range d.nats {
 		nd.startPlain(t, d.nats)
 		d.procs["nats"] = append(d.procs["nats"], nd.process)
@@ -150,13 +169,29 @@ func startDeployment(t *testing.T, topo topology) *deployment {
 	}
 	for i := 0; i < topo.ingests; i++ {
 		id := fmt.Sprintf("ingest-%d", i)
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		// SIP and RTP ports below the ephemeral range (32768 and up): every process here binds
+		// HTTP and WHIP on :0, and a SIP port taken from that range can be handed to one of them
+		// between the probe and the ingest's bind (a run saw a router's HTTP take it: the ingest's
+		// SIP stopped and the tester waited for ever).
+		addr := fmt.Sprintf("127.0.0.1:%d", lowFreePort(t, 10000+i*1000, 1000))
 		d.sip = append(d.sip, addr)
-		lo := 20000 + i*10000
-		d.procs["ingest"] = append(d.procs["ingest"], start(t, id, "ingest", append(common(id),
+		lo := 12000 + i*10000
+		p := start(t, id, "ingest", append(common(id),
 			"-whip-listen", "127.0.0.1:0", "-whip-udp", "127.0.0.1:0",
 			"-sip-listen", addr, "-sip-tenant-rule", "ruri-user", "-sip-invite-rate", "0",
-			"-sip-rtp-port-min", fmt.Sprint(lo), "-sip-rtp-port-max", fmt.Sprint(lo+9999))...))
+			"-sip-rtp-port-min", fmt.Sprint(lo), "-sip-rtp-port-max", fmt.Sprint(lo+9999))...)
+		d.procs["ingest"] = append(d.procs["ingest"], p)
+		eventually(t, 30*time.Second, id+" to listen for SIP on "+addr, func() bool {
+			if b, _ := os.ReadFile(p.log); strings.Contains(string(b), "SIP user agent stopped") {
+				t.Fatalf("%s: SIP stopped:\n%s", id, b)
+			}
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err != nil {
+				return false
+			}
+			c.Close()
+			return true
+		})
 	}
 	eventually(t, 60*time.Second, fmt.Sprintf("%d ready workers", topo.workers), func() bool {
 		ready := 0
@@ -168,6 +203,44 @@ func startDeployment(t *testing.T, topo topology) *deployment {
 		return ready == topo.workers
 	})
 	return d
+}
+
+// scaleNATS allocates the nodes' ports below the ephemeral range, each distinct: allocNATS's
+// freePort closes its probe, so two of its ports can coincide (a run saw one node's client port
+// handed out again as another's monitor port) and any :0 bind can take one before the node starts.
+func scaleNATS(t *testing.T, n int) []*natsNode {
+	t.Helper()
+	nodes := make([]*natsNode, n)
+	next := 5000
+	port := func() int {
+		p := lowFreePort(t, next, 9000-next)
+		next = p + 1
+		return p
+	}
+	for i := range nodes {
+		nodes[i] = &natsNode{index: i, port: port(), clusterPort: port(), monPort: port()}
+	}
+	return nodes
+}
+
+// lowFreePort is a port in [from, from+n) free for both TCP and UDP on loopback now.
+func lowFreePort(t *testing.T, from, n int) int {
+	t.Helper()
+	for p := from; p < from+n; p++ {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return p
+	}
+	t.Fatalf("no port free for TCP and UDP in %d..%d", from, from+n-1)
+	return 0
 }
 
 func (d *deployment) workerViews() []wire.WorkerView {
@@ -211,11 +284,15 @@ func (nd *natsNode) startPlain(t *testing.T, all []*natsNode) {
 	})
 }
 
+// churnSetupBound is the setup p99 (ms) under which a call start rate counts as sustained.
+const churnSetupBound = 100.0
+
 // scaleRun is what one load of a topology measured.
 type scaleRun struct {
 	topo                    topology
 	name                    string
 	calls                   int
+	rate                    int                // churn runs: call starts per second
 	cores                   map[string]float64 // CPU seconds per second over the steady window, by class
 	rssMB                   map[string]float64 // resident memory at the window's end, by class
 	subs                    int                // NATS subscriptions (sum over nodes) at the window's end
@@ -255,7 +332,10 @@ func (d *deployment) load(t *testing.T, name string, calls int, callDur, runTime
 			t.Fatal(err)
 		}
 		// Each tester talks to its own NATS node, as ingests and testers in different zones would.
-		tt.cmd = exec.Command(filepath.Join(binDir, "loadtest"), "-mode", "sip", "-nats", d.nats[i%len(d.nats)].url(), "-sip", addr,
+		// Bounded: a tester that outlives its calls, settle and a margin is killed, and the run fails.
+		ctx, cancel := context.WithTimeout(context.Background(), callDur+runTime+2*time.Minute)
+		t.Cleanup(cancel)
+		tt.cmd = exec.CommandContext(ctx, filepath.Join(binDir, "loadtest"), "-mode", "sip", "-nats", d.nats[i%len(d.nats)].url(), "-sip", addr,
 			"-input", "../internal/sample/call.wav", "-calls", fmt.Sprint(per), "-ramp", fmt.Sprint(ramp/float64(len(d.sip))),
 			"-call-duration", callDur.String(), "-run-time", runTime.String(), "-tenant", fmt.Sprintf("scale%d", i),
 			"-settle", "20s", "-quiet", "-json", tt.json)
@@ -296,11 +376,16 @@ func (d *deployment) load(t *testing.T, name string, calls int, callDur, runTime
 		}
 		var rep struct {
 			Phases []struct {
-				Refused int                        `json:"calls_refused"`
-				Failed  int                        `json:"calls_failed"`
-				Setup   struct{ P99 float64 }      `json:"setup"`
-				Latency struct{ P50, P99 float64 } `json:"latency"`
-				Frames  struct {
+				Refused int `json:"calls_refused"`
+				Failed  int `json:"calls_failed"`
+				Setup   struct {
+					P99 float64 `json:"p99_ms"`
+				} `json:"setup"`
+				Latency struct {
+					P50 float64 `json:"p50_ms"`
+					P99 float64 `json:"p99_ms"`
+				} `json:"latency"`
+				Frames struct {
 					Sent, Lost, Unaccounted int64
 				} `json:"frames"`
 			} `json:"phases"`
@@ -333,6 +418,40 @@ func (d *deployment) load(t *testing.T, name string, calls int, callDur, runTime
 		return true
 	})
 	return r
+}
+
+// writeScaleJSON writes the runs in the form loadtest/capacity reads (capacity.ScaleRun), for its
+// testdata.
+func writeScaleJSON(t *testing.T, path string, rs []*scaleRun) {
+	t.Helper()
+	type out struct {
+		Topology      string             `json:"topology"`
+		NATSNodes     int                `json:"nats"`
+		Routers       int                `json:"routers"`
+		Ingests       int                `json:"ingests"`
+		Workers       int                `json:"workers"`
+		Name          string             `json:"name"`
+		Calls         int                `json:"calls"`
+		Cores         map[string]float64 `json:"cores"`
+		RSSMB         map[string]float64 `json:"rss_mb"`
+		Subs          int                `json:"subs"`
+		NATSInPerSec  float64            `json:"nats_in_msgs_per_s"`
+		NATSOutPerSec float64            `json:"nats_out_msgs_per_s"`
+		P99           float64            `json:"p99_ms"`
+		SetupP99      float64            `json:"setup_p99_ms"`
+	}
+	var runs []out
+	for _, r := range rs {
+		runs = append(runs, out{r.topo.name, r.topo.nats, r.topo.routers, r.topo.ingests, r.topo.workers, r.name, r.calls,
+			r.cores, r.rssMB, r.subs, float64(r.natsInMsgs) / r.window.Seconds(), float64(r.natsOutMsgs) / r.window.Seconds(), r.p99, r.setupP99})
+	}
+	b, err := json.MarshalIndent(runs, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		t.Errorf("CALLROUTER_SCALE_JSON: %v", err)
+	}
 }
 
 type procSample struct {

@@ -54,9 +54,13 @@ var only = map[string][]string{
 	"loadtest/account":   {},
 	"internal/tokenfile": {"internal/subjects"}, // parses credential files; every transport may use it
 	// A reader: a black-box client that cuts recordings links no service (player plays them into ingest).
-	"internal/filesrc": {"internal/frame", "internal/session", "internal/wav"},
-	"loadtest/probe":   {"internal/frame", "internal/proc", "loadtest/account"}, // linked into a worker only with -tags loadtest
+	"internal/filesrc":  {"internal/frame", "internal/session", "internal/wav"},
+	"loadtest/probe":    {"internal/frame", "internal/proc", "loadtest/account"}, // linked into a worker only with -tags loadtest
+	"loadtest/capacity": {},                                                      // the capacity model: arithmetic on reports
 }
+
+// stdlibOnly lists packages that import nothing outside the standard library.
+var stdlibOnly = []string{"loadtest/capacity"}
 
 // packages returns every directory under the module root holding non-test Go files.
 func packages(t *testing.T) map[string][]string {
@@ -90,6 +94,9 @@ func TestImportDirection(t *testing.T) {
 			}
 			for _, imp := range af.Imports {
 				path := strings.Trim(imp.Path.Value, `"`)
+				if slices.Contains(stdlibOnly, pkg) && strings.Contains(strings.Split(path, "/")[0], ".") {
+					t.Errorf("%s imports %s: %s may import only the standard library", f, path, pkg)
+				}
 				if !strings.HasPrefix(path, module) {
 					continue
 				}
