@@ -126,6 +126,22 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// freePorts returns n distinct TCP ports that were free a moment ago on 127.0.0.1: each is held
+// until all are picked, so the kernel cannot hand the same one out twice.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports
+}
+
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -242,8 +258,9 @@ func startNATS(t *testing.T, n int) []*natsNode {
 func allocNATS(t *testing.T, n int) []*natsNode {
 	t.Helper()
 	nodes := make([]*natsNode, n)
+	ports := freePorts(t, 3*n)
 	for i := range nodes {
-		nodes[i] = &natsNode{index: i, port: freePort(t), clusterPort: freePort(t), monPort: freePort(t)}
+		nodes[i] = &natsNode{index: i, port: ports[3*i], clusterPort: ports[3*i+1], monPort: ports[3*i+2]}
 	}
 	return nodes
 }
