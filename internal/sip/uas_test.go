@@ -2,6 +2,7 @@ package sip
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"regexp"
@@ -10,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -262,6 +265,17 @@ func TestG722(t *testing.T) {
 func TestCancelDuringPlacement(t *testing.T) {
 	e := startEnv(t, 1, nil)
 	e.st.Stop(e.st.Routers[0])
+	// Stop only cancels the router: wait until it no longer answers placements, or the INVITE
+	// can still be placed (200) before the CANCEL.
+	nc, err := nats.Connect(e.st.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	eventually(t, 10*time.Second, "the stopped router to leave router.place", func() bool {
+		_, err := nc.Request(subjects.Place, []byte("{}"), time.Second)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
 	u := newUAC(t, e.addr)
 	id := newCallID("cancel")
 	branch := "z9hG4bKcancel" + id[:12]
