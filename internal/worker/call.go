@@ -147,24 +147,7 @@ func (c *call) subscribe() error {
 		return err
 	}
 	c.w.m.subs.Inc()
-	c.ctlSub, err = c.w.nc.Subscribe(subjects.Ctl(c.spec.Tenant, c.spec.Call), guard.Handler("worker_ctl", c.log, func(m *nats.Msg) {
-		if len(m.Data) > maxCtlBytes {
-			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeBadRequest, fmt.Sprintf("request of %d bytes: at most %d", len(m.Data), maxCtlBytes)), Worker: c.w.cfg.ID})
-			return
-		}
-		if c.ctlPending.Add(1) > maxCtlPending {
-			c.ctlPending.Add(-1)
-			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeInternal, "control queue full"), Worker: c.w.cfg.ID})
-			return
-		}
-		select {
-		case c.audio <- m: // m.Sub tells it from audio
-		default:
-			c.ctlPending.Add(-1)
-			bus.Respond(m, wire.CtlReply{Reply: wire.Fail(wire.CodeInternal, "control queue full"), Worker: c.w.cfg.ID})
-		}
-	}))
-	if err != nil {
+	if err := c.subscribeCtl(); err != nil {
 		return err
 	}
 	c.w.m.subs.Inc()
@@ -172,11 +155,12 @@ func (c *call) subscribe() error {
 }
 
 func (c *call) unsubscribe() {
-	for _, s := range []*nats.Subscription{c.audioSub, c.ctlSub} {
-		if s != nil && s.IsValid() {
-			_ = s.Unsubscribe()
-			c.w.m.subs.Dec()
-		}
+	if s := c.audioSub; s != nil && s.IsValid() {
+		_ = s.Unsubscribe()
+		c.w.m.subs.Dec()
+	}
+	if c.unsubscribeCtl() {
+		c.w.m.subs.Dec()
 	}
 }
 

@@ -53,6 +53,11 @@ type Worker struct {
 	// closes it, callbacks that fire late are refused instead of racing with the wait.
 	group guard.Group
 
+	// Control requests of every call, on one channel read by one goroutine (ctl.go).
+	ctl      chan *nats.Msg
+	ctlMu    sync.Mutex
+	ctlCalls map[*nats.Subscription]*call // each call's control subscription
+
 	// Clocks. start holds a monotonic reading: mono() (nanoseconds since New) never steps, so
 	// fencing, idle reaping and arrival times do not move when the wall clock is stepped.
 	// wall0 is Config.Now at New: arrival times are wall0+mono(), on the scale of capture times
@@ -99,7 +104,7 @@ func New(cfg Config, d Deps) (*Worker, error) {
 	return &Worker{
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("worker", cfg.ID).Str("pool", cfg.Pool).Logger(),
 		m: newMetrics(d.Registry), health: d.Health, procs: procs,
-		calls: map[session.ID]*call{},
+		calls: map[session.ID]*call{}, ctl: make(chan *nats.Msg, ctlQueue), ctlCalls: map[*nats.Subscription]*call{},
 		start: time.Now(), wall0: cfg.Now().UnixNano(), states: wire.NewWorkerStates(cfg.ID),
 	}, nil
 }
@@ -125,6 +130,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		for _, s := range subs {
 			_ = s.Unsubscribe()
 		}
+	}()
+	// Started before offers are taken and stopped after every call has ended (drain waits for
+	// them), so every call's control requests are served for as long as the call runs.
+	stopCtl, ctlDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(ctlDone)
+		w.serveCtl(stopCtl)
+	}()
+	defer func() {
+		close(stopCtl)
+		<-ctlDone
 	}()
 	if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), guard.Handler("worker_offer", w.log, w.onOffer))); err != nil {
 		return err
