@@ -96,6 +96,9 @@ type Config struct {
 	MaxP99      time.Duration // pass/fail: largest p99 frame latency (0: not checked)
 	MaxP99Ratio float64       // pass/fail: largest p99 relative to the baseline's (0: not checked; at most MaxP99RatioLimit)
 	MaxRefused  float64       // pass/fail: largest ratio of refused call setups (negative: not checked)
+	// MaxRSSPerCall is the pass/fail bound on callrouter's resident memory per concurrent call
+	// above the baseline's, in KB of 1,000 bytes (RSSAbove.Checked; 0: not checked).
+	MaxRSSPerCall float64
 }
 
 // MaxP99RatioLimit is the largest MaxP99Ratio accepted: a bound of more than ten times the
@@ -293,6 +296,12 @@ func (c *Config) checkThresholds(p *problems) {
 	if c.MaxP99Ratio > 0 && !c.Baseline {
 		p.add("max-p99-ratio needs the baseline phase (-baseline)")
 	}
+	if c.MaxRSSPerCall < 0 {
+		p.add("max-rss-per-call %v: want 0 (unchecked) or KB per call", c.MaxRSSPerCall)
+	}
+	if c.MaxRSSPerCall > 0 && (!c.Baseline || c.Mode == ModeBaseline) {
+		p.add("max-rss-per-call needs the baseline and callrouter phases (-baseline)")
+	}
 	if c.MaxRefused > 1 {
 		p.add("max-refused %v: want a ratio in [0, 1] (negative: unchecked)", c.MaxRefused)
 	}
@@ -303,5 +312,5 @@ func (c *Config) checkThresholds(p *problems) {
 
 // checks reports whether any pass/fail threshold is set.
 func (c *Config) checks() bool {
-	return c.MaxLoss >= 0 || c.MaxP99 > 0 || c.MaxP99Ratio > 0 || c.MaxRefused >= 0
+	return c.MaxLoss >= 0 || c.MaxP99 > 0 || c.MaxP99Ratio > 0 || c.MaxRefused >= 0 || c.MaxRSSPerCall > 0
 }

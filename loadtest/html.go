@@ -213,6 +213,7 @@ var htmlTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 	"framesChart":  framesChart,
 	"pct":          func(v float64) string { return fmt.Sprintf("%.6f%%", 100*v) },
 	"cpu":          sumCPU,
+	"rss":          sumRSS,
 }).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>callrouter load test {{.Started.UTC.Format "2006-01-02 15:04:05"}}</title>
 <style>
@@ -248,14 +249,17 @@ inputs: {{range .Inputs}}<code>{{.}}</code> {{end}}{{if .Command}}<br>command: <
 <tr><td class="l">latency p99.9 ms</td>{{range .Phases}}<td>{{.Latency.P999}}</td>{{end}}</tr>
 <tr><td class="l">latency max ms</td>{{range .Phases}}<td>{{.Latency.Max}}</td>{{end}}</tr>
 <tr><td class="l">CPU cores (watched processes)</td>{{range .Phases}}<td>{{printf "%.2f" (cpu .Processes)}}</td>{{end}}</tr>
+<tr><td class="l">max RSS MB (watched processes)</td>{{range .Phases}}<td>{{printf "%.0f" (rss .Processes)}}</td>{{end}}</tr>
+<tr><td class="l">calls active at peak</td>{{range .Phases}}<td>{{.PeakCalls}}</td>{{end}}</tr>
 <tr><td class="l">pacer worst tick late ms</td>{{range .Phases}}<td>{{.PacerLate}}</td>{{end}}</tr>
 <tr><td class="l">machine busy cores (others)</td>{{range .Phases}}<td>{{.Machine.BusyCores}} ({{.Machine.BackgroundCores}})</td>{{end}}</tr>
 <tr><td class="l">load average at end</td>{{range .Phases}}<td>{{.Machine.LoadAvg}}</td>{{end}}</tr>
 </table>
 {{with .Ratio}}<p>callrouter / baseline in this run: p50 <b>{{.P50}}×</b>, p90 {{.P90}}×, p99 <b>{{.P99}}×</b>{{if .CPU}}, CPU {{.CPU}}×{{end}}{{if .MedianRoundP99}}; median of the rounds' p99 ratios {{.MedianRoundP99}}×{{end}}</p>{{end}}
 {{with .Floor}}<p>callrouter / wildcard floor (one wildcard subscription per connection) in this run: p50 <b>{{.P50}}×</b>, p90 {{.P90}}×, p99 <b>{{.P99}}×</b>{{if .CPU}}, CPU {{.CPU}}×{{end}}{{if .MedianRoundP99}}; median of the rounds' p99 ratios {{.MedianRoundP99}}×{{end}}</p>{{end}}
-{{if .Rounds}}<table><tr><th>round</th><th>baseline p50 ms</th><th>callrouter p50 ms</th><th>baseline p99 ms</th><th>callrouter p99 ms</th><th>p99 ratio</th></tr>
-{{range .Rounds}}<tr><td>{{.Round}}</td><td>{{.Baseline.P50}}</td><td>{{.Callrouter.P50}}</td><td>{{.Baseline.P99}}</td><td>{{.Callrouter.P99}}</td><td>{{.P99Ratio}}</td></tr>{{end}}</table>{{end}}
+{{with .RSS}}<p>resident memory above the baseline: <b>{{printf "%.1f" .PerCallKB}} KB per call</b> (callrouter {{printf "%.0f" .CallrouterMB}} MB − baseline {{printf "%.0f" .BaselineMB}} MB, over {{.Calls}} calls active at peak; 1 KB = 1,000 bytes){{if .MedianRoundPerCallKB}}; median of the rounds {{printf "%.1f" .MedianRoundPerCallKB}} KB{{end}}</p>{{end}}
+{{if .Rounds}}<table><tr><th>round</th><th>baseline p50 ms</th><th>callrouter p50 ms</th><th>baseline p99 ms</th><th>callrouter p99 ms</th><th>p99 ratio</th><th>RSS above baseline KB per call</th></tr>
+{{range .Rounds}}<tr><td>{{.Round}}</td><td>{{.Baseline.P50}}</td><td>{{.Callrouter.P50}}</td><td>{{.Baseline.P99}}</td><td>{{.Callrouter.P99}}</td><td>{{.P99Ratio}}</td><td>{{with .RSS}}{{printf "%.1f" .PerCallKB}}{{end}}</td></tr>{{end}}</table>{{end}}
 {{latencyChart .}}
 {{p99Chart .}}
 {{framesChart .}}

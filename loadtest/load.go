@@ -26,6 +26,7 @@ type load struct {
 	refused   atomic.Int64
 	failed    atomic.Int64
 	active    atomic.Int64
+	peak      atomic.Int64 // most calls active at once
 	starts    sync.WaitGroup
 
 	errMu sync.Mutex
@@ -150,7 +151,8 @@ func (ld *load) startCall(ctx context.Context, slots chan struct{}, allDone chan
 		call = n.callID() // the ingest named the call (WHIP): the workers report under that name
 	}
 	ld.completed.Add(1)
-	ld.active.Add(1)
+	for n, p := ld.active.Add(1), ld.peak.Load(); n > p && !ld.peak.CompareAndSwap(p, n); p = ld.peak.Load() {
+	}
 	frames := int(cfg.CallDuration / frame.Duration)
 	if frames == 0 {
 		frames = rec.Len()

@@ -36,6 +36,7 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 	if err != nil {
 		return pc, nil, err
 	}
+	freeMemory() // the phase's memory is its own, not what the previous phase left
 	watch := r.watchProcesses()
 	start := time.Now()
 	ld := &load{r: r, col: col, tgt: e.tgt, prefix: r.id + name[:1]}
@@ -46,6 +47,7 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 	ld.pacer.stop()
 	ld.starts.Wait()
 	pc.Duration = round3(time.Since(start).Seconds())
+	pc.PeakCalls = int(ld.peak.Load())
 
 	want := ld.completed.Load()
 	r.settle(e, col, want)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -196,5 +197,11 @@ func (w *procWatch) stop() []ProcUsage {
 	}
 	return out
 }
+
+// freeMemory returns to the system what this process's Go heap no longer uses, so that a phase
+// run in this process (the tester, and the in-process callrouter) starts without the resident
+// memory the previous phase left behind: the runtime otherwise gives freed heap back only
+// gradually, minutes later, and the next phase's max RSS would include it.
+func freeMemory() { debug.FreeOSMemory() }
 
 func round3(v float64) float64 { return float64(int64(v*1000+0.5)) / 1000 }

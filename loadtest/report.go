@@ -22,6 +22,7 @@ type Report struct {
 	Ratio    *Ratio        `json:"ratio_vs_baseline,omitempty"`
 	Floor    *Ratio        `json:"ratio_vs_floor,omitempty"` // callrouter over the wildcard floor (-floor)
 	Rounds   []RoundReport `json:"rounds,omitempty"`
+	RSS      *RSSAbove     `json:"rss_above_baseline,omitempty"` // callrouter's resident memory per call over the baseline's
 	Checked  bool          `json:"checked"`
 	Pass     bool          `json:"pass"`
 	Failures []string      `json:"failures,omitempty"`
@@ -59,6 +60,7 @@ type PhaseReport struct {
 	Name      string          `json:"name"`
 	Target    string          `json:"target"`
 	Duration  float64         `json:"duration_s"`
+	PeakCalls int             `json:"calls_peak_active"` // most calls set up and not yet ended at once
 	Started   int             `json:"calls_started"`
 	Completed int             `json:"calls_completed"`
 	Refused   int             `json:"calls_refused"`
@@ -150,6 +152,14 @@ func (r *Report) verdict(c *Config) {
 	if c.MaxP99Ratio > 0 && r.Ratio != nil && r.Ratio.P99 > c.MaxP99Ratio {
 		fail("p99 is %.2f× the baseline's, over %.2f×", r.Ratio.P99, c.MaxP99Ratio)
 	}
+	if c.MaxRSSPerCall > 0 {
+		switch {
+		case r.RSS == nil:
+			fail("max-rss-per-call: no RSS above the baseline (needs the baseline and callrouter phases, and calls in both)")
+		case r.RSS.Checked() > c.MaxRSSPerCall:
+			fail("resident memory %.1f KB per call above the baseline, over %.1f KB", r.RSS.Checked(), c.MaxRSSPerCall)
+		}
+	}
 	if !r.Checked && len(r.Failures) == 0 {
 		r.Pass = true
 	}
@@ -216,6 +226,7 @@ func (r *Report) WriteText(w io.Writer) {
 		}
 		return fmt.Sprintf("%.0f", s)
 	})
+	row("calls active at peak", func(p PhaseReport) string { return fmt.Sprint(p.PeakCalls) })
 	row("pacer worst late ms", func(p PhaseReport) string { return fmt.Sprintf("%.1f", p.PacerLate) })
 	row("machine busy cores", func(p PhaseReport) string { return fmt.Sprintf("%.2f", p.Machine.BusyCores) })
 	row("  of which others", func(p PhaseReport) string { return fmt.Sprintf("%.2f", p.Machine.BackgroundCores) })
@@ -257,6 +268,19 @@ func (r *Report) WriteText(w io.Writer) {
 		}
 		if r.Ratio.MedianRoundP99 > 0 {
 			tw("  median of the rounds' p99 ratios: %.2f×\n", r.Ratio.MedianRoundP99)
+		}
+	}
+	if m := r.RSS; m != nil {
+		tw("RSS above baseline: %.1f KB per call (callrouter %.0f MB − baseline %.0f MB, over %d calls)\n", m.PerCallKB,
+			m.CallrouterMB, m.BaselineMB, m.Calls)
+		for _, rr := range r.Rounds {
+			if rr.RSS != nil && len(r.Rounds) > 1 {
+				tw("  round %d: %.1f KB per call (%.0f − %.0f MB, %d calls)\n", rr.Round, rr.RSS.PerCallKB, rr.RSS.CallrouterMB,
+					rr.RSS.BaselineMB, rr.RSS.Calls)
+			}
+		}
+		if m.MedianRoundPerCallKB != 0 {
+			tw("  median of the rounds: %.1f KB per call\n", m.MedianRoundPerCallKB)
 		}
 	}
 	if f := r.Floor; f != nil {

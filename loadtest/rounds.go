@@ -15,6 +15,53 @@ type RoundReport struct {
 	// Floor is the round's floor phase (-floor), and callrouter's p99 over its p99.
 	Floor         *Percentiles `json:"floor,omitempty"`
 	FloorP99Ratio float64      `json:"floor_p99_ratio,omitempty"`
+	// RSS is the round's callrouter resident memory per call over its baseline's.
+	RSS *RSSAbove `json:"rss_above_baseline,omitempty"`
+}
+
+// RSSAbove is what callrouter costs in resident memory per concurrent call over the raw NATS
+// baseline of the same run: (the callrouter phase's max RSS − the baseline phase's max RSS) /
+// the most calls the callrouter phase had active at once, summed over the watched processes (in
+// process: the one process holding the tester, nats-server and callrouter). Each phase starts
+// after the process has returned its free heap to the system (freeMemory), so a phase's figure
+// is not what the one before it left.
+type RSSAbove struct {
+	BaselineMB   float64 `json:"baseline_max_rss_mb"`
+	CallrouterMB float64 `json:"callrouter_max_rss_mb"`
+	Calls        int     `json:"calls"`       // the callrouter phase's most calls active at once
+	PerCallKB    float64 `json:"per_call_kb"` // 1 KB = 1,000 bytes
+	// MedianRoundPerCallKB is the median of the rounds' own figures, when phases alternated;
+	// -max-rss-per-call checks it rather than PerCallKB, whose two maxima may come from
+	// different rounds.
+	MedianRoundPerCallKB float64 `json:"median_round_per_call_kb,omitempty"`
+}
+
+// Checked is the figure -max-rss-per-call checks: the median of the rounds' figures when there
+// are rounds, else the run's.
+func (m *RSSAbove) Checked() float64 {
+	if m.MedianRoundPerCallKB != 0 {
+		return m.MedianRoundPerCallKB
+	}
+	return m.PerCallKB
+}
+
+// rssAbove compares the callrouter phase c with the baseline phase b; nil when either has no
+// memory figure or c had no call active.
+func rssAbove(b, c *PhaseReport) *RSSAbove {
+	bm, cm := sumRSS(b.Processes), sumRSS(c.Processes)
+	if bm <= 0 || cm <= 0 || c.PeakCalls <= 0 {
+		return nil
+	}
+	return &RSSAbove{BaselineMB: bm, CallrouterMB: cm, Calls: c.PeakCalls,
+		PerCallKB: round3((cm - bm) * (1 << 20) / float64(c.PeakCalls) / 1000)}
+}
+
+func sumRSS(ps []ProcUsage) float64 {
+	s := 0.0
+	for _, p := range ps {
+		s += p.MaxRSSMB
+	}
+	return round3(s)
 }
 
 type phaseResult struct {
@@ -46,6 +93,7 @@ func mergePhases(rs []phaseResult) PhaseReport {
 		}
 		out.Duration = round3(out.Duration + p.Duration)
 		out.Started += p.Started
+		out.PeakCalls = max(out.PeakCalls, p.PeakCalls)
 		out.Completed += p.Completed
 		out.Refused += p.Refused
 		out.Failed += p.Failed

@@ -175,7 +175,7 @@ func (r *runner) phases(ctx context.Context, rep *Report) error {
 		cr = append(cr, phaseResult{p, h})
 		if len(base) > round {
 			rr := RoundReport{Round: round + 1, Baseline: base[round].p.Latency, Callrouter: p.Latency,
-				P99Ratio: ratio(p.Latency.P99, base[round].p.Latency.P99)}
+				P99Ratio: ratio(p.Latency.P99, base[round].p.Latency.P99), RSS: rssAbove(&base[round].p, &p)}
 			if len(floor) > round {
 				f := floor[round].p.Latency
 				rr.Floor, rr.FloorP99Ratio = &f, ratio(p.Latency.P99, f.P99)
@@ -208,13 +208,20 @@ func (rep *Report) compare() {
 		rep.Floor = &Ratio{P50: ratio(c.Latency.P50, f.Latency.P50), P90: ratio(c.Latency.P90, f.Latency.P90), P99: ratio(c.Latency.P99, f.Latency.P99),
 			CPU: ratio(sumCPU(c.Processes), sumCPU(f.Processes))}
 	}
+	rep.RSS = rssAbove(b, c)
 	if len(rep.Rounds) > 1 {
-		var rs, fs []float64
+		var rs, fs, ms []float64
 		for _, rr := range rep.Rounds {
 			rs = append(rs, rr.P99Ratio)
 			if rr.Floor != nil {
 				fs = append(fs, rr.FloorP99Ratio)
 			}
+			if rr.RSS != nil {
+				ms = append(ms, rr.RSS.PerCallKB)
+			}
+		}
+		if rep.RSS != nil && len(ms) > 0 {
+			rep.RSS.MedianRoundPerCallKB = median(ms)
 		}
 		rep.Ratio.MedianRoundP99 = median(rs)
 		if rep.Floor != nil && len(fs) > 0 {

@@ -229,6 +229,7 @@ func Flags(cfg *loadtest.Config) *flag.FlagSet {
 	fs.Float64Var(&cfg.MaxLoss, "max-loss", cfg.MaxLoss, "fail if lost+unaccounted frames exceed this ratio of those sent (0: none may be lost; negative: unchecked)")
 	fs.DurationVar(&cfg.MaxP99, "max-p99", cfg.MaxP99, "fail if the p99 frame latency exceeds this (0: unchecked)")
 	fs.Float64Var(&cfg.MaxP99Ratio, "max-p99-ratio", cfg.MaxP99Ratio, "fail if callrouter's p99 exceeds this multiple of the baseline's (needs -baseline; 0: unchecked)")
+	fs.Float64Var(&cfg.MaxRSSPerCall, "max-rss-per-call", cfg.MaxRSSPerCall, "fail if callrouter's max resident memory exceeds the baseline's by more than this many KB (1,000 bytes) per concurrent call; the median of the rounds with -rounds (needs -baseline; 0: unchecked)")
 	fs.Float64Var(&cfg.MaxRefused, "max-refused", cfg.MaxRefused, "fail if more than this ratio of call setups were refused or failed (negative: unchecked)")
 	return fs
 }

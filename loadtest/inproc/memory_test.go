@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"testing"
 	"time"
@@ -68,6 +70,9 @@ func BenchmarkMemoryPerCall(b *testing.B) {
 		}
 		time.Sleep(2 * time.Second)
 		rss1, ms1 := memNow(b)
+		if *heapProfile != "" {
+			writeHeapProfile(b, *heapProfile)
+		}
 		b.ReportMetric(float64(rss1-rss0)/calls, "rss-bytes/call")
 		b.ReportMetric(float64(int64(ms1.HeapInuse)-int64(ms0.HeapInuse))/calls, "heap-bytes/call")
 		b.ReportMetric(float64(int64(ms1.StackInuse)-int64(ms0.StackInuse))/calls, "stack-bytes/call")
@@ -77,6 +82,22 @@ func BenchmarkMemoryPerCall(b *testing.B) {
 		}
 		_ = st.Close()
 		detach()
+	}
+}
+
+// heapProfile names a file for the heap profile at full load (the benchmark's own -memprofile is
+// written after the stack has closed): go test -bench MemoryPerCall -memprofilerate 4096 -args
+// -heapprofile FILE.
+var heapProfile = flag.String("heapprofile", "", "write the heap profile at full load to this file")
+
+func writeHeapProfile(b *testing.B, name string) {
+	f, err := os.Create(name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
 	}
 }
 
