@@ -114,7 +114,7 @@ func newCall(w *Worker, o *wire.Offer) *call {
 		c.resumeCause = proc.CauseIngestStall
 	}
 	c.state.Store(uint64(o.Epoch))
-	c.log = w.log.With().Str("tenant", o.Call.Tenant).Str("call", o.Call.Call).Uint32("epoch", o.Epoch).Logger()
+	c.log = w.log.Hook(callFields{c})
 	for i := range c.from {
 		c.from[i] = session.FromEpochStart
 	}
@@ -133,6 +133,16 @@ func newCall(w *Worker, o *wire.Offer) *call {
 	}
 	c.lastFrame.Store(w.mono())
 	return c
+}
+
+// callFields adds the call's tenant, id and joining epoch to every event its logger writes. A
+// hook rather than a With context: With copies the worker's context into a new 500-byte buffer
+// for every call (held for the call's life, twice over with the collector's headroom), while the
+// hook costs a pointer and adds the fields only to the events actually written.
+type callFields struct{ c *call }
+
+func (h callFields) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
+	e.Str("tenant", h.c.spec.Tenant).Str("call", h.c.spec.Call).Uint32("epoch", h.c.join)
 }
 
 // legScale is how many times the per-call bounds (-queue-frames, -pending-msgs), which are set
