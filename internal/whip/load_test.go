@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -119,7 +120,8 @@ func startLoadClients(t testing.TB, url string, calls, seconds int) *exec.Cmd {
 // (Opus, 20 ms packets, ICE + DTLS + SRTP over loopback; the clients in a child process) into
 // the WHIP endpoint: pion's receive pipeline, the media loop, the cutter and ingest's publish,
 // plus the in-process NATS server, router and worker that take the frames (the same in every
-// build, so a change to the media path shows as a difference, diluted by them). It runs one
+// build, so a change to the media path shows as a difference, diluted by them), and the heap
+// allocations per frame of all of it, which, unlike CPU time, a busy machine does not move. It runs one
 // fixed window whatever b.N is: go test -run '^$' -bench MediaPathCPU -benchtime 1x ./internal/whip
 func BenchmarkMediaPathCPU(b *testing.B) {
 	const calls, seconds, window = 50, 16, 8 * time.Second
@@ -128,15 +130,19 @@ func BenchmarkMediaPathCPU(b *testing.B) {
 	eventually(b, 10*time.Second, "sessions", func() bool { return e.whip.Sessions() == calls })
 	time.Sleep(2 * time.Second) // settle
 	b.ResetTimer()
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
 	f0, c0, w0 := processed.total(), cpuTime(), time.Now()
 	time.Sleep(window)
 	cpu, frames := cpuTime()-c0, processed.total()-f0
+	runtime.ReadMemStats(&m1)
 	b.StopTimer()
 	rate := float64(frames) / time.Since(w0).Seconds()
 	if rate < 0.9*calls*50 {
 		b.Errorf("workers processed %.0f frames/s during the window, want %d", rate, calls*50)
 	}
 	b.ReportMetric(float64(cpu.Microseconds())/float64(frames), "cpu-µs/frame")
+	b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/float64(frames), "allocs/frame") // steadier than CPU on a shared machine
 	b.ReportMetric(rate, "frames/s")
 	if err := cmd.Wait(); err != nil {
 		b.Fatalf("load clients: %v", err)
