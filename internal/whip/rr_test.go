@@ -102,3 +102,35 @@ func TestReceiverReportsReachSender(t *testing.T) {
 		}
 	}
 }
+
+// TestReorderDeadlineWithoutMorePackets checks that the media loop's read deadline comes sooner
+// when the cutter waits (it is otherwise left at the media timeout): a packet after a gap, then
+// nothing, is released once the reorder window passes, not when the media timeout does.
+func TestReorderDeadlineWithoutMorePackets(t *testing.T) {
+	cfg := testConfig()
+	cfg.MediaTimeout = 20 * time.Second
+	e := startEnv(t, 1, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := dial(ctx, e.url, tokenAcme, "pcmu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.hangup()
+	payload := make([]byte, 160)
+	samples := make([]media.Sample, 7)
+	for i := range samples {
+		samples[i] = media.Sample{Data: payload, Duration: frame.Duration}
+	}
+	samples[6].PrevDroppedPackets = 1 // the last packet comes after a gap and waits for it
+	if err := c.sendSamples(ctx, samples); err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Now()
+	eventually(t, 5*time.Second, "the packet after the gap at the worker", func() bool { return len(processed.frames(c.call)) >= 8 })
+	t.Logf("released %v after the last packet was sent", time.Since(sent).Round(time.Millisecond))
+	got := processed.frames(c.call)
+	if !got[6].h.Has(frame.FlagGapFilled) || got[7].h.Has(frame.FlagGapFilled) {
+		t.Fatalf("frames 6 and 7: %+v, %+v; want the lost one gap-filled, then media", got[6].h, got[7].h)
+	}
+}
