@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -90,6 +91,64 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// startLoadClients starts the client process of a load run (this test binary, see TestMain) with
+// calls Opus calls to url streaming for seconds, and returns once all are connected.
+func startLoadClients(t testing.TB, url string, calls, seconds int) *exec.Cmd {
+	t.Helper()
+	self, _ := os.Executable()
+	cmd := exec.Command(self, "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), envLoadURL+"="+url, envLoadCalls+"="+strconv.Itoa(calls), envLoadSeconds+"="+strconv.Itoa(seconds))
+	cmd.Stderr = os.Stderr
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	sc := bufio.NewScanner(stdout)
+	if !sc.Scan() || sc.Text() != "connected" {
+		t.Fatalf("load clients did not connect")
+	}
+	return cmd
+}
+
+// BenchmarkMediaPathCPU measures the CPU the process spends per frame with 50 pion client calls
+// (Opus, 20 ms packets, ICE + DTLS + SRTP over loopback; the clients in a child process) into
+// the WHIP endpoint: pion's receive pipeline, the media loop, the cutter and ingest's publish,
+// plus the in-process NATS server, router and worker that take the frames (the same in every
+// build, so a change to the media path shows as a difference, diluted by them), and the heap
+// allocations per frame of all of it, which, unlike CPU time, a busy machine does not move. It runs one
+// fixed window whatever b.N is: go test -run '^$' -bench MediaPathCPU -benchtime 1x ./internal/whip
+func BenchmarkMediaPathCPU(b *testing.B) {
+	const calls, seconds, window = 50, 16, 8 * time.Second
+	e := startEnv(b, 1, testConfig())
+	cmd := startLoadClients(b, e.url, calls, seconds)
+	eventually(b, 10*time.Second, "sessions", func() bool { return e.whip.Sessions() == calls })
+	time.Sleep(2 * time.Second) // settle
+	b.ResetTimer()
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	f0, c0, w0 := processed.total(), cpuTime(), time.Now()
+	time.Sleep(window)
+	cpu, frames := cpuTime()-c0, processed.total()-f0
+	runtime.ReadMemStats(&m1)
+	b.StopTimer()
+	rate := float64(frames) / time.Since(w0).Seconds()
+	if rate < 0.9*calls*50 {
+		b.Errorf("workers processed %.0f frames/s during the window, want %d", rate, calls*50)
+	}
+	b.ReportMetric(float64(cpu.Microseconds())/float64(frames), "cpu-µs/frame")
+	b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/float64(frames), "allocs/frame") // steadier than CPU on a shared machine
+	b.ReportMetric(rate, "frames/s")
+	if err := cmd.Wait(); err != nil {
+		b.Fatalf("load clients: %v", err)
+	}
+}
+
 // TestLoadCPUPerCall measures the CPU the callrouter process (WHIP endpoint, ingest, router,
 // worker, embedded NATS) spends per call at 100 concurrent pion client calls (clients in a child
 // process), against a baseline measured in the same run: the same 100 calls of the same Opus
@@ -125,20 +184,7 @@ func TestLoadCPUPerCall(t *testing.T) {
 	}()
 
 	e := startEnv(t, 2, testConfig())
-	self, _ := os.Executable()
-	cmd := exec.Command(self, "-test.run=^$")
-	cmd.Env = append(os.Environ(), envLoadURL+"="+e.url, envLoadCalls+"="+strconv.Itoa(calls), envLoadSeconds+"="+strconv.Itoa(seconds))
-	cmd.Stderr = os.Stderr
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stdout)
-	if !sc.Scan() || sc.Text() != "connected" {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		t.Fatalf("load clients did not connect")
-	}
+	cmd := startLoadClients(t, e.url, calls, seconds)
 	eventually(t, 10*time.Second, "100 sessions", func() bool { return e.whip.Sessions() == calls })
 	time.Sleep(2 * time.Second)
 	f0, c0, w0 := processed.total(), cpuTime(), time.Now()

@@ -24,7 +24,6 @@ import (
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
-	"github.com/pion/interceptor/pkg/report"
 	"github.com/pion/webrtc/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -194,16 +193,10 @@ func (s *Server) listen() error {
 			_ = udp.Close()
 			return err
 		}
-		// The minimal interceptor set: receiver reports, so senders see loss and jitter. No NACK
-		// (the reorder window is shorter than a retransmission), no TWCC, no stats.
-		var ir interceptor.Registry
-		rr, err := report.NewReceiverInterceptor()
-		if err != nil {
-			_ = udp.Close()
-			return err
-		}
-		ir.Add(rr)
-		s.apis[c.name] = webrtc.NewAPI(webrtc.WithMediaEngine(&me), webrtc.WithSettingEngine(se), webrtc.WithInterceptorRegistry(&ir))
+		// No interceptors: no NACK (the reorder window is shorter than a retransmission), no TWCC,
+		// no stats; the media loop sends the receiver reports itself (rr.go), which costs nothing
+		// per packet beyond the header it parses anyway.
+		s.apis[c.name] = webrtc.NewAPI(webrtc.WithMediaEngine(&me), webrtc.WithSettingEngine(se), webrtc.WithInterceptorRegistry(&interceptor.Registry{}))
 	}
 	return nil
 }

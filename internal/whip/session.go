@@ -19,6 +19,7 @@ import (
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
+	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 	"github.com/rs/zerolog"
@@ -256,23 +257,33 @@ func (sess *session) read(t *webrtc.TrackRemote) {
 	})
 	defer sess.report(cut)
 	defer func() { cut.Unpublished = unpublished }() // runs before report
+	rr := newReceiverReports(uint32(t.SSRC()), t.Codec().ClockRate)
 	buf := make([]byte, 1500)
 	var pkt rtp.Packet
-	last := time.Now()
+	timeout := int64(sess.s.cfg.MediaTimeout)
+	last := time.Now().UnixNano()
+	var set int64 // the read deadline in force (Unix ns)
 	for {
-		deadline := last.Add(sess.s.cfg.MediaTimeout)
-		if next := cut.poll(time.Now().UnixNano()); next != 0 && next < deadline.UnixNano() {
-			deadline = time.Unix(0, next)
+		// The read must return by the deadline: the media timeout, or sooner when the cutter
+		// waits. Setting it costs a timer, so it is moved only when it must come sooner or has
+		// passed: a read that times out early is harmless (the loop looks again).
+		deadline := last + timeout
+		now := time.Now().UnixNano()
+		if next := cut.poll(now); next != 0 && next < deadline {
+			deadline = next
 		}
-		if err := t.SetReadDeadline(deadline); err != nil {
-			return
+		if deadline < set || set <= now {
+			if err := t.SetReadDeadline(time.Unix(0, deadline)); err != nil {
+				return
+			}
+			set = deadline
 		}
 		n, _, err := t.Read(buf)
-		now := time.Now()
+		now = time.Now().UnixNano()
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				if now.Sub(last) >= sess.s.cfg.MediaTimeout {
+				if now-last >= timeout {
 					sess.end(reasonMediaTimeout)
 					return
 				}
@@ -287,7 +298,13 @@ func (sess *session) read(t *webrtc.TrackRemote) {
 			continue
 		}
 		last = now
-		cut.push(pkt.SequenceNumber, pkt.Timestamp, pkt.Payload, now.UnixNano())
+		cut.push(pkt.SequenceNumber, pkt.Timestamp, pkt.Payload, now)
+		rr.packet(pkt.SequenceNumber, pkt.Timestamp, now)
+		if rr.due(now) {
+			if err := sess.pc.WriteRTCP([]rtcp.Packet{rr.report(now)}); err != nil {
+				sess.log.Debug().Err(err).Msg("receiver report")
+			}
+		}
 	}
 }
 
