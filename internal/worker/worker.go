@@ -52,6 +52,8 @@ type Worker struct {
 	// NATS callbacks and ticks set off (release answers, migrations, hand-backs). Once shutdown
 	// closes it, callbacks that fire late are refused instead of racing with the wait.
 	group guard.Group
+	// abandoned holds the offers their router gave up on, under mu (abandon.go).
+	abandoned map[session.ID]abandoned
 
 	// Clocks. start holds a monotonic reading: mono() (nanoseconds since New) never steps, so
 	// fencing, idle reaping and arrival times do not move when the wall clock is stepped.
@@ -173,6 +175,7 @@ func (w *Worker) tick() {
 	// Under w.mu, so an offer that advances a call in place (and refreshes lastFrame) is
 	// ordered with the decision to reap it.
 	w.mu.Lock()
+	w.expireAbandonedLocked(now)
 	for _, c := range w.calls {
 		if idle := now - c.lastFrame.Load(); idle > int64(w.cfg.IdleTimeout) {
 			c.stop(proc.StopIdle)
@@ -298,6 +301,11 @@ func (w *Worker) onOffer(m *nats.Msg) {
 			return
 		}
 	}
+	if w.wasAbandonedLocked(id, o.Epoch) {
+		w.mu.Unlock()
+		reply(wire.Fail(wire.CodeStale, fmt.Sprintf("offer at epoch %d abandoned by its router", o.Epoch)))
+		return
+	}
 	if w.draining {
 		w.mu.Unlock()
 		reply(wire.Fail(wire.CodeDraining, "worker is draining"))
@@ -366,6 +374,9 @@ func (w *Worker) onRelease(m *nats.Msg) {
 	}
 	w.mu.Lock()
 	c := w.calls[session.ID{Tenant: r.Tenant, Call: r.Call}]
+	if r.Reason == wire.ReasonOfferAbandoned && r.Epoch > 0 {
+		w.abandonLocked(session.ID{Tenant: r.Tenant, Call: r.Call}, r.Epoch, w.mono())
+	}
 	w.mu.Unlock()
 	if c == nil {
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeUnknown, "not holding "+r.Tenant+"/"+r.Call)})
