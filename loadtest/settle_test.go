@@ -1,11 +1,14 @@
 package loadtest
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/proc"
+	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/callrouter/callrouter/loadtest/account"
+	"github.com/nats-io/nats.go"
 )
 
 // legsOf is a call's worker-side account: n frames received in order on each of two legs.
@@ -80,4 +83,31 @@ func seqsFrom(from, to uint32) account.Leg {
 		l.InOrder(seq)
 	}
 	return l
+}
+
+// A remote stack's reports come as events; a call handed over sends one from each worker that
+// had it. Each counts (the last one used to replace the others, whose frames were then
+// unaccounted), and the call has reported only once its last one has come.
+func TestEventsKeepEveryReportOfACall(t *testing.T) {
+	c := newCollector("events", time.Now(), time.Second, 2)
+	c.sent("run-a", []int64{10, 10})
+	s := newEventSink(c, "run")
+	publish := func(stop string, legs []account.Leg) {
+		data, _ := json.Marshal(account.NewCallReport(stop, legs, nil))
+		ev, _ := json.Marshal(wire.Event{V: wire.V, Kind: account.EventKind, Tenant: "events", Call: "run-a", Data: data})
+		s.onEvent(&nats.Msg{Data: ev})
+	}
+	publish(proc.StopMigrated, legsOf(4)) // drained away from its first worker
+	if n := s.calls(); n != 0 {
+		t.Fatalf("%d calls reported after a hand-over, want 0", n)
+	}
+	publish(proc.StopEnd, []account.Leg{seqsFrom(4, 10), seqsFrom(4, 10)})
+	if n := s.calls(); n != 1 {
+		t.Fatalf("%d calls reported after the last report, want 1", n)
+	}
+	s.finish()
+	tot, _ := c.finish(10)
+	if tot.Unaccounted != 0 || tot.Received != 20 || tot.Stops[proc.StopMigrated] != 1 || tot.Stops[proc.StopEnd] != 1 {
+		t.Errorf("totals %+v, want 20 received from both reports, none unaccounted", tot)
+	}
 }
