@@ -52,8 +52,6 @@ type Worker struct {
 	// NATS callbacks and ticks set off (release answers, migrations, hand-backs). Once shutdown
 	// closes it, callbacks that fire late are refused instead of racing with the wait.
 	group guard.Group
-	// abandoned holds the offers their router gave up on, under mu (abandon.go).
-	abandoned map[session.ID]abandoned
 
 	// Clocks. start holds a monotonic reading: mono() (nanoseconds since New) never steps, so
 	// fencing, idle reaping and arrival times do not move when the wall clock is stepped.
@@ -69,6 +67,8 @@ type Worker struct {
 	op       opDrain                             // a drain requested over NATS (drainverb.go)
 	hbMu     sync.Mutex                          // one heartbeat at a time: states is a sequence
 	states   *wire.StateTracker[wire.WorkerCall] // the call list's snapshots and deltas, under hbMu
+
+	abandoned map[session.ID]abandoned // offers their router gave up on, under mu (abandon.go)
 }
 
 // Deps are the worker's collaborators.
