@@ -58,7 +58,16 @@ type Collector struct {
 	received atomic.Int64
 	lost     atomic.Int64
 	stopped  atomic.Int64 // worker-side call reports
+
+	final   map[string]bool // calls whose last report came (a stop that is not a hand-over), under mu
+	settled atomic.Int64    // len(final)
 }
+
+// handOvers are the worker stop reasons after which another worker may go on with the call
+// (proc.StopReleased, StopSuperseded, StopMigrated): a call stopped so may send a second report,
+// and a run that counted reports instead of calls stopped waiting while some calls' last reports
+// were still coming: their frames showed as unaccounted.
+var handOvers = map[string]bool{"released": true, "superseded": true, "migrated": true}
 
 // colShard is one lock's worth of latency histogram and timeline.
 type colShard struct {
@@ -95,7 +104,7 @@ func tlBucketUpper(b int) time.Duration {
 
 func newCollector(tenant string, start time.Time, interval time.Duration, shards int) *Collector {
 	c := &Collector{tenant: tenant, start: start, interval: interval, shards: make([]colShard, shards),
-		legs: map[legKey]*LegStats{}, stops: map[string]int{}, setup: newHist()}
+		legs: map[legKey]*LegStats{}, stops: map[string]int{}, final: map[string]bool{}, setup: newHist()}
 	for i := range c.shards {
 		c.shards[i].h = newHist()
 	}
@@ -222,6 +231,10 @@ func (c *Collector) Report(call string, stop string, legs []account.Leg) {
 	}
 	c.stops[stop]++
 	c.stopped.Add(1)
+	if !handOvers[stop] && !c.final[call] {
+		c.final[call] = true
+		c.settled.Add(1)
+	}
 }
 
 // Totals sums the accounts of every leg.

@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,9 +22,11 @@ type eventSink struct {
 	prefix string // call ids of this run start with it
 	subs   []*nats.Subscription
 
+	// Every report of a call is kept: a call handed over (released, superseded, migrated) reports
+	// once from each worker that had it, and each has its part of the frames.
 	mu   sync.Mutex
-	acc  map[string]accReport
-	lt   map[string]account.CallReport
+	acc  map[string][]accReport
+	lt   map[string][]account.CallReport
 	done bool
 }
 
@@ -38,8 +41,12 @@ type accReport struct {
 // that runs both, the probe's event follows the accounting one on the same connection.
 const probeGrace = time.Second
 
+func newEventSink(col *Collector, runID string) *eventSink {
+	return &eventSink{col: col, prefix: runID, acc: map[string][]accReport{}, lt: map[string][]account.CallReport{}}
+}
+
 func subscribeEvents(nc *nats.Conn, tenant, runID string, col *Collector) (*eventSink, error) {
-	s := &eventSink{col: col, prefix: runID, acc: map[string]accReport{}, lt: map[string]account.CallReport{}}
+	s := newEventSink(col, runID)
 	for _, kind := range []string{"accounting", account.EventKind, "gap"} {
 		sub, err := nc.Subscribe(subjects.Event(tenant, "*", kind), s.onEvent)
 		if err != nil {
@@ -66,12 +73,12 @@ func (s *eventSink) onEvent(m *nats.Msg) {
 	case "accounting":
 		var a account.Accounting
 		if json.Unmarshal(ev.Data, &a) == nil {
-			s.acc[ev.Call] = accReport{a, time.Now()}
+			s.acc[ev.Call] = append(s.acc[ev.Call], accReport{a, time.Now()})
 		}
 	case account.EventKind:
 		var cr account.CallReport
 		if json.Unmarshal(ev.Data, &cr) == nil {
-			s.lt[ev.Call] = cr
+			s.lt[ev.Call] = append(s.lt[ev.Call], cr)
 		}
 	case "gap":
 		var g account.Gap
@@ -81,14 +88,22 @@ func (s *eventSink) onEvent(m *nats.Msg) {
 	}
 }
 
-// calls returns how many calls have reported: those with a "loadtest" event, and those with only
-// an accounting event that has waited probeGrace for one.
+// calls returns how many calls have sent their last report (a stop that is not a hand-over):
+// those with such a "loadtest" event, and those with only accounting events, one of them such a
+// stop that has waited probeGrace for its "loadtest" event.
 func (s *eventSink) calls() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := int64(len(s.lt))
-	for call, a := range s.acc {
-		if _, ok := s.lt[call]; !ok && time.Since(a.at) >= probeGrace {
+	var n int64
+	for _, crs := range s.lt {
+		if slices.ContainsFunc(crs, func(cr account.CallReport) bool { return !handOvers[cr.Stop] }) {
+			n++
+		}
+	}
+	for call, as := range s.acc {
+		if _, ok := s.lt[call]; !ok && slices.ContainsFunc(as, func(a accReport) bool {
+			return !handOvers[a.Reason] && time.Since(a.at) >= probeGrace
+		}) {
 			n++
 		}
 	}
@@ -100,22 +115,20 @@ func (s *eventSink) finish() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.done = true
-	for call, a := range s.acc {
-		if cr, ok := s.lt[call]; ok {
+	for call, crs := range s.lt {
+		for _, cr := range crs {
 			s.col.Report(call, cr.Stop, cr.Accounts())
 			if cr.Hist != nil {
 				s.col.mergeHist(account.Key(call), hdr.Import(cr.Hist))
 			}
-			continue
 		}
-		s.col.Report(call, a.Reason, account.FromAccounting(a.Accounting))
 	}
-	for call, cr := range s.lt {
-		if _, ok := s.acc[call]; !ok {
-			s.col.Report(call, cr.Stop, cr.Accounts())
-			if cr.Hist != nil {
-				s.col.mergeHist(account.Key(call), hdr.Import(cr.Hist))
-			}
+	for call, as := range s.acc {
+		if _, ok := s.lt[call]; ok {
+			continue // the probe's events have the same counts and the latency
+		}
+		for _, a := range as {
+			s.col.Report(call, a.Reason, account.FromAccounting(a.Accounting))
 		}
 	}
 }

@@ -57,8 +57,9 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 	pc.Machine = watch.machine(pc.Processes)
 	lat := col.latency()
 	r.account(&pc, ld, col, lat, want)
-	if got := col.stopped.Load(); e.events == nil && got < want {
-		pc.Errors = append(pc.Errors, fmt.Sprintf("%d of %d calls were not reported by the worker side within %v", want-got, want, r.cfg.Settle))
+	if got := col.settled.Load(); e.events == nil && got < want {
+		pc.Errors = append(pc.Errors, fmt.Sprintf("%d of %d calls had no last report (a stop other than released, superseded or migrated) from the worker side within %v",
+			want-got, want, r.cfg.Settle))
 	}
 	return pc, lat, nil
 }
@@ -198,12 +199,13 @@ func (r *runner) callrouterTarget(e *phaseEnds, col *Collector) error {
 	return nil
 }
 
-// reported is how many calls the worker side has reported.
+// reported is how many calls the worker side has reported, each once and only by its last report:
+// a call handed over (released, superseded, migrated) reports again from its next worker.
 func (e *phaseEnds) reported(col *Collector) int64 {
 	if e.events != nil {
 		return e.events.calls()
 	}
-	return col.stopped.Load()
+	return col.settled.Load()
 }
 
 // finish hangs the clients up (every BYE answered, every session deleted), records what they

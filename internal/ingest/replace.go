@@ -80,6 +80,12 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 				c.log.Info().Str("from", worker).Any("placements", rep.Placements).Uint32("epoch", epoch).Str("reason", reason).
 					Dur("took", time.Since(start)).Msg("call re-placed")
 				n.event(c, epoch, "replaced", map[string]any{"from": worker, "placements": rep.Placements, "reason": reason})
+			} else {
+				// The call ended meanwhile: its new workers let it go now rather than hold a slot
+				// until the idle reaper or the orphan sweep. Kept workers had the last frames.
+				n.releasePlacements(c, epoch, slices.DeleteFunc(slices.Clone(rep.Placements), func(p wire.Placement) bool {
+					return slices.Contains(keep, p)
+				}))
 			}
 			return nil
 		}

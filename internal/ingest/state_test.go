@@ -337,7 +337,8 @@ func TestReplacementBacksOffWhileNoRouterAnswers(t *testing.T) {
 }
 
 // A call that ends while its re-placement waits for a router ends at once; the late success does
-// not bring it back (no new epoch, no frames), and a notice for it afterwards is unknown_call.
+// not bring it back (no new epoch, no frames), its new worker is told to let the call go, and a
+// notice for it afterwards is unknown_call.
 func TestMigrateNoticeWhileTheCallEnds(t *testing.T) {
 	n, rt, nc := stNode(t, func(c *Config) { c.PlaceTimeout = 5 * time.Second })
 	c := stCall(t, n, "end", 3)
@@ -354,12 +355,17 @@ func TestMigrateNoticeWhileTheCallEnds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	released, err := nc.SubscribeSync(subjects.WorkerVerb("w2", subjects.WorkerVerbRelease))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	stMigrate(t, nc, wire.Migrate{Call: "end", Epoch: 1, Worker: "w1", Reason: wire.ReasonWorkerDown})
+	var replacing wire.PlaceRequest
 	select {
-	case <-asked:
+	case replacing = <-asked:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no re-placement request")
 	}
@@ -397,6 +403,16 @@ func TestMigrateNoticeWhileTheCallEnds(t *testing.T) {
 	}
 	if c.Epoch() != 1 {
 		t.Errorf("the ended call moved to epoch %d after the late success", c.Epoch())
+	}
+	// The worker the late success placed the call on (w2) is released at that epoch; without it
+	// w2 would hold the call until its idle reaper or the routers' orphan sweep.
+	if m, err := released.NextMsg(5 * time.Second); err != nil {
+		t.Errorf("no release for the late placement on w2: %v", err)
+	} else {
+		var rel wire.Release
+		if err := json.Unmarshal(m.Data, &rel); err != nil || rel.Call != "end" || rel.Epoch != replacing.Epoch {
+			t.Errorf("release %s (%v), want call end at epoch %d", m.Data, err, replacing.Epoch)
+		}
 	}
 	if err := c.Send(0, make([]byte, 160), 0); !errors.Is(err, ErrEnded) {
 		t.Errorf("send after End: %v, want ErrEnded", err)

@@ -144,7 +144,9 @@ func TestOfferAdvancesInPlaceThenNewerEpochSupersedes(t *testing.T) {
 
 // An offer and a release for the same call crossing each other (a router that gave up on the
 // offer): a release answered OK leaves nobody holding the call; a release that found nothing
-// (it came first) leaves the call held at the offered epoch by the worker that accepted it.
+// (it came first) leaves the call held at the offered epoch by the worker that accepted it,
+// unless it abandoned that offer: then the offer is refused (its router placed the call
+// elsewhere at that epoch) and nobody holds the call.
 func TestOfferAndReleaseCrossing(t *testing.T) {
 	l := startLone(t, workerConfig())
 	const rounds = 24
@@ -193,13 +195,19 @@ func TestOfferAndReleaseCrossing(t *testing.T) {
 		return
 	}
 	want := 0
+	held := make([]bool, rounds)
 	for i, r := range results {
 		switch {
 		case r.release.OK:
+		case r.release.Code == wire.CodeUnknown && i%2 == 1:
+			if r.offer.OK || r.offer.Code != wire.CodeStale {
+				t.Errorf("x%d: offer after its abandonment answered %+v, want %s", i, r.offer.Reply, wire.CodeStale)
+			}
 		case r.release.Code == wire.CodeUnknown:
 			if !r.offer.OK {
 				t.Errorf("x%d: offer refused %+v with no call to collide with", i, r.offer.Reply)
 			}
+			held[i] = true
 			want++
 		default:
 			t.Errorf("x%d: release answered %+v", i, r.release.Reply)
@@ -208,7 +216,7 @@ func TestOfferAndReleaseCrossing(t *testing.T) {
 	eventually(t, 10*time.Second, fmt.Sprintf("%d calls held", want), func() bool { return l.w.Calls() == want })
 	for i, r := range results {
 		w, e := holder(t, l, "x"+strconv.Itoa(i))
-		if held := r.release.Code == wire.CodeUnknown; held != (w == l.id) || (held && e != 1) {
+		if held[i] != (w == l.id) || (held[i] && e != 1) {
 			t.Errorf("x%d (release %+v): held by %q at epoch %d", i, r.release.Reply, w, e)
 		}
 	}

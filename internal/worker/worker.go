@@ -72,6 +72,8 @@ type Worker struct {
 	op       opDrain                             // a drain requested over NATS (drainverb.go)
 	hbMu     sync.Mutex                          // one heartbeat at a time: states is a sequence
 	states   *wire.StateTracker[wire.WorkerCall] // the call list's snapshots and deltas, under hbMu
+
+	abandoned map[session.ID]abandoned // offers their router gave up on, under mu (abandon.go)
 }
 
 // Deps are the worker's collaborators.
@@ -189,6 +191,7 @@ func (w *Worker) tick() {
 	// Under w.mu, so an offer that advances a call in place (and refreshes lastFrame) is
 	// ordered with the decision to reap it.
 	w.mu.Lock()
+	w.expireAbandonedLocked(now)
 	for _, c := range w.calls {
 		if idle := now - c.lastFrame.Load(); idle > int64(w.cfg.IdleTimeout) {
 			c.stop(proc.StopIdle)
@@ -314,6 +317,11 @@ func (w *Worker) onOffer(m *nats.Msg) {
 			return
 		}
 	}
+	if w.wasAbandonedLocked(id, o.Epoch) {
+		w.mu.Unlock()
+		reply(wire.Fail(wire.CodeStale, fmt.Sprintf("offer at epoch %d abandoned by its router", o.Epoch)))
+		return
+	}
 	if w.draining {
 		w.mu.Unlock()
 		reply(wire.Fail(wire.CodeDraining, "worker is draining"))
@@ -382,6 +390,9 @@ func (w *Worker) onRelease(m *nats.Msg) {
 	}
 	w.mu.Lock()
 	c := w.calls[session.ID{Tenant: r.Tenant, Call: r.Call}]
+	if r.Reason == wire.ReasonOfferAbandoned && r.Epoch > 0 {
+		w.abandonLocked(session.ID{Tenant: r.Tenant, Call: r.Call}, r.Epoch, w.mono())
+	}
 	w.mu.Unlock()
 	if c == nil {
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeUnknown, "not holding "+r.Tenant+"/"+r.Call)})
