@@ -102,7 +102,7 @@ type session struct {
 func newSession(s *Server, n *ingest.Node, conn *websocket.Conn, tenant, id, org, corr string) *session {
 	sess := &session{s: s, n: n, conn: conn, tenant: tenant, id: id, org: org, corr: corr,
 		callID: callID(id),
-		done: make(chan struct{}), disconnect: make(chan struct{}), opened: make(chan struct{}), moved: make(chan struct{}),
+		done:   make(chan struct{}), disconnect: make(chan struct{}), opened: make(chan struct{}), moved: make(chan struct{}),
 		events: make(chan []byte, eventQueue)}
 	sess.log = s.log.With().Str("tenant", tenant).Str("session", id).Str("call", sess.callID).Logger()
 	sess.readCtx, sess.cancelRead = context.WithCancel(context.Background())
