@@ -386,7 +386,7 @@ func (h *forkCall) run() {
 		from := s.base
 		reason := h.stream(s, pending)
 		pending = nil
-		if reason != "write_failed" && reason != "lost" && reason != "disconnected" {
+		if reason != "write_failed" && reason != "lost" && reason != "disconnected" && reason != "reconnect_requested" {
 			h.closed(s, reason)
 			return
 		}
@@ -590,6 +590,7 @@ type forkSession struct {
 	server atomic.Int64  // last server seq seen
 	closed chan struct{} // closed answered
 	disc   chan struct{} // disconnect received (discWhy set)
+	recon  chan struct{} // reconnect received: the receiver asks for a session that continues this one
 	dead   chan struct{} // the connection failed before closed
 	start  int64         // slot of open's position
 
@@ -641,7 +642,7 @@ func (h *forkCall) connect(start int64) (*forkSession, error) {
 	u, _ := url.Parse(h.t.URL)
 	spec := h.c.Spec()
 	s := &forkSession{root: forkID("session", spec.Tenant, spec.Call), closed: make(chan struct{}), disc: make(chan struct{}),
-		dead: make(chan struct{}), base: start, start: start, slots: make([][][]byte, len(h.chans)), frameBytes: 160, silence: 0xff}
+		recon: make(chan struct{}), dead: make(chan struct{}), base: start, start: start, slots: make([][][]byte, len(h.chans)), frameBytes: 160, silence: 0xff}
 	s.id = s.root
 	var continued []forkContinued
 	if start > 0 || len(h.sessions) > 0 {
@@ -785,6 +786,12 @@ func (h *forkCall) readLoop(s *forkSession) {
 				s.discWhy = p.Reason
 				close(s.disc)
 			}
+		case "reconnect":
+			select {
+			case <-s.recon:
+			default:
+				close(s.recon)
+			}
 		case "event":
 			h.onEvent(s, m.Parameters)
 		}
@@ -918,6 +925,9 @@ loop:
 		case <-s.disc:
 			reason = "disconnect"
 			break loop
+		case <-s.recon:
+			reason = "reconnect" // closed with that reason; a session that continues this one follows
+			break loop
 		case <-s.dead:
 			select {
 			case <-s.disc:
@@ -964,6 +974,9 @@ loop:
 	_ = s.conn.Close(websocket.StatusNormalClosure, "")
 	if reason == "disconnect" && !forkDisconnectFinal(s.discWhy) {
 		return "disconnected"
+	}
+	if reason == "reconnect" {
+		return "reconnect_requested"
 	}
 	return reason
 }
