@@ -70,6 +70,10 @@ func (s *suite) natsJunk(t *testing.T, r *row) {
 		subjects.WorkerVerb(n.workerID, subjects.WorkerVerbRelease),
 		subjects.Heartbeat(subjects.Worker, "fake"),
 		subjects.Heartbeat(subjects.Ingest, n.ingestID),
+		// The call lists (snapshots and deltas) of the node's worker and ingest, and a ghost's.
+		subjects.HeartbeatCalls(subjects.Worker, n.workerID),
+		subjects.HeartbeatCalls(subjects.Ingest, n.ingestID),
+		subjects.HeartbeatCalls(subjects.Worker, "fake"),
 		subjects.Bcast(subjects.TopicDown),
 		subjects.API("workers"),
 	}
@@ -101,6 +105,15 @@ func (s *suite) natsJunk(t *testing.T, r *row) {
 	hb, _ := json.Marshal(wire.IngestHeartbeat{V: 1, ID: n.ingestID, IntervalMS: 500, Calls: []wire.IngestCall{}})
 	for i := 0; i < 10; i++ {
 		_ = nc.Publish(subjects.Heartbeat(subjects.Ingest, n.ingestID), hb)
+	}
+	// Call lists out of order: deltas in the worker's and ingest's names far ahead of their
+	// sequence, which a router must take as a missed message (wait for the next snapshot),
+	// not as news that the victims' calls left.
+	for i := 0; i < 10; i++ {
+		wd, _ := json.Marshal(wire.WorkerState{V: wire.VHeartbeat, ID: n.workerID, Seq: uint64(1<<40 + i*7), Calls: []wire.WorkerCall{}})
+		_ = nc.Publish(subjects.HeartbeatCalls(subjects.Worker, n.workerID), wd)
+		id, _ := json.Marshal(wire.IngestState{V: wire.VHeartbeat, ID: n.ingestID, Seq: uint64(1<<40 + i*7), Calls: []wire.IngestCall{}})
+		_ = nc.Publish(subjects.HeartbeatCalls(subjects.Ingest, n.ingestID), id)
 	}
 	down, _ := json.Marshal(wire.Down{V: 1, Component: subjects.Worker, ID: "nobody", Reason: "hostile", By: "hostile"})
 	_ = nc.Publish(subjects.Bcast(subjects.TopicDown), down)

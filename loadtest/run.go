@@ -23,6 +23,9 @@ type Deps struct {
 	// Harness runs callrouter's services in this process (inproc.Start). Without it only
 	// black-box runs take place: sip, whip and baseline against a remote NATS URL.
 	Harness Harness
+	// NATS are the options the tester's own connections to a remote -nats need: credentials and
+	// TLS (cmd/loadtest's -nats-creds, -nats-nkey, -nats-tls-*). An in-process stack brings its own.
+	NATS []nats.Option
 }
 
 // Run carries out a load test and returns its report. The error is for a run that could not
@@ -293,8 +296,10 @@ func (r *runner) dial(name string) (*nats.Conn, error) {
 			}
 			ev.Msg("nats async error")
 		})}
-	if r.local != nil {
+	if r.inProcess() {
 		opts = append(opts, r.local.Options...) // credentials and TLS of a secure in-process stack
+	} else {
+		opts = append(opts, r.d.NATS...) // a remote NATS: what the -nats-* flags give
 	}
 	nc, err := nats.Connect(r.url, opts...)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -51,6 +52,7 @@ func run(args []string) int {
 	lcfg := WHIPListenFlags(fs)
 	scfg, sipListen := SIPFlags(fs)
 	st := StreamFlags(fs)
+	pprofOn := pprofFlag(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
 		return 2
@@ -118,7 +120,7 @@ func run(args []string) int {
 		if err != nil {
 			return nil, err
 		}
-		return &service{n: n, rec: rec, p: p, log: log, src: src}, nil
+		return &service{n: n, rec: rec, p: p, log: log, src: src, pprof: *pprofOn}, nil
 	})
 }
 
@@ -129,6 +131,15 @@ type service struct {
 	p   playFlags
 	log zerolog.Logger
 	src *sources.Set
+	// pprof serves the runtime profiles on -http (flag -pprof).
+	pprof bool
+}
+
+// Mount serves what the node adds to -http: the runtime profiles with -pprof, nothing else.
+func (s *service) Mount(mux *http.ServeMux) {
+	if s.pprof {
+		mountPprof(mux)
+	}
 }
 
 func (s *service) Run(ctx context.Context) error {

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -115,7 +117,7 @@ func TestWHIPOnItsOwnListener(t *testing.T) {
 			t.Errorf("-http %s: %d, want 200", p, code)
 		}
 	}
-	for _, p := range []string{"/call/", "/whip", "/api/v1/audiohook/ws", "/twilio/media"} {
+	for _, p := range []string{"/call/", "/whip", "/api/v1/audiohook/ws", "/twilio/media", "/debug/pprof/"} { // no -pprof: no profiles
 		if code := status("http://" + private + p); code != http.StatusNotFound {
 			t.Errorf("-http %s: %d, want 404", p, code)
 		}
@@ -128,6 +130,65 @@ func TestWHIPOnItsOwnListener(t *testing.T) {
 		}
 	}
 	// cli.Main has its SIGTERM handler in place: it runs, and serves.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit %d after SIGTERM", code)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("ingest did not stop after SIGTERM")
+	}
+}
+
+// TestPprofOnlyOnHTTP: with -pprof the runtime profiles answer under /debug/pprof/ on -http,
+// never on the public -whip-listen.
+func TestPprofOnlyOnHTTP(t *testing.T) {
+	ns, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	private, public := freePort(t), freePort(t)
+	done := make(chan int, 1)
+	go func() {
+		done <- run([]string{"-id", "ing-pprof", "-nats", ns.URL(), "-http", private, "-whip-listen", public,
+			"-whip-udp", "127.0.0.1:0", "-whip-open-tenant", "demo", "-log-level", "error", "-pprof"})
+	}()
+	get := func(url string) (int, string) {
+		res, err := http.Get(url)
+		if err != nil {
+			return 0, ""
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+		return res.StatusCode, string(body)
+	}
+	goroutines := "http://" + private + "/debug/pprof/goroutine?debug=1"
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		code, body := get(goroutines)
+		if code == http.StatusOK && strings.Contains(body, "goroutine profile:") {
+			break
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("ingest exited %d before serving profiles", code)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("-pprof: %s answers %d, want the goroutine profile", goroutines, code)
+		}
+	}
+	if code, body := get("http://" + private + "/debug/pprof/"); code != http.StatusOK || !strings.Contains(body, "heap") {
+		t.Errorf("-http /debug/pprof/: %d, want the index", code)
+	}
+	for _, p := range []string{"/debug/pprof/", "/debug/pprof/goroutine?debug=1"} {
+		if code, _ := get("http://" + public + p); code != http.StatusNotFound {
+			t.Errorf("-whip-listen %s: %d, want 404", p, code)
+		}
+	}
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

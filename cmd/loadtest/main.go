@@ -36,6 +36,7 @@ type options struct {
 	quiet    bool
 	cpuProf  string
 	memProf  string
+	auth     *natsAuth // -nats-creds, -nats-nkey, -nats-tls-* (natsflags.go)
 }
 
 func main() {
@@ -80,9 +81,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	rep, err := loadtest.Run(ctx, o.cfg, loadtest.Deps{Log: log, StackLog: stackLog, Progress: progress, Command: commandLine(args), Harness: inproc.Start})
+	natsOpts, err := o.auth.options()
 	if err != nil {
 		fmt.Fprintln(stderr, "loadtest:", err)
+		return 2
+	}
+	rep, err := loadtest.Run(ctx, o.cfg, loadtest.Deps{Log: log, StackLog: stackLog, Progress: progress, Command: commandLine(args),
+		Harness: inproc.StartWith(o.auth.cfg), NATS: natsOpts})
+	if err != nil {
+		fmt.Fprintln(stderr, "loadtest:", explain(err))
 		return 2
 	}
 	if err := writeFile(o.memProf, func(w io.Writer) error { return pprof.Lookup("allocs").WriteTo(w, 0) }); err != nil {
@@ -153,6 +160,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	fs.StringVar(&o.cpuProf, "cpuprofile", "", "write a CPU profile of the whole run (tester and in-process stack) to this file, for go tool pprof")
 	fs.StringVar(&o.memProf, "memprofile", "", "write an allocation profile of the whole run to this file at the end, for go tool pprof")
+	o.auth = natsAuthFlags(fs)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: loadtest -input FILE|DIR [flags]\n\nReplays recorded calls into callrouter and accounts for every frame.\n"+
@@ -164,6 +172,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	}
 	if err := o.cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("bad flag (or %s* variable):\n%w", envPrefix, err)
+	}
+	if err := o.auth.check(o.cfg.NATSURL); err != nil {
+		return nil, err
 	}
 	if o.cfg.Mode == loadtest.ModeNATS {
 		fmt.Fprintf(stderr, "loadtest: note: -mode %s is the old name of -mode %s (calls through an ingest node in this process); it still works\n",

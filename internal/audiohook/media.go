@@ -162,6 +162,14 @@ func (in *mediaIn) duration() time.Duration {
 	return time.Duration(in.pos) * time.Second / time.Duration(in.rate)
 }
 
+// position is duration for a goroutine other than the one that pushes (a session that took the
+// stream over, or the one it took it from).
+func (in *mediaIn) position() time.Duration {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.duration()
+}
+
 // samples converts a duration to samples.
 func (in *mediaIn) samples(d time.Duration) int64 {
 	return int64(d) * int64(in.rate) / int64(time.Second)

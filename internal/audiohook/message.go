@@ -53,6 +53,16 @@ type openParams struct {
 	Media          []media         `json:"media"`
 	Language       string          `json:"language,omitempty"`
 	CustomConfig   json.RawMessage `json:"customConfig,omitempty"`
+	// ContinuedSessions names the sessions this one continues: the client reconnected (on
+	// its own, or asked by a server's "reconnect") and will close them with reason reconnect.
+	ContinuedSessions []continuedSession `json:"continuedSessions,omitempty"`
+}
+
+// continuedSession is one entry of open.parameters.continuedSessions.
+type continuedSession struct {
+	ID        string `json:"id"`
+	ServerSeq int64  `json:"serverseq"`
+	ClientSeq int64  `json:"clientseq"`
 }
 
 // customConfig is what this server reads from open.parameters.customConfig: the kinds of call

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,6 +47,11 @@ type Server struct {
 	started atomic.Bool
 	live    *drain.Sessions // a slot per session, held until its goroutine returns
 
+	// calls are the sessions holding a call, by tenant and session id: what an open with
+	// continuedSessions takes over (session.takeOver).
+	callsMu sync.Mutex
+	calls   map[string]*session
+
 	now func() time.Time // tests move the clock of signature checks
 }
 
@@ -62,8 +68,31 @@ func New(cfg Config, d Deps) (*Server, error) {
 	}
 	m := newMetrics(d.Registry)
 	return &Server{cfg: cfg, log: d.Log.With().Str("source", "audiohook").Logger(), m: m, auth: newAuthenticator(&cfg), rate: guard.NewSourceRate(cfg.UpgradeRate, cfg.UpgradeBurst),
-		ready: make(chan struct{}), stop: make(chan struct{}), now: time.Now,
+		ready: make(chan struct{}), stop: make(chan struct{}), now: time.Now, calls: map[string]*session{},
 		live: drain.New(cfg.MaxSessions, cfg.MaxSessionsPerTenant, func(n int) { m.sessions.Set(float64(n)) })}, nil
+}
+
+// holding registers sess as holding its call.
+func (s *Server) holding(sess *session) {
+	s.callsMu.Lock()
+	defer s.callsMu.Unlock()
+	s.calls[sess.tenant+"\x00"+sess.id] = sess
+}
+
+// released forgets sess, unless another session of the same id holds the call now.
+func (s *Server) released(sess *session) {
+	s.callsMu.Lock()
+	defer s.callsMu.Unlock()
+	if k := sess.tenant + "\x00" + sess.id; s.calls[k] == sess {
+		delete(s.calls, k)
+	}
+}
+
+// holder returns the session of tenant with id that holds a call, or nil.
+func (s *Server) holder(tenant, id string) *session {
+	s.callsMu.Lock()
+	defer s.callsMu.Unlock()
+	return s.calls[tenant+"\x00"+id]
 }
 
 // Mount serves the endpoint at Config.Path on mux.

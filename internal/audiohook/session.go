@@ -31,6 +31,7 @@ const (
 	stPaused               // the client paused the stream
 	stDisconnecting        // "disconnect" sent: waiting for the client's "close"
 	stClosed               // "closed" sent: waiting for the client to close the WebSocket
+	stMoved                // a session that continues this one took its call: waiting for "close" (reason reconnect)
 )
 
 // End reasons (the closed label set of callrouter_audiohook_sessions_ended_total and of the
@@ -48,6 +49,7 @@ const (
 	reasonIngestEnded   = "ingest_ended"      // ingest ended the call (media timeout, re-placement gave up)
 	reasonTooFast       = "too_fast"          // audio ran ahead of the wall clock
 	reasonUnsupported   = "no_supported_media"
+	reasonReconnected   = "reconnected" // a session that continues this one took its call, which goes on
 	writeTimeout        = 5 * time.Second
 	idleTick            = 100 * time.Millisecond // how often a silent stream's frames are filled
 	eventQueue          = 64
@@ -79,9 +81,12 @@ type session struct {
 	disconnect chan struct{} // closed when a disconnect is sent: the reader bounds its wait
 	discOnce   sync.Once
 
-	call       *ingest.Call // nil for a connection probe or no media
+	call       *ingest.Call // nil for a connection probe or no media, or once another session took it
 	in         *mediaIn
 	sel        media
+	conv       string        // open's conversationId
+	moved      chan struct{} // closed when a session that continues this one takes its call
+	posBase    time.Duration // the call's position at this session's position 0 (a continuing session)
 	openedAt   time.Time
 	pausedAt   time.Time
 	sub        *nats.Subscription
@@ -97,7 +102,8 @@ type session struct {
 func newSession(s *Server, n *ingest.Node, conn *websocket.Conn, tenant, id, org, corr string) *session {
 	sess := &session{s: s, n: n, conn: conn, tenant: tenant, id: id, org: org, corr: corr,
 		callID: callID(id),
-		done:   make(chan struct{}), disconnect: make(chan struct{}), opened: make(chan struct{}), events: make(chan []byte, eventQueue)}
+		done:   make(chan struct{}), disconnect: make(chan struct{}), opened: make(chan struct{}), moved: make(chan struct{}),
+		events: make(chan []byte, eventQueue)}
 	sess.log = s.log.With().Str("tenant", tenant).Str("session", id).Str("call", sess.callID).Logger()
 	sess.readCtx, sess.cancelRead = context.WithCancel(context.Background())
 	return sess
@@ -135,7 +141,7 @@ func (sess *session) watch() {
 	var callDone <-chan struct{}
 	var events chan []byte
 	var closeBy, tick <-chan time.Time
-	stop, opened, disc := sess.s.stop, sess.opened, sess.disconnect
+	stop, opened, disc, moved := sess.s.stop, sess.opened, sess.disconnect, sess.moved
 	for {
 		select {
 		case <-sess.done:
@@ -145,16 +151,23 @@ func (sess *session) watch() {
 			sess.sendDisconnect(disconnectError, "server shutting down", reasonShutdown)
 		case <-opened:
 			opened, events = nil, sess.events
-			if sess.call != nil {
-				callDone = sess.call.Done()
+			sess.mu.Lock()
+			c := sess.call // nil once a continuing session took it
+			sess.mu.Unlock()
+			if c != nil {
+				callDone = c.Done()
 				t := time.NewTicker(idleTick)
 				defer t.Stop()
 				tick = t.C
 			}
+		case <-moved:
+			// The call went on with the session that continues this one: its end, its
+			// silence and its events are that session's now.
+			moved, callDone, tick = nil, nil, nil
 		case now := <-tick:
 			sess.in.idle(now)
 		case b := <-events:
-			if st := sess.getState(); st == stClosed || st == stDisconnecting {
+			if st := sess.getState(); st == stClosed || st == stDisconnecting || st == stMoved {
 				sess.s.m.events.WithLabelValues("dropped").Inc() // nothing after closed or disconnect
 				continue
 			}
@@ -225,7 +238,7 @@ func (sess *session) timeout() time.Duration {
 	switch sess.state {
 	case stOpening:
 		return sess.s.cfg.OpenTimeout
-	case stDisconnecting, stClosed:
+	case stDisconnecting, stClosed, stMoved:
 		return sess.s.cfg.CloseTimeout
 	}
 	return sess.s.cfg.IdleTimeout
@@ -275,6 +288,8 @@ func (sess *session) readFailed(err error, timedOut bool) string {
 	switch {
 	case st == stClosed:
 		return reason // the client closed the WebSocket after "closed", as it should
+	case st == stMoved:
+		return reasonReconnected // however the client leaves it, the call goes on without it
 	case reason != "":
 		return reason // after a disconnect, however the client went
 	case timedOut:
@@ -304,8 +319,8 @@ func violation(format string, a ...any) error {
 // onAudio takes one binary message.
 func (sess *session) onAudio(b []byte) error {
 	switch st := sess.getState(); {
-	case st == stDisconnecting || st == stClosed:
-		return nil // audio in flight when the session was ending
+	case st == stDisconnecting || st == stClosed || st == stMoved:
+		return nil // audio in flight when the session was ending, or handed over
 	case st == stOpening || sess.sel.Format == "":
 		return violation("audio before a media format was selected")
 	}
@@ -335,13 +350,19 @@ func (sess *session) checkAhead(pos time.Duration, now time.Time) error {
 	return nil
 }
 
+// emitTo returns what sends the frames cut from a stream on call c: whichever session feeds the
+// stream (one that continues another takes it over), they go to the same call.
+func emitTo(c *ingest.Call) func(leg int, p []byte, gap bool) {
+	return func(leg int, p []byte, gap bool) { emit(c, leg, p, gap) }
+}
+
 // emit sends one cut frame on the call.
-func (sess *session) emit(leg int, p []byte, gap bool) {
+func emit(c *ingest.Call, leg int, p []byte, gap bool) {
 	var f frame.Flags
 	if gap {
 		f = frame.FlagGapFilled
 	}
-	_ = sess.call.Send(leg, p, f) // ErrEnded: watch disconnects the session
+	_ = c.Send(leg, p, f) // ErrEnded: the session's watch disconnects it
 }
 
 // onText takes one text message.
@@ -370,6 +391,9 @@ func (sess *session) onText(b []byte) error {
 	}
 	if st == stOpening && m.Type != "open" {
 		return violation("%s before open", m.Type)
+	}
+	if st == stMoved && m.Type != "ping" && m.Type != "close" && m.Type != "error" {
+		return nil // the call is the continuing session's: this one only closes
 	}
 	switch m.Type {
 	case "open":
@@ -461,21 +485,28 @@ func (sess *session) onOpen(m clientMsg) (err error) {
 		return &protoError{disconnect: disconnectError, info: "no offered media format is supported (PCMU or L16, 8000 Hz, external/internal)", reason: reasonUnsupported}
 	}
 	probe := p.ConversationID == nullUUID
+	openedAt, state := time.Now(), stActive
 	if !probe {
 		var cc customConfig
 		if len(p.CustomConfig) > 0 {
 			_ = json.Unmarshal(p.CustomConfig, &cc)
 		}
-		if err := sess.place(ctx, p, sel, cc); err != nil {
+		if at, st, ok := sess.continues(p, sel, m.Position); ok {
+			openedAt, state = at, st
+			sess.subscribe(cc)
+		} else if err := sess.place(ctx, p, sel, cc); err != nil {
 			return err
 		}
 	}
 	sess.mu.Lock()
-	sess.sel, sess.openedAt = sel, time.Now()
+	sess.sel, sess.conv, sess.openedAt = sel, p.ConversationID, openedAt
 	if sess.state == stOpening {
-		sess.state = stActive
+		sess.state = state
 	}
 	sess.mu.Unlock()
+	if sess.call != nil {
+		sess.s.holding(sess)
+	}
 	if err := sess.reply("opened", openedParams{Media: []media{sel}}, m.Seq); err != nil {
 		return err
 	}
@@ -493,18 +524,7 @@ func (sess *session) place(ctx context.Context, p openParams, sel media, cc cust
 	for i, ch := range sel.Channels {
 		spec.Legs = append(spec.Legs, callsession.Leg{Index: uint8(i), Name: channels[ch], Codec: codecOf(sel), Rate: uint32(sel.Rate)})
 	}
-	if len(cc.Events) > 0 {
-		sess.kinds = map[string]bool{}
-		for _, k := range cc.Events {
-			if len(sess.kinds) < maxEventKinds && subjects.Valid(k) {
-				sess.kinds[k] = true
-			}
-		}
-		sub, err := sess.n.NC().Subscribe(subjects.EventsCall(sess.tenant, call), guard.Handler("audiohook_events", sess.log, sess.onEvent))
-		if err == nil {
-			sess.sub = sub
-		}
-	}
+	sess.subscribeTo(call, cc)
 	// The client gives up on "opened" after its open timeout (5 s for Genesys): placing takes no
 	// longer than ours.
 	ctx, cancel := context.WithTimeout(ctx, sess.s.cfg.OpenTimeout)
@@ -520,10 +540,95 @@ func (sess *session) place(ctx context.Context, p openParams, sel media, cc cust
 	}
 	sess.mu.Lock()
 	sess.call = c
-	sess.in = newMediaIn(sel, time.Now(), sess.emit)
+	sess.in = newMediaIn(sel, time.Now(), emitTo(c))
 	sess.mu.Unlock()
 	sess.log.Info().Str("format", sel.Format).Strs("channels", sel.Channels).Msg("audiohook session opened")
 	return nil
+}
+
+// subscribe asks for the events cc names of the call the session holds.
+func (sess *session) subscribe(cc customConfig) {
+	sess.subscribeTo(sess.call.ID().Call, cc)
+}
+
+func (sess *session) subscribeTo(call string, cc customConfig) {
+	if len(cc.Events) == 0 {
+		return
+	}
+	sess.kinds = map[string]bool{}
+	for _, k := range cc.Events {
+		if len(sess.kinds) < maxEventKinds && subjects.Valid(k) {
+			sess.kinds[k] = true
+		}
+	}
+	sub, err := sess.n.NC().Subscribe(subjects.EventsCall(sess.tenant, call), guard.Handler("audiohook_events", sess.log, sess.onEvent))
+	if err == nil {
+		sess.sub = sub
+	}
+}
+
+// continues takes over the call of the session of this server that open's continuedSessions
+// names (the latest first), if it may: the same tenant (API key), organization and conversation,
+// the same media selected, and still streaming. It returns when that call's stream was opened
+// (the bound on audio ahead of real time runs from there) and the state this session starts in,
+// or ok false: a session on another node, ended, or not the client's is not continued, and this
+// session places a call of its own.
+func (sess *session) continues(p openParams, sel media, position string) (openedAt time.Time, state int, ok bool) {
+	for i := len(p.ContinuedSessions) - 1; i >= 0; i-- {
+		id := p.ContinuedSessions[i].ID
+		if id == sess.id {
+			continue
+		}
+		if old := sess.s.holder(sess.tenant, id); old != nil {
+			if openedAt, state, ok = sess.takeOver(old, p, sel, position); ok {
+				return openedAt, state, true
+			}
+			sess.log.Info().Str("continues", id).Msg("audiohook continued session not taken over: another organization, conversation or media, or not streaming")
+		}
+	}
+	if len(p.ContinuedSessions) > 0 {
+		sess.log.Info().Int("continued", len(p.ContinuedSessions)).Msg("audiohook continued sessions not held here: a new call")
+	}
+	return time.Time{}, 0, false
+}
+
+func sameMedia(a, b media) bool {
+	if a.Type != b.Type || a.Format != b.Format || a.Rate != b.Rate || len(a.Channels) != len(b.Channels) {
+		return false
+	}
+	for i := range a.Channels {
+		if a.Channels[i] != b.Channels[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// takeOver moves old's call to this session, in one step under old's lock: old then neither ends
+// the call nor fills its silence, sends its events or takes audio (it waits for its "close",
+// reason reconnect), and the stream goes on on the call's timeline where old left it. This
+// session's position 0 (open's position) is the call's position now, whatever old's counted.
+func (sess *session) takeOver(old *session, p openParams, sel media, position string) (time.Time, int, bool) {
+	old.mu.Lock()
+	if old.org != sess.org || old.conv != p.ConversationID || !sameMedia(old.sel, sel) || old.call == nil ||
+		(old.state != stActive && old.state != stPaused) {
+		old.mu.Unlock()
+		return time.Time{}, 0, false
+	}
+	c, in, openedAt, pausedAt, st := old.call, old.in, old.openedAt, old.pausedAt, old.state
+	old.state, old.call = stMoved, nil
+	old.mu.Unlock()
+	close(old.moved)
+	sess.s.released(old)
+	pos, _ := parseDuration(position)
+	sess.mu.Lock()
+	sess.call, sess.in, sess.pausedAt = c, in, pausedAt
+	at := in.position()
+	sess.posBase = at - pos
+	sess.mu.Unlock()
+	sess.log.Info().Str("continues", old.id).Dur("position", at).Msg("audiohook session continues the call")
+	sess.publish("audiohook", map[string]any{"what": "reconnected", "session": sess.id, "continues": old.id, "position_ms": at.Milliseconds()})
+	return openedAt, st, true
 }
 
 // onEvent queues a call event the client asked for; a full queue drops it (counted).
@@ -557,8 +662,8 @@ func (sess *session) onDiscarded(m clientMsg) error {
 			return err
 		}
 		// The span is filled when the next audio arrives, after the audio before it.
-		sess.in.discard(sess.in.samples(start + span))
-		data["position_ms"] = sess.in.duration().Milliseconds()
+		sess.in.discard(sess.in.samples(sess.posBase + start + span))
+		data["position_ms"] = sess.in.position().Milliseconds()
 	}
 	sess.publish("gap", data)
 	return nil
@@ -610,7 +715,14 @@ func (sess *session) onClose(m clientMsg) error {
 	case "disconnect", "reconnect":
 		reason = reasonClientClose
 	}
-	if sess.in != nil {
+	sess.mu.Lock()
+	moved := sess.state == stMoved
+	sess.mu.Unlock()
+	if moved {
+		// Handed over: whatever the client says, the call goes on with the session that
+		// continues this one (close reason reconnect is what the protocol asks for).
+		reason = reasonReconnected
+	} else if sess.in != nil {
 		sess.in.finish()
 	}
 	sess.mu.Lock()
@@ -624,7 +736,9 @@ func (sess *session) onClose(m clientMsg) error {
 
 // publish sends an event of the call (when there is one) on events.<tenant>.<call>.<kind>.
 func (sess *session) publish(kind string, data any) {
+	sess.mu.Lock()
 	c := sess.call
+	sess.mu.Unlock()
 	if c == nil {
 		return
 	}
@@ -634,6 +748,7 @@ func (sess *session) publish(kind string, data any) {
 
 // end ends the call and closes the WebSocket.
 func (sess *session) end(reason string) {
+	sess.s.released(sess)
 	if sess.sub != nil {
 		_ = sess.sub.Unsubscribe()
 	}
@@ -655,7 +770,7 @@ func (sess *session) end(reason string) {
 	ev := sess.log.Info().Str("reason", reason)
 	if sess.in != nil {
 		filled, jumps := sess.in.stats()
-		ev = ev.Dur("position", sess.in.duration()).Uint64("filled_frames", filled).Uint64("jumps", jumps)
+		ev = ev.Dur("position", sess.in.position()).Uint64("filled_frames", filled).Uint64("jumps", jumps)
 	}
 	ev.Msg("audiohook session ended")
 }

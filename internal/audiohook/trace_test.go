@@ -2,11 +2,9 @@ package audiohook
 
 import (
 	"bytes"
-	"context"
 	"testing"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/callrouter/callrouter/internal/trace/tracetest"
 )
 
@@ -14,19 +12,7 @@ import (
 // placement, the offer and the first frame at the worker are one trace, parented in that order,
 // every span naming the call and its tenant, audiohook.open its root.
 func TestCallSetupTrace(t *testing.T) {
-	for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"} {
-		t.Setenv(k, "")
-	}
-	recv := tracetest.New(t)
-	shutdown, err := trace.Setup(context.Background(), trace.Config{Endpoint: recv.URL, Service: "audiohook-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = shutdown(ctx)
-	})
+	recv := tracetest.Install(t, "audiohook-test")
 	e := startEnv(t, testConfig(t), envOpts{workers: 1})
 	c, err := e.dial(t, signOpts{})
 	if err != nil {

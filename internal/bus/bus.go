@@ -102,27 +102,39 @@ func Connect(cfg Config, log zerolog.Logger) (*nats.Conn, error) {
 			ev.Msg("nats async error")
 		}),
 	}
-	if cfg.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	auth, err := cfg.AuthOptions()
+	if err != nil {
+		return nil, err
 	}
-	if cfg.NkeyFile != "" || cfg.NkeySeed != nil {
-		o, err := nkeyOptions(cfg)
+	nc, err := nats.Connect(cfg.URL, append(opts, auth...)...)
+	if err != nil {
+		return nil, fmt.Errorf("bus: connect %s: %w", cfg.URL, err)
+	}
+	return nc, nil
+}
+
+// AuthOptions returns the nats.go options for the credentials and TLS of c (creds file, nkey,
+// client certificate, CA), for a client that builds its own connection around them (the load
+// tester's plain clients).
+func (c Config) AuthOptions() ([]nats.Option, error) {
+	var opts []nats.Option
+	if c.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(c.CredsFile))
+	}
+	if c.NkeyFile != "" || c.NkeySeed != nil {
+		o, err := nkeyOptions(c)
 		if err != nil {
 			return nil, err
 		}
 		opts = append(opts, o...)
 	}
-	if cfg.TLSCert != "" {
-		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
+	if c.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
 	}
-	if cfg.TLSCA != "" {
-		opts = append(opts, nats.RootCAs(cfg.TLSCA))
+	if c.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(c.TLSCA))
 	}
-	nc, err := nats.Connect(cfg.URL, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("bus: connect %s: %w", cfg.URL, err)
-	}
-	return nc, nil
+	return opts, nil
 }
 
 // InboxPrefix is the reply-subject prefix of the client whose nkey has public key pub. Permissions

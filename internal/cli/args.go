@@ -56,3 +56,14 @@ func NATSFlags(fs *flag.FlagSet) *bus.Config {
 	fs.StringVar(&c.TLSCA, "nats-tls-ca", "", "CA file for the NATS servers")
 	return &c
 }
+
+// NATSCredentialFlags registers CommonFlags' NATS credential and TLS flags (-nats-creds,
+// -nats-nkey, -nats-tls-cert, -nats-tls-key, -nats-tls-ca), filling c, for a client with a -nats
+// flag of its own (the load tester). CheckNATS validates what they hold.
+func NATSCredentialFlags(fs *flag.FlagSet, c *bus.Config) {
+	fs.StringVar(&c.CredsFile, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&c.NkeyFile, "nats-nkey", "", "NATS nkey seed file of this component's identity (callrouter-auth keys)")
+	fs.StringVar(&c.TLSCert, "nats-tls-cert", "", "client TLS certificate file")
+	fs.StringVar(&c.TLSKey, "nats-tls-key", "", "client TLS key file")
+	fs.StringVar(&c.TLSCA, "nats-tls-ca", "", "CA file for the NATS servers")
+}

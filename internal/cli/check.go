@@ -39,7 +39,7 @@ func Check(component, id string, c *Common, build Build, log zerolog.Logger, out
 		fmt.Fprintf(errOut, "%s: %v\n", component, err)
 		return 2
 	}
-	if err := checkNATS(c.NATS); err != nil {
+	if err := CheckNATS(c.NATS); err != nil {
 		return fail(err)
 	}
 	if err := checkListen(c.HTTP); err != nil {
@@ -65,8 +65,10 @@ func Check(component, id string, c *Common, build Build, log zerolog.Logger, out
 	return 0
 }
 
-// checkNATS reports the first bad NATS setting, naming its flag.
-func checkNATS(cfg bus.Config) error {
+// CheckNATS reports the first bad NATS setting, naming its flag (the names CommonFlags and
+// NATSCredentialFlags register): the URLs, the pairing of the credentials, and that each file
+// opens.
+func CheckNATS(cfg bus.Config) error {
 	if strings.TrimSpace(cfg.URL) == "" {
 		return errors.New("flag -nats: no server URL")
 	}

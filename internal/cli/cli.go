@@ -111,11 +111,7 @@ type Common struct {
 func CommonFlags(fs *flag.FlagSet, httpDefault string) *Common {
 	c := &Common{NATS: bus.DefaultConfig(), fs: fs}
 	fs.StringVar(&c.NATS.URL, "nats", c.NATS.URL, "NATS server URLs, comma-separated")
-	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS credentials file")
-	fs.StringVar(&c.NATS.NkeyFile, "nats-nkey", "", "NATS nkey seed file of this component's identity (callrouter-auth keys)")
-	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client TLS certificate file")
-	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client TLS key file")
-	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA file for the NATS servers")
+	NATSCredentialFlags(fs, &c.NATS)
 	fs.IntVar(&c.NATS.ReconnectBuf, "nats-reconnect-buf", c.NATS.ReconnectBuf, "bytes buffered while reconnecting")
 	fs.StringVar(&c.HTTP, "http", httpDefault, "address for /healthz, /readyz and /metrics")
 	c.HTTPLimits = HTTPLimitFlags(fs)

@@ -50,14 +50,17 @@ const (
 	forkOpenTimeout  = 5 * time.Second
 	forkCloseTimeout = 5 * time.Second
 	forkWriteTimeout = 5 * time.Second
-	forkSettle       = 100 * time.Millisecond // after the first frame, how long open waits for the other leg's
-	forkLagWait      = time.Second            // how long a slot waits for a channel that has not reached it yet
-	forkMaxAhead     = 500                    // slots held beyond what was sent (10 s, twice ingest's ring): a frame further ahead gives up the oldest
-	forkReadLimit    = 64 << 10               // bytes of one message from the receiver
-	forkEntityMax    = 8 << 10                // bytes of one event entity (type and data)
-	forkEventRate    = 20                     // receiver event entities a second per call, and
-	forkEventBurst   = 50                     // a burst of this many
-	defaultForkOrg   = "00000000-0000-4000-8000-000000000000"
+	// forkStopGrace is how long a fork may go on after its call stopped, to deliver the end:
+	// then every connection attempt, backoff and write gives up.
+	forkStopGrace  = 5 * time.Second
+	forkSettle     = 100 * time.Millisecond // after the first frame, how long open waits for the other leg's
+	forkLagWait    = time.Second            // how long a slot waits for a channel that has not reached it yet
+	forkMaxAhead   = 500                    // slots held beyond what was sent (10 s, twice ingest's ring): a frame further ahead gives up the oldest
+	forkReadLimit  = 64 << 10               // bytes of one message from the receiver
+	forkEntityMax  = 8 << 10                // bytes of one event entity (type and data)
+	forkEventRate  = 20                     // receiver event entities a second per call, and
+	forkEventBurst = 50                     // a burst of this many
+	defaultForkOrg = "00000000-0000-4000-8000-000000000000"
 	// ForkEventKind is the kind of the callrouter event each receiver event entity becomes.
 	ForkEventKind = "fork.event"
 )
@@ -213,6 +216,7 @@ func (p *forkProc) Start(c Call) (Handler, error) {
 	}
 	h := &forkCall{p: p, c: c, t: t, chans: chans, format: format, legIdx: legIdx,
 		in: make(chan forkFrame, p.queue), stop: make(chan struct{}), done: make(chan struct{})}
+	h.grace, h.endGrace = context.WithCancel(context.Background())
 	if t.Twilio {
 		go h.runTwilio()
 	} else {
@@ -247,6 +251,11 @@ type forkCall struct {
 	// stopReason is Stop's: at the call's end what one channel lacks at the tail is silence;
 	// otherwise the call goes on elsewhere, and the tail only one channel has is left to it.
 	stopReason string
+	// grace bounds every network operation and wait of the fork: it ends forkStopGrace after
+	// Stop, so the fork never outlives its call by more (a receiver that hangs or refuses
+	// cannot keep it retrying).
+	grace    context.Context
+	endGrace context.CancelFunc
 
 	// Receiver events (readLoop only).
 	events, eventsLimited, eventsMalformed atomic.Int64
@@ -326,7 +335,31 @@ func (h *forkCall) queue(ff forkFrame) {
 func (h *forkCall) Stop(reason string) {
 	h.stopReason = reason // read by run after stop is closed
 	close(h.stop)
+	time.AfterFunc(forkStopGrace, h.endGrace)
 }
+
+// ctx is the context of one network operation of at most d: it ends sooner when the grace after
+// the call's stop does.
+func (h *forkCall) ctx(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(h.grace, d)
+}
+
+// sleep waits d, or less when the grace after the call's stop ends; it reports whether the fork
+// may go on.
+func (h *forkCall) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return h.grace.Err() == nil
+	case <-h.grace.Done():
+		return false
+	}
+}
+
+// errCallEnded is why a fork gives up reconnecting once its call has stopped and the grace
+// passed.
+var errCallEnded = fmt.Errorf("fork: the call ended before the receiver could be reached (%s after its end)", forkStopGrace)
 
 // run is the AudioHook client: wait for the call's first frames (where they sit on the call's
 // timeline is where the session starts), connect, open, stream, close.
@@ -353,7 +386,7 @@ func (h *forkCall) run() {
 		from := s.base
 		reason := h.stream(s, pending)
 		pending = nil
-		if reason != "write_failed" && reason != "lost" && reason != "disconnected" {
+		if reason != "write_failed" && reason != "lost" && reason != "disconnected" && reason != "reconnect_requested" {
 			h.closed(s, reason)
 			return
 		}
@@ -365,8 +398,9 @@ func (h *forkCall) run() {
 		} else if stalled++; stalled > h.p.retry.attempts {
 			h.fail(s, s.base, fmt.Errorf("fork: %d sessions in a row ended (%s) before sending anything new", stalled, reason))
 			return
-		} else {
-			time.Sleep(h.p.retry.delay(stalled - 1))
+		} else if !h.sleep(h.p.retry.delay(stalled - 1)) {
+			h.fail(s, s.base, errCallEnded)
+			return
 		}
 		h.reconnects++
 		h.c.Emit("fork", map[string]any{"state": "reconnecting", "session": s.id, "why": reason, "position": forkPosition(s.base)})
@@ -428,9 +462,15 @@ func (h *forkCall) fail(s *forkSession, at int64, err error) {
 func (h *forkCall) dial(start int64) (*forkSession, error) {
 	retry := h.p.retry
 	for attempt := 0; ; attempt++ {
+		if h.grace.Err() != nil {
+			return nil, errCallEnded
+		}
 		s, err := h.connect(start)
 		if err == nil {
 			return s, nil
+		}
+		if h.grace.Err() != nil {
+			return nil, errCallEnded
 		}
 		var final forkFinal
 		if errors.As(err, &final) || attempt >= retry.attempts {
@@ -440,7 +480,9 @@ func (h *forkCall) dial(start int64) (*forkSession, error) {
 			return nil, err
 		}
 		h.c.Log().Info().Err(err).Int("attempt", attempt+1).Msg("fork: connect failed, retrying")
-		time.Sleep(retry.delay(attempt))
+		if !h.sleep(retry.delay(attempt)) {
+			return nil, errCallEnded
+		}
 	}
 }
 
@@ -468,7 +510,7 @@ func (h *forkCall) resume(old *forkSession) (*forkSession, error) {
 		if err != nil {
 			return nil, err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), forkWriteTimeout)
+		ctx, cancel := h.ctx(forkWriteTimeout)
 		for _, m := range old.sent {
 			if m.audio == nil {
 				err = s.send(ctx, "discarded", map[string]string{"start": forkPosition(s.base), "discarded": forkPosition(m.n)})
@@ -548,6 +590,7 @@ type forkSession struct {
 	server atomic.Int64  // last server seq seen
 	closed chan struct{} // closed answered
 	disc   chan struct{} // disconnect received (discWhy set)
+	recon  chan struct{} // reconnect received: the receiver asks for a session that continues this one
 	dead   chan struct{} // the connection failed before closed
 	start  int64         // slot of open's position
 
@@ -599,7 +642,7 @@ func (h *forkCall) connect(start int64) (*forkSession, error) {
 	u, _ := url.Parse(h.t.URL)
 	spec := h.c.Spec()
 	s := &forkSession{root: forkID("session", spec.Tenant, spec.Call), closed: make(chan struct{}), disc: make(chan struct{}),
-		dead: make(chan struct{}), base: start, start: start, slots: make([][][]byte, len(h.chans)), frameBytes: 160, silence: 0xff}
+		recon: make(chan struct{}), dead: make(chan struct{}), base: start, start: start, slots: make([][][]byte, len(h.chans)), frameBytes: 160, silence: 0xff}
 	s.id = s.root
 	var continued []forkContinued
 	if start > 0 || len(h.sessions) > 0 {
@@ -623,7 +666,7 @@ func (h *forkCall) connect(start int64) (*forkSession, error) {
 	if len(h.t.Secret) > 0 {
 		signAudioHook(hdr, u, h.t)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), forkOpenTimeout)
+	ctx, cancel := h.ctx(forkOpenTimeout)
 	defer cancel()
 	conn, resp, err := websocket.Dial(ctx, h.t.URL, &websocket.DialOptions{HTTPHeader: hdr})
 	if err != nil {
@@ -743,6 +786,12 @@ func (h *forkCall) readLoop(s *forkSession) {
 				s.discWhy = p.Reason
 				close(s.disc)
 			}
+		case "reconnect":
+			select {
+			case <-s.recon:
+			default:
+				close(s.recon)
+			}
 		case "event":
 			h.onEvent(s, m.Parameters)
 		}
@@ -818,7 +867,7 @@ func (h *forkCall) stream(s *forkSession, first []forkFrame) string {
 			if s.decided() < forkBatch {
 				return nil
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), forkWriteTimeout)
+			ctx, cancel := h.ctx(forkWriteTimeout)
 			defer cancel()
 			return s.flush(ctx, false)
 		}
@@ -829,7 +878,7 @@ func (h *forkCall) stream(s *forkSession, first []forkFrame) string {
 				return nil
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), forkWriteTimeout)
+		ctx, cancel := h.ctx(forkWriteTimeout)
 		defer cancel()
 		if ahead >= forkMaxAhead {
 			// A long hole (a dropped span, a resync): what is held goes out, then the hole up
@@ -866,7 +915,7 @@ loop:
 		case <-tick.C: // what waited its forkLagWait for a channel goes out without a new frame
 			s.now = time.Now().UnixNano()
 			if s.decided() > 0 {
-				ctx, cancel := context.WithTimeout(context.Background(), forkWriteTimeout)
+				ctx, cancel := h.ctx(forkWriteTimeout)
 				err := s.flush(ctx, false)
 				cancel()
 				if err != nil {
@@ -875,6 +924,9 @@ loop:
 			}
 		case <-s.disc:
 			reason = "disconnect"
+			break loop
+		case <-s.recon:
+			reason = "reconnect" // closed with that reason; a session that continues this one follows
 			break loop
 		case <-s.dead:
 			select {
@@ -899,7 +951,7 @@ loop:
 			break loop
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), forkCloseTimeout)
+	ctx, cancel := h.ctx(forkCloseTimeout)
 	defer cancel()
 	if reason == "end" {
 		if err := s.flush(ctx, h.stopReason == StopEnd); err != nil {
@@ -922,6 +974,9 @@ loop:
 	_ = s.conn.Close(websocket.StatusNormalClosure, "")
 	if reason == "disconnect" && !forkDisconnectFinal(s.discWhy) {
 		return "disconnected"
+	}
+	if reason == "reconnect" {
+		return "reconnect_requested"
 	}
 	return reason
 }

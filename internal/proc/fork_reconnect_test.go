@@ -23,6 +23,7 @@ import (
 type flakyReceiver struct {
 	dropAfter int      // 0: never
 	after     []string // text messages sent after opened
+	firstOnly bool     // after: on the first connection only
 	refuse    int
 	up        chan struct{}
 	dropped   chan struct{}
@@ -92,6 +93,9 @@ func (r *flakyReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			_ = json.Unmarshal(m.Parameters, &p)
 			reply("opened", map[string]any{"media": p.Media[:1]})
 			for _, a := range r.after {
+				if r.firstOnly && n > 0 {
+					break
+				}
 				seq++
 				_ = c.Write(ctx, websocket.MessageText, []byte(a))
 			}
@@ -470,5 +474,50 @@ func TestForkReceiverDisconnect(t *testing.T) {
 	sessions, _ = r.snapshot()
 	if closed := forkState(fc, "closed")[0]; closed["reason"] != "disconnect" || closed["reconnects"] != int64(0) || len(sessions) != 1 {
 		t.Fatalf("closed %v after %d sessions", closed, len(sessions))
+	}
+}
+
+// TestForkReconnectRequested: a receiver's "reconnect" (it asks the client to move the session,
+// e.g. before it restarts) is honoured: the fork closes the session with reason reconnect and
+// opens one that names it in continuedSessions; together they carry every frame.
+func TestForkReconnectRequested(t *testing.T) {
+	r := newFlakyReceiver(0, http.StatusServiceUnavailable)
+	r.after = []string{`{"version":"2","type":"reconnect","id":"x","seq":2,"clientseq":1,"parameters":{"info":"maintenance"}}`}
+	r.firstOnly = true
+	close(r.up)
+	h, fc := forkWith(t, r, "moved", Options{"reconnect_backoff": "10ms", "reconnect_backoff_max": "50ms"})
+	feedPaced(t, h, 0, 100)
+	h.Stop(StopEnd)
+	waitFor(t, "the fork to end", func() bool {
+		select {
+		case <-h.done:
+			return true
+		default:
+			return false
+		}
+	})
+	sessions, _ := r.snapshot()
+	if len(sessions) != 2 {
+		t.Fatalf("%d sessions, want 2", len(sessions))
+	}
+	if last := sessions[0][len(sessions[0])-1]; last.Type != "close" || !strings.Contains(string(last.Parameters), `"reconnect"`) {
+		t.Fatalf("the first session ended with %s %s, want close (reconnect)", last.Type, last.Parameters)
+	}
+	var p struct {
+		Continued []forkContinued `json:"continuedSessions"`
+	}
+	if err := json.Unmarshal(sessions[1][0].Parameters, &p); err != nil || len(p.Continued) != 1 || p.Continued[0].ID != sessions[0][0].ID {
+		t.Fatalf("second open %s: want continuedSessions naming %s", sessions[1][0].Parameters, sessions[0][0].ID)
+	}
+	ch, discarded := stitch(t, sessions, 100)
+	for seq := range 100 {
+		for leg := range 2 {
+			if !bytes.Equal(ch[leg][seq], forkPayload(leg, uint32(seq))) {
+				t.Fatalf("slot %d leg %d missing or wrong across the requested reconnect", seq, leg)
+			}
+		}
+	}
+	if closed := forkState(fc, "closed"); len(discarded) != 0 || len(closed) != 1 || closed[0]["reason"] != "end" || closed[0]["reconnects"] != int64(1) {
+		t.Fatalf("discarded %v, closed %v", discarded, closed)
 	}
 }

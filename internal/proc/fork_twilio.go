@@ -74,7 +74,7 @@ func (h *forkCall) runTwilio() {
 	_, _ = rand.Read(b)
 	sid := "MZ" + hex.EncodeToString(b)
 	callSid := twilioSid("CA", spec.Tenant, spec.Call)
-	ctx, cancel := context.WithTimeout(context.Background(), forkOpenTimeout)
+	ctx, cancel := h.ctx(forkOpenTimeout)
 	conn, _, err := websocket.Dial(ctx, h.t.URL, nil)
 	cancel()
 	if err != nil {
@@ -94,7 +94,7 @@ func (h *forkCall) runTwilio() {
 	seq := 0
 	write := func(v any) error {
 		b, _ := json.Marshal(v)
-		ctx, cancel := context.WithTimeout(context.Background(), forkWriteTimeout)
+		ctx, cancel := h.ctx(forkWriteTimeout)
 		defer cancel()
 		return conn.Write(ctx, websocket.MessageText, b)
 	}

@@ -55,6 +55,7 @@ func TestTenantLabelsAreBounded(t *testing.T) {
 	m.observe("t0", "gap", []byte(`{"leg":0,"from":10,"to":14,"cause":"network_loss"}`))
 	m.observe("t0", "gap", []byte(`{"leg":0,"from":20,"to":20,"cause":"made-up"}`))
 	m.observe("t0", "gap", []byte(`{"leg":0,"from":20,"to":10,"cause":"network_loss"}`)) // backwards: ignored
+	m.observe("t0", "gap", []byte(`{"leg":0,"from":30,"to":39,"cause":"paused"}`))       // a secure pause: not lost
 	if got := testutil.ToFloat64(m.events.WithLabelValues(otherTenant, "start")); got != 50 {
 		t.Errorf("%v starts counted as %s, want 50", got, otherTenant)
 	}

@@ -71,6 +71,9 @@ func (t *tenantMetrics) observe(tenantTok, kind string, data json.RawMessage) {
 		if json.Unmarshal(data, &g) != nil || g.To < g.From || g.To-g.From >= 1<<32 {
 			return
 		}
+		if g.Cause == "paused" { // proc.CausePaused: withheld by a secure pause, not lost
+			return
+		}
 		if !gapCauses[g.Cause] {
 			g.Cause = "other"
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/player"
 	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -202,6 +203,30 @@ func TestAttacksFailWithPermissions(t *testing.T) {
 	t.Run("forge an ingest heartbeat with an empty call list", func(t *testing.T) {
 		for _, who := range []string{"worker-default-" + holder, "tenant-acme", "router-router-1"} {
 			as(who).publish(t, "hb.ingest.ingest-1", wire.IngestHeartbeat{V: wire.V, ID: "ingest-1", IntervalMS: 500, Calls: []wire.IngestCall{}})
+		}
+	})
+	t.Run("forge a worker's call list", func(t *testing.T) {
+		// A full snapshot without the call, and a delta that says it left, in the holder's name;
+		// and a ghost worker's list claiming it. Seq far ahead, so a router that took them
+		// would take them as the next message.
+		empty := wire.WorkerState{V: wire.VHeartbeat, ID: holder, Seq: 1 << 40, Full: true, Calls: []wire.WorkerCall{}}
+		gone := wire.WorkerState{V: wire.VHeartbeat, ID: holder, Seq: 1<<40 + 1, Calls: []wire.WorkerCall{}, Gone: []session.ID{id}}
+		ghost := wire.WorkerState{V: wire.VHeartbeat, ID: "fake-1", Seq: 1, Full: true,
+			Calls: []wire.WorkerCall{{Tenant: "acme", Call: "attack-0", Epoch: epoch + 1, Ingest: "ingest-1"}}}
+		for _, who := range []string{"worker-default-" + other, "tenant-acme", "ingest-ingest-1", "router-router-1"} {
+			a := as(who)
+			a.publish(t, subjects.HeartbeatCalls(subjects.Worker, holder), empty)
+			a.publish(t, subjects.HeartbeatCalls(subjects.Worker, holder), gone)
+			a.publish(t, subjects.HeartbeatCalls(subjects.Worker, "fake-1"), ghost)
+		}
+	})
+	t.Run("forge the ingest's call list", func(t *testing.T) {
+		empty := wire.IngestState{V: wire.VHeartbeat, ID: "ingest-1", Seq: 1 << 40, Full: true, Calls: []wire.IngestCall{}}
+		gone := wire.IngestState{V: wire.VHeartbeat, ID: "ingest-1", Seq: 1<<40 + 1, Calls: []wire.IngestCall{}, Gone: []session.ID{id}}
+		for _, who := range []string{"worker-default-" + holder, "tenant-acme", "router-router-1", "admin-ops"} {
+			a := as(who)
+			a.publish(t, subjects.HeartbeatCalls(subjects.Ingest, "ingest-1"), empty)
+			a.publish(t, subjects.HeartbeatCalls(subjects.Ingest, "ingest-1"), gone)
 		}
 	})
 	t.Run("forge bcast.down", func(t *testing.T) {

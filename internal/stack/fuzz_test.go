@@ -31,7 +31,15 @@ var controlSubjects = []string{
 	subjects.WorkerVerb("worker-1", subjects.WorkerVerbOffer), subjects.WorkerVerb("worker-1", subjects.WorkerVerbRelease),
 	subjects.WorkerVerb("worker-1", wire.WorkerVerbDrain),
 	subjects.Ctl("fuzz", "c1"),
+	// The call lists (snapshots and deltas, wire.StateTracker): of the running worker and ingest,
+	// of ghosts, and of a component kind that has none.
+	subjects.HeartbeatCalls(subjects.Worker, "worker-1"), subjects.HeartbeatCalls(subjects.Ingest, "ingest-1"),
+	subjects.HeartbeatCalls(subjects.Worker, "ghost"), subjects.HeartbeatCalls(subjects.Ingest, "ghost"),
+	subjects.HeartbeatCalls(subjects.Router, "ghost"),
 }
+
+// callListSubject is the index in controlSubjects of the first call-list subject.
+const callListSubject = 18
 
 // panicsSeen sums callrouter_panics_total over every place a panic can be contained.
 func panicsSeen(t testing.TB) float64 {
@@ -72,6 +80,24 @@ func FuzzControlPlane(f *testing.F) {
 	f.Add(uint8(17), []byte(`{"stop":true}`))
 	f.Add(uint8(6), []byte(`{"calls":[{"tenant":"x"}],"id":"ghost","interval_ms":500}`))
 	f.Add(uint8(1), []byte("\x00\xff{"))
+	if controlSubjects[callListSubject] != subjects.HeartbeatCalls(subjects.Worker, "worker-1") {
+		f.Fatalf("callListSubject %d is %s", callListSubject, controlSubjects[callListSubject])
+	}
+	// Call lists: a worker's full snapshot, a delta out of order, a delta that forges a call
+	// gone, a seq at the top of its range (the next wraps), a snapshot naming another id, an
+	// ingest's list with a placement on a ghost worker.
+	wcall := wire.WorkerCall{Tenant: "fuzz", Call: "c1", Epoch: 1, Ingest: "ingest-1", Progress: []session.LegSeq{{Leg: 0, Next: 5}}}
+	seed(callListSubject, wire.WorkerState{V: wire.VHeartbeat, ID: "worker-1", Seq: 1, Full: true, Calls: []wire.WorkerCall{wcall}})
+	seed(callListSubject, wire.WorkerState{V: wire.VHeartbeat, ID: "worker-1", Seq: 7, Calls: []wire.WorkerCall{wcall}})
+	seed(callListSubject, wire.WorkerState{V: wire.VHeartbeat, ID: "worker-1", Seq: 2, Gone: []session.ID{{Tenant: "fuzz", Call: "c1"}, {}}})
+	seed(callListSubject, wire.WorkerState{V: wire.VHeartbeat, ID: "worker-1", Seq: 1<<64 - 1, Full: true})
+	seed(callListSubject, wire.WorkerState{V: wire.VHeartbeat, ID: "ingest-1", Seq: 3, Full: true})
+	seed(callListSubject+1, wire.IngestState{V: wire.VHeartbeat, ID: "ingest-1", Seq: 1, Full: true,
+		Calls: []wire.IngestCall{{Tenant: "fuzz", Call: "c1", Epoch: 1 << 31, Placements: []wire.Placement{{Worker: "ghost", Pool: "default"}}}}})
+	seed(callListSubject+2, wire.WorkerState{V: wire.VHeartbeat, ID: "ghost", Seq: 1, Full: true, Calls: []wire.WorkerCall{wcall, wcall}})
+	seed(callListSubject+3, wire.IngestState{V: wire.VHeartbeat, ID: "ghost", Seq: 2, Gone: []session.ID{{Tenant: "fuzz", Call: "c1"}}})
+	f.Add(uint8(callListSubject+4), []byte(`{"v":2,"id":"ghost","seq":1,"full":true,"calls":[{}]}`))
+	f.Add(uint8(callListSubject), []byte(`{"v":2,"id":"worker-1","seq":1,"full":true,"calls":[null,{"progress":[{"leg":255,"next":-9223372036854775808}]}],"gone":[null]}`))
 	for i := range controlSubjects {
 		f.Add(uint8(i), []byte(`{}`))
 	}

@@ -1,12 +1,10 @@
 package twilio
 
 import (
-	"context"
 	"testing"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/subjects"
-	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/callrouter/callrouter/internal/trace/tracetest"
 	"github.com/coder/websocket"
 )
@@ -15,19 +13,7 @@ import (
 // placement, the offer and the first frame at the worker are one trace, parented in that order,
 // every span naming the call and its tenant, twilio.start its root.
 func TestCallSetupTrace(t *testing.T) {
-	for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"} {
-		t.Setenv(k, "")
-	}
-	recv := tracetest.New(t)
-	shutdown, err := trace.Setup(context.Background(), trace.Config{Endpoint: recv.URL, Service: "twilio-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = shutdown(ctx)
-	})
+	recv := tracetest.Install(t, "twilio-test")
 	e := startEnv(t, 0)
 	c := dial(t, e.url)
 	c.start(tokenAcme, "inbound")

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/callrouter/callrouter/internal/trace/tracetest"
 )
 
@@ -14,19 +13,7 @@ import (
 // the offer and the first frame at the worker are one trace, parented in that order, every span
 // naming the call and its tenant.
 func TestCallSetupTrace(t *testing.T) {
-	for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"} {
-		t.Setenv(k, "")
-	}
-	recv := tracetest.New(t)
-	shutdown, err := trace.Setup(context.Background(), trace.Config{Endpoint: recv.URL, Service: "whip-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = shutdown(ctx)
-	})
+	recv := tracetest.Install(t, "whip-test")
 	e := startEnv(t, 1, testConfig())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -8,7 +8,7 @@ type metrics struct {
 	calls      prometheus.Gauge
 	offers     *prometheus.CounterVec // result
 	frames     *prometheus.CounterVec // result: processed, duplicate, old_epoch, bad, jump_held, replayed, paused
-	drops      *prometheus.CounterVec // reason: backpressure, stale, slow_consumer
+	drops      *prometheus.CounterVec // reason: backpressure, stale
 	lost       *prometheus.CounterVec // cause
 	ended      *prometheus.CounterVec // reason
 	lag        prometheus.Gauge
@@ -27,9 +27,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		calls:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_calls", Help: "Calls held by this worker."}),
 		offers:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_offers_total", Help: "Placement offers by result."}, []string{"result"}),
-		frames:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_frames_total", Help: "Frames received by outcome."}, []string{"result"}),
-		drops:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_dropped_frames_total", Help: "Frames the worker dropped, by reason."}, []string{"reason"}),
-		lost:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_lost_frames_total", Help: "Frames never processed (sequence gaps), by cause."}, []string{"cause"}),
+		frames:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_frames_total", Help: "Frames by outcome: processed (handed to the processors), paused (withheld by a secure pause, and the ones missing between two paused frames), replayed (from ingest's ring; also counted processed or paused), duplicate, old_epoch (from an earlier placement of the call), bad (did not parse), jump_held (dropped after a forward sequence jump real time does not explain, until a second frame confirms it)."}, []string{"result"}),
+		drops:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_dropped_frames_total", Help: "Frames the worker dropped before processing, by reason: backpressure (the call's queue was full; the oldest go), stale (older than -max-frame-age)."}, []string{"reason"}),
+		lost:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_lost_frames_total", Help: "Frames never processed (sequence gaps), by cause; frames missing during a secure pause are not lost (callrouter_worker_frames_total{result=\"paused\"})."}, []string{"cause"}),
 		ended:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_worker_calls_ended_total", Help: "Calls this worker stopped holding, by reason."}, []string{"reason"}),
 		lag:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_lag_seconds", Help: "Worst per-call processing lag (capture to processing)."}),
 		subs:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrouter_worker_subscriptions", Help: "Per-call NATS subscriptions held."}),

@@ -23,13 +23,21 @@ import (
 
 // Start runs what cfg asks for; it is a loadtest.Harness.
 func Start(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local, error) {
-	if cfg.NATSURL != "" {
-		return joinRemote(cfg)
-	}
-	return startStack(ctx, cfg)
+	return StartWith(bus.Config{})(ctx, cfg)
 }
 
 var _ loadtest.Harness = Start
+
+// StartWith is Start whose ingest node on a remote NATS signs in with remote's credentials and
+// TLS (CredsFile, NkeyFile, TLSCert, TLSKey, TLSCA; the rest of remote is not used).
+func StartWith(remote bus.Config) loadtest.Harness {
+	return func(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local, error) {
+		if cfg.NATSURL != "" {
+			return joinRemote(cfg, remote)
+		}
+		return startStack(ctx, cfg)
+	}
+}
 
 // startStack starts the one-process callrouter and, for the SIP, WHIP, AudioHook and Twilio
 // modes, that ingest.
@@ -95,8 +103,9 @@ func waitWorkers(ctx context.Context, st *stack.Stack, n int) error {
 
 // joinRemote runs an ingest node of the tester's own on a remote callrouter's NATS: the calls
 // load the remote routers and workers, never a remote ingest.
-func joinRemote(cfg loadtest.LocalConfig) (*loadtest.Local, error) {
+func joinRemote(cfg loadtest.LocalConfig, remote bus.Config) (*loadtest.Local, error) {
 	bc := bus.DefaultConfig()
+	bc.CredsFile, bc.NkeyFile, bc.TLSCert, bc.TLSKey, bc.TLSCA = remote.CredsFile, remote.NkeyFile, remote.TLSCert, remote.TLSKey, remote.TLSCA
 	bc.URL, bc.Name = cfg.NATSURL, "loadtest ingest "+cfg.RunID
 	nc, err := bus.Connect(bc, cfg.Log)
 	if err != nil {

@@ -5,6 +5,7 @@ package tracetest
 
 import (
 	"compress/gzip"
+	"context"
 	"encoding/hex"
 	"io"
 	"net/http"
@@ -13,7 +14,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/callrouter/callrouter/internal/trace"
 	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -156,4 +159,24 @@ func Chain(spans []Span, call string, names ...string) ([]Span, string) {
 		why = "the " + names[0] + " span of call " + call + " has no chain " + strings.Join(names, " → ")
 	}
 	return nil, why
+}
+
+// Install points this process's tracing at a new receiver for the test (the OTEL_* environment
+// cleared, so only the receiver counts) and flushes and shuts tracing down when the test ends.
+func Install(t testing.TB, service string) *Receiver {
+	t.Helper()
+	for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"} {
+		t.Setenv(k, "")
+	}
+	recv := New(t)
+	shutdown, err := trace.Setup(context.Background(), trace.Config{Endpoint: recv.URL, Service: service})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = shutdown(ctx)
+	})
+	return recv
 }
