@@ -284,15 +284,7 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Call{n: n, spec: spec, done: make(chan struct{}),
-		log: n.log.With().Str("tenant", spec.Tenant).Str("call", spec.Call).Logger()}
-	for _, l := range spec.Legs {
-		stride := frame.HeaderLen + nominalPayload(l)
-		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/stride))
-		c.legs = append(c.legs, leg{info: l, subject: subjects.Audio(spec.Tenant, spec.Call, l.Name), samples: samplesPerFrame(l),
-			epochStart: true, ring: newRing(frames, stride)})
-	}
-	c.lastMedia.Store(time.Now().UnixNano())
+	c := n.newCall(spec)
 	n.mu.Lock()
 	if n.draining {
 		n.mu.Unlock()
@@ -362,6 +354,20 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 	}
 	n.m.starts.WithLabelValues("no_router").Inc()
 	return nil, fmt.Errorf("%w: %v", ErrNoRouter, lastErr)
+}
+
+// newCall builds a call for a valid spec, with its legs' rings, not yet owned or placed.
+func (n *Node) newCall(spec session.Spec) *Call {
+	c := &Call{n: n, spec: spec, done: make(chan struct{}),
+		log: n.log.With().Str("tenant", spec.Tenant).Str("call", spec.Call).Logger()}
+	for _, l := range spec.Legs {
+		stride := frame.HeaderLen + nominalPayload(l)
+		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/stride))
+		c.legs = append(c.legs, leg{info: l, subject: subjects.Audio(spec.Tenant, spec.Call, l.Name), samples: samplesPerFrame(l),
+			epochStart: true, ring: newRing(frames, stride)})
+	}
+	c.lastMedia.Store(time.Now().UnixNano())
+	return c
 }
 
 // releasePlacements lets workers go of a call that ended while it was being placed.
