@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,11 +15,16 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// BenchmarkSendFrames measures ingest's cost per frame (ns/op is per frame) as the load test
-// meets it: many placed two-leg G.711 calls with warm 5 s rings, one frame per leg and call in
-// turn (the tester's order), so each call's state has gone cold in the cache by its next frame.
-// "bus" publishes to an embedded nats-server with a subscriber draining audio.>; "ring" is the
-// same path with the node paused (Node.Pause), which skips only nc.Publish: ingest's own work.
+// BenchmarkSendFrames measures ingest's cost per frame as the load test meets it: many placed
+// two-leg G.711 calls with warm 5 s rings, one frame per leg and call in turn (the tester's
+// order), so each call's state has gone cold in the cache by its next frame. "bus" publishes to
+// an embedded nats-server with a subscriber draining audio.>; "ring" is the same path with the
+// node paused (Node.Pause), which skips only nc.Publish: ingest's own work.
+//
+// ns/op (per frame) is wall time, which on a shared machine follows the neighbours; cpu-ns/frame
+// is the CPU time of the sending thread alone (Linux): Call.Send and, in "bus", nats.go's
+// Publish into its buffer, not the server's or the subscriber's work (nor their allocations,
+// which B/op counts in "bus").
 //
 //	go test -run '^$' -bench SendFrames -count 6 ./internal/ingest/
 func BenchmarkSendFrames(b *testing.B) {
@@ -93,11 +99,18 @@ func benchSendFrames(b *testing.B, calls int, bus bool) {
 	}
 	n.Pause(!bus)
 	b.ReportAllocs()
-	i := 0
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cpu0, cpuOK := threadCPU()
+	i, frames := 0, 0
 	for b.Loop() {
 		send(cs[i>>1], i&1)
 		if i++; i == 2*calls {
 			i = 0
 		}
+		frames++
+	}
+	if cpu1, ok := threadCPU(); ok && cpuOK {
+		b.ReportMetric(float64(cpu1-cpu0)/float64(frames), "cpu-ns/frame")
 	}
 }

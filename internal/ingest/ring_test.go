@@ -111,6 +111,8 @@ func TestRingKeepsFramesLargerThanTheirSlot(t *testing.T) {
 // ring is unreachable, cleared, and the next ring of that size reuses it.
 func TestRingBlockGoesBackWhenTheRingIsGone(t *testing.T) {
 	const frames, stride = 7, frame.HeaderLen + 61 // a size no other test uses, so its pool is this test's
+	busy := newRing(frames, stride)                // keeps the pool from going idle, which would unmap it
+	defer busy.release()
 	r := newRing(frames, stride)
 	putFrame(t, r, 0, []byte{0xAA, 0xBB})
 	block := &r.buf[0]
@@ -180,6 +182,8 @@ func BenchmarkCallHeap(b *testing.B) {
 // without waiting for a collection, holds nothing, and releasing it twice changes nothing.
 func TestRingReleaseGivesTheBlockBackAtOnce(t *testing.T) {
 	const frames, stride = 5, frame.HeaderLen + 59 // a size no other test uses
+	busy := newRing(frames, stride)                // keeps the pool from going idle, which would unmap it
+	defer busy.release()
 	r := newRing(frames, stride)
 	putFrame(t, r, 0, []byte{1, 2, 3})
 	block := &r.buf[0]
@@ -199,4 +203,55 @@ func TestRingReleaseGivesTheBlockBackAtOnce(t *testing.T) {
 	}
 	r.each(0, 100, func(uint32, []byte) bool { t.Error("a released ring still yields a frame"); return false })
 	runtime.KeepAlive(r)
+}
+
+// TestIdleBlockPoolIsUnmapped: the pool of a block size keeps its regions while any block is out
+// and gives them back to the system when the last one comes back; the next ring maps afresh.
+func TestIdleBlockPoolIsUnmapped(t *testing.T) {
+	const frames, stride = 6, frame.HeaderLen + 57 // a size no other test uses
+	p := poolOf(frames * stride)
+	state := func() (regions, free, out int) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.regions), len(p.free), p.out
+	}
+	a, b := newRing(frames, stride), newRing(frames, stride)
+	putFrame(t, a, 0, []byte{1})
+	a.release()
+	if regions, free, out := state(); regions != 1 || free == 0 || out != 1 {
+		t.Fatalf("one ring of two released: %d regions, %d free blocks, %d out; want 1 region kept, 1 out", regions, free, out)
+	}
+	b.release()
+	if regions, free, out := state(); regions != 0 || free != 0 || out != 0 {
+		t.Fatalf("every ring released: %d regions, %d free blocks, %d out; want all unmapped", regions, free, out)
+	}
+	c := newRing(frames, stride)
+	putFrame(t, c, 7, []byte{9})
+	if seqs, payloads := ringFrames(t, c, 0, 100); !slices.Equal(seqs, []uint32{7}) || !slices.Equal(payloads[0], []byte{9}) {
+		t.Errorf("a ring from a remapped pool holds %v %v", seqs, payloads)
+	}
+	c.release()
+}
+
+// TestNodeCloseUnmapsTheRings: once a node has closed (its calls ended), the ring memory its
+// calls used is unmapped, so a later node in the same process does not inherit it.
+func TestNodeCloseUnmapsTheRings(t *testing.T) {
+	const frames = 67 // a ring length, and so a block size, no other test uses
+	n, _, _ := stNode(t, func(c *Config) { c.Ring = frames * frame.Duration })
+	stCall(t, n, "a", 3)
+	stCall(t, n, "b", 300)
+	p := poolOf(frames * (frame.HeaderLen + 160))
+	p.mu.Lock()
+	regions, out := len(p.regions), p.out
+	p.mu.Unlock()
+	if regions != 1 || out != 4 {
+		t.Fatalf("two calls up: %d regions, %d blocks out; want 1 and 4", regions, out)
+	}
+	n.Close()
+	p.mu.Lock()
+	regions, out = len(p.regions), p.out
+	p.mu.Unlock()
+	if regions != 0 || out != 0 {
+		t.Errorf("node closed: %d regions mapped, %d blocks out; want none", regions, out)
+	}
 }
