@@ -13,7 +13,9 @@ import (
 //
 // blocks hands out fixed-size byte blocks carved from regions mapped outside the heap (mapRegion;
 // the heap where the platform has no mmap) and takes them back for reuse; the memory is kept for
-// the next call rather than returned to the system. A block goes back only when the ring that
+// the next call while any block of its size is out, and unmapped when the last one comes back
+// (every call ended, as when a node closes: a later node or load-test phase in the same process
+// does not inherit a pool sized for the last one's peak). A block goes back only when the ring that
 // holds it is unreachable (runtime.AddCleanup), so no frame can be read from a block that has
 // been handed to another call, or when the call ends (ring.release), whichever comes first: the
 // collector does not see this memory, so it may run rarely while calls come and go.
@@ -22,8 +24,10 @@ import (
 const blockRegion = 4 << 20
 
 type blockPool struct {
-	mu   sync.Mutex
-	free [][]byte
+	mu      sync.Mutex
+	free    [][]byte
+	regions [][]byte // mapped for this size
+	out     int      // blocks handed out and not back
 }
 
 var blockPools sync.Map // block size → *blockPool
@@ -36,6 +40,7 @@ func getBlock(size int) []byte {
 	if len(p.free) == 0 {
 		n := max(1, blockRegion/size)
 		region := mapRegion(n * size)
+		p.regions = append(p.regions, region)
 		for i := 0; i < n; i++ {
 			p.free = append(p.free, region[i*size:(i+1)*size:(i+1)*size])
 		}
@@ -43,16 +48,25 @@ func getBlock(size int) []byte {
 	b := p.free[len(p.free)-1]
 	p.free[len(p.free)-1] = nil
 	p.free = p.free[:len(p.free)-1]
+	p.out++
 	return b
 }
 
-// putBlock clears b (a call's audio is not left lying in memory) and keeps it for reuse.
+// putBlock clears b (a call's audio is not left lying in memory) and keeps it for reuse, or
+// unmaps its pool's regions when it was the last block out.
 func putBlock(b []byte) {
 	clear(b)
 	p := poolOf(cap(b))
 	p.mu.Lock()
-	p.free = append(p.free, b[:cap(b)])
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	if p.out--; p.out > 0 {
+		p.free = append(p.free, b[:cap(b)])
+		return
+	}
+	for _, r := range p.regions {
+		unmapRegion(r)
+	}
+	p.free, p.regions = nil, nil
 }
 
 func poolOf(size int) *blockPool {

@@ -13,3 +13,7 @@ func mapRegion(size int) []byte {
 	}
 	return b
 }
+
+// unmapRegion gives a region from mapRegion back to the system; nothing may use it afterwards.
+// Munmap fails only for a range that is not a mapping, which no region is.
+func unmapRegion(b []byte) { _ = syscall.Munmap(b) }

@@ -11,37 +11,46 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// leg is one leg's per-frame state and its replay ring. Everything a frame reads or writes
+// comes first and together, in the Call itself for calls of up to two legs (Call.inline).
 type leg struct {
-	info       session.Leg
 	subject    string
 	seq        uint32
-	samples    uint32 // per frame
-	epochStart bool   // the next frame is the first of a new epoch
 	startSeq   uint32 // first sequence published at the current epoch
-	ring       *ring
+	samples    uint32 // per frame
+	rate       uint32
+	codec      frame.Codec
+	index      uint8
+	epochStart bool // the next frame is the first of a new epoch
+	ring       ring
 }
 
 // Call is one call owned by this ingest node. A transport feeds it 20 ms payloads with Send and
 // ends it with End; the call stamps sequence, media timestamp, capture time and epoch, keeps each
 // leg's recent frames for replay, and publishes them on the leg's subject.
+//
+// A node sends frames for thousands of calls in turn, so a call's state has left the cache by
+// its next frame: the fields a frame touches are laid out together, from pause (whose on field
+// is its last) to the inline legs, and a frame touches no memory shared with other calls but the
+// NATS connection (frames are counted per call and added to the metric by the heartbeat).
 type Call struct {
-	n    *Node
-	spec session.Spec
-	log  zerolog.Logger
-
-	mu         sync.Mutex // orders Send against epoch changes
-	epoch      uint32
-	maxEpoch   uint32 // highest epoch ever requested, so retries never reuse one
-	placements []wire.Placement
-	legs       []leg
-	ended      bool
-	pause      pauseState // a secure pause (pause.go)
-
-	placing   sync.Mutex   // one re-placement at a time
-	replacing atomic.Int32 // re-placements started and not finished; repeated notices wait for them
-	lastMedia atomic.Int64
-	done      chan struct{}
-	endOnce   sync.Once
+	spec        session.Spec
+	log         zerolog.Logger
+	maxEpoch    uint32 // highest epoch ever requested, so retries never reuse one; under mu
+	placements  []wire.Placement
+	placing     sync.Mutex   // one re-placement at a time
+	replacing   atomic.Int32 // re-placements started and not finished; repeated notices wait for them
+	done        chan struct{}
+	endOnce     sync.Once
+	pause       pauseState // a secure pause (pause.go); under mu
+	mu          sync.Mutex // orders Send against epoch changes; guards the call's state
+	epoch       uint32
+	ended       bool
+	lastMedia   int64 // capture time of the last frame, Unix nanoseconds
+	unpublished int64 // frames published and not yet added to the frames metric
+	n           *Node
+	legs        []leg  // inline[:k] for a call of k <= 2 legs
+	inline      [2]leg // the legs of most calls, next to the call's state
 }
 
 // ID returns the call's identity.
@@ -95,7 +104,7 @@ func (c *Call) SendAt(legIdx int, payload []byte, flags frame.Flags, capture tim
 	if legIdx < 0 || legIdx >= len(c.legs) {
 		return ErrLeg
 	}
-	c.lastMedia.Store(capture.UnixNano())
+	c.lastMedia = capture.UnixNano()
 	return c.publishLocked(&c.legs[legIdx], payload, flags, capture)
 }
 
@@ -108,14 +117,14 @@ func (c *Call) publishLocked(l *leg, payload []byte, flags frame.Flags, capture 
 		l.epochStart = false
 		l.startSeq = l.seq
 	}
-	h := frame.Header{Flags: flags, Codec: l.info.Codec, Leg: l.info.Index, SampleRate: l.info.Rate, Epoch: c.epoch,
+	h := frame.Header{Flags: flags, Codec: l.codec, Leg: l.index, SampleRate: l.rate, Epoch: c.epoch,
 		Seq: l.seq, MediaTS: l.seq * l.samples, Capture: capture.UnixNano(), DurationUS: uint16(frame.Duration / time.Microsecond)}
 	b, err := frame.Append(l.ring.slot(), &h, payload)
 	if err != nil {
 		c.n.m.badFrame.Inc()
 		return err
 	}
-	l.ring.put(l.seq, b)
+	l.ring.put(b)
 	l.seq++
 	if c.n.paused.Load() {
 		return nil // Pause: captured and kept in the ring, lost on the way out
@@ -124,8 +133,24 @@ func (c *Call) publishLocked(l *leg, payload []byte, flags frame.Flags, capture 
 		c.n.m.publishErr.Inc()
 		return err
 	}
-	c.n.m.published.Inc()
+	c.unpublished++
 	return nil
+}
+
+// countPublished adds the frames published since the last count to the frames metric. Must hold
+// c.mu.
+func (c *Call) countPublished() {
+	if c.unpublished > 0 {
+		c.n.m.published.Add(float64(c.unpublished))
+		c.unpublished = 0
+	}
+}
+
+// idle reports whether the call is placed and has had no media since before.
+func (c *Call) idle(before int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.epoch > 0 && c.lastMedia < before
 }
 
 // End ends the call: a last frame on every leg, a call "end" event, and the call leaves the node.
@@ -141,6 +166,7 @@ func (c *Call) End(reason string) {
 			}
 		}
 		c.releaseRings()
+		c.countPublished()
 		c.mu.Unlock()
 		if epoch > 0 {
 			c.n.event(c, epoch, "end", map[string]string{"reason": reason})

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -284,15 +285,7 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Call{n: n, spec: spec, done: make(chan struct{}),
-		log: n.log.With().Str("tenant", spec.Tenant).Str("call", spec.Call).Logger()}
-	for _, l := range spec.Legs {
-		stride := frame.HeaderLen + nominalPayload(l)
-		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/stride))
-		c.legs = append(c.legs, leg{info: l, subject: subjects.Audio(spec.Tenant, spec.Call, l.Name), samples: samplesPerFrame(l),
-			epochStart: true, ring: newRing(frames, stride)})
-	}
-	c.lastMedia.Store(time.Now().UnixNano())
+	c := n.newCall(spec)
 	n.mu.Lock()
 	if n.draining {
 		n.mu.Unlock()
@@ -364,6 +357,31 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 	return nil, fmt.Errorf("%w: %v", ErrNoRouter, lastErr)
 }
 
+// newCall builds a call for a valid spec, with its legs' rings, not yet owned or placed.
+func (n *Node) newCall(spec session.Spec) *Call {
+	c := &Call{n: n, spec: spec, done: make(chan struct{}), lastMedia: time.Now().UnixNano(),
+		log: n.log.With().Str("tenant", spec.Tenant).Str("call", spec.Call).Logger()}
+	c.legs = c.inline[:0]
+	if len(spec.Legs) > len(c.inline) {
+		c.legs = make([]leg, 0, len(spec.Legs))
+	}
+	// The legs' subjects in one allocation, next to each other.
+	var all strings.Builder
+	for _, l := range spec.Legs {
+		all.WriteString(subjects.Audio(spec.Tenant, spec.Call, l.Name))
+	}
+	subject := all.String()
+	for _, l := range spec.Legs {
+		k := len(subjects.Audio(spec.Tenant, spec.Call, l.Name))
+		stride := frame.HeaderLen + nominalPayload(l)
+		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/stride))
+		c.legs = append(c.legs, leg{subject: subject[:k], samples: samplesPerFrame(l), rate: l.Rate, codec: l.Codec, index: l.Index,
+			epochStart: true, ring: makeRing(c, frames, stride)})
+		subject = subject[k:]
+	}
+	return c
+}
+
 // releasePlacements lets workers go of a call that ended while it was being placed.
 func (n *Node) releasePlacements(c *Call, epoch uint32, ps []wire.Placement) {
 	for _, p := range ps {
@@ -409,10 +427,7 @@ func (n *Node) reap() {
 	now := time.Now().UnixNano()
 	for _, c := range n.Calls() {
 		c.expirePause(time.Unix(0, now))
-		if c.Epoch() == 0 {
-			continue // still being placed; StartCall owns it until then
-		}
-		if now-c.lastMedia.Load() > int64(n.cfg.MediaTimeout) {
+		if c.idle(now - int64(n.cfg.MediaTimeout)) { // a call still being placed is StartCall's
 			c.End("media_timeout")
 		}
 	}
@@ -432,6 +447,7 @@ func (n *Node) heartbeat() {
 	list := make([]wire.IngestCall, 0, len(calls))
 	for _, c := range calls {
 		c.mu.Lock()
+		c.countPublished()
 		if c.epoch > 0 {
 			list = append(list, wire.IngestCall{Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.epoch, Placements: c.placements, Paused: c.pause.on})
 		}

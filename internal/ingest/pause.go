@@ -44,11 +44,12 @@ func (s PauseSource) String() string {
 }
 
 // pauseState is a call's pause; guarded by Call.mu. on and since describe the call (paused while
-// any source holds it); hold, per source.
+// any source holds it); hold, per source. on comes last: every frame reads it, with the Call
+// fields that follow.
 type pauseState struct {
-	on    bool
 	since time.Time
 	hold  [pauseSources]pauseHold
+	on    bool
 }
 
 type pauseHold struct {
