@@ -180,7 +180,8 @@ func (e *sharedEntry) idle(now time.Time) {
 
 func (e *sharedEntry) recover() {
 	if v := recover(); v != nil {
-		e.panic = &v
+		p := v // escapes: allocated on a panic only
+		e.panic = &p
 		e.end()
 	}
 }
