@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -235,5 +236,19 @@ func TestSIPpSharedPort(t *testing.T) {
 	}
 	if own != 0 {
 		t.Errorf("%d calls took a port of their own", own)
+	}
+}
+
+// TestSharedPortNeedsAddrCheck: the shared port routes by source port, so a looser source check
+// is refused with an error that names both flags.
+func TestSharedPortNeedsAddrCheck(t *testing.T) {
+	c := DefaultConfig()
+	c.RTPShared, c.SourceCheck = true, SourceCheckIP
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "-sip-rtp-shared") || !strings.Contains(err.Error(), "-sip-source-check") {
+		t.Errorf("shared port with source check ip: %v", err)
+	}
+	c.SourceCheck = SourceCheckAddr
+	if err := c.Validate(); err != nil {
+		t.Error(err)
 	}
 }
