@@ -37,6 +37,7 @@ type sharedEntry struct {
 	rtp    *sharedRTP
 	s      *stream
 	key    netip.AddrPort // rtp.mu
+	gone   bool           // rtp.mu: out of the table for good
 	reader int            // the reader that sweeps it
 
 	mu      sync.Mutex
@@ -82,6 +83,10 @@ func without(es []*sharedEntry, e *sharedEntry) []*sharedEntry {
 func (r *sharedRTP) remove(e *sharedEntry) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if e.gone {
+		return
+	}
+	e.gone = true
 	r.unroute(e)
 	r.sweeps[e.reader] = without(r.sweeps[e.reader], e)
 }
@@ -100,7 +105,7 @@ func (r *sharedRTP) unroute(e *sharedEntry) {
 func (r *sharedRTP) rekey(e *sharedEntry, from netip.AddrPort) {
 	from = netipAddrPort(from.Addr(), int(from.Port()))
 	r.mu.Lock()
-	if e.key == from {
+	if e.key == from || e.gone { // a re-INVITE that crossed the call's end
 		r.mu.Unlock()
 		return
 	}

@@ -252,3 +252,19 @@ func TestSharedPortNeedsAddrCheck(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestSharedPortRekeyAfterClose: a re-INVITE that crosses the call's end leaves nothing behind.
+func TestSharedPortRekeyAfterClose(t *testing.T) {
+	r, _ := openShared(t)
+	_, a := udpSender(t)
+	_, b := udpSender(t)
+	l := startShared(t, r, a)
+	l.st.stop()
+	<-l.done
+	l.st.setRemote(b)
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if len(r.routes) != 0 || len(r.sweeps[0])+len(r.sweeps[1]) != 0 {
+		t.Errorf("routes %v and sweeps %v left after the stream closed", r.routes, r.sweeps)
+	}
+}
