@@ -268,3 +268,44 @@ func TestSharedPortRekeyAfterClose(t *testing.T) {
 		t.Errorf("routes %v and sweeps %v left after the stream closed", r.routes, r.sweeps)
 	}
 }
+
+// TestSharedPortPanicEndsOneStream: a panic in one stream's packet handling ends that stream
+// alone (its run raises it again, on its own goroutine, for the call to end with reason
+// "error"); the reader and the other streams on the port go on.
+func TestSharedPortPanicEndsOneStream(t *testing.T) {
+	r, port := openShared(t)
+	txA, a := udpSender(t)
+	txB, b := udpSender(t)
+	good := startShared(t, r, b)
+	victim := testStream(func(int, []byte, frame.Flags) error { return nil })
+	hook := func(raw []byte) {
+		if len(raw) > 12 && raw[12] == 0xEE {
+			panic("injected RTP panic")
+		}
+	}
+	victim.hook = &hook
+	victim.setRemote(a)
+	victim.sh = r.add(victim, a)
+	victim.activate()
+	panicked := make(chan any, 1)
+	go func() {
+		defer func() { panicked <- recover() }()
+		victim.run()
+	}()
+	if _, err := txA.WriteToUDPAddrPort(rtpFrom(0, 1, 0xEE), port); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case v := <-panicked:
+		if v != "injected RTP panic" {
+			t.Fatalf("run ended with %v, want the injected panic", v)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the panicking stream's run did not end")
+	}
+	victim.release(nil)
+	for i := range 10 {
+		_, _ = txB.WriteToUDPAddrPort(rtpFrom(i, 2, 'b'), port)
+	}
+	eventually(t, 10*time.Second, "the other stream's frames", func() bool { return good.count('b') >= 9 })
+}
