@@ -223,6 +223,10 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 			return fmt.Errorf("sip: shared RTP port (-sip-rtp-shared) %d: %w", sharedPort(s.cfg), err)
 		}
 		defer s.shared.close()
+		if s.shared.rcvbuf < sharedRcvBuf {
+			s.log.Warn().Int("bytes", s.shared.rcvbuf).Int("want", sharedRcvBuf).
+				Msg("the shared RTP port's sockets got a small receive buffer: raise net.core.rmem_max, or grant CAP_NET_ADMIN, or packets may be dropped at bursts")
+		}
 	}
 	local := ls.local()
 	if s.advertise.IsUnspecified() {

@@ -22,9 +22,10 @@ const ssrcHold = 3 * frameDur
 
 // sharedRTP is the demultiplexing table of the shared port: the streams by declared source.
 type sharedRTP struct {
-	port  int
-	m     *metrics
-	socks sharedSocks // the sockets and their readers (shared_linux.go)
+	port   int
+	m      *metrics
+	socks  sharedSocks // the sockets and their readers (shared_linux.go)
+	rcvbuf int         // the receive buffer each socket got, in bytes
 
 	mu     sync.RWMutex
 	routes map[netip.AddrPort][]*sharedEntry // copy on write: readers use a slice after RUnlock

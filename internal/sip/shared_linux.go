@@ -47,6 +47,9 @@ func openSharedRTP(ip netip.Addr, port, readers int, m *metrics) (*sharedRTP, er
 			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, sharedRcvBuf) != nil {
 				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, sharedRcvBuf)
 			}
+			if n, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); err == nil {
+				r.rcvbuf = n / 2 // Linux reports twice what was set (its bookkeeping overhead)
+			}
 		})
 		return errors.Join(cerr, err)
 	}}
