@@ -60,6 +60,14 @@ func openSharedRTP(ip netip.Addr, port, readers int, m *metrics) (*sharedRTP, er
 		network = "udp6"
 	}
 	addr := netip.AddrPortFrom(ip.Unmap(), uint16(port)).String()
+	// SO_REUSEPORT would let another process of the same user (a second ingest given the same
+	// range) share the port and silently take part of its packets: a plain bind first makes
+	// sure nobody holds it.
+	probe, err := net.ListenPacket(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	_ = probe.Close()
 	for range readers {
 		pc, err := lc.ListenPacket(context.Background(), network, addr)
 		if err != nil {

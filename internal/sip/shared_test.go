@@ -309,3 +309,12 @@ func TestSharedPortPanicEndsOneStream(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "the other stream's frames", func() bool { return good.count('b') >= 9 })
 }
+
+// TestSharedPortHeld: a port another socket holds, even one that allows sharing it
+// (SO_REUSEPORT, as a second ingest on the same range would), is refused rather than shared.
+func TestSharedPortHeld(t *testing.T) {
+	r, port := openShared(t)
+	if _, err := openSharedRTP(netipLoopback, int(port.Port()), 1, r.m); err == nil {
+		t.Fatal("a second shared port on a port in use opened")
+	}
+}
