@@ -23,6 +23,7 @@ func SIPFlags(fs *flag.FlagSet) (*sip.Config, *string) {
 	fs.StringVar(&cfg.MediaIP, "sip-media-ip", "", "IP the RTP sockets bind to (default: the listen IP)")
 	fs.IntVar(&cfg.RTPPortMin, "sip-rtp-port-min", cfg.RTPPortMin, "lowest RTP port")
 	fs.IntVar(&cfg.RTPPortMax, "sip-rtp-port-max", cfg.RTPPortMax, "highest RTP port")
+	fs.BoolVar(&cfg.RTPShared, "sip-rtp-shared", cfg.RTPShared, "one RTP port for every call (the lowest of the range), packets routed by the SDP-declared source and then SSRC; needs -sip-source-check addr")
 	fs.DurationVar(&cfg.PortQuarantine, "sip-port-quarantine", cfg.PortQuarantine, "how long a released RTP port rests before reuse")
 	fs.StringVar(&cfg.SourceCheck, "sip-source-check", cfg.SourceCheck, "RTP source check: addr (ip+port), ip, off")
 	fs.DurationVar(&cfg.JitterWindow, "sip-jitter-window", cfg.JitterWindow, "how long a missing RTP packet is waited for")

@@ -52,21 +52,27 @@ type callState struct {
 	failOnce   sync.Once
 }
 
-// openStreams binds one RTP socket per leg; the legs take the plans' order.
+// openStreams binds one RTP socket per leg, or with Config.RTPShared puts each leg whose offer
+// declares its source on the shared port; the legs take the plans' order.
 func (c *callState) openStreams(plans []legPlan, answers []sdp.Answer) error {
 	c.plans, c.answers = plans, answers
 	for i, p := range plans {
-		conn, err := c.s.ports.open()
-		if err != nil {
-			return err
-		}
-		st := &stream{conn: conn, leg: i, codec: p.codec, audioPT: p.audioPT, eventPT: p.eventPT, check: c.s.cfg.SourceCheck, m: c.s.m,
+		st := &stream{leg: i, codec: p.codec, audioPT: p.audioPT, eventPT: p.eventPT, check: c.s.cfg.SourceCheck, m: c.s.m,
 			hook: c.s.packetHook.Load()}
 		st.setRemote(p.remote)
+		if sh := c.s.shared; sh != nil && p.remote.Addr().IsValid() && !p.remote.Addr().IsUnspecified() && p.remote.Port() != 0 {
+			st.sh = sh.add(st, p.remote)
+		} else {
+			conn, err := c.s.ports.open()
+			if err != nil {
+				return err
+			}
+			st.conn = conn
+		}
+		c.streams = append(c.streams, st)
 		if p.crypto != nil {
 			ctx, err := newSRTPContext(*p.crypto)
 			if err != nil {
-				_ = conn.Close()
 				return err
 			}
 			st.srtp.Store(ctx)
@@ -77,7 +83,6 @@ func (c *callState) openStreams(plans []legPlan, answers []sdp.Answer) error {
 			pos, _ := st.cut.mediaPos(e.TS, e.SSRC)
 			c.onDTMF(st, e, pos)
 		}
-		c.streams = append(c.streams, st)
 		c.answers[p.media].Port = st.port()
 	}
 	return nil
@@ -86,7 +91,7 @@ func (c *callState) openStreams(plans []legPlan, answers []sdp.Answer) error {
 // releaseStreams closes the sockets of streams that never started.
 func (c *callState) releaseStreams() {
 	for _, st := range c.streams {
-		c.s.ports.release(st.conn)
+		st.release(c.s.ports)
 	}
 	c.streams = nil
 }
@@ -94,6 +99,7 @@ func (c *callState) releaseStreams() {
 func (c *callState) startStreams() {
 	for _, st := range c.streams {
 		st.send = c.call.Send
+		st.activate()
 		c.swg.Add(1)
 		go func() {
 			defer c.swg.Done()
@@ -373,12 +379,12 @@ func (c *callState) finish(reason string, bye bool) {
 			cancel()
 		}
 		for _, st := range c.streams {
-			_ = st.conn.Close()
+			st.stop()
 		}
 		c.swg.Wait()
 		c.call.End(reason)
 		for _, st := range c.streams {
-			c.s.ports.release(st.conn)
+			st.release(c.s.ports)
 		}
 		_ = c.dlg.Close()
 		c.s.mu.Lock()

@@ -84,6 +84,11 @@ type Config struct {
 	MediaIP string
 	// RTPPortMin and RTPPortMax bound the RTP ports (even ports only are used).
 	RTPPortMin, RTPPortMax int
+	// RTPShared gives every call the one RTP port RTPPortMin (the lowest even port of the range)
+	// instead of a port each, and routes its packets by the source the SDP offer declared, then
+	// by SSRC (shared.go); legs whose offer declares no source take a port of the rest of the
+	// range. It needs SourceCheck addr.
+	RTPShared bool
 	// PortQuarantine holds a released RTP port back before it is reused.
 	PortQuarantine time.Duration
 	// SourceCheck is one of SourceCheckAddr, SourceCheckIP, SourceCheckOff.
@@ -234,6 +239,9 @@ func (c *Config) Validate() error {
 	case SourceCheckAddr, SourceCheckIP, SourceCheckOff:
 	default:
 		bad("source check %q: want addr, ip or off", c.SourceCheck)
+	}
+	if c.RTPShared && c.SourceCheck != SourceCheckAddr {
+		bad("-sip-rtp-shared routes packets by their source address and port: it needs -sip-source-check addr, not %q", c.SourceCheck)
 	}
 	if c.JitterWindow < 0 || c.JitterWindow > time.Second {
 		bad("jitter window %v: want 0-1s", c.JitterWindow)

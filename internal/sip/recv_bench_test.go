@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // threadCPU returns the CPU time of the calling OS thread (lock it first).
@@ -48,38 +49,52 @@ func goPollRead(c *net.UDPConn, s *stream) {
 }
 
 // BenchmarkStreamReceive is the whole RTP receive path of a SIP ingest at a realistic packet
-// rate: 1,000 streams on their own loopback UDP sockets, each sent a 20 ms G.711 packet every
-// 20 ms by one pacing sender, through the socket reader, the cutter and the frame callback (the
+// rate: 1,000 streams, each sent a 20 ms G.711 packet every 20 ms from its own loopback source
+// socket by one pacing sender, through the socket reader, the cutter and the frame callback (the
 // publish itself is the ingest core's). It reports the receive side's CPU per packet and per
 // two-leg call (two streams) and second: the process's CPU time without the sender's thread,
 // which other work on a shared machine disturbs less than wall time. Each op is one 20 ms round
-// of 1,000 packets. "epoll" is the reader streams use (rtpsock_linux.go on Linux), "gopoll" the
-// goroutine per socket it replaced; run both in one go to compare on a shared machine.
+// of 1,000 packets. "epoll" is the reader streams on their own ports use (rtpsock_linux.go on
+// Linux), "gopoll" the goroutine per socket it replaced, "shared" the shared port
+// (-sip-rtp-shared: recvmmsg readers, routing by source and SSRC); run them in one go to
+// compare on a shared machine.
 func BenchmarkStreamReceive(b *testing.B) {
-	b.Run("epoll", func(b *testing.B) { benchReceive(b, false) })
-	b.Run("gopoll", func(b *testing.B) { benchReceive(b, true) })
+	b.Run("epoll", func(b *testing.B) { benchReceive(b, "epoll") })
+	b.Run("gopoll", func(b *testing.B) { benchReceive(b, "gopoll") })
+	b.Run("shared", func(b *testing.B) { benchReceive(b, "shared") })
 }
 
-func benchReceive(b *testing.B, gopoll bool) {
+func benchReceive(b *testing.B, mode string) {
 	const streams = 1000
 	var mu sync.Mutex
 	frames := 0
 	send := func(int, []byte, frame.Flags) error { mu.Lock(); frames++; mu.Unlock(); return nil }
-	tx, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer tx.Close()
-	from := tx.LocalAddr().(*net.UDPAddr).AddrPort()
 	lo, hi := freeRange(b, 2*streams+200)
 	pool := newPortPool(netipLoopback, lo, hi, 0)
+	var shared *sharedRTP
+	if mode == "shared" {
+		var err error
+		if shared, err = openSharedRTP(netipLoopback, hi+2, runtime.GOMAXPROCS(0), newMetrics(prometheus.NewRegistry())); err != nil {
+			b.Fatal(err)
+		}
+		defer shared.close()
+	}
 	var wg sync.WaitGroup
+	var txs []*net.UDPConn
 	var dsts []netip.AddrPort
 	var closers []func()
 	for range streams {
+		tx, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer tx.Close()
+		txs = append(txs, tx)
+		from := tx.LocalAddr().(*net.UDPAddr).AddrPort()
 		st := testStream(send)
 		st.setRemote(from)
-		if gopoll {
+		switch mode {
+		case "gopoll":
 			c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 			if err != nil {
 				b.Fatal(err)
@@ -88,14 +103,18 @@ func benchReceive(b *testing.B, gopoll bool) {
 			closers = append(closers, func() { _ = c.Close() })
 			wg.Go(func() { goPollRead(c, st) })
 			continue
+		case "shared":
+			st.sh = shared.add(st, from)
+			st.activate()
+		default:
+			c, err := pool.open()
+			if err != nil {
+				b.Fatal(err)
+			}
+			st.conn = c
 		}
-		c, err := pool.open()
-		if err != nil {
-			b.Fatal(err)
-		}
-		st.conn = c
 		dsts = append(dsts, netip.AddrPortFrom(netipLoopback, uint16(st.port())))
-		closers = append(closers, func() { pool.release(c) })
+		closers = append(closers, func() { st.release(pool) })
 		wg.Go(st.run)
 	}
 	pkt := rtpPacket(8, 0, 0, make([]byte, 160))
@@ -110,8 +129,8 @@ func benchReceive(b *testing.B, gopoll bool) {
 		seq, ts := uint16(i), uint32(160*i)
 		pkt[2], pkt[3] = byte(seq>>8), byte(seq)
 		pkt[4], pkt[5], pkt[6], pkt[7] = byte(ts>>24), byte(ts>>16), byte(ts>>8), byte(ts)
-		for _, d := range dsts {
-			if _, err := tx.WriteToUDPAddrPort(pkt, d); err != nil {
+		for k, d := range dsts {
+			if _, err := txs[k].WriteToUDPAddrPort(pkt, d); err != nil {
 				b.Fatal(err)
 			}
 		}

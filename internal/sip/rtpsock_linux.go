@@ -20,7 +20,8 @@ import (
 // empty, and a read-deadline timer reset; here a packet costs one recvfrom, and silence filling
 // runs for all of a poller's streams from one 20 ms sweep instead of a timer per stream. (Batch
 // reads with recvmmsg would not help: each socket carries one stream, so a wake-up finds one
-// packet on it.) BenchmarkStreamReceive measures both.
+// packet on it; the shared port, shared_linux.go, carries many.) BenchmarkStreamReceive
+// measures them all.
 
 // rtpConn is one RTP socket: non-blocking UDP, read by a poller of its pool once a stream
 // serves on it.

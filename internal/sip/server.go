@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +46,7 @@ type Server struct {
 	auth      *digestAuth
 	gate      *gate
 	ports     *portPool
+	shared    *sharedRTP // the shared RTP port (Config.RTPShared) while Run runs, else nil
 	codecs    []codec
 	listenIP  netip.Addr
 	advertise netip.Addr
@@ -89,7 +91,11 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if cfg.MediaIP != "" {
 		mediaIP = netip.MustParseAddr(cfg.MediaIP)
 	}
-	s.ports = newPortPool(mediaIP, cfg.RTPPortMin, cfg.RTPPortMax, cfg.PortQuarantine)
+	lo := cfg.RTPPortMin
+	if cfg.RTPShared {
+		lo = sharedPort(cfg) + 2 // the rest of the range for legs that declare no source
+	}
+	s.ports = newPortPool(mediaIP, lo, cfg.RTPPortMax, cfg.PortQuarantine)
 	for _, name := range cfg.Codecs {
 		s.codecs = append(s.codecs, codecByName[name])
 	}
@@ -100,6 +106,9 @@ func New(cfg Config, d Deps) (*Server, error) {
 	s.gate = &gate{pol: s.pol, hops: newInviteHops(), mode: cfg.DialogCheck, m: s.m}
 	return s, nil
 }
+
+// sharedPort is the shared RTP port: the lowest even port of the range.
+func sharedPort(cfg Config) int { return cfg.RTPPortMin + cfg.RTPPortMin%2 }
 
 // Ready is closed once the server listens; Addr is valid from then on.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
@@ -207,6 +216,17 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	ls, tlsClient, err := s.openListeners()
 	if err != nil {
 		return err
+	}
+	if s.cfg.RTPShared {
+		if s.shared, err = openSharedRTP(s.ports.ip, sharedPort(s.cfg), runtime.GOMAXPROCS(0), s.m); err != nil {
+			ls.close()
+			return fmt.Errorf("sip: shared RTP port (-sip-rtp-shared) %d: %w", sharedPort(s.cfg), err)
+		}
+		defer s.shared.close()
+		if s.shared.rcvbuf < sharedRcvBuf {
+			s.log.Warn().Int("bytes", s.shared.rcvbuf).Int("want", sharedRcvBuf).
+				Msg("the shared RTP port's sockets got a small receive buffer: raise net.core.rmem_max, or grant CAP_NET_ADMIN, or packets may be dropped at bursts")
+		}
 	}
 	local := ls.local()
 	if s.advertise.IsUnspecified() {

@@ -29,7 +29,8 @@ var codecByName = map[string]codec{
 
 // stream receives one negotiated RTP stream into one leg of a call.
 type stream struct {
-	conn     *rtpConn
+	conn     *rtpConn     // the stream's own port, or nil on the shared port
+	sh       *sharedEntry // its place on the shared port (Config.RTPShared), or nil
 	leg      int
 	codec    codec
 	audioPT  uint8
@@ -57,9 +58,46 @@ type stream struct {
 	panicked atomic.Pointer[any] // what the stream's packet handling panicked with
 }
 
-func (s *stream) port() int { return s.conn.port }
+func (s *stream) port() int {
+	if s.sh != nil {
+		return s.sh.rtp.port
+	}
+	return s.conn.port
+}
 
-func (s *stream) setRemote(a netip.AddrPort) { s.remote.Store(&a) }
+// setRemote takes the source the stream's SDP declared (at the offer and at re-INVITEs).
+func (s *stream) setRemote(a netip.AddrPort) {
+	s.remote.Store(&a)
+	if s.sh != nil {
+		s.sh.rtp.rekey(s.sh, a)
+	}
+}
+
+// activate lets the socket's reader hand packets to the stream once its send callback is set.
+// A stream on its own port is read from run on; packets queue in its socket until then.
+func (s *stream) activate() {
+	if s.sh != nil {
+		s.sh.activate()
+	}
+}
+
+// stop ends the stream's reading: run flushes and returns.
+func (s *stream) stop() {
+	if s.sh != nil {
+		s.sh.close()
+		return
+	}
+	_ = s.conn.Close()
+}
+
+// release gives the stream's port back: into quarantine in p, or out of the shared table.
+func (s *stream) release(p *portPool) {
+	if s.sh != nil {
+		s.sh.close()
+		return
+	}
+	p.release(s.conn)
+}
 
 func (s *stream) sourceOK(from netip.AddrPort) bool {
 	r := s.remote.Load()
@@ -75,7 +113,11 @@ func (s *stream) sourceOK(from netip.AddrPort) bool {
 // run reads packets until the socket is closed, then flushes the last frame.
 func (s *stream) run() {
 	s.lastRTP.Store(time.Now().UnixNano())
-	s.conn.serve(s)
+	if s.sh != nil {
+		s.sh.serve()
+	} else {
+		s.conn.serve(s)
+	}
 	s.cut.finish()
 	s.dtmf.flush()
 	st := s.cut.stats()
