@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "SIP calls ended, by reason."}, []string{"reason"}),
 		rtpPackets: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_rtp_packets_total", Help: "RTP packets accepted."}),
 		rtpDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_sip_rtp_dropped_total",
-			Help: "RTP packets dropped, by reason (source, srtp: failed SRTP authentication or a replay, malformed, payload_type, late, duplicate)."}, []string{"reason"}),
+			Help: "RTP packets dropped, by reason (source: not from the declared or latched source, ssrc: a foreign SSRC on the shared port, srtp: failed SRTP authentication or a replay, malformed, payload_type, late, duplicate)."}, []string{"reason"}),
 		rtpLost:   prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_rtp_lost_total", Help: "RTP packets given up on as lost (gap-filled)."}),
 		gapFilled: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_gap_filled_frames_total", Help: "Frames gap-filled for loss or silence."}),
 		dtmf:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_sip_dtmf_events_total", Help: "RFC 4733 DTMF events published."}),
