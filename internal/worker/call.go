@@ -57,6 +57,10 @@ type call struct {
 	stopReq    atomic.Pointer[string] // set by stop; the goroutine checks it before each message
 	ctlPending atomic.Int32           // control requests on the channel (maxCtlPending)
 	done       chan struct{}
+	// A stop that first lets the goroutine take the messages queued when it was asked (see
+	// release): its reason, and how many more messages it takes at most before stopping.
+	stopQueued atomic.Pointer[string]
+	queuedLeft atomic.Int64
 
 	next       [session.MaxLegs]atomic.Int64 // progress, read by heartbeats
 	lastFrame  atomic.Int64                  // w.mono() when the last frame was received
@@ -258,6 +262,29 @@ func (c *call) stop(reason string) {
 	}
 }
 
+// release stops the call for a release with reason. A call this worker asked to move (drain,
+// rebalance) that is released at its own epoch has been moved, make-before-break: the new owner
+// starts at the new epoch's first frame, and the rest of this worker's epoch is already on the
+// call's channel, ahead of that first frame (the router releases such a call a grace after
+// ingest switched, which a worker with a backlog may not have reached yet). So the call first
+// processes what is queued, stopping at the new epoch's first frame (migrated) or once it has
+// taken what was queued; any other release stops it at once.
+func (c *call) release(reason string) {
+	n := int64(len(c.audio))
+	if reason != proc.StopReleased || !c.migrating.Load() || n == 0 {
+		c.stop(reason)
+		return
+	}
+	c.markStopping()
+	c.queuedLeft.Store(n)
+	if c.stopQueued.CompareAndSwap(nil, &reason) {
+		select {
+		case c.audio <- stopSignal: // wakes a goroutine that took the queue meanwhile
+		default:
+		}
+	}
+}
+
 // run is the call's goroutine.
 func (c *call) run() {
 	defer close(c.done)
@@ -277,6 +304,9 @@ func (c *call) run() {
 			c.control(m)
 		default:
 			reason = c.onAudio(m)
+		}
+		if r := c.stopQueued.Load(); r != nil && reason == "" && (c.queuedLeft.Add(-1) <= 0 || len(c.audio) == 0) {
+			reason = *r
 		}
 	}
 	c.markStopping()

@@ -380,7 +380,7 @@ func (w *Worker) onRelease(m *nats.Msg) {
 	if r.Epoch > cur || r.Reason == wire.ReasonOfferAbandoned {
 		reason = proc.StopSuperseded
 	}
-	c.stop(reason)
+	c.release(reason)
 	answer := func() {
 		<-c.done
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.OK(), Progress: c.progress()})
