@@ -262,20 +262,33 @@ func (c *call) stop(reason string) {
 	}
 }
 
-// release stops the call for a release with reason. A call this worker asked to move (drain,
-// rebalance) that is released at its own epoch has been moved, make-before-break: the new owner
-// starts at the new epoch's first frame, and the rest of this worker's epoch is already on the
-// call's channel, ahead of that first frame (the router releases such a call a grace after
-// ingest switched, which a worker with a backlog may not have reached yet). So the call first
-// processes what is queued, stopping at the new epoch's first frame (migrated) or once it has
-// taken what was queued; any other release stops it at once.
-func (c *call) release(reason string) {
+// release stops the call for a release at epoch (0: any) with reason, and reports false, doing
+// nothing, if an offer has advanced the call past epoch: the check and the decision to stop are
+// one step, as in advance, so an offer answered OK is never followed by a stop for an older
+// epoch's release (the router's orphan release of an abandoned offer, racing with the next
+// offer that keeps this worker).
+//
+// A call this worker asked to move (drain, rebalance) that is released at its own epoch has been
+// moved, make-before-break: the new owner starts at the new epoch's first frame, and the rest of
+// this worker's epoch is already on the call's channel, ahead of that first frame (the router
+// releases such a call a grace after ingest switched, which a worker with a backlog may not have
+// reached yet). So the call first processes what is queued, stopping at the new epoch's first
+// frame (migrated) or once it has taken what was queued; any other release stops it at once.
+func (c *call) release(epoch uint32, reason string) bool {
+	for {
+		s := c.state.Load()
+		if epoch != 0 && s&stoppingBit == 0 && epoch < uint32(s) {
+			return false
+		}
+		if c.state.CompareAndSwap(s, s|stoppingBit) {
+			break
+		}
+	}
 	n := int64(len(c.audio))
 	if reason != proc.StopReleased || !c.migrating.Load() || n == 0 {
 		c.stop(reason)
-		return
+		return true
 	}
-	c.markStopping()
 	c.queuedLeft.Store(n)
 	if c.stopQueued.CompareAndSwap(nil, &reason) {
 		select {
@@ -283,6 +296,7 @@ func (c *call) release(reason string) {
 		default:
 		}
 	}
+	return true
 }
 
 // run is the call's goroutine.

@@ -1,8 +1,10 @@
 package worker
 
 import (
+	"sync"
 	"testing"
 
+	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/wire"
 )
@@ -16,6 +18,38 @@ func TestCallBoundsScaleWithLegs(t *testing.T) {
 		c := newCall(w, o)
 		if cap(c.audio) != cfg.PendingMsgs*tc.scale || c.queue != cfg.QueueFrames*tc.scale {
 			t.Errorf("%d legs: channel %d, queue %d; want %d, %d", tc.legs, cap(c.audio), c.queue, cfg.PendingMsgs*tc.scale, cfg.QueueFrames*tc.scale)
+		}
+	}
+}
+
+// An orphan release of a call at epoch 1 (the router's, for an offer it abandoned) and the next
+// offer at epoch 2 that keeps this worker race on two NATS handlers. Exactly one wins: the offer
+// (the release is then stale and the call goes on at epoch 2) or the release (the call stops and
+// the offer is not answered OK for it). Never both, which left ingest publishing epoch 2 to a
+// call that had stopped.
+func TestReleaseAndAdvanceAreOrdered(t *testing.T) {
+	w := &Worker{cfg: DefaultConfig()}
+	o := &wire.Offer{Call: session.Spec{ID: session.ID{Tenant: "t", Call: "c"}, Legs: make([]session.Leg, 2)}, Epoch: 1}
+	c := newCall(w, o)
+	if !c.advance(2) || c.release(1, proc.StopReleased) {
+		t.Fatal("a release at epoch 1 after an advance to 2 stopped the call")
+	}
+	if c.stopReq.Load() != nil || c.state.Load()&stoppingBit != 0 {
+		t.Fatal("a stale release marked the call stopping")
+	}
+	if !c.release(2, proc.StopReleased) || c.advance(3) {
+		t.Fatal("an offer advanced a released call")
+	}
+	for i := range 2000 {
+		c := newCall(w, o)
+		var advanced, released bool
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); advanced = c.advance(2) }()
+		go func() { defer wg.Done(); released = c.release(1, proc.StopReleased) }()
+		wg.Wait()
+		if advanced == released {
+			t.Fatalf("round %d: offer answered OK %v, release stopped the call %v: want exactly one", i, advanced, released)
 		}
 	}
 }

@@ -380,7 +380,10 @@ func (w *Worker) onRelease(m *nats.Msg) {
 	if r.Epoch > cur || r.Reason == wire.ReasonOfferAbandoned {
 		reason = proc.StopSuperseded
 	}
-	c.release(reason)
+	if !c.release(r.Epoch, reason) { // an offer advanced the call since cur was read
+		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeStale, fmt.Sprintf("holding epoch %d", c.curEpoch()))})
+		return
+	}
 	answer := func() {
 		<-c.done
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.OK(), Progress: c.progress()})
