@@ -67,6 +67,7 @@ type call struct {
 	lagNS      atomic.Int64                  // EWMA of live frames' excess delay (see excess)
 	superseded atomic.Bool
 	migrating  atomic.Bool // this worker asked ingest to move the call (drain, rebalance)
+	moved      atomic.Bool // and ingest did: the rest of this worker's epoch is its own to finish
 
 	finishing bool // finish has begun (call goroutine only)
 
@@ -352,7 +353,9 @@ func (c *call) process(it *item) string {
 		return proc.StopSuperseded
 	}
 	now := c.now
-	if c.w.fenced(now) {
+	if c.w.fenced(now) && !c.moved.Load() {
+		// A moved call is not being re-placed from this worker's progress: its new owner starts
+		// at the new epoch's first frame, and only this worker processes the rest of its epoch.
 		return proc.StopSuperseded
 	}
 	leg := h.Leg

@@ -163,6 +163,9 @@ func (w *Worker) tick() {
 	if w.fenced(now) {
 		w.log.Warn().Msg("heartbeats stalled past the fence: dropping every call without publishing")
 		for _, c := range w.snapshot() {
+			if c.moved.Load() {
+				continue // the rest of its epoch is this worker's alone (see call.process)
+			}
 			c.stop(proc.StopSuperseded)
 			w.group.Go(func() { w.handBack(c) })
 		}
@@ -427,6 +430,9 @@ func (w *Worker) migrateCtx(ctx context.Context, c *call, reason string) bool {
 	}
 	if !rep.OK {
 		c.log.Warn().Str("code", rep.Code).Str("why", rep.Reason).Msg("migration refused")
+	}
+	if rep.OK {
+		c.moved.Store(true)
 	}
 	return rep.OK
 }
