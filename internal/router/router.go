@@ -55,6 +55,12 @@ type lostProgress struct {
 	at       time.Time
 }
 
+// orphanSince is when a worker was first seen holding a call no ingest lists with it, at epoch.
+type orphanSince struct {
+	at    time.Time
+	epoch uint32
+}
+
 type orphanKey struct {
 	id     session.ID
 	worker string
@@ -74,7 +80,7 @@ type Router struct {
 	ingests map[string]*ingestInfo
 	wstate  map[string]*callState[wire.WorkerCall] // call lists by worker (heartbeat.go)
 	istate  map[string]*callState[wire.IngestCall] // call lists by ingest
-	orphans map[orphanKey]time.Time
+	orphans map[orphanKey]orphanSince
 	lost    map[lostKey]lostProgress // last progress workers reported for calls (live or lost), for resumes
 	strands map[strandKey]time.Time  // placements an ingest lists that their worker does not hold, since
 	reaped  map[orphanKey]time.Time  // calls this router released as orphans, when
@@ -113,7 +119,7 @@ func New(cfg Config, d Deps) (*Router, error) {
 		cfg: cfg, nc: d.NC, log: d.Log.With().Str("router", cfg.ID).Logger(), m: newMetrics(d.Registry), health: d.Health,
 		workers: map[string]*workerInfo{}, ingests: map[string]*ingestInfo{},
 		wstate: map[string]*callState[wire.WorkerCall]{}, istate: map[string]*callState[wire.IngestCall]{},
-		orphans: map[orphanKey]time.Time{}, lost: map[lostKey]lostProgress{},
+		orphans: map[orphanKey]orphanSince{}, lost: map[lostKey]lostProgress{},
 		strands: map[strandKey]time.Time{}, reaped: map[orphanKey]time.Time{}, silent: map[string]time.Time{}, inflight: make(chan struct{}, cfg.MaxInflight),
 	}
 	d.Registry.MustRegister(tenantCalls{r})
@@ -294,12 +300,15 @@ func (r *Router) sweepOrphans(now time.Time) sweep {
 				continue
 			}
 			seen[key] = true
+			// A holder whose epoch changed is judged afresh: an offer that kept this worker
+			// advanced the call in place (the next attempt after an offer to it was abandoned),
+			// and ingest's list may not show that placement yet.
 			since, ok := r.orphans[key]
-			if !ok {
-				r.orphans[key] = now
-				since = now
+			if !ok || since.epoch != c.Epoch {
+				since = orphanSince{now, c.Epoch}
+				r.orphans[key] = since
 			}
-			if now.Sub(since) > r.cfg.OrphanGrace {
+			if now.Sub(since.at) > r.cfg.OrphanGrace {
 				delete(r.orphans, key)
 				r.reaped[key] = now
 				sw.releases = append(sw.releases, release{wid, wire.Release{V: wire.V, Tenant: c.Tenant, Call: c.Call, Epoch: c.Epoch, Reason: "orphan"}})

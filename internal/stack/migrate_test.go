@@ -11,6 +11,7 @@ import (
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/proc"
+	"github.com/callrouter/callrouter/internal/router"
 )
 
 // sendLoop sends a frame on every leg of every call each interval until stop is closed, then
@@ -45,15 +46,27 @@ func sendLoop(t *testing.T, calls []*ingest.Call, every time.Duration, stop chan
 func TestDrainOfHundredCallsTakesSeconds(t *testing.T) {
 	recorded.reset()
 	cfg := fastConfig(t)
-	cfg.Worker.Capacity = 100
-	// A drain needs no death detection: give the routers the default 1.5 s, so that a heartbeat
-	// delayed by a loaded machine (the race detector, other packages' tests) is not taken for a
-	// dead worker, whose calls would then be re-placed with replayed (duplicate) frames.
-	cfg.Router.Misses = 15
+	// Room for every call on the worker that takes them over, plus the offers in flight the
+	// router counts against it until its next heartbeat.
+	cfg.Worker.Capacity = 200
+	// A drain needs no death detection: give the routers 5 s, so that a heartbeat delayed by a
+	// loaded machine (the race detector, other packages' tests; at load 25, 1.5 s was not enough)
+	// is not taken for a dead worker or ingest, whose calls would then be re-placed with replayed
+	// (duplicate) frames; and the workers the same before they fence themselves.
+	cfg.Router.Misses = 50
+	cfg.Worker.FenceAfter = 5 * time.Second
+	// And the production orphan grace (fastConfig's is 1 s): a worker that takes a call is seen
+	// holding it before ingest's heartbeat lists it there, which on such a machine can lag by
+	// more than a second; the router would release a call it had just placed.
+	cfg.Router.OrphanGrace = router.DefaultConfig().OrphanGrace
 	// Nor is it about overload: on a machine loaded by the race detector and other tests, 100
 	// two-leg calls can lag, which would rightly stop offers, shed calls and drop stale frames.
 	cfg.Worker.LagThreshold = time.Minute
 	cfg.Worker.MaxFrameAge = time.Minute
+	// Nor about idle calls: no frame flows until all 100 calls are placed, which on such a
+	// machine can take longer than fastConfig's 1 s idle timeout; the early calls would be
+	// reaped and re-placed from the ring (a failover, with its duplicates), not drained.
+	cfg.Worker.IdleTimeout = 30 * time.Second
 	s, err := Start(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +114,7 @@ func TestDrainOfHundredCallsTakesSeconds(t *testing.T) {
 			slices.Sort(got)
 			for j, seq := range got {
 				if seq != uint32(j) {
-					t.Fatalf("%s: sorted frame %d has seq %d: a gap or a duplicate across the hand-over\n%v", k, j, seq, recorded.who[k])
+					t.Fatalf("%s: sorted frame %d has seq %d: a gap or a duplicate across the hand-over (%d dups, gaps %v)\n%v", k, j, seq, recorded.dups[k], recorded.gaps[k], recorded.who[k])
 				}
 			}
 			if recorded.dups[k] != 0 || len(recorded.gaps[k]) != 0 {

@@ -57,12 +57,17 @@ type call struct {
 	stopReq    atomic.Pointer[string] // set by stop; the goroutine checks it before each message
 	ctlPending atomic.Int32           // control requests on the channel (maxCtlPending)
 	done       chan struct{}
+	// A stop that first lets the goroutine take the messages queued when it was asked (see
+	// release): its reason, and how many more messages it takes at most before stopping.
+	stopQueued atomic.Pointer[string]
+	queuedLeft atomic.Int64
 
 	next       [session.MaxLegs]atomic.Int64 // progress, read by heartbeats
 	lastFrame  atomic.Int64                  // w.mono() when the last frame was received
 	lagNS      atomic.Int64                  // EWMA of live frames' excess delay (see excess)
 	superseded atomic.Bool
 	migrating  atomic.Bool // this worker asked ingest to move the call (drain, rebalance)
+	moved      atomic.Bool // and ingest did: the rest of this worker's epoch is its own to finish
 
 	finishing bool // finish has begun (call goroutine only)
 
@@ -252,6 +257,43 @@ func (c *call) stop(reason string) {
 	}
 }
 
+// release stops the call for a release at epoch (0: any) with reason, and reports false, doing
+// nothing, if an offer has advanced the call past epoch: the check and the decision to stop are
+// one step, as in advance, so an offer answered OK is never followed by a stop for an older
+// epoch's release (the router's orphan release of an abandoned offer, racing with the next
+// offer that keeps this worker).
+//
+// A call this worker asked to move (drain, rebalance) that is released at its own epoch has been
+// moved, make-before-break: the new owner starts at the new epoch's first frame, and the rest of
+// this worker's epoch is already on the call's channel, ahead of that first frame (the router
+// releases such a call a grace after ingest switched, which a worker with a backlog may not have
+// reached yet). So the call first processes what is queued, stopping at the new epoch's first
+// frame (migrated) or once it has taken what was queued; any other release stops it at once.
+func (c *call) release(epoch uint32, reason string) bool {
+	for {
+		s := c.state.Load()
+		if epoch != 0 && s&stoppingBit == 0 && epoch < uint32(s) {
+			return false
+		}
+		if c.state.CompareAndSwap(s, s|stoppingBit) {
+			break
+		}
+	}
+	n := int64(len(c.audio))
+	if reason != proc.StopReleased || !c.migrating.Load() || n == 0 {
+		c.stop(reason)
+		return true
+	}
+	c.queuedLeft.Store(n)
+	if c.stopQueued.CompareAndSwap(nil, &reason) {
+		select {
+		case c.audio <- stopSignal: // wakes a goroutine that took the queue meanwhile
+		default:
+		}
+	}
+	return true
+}
+
 // run is the call's goroutine.
 func (c *call) run() {
 	defer close(c.done)
@@ -271,6 +313,9 @@ func (c *call) run() {
 			c.control(m)
 		default:
 			reason = c.onAudio(m)
+		}
+		if r := c.stopQueued.Load(); r != nil && reason == "" && (c.queuedLeft.Add(-1) <= 0 || len(c.audio) == 0) {
+			reason = *r
 		}
 	}
 	c.markStopping()
@@ -302,7 +347,9 @@ func (c *call) process(it *item) string {
 		return proc.StopSuperseded
 	}
 	now := c.now
-	if c.w.fenced(now) {
+	if c.w.fenced(now) && !c.moved.Load() {
+		// A moved call is not being re-placed from this worker's progress: its new owner starts
+		// at the new epoch's first frame, and only this worker processes the rest of its epoch.
 		return proc.StopSuperseded
 	}
 	leg := h.Leg

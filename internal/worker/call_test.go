@@ -5,11 +5,17 @@ import (
 	"encoding/json"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/rs/zerolog"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // A call's queue and channel hold the same time of audio whatever its number of legs.
@@ -56,5 +62,80 @@ func TestCallLoggerFields(t *testing.T) {
 	}
 	if per > 64 {
 		t.Errorf("a call's logger allocates %d bytes, want at most 64", per)
+	}
+}
+
+// An orphan release of a call at epoch 1 (the router's, for an offer it abandoned) and the next
+// offer at epoch 2 that keeps this worker race on two NATS handlers. Exactly one wins: the offer
+// (the release is then stale and the call goes on at epoch 2) or the release (the call stops and
+// the offer is not answered OK for it). Never both, which left ingest publishing epoch 2 to a
+// call that had stopped.
+func TestReleaseAndAdvanceAreOrdered(t *testing.T) {
+	w := &Worker{cfg: DefaultConfig()}
+	o := &wire.Offer{Call: session.Spec{ID: session.ID{Tenant: "t", Call: "c"}, Legs: make([]session.Leg, 2)}, Epoch: 1}
+	c := newCall(w, o)
+	if !c.advance(2) || c.release(1, proc.StopReleased) {
+		t.Fatal("a release at epoch 1 after an advance to 2 stopped the call")
+	}
+	if c.stopReq.Load() != nil || c.state.Load()&stoppingBit != 0 {
+		t.Fatal("a stale release marked the call stopping")
+	}
+	if !c.release(2, proc.StopReleased) || c.advance(3) {
+		t.Fatal("an offer advanced a released call")
+	}
+	for i := range 2000 {
+		c := newCall(w, o)
+		var advanced, released bool
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); advanced = c.advance(2) }()
+		go func() { defer wg.Done(); released = c.release(1, proc.StopReleased) }()
+		wg.Wait()
+		if advanced == released {
+			t.Fatalf("round %d: offer answered OK %v, release stopped the call %v: want exactly one", i, advanced, released)
+		}
+	}
+}
+
+// A worker whose heartbeat loop stalled past the fence (a starved machine) drops its calls: the
+// routers will have declared it down and re-place them from its last progress. Not a call that
+// ingest has already moved away from it (drain, rebalance): its new owner starts at the new
+// epoch's first frame, and nobody else processes the rest of this worker's epoch, so the worker
+// finishes it (seen under load: a draining worker fenced at frame 18 of a call whose new owner
+// began at 24 lost 18..23).
+func TestFenceSparesMovedCall(t *testing.T) {
+	w := &Worker{cfg: DefaultConfig(), m: newMetrics(prometheus.NewRegistry()), start: time.Now()}
+	w.lastTick.Store(w.mono() - int64(10*w.cfg.FenceAfter)) // stalled
+	if !w.fenced(w.mono()) {
+		t.Fatal("worker not fenced")
+	}
+	o := &wire.Offer{Call: session.Spec{ID: session.ID{Tenant: "t", Call: "c"}, Legs: []session.Leg{{Index: 0, Codec: frame.CodecPCMU, Rate: 8000}}}, Epoch: 1}
+	msg := func(seq uint32, fl frame.Flags) *nats.Msg {
+		h := frame.Header{Flags: fl, Codec: frame.CodecPCMU, SampleRate: 8000, Epoch: 1, Seq: seq, MediaTS: seq * 160,
+			Capture: time.Now().UnixNano(), DurationUS: 20000}
+		b, err := frame.Append(nil, &h, make([]byte, 160))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &nats.Msg{Data: b}
+	}
+	c := newCall(w, o)
+	if r := c.take(msg(0, frame.FlagEpochStart), w.mono()); r != proc.StopSuperseded {
+		t.Fatalf("a fenced call not moved away: stop %q, want %q", r, proc.StopSuperseded)
+	}
+	c = newCall(w, o)
+	c.migrating.Store(true)
+	c.moved.Store(true)
+	for seq := range uint32(3) {
+		fl := frame.Flags(0)
+		if seq == 0 {
+			fl = frame.FlagEpochStart
+		}
+		if r := c.take(msg(seq, fl), w.mono()); r != "" {
+			t.Fatalf("frame %d of a moved call on a fenced worker: stop %q", seq, r)
+		}
+	}
+	if next := c.next[0].Load(); next != 3 {
+		t.Errorf("moved call processed up to %d, want 3", next)
 	}
 }

@@ -181,6 +181,9 @@ func (w *Worker) tick() {
 	if w.fenced(now) {
 		w.log.Warn().Msg("heartbeats stalled past the fence: dropping every call without publishing")
 		for _, c := range w.snapshot() {
+			if c.moved.Load() {
+				continue // the rest of its epoch is this worker's alone (see call.process)
+			}
 			c.stop(proc.StopSuperseded)
 			w.group.Go(func() { w.handBack(c) })
 		}
@@ -407,7 +410,10 @@ func (w *Worker) onRelease(m *nats.Msg) {
 	if r.Epoch > cur || r.Reason == wire.ReasonOfferAbandoned {
 		reason = proc.StopSuperseded
 	}
-	c.stop(reason)
+	if !c.release(r.Epoch, reason) { // an offer advanced the call since cur was read
+		bus.Respond(m, wire.ReleaseReply{Reply: wire.Fail(wire.CodeStale, fmt.Sprintf("holding epoch %d", c.curEpoch()))})
+		return
+	}
 	answer := func() {
 		<-c.done
 		bus.Respond(m, wire.ReleaseReply{Reply: wire.OK(), Progress: c.progress()})
@@ -451,6 +457,9 @@ func (w *Worker) migrateCtx(ctx context.Context, c *call, reason string) bool {
 	}
 	if !rep.OK {
 		c.log.Warn().Str("code", rep.Code).Str("why", rep.Reason).Msg("migration refused")
+	}
+	if rep.OK {
+		c.moved.Store(true)
 	}
 	return rep.OK
 }
