@@ -13,9 +13,9 @@ import (
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/wire"
-	"github.com/rs/zerolog"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 )
 
 // A call's queue and channel hold the same time of audio whatever its number of legs.
