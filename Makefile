@@ -41,9 +41,10 @@ fuzz: ## run every fuzz target in the tree (found by name, none skipped) for FUZ
 	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$dir; \
 	  done; done; echo "fuzz: $$n targets ran"
 
-loadtest: ## 1,000 two-leg calls vs raw NATS (per-call baseline and wildcard floor), 3 alternating rounds of 30 s; fails on any lost frame, any refusal or a p99 over 2x raw NATS
+loadtest: ## 1,000 two-leg calls vs raw NATS (per-call baseline and wildcard floor), 3 alternating rounds of 30 s; fails on any lost frame, any refusal, a p99 over 2x raw NATS or over 150 KB of RSS a call above raw NATS (a regression guard: issue 17's goal is 120, measured 122.7)
 	$(GO) run ./cmd/loadtest -input internal/sample/call.wav -calls 1000 -ramp 250 -call-duration 60s \
-		-run-time 30s -baseline -floor -rounds 3 -max-loss 0 -max-refused 0 -max-p99-ratio 2 -json loadtest.json -html loadtest.html
+		-run-time 30s -baseline -floor -rounds 3 -max-loss 0 -max-refused 0 -max-p99-ratio 2 -max-rss-per-call 150 \
+		-json loadtest.json -html loadtest.html
 
 loadtest-worker: ## a worker binary with the load tester's probe processor (remote load tests), into bin/
 	CGO_ENABLED=0 $(GO) build -tags loadtest -trimpath -o bin/worker-loadtest ./cmd/worker
