@@ -84,6 +84,22 @@ func (g *Group) Go(f func()) bool {
 	return true
 }
 
+// Do runs f on the calling goroutine, tracked by g like a goroutine of Go (Close waits for it),
+// and reports true, or reports false without running f when g is closing: for NATS callbacks,
+// which run on the client's goroutines, so that Close also waits for one already running.
+func (g *Group) Do(f func()) bool {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return false
+	}
+	g.wg.Add(1)
+	g.mu.Unlock()
+	defer g.wg.Done()
+	f()
+	return true
+}
+
 // Close refuses new goroutines and waits for the ones running. It may be called more than once.
 func (g *Group) Close() {
 	g.mu.Lock()

@@ -68,3 +68,35 @@ func TestRegisterTwice(t *testing.T) {
 	Register(reg)
 	Register(reg)
 }
+
+// Do runs on the caller's goroutine, Close waits for one running, and Do is refused once Close
+// has begun: a NATS callback in progress when its subscriber shuts down is waited for.
+func TestGroupDoIsWaitedFor(t *testing.T) {
+	var g Group
+	inside, release := make(chan struct{}), make(chan struct{})
+	went := make(chan bool, 1)
+	go func() { went <- g.Do(func() { close(inside); <-release }) }()
+	<-inside
+	done := make(chan struct{})
+	go func() { g.Close(); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !g.Closed() {
+		if time.Now().After(deadline) {
+			t.Fatal("Close did not begin")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if g.Do(func() { t.Error("Do ran after Close began") }) {
+		t.Fatal("Do accepted after Close began")
+	}
+	select {
+	case <-done:
+		t.Fatal("Close returned while a Do was running")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	<-done
+	if !<-went {
+		t.Fatal("the running Do reported false")
+	}
+}

@@ -144,10 +144,18 @@ func (w *Worker) Run(ctx context.Context) error {
 		close(stopCtl)
 		<-ctlDone
 	}()
-	if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), guard.Handler("worker_offer", w.log, w.onOffer))); err != nil {
+	// Offers and releases run in w.group (Do), so the shutdown waits for one being handled: the
+	// client's goroutine may still be in it after the subscription is gone.
+	if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), guard.Handler("worker_offer", w.log, func(m *nats.Msg) {
+		if !w.group.Do(func() { w.onOffer(m) }) {
+			bus.Respond(m, wire.OfferReply{Reply: wire.Fail(wire.CodeDraining, "worker is shutting down"), Worker: w.cfg.ID})
+		}
+	}))); err != nil {
 		return err
 	}
-	if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbRelease), guard.Handler("worker_release", w.log, w.onRelease))); err != nil {
+	if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbRelease), guard.Handler("worker_release", w.log, func(m *nats.Msg) {
+		w.group.Do(func() { w.onRelease(m) })
+	}))); err != nil {
 		return err
 	}
 	if err := w.subscribeDrain(ctx, sub); err != nil {
