@@ -106,6 +106,11 @@ func TestSubscriptionsBeforeFirstConnectAreSent(t *testing.T) {
 	}
 	defer srv.Close()
 	eventually(t, 10*time.Second, "the reconnection", func() bool { return Connected(nc) == nil })
+	// The client resends its subscriptions as it reconnects, but the server reads them on that
+	// connection while it reads other2's publish on another: a round trip on nc orders them.
+	if err := nc.FlushTimeout(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	other2, err := nats.Connect(srv.URL())
 	if err != nil {
 		t.Fatal(err)
