@@ -321,9 +321,12 @@ func (c *cluster) countAfter(kind string, t0 time.Time) int {
 
 // ingestStall stops the ingest (SIGSTOP) for stall, then continues it (SIGCONT). Past the routers'
 // reap grace its calls were reaped: the routers' reconciliation tells the ingest, which re-places
-// them and replays what its ring holds; the rest is a gap with cause ingest_stall.
+// them and replays what its ring holds; the rest is a gap with cause ingest_stall. A stall shorter
+// than the workers' -max-frame-age (2 s) loses nothing. At 2 s or more a frame the ingest had
+// stamped but not yet written when it stopped arrives older than that and is dropped as stale,
+// with that cause (one of 12,000 in a loaded CI run): the boundary is not tested as lossless.
 func ingestStall(t *testing.T, stall time.Duration) {
-	prefix := fmt.Sprintf("stall%d", stall/time.Second)
+	prefix := fmt.Sprintf("stall%d", stall/time.Millisecond)
 	c := newCluster(t, 1)
 	c.router("r1")
 	threeWorkers(c)
@@ -347,12 +350,12 @@ func ingestStall(t *testing.T, stall time.Duration) {
 	if uncaused != 0 || unflagged != 0 {
 		t.Errorf("%d missing frames without a cause, %d duplicates not flagged replayed; want 0", uncaused, unflagged)
 	}
-	if stall <= 2*time.Second && missing != 0 {
-		t.Errorf("a %v stall (inside the ring and the reap grace) lost %d frames; want 0", stall, missing)
+	if stall < 2*time.Second && missing != 0 {
+		t.Errorf("a %v stall (inside the ring, the reap grace and the max frame age) lost %d frames; want 0", stall, missing)
 	}
 }
 
-func TestIngestStall2s(t *testing.T) { ingestStall(t, 2*time.Second) }
+func TestIngestStall1500ms(t *testing.T) { ingestStall(t, 1500*time.Millisecond) }
 func TestIngestStall7s(t *testing.T) { ingestStall(t, 7*time.Second) }
 
 // proxiedIngest starts a router, three workers and an ingest whose NATS connection goes through a
