@@ -356,7 +356,7 @@ func ingestStall(t *testing.T, stall time.Duration) {
 }
 
 func TestIngestStall1500ms(t *testing.T) { ingestStall(t, 1500*time.Millisecond) }
-func TestIngestStall7s(t *testing.T) { ingestStall(t, 7*time.Second) }
+func TestIngestStall7s(t *testing.T)     { ingestStall(t, 7*time.Second) }
 
 // proxiedIngest starts a router, three workers and an ingest whose NATS connection goes through a
 // fault proxy, playing calls.
