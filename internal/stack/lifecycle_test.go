@@ -141,10 +141,25 @@ func TestLostEndIsReapedAndSubscriptionsReturnToBaseline(t *testing.T) {
 	defer s.Close()
 	waitWorkers(t, s, 1)
 	baseline := warmBaseline(t, s)
+	var calls []*ingest.Call
 	for i := 0; i < 5; i++ {
-		startSilentCall(t, s.Ingest, "silent-"+strconv.Itoa(i))
+		calls = append(calls, startSilentCall(t, s.Ingest, "silent-"+strconv.Itoa(i)))
 	}
-	eventually(t, 5*time.Second, "per-call subscriptions to appear", func() bool { return s.Server.Subscriptions() >= baseline+10 })
+	// The calls are kept alive until every one's subscriptions are seen (on a loaded machine the
+	// first may otherwise idle out before the last is placed), then fall silent.
+	silence := make([]byte, 160)
+	last := time.Now()
+	eventually(t, 10*time.Second, "per-call subscriptions to appear", func() bool {
+		if time.Since(last) >= 20*time.Millisecond {
+			last = time.Now()
+			for _, c := range calls {
+				for leg := 0; leg < 2; leg++ {
+					_ = c.Send(leg, silence, 0) // an error is a call already reaped: the count says so
+				}
+			}
+		}
+		return s.Server.Subscriptions() >= baseline+10
+	})
 	eventually(t, 10*time.Second, "the idle reaper to release every call", func() bool { return s.Workers[0].Calls() == 0 })
 	eventually(t, 5*time.Second, "the server's subscription count back at baseline", func() bool { return s.Server.Subscriptions() == baseline })
 	if got := counter(t, s.Registry(), "callrouter_worker_calls_ended_total", map[string]string{"reason": proc.StopIdle}); got != 5 {
