@@ -70,13 +70,9 @@ type Group struct {
 // Go runs f on a new goroutine tracked by g and reports true, or reports false without running f
 // when g is closing.
 func (g *Group) Go(f func()) bool {
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
+	if !g.enter() {
 		return false
 	}
-	g.wg.Add(1)
-	g.mu.Unlock()
 	go func() {
 		defer g.wg.Done()
 		f()
@@ -88,15 +84,22 @@ func (g *Group) Go(f func()) bool {
 // and reports true, or reports false without running f when g is closing: for NATS callbacks,
 // which run on the client's goroutines, so that Close also waits for one already running.
 func (g *Group) Do(f func()) bool {
+	if !g.enter() {
+		return false
+	}
+	defer g.wg.Done()
+	f()
+	return true
+}
+
+// enter counts one more tracked function unless Close has begun; the caller calls g.wg.Done.
+func (g *Group) enter() bool {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	if g.closed {
-		g.mu.Unlock()
 		return false
 	}
 	g.wg.Add(1)
-	g.mu.Unlock()
-	defer g.wg.Done()
-	f()
 	return true
 }
 

@@ -1,13 +1,11 @@
 package sip
 
 import (
-	"context"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/subjects"
-	"github.com/callrouter/callrouter/internal/trace"
 	"github.com/callrouter/callrouter/internal/trace/tracetest"
 	"github.com/nats-io/nats.go"
 )
@@ -15,30 +13,12 @@ import (
 // setupChain is a call's setup as spans, each the parent of the next.
 var setupChain = []string{"sip.invite", "ingest.place", "router.place", "router.offer", "worker.offer", "worker.first_frame"}
 
-// traceTo turns tracing on for the test, exporting to url; it is off again when the test ends.
-func traceTo(t *testing.T, url string) {
-	t.Helper()
-	for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"} {
-		t.Setenv(k, "")
-	}
-	shutdown, err := trace.Setup(context.Background(), trace.Config{Endpoint: url, Service: "sip-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = shutdown(ctx)
-	})
-}
-
 // TestCallSetupTrace places one SIP call on a stack (embedded NATS, ingest, router and worker on
 // their own connections) with tracing to a real OTLP/HTTP receiver: the INVITE, the placement,
 // the offer and the first frame at the worker are one trace, parented in that order, every span
 // naming the call and its tenant.
 func TestCallSetupTrace(t *testing.T) {
-	recv := tracetest.New(t)
-	traceTo(t, recv.URL)
+	recv := tracetest.Install(t, "sip-test")
 	e := startEnv(t, 1, nil)
 	u := newUAC(t, e.addr)
 	id := newCallID("trace")
