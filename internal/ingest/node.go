@@ -367,12 +367,17 @@ func (n *Node) newCall(spec session.Spec) *Call {
 	}
 	// The legs' subjects in one allocation, next to each other.
 	var all strings.Builder
-	for _, l := range spec.Legs {
+	ends := make([]int, len(spec.Legs))
+	for i, l := range spec.Legs {
 		all.WriteString(subjects.Audio(spec.Tenant, spec.Call, l.Name))
+		ends[i] = all.Len()
 	}
 	subject := all.String()
-	for _, l := range spec.Legs {
-		k := len(subjects.Audio(spec.Tenant, spec.Call, l.Name))
+	for i, l := range spec.Legs {
+		k := ends[i]
+		if i > 0 {
+			k -= ends[i-1]
+		}
 		stride := frame.HeaderLen + nominalPayload(l)
 		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/stride))
 		c.legs = append(c.legs, leg{subject: subject[:k], samples: samplesPerFrame(l), rate: l.Rate, codec: l.Codec, index: l.Index,
