@@ -18,6 +18,48 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
+// runBaresip writes baresip's configuration into dir, with free ports, and has it dial addr over
+// TLS with SRTP mandatory, playing wav, for five seconds. It returns baresip's output.
+func runBaresip(t *testing.T, dir, caFile, wav, addr string) []byte {
+	rtpLo := sippMediaPort(t)
+	config := strings.Join([]string{
+		"poll_method epoll",
+		"sip_listen 127.0.0.1:" + fmt.Sprint(peerSIPPort(t)),
+		"sip_cafile " + caFile,
+		"audio_source aufile," + wav,
+		"audio_player aubridge,nowhere",
+		"audio_alert aubridge,nowhere",
+		fmt.Sprintf("rtp_ports %d-%d", rtpLo, rtpLo+3),
+		"module_path /usr/lib/baresip/modules",
+		"module g711.so",
+		"module aufile.so",
+		"module aubridge.so",
+		"module srtp.so",
+		"module_tmp account.so",
+		"module_app menu.so",
+		"",
+	}, "\n")
+	if err := os.WriteFile(filepath.Join(dir, "config"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	account := "<sip:alice@127.0.0.1;transport=tls>;regint=0;mediaenc=srtp-mand;audio_codecs=PCMA\n"
+	if err := os.WriteFile(filepath.Join(dir, "accounts"), []byte(account), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// -n 127.0.0.1: baresip's SDP gives its loopback address, which callrouter's RTP source check
+	// expects. (baresip 1.0 does not dial sips: URIs; its account's transport=tls is TLS.)
+	cmd := exec.CommandContext(ctx, "baresip", "-n", "127.0.0.1", "-f", dir, "-t", "5", "-e", "/dial svc@"+addr)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	t.Logf("baresip:\n%s", tail(out, 4000))
+	if err != nil && ctx.Err() != nil {
+		t.Fatalf("baresip did not quit: %v", err)
+	}
+	return out
+}
+
 // writeToneWAV writes secs seconds of a 440 Hz tone as 8 kHz mono 16-bit PCM WAV.
 func writeToneWAV(t testing.TB, path string, secs int) {
 	n := 8000 * secs
@@ -59,41 +101,17 @@ func TestBaresipTLSAndSRTP(t *testing.T) {
 	dir := t.TempDir()
 	wav := filepath.Join(dir, "tone.wav")
 	writeToneWAV(t, wav, 3)
-	rtpLo := sippMediaPort(t)
-	config := strings.Join([]string{
-		"poll_method epoll",
-		"sip_listen 127.0.0.1:" + fmt.Sprint(freeUDPPort(t)),
-		"sip_cafile " + pki.caFile,
-		"audio_source aufile," + wav,
-		"audio_player aubridge,nowhere",
-		"audio_alert aubridge,nowhere",
-		fmt.Sprintf("rtp_ports %d-%d", rtpLo, rtpLo+3),
-		"module_path /usr/lib/baresip/modules",
-		"module g711.so",
-		"module aufile.so",
-		"module aubridge.so",
-		"module srtp.so",
-		"module_tmp account.so",
-		"module_app menu.so",
-		"",
-	}, "\n")
-	if err := os.WriteFile(filepath.Join(dir, "config"), []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	account := "<sip:alice@127.0.0.1;transport=tls>;regint=0;mediaenc=srtp-mand;audio_codecs=PCMA\n"
-	if err := os.WriteFile(filepath.Join(dir, "accounts"), []byte(account), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	// -n 127.0.0.1: baresip's SDP gives its loopback address, which callrouter's RTP source check
-	// expects. (baresip 1.0 does not dial sips: URIs; its account's transport=tls is TLS.)
-	cmd := exec.CommandContext(ctx, "baresip", "-n", "127.0.0.1", "-f", dir, "-t", "5", "-e", "/dial svc@"+e.srv.TLSAddr().String())
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	t.Logf("baresip:\n%s", tail(out, 4000))
-	if err != nil && ctx.Err() != nil {
-		t.Fatalf("baresip did not quit: %v", err)
+	// baresip binds its ports itself: another process may take one between our check and its
+	// bind, which it reports as "Address already in use" before it dials; then it runs again on
+	// other ports.
+	for attempt := 1; ; attempt++ {
+		out := runBaresip(t, dir, pki.caFile, wav, e.srv.TLSAddr().String())
+		if !strings.Contains(string(out), "Address already in use") || len(callKeys()) > 0 {
+			break
+		}
+		if attempt == 3 {
+			t.Fatal("baresip found its ports taken three times")
+		}
 	}
 	eventually(t, 15*time.Second, "the worker to stop the call", func() bool { return len(callKeys()) == 1 })
 	l := rec.snapshot(callKeys()[0] + "/0")

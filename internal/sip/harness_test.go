@@ -323,6 +323,38 @@ func sippMediaPort(t testing.TB) int {
 	return 0
 }
 
+// peerSIPPort returns a port for a SIP peer that listens on UDP and TCP on it and TLS on the
+// next one (baresip), free on all three when asked. It is taken below the kernel's ephemeral
+// range (32768 up), where another test's outgoing connection cannot take it in the meantime,
+// and above sippMediaPort's range.
+func peerSIPPort(t testing.TB) int {
+	for range 100 {
+		p := 20000 + 2*rand.IntN(6000)
+		if portsFree(p, p+1) {
+			return p
+		}
+	}
+	t.Fatal("no two free consecutive UDP and TCP ports for a SIP peer")
+	return 0
+}
+
+func portsFree(ports ...int) bool {
+	for _, p := range ports {
+		a := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p}
+		u, err := net.ListenUDP("udp", a)
+		if err != nil {
+			return false
+		}
+		u.Close()
+		l, err := net.ListenTCP("tcp", (*net.TCPAddr)(a))
+		if err != nil {
+			return false
+		}
+		l.Close()
+	}
+	return true
+}
+
 func tail(b []byte, n int) []byte {
 	if len(b) > n {
 		return b[len(b)-n:]
