@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/nats-io/nats.go"
@@ -36,7 +37,7 @@ func httpStatus(addr, path string) int {
 	return resp.StatusCode
 }
 
-func addr(t *testing.T) string { return fmt.Sprintf("127.0.0.1:%d", freePort(t)) }
+func addr(t *testing.T) string { return fmt.Sprintf("127.0.0.1:%d", peertest.Port(t)) }
 
 // metric sums the samples of a Prometheus metric (every label set whose text contains match)
 // served on addr's /metrics; -1 when it cannot be read.

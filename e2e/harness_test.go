@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/proc"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wav"
@@ -113,33 +113,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// freePort returns a TCP port that was free a moment ago on 127.0.0.1.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// freePorts returns n distinct TCP ports that were free a moment ago on 127.0.0.1: each is held
-// until all are picked, so the kernel cannot hand the same one out twice.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	return ports
 }
 
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
@@ -258,9 +231,10 @@ func startNATS(t *testing.T, n int) []*natsNode {
 func allocNATS(t *testing.T, n int) []*natsNode {
 	t.Helper()
 	nodes := make([]*natsNode, n)
-	ports := freePorts(t, 3*n)
+	first := peertest.Ports(t, 3*n)
 	for i := range nodes {
-		nodes[i] = &natsNode{index: i, port: ports[3*i], clusterPort: ports[3*i+1], monPort: ports[3*i+2]}
+		p := first + 3*i
+		nodes[i] = &natsNode{index: i, port: p, clusterPort: p + 1, monPort: p + 2}
 	}
 	return nodes
 }

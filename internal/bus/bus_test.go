@@ -3,23 +3,13 @@ package bus
 import (
 	"errors"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
+	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -32,7 +22,7 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 
 func TestConnectFailsWithoutServerUnlessWaiting(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.URL = fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
+	cfg.URL = fmt.Sprintf("nats://127.0.0.1:%d", peertest.Port(t))
 	if nc, err := Connect(cfg, zerolog.Nop()); err == nil {
 		nc.Close()
 		t.Fatal("Connect to a port nothing listens on succeeded without WaitForServer")
@@ -53,7 +43,7 @@ func TestConnectFailsWithoutServerUnlessWaiting(t *testing.T) {
 // retried is sent when it is made, a publish made then is buffered and delivered, and both survive
 // the server going away and coming back on the same port.
 func TestSubscriptionsBeforeFirstConnectAreSent(t *testing.T) {
-	port := freePort(t)
+	port := peertest.Port(t)
 	cfg := DefaultConfig()
 	cfg.URL = fmt.Sprintf("nats://127.0.0.1:%d", port)
 	cfg.WaitForServer = true

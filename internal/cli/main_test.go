@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -12,20 +11,11 @@ import (
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // fakeService behaves as the components do: Run flushes (it fails without a connection), sets
 // itself ready and heartbeats on hb.<component>.<id> from its loop, unless stalled.
@@ -90,7 +80,7 @@ func waitStatus(t *testing.T, addr, path string, want int, d time.Duration) {
 // turns not-ready when the server goes and ready when it is back, and fails /healthz when the
 // component, connected, stops heartbeating.
 func TestStartsWithoutNATS(t *testing.T) {
-	natsPort, httpPort := freePort(t), freePort(t)
+	natsPort, httpPort := peertest.Port(t), peertest.Port(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
 	c := &Common{NATS: bus.DefaultConfig(), HTTP: addr, LogLevel: "error"}
 	c.NATS.URL = fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
@@ -172,7 +162,7 @@ func TestStartsWithoutNATS(t *testing.T) {
 
 func TestStopsCleanlyBeforeNATS(t *testing.T) {
 	c := &Common{NATS: bus.DefaultConfig(), HTTP: "127.0.0.1:0", LogLevel: "error"}
-	c.NATS.URL = fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
+	c.NATS.URL = fmt.Sprintf("nats://127.0.0.1:%d", peertest.Port(t))
 	ran := false
 	build := func(nc bus.Conn, _ zerolog.Logger, _ *prometheus.Registry, h *obs.Health) (Service, error) {
 		return serviceFunc(func(context.Context) error { ran = true; return nil }), nil

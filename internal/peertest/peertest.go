@@ -1,7 +1,8 @@
-// Package peertest decides what a test does when an external peer it needs (SIPp, Chromium,
-// sox, ffmpeg, opusdec, espeak-ng) is missing: on a developer's machine it skips, and where
-// CALLROUTER_REQUIRE_PEERS is set (CI: .ci/run installs every peer, then sets it) it fails, so a
-// broken install step can never pass as a run of skipped tests.
+// Package peertest helps tests that run external peers (SIPp, Chromium, sox, ffmpeg, opusdec,
+// espeak-ng, nats-server, the services' binaries). It decides what a test does when a peer it
+// needs is missing: on a developer's machine it skips, and where CALLROUTER_REQUIRE_PEERS is set
+// (CI: .ci/run installs every peer, then sets it) it fails, so a broken install step can never
+// pass as a run of skipped tests. And it picks the ports such a peer binds itself.
 package peertest
 
 import (

@@ -21,10 +21,10 @@ import (
 // runBaresip writes baresip's configuration into dir, with free ports, and has it dial addr over
 // TLS with SRTP mandatory, playing wav, for five seconds. It returns baresip's output.
 func runBaresip(t *testing.T, dir, caFile, wav, addr string) []byte {
-	rtpLo := sippMediaPort(t)
+	rtpLo := peertest.Ports(t, 4)
 	config := strings.Join([]string{
 		"poll_method epoll",
-		"sip_listen 127.0.0.1:" + fmt.Sprint(peerSIPPort(t)),
+		"sip_listen 127.0.0.1:" + fmt.Sprint(peertest.Ports(t, 2)), // UDP and TCP on it, TLS on the next
 		"sip_cafile " + caFile,
 		"audio_source aufile," + wav,
 		"audio_player aubridge,nowhere",

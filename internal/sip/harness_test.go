@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -233,16 +232,6 @@ func freeRange(t testing.TB, n int) (int, int) {
 	return lo, lo + n
 }
 
-// freeUDPPort returns a UDP port nothing listens on right now.
-func freeUDPPort(t testing.TB) int {
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
 // eventLog collects call events from NATS.
 type eventLog struct {
 	nc *nats.Conn
@@ -278,8 +267,8 @@ func (e *env) sipp(t testing.TB, dir string, timeout time.Duration, args ...stri
 	// SIPp binds its media port and the three above it; another process can take one of them
 	// between our probe and SIPp's bind, so a bind failure (and only that) is retried.
 	for attempt := 1; ; attempt++ {
-		base := []string{e.addr, "-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", strconv.Itoa(sippMediaPort(t)), "-nostdin",
-			"-cp", strconv.Itoa(freeUDPPort(t)), "-ci", "127.0.0.1", "-timeout", strconv.Itoa(int(timeout.Seconds())) + "s",
+		base := []string{e.addr, "-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", strconv.Itoa(peertest.Ports(t, 4)), "-nostdin",
+			"-cp", strconv.Itoa(peertest.Port(t)), "-ci", "127.0.0.1", "-timeout", strconv.Itoa(int(timeout.Seconds())) + "s",
 			"-timeout_error", "-trace_err", "-error_file", errFile}
 		_ = os.Remove(errFile)
 		ctx, cancel := context.WithTimeout(context.Background(), timeout+10*time.Second)
@@ -297,62 +286,6 @@ func (e *env) sipp(t testing.TB, dir string, timeout time.Duration, args ...stri
 		}
 		t.Fatalf("sipp %v: %v\n%s\nerrors:\n%s", args, err, tail(out, 3000), tail(errs, 3000))
 	}
-}
-
-// sippMediaPort returns an even port p such that p..p+3 (SIPp's audio and video RTP/RTCP) are
-// free on 127.0.0.1 right now. It picks below the kernel's ephemeral range (32768 and up here),
-// between the loadtest package's SIP RTP ports (10000 up) and the ingest RTP ranges of freeRange
-// (20000 up), so neither an outgoing socket nor another test's RTP can take one by chance.
-func sippMediaPort(t testing.TB) int {
-	for range 100 {
-		p := 12400 + 4*rand.IntN(1800)
-		free := true
-		for i := range 4 {
-			c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p + i})
-			if err != nil {
-				free = false
-				break
-			}
-			c.Close()
-		}
-		if free {
-			return p
-		}
-	}
-	t.Fatal("no four free consecutive UDP ports for SIPp")
-	return 0
-}
-
-// peerSIPPort returns a port for a SIP peer that listens on UDP and TCP on it and TLS on the
-// next one (baresip), free on all three when asked. It is taken below the kernel's ephemeral
-// range (32768 up), where another test's outgoing connection cannot take it in the meantime,
-// and above sippMediaPort's range.
-func peerSIPPort(t testing.TB) int {
-	for range 100 {
-		p := 20000 + 2*rand.IntN(6000)
-		if portsFree(p, p+1) {
-			return p
-		}
-	}
-	t.Fatal("no two free consecutive UDP and TCP ports for a SIP peer")
-	return 0
-}
-
-func portsFree(ports ...int) bool {
-	for _, p := range ports {
-		a := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p}
-		u, err := net.ListenUDP("udp", a)
-		if err != nil {
-			return false
-		}
-		u.Close()
-		l, err := net.ListenTCP("tcp", (*net.TCPAddr)(a))
-		if err != nil {
-			return false
-		}
-		l.Close()
-	}
-	return true
 }
 
 func tail(b []byte, n int) []byte {

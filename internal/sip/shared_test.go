@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/peertest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -32,7 +33,7 @@ func (l *sharedLeg) count(b byte) int {
 
 func openShared(t *testing.T) (*sharedRTP, netip.AddrPort) {
 	t.Helper()
-	r, err := openSharedRTP(netipLoopback, freeUDPPort(t), 2, newMetrics(prometheus.NewRegistry()))
+	r, err := openSharedRTP(netipLoopback, peertest.Port(t), 2, newMetrics(prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
