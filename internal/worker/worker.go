@@ -186,17 +186,7 @@ func (w *Worker) Run(ctx context.Context) error {
 // tick reaps idle calls, updates lag, sheds load and heartbeats.
 func (w *Worker) tick() {
 	now := w.mono()
-	if w.fenced(now) {
-		w.log.Warn().Msg("heartbeats stalled past the fence: dropping every call without publishing")
-		for _, c := range w.snapshot() {
-			if c.moved.Load() {
-				continue // the rest of its epoch is this worker's alone (see call.process)
-			}
-			c.stop(proc.StopSuperseded)
-			w.group.Go(func() { w.handBack(c) })
-		}
-	}
-	w.lastTick.Store(now)
+	w.beat(now)
 	var worst int64
 	var worstCall *call
 	// Under w.mu, so an offer that advances a call in place (and refreshes lastFrame) is
@@ -228,6 +218,25 @@ func (w *Worker) tick() {
 	}
 	w.lagging.Store(over)
 	w.heartbeat()
+}
+
+// beat records a run of the heartbeat loop (the tick, or the drain's heartbeats) at now. If the
+// loop had stalled past the fence, every call not moved away already was (or is about to be)
+// stopped by its own goroutine (call.process), and the routers may have declared this worker
+// down: it drops each such call without publishing and hands it back to its ingest with where it
+// stopped, so that the call is re-placed now rather than when reconciliation finds it.
+func (w *Worker) beat(now int64) {
+	if w.fenced(now) {
+		w.log.Warn().Msg("heartbeats stalled past the fence: dropping every call without publishing")
+		for _, c := range w.snapshot() {
+			if c.moved.Load() {
+				continue // the rest of its epoch is this worker's alone (see call.process)
+			}
+			c.stop(proc.StopSuperseded)
+			w.handBackOnce(c)
+		}
+	}
+	w.lastTick.Store(now)
 }
 
 func (w *Worker) snapshot() []*call {
@@ -487,6 +496,15 @@ func (w *Worker) migrateUntil(ctx context.Context, c *call, reason string) {
 	}
 }
 
+// handBackOnce hands c back (see handBack) unless that was done already: a call that met the
+// fence itself, on a frame (call.process), is handed back by its own goroutine, as it may have
+// gone before the heartbeat loop runs again and finds the stall.
+func (w *Worker) handBackOnce(c *call) {
+	if c.handedBack.CompareAndSwap(false, true) {
+		w.group.Go(func() { w.handBack(c) })
+	}
+}
+
 // handBack tells a fenced call's ingest that this worker no longer holds it, with where it
 // stopped, so the call is re-placed even if no router declared this worker down. If it was
 // already re-placed, ingest ignores the notice.
@@ -517,7 +535,7 @@ func (w *Worker) drain() {
 		t := time.NewTicker(w.cfg.HeartbeatInterval)
 		defer t.Stop()
 		for {
-			w.lastTick.Store(w.mono())
+			w.beat(w.mono())
 			w.heartbeat()
 			select {
 			case <-stopHB:
