@@ -32,6 +32,10 @@ import (
 // an answer is not sent after the router gave up.
 const offerFlushTimeout = 500 * time.Millisecond
 
+// offerSubscribed, when set (by tests), runs once an offer's subscriptions are in place, just
+// before the offer is accepted.
+var offerSubscribed atomic.Pointer[func()]
+
 // stoppingWait bounds how long an offer for a call that is stopping waits for it to go before
 // taking it fresh; with offerFlushTimeout it stays below the router's offer timeout.
 const stoppingWait = 300 * time.Millisecond
@@ -376,6 +380,19 @@ func (w *Worker) onOffer(m *nats.Msg) {
 	}
 	if err != nil {
 		reply(wire.Fail(wire.CodeInternal, err.Error()))
+		return
+	}
+	if f := offerSubscribed.Load(); f != nil {
+		(*f)()
+	}
+	// The router's release that abandons this offer may have been handled meanwhile: on a loaded
+	// worker it often is, as it was sent an offer timeout after the offer, which waited as long in
+	// the subscription. Refused now, the call is not started only to be dropped (superseded).
+	w.mu.Lock()
+	abandoned := w.wasAbandonedLocked(id, o.Epoch)
+	w.mu.Unlock()
+	if abandoned {
+		reply(wire.Fail(wire.CodeStale, fmt.Sprintf("offer at epoch %d abandoned by its router", o.Epoch)))
 		return
 	}
 	if trace.Recording(ctx) {
