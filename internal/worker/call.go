@@ -719,6 +719,11 @@ func (c *call) Emit(kind string, data any) {
 	if c.superseded.Load() {
 		return
 	}
+	c.Report(kind, data)
+}
+
+// Report publishes an event, superseded or not (proc.Reporter).
+func (c *call) Report(kind string, data any) {
 	ev := wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Time: c.w.cfg.Now(), Source: "worker/" + c.w.cfg.ID}
 	if err := bus.PublishEvent(c.w.nc, ev, data); err != nil {
 		c.log.Warn().Err(err).Str("kind", kind).Msg("event not published")
