@@ -10,7 +10,9 @@ import (
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestFencedOnlyWorkerGetsItsCallsBack: the pool's only worker fences itself (its heartbeat loop
@@ -56,6 +58,83 @@ func TestFencedOnlyWorkerGetsItsCallsBack(t *testing.T) {
 	}
 	if back < cfg.Ingest.Ring-time.Second && tl.missing != 0 {
 		t.Errorf("%d frames missing; the %v ring covers the %v the calls were away", tl.missing, cfg.Ingest.Ring, back)
+	}
+}
+
+// TestPoolWithNoWorkerTakesTheNextOneAtOnce: the pool's only worker dies silently and the calls
+// have nowhere to go for longer than the ring holds, so the re-placement's backoff has grown to
+// seconds. When a worker joins, the routers' notices (every sweep) wake the waiting re-placement:
+// the calls are on the new worker within a couple of sweeps, not at the backoff's next turn, and
+// the frames the ring no longer held are gaps with a cause, none silently lost.
+func TestPoolWithNoWorkerTakesTheNextOneAtOnce(t *testing.T) {
+	recorded.reset()
+	cfg := faultConfig(t)
+	cfg.Workers = 1
+	cfg.Worker.Pool = "elsewhere" // the stack's own worker is in no pool the calls need
+	s, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	nc, err := nats.Connect(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	wc := cfg.Worker
+	wc.ID, wc.Pool = "victim", "default"
+	victim, err := worker.New(wc, worker.Deps{NC: nc, Log: testLogger(t), Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- victim.Run(ctx) }()
+	defer func() { cancel(); <-done; victim.Close() }()
+	waitWorkers(t, s, 2)
+	calls := startCalls(t, s.Ingest, "nowhere", 3)
+	p := play(t, calls)
+	eventually(t, 10*time.Second, "a second of audio", func() bool { return p.sent.Load() >= 50 })
+
+	nc.Close() // the pool's only worker is gone
+	died := time.Now()
+	eventually(t, 10*time.Second, "the victim declared down", func() bool {
+		return counter(t, s.Registry(), "callrouter_router_declared_down_total", nil) > 0
+	})
+	// Longer than the ring, and long enough for the backoff to reach its 5 s bound.
+	target := died.Add(cfg.Ingest.Ring + 2*time.Second)
+	eventually(t, 20*time.Second, "the outage to outlast the ring", func() bool { return time.Now().After(target) })
+	wc.ID = "worker-2"
+	if _, err := s.AddWorker("worker-2", wc); err != nil {
+		t.Fatal(err)
+	}
+	waitWorkers(t, s, 2)
+	joined := time.Now()
+	eventually(t, 10*time.Second, "the calls on the new worker", func() bool {
+		for _, c := range calls {
+			if pl := c.Placements(); len(pl) != 1 || pl[0].Worker != "worker-2" {
+				return false
+			}
+		}
+		return true
+	})
+	took := time.Since(joined)
+	target2 := p.sent.Load() + 50
+	eventually(t, 10*time.Second, "another second of audio", func() bool { return p.sent.Load() >= target2 })
+	sent := p.end(t, s)
+
+	tl := account(t, calls, sent, 0)
+	t.Logf("only worker dead for %v, %d calls: on the new worker %v after it was seen; %d frames sent per leg, %d missing (causes %s), %d duplicated, %d unaccounted",
+		joined.Sub(died).Round(time.Millisecond), len(calls), took.Round(time.Millisecond), sent, tl.missing, causes(tl.causes), tl.duplicated, tl.unaccounted)
+	if took > 3*time.Second {
+		t.Errorf("the calls took %v to reach the worker that joined; want a sweep or two", took)
+	}
+	if tl.unaccounted != 0 {
+		t.Errorf("%d frames unaccounted; want every missing frame in a gap with a cause", tl.unaccounted)
+	}
+	if tl.missing == 0 {
+		t.Error("no frame missing after an outage longer than the ring: the test did not test that")
 	}
 }
 
