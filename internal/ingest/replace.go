@@ -135,8 +135,8 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 			// The placement is still stranded: try again now, but no sooner than the first
 			// backoff after this attempt, however many notices come.
 			timer.Stop()
-			if nt.worker == worker && retakes(nt.reason) {
-				retake = true
+			if failover(reason) && nt.worker == worker && retakes(nt.reason) {
+				retake = true // a migration still keeps the call off the worker it leaves
 			}
 			if rest := replaceBackoff - time.Since(start); rest > 0 {
 				select {
