@@ -51,6 +51,8 @@ type Call struct {
 	n           *Node
 	legs        []leg  // inline[:k] for a call of k <= 2 legs
 	inline      [2]leg // the legs of most calls, next to the call's state
+
+	nudge atomic.Pointer[chan renotice] // while a re-placement runs: later notices wake it (replace.go)
 }
 
 // ID returns the call's identity.

@@ -45,14 +45,35 @@ func failover(reason string) bool {
 	return false
 }
 
+// renotice is a re-placement notice that arrived while a re-placement of the call was running.
+type renotice struct{ worker, reason string }
+
+// retakes reports whether a re-placement for reason may offer the call to the worker it leaves:
+// one that is alive and merely lost the call (the ingest stalled, a message was lost) may take it
+// again.
+func retakes(reason string) bool {
+	return reason == wire.ReasonIngestStall || reason == wire.ReasonReconcile
+}
+
 // replace moves the call's placement in pool away from worker (make-before-break): a new epoch is
 // placed, keeping the call's other pools where they are, and only then does the call switch its
 // frames to the new epoch. A failover retries with backoff for up to ReplaceTimeout (the routers'
 // reconciliation asks again after that); a migration gives up after three attempts.
+//
+// A worker that is leaving (drain, rebalance) is never offered the call again. One that was
+// declared down or fenced itself is avoided, not refused: after the first refusal it may take the
+// call back, so a pool whose only worker was fenced (or was thought dead and is back) gets its calls
+// again at the next attempt rather than none until the replace timeout. A router's notice that
+// arrives meanwhile (it repeats them every sweep while the call is stranded) wakes the wait, so a
+// worker that joins or comes back is offered the call within a sweep.
 func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 	c.placing.Lock()
 	defer c.placing.Unlock()
 	n := c.n
+	nudge := make(chan renotice, 1)
+	c.nudge.Store(&nudge)
+	defer c.nudge.Store(nil)
+	retake := retakes(reason)
 	deadline := time.Now().Add(n.cfg.ReplaceTimeout)
 	for attempt := 0; ; attempt++ {
 		cur := c.Placements()
@@ -65,10 +86,8 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 				keep = append(keep, p)
 			}
 		}
-		// A worker that is alive and merely lost the call (the ingest stalled, a message was lost)
-		// may take it again; one that died, drains or lags may not.
 		var exclude []string
-		if reason != wire.ReasonIngestStall && reason != wire.ReasonReconcile {
+		if !retake {
 			exclude = []string{worker}
 		}
 		epoch := c.nextEpoch()
@@ -97,27 +116,53 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 		if !failover(reason) && attempt >= 2 {
 			return err // a migration can wait for the next drain or rebalance round
 		}
+		if failover(reason) {
+			retake = true
+		}
 		if time.Now().Add(wait).After(deadline) {
 			c.log.Error().Err(err).Int("attempt", attempt).Str("reason", reason).
 				Msg("re-placement still failing; leaving it to the routers' reconciliation")
 			return err
 		}
 		c.log.Warn().Err(err).Int("attempt", attempt).Str("reason", reason).Dur("wait", wait).Msg("re-placement failed; retrying")
+		timer := time.NewTimer(wait)
 		select {
 		case <-c.done:
+			timer.Stop()
 			return ErrEnded
-		case <-time.After(wait):
+		case <-timer.C:
+		case nt := <-nudge:
+			// The placement is still stranded: try again now, but no sooner than the first
+			// backoff after this attempt, however many notices come.
+			timer.Stop()
+			if failover(reason) && nt.worker == worker && retakes(nt.reason) {
+				retake = true // a migration still keeps the call off the worker it leaves
+			}
+			if rest := replaceBackoff - time.Since(start); rest > 0 {
+				select {
+				case <-c.done:
+					return ErrEnded
+				case <-time.After(rest):
+				}
+			}
 		}
 	}
 }
 
 // startReplace re-places c away from worker on a tracked goroutine and calls then (may be nil)
-// with the result. With dedupe, a notice that arrives while a re-placement of c is running is
-// dropped: the senders repeat theirs (the router every sweep) until the heartbeat shows the call
-// at a new epoch. It reports false when the node is shutting down.
+// with the result. With dedupe, a notice that arrives while a re-placement of c is running starts
+// none: it wakes the running one instead, which tries again at once (see replace). The senders
+// repeat theirs (the router every sweep) until the heartbeat shows the call at a new epoch. It
+// reports false when the node is shutting down.
 func (n *Node) startReplace(c *Call, worker, reason string, resume []session.LegSeq, dedupe bool, then func(error)) bool {
 	if c.replacing.Add(1) > 1 && dedupe {
 		c.replacing.Add(-1)
+		if p := c.nudge.Load(); p != nil {
+			select {
+			case *p <- renotice{worker, reason}:
+			default: // one is pending already
+			}
+		}
 		return true
 	}
 	ok := n.g.Go(func() {

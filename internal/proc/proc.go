@@ -56,6 +56,14 @@ type Call interface {
 	Shared() *Shared
 }
 
+// Reporter is implemented by the worker's Call. Report publishes an event like Emit, and also once
+// the call has been superseded, when Emit publishes nothing: for a measurement of the share of the
+// call this worker processed (the load tester's per-call report), which no other worker reports;
+// never for an event about the call, which the worker that took it over publishes.
+type Reporter interface {
+	Report(kind string, data any)
+}
+
 // Frame is one frame delivered to a handler. Payload aliases a NATS message buffer and is valid
 // only during the call to Handler.Frame.
 type Frame struct {

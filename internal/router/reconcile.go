@@ -16,7 +16,8 @@ import (
 // ingest.<id>.place, every sweep until the ingest's heartbeat shows the call at a newer epoch on
 // workers that hold it. Each step repairs the loss of the one before: a lost notice is repeated
 // at the next sweep, a lost heartbeat is followed by the next one, and the ingest ignores a notice
-// for an epoch it has left behind or while it is re-placing the call already.
+// for an epoch it has left behind; one that comes while it is re-placing the call already wakes
+// that re-placement (it tries again at once) rather than starting another.
 
 // strandKey is one placement an ingest lists at an epoch.
 type strandKey struct {

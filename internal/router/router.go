@@ -52,7 +52,22 @@ type lostKey struct {
 
 type lostProgress struct {
 	progress []session.LegSeq
+	epoch    uint32 // the epoch the reporting worker held the call at
 	at       time.Time
+}
+
+// saveProgress keeps a worker's progress for call id in pool, reported at epoch. During a
+// make-before-break hand-over the old and the new holder both list the call, the old one at the
+// lower epoch and with the older position: the newer epoch wins, whatever order the lists are read
+// in (a later resume from the old position would replay frames the new holder processed). An
+// entry not refreshed for the orphan grace (every live holder's is, each sweep) no longer counts
+// against a lower epoch: its call ended, and the id may be reused. Must hold r.mu.
+func (r *Router) saveProgress(id session.ID, pool string, epoch uint32, progress []session.LegSeq, now time.Time) {
+	k := lostKey{id, pool}
+	if old, ok := r.lost[k]; ok && old.epoch > epoch && now.Sub(old.at) < r.cfg.OrphanGrace {
+		return
+	}
+	r.lost[k] = lostProgress{progress, epoch, now}
 }
 
 // orphanSince is when a worker was first seen holding a call no ingest lists with it, at epoch.
@@ -231,7 +246,7 @@ func (r *Router) judge(now time.Time) []wire.Down {
 			delete(r.workers, id)
 			calls, _ := r.workerCalls(id) // complete or not, the best progress there is
 			for cid, c := range calls {
-				r.lost[lostKey{cid, w.hb.Pool}] = lostProgress{c.Progress, now}
+				r.saveProgress(cid, w.hb.Pool, c.Epoch, c.Progress, now)
 			}
 			downs = append(downs, wire.Down{V: wire.V, Component: subjects.Worker, ID: id, Reason: "missed heartbeats", By: r.cfg.ID})
 		}
@@ -295,7 +310,7 @@ func (r *Router) sweepOrphans(now time.Time) sweep {
 		for id, c := range calls {
 			key := orphanKey{id, wid}
 			sw.held[key] = max(sw.held[key], c.Epoch)
-			r.lost[lostKey{id, w.hb.Pool}] = lostProgress{c.Progress, now}
+			r.saveProgress(id, w.hb.Pool, c.Epoch, c.Progress, now)
 			if r.owned(id, wid, c.Ingest) {
 				continue
 			}

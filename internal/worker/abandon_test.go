@@ -1,11 +1,15 @@
 package worker_test
 
 import (
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/callrouter/callrouter/internal/worker"
 )
 
 // The sequence behind the double-processed calls of a saturated load test (g1-2500: 438 calls
@@ -54,5 +58,39 @@ func TestOfferAbandonedBeforeItArrivesIsRefused(t *testing.T) {
 	}
 	if r := l.offer(t, wire.Offer{Call: spec("other"), Epoch: 1}); !r.OK {
 		t.Fatalf("offer after an orphan release of nothing refused: %+v", r.Reply)
+	}
+}
+
+// The more common order on a loaded worker: the offer, which waited an offer timeout in its
+// subscription, is being set up when the abandoning release (sent at that timeout) is handled.
+// The offer is refused at the moment it would be accepted, not accepted and the call started only
+// to be stopped as superseded (34–73 times in a loaded run): no slot held, nothing processed.
+func TestOfferAbandonedWhileSetUpIsRefused(t *testing.T) {
+	l := startLone(t, workerConfig())
+	id := session.ID{Tenant: "acme", Call: "mid"}
+	var once sync.Once
+	worker.OnOfferSubscribed(func() {
+		once.Do(func() {
+			if err := l.nc.Publish(subjects.WorkerVerb(l.id, subjects.WorkerVerbRelease),
+				[]byte(`{"v":1,"tenant":"acme","call":"mid","epoch":1,"reason":"`+wire.ReasonOfferAbandoned+`"}`)); err != nil {
+				t.Error(err)
+				return
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for !worker.Abandoned(l.w, id, 1) && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	})
+	t.Cleanup(func() { worker.OnOfferSubscribed(nil) })
+	if r := l.offer(t, wire.Offer{Call: spec("mid"), Epoch: 1}); r.OK || r.Code != wire.CodeStale {
+		t.Fatalf("offer abandoned while it was set up answered %+v, want %s", r.Reply, wire.CodeStale)
+	}
+	eventually(t, 10*time.Second, "no call held", func() bool { return l.w.Calls() == 0 })
+	if n := metric(t, l.reg, "callrouter_worker_calls_ended_total", map[string]string{"reason": "superseded"}); n != 0 {
+		t.Errorf("%v calls ended superseded; want none started", n)
+	}
+	if got := rec.stopsOf("acme/mid"); len(got) != 0 {
+		t.Errorf("the call was started and stopped (%v)", got)
 	}
 }

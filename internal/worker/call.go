@@ -68,6 +68,7 @@ type call struct {
 	superseded atomic.Bool
 	migrating  atomic.Bool // this worker asked ingest to move the call (drain, rebalance)
 	moved      atomic.Bool // and ingest did: the rest of this worker's epoch is its own to finish
+	handedBack atomic.Bool // dropped at the fence and handed back to ingest (worker.handBackOnce)
 
 	finishing bool // finish has begun (call goroutine only)
 
@@ -350,6 +351,7 @@ func (c *call) process(it *item) string {
 	if c.w.fenced(now) && !c.moved.Load() {
 		// A moved call is not being re-placed from this worker's progress: its new owner starts
 		// at the new epoch's first frame, and only this worker processes the rest of its epoch.
+		c.w.handBackOnce(c)
 		return proc.StopSuperseded
 	}
 	leg := h.Leg
@@ -717,6 +719,11 @@ func (c *call) Emit(kind string, data any) {
 	if c.superseded.Load() {
 		return
 	}
+	c.Report(kind, data)
+}
+
+// Report publishes an event, superseded or not (proc.Reporter).
+func (c *call) Report(kind string, data any) {
 	ev := wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Time: c.w.cfg.Now(), Source: "worker/" + c.w.cfg.ID}
 	if err := bus.PublishEvent(c.w.nc, ev, data); err != nil {
 		c.log.Warn().Err(err).Str("kind", kind).Msg("event not published")

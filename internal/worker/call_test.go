@@ -119,9 +119,13 @@ func TestFenceSparesMovedCall(t *testing.T) {
 		}
 		return &nats.Msg{Data: b}
 	}
+	w.group.Close() // no NATS here: the hand-back is marked, not sent
 	c := newCall(w, o)
 	if r := c.take(msg(0, frame.FlagEpochStart), w.mono()); r != proc.StopSuperseded {
 		t.Fatalf("a fenced call not moved away: stop %q, want %q", r, proc.StopSuperseded)
+	}
+	if !c.handedBack.Load() {
+		t.Error("a call that met the fence on a frame was not handed back")
 	}
 	c = newCall(w, o)
 	c.migrating.Store(true)
@@ -137,5 +141,8 @@ func TestFenceSparesMovedCall(t *testing.T) {
 	}
 	if next := c.next[0].Load(); next != 3 {
 		t.Errorf("moved call processed up to %d, want 3", next)
+	}
+	if c.handedBack.Load() {
+		t.Error("a moved call was handed back")
 	}
 }

@@ -32,6 +32,10 @@ import (
 // an answer is not sent after the router gave up.
 const offerFlushTimeout = 500 * time.Millisecond
 
+// offerSubscribed, when set (by tests), runs once an offer's subscriptions are in place, just
+// before the offer is accepted.
+var offerSubscribed atomic.Pointer[func()]
+
 // stoppingWait bounds how long an offer for a call that is stopping waits for it to go before
 // taking it fresh; with offerFlushTimeout it stays below the router's offer timeout.
 const stoppingWait = 300 * time.Millisecond
@@ -186,17 +190,7 @@ func (w *Worker) Run(ctx context.Context) error {
 // tick reaps idle calls, updates lag, sheds load and heartbeats.
 func (w *Worker) tick() {
 	now := w.mono()
-	if w.fenced(now) {
-		w.log.Warn().Msg("heartbeats stalled past the fence: dropping every call without publishing")
-		for _, c := range w.snapshot() {
-			if c.moved.Load() {
-				continue // the rest of its epoch is this worker's alone (see call.process)
-			}
-			c.stop(proc.StopSuperseded)
-			w.group.Go(func() { w.handBack(c) })
-		}
-	}
-	w.lastTick.Store(now)
+	w.beat(now)
 	var worst int64
 	var worstCall *call
 	// Under w.mu, so an offer that advances a call in place (and refreshes lastFrame) is
@@ -228,6 +222,25 @@ func (w *Worker) tick() {
 	}
 	w.lagging.Store(over)
 	w.heartbeat()
+}
+
+// beat records a run of the heartbeat loop (the tick, or the drain's heartbeats) at now. If the
+// loop had stalled past the fence, every call not moved away already was (or is about to be)
+// stopped by its own goroutine (call.process), and the routers may have declared this worker
+// down: it drops each such call without publishing and hands it back to its ingest with where it
+// stopped, so that the call is re-placed now rather than when reconciliation finds it.
+func (w *Worker) beat(now int64) {
+	if w.fenced(now) {
+		w.log.Warn().Msg("heartbeats stalled past the fence: dropping every call without publishing")
+		for _, c := range w.snapshot() {
+			if c.moved.Load() {
+				continue // the rest of its epoch is this worker's alone (see call.process)
+			}
+			c.stop(proc.StopSuperseded)
+			w.handBackOnce(c)
+		}
+	}
+	w.lastTick.Store(now)
 }
 
 func (w *Worker) snapshot() []*call {
@@ -369,6 +382,19 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		reply(wire.Fail(wire.CodeInternal, err.Error()))
 		return
 	}
+	if f := offerSubscribed.Load(); f != nil {
+		(*f)()
+	}
+	// The router's release that abandons this offer may have been handled meanwhile: on a loaded
+	// worker it often is, as it was sent an offer timeout after the offer, which waited as long in
+	// the subscription. Refused now, the call is not started only to be dropped (superseded).
+	w.mu.Lock()
+	abandoned := w.wasAbandonedLocked(id, o.Epoch)
+	w.mu.Unlock()
+	if abandoned {
+		reply(wire.Fail(wire.CodeStale, fmt.Sprintf("offer at epoch %d abandoned by its router", o.Epoch)))
+		return
+	}
 	if trace.Recording(ctx) {
 		// Ended by the call goroutine once the first frame is processed: offer → first frame.
 		_, c.first = trace.Start(ctx, "worker.first_frame", trace.Internal, append(trace.Call(o.Call.Tenant, o.Call.Call), trace.Epoch(o.Epoch))...)
@@ -487,6 +513,15 @@ func (w *Worker) migrateUntil(ctx context.Context, c *call, reason string) {
 	}
 }
 
+// handBackOnce hands c back (see handBack) unless that was done already: a call that met the
+// fence itself, on a frame (call.process), is handed back by its own goroutine, as it may have
+// gone before the heartbeat loop runs again and finds the stall.
+func (w *Worker) handBackOnce(c *call) {
+	if c.handedBack.CompareAndSwap(false, true) {
+		w.group.Go(func() { w.handBack(c) })
+	}
+}
+
 // handBack tells a fenced call's ingest that this worker no longer holds it, with where it
 // stopped, so the call is re-placed even if no router declared this worker down. If it was
 // already re-placed, ingest ignores the notice.
@@ -517,7 +552,7 @@ func (w *Worker) drain() {
 		t := time.NewTicker(w.cfg.HeartbeatInterval)
 		defer t.Stop()
 		for {
-			w.lastTick.Store(w.mono())
+			w.beat(w.mono())
 			w.heartbeat()
 			select {
 			case <-stopHB:

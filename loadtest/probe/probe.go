@@ -120,5 +120,11 @@ func (r *call) Stop(reason string) {
 		r.sink.Report(r.c.Spec().Call, reason, r.legs)
 		return
 	}
+	// Superseded too: the frames this worker processed are reported by no other (its successor
+	// resumes after them), and would show as unaccounted.
+	if rp, ok := r.c.(proc.Reporter); ok {
+		rp.Report(account.EventKind, account.NewCallReport(reason, r.legs, r.hist))
+		return
+	}
 	r.c.Emit(account.EventKind, account.NewCallReport(reason, r.legs, r.hist))
 }

@@ -95,6 +95,41 @@ func TestProcessorPublishesEventWithoutSink(t *testing.T) {
 	}
 }
 
+// reporterCall is a worker's Call of a superseded call: Emit publishes nothing, Report does.
+type reporterCall struct {
+	*fakeCall
+	reports map[string][]byte
+}
+
+func (f *reporterCall) Emit(string, any) {}
+func (f *reporterCall) Report(kind string, data any) {
+	b, _ := json.Marshal(data)
+	f.reports[kind] = b
+}
+
+// A call superseded on this worker still reports its share (its successor resumes after the
+// frames it processed): through proc.Reporter, which publishes where Emit no longer does.
+func TestSupersededShareIsReported(t *testing.T) {
+	procs, err := proc.Build([]string{ProcessorName}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := &reporterCall{fakeCall: newFake("remote-tenant"), reports: map[string][]byte{}}
+	h, err := procs[0].Start(fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Frame(&proc.Frame{Header: frame.Header{Leg: 0, Seq: 0, Capture: time.Now().UnixNano()}})
+	h.Stop(proc.StopSuperseded)
+	var cr account.CallReport
+	if err := json.Unmarshal(fc.reports[account.EventKind], &cr); err != nil {
+		t.Fatalf("no %q report: %v", account.EventKind, err)
+	}
+	if cr.Stop != proc.StopSuperseded || len(cr.Legs) != 2 || cr.Legs[0].Received != 1 {
+		t.Errorf("report %+v; want the superseded share of one frame", cr)
+	}
+}
+
 type memSink struct {
 	frames, lost int64
 	call, stop   string

@@ -1,0 +1,24 @@
+package worker
+
+import "github.com/callrouter/callrouter/internal/session"
+
+// StallHeartbeats makes the worker's heartbeat loop look stalled past the fence, as after a long
+// pause of the process or a starved machine.
+func StallHeartbeats(w *Worker) { w.lastTick.Store(w.mono() - 10*int64(w.cfg.FenceAfter)) }
+
+// OnOfferSubscribed runs f (nil: nothing) once each offer's subscriptions are in place, just
+// before the offer is accepted.
+func OnOfferSubscribed(f func()) {
+	if f == nil {
+		offerSubscribed.Store(nil)
+		return
+	}
+	offerSubscribed.Store(&f)
+}
+
+// Abandoned reports whether the worker has recorded the offer of call at epoch as abandoned.
+func Abandoned(w *Worker, id session.ID, epoch uint32) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.wasAbandonedLocked(id, epoch)
+}
