@@ -158,12 +158,17 @@ func (r *sharedRTP) deliver(now time.Time, from netip.AddrPort, raw []byte) {
 	r.m.rtpDropped.WithLabelValues("ssrc").Inc()
 }
 
-// sweep runs the silence filling of reader i's streams.
+// sweep runs the silence filling of reader i's streams; a stream not due (stream.idle) is
+// skipped without its lock.
 func (r *sharedRTP) sweep(i int, now time.Time) {
 	r.mu.RLock()
 	es := r.sweeps[i]
 	r.mu.RUnlock()
+	mono := monoNanos(now)
 	for _, e := range es {
+		if mono < e.s.idleDue.Load() {
+			continue
+		}
 		e.mu.Lock()
 		if e.active && !e.closed {
 			e.idle(now)
@@ -181,7 +186,7 @@ func (e *sharedEntry) handle(now time.Time, from netip.AddrPort, raw []byte) {
 
 func (e *sharedEntry) idle(now time.Time) {
 	defer e.recover()
-	e.s.cut.idle(now)
+	e.s.idle(now)
 }
 
 func (e *sharedEntry) recover() {
