@@ -387,7 +387,7 @@ func (c *callState) expiry(now time.Time) string {
 		return "session_expired"
 	}
 	if cfg.RTPTimeout > 0 {
-		newest := int64(0)
+		newest := c.start.UnixNano() // a stream's clock starts when it runs, after the call is added
 		for _, st := range c.streams {
 			newest = max(newest, st.lastRTP.Load())
 		}
