@@ -62,13 +62,13 @@ func (c *callState) openStreams(plans []legPlan, answers []sdp.Answer) error {
 			hook: c.s.packetHook.Load()}
 		st.setRemote(p.remote)
 		if sh := c.s.shared; sh != nil && p.remote.Addr().IsValid() && !p.remote.Addr().IsUnspecified() && p.remote.Port() != 0 {
-			st.sh = sh.add(st, p.remote)
+			st.tr = sh.add(st, p.remote)
 		} else {
 			conn, err := c.s.ports.open()
 			if err != nil {
 				return err
 			}
-			st.conn = conn
+			st.tr = conn
 		}
 		c.streams = append(c.streams, st)
 		if p.crypto != nil {

@@ -52,7 +52,7 @@ func startShared(t *testing.T, r *sharedRTP, from netip.AddrPort) *sharedLeg {
 		return nil
 	})
 	l.st.setRemote(from)
-	l.st.sh = r.add(l.st, from)
+	l.st.tr = r.add(l.st, from)
 	l.st.activate()
 	go func() { defer close(l.done); l.st.run() }()
 	t.Cleanup(func() {
@@ -285,7 +285,7 @@ func TestSharedPortPanicEndsOneStream(t *testing.T) {
 	}
 	victim.hook = &hook
 	victim.setRemote(a)
-	victim.sh = r.add(victim, a)
+	victim.tr = r.add(victim, a)
 	victim.activate()
 	panicked := make(chan any, 1)
 	go func() {
