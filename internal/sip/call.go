@@ -50,6 +50,7 @@ type callState struct {
 	finishOnce sync.Once
 	failed     chan struct{} // closed (failOnce) when a stream's read loop panicked: watch ends the call
 	failOnce   sync.Once
+	expired    chan string // the server's checker (watchCalls) sends why the call's time is up
 }
 
 // openStreams binds one RTP socket per leg, or with Config.RTPShared puts each leg whose offer
@@ -61,13 +62,13 @@ func (c *callState) openStreams(plans []legPlan, answers []sdp.Answer) error {
 			hook: c.s.packetHook.Load()}
 		st.setRemote(p.remote)
 		if sh := c.s.shared; sh != nil && p.remote.Addr().IsValid() && !p.remote.Addr().IsUnspecified() && p.remote.Port() != 0 {
-			st.sh = sh.add(st, p.remote)
+			st.tr = sh.add(st, p.remote)
 		} else {
 			conn, err := c.s.ports.open()
 			if err != nil {
 				return err
 			}
-			st.conn = conn
+			st.tr = conn
 		}
 		c.streams = append(c.streams, st)
 		if p.crypto != nil {
@@ -321,49 +322,80 @@ func (s *Server) add(c *callState) bool {
 	return true
 }
 
-// watch ends the call on RTP inactivity, session expiry, the maximum duration, or when ingest
-// ended it (media timeout, shutdown).
+// watch ends the call when the server's checker finds its time up (RTP inactivity, session
+// expiry, the maximum duration), or when ingest ended it (media timeout, shutdown). It waits on
+// channels only: no timer per call.
 func (c *callState) watch() {
-	t := time.NewTicker(250 * time.Millisecond)
+	select {
+	case <-c.done:
+	case <-c.call.Done():
+		c.finish("ingest_ended", true)
+	case <-c.failed:
+		c.finish(reasonError, true)
+	case reason := <-c.expired:
+		c.finish(reason, true)
+	}
+}
+
+// watchInterval is how often watchCalls looks at every call's clocks.
+const watchInterval = 250 * time.Millisecond
+
+// watchCalls is the one timer of all calls: every watchInterval until stop it tells each call
+// whose time is up why (callState.expiry), and the call's watch ends it. One ticker for the
+// server rather than one per call spares a goroutine wake-up per call four times a second.
+func (s *Server) watchCalls(stop <-chan struct{}) {
+	t := time.NewTicker(watchInterval)
 	defer t.Stop()
+	var calls []*callState
 	for {
 		select {
-		case <-c.done:
-			return
-		case <-c.call.Done():
-			c.finish("ingest_ended", true)
-			return
-		case <-c.failed:
-			c.finish(reasonError, true)
+		case <-stop:
 			return
 		case now := <-t.C:
-			cfg := &c.s.cfg
-			if cfg.MaxCallDuration > 0 && now.Sub(c.start) > cfg.MaxCallDuration {
-				c.finish("max_duration", true)
-				return
+			s.mu.Lock()
+			for _, c := range s.calls {
+				calls = append(calls, c)
 			}
-			c.mu.Lock()
-			exp, last := c.expires, c.refreshed
-			c.mu.Unlock()
-			if last.IsZero() {
-				last = c.start
-			}
-			if exp > 0 && now.Sub(last) > exp {
-				c.finish("session_expired", true)
-				return
-			}
-			if cfg.RTPTimeout > 0 {
-				newest := int64(0)
-				for _, st := range c.streams {
-					newest = max(newest, st.lastRTP.Load())
-				}
-				if now.UnixNano()-newest > int64(cfg.RTPTimeout) {
-					c.finish("rtp_timeout", true)
-					return
+			s.mu.Unlock()
+			for _, c := range calls {
+				if reason := c.expiry(now); reason != "" {
+					select {
+					case c.expired <- reason:
+					default: // told already
+					}
 				}
 			}
+			clear(calls)
+			calls = calls[:0]
 		}
 	}
+}
+
+// expiry returns why the call must end at now, or "".
+func (c *callState) expiry(now time.Time) string {
+	cfg := &c.s.cfg
+	if cfg.MaxCallDuration > 0 && now.Sub(c.start) > cfg.MaxCallDuration {
+		return "max_duration"
+	}
+	c.mu.Lock()
+	exp, last := c.expires, c.refreshed
+	c.mu.Unlock()
+	if last.IsZero() {
+		last = c.start
+	}
+	if exp > 0 && now.Sub(last) > exp {
+		return "session_expired"
+	}
+	if cfg.RTPTimeout > 0 {
+		newest := c.start.UnixNano() // a stream's clock starts when it runs, after the call is added
+		for _, st := range c.streams {
+			newest = max(newest, st.lastRTP.Load())
+		}
+		if now.UnixNano()-newest > int64(cfg.RTPTimeout) {
+			return "rtp_timeout"
+		}
+	}
+	return ""
 }
 
 // finish ends the call once: BYE to the peer when we hang up, RTP sockets closed (their last

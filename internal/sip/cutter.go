@@ -1,6 +1,7 @@
 package sip
 
 import (
+	"math"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/timeline"
@@ -35,6 +36,23 @@ func (c *cutter) push(now time.Time, seq uint16, ts, ssrc uint32, marker bool, p
 
 // idle is called when no packet has arrived for a while (see timeline.Cutter.Idle).
 func (c *cutter) idle(now time.Time) { c.tl.Idle(now) }
+
+// idleDue is when idle next has work (monoNanos; never before the first packet): it changes only
+// with push and idle.
+func (c *cutter) idleDue() int64 {
+	due, ok := c.tl.IdleDue()
+	if !ok {
+		return math.MaxInt64
+	}
+	return monoNanos(due)
+}
+
+// monoBase anchors monoNanos.
+var monoBase = time.Now()
+
+// monoNanos is t on the monotonic clock as an integer that fits an atomic (nanoseconds since the
+// process's start), immune to wall-clock steps.
+func monoNanos(t time.Time) int64 { return int64(t.Sub(monoBase)) }
 
 // finish flushes everything at the end of the stream; a partial last frame is padded.
 func (c *cutter) finish() { c.tl.Finish() }

@@ -372,7 +372,7 @@ func (s *Server) admit(inv *invite) bool {
 // newCall is the call state of an admitted INVITE whose dialog is formed.
 func (s *Server) newCall(inv *invite, dlg *sipgo.DialogServerSession) *callState {
 	c := &callState{s: s, dlg: dlg, peer: inv.from, tenant: inv.tenant, expires: inv.expires, refresher: inv.refresher, rec: inv.rec,
-		start: time.Now(), done: make(chan struct{}), failed: make(chan struct{})}
+		start: time.Now(), done: make(chan struct{}), failed: make(chan struct{}), expired: make(chan string, 1)}
 	c.log = s.log.With().Str("tenant", inv.tenant).Str("sip_call_id", inv.req.CallID().Value()).Logger()
 	return c
 }

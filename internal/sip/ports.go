@@ -78,3 +78,11 @@ func (p *portPool) stats() (inUse, free int) {
 	defer p.mu.Unlock()
 	return p.inUse, len(p.free)
 }
+
+// The stream's transport (stream.go): a port of its own, read by rtpConn.serve.
+
+func (c *rtpConn) localPort() int       { return c.port }
+func (c *rtpConn) rekey(netip.AddrPort) {} // the source check reads the stream's remote
+func (c *rtpConn) activate()            {} // packets queue in the socket until serve
+func (c *rtpConn) stop()                { _ = c.Close() }
+func (c *rtpConn) release(p *portPool)  { p.release(c) }

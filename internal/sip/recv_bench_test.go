@@ -104,14 +104,14 @@ func benchReceive(b *testing.B, mode string) {
 			wg.Go(func() { goPollRead(c, st) })
 			continue
 		case "shared":
-			st.sh = shared.add(st, from)
+			st.tr = shared.add(st, from)
 			st.activate()
 		default:
 			c, err := pool.open()
 			if err != nil {
 				b.Fatal(err)
 			}
-			st.conn = c
+			st.tr = c
 		}
 		dsts = append(dsts, netip.AddrPortFrom(netipLoopback, uint16(st.port())))
 		closers = append(closers, func() { st.release(pool) })

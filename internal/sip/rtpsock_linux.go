@@ -234,8 +234,11 @@ func (p *rtpPoller) loop() {
 			}
 		}
 		if !now.Before(nextSweep) {
+			mono := monoNanos(now)
 			for fd, s := range streams {
-				p.idle(streams, fd, s, now)
+				if mono >= s.idleDue.Load() {
+					p.idle(streams, fd, s, now)
+				}
 			}
 			nextSweep = now.Add(frameDur)
 		}
@@ -271,7 +274,7 @@ func (p *rtpPoller) read(streams map[int32]*stream, s *stream, fd int, now time.
 // idle runs s's silence filling.
 func (p *rtpPoller) idle(streams map[int32]*stream, fd int32, s *stream, now time.Time) {
 	defer p.recover(streams, fd, s)
-	s.cut.idle(now)
+	s.idle(now)
 }
 
 // recover, deferred, turns a panic in s's handling into the end of s alone (its serve raises it

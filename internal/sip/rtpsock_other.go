@@ -39,12 +39,12 @@ func (c *rtpConn) serve(s *stream) {
 		now := time.Now()
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				s.cut.idle(now)
+				s.idle(now)
 				continue
 			}
 			return // closed
 		}
 		s.handle(now, from, s.buf[:n])
-		s.cut.idle(now) // a flood of rejected packets must not hold off silence filling
+		s.idle(now) // a flood of rejected packets must not hold off silence filling
 	}
 }

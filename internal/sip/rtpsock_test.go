@@ -48,7 +48,7 @@ func TestRTPReaders(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l.st.conn = c
+		l.st.tr = c
 		go func() {
 			defer close(l.done)
 			defer func() {
@@ -102,7 +102,7 @@ func TestRTPReaders(t *testing.T) {
 	eventually(t, 10*time.Second, "the other streams read on", func() bool { return legs[1].frames.Load() >= before+10 })
 
 	for _, l := range legs {
-		pool.release(l.st.conn)
+		l.st.release(pool)
 		<-l.done
 	}
 	running := func() bool {
@@ -127,6 +127,6 @@ func TestRTPReaders(t *testing.T) {
 	again := start(nil)
 	send(again, 5)
 	eventually(t, 10*time.Second, "a stream after the readers stopped", func() bool { return again.frames.Load() >= 5 })
-	pool.release(again.st.conn)
+	again.st.release(pool)
 	<-again.done
 }

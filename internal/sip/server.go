@@ -244,6 +244,9 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	s.route(srv)
 	var serveWG sync.WaitGroup
 	s.serve(srv, ls, &serveWG)
+	stopWatch := make(chan struct{})
+	var watchWG sync.WaitGroup
+	watchWG.Go(func() { s.watchCalls(stopWatch) })
 	s.addr.Store(&local)
 	close(s.ready)
 	s.log.Info().Str("addr", local.String()).Strs("transports", s.cfg.Transports).Msg("SIP listening")
@@ -255,6 +258,8 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	_ = ua.Close()
 	serveWG.Wait()
 	s.wg.Wait()
+	close(stopWatch)
+	watchWG.Wait()
 	return nil
 }
 

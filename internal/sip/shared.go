@@ -139,7 +139,7 @@ func (r *sharedRTP) deliver(now time.Time, from netip.AddrPort, raw []byte) {
 		e.mu.Lock()
 		if e.active && !e.closed && e.latched && e.ssrc == ssrc {
 			e.last = t
-			e.handle(now, from, raw)
+			e.handle(now, raw)
 			e.mu.Unlock()
 			return
 		}
@@ -149,7 +149,7 @@ func (r *sharedRTP) deliver(now time.Time, from netip.AddrPort, raw []byte) {
 		e.mu.Lock()
 		if e.active && !e.closed && (!e.latched || t-e.last >= int64(ssrcHold)) {
 			e.latched, e.ssrc, e.last = true, ssrc, t
-			e.handle(now, from, raw)
+			e.handle(now, raw)
 			e.mu.Unlock()
 			return
 		}
@@ -158,12 +158,17 @@ func (r *sharedRTP) deliver(now time.Time, from netip.AddrPort, raw []byte) {
 	r.m.rtpDropped.WithLabelValues("ssrc").Inc()
 }
 
-// sweep runs the silence filling of reader i's streams.
+// sweep runs the silence filling of reader i's streams; a stream not due (stream.idle) is
+// skipped without its lock.
 func (r *sharedRTP) sweep(i int, now time.Time) {
 	r.mu.RLock()
 	es := r.sweeps[i]
 	r.mu.RUnlock()
+	mono := monoNanos(now)
 	for _, e := range es {
+		if mono < e.s.idleDue.Load() {
+			continue
+		}
 		e.mu.Lock()
 		if e.active && !e.closed {
 			e.idle(now)
@@ -174,14 +179,17 @@ func (r *sharedRTP) sweep(i int, now time.Time) {
 
 // handle and idle run the stream's code with e.mu held; a panic ends this stream alone (serve
 // raises it again on the stream's goroutine).
-func (e *sharedEntry) handle(now time.Time, from netip.AddrPort, raw []byte) {
+func (e *sharedEntry) handle(now time.Time, raw []byte) {
 	defer e.recover()
-	e.s.handle(now, from, raw)
+	if e.s.hook != nil {
+		(*e.s.hook)(raw)
+	}
+	e.s.accept(now, raw) // deliver routed it by its source: the stream's declared one
 }
 
 func (e *sharedEntry) idle(now time.Time) {
 	defer e.recover()
-	e.s.cut.idle(now)
+	e.s.idle(now)
 }
 
 func (e *sharedEntry) recover() {
@@ -205,8 +213,15 @@ func (e *sharedEntry) activate() {
 	e.mu.Unlock()
 }
 
+// The stream's transport (stream.go): its place on the shared port.
+
+func (e *sharedEntry) localPort() int            { return e.rtp.port }
+func (e *sharedEntry) rekey(from netip.AddrPort) { e.rtp.rekey(e, from) }
+func (e *sharedEntry) stop()                     { e.close() }
+func (e *sharedEntry) release(*portPool)         { e.close() }
+
 // serve waits until close (or a panic in the stream's handling, which it raises again).
-func (e *sharedEntry) serve() {
+func (e *sharedEntry) serve(*stream) {
 	<-e.done
 	e.mu.Lock()
 	p := e.panic

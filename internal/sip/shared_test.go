@@ -22,6 +22,7 @@ type sharedLeg struct {
 	st   *stream
 	mu   sync.Mutex
 	seen map[byte]int // frames by first payload byte (each sender sends its own byte)
+	gaps int          // gap-filled frames
 	done chan struct{}
 }
 
@@ -45,15 +46,17 @@ func openShared(t *testing.T) (*sharedRTP, netip.AddrPort) {
 func startShared(t *testing.T, r *sharedRTP, from netip.AddrPort) *sharedLeg {
 	l := &sharedLeg{seen: map[byte]int{}, done: make(chan struct{})}
 	l.st = testStream(func(_ int, p []byte, f frame.Flags) error {
+		l.mu.Lock()
 		if f&frame.FlagGapFilled == 0 {
-			l.mu.Lock()
 			l.seen[p[0]]++
-			l.mu.Unlock()
+		} else {
+			l.gaps++
 		}
+		l.mu.Unlock()
 		return nil
 	})
 	l.st.setRemote(from)
-	l.st.sh = r.add(l.st, from)
+	l.st.tr = r.add(l.st, from)
 	l.st.activate()
 	go func() { defer close(l.done); l.st.run() }()
 	t.Cleanup(func() {
@@ -116,6 +119,38 @@ func TestSharedPortRoutesBySource(t *testing.T) {
 	eventually(t, 10*time.Second, "20 stranger packets counted", func() bool { return dropped(r, "source") == 20 })
 	if la.count('b')+la.count('x') != 0 || lb.count('a')+lb.count('x') != 0 {
 		t.Errorf("call A got %v, call B got %v: audio of another source", la.seen, lb.seen)
+	}
+}
+
+// TestSharedPortFillsSilence: a stream whose sender goes quiet gets silence filled in real time
+// by its reader's sweep, which skips the streams not due (stream.idle), beside a stream that
+// keeps sending.
+func TestSharedPortFillsSilence(t *testing.T) {
+	r, port := openShared(t)
+	txA, a := udpSender(t)
+	txB, b := udpSender(t)
+	la, lb := startShared(t, r, a), startShared(t, r, b)
+	gaps := func(l *sharedLeg) int {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.gaps
+	}
+	for i := 0; i < 500 && gaps(la) < 10; i++ { // at most 10 s
+		if i < 5 {
+			if _, err := txA.WriteToUDPAddrPort(rtpFrom(i, 1, 'a'), port); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := txB.WriteToUDPAddrPort(rtpFrom(i, 2, 'b'), port); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(frameDur)
+	}
+	if g := gaps(la); g < 10 || la.count('a') < 4 {
+		t.Fatalf("quiet stream: %d frames of audio, %d filled; want its 5 packets and then fill", la.count('a'), g)
+	}
+	if lb.count('b') < 5 || lb.count('a') != 0 {
+		t.Errorf("the stream beside it got %v", lb.seen)
 	}
 }
 
@@ -286,7 +321,7 @@ func TestSharedPortPanicEndsOneStream(t *testing.T) {
 	}
 	victim.hook = &hook
 	victim.setRemote(a)
-	victim.sh = r.add(victim, a)
+	victim.tr = r.add(victim, a)
 	victim.activate()
 	panicked := make(chan any, 1)
 	go func() {

@@ -27,10 +27,20 @@ var codecByName = map[string]codec{
 	"g722": {name: "g722", enc: "G722", pt: 9, clock: 8000, rate: 16000, fc: frame.CodecG722, silence: 0x00},
 }
 
+// transport is where a stream's packets come from: its own port (rtpConn: ports.go,
+// rtpsock_*.go) or its place on the shared port (sharedEntry: shared.go).
+type transport interface {
+	localPort() int            // the port the SDP answer names
+	rekey(from netip.AddrPort) // the stream's declared source changed (a re-INVITE)
+	activate()                 // the stream's send callback is set: its packets may be handled
+	serve(s *stream)           // reads into s until stop; a panic in s's handling is raised again
+	stop()                     // ends serve; it may be called more than once
+	release(p *portPool)       // gives the port back: into p's quarantine, or out of the shared table
+}
+
 // stream receives one negotiated RTP stream into one leg of a call.
 type stream struct {
-	conn     *rtpConn     // the stream's own port, or nil on the shared port
-	sh       *sharedEntry // its place on the shared port (Config.RTPShared), or nil
+	tr       transport
 	leg      int
 	codec    codec
 	audioPT  uint8
@@ -40,6 +50,7 @@ type stream struct {
 	cut      *cutter
 	dtmf     dtmfDetector
 	lastRTP  atomic.Int64 // unix nanos of the last accepted packet
+	idleDue  atomic.Int64 // monoNanos from which the cutter's idle has work; sweeps skip it before
 	m        *metrics
 	send     func(leg int, payload []byte, flags frame.Flags) error
 	onDTMF   func(s *stream, e dtmfEvent, pos int64)
@@ -58,46 +69,25 @@ type stream struct {
 	panicked atomic.Pointer[any] // what the stream's packet handling panicked with
 }
 
-func (s *stream) port() int {
-	if s.sh != nil {
-		return s.sh.rtp.port
-	}
-	return s.conn.port
-}
+func (s *stream) port() int { return s.tr.localPort() }
 
 // setRemote takes the source the stream's SDP declared (at the offer and at re-INVITEs).
 func (s *stream) setRemote(a netip.AddrPort) {
 	s.remote.Store(&a)
-	if s.sh != nil {
-		s.sh.rtp.rekey(s.sh, a)
+	if s.tr != nil { // nil while the stream is built: its transport starts from the offer's source
+		s.tr.rekey(a)
 	}
 }
 
-// activate lets the socket's reader hand packets to the stream once its send callback is set.
-// A stream on its own port is read from run on; packets queue in its socket until then.
-func (s *stream) activate() {
-	if s.sh != nil {
-		s.sh.activate()
-	}
-}
+// activate lets the transport hand packets to the stream once its send callback is set (a
+// stream on its own port is read from run on; packets queue in its socket until then).
+func (s *stream) activate() { s.tr.activate() }
 
 // stop ends the stream's reading: run flushes and returns.
-func (s *stream) stop() {
-	if s.sh != nil {
-		s.sh.close()
-		return
-	}
-	_ = s.conn.Close()
-}
+func (s *stream) stop() { s.tr.stop() }
 
 // release gives the stream's port back: into quarantine in p, or out of the shared table.
-func (s *stream) release(p *portPool) {
-	if s.sh != nil {
-		s.sh.close()
-		return
-	}
-	p.release(s.conn)
-}
+func (s *stream) release(p *portPool) { s.tr.release(p) }
 
 func (s *stream) sourceOK(from netip.AddrPort) bool {
 	r := s.remote.Load()
@@ -113,11 +103,7 @@ func (s *stream) sourceOK(from netip.AddrPort) bool {
 // run reads packets until the socket is closed, then flushes the last frame.
 func (s *stream) run() {
 	s.lastRTP.Store(time.Now().UnixNano())
-	if s.sh != nil {
-		s.sh.serve()
-	} else {
-		s.conn.serve(s)
-	}
+	s.tr.serve(s)
 	s.cut.finish()
 	s.dtmf.flush()
 	st := s.cut.stats()
@@ -136,6 +122,12 @@ func (s *stream) handle(now time.Time, from netip.AddrPort, raw []byte) {
 		s.m.rtpDropped.WithLabelValues("source").Inc()
 		return
 	}
+	s.accept(now, raw)
+}
+
+// accept processes a datagram from the stream's declared source (the shared port's table routes
+// by it, so its packets come here directly).
+func (s *stream) accept(now time.Time, raw []byte) {
 	if ctx := s.srtp.Load(); ctx != nil {
 		// RFC 3711 section 3.3: authenticate (and refuse replays), then decrypt; what comes out
 		// is an RTP packet like any other.
@@ -154,6 +146,7 @@ func (s *stream) handle(now time.Time, from netip.AddrPort, raw []byte) {
 	case s.pkt.PayloadType == s.audioPT:
 		s.lastRTP.Store(now.UnixNano())
 		s.cut.push(now, s.pkt.SequenceNumber, s.pkt.Timestamp, s.pkt.SSRC, s.pkt.Marker, s.pkt.Payload)
+		s.idleDue.Store(s.cut.idleDue())
 	case int(s.pkt.PayloadType) == s.eventPT:
 		s.lastRTP.Store(now.UnixNano())
 		if !s.dtmf.push(s.pkt.Timestamp, s.pkt.SSRC, s.pkt.Payload) {
@@ -166,6 +159,17 @@ func (s *stream) handle(now time.Time, from netip.AddrPort, raw []byte) {
 		return
 	}
 	s.m.rtpPackets.Inc()
+}
+
+// idle runs the cutter's silence filling and reorder timeout once they are due; the 20 ms sweeps
+// over all streams call it, and most streams, receiving a packet every 20 ms, are not due: they
+// cost one atomic load.
+func (s *stream) idle(now time.Time) {
+	if monoNanos(now) < s.idleDue.Load() {
+		return
+	}
+	s.cut.idle(now)
+	s.idleDue.Store(s.cut.idleDue())
 }
 
 // emit is the cutter's frame callback.

@@ -280,6 +280,20 @@ func (c *Cutter) Idle(now time.Time) {
 	}
 }
 
+// IdleDue returns the time before which Idle has nothing to do: the end of the reorder window
+// while packets wait, else the silence threshold after the last packet. ok is false before the
+// first packet (Idle does nothing until a Push). The answer changes only with Push and Idle, so a
+// caller that sweeps many streams can note it after each and skip the streams not yet due.
+func (c *Cutter) IdleDue() (due time.Time, ok bool) {
+	if !c.started {
+		return time.Time{}, false
+	}
+	if c.np > 0 {
+		return c.lastArr.Add(c.WindowDur), true
+	}
+	return c.lastArr.Add(c.silence), true
+}
+
 // Finish flushes everything at the end of the stream; a partial last frame is padded.
 func (c *Cutter) Finish() {
 	if c.np > 0 {

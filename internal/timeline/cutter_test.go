@@ -113,6 +113,38 @@ func TestFillNeedsWallClock(t *testing.T) {
 	}
 }
 
+// TestIdleDue: IdleDue is the first moment Idle acts: the reorder window's end while a packet
+// waits for a missing one, the silence threshold after the last packet otherwise; an Idle a
+// moment before it emits nothing.
+func TestIdleDue(t *testing.T) {
+	r := newRig()
+	if _, ok := r.c.IdleDue(); ok {
+		t.Fatal("due before the first packet")
+	}
+	r.push(0, 0, 1)
+	check := func(wait time.Duration, pending bool) {
+		t.Helper()
+		due, ok := r.c.IdleDue()
+		if !ok || !due.Equal(r.now.Add(wait)) {
+			t.Fatalf("due %v, %v; want %v after the last packet", due, ok, wait)
+		}
+		before := len(r.frames)
+		r.c.Idle(due.Add(-time.Microsecond))
+		if len(r.frames) != before || (r.c.np > 0) != pending {
+			t.Fatalf("Idle before due: %d frames, %d pending", len(r.frames)-before, r.c.np)
+		}
+		r.c.Idle(due)
+		if len(r.frames) == before {
+			t.Fatal("Idle at due did nothing")
+		}
+	}
+	check(400*time.Millisecond, false)
+	r.now = r.now.Add(time.Second)
+	r.push(30, 30*160, 1) // sequence 29 is missing: it waits
+	r.push(32, 32*160, 1)
+	check(60*time.Millisecond, true)
+}
+
 func TestZeroAllocs(t *testing.T) {
 	c := New(Config{Clock: 8000, Window: 60 * time.Millisecond, SilenceAfter: 400 * time.Millisecond, Silence: 0xD5,
 		Emit: func([]byte, bool) {}})
@@ -156,7 +188,7 @@ func BenchmarkCutter30ms(b *testing.B) {
 // FuzzCutter feeds arbitrary packets (sequence, timestamp, SSRC, marker, length, arrival) into
 // a Cutter and checks the bound and the frames: at most MaxFramesPerPacket frames per push, every
 // frame FrameTicks bytes, and the frames gap-free: every byte of the timeline is emitted once, so
-// the frames out times FrameTicks equal the position reached.
+// the frames out times FrameTicks equal the position reached; an Idle before IdleDue does nothing.
 func FuzzCutter(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0, 0, 160, 20, 0, 1, 0, 0, 0, 160, 20, 0, 3, 0x40, 0, 0, 160, 1, 0, 2, 0, 0, 0, 160, 20})
 	f.Add([]byte{0, 0, 0, 0, 0, 160, 20, 0, 2, 0, 1, 0, 160, 20, 0, 3, 0x40, 0, 0, 160, 20})
@@ -186,7 +218,14 @@ func FuzzCutter(f *testing.F) {
 				t.Fatalf("one packet made %d frames, bound %d (this cutter %d)", got, MaxFramesPerPacket, own)
 			}
 			if d[6]&0x80 != 0 {
-				c.Idle(now.Add(time.Duration(d[6]&0x7F) * 10 * time.Millisecond))
+				at := now.Add(time.Duration(d[6]&0x7F) * 10 * time.Millisecond)
+				due, ok := c.IdleDue()
+				early := !ok || at.Before(due)
+				before, np := frames, c.np
+				c.Idle(at)
+				if early && (frames != before || c.np != np) {
+					t.Fatalf("Idle before IdleDue (%v, %v) emitted %d frames, pending %d → %d", due, ok, frames-before, np, c.np)
+				}
 			}
 			if int64(frames)*c.FrameTicks+int64(c.fill) != c.Pos() {
 				t.Fatalf("%d frames + %d bytes, position %d: not gap-free", frames, c.fill, c.Pos())
