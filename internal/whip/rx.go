@@ -136,21 +136,23 @@ func (s *Server) readLoop() {
 			}
 			continue
 		}
-		if n == 0 {
-			continue
+		s.datagram(buf[:n], from, &m)
+	}
+}
+
+// datagram demultiplexes one datagram by its first byte (RFC 7983); m is the loop's STUN message.
+func (s *Server) datagram(b []byte, from netip.AddrPort, m *stun.Message) {
+	switch {
+	case len(b) == 0:
+	case b[0] < 4:
+		s.stunIn(b, from, m)
+	case b[0] >= 20 && b[0] < 64:
+		if sess := s.sessionAt(from); sess != nil {
+			_, _ = sess.t.dtlsIn.Write(b) // full: dropped, DTLS retransmits
 		}
-		b := buf[:n]
-		switch {
-		case b[0] < 4:
-			s.stunIn(b, from, &m)
-		case b[0] >= 20 && b[0] < 64:
-			if sess := s.sessionAt(from); sess != nil {
-				_, _ = sess.t.dtlsIn.Write(b) // full: dropped, DTLS retransmits
-			}
-		case b[0] >= 128 && b[0] < 192:
-			if sess := s.sessionAt(from); sess != nil && !sess.t.stopped.Load() {
-				sess.rtpIn(b)
-			}
+	case b[0] >= 128 && b[0] < 192:
+		if sess := s.sessionAt(from); sess != nil && !sess.t.stopped.Load() {
+			sess.rtpIn(b)
 		}
 	}
 }
