@@ -155,6 +155,10 @@ func (s *Server) drain() {
 	}
 }
 
+// rcvBuf is the shared socket's receive buffer: every session's packets queue there while the
+// one read loop is descheduled (a busy host), so it is far more than one socket's default.
+const rcvBuf = 8 << 20
+
 func (s *Server) listen() error {
 	cert, err := selfsign.GenerateSelfSigned() // ECDSA P-256
 	if err != nil {
@@ -169,6 +173,7 @@ func (s *Server) listen() error {
 		return err
 	}
 	udp := pc.(*net.UDPConn)
+	setRcvBuf(udp, rcvBuf)
 	cands, err := hostCandidates(udp.LocalAddr().(*net.UDPAddr).AddrPort(), s.cfg.PublicIPs)
 	if err != nil {
 		_ = udp.Close()
