@@ -27,7 +27,8 @@ import (
 	"github.com/pion/transport/v4/packetio"
 )
 
-// The receive path. Every session shares the one UDP socket and its one read loop (readLoop),
+// The receive path. Every session shares the one UDP socket and its one read loop (readLoop,
+// rx_linux.go: batches of datagrams per system call),
 // which demultiplexes each datagram by its first byte (RFC 7983): STUN (0–3) is answered here as
 // an ICE-lite agent, DTLS (20–63) goes to the session's DTLS server (pion/dtls, on a goroutine of
 // the session that wakes only for DTLS records), and SRTP (128–191) is decrypted with the
@@ -121,23 +122,6 @@ func (s *Server) sessionAt(a netip.AddrPort) *session {
 	sess := s.byAddr[a]
 	s.rmu.RUnlock()
 	return sess
-}
-
-// readLoop reads the shared socket until it is closed.
-func (s *Server) readLoop() {
-	defer close(s.readDone)
-	buf := make([]byte, 1500)
-	var m stun.Message
-	for {
-		n, from, err := s.udp.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		s.datagram(buf[:n], from, &m)
-	}
 }
 
 // datagram demultiplexes one datagram by its first byte (RFC 7983); m is the loop's STUN message.

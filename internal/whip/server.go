@@ -1,11 +1,13 @@
 // Package whip is callrouter's WebRTC ingest: a WHIP endpoint (RFC 9725) that ingest mounts on
 // its HTTP server. A POST with an SDP offer places a call and answers 201 with the SDP answer and
 // an unguessable session URL; DELETE on that URL ends the call. Media is audio only (Opus, PCMU or
-// PCMA) on pion/webrtc v4 with one certificate for every peer connection and one UDP port for
-// every session (ICE UDP mux). Each session's RTP is put back in order with a small reorder
-// window and cut into 20 ms frames on the call's subjects; lost media becomes gap-filled frames,
-// and silence the sender suppressed (DTX) becomes codec silence. The package also streams a
-// call's events to the browser call page (package web) as Server-Sent Events.
+// PCMA) with no PeerConnection: one UDP port and one read loop for every session answer ICE as
+// an ICE-lite agent (pion/stun), run each session's DTLS server (pion/dtls, one certificate for
+// all) and decrypt its SRTP (pion/srtp) into the cutter (rx.go). Each session's RTP is put back
+// in order with a small reorder window and cut into 20 ms frames on the call's subjects; lost
+// media becomes gap-filled frames, and silence the sender suppressed (DTX) becomes codec silence.
+// The package also streams a call's events to the browser call page (package web) as
+// Server-Sent Events.
 package whip
 
 import (
