@@ -28,12 +28,12 @@ import (
 )
 
 // The receive path. Every session shares the one UDP socket and its one read loop (readLoop,
-// rx_linux.go: batches of datagrams per system call),
-// which demultiplexes each datagram by its first byte (RFC 7983): STUN (0–3) is answered here as
-// an ICE-lite agent, DTLS (20–63) goes to the session's DTLS server (pion/dtls, on a goroutine of
-// the session that wakes only for DTLS records), and SRTP (128–191) is decrypted with the
-// session's pion/srtp context and cut into frames by the session's cutter on the read loop
-// itself: one goroutine wake-up per packet, where pion's PeerConnection took five or six.
+// rx_linux.go), which demultiplexes each datagram by its first byte (RFC 7983): STUN (0–3) is
+// answered here as an ICE-lite agent, DTLS (20–63) goes to the session's DTLS server (pion/dtls,
+// on a goroutine of the session that wakes only for DTLS records), and SRTP (128–191) is
+// decrypted with the session's pion/srtp context and cut into frames by the session's cutter on
+// the read loop itself. No goroutine hand-off per packet (pion's PeerConnection had five or six),
+// and on Linux the loop takes its packets in batches: busy, one wake-up per millisecond.
 
 // maxAddrs bounds the remote addresses one session's peer may check from (its candidates).
 const maxAddrs = 8
