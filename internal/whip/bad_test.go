@@ -187,7 +187,7 @@ func TestPlacementRefusedIs503(t *testing.T) {
 func TestSessionEnds(t *testing.T) {
 	cfg := testConfig()
 	cfg.MediaTimeout = 500 * time.Millisecond
-	cfg.ICEDisconnected, cfg.ICEFailed, cfg.ICEKeepalive = 300*time.Millisecond, 600*time.Millisecond, 100*time.Millisecond
+	cfg.ICEFailed, cfg.ICEKeepalive = 600*time.Millisecond, 100*time.Millisecond
 	e := startEnv(t, 1, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -222,7 +222,7 @@ func TestSessionEnds(t *testing.T) {
 	// ICE failure: the client's network goes away (no close_notify, no consent checks), and its
 	// media keeps the media timeout from firing first.
 	cfg2 := testConfig()
-	cfg2.ICEDisconnected, cfg2.ICEFailed, cfg2.ICEKeepalive = 200*time.Millisecond, 400*time.Millisecond, 50*time.Millisecond
+	cfg2.ICEFailed, cfg2.ICEKeepalive = 400*time.Millisecond, 50*time.Millisecond
 	e2 := startEnv(t, 1, cfg2)
 	udp, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {

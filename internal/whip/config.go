@@ -54,11 +54,11 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// MediaTimeout ends a connected call that has received no RTP for this long.
 	MediaTimeout time.Duration
-	// ICEDisconnected, ICEFailed and ICEKeepalive are pion's ICE timeouts: a session whose
-	// connectivity checks stop for ICEFailed ends with reason "ice_failed".
-	ICEDisconnected time.Duration
-	ICEFailed       time.Duration
-	ICEKeepalive    time.Duration
+	// ICEKeepalive is how often a session sends its peer a consent check (a STUN binding request
+	// on the ICE path, RFC 7675); a session that has had no authenticated packet from its peer
+	// (check, answer, SRTP) for ICEFailed ends with reason "ice_failed".
+	ICEFailed    time.Duration
+	ICEKeepalive time.Duration
 	// ReorderWindow is how long a packet waits for the ones missing before it; after that they
 	// count as lost (about 40 ms: two frames).
 	ReorderWindow time.Duration
@@ -93,7 +93,6 @@ func DefaultConfig() Config {
 		SetupTimeout:         10 * time.Second,
 		ConnectTimeout:       10 * time.Second,
 		MediaTimeout:         10 * time.Second,
-		ICEDisconnected:      5 * time.Second,
 		ICEFailed:            10 * time.Second,
 		ICEKeepalive:         2 * time.Second,
 		ReorderWindow:        40 * time.Millisecond,
@@ -152,7 +151,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("whip: max body %d must be 1 KiB to 1 MiB", c.MaxBody))
 	}
 	for name, d := range map[string]time.Duration{"retry after": c.RetryAfter, "setup timeout": c.SetupTimeout,
-		"connect timeout": c.ConnectTimeout, "media timeout": c.MediaTimeout, "ice disconnected": c.ICEDisconnected,
+		"connect timeout": c.ConnectTimeout, "media timeout": c.MediaTimeout,
 		"ice failed": c.ICEFailed, "ice keepalive": c.ICEKeepalive, "linger": c.Linger} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("whip: %s %v must be positive", name, d))

@@ -18,7 +18,6 @@ import (
 	callsession "github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/trace"
-	"github.com/pion/webrtc/v4"
 )
 
 // Response headers that carry the call's identity, so a page can show it and follow its events.
@@ -175,8 +174,7 @@ func (s *Server) unavailable(w http.ResponseWriter, r *http.Request, after time.
 type offerReq struct {
 	node   *ingest.Node
 	tenant string
-	offer  []byte
-	codec  *codec
+	offer  *offer
 }
 
 // create handles POST: authenticate, check the offer, take a slot, answer, place the call.
@@ -197,7 +195,7 @@ func (s *Server) create(w *statusWriter, r *http.Request) {
 		s.unavailable(w, r, s.cfg.RetryAfter, why)
 		return
 	}
-	sess := newSession(s, p.tenant, p.codec)
+	sess := newSession(s, p.tenant, p.offer.codec)
 	trace.SetCall(span, p.tenant, sess.callID)
 	kept := false // once added, the session ends its own way
 	defer func() {
@@ -207,11 +205,8 @@ func (s *Server) create(w *statusWriter, r *http.Request) {
 	}()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SetupTimeout)
 	defer cancel()
-	answer, err := s.answer(ctx, sess, string(p.offer))
-	if err != nil {
-		s.answerFailed(w, r, err)
-		return
-	}
+	s.register(sess, p.offer)
+	answer := buildAnswer(p.offer, &sess.t.local)
 	call, placed := s.startCall(ctx, w, r, p, sess)
 	if !placed {
 		return
@@ -227,17 +222,6 @@ func (s *Server) create(w *statusWriter, r *http.Request) {
 	if s.startWatcher(w, r, sess) {
 		s.created(w, sess, answer, start)
 	}
-}
-
-// answerFailed answers a POST whose offer could not be answered: 400 for a bad offer, 503 when
-// ICE gathering ran out of time.
-func (s *Server) answerFailed(w http.ResponseWriter, r *http.Request, err error) {
-	code := http.StatusBadRequest
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		code = http.StatusServiceUnavailable
-		w.Header().Set("Retry-After", "1")
-	}
-	s.fail(w, r, code, err.Error())
 }
 
 // readPost checks a POST before any work: the endpoint serves, the source is within its rate,
@@ -273,12 +257,12 @@ func (s *Server) readPost(w http.ResponseWriter, r *http.Request, start time.Tim
 		s.fail(w, r, http.StatusBadRequest, "reading offer: "+err.Error())
 		return offerReq{}, false
 	}
-	c, err := chooseCodec(body, s.cfg.Codecs)
+	o, err := parseOffer(body, s.cfg.Codecs)
 	if err != nil {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return offerReq{}, false
 	}
-	return offerReq{node: node, tenant: tenant, offer: body, codec: c}, true
+	return offerReq{node: node, tenant: tenant, offer: o}, true
 }
 
 // startCall subscribes to the call's events, then places the call on the ingest node; on failure
@@ -292,8 +276,8 @@ func (s *Server) startCall(ctx context.Context, w http.ResponseWriter, r *http.R
 		return nil, false
 	}
 	spec := callsession.Spec{ID: callsession.ID{Tenant: p.tenant, Call: sess.callID},
-		Legs: []callsession.Leg{{Index: 0, Name: "caller", Codec: p.codec.frame, Rate: p.codec.clock}},
-		Meta: map[string]string{"source": "whip", "codec": p.codec.name}}
+		Legs: []callsession.Leg{{Index: 0, Name: "caller", Codec: p.offer.codec.frame, Rate: p.offer.codec.clock}},
+		Meta: map[string]string{"source": "whip", "codec": p.offer.codec.name}}
 	if ua := r.Header.Get("User-Agent"); ua != "" {
 		spec.Meta["user_agent"] = ua[:min(len(ua), 200)]
 	}
@@ -309,11 +293,12 @@ func (s *Server) startCall(ctx context.Context, w http.ResponseWriter, r *http.R
 	return call, true
 }
 
-// startWatcher starts the session's watcher, unless the peer connection failed while the call was
-// being placed or the server is shutting down: then the call ends and the POST gets 503.
+// startWatcher starts the session's watcher and its DTLS server, unless the session failed while
+// the call was being placed or the server is shutting down: then the call ends and the POST gets
+// 503.
 func (s *Server) startWatcher(w http.ResponseWriter, r *http.Request, sess *session) bool {
 	select {
-	case <-sess.done: // the peer connection failed while the call was being placed
+	case <-sess.done: // the session failed while the call was being placed
 		sess.call.End(sess.endReason())
 		s.unavailable(w, r, s.cfg.RetryAfter, "session ended during setup")
 		return false
@@ -322,7 +307,7 @@ func (s *Server) startWatcher(w http.ResponseWriter, r *http.Request, sess *sess
 	if !s.spawn(func() {
 		defer guard.Recover("whip_session", sess.log, sess.failed)
 		sess.watch()
-	}) {
+	}) || !s.spawn(sess.runDTLS) {
 		sess.end(reasonShutdown)
 		s.unavailable(w, r, s.cfg.RetryAfter, "shutting down")
 		return false
@@ -343,35 +328,6 @@ func (s *Server) created(w http.ResponseWriter, sess *session, answer string, st
 	_, _ = io.WriteString(w, answer)
 	s.m.setup.Observe(time.Since(start).Seconds())
 	sess.log.Info().Str("codec", sess.codec.name).Dur("setup", time.Since(start)).Msg("whip session created")
-}
-
-// answer builds the peer connection for an offer and returns the complete answer (every
-// candidate gathered: the endpoint does not trickle).
-func (s *Server) answer(ctx context.Context, sess *session, offer string) (string, error) {
-	pc, err := s.apis[sess.codec.name].NewPeerConnection(webrtc.Configuration{Certificates: []webrtc.Certificate{s.cert}})
-	if err != nil {
-		return "", err
-	}
-	sess.pc = pc
-	pc.OnTrack(sess.onTrack)
-	pc.OnConnectionStateChange(sess.onConnectionState)
-	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrBadOffer, err)
-	}
-	ans, err := pc.CreateAnswer(nil)
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrBadOffer, err)
-	}
-	gathered := webrtc.GatheringCompletePromise(pc)
-	if err := pc.SetLocalDescription(ans); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrBadOffer, err)
-	}
-	select {
-	case <-gathered:
-	case <-ctx.Done():
-		return "", ctx.Err()
-	}
-	return pc.LocalDescription().SDP, nil
 }
 
 // delete handles DELETE on a session URL: the caller must own the session (owns).

@@ -186,6 +186,7 @@ type client struct {
 	pc       *webrtc.PeerConnection
 	track    *webrtc.TrackLocalStaticSample
 	location string
+	answer   string // the SDP answer
 	call     string
 	token    string
 	hc       *http.Client
@@ -280,6 +281,12 @@ func dialOn(ctx context.Context, endpoint, token, codec string, conn net.PacketC
 	if err != nil {
 		return nil, err
 	}
+	return dialPC(ctx, endpoint, token, pc, track, nil)
+}
+
+// dialPC offers pc's offer, changed by edit if not nil, to the endpoint and waits until the
+// connection is up.
+func dialPC(ctx context.Context, endpoint, token string, pc *webrtc.PeerConnection, track *webrtc.TrackLocalStaticSample, edit func(string) string) (*client, error) {
 	c := &client{pc: pc, track: track, token: token, hc: clientOf(ctx)}
 	connected := make(chan struct{})
 	var once sync.Once
@@ -300,7 +307,11 @@ func dialOn(ctx context.Context, endpoint, token, codec string, conn net.PacketC
 		return nil, err
 	}
 	c.posted = time.Now()
-	res, err := post(ctx, endpoint, token, "application/sdp", pc.LocalDescription().SDP)
+	sdp := pc.LocalDescription().SDP
+	if edit != nil {
+		sdp = edit(sdp)
+	}
+	res, err := post(ctx, endpoint, token, "application/sdp", sdp)
 	if err != nil {
 		_ = pc.Close()
 		return nil, err
@@ -317,7 +328,7 @@ func dialOn(ctx context.Context, endpoint, token, codec string, conn net.PacketC
 		_ = pc.Close()
 		return nil, err
 	}
-	c.location, c.call = loc.String(), res.Header.Get(HeaderCall)
+	c.location, c.call, c.answer = loc.String(), res.Header.Get(HeaderCall), string(body)
 	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: string(body)}); err != nil {
 		_ = pc.Close()
 		return nil, err

@@ -118,18 +118,21 @@ func startLoadClients(t testing.TB, url string, calls, seconds int) *exec.Cmd {
 
 // BenchmarkMediaPathCPU measures the CPU the process spends per frame with 50 pion client calls
 // (Opus, 20 ms packets, ICE + DTLS + SRTP over loopback; the clients in a child process) into
-// the WHIP endpoint: pion's receive pipeline, the media loop, the cutter and ingest's publish,
+// the WHIP endpoint: the receive path (rx.go), the cutter and ingest's publish,
 // plus the in-process NATS server, router and worker that take the frames (the same in every
 // build, so a change to the media path shows as a difference, diluted by them), and the heap
-// allocations per frame of all of it, which, unlike CPU time, a busy machine does not move. It runs one
+// allocations per frame of all of it, which, unlike CPU time, a busy machine does not move, and the
+// goroutines the process runs per call (the endpoint's, ingest's and the worker's). It runs one
 // fixed window whatever b.N is: go test -run '^$' -bench MediaPathCPU -benchtime 1x ./internal/whip
 func BenchmarkMediaPathCPU(b *testing.B) {
 	const calls, seconds, window = 50, 16, 8 * time.Second
 	e := startEnv(b, 1, testConfig())
+	g0 := runtime.NumGoroutine()
 	cmd := startLoadClients(b, e.url, calls, seconds)
 	eventually(b, 10*time.Second, "sessions", func() bool { return e.whip.Sessions() == calls })
 	time.Sleep(2 * time.Second) // settle
 	b.ResetTimer()
+	g1 := runtime.NumGoroutine()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	f0, c0, w0 := processed.total(), cpuTime(), time.Now()
@@ -144,6 +147,7 @@ func BenchmarkMediaPathCPU(b *testing.B) {
 	b.ReportMetric(float64(cpu.Microseconds())/float64(frames), "cpu-µs/frame")
 	b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/float64(frames), "allocs/frame") // steadier than CPU on a shared machine
 	b.ReportMetric(rate, "frames/s")
+	b.ReportMetric(float64(g1-g0)/calls, "goroutines/call") // the endpoint's, ingest's and the worker's
 	if err := cmd.Wait(); err != nil {
 		b.Fatalf("load clients: %v", err)
 	}

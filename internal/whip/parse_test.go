@@ -8,9 +8,10 @@ import (
 	"time"
 )
 
-const offerHead = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+const offerHead = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef012345\r\n" +
+	"a=fingerprint:sha-256 AB:CD\r\n"
 
-func TestChooseCodec(t *testing.T) {
+func TestParseOffer(t *testing.T) {
 	all := []string{"opus", "pcmu", "pcma"}
 	for _, tc := range []struct {
 		name   string
@@ -31,27 +32,27 @@ func TestChooseCodec(t *testing.T) {
 		{"empty", "", all, "", ErrNoAudio},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := chooseCodec([]byte(tc.offer), tc.prefer)
+			o, err := parseOffer([]byte(tc.offer), tc.prefer)
 			if tc.err != nil {
 				if !errors.Is(err, tc.err) {
 					t.Fatalf("err %v, want %v", err, tc.err)
 				}
 				return
 			}
-			if err != nil || c.name != tc.want {
-				t.Fatalf("got %v %v, want %s", c, err, tc.want)
+			if err != nil || o.codec.name != tc.want {
+				t.Fatalf("got %v %v, want %s", o, err, tc.want)
 			}
 		})
 	}
 }
 
-func FuzzChooseCodec(f *testing.F) {
+func FuzzParseOffer(f *testing.F) {
 	f.Add([]byte(offerHead + "m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\na=rtpmap:111 opus/48000/2\r\n"))
 	f.Add([]byte("v=0\r\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := chooseCodec(b, []string{"opus", "pcmu", "pcma"})
-		if (c == nil) == (err == nil) {
-			t.Fatalf("codec %v and error %v", c, err)
+		o, err := parseOffer(b, []string{"opus", "pcmu", "pcma"})
+		if (o == nil) == (err == nil) || (o != nil && (o.codec == nil || o.ufrag == "" || o.fp == "")) {
+			t.Fatalf("offer %+v and error %v", o, err)
 		}
 	})
 }

@@ -1,30 +1,29 @@
 // Package whip is callrouter's WebRTC ingest: a WHIP endpoint (RFC 9725) that ingest mounts on
 // its HTTP server. A POST with an SDP offer places a call and answers 201 with the SDP answer and
 // an unguessable session URL; DELETE on that URL ends the call. Media is audio only (Opus, PCMU or
-// PCMA) on pion/webrtc v4 with one certificate for every peer connection and one UDP port for
-// every session (ICE UDP mux). Each session's RTP is put back in order with a small reorder
-// window and cut into 20 ms frames on the call's subjects; lost media becomes gap-filled frames,
-// and silence the sender suppressed (DTX) becomes codec silence. The package also streams a
-// call's events to the browser call page (package web) as Server-Sent Events.
+// PCMA) with no PeerConnection: one UDP port and one read loop for every session answer ICE as
+// an ICE-lite agent (pion/stun), run each session's DTLS server (pion/dtls, one certificate for
+// all) and decrypt its SRTP (pion/srtp) into the cutter (rx.go). Each session's RTP is put back
+// in order with a small reorder window and cut into 20 ms frames on the call's subjects; lost
+// media becomes gap-filled frames, and silence the sender suppressed (DTX) becomes codec silence.
+// The package also streams a call's events to the browser call page (package web) as
+// Server-Sent Events.
 package whip
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 
 	"github.com/callrouter/callrouter/internal/drain"
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
-	"github.com/pion/ice/v4"
-	"github.com/pion/interceptor"
-	"github.com/pion/webrtc/v4"
+	"github.com/pion/dtls/v3/pkg/crypto/selfsign"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -49,10 +48,14 @@ type Server struct {
 	stop    chan struct{} // closed when Run begins shutting down
 	started atomic.Bool
 
-	udp  net.PacketConn
-	mux  ice.UDPMux
-	apis map[string]*webrtc.API
-	cert webrtc.Certificate
+	udp         *net.UDPConn // the one socket of every session's ICE, DTLS and SRTP
+	cert        tls.Certificate
+	fingerprint string           // of cert, in every answer
+	candidates  []netip.AddrPort // in every answer
+	readDone    chan struct{}    // closed when the read loop has returned
+	rmu         sync.RWMutex
+	byUfrag     map[string]*session         // by local ICE ufrag (rmu)
+	byAddr      map[netip.AddrPort]*session // by checked peer address (rmu)
 
 	live     *drain.Sessions // a slot per session being set up or running; draining once Run's context ended
 	mu       sync.Mutex
@@ -78,7 +81,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: d.Log.With().Str("source", "whip").Logger(),
 		auth: newAuthenticator(cfg.Tokens, cfg.OpenTenant), post: guard.NewSourceRate(cfg.PostRate, cfg.PostBurst), ready: make(chan struct{}), stop: make(chan struct{}),
-		sessions: map[string]*session{}, live: drain.New(cfg.MaxSessions, cfg.MaxSessionsPerTenant, nil)}
+		sessions: map[string]*session{}, byUfrag: map[string]*session{}, byAddr: map[netip.AddrPort]*session{}, readDone: make(chan struct{}), live: drain.New(cfg.MaxSessions, cfg.MaxSessionsPerTenant, nil)}
 	s.m = newMetrics(d.Registry, s.countState)
 	return s, nil
 }
@@ -115,6 +118,7 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	if err := s.listen(); err != nil {
 		return err
 	}
+	go s.readLoop()
 	s.node.Store(n)
 	close(s.ready)
 	s.log.Info().Str("udp", s.udp.LocalAddr().String()).Strs("public_ips", s.cfg.PublicIPs).Msg("whip endpoint serving")
@@ -132,8 +136,9 @@ func (s *Server) Run(ctx context.Context, n *ingest.Node) error {
 	for _, sess := range s.allSessions() {
 		s.forget(sess)
 	}
-	_ = s.mux.Close() // closes the UDP socket too
-	if err := s.udp.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+	err := s.udp.Close()
+	<-s.readDone
+	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}
 	return nil
@@ -152,52 +157,31 @@ func (s *Server) drain() {
 	}
 }
 
+// rcvBuf is the shared socket's receive buffer: every session's packets queue there while the
+// one read loop is descheduled (a busy host), so it is far more than one socket's default.
+const rcvBuf = 8 << 20
+
 func (s *Server) listen() error {
-	host, _, _ := net.SplitHostPort(s.cfg.UDPAddr)
-	udp, err := net.ListenPacket("udp", s.cfg.UDPAddr)
+	cert, err := selfsign.GenerateSelfSigned() // ECDSA P-256
 	if err != nil {
 		return err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	fp, err := serverCert(cert)
+	if err != nil {
+		return err
+	}
+	pc, err := net.ListenPacket("udp", s.cfg.UDPAddr)
+	if err != nil {
+		return err
+	}
+	udp := pc.(*net.UDPConn)
+	setRcvBuf(udp, rcvBuf)
+	cands, err := hostCandidates(udp.LocalAddr().(*net.UDPAddr).AddrPort(), s.cfg.PublicIPs)
 	if err != nil {
 		_ = udp.Close()
 		return err
 	}
-	cert, err := webrtc.GenerateCertificate(key)
-	if err != nil {
-		_ = udp.Close()
-		return err
-	}
-	s.udp, s.cert = udp, *cert
-	s.mux = webrtc.NewICEUDPMux(nil, udp)
-	var se webrtc.SettingEngine
-	se.SetICEUDPMux(s.mux)
-	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6})
-	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-		se.SetIncludeLoopbackCandidate(true)
-	}
-	if len(s.cfg.PublicIPs) > 0 {
-		if err := se.SetICEAddressRewriteRules(webrtc.ICEAddressRewriteRule{External: s.cfg.PublicIPs,
-			AsCandidateType: webrtc.ICECandidateTypeHost, Mode: webrtc.ICEAddressRewriteReplace}); err != nil {
-			_ = udp.Close()
-			return err
-		}
-	}
-	se.SetICETimeouts(s.cfg.ICEDisconnected, s.cfg.ICEFailed, s.cfg.ICEKeepalive)
-	s.apis = map[string]*webrtc.API{}
-	for i := range codecs {
-		c := &codecs[i]
-		var me webrtc.MediaEngine
-		if err := me.RegisterCodec(c.params, webrtc.RTPCodecTypeAudio); err != nil {
-			_ = udp.Close()
-			return err
-		}
-		// No interceptors: no NACK (the reorder window is shorter than a retransmission), no TWCC,
-		// no stats; the media loop sends the receiver reports itself (rr.go), which costs nothing
-		// per packet beyond the header it parses anyway.
-		s.apis[c.name] = webrtc.NewAPI(webrtc.WithMediaEngine(&me), webrtc.WithSettingEngine(se), webrtc.WithInterceptorRegistry(&interceptor.Registry{}))
-	}
+	s.udp, s.cert, s.fingerprint, s.candidates = udp, cert, fp, cands
 	return nil
 }
 

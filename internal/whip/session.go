@@ -5,23 +5,15 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
-	"net"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
-	"github.com/callrouter/callrouter/internal/frame"
-	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
-	"github.com/pion/rtcp"
-	"github.com/pion/rtp"
-	"github.com/pion/webrtc/v4"
+	"github.com/pion/dtls/v3"
 	"github.com/rs/zerolog"
 )
 
@@ -46,7 +38,8 @@ const (
 	reasonError          = "error" // the session's own code failed (a panic in its media loop or a callback)
 )
 
-// session is one WHIP session: a peer connection and the call it feeds.
+// session is one WHIP session: its ICE path, DTLS and SRTP on the shared socket, and the call
+// it feeds.
 type session struct {
 	s      *Server
 	id     string // the unguessable token in the session URL
@@ -55,7 +48,9 @@ type session struct {
 	codec  *codec
 	log    zerolog.Logger
 
-	pc     *webrtc.PeerConnection
+	t      transport  // ICE and DTLS (rx.go)
+	m      mediaRx    // the receive state (rx.go)
+	dtls   *dtls.Conn // set by runDTLS (mu)
 	call   *ingest.Call
 	sub    *nats.Subscription
 	events *eventLog
@@ -64,7 +59,6 @@ type session struct {
 	done     chan struct{} // closed when the session has ended
 	endOnce  sync.Once
 	slotOnce sync.Once
-	track    atomic.Bool // an audio track is being read
 
 	mu     sync.Mutex
 	state  string
@@ -110,47 +104,48 @@ func (sess *session) onEvent(m *nats.Msg) {
 	sess.events.add(kind, append([]byte(nil), m.Data...))
 }
 
-// failed is the onPanic of the session's goroutines and pion callbacks (defer guard.Recover(where,
-// sess.log, sess.failed)): a panic there ends this session with reason error, never the process.
-func (sess *session) failed(any) { sess.goEnd(reasonError) }
-
-// onConnectionState follows the peer connection: connected, or failed (ICE or DTLS), or closed.
-func (sess *session) onConnectionState(st webrtc.PeerConnectionState) {
-	defer guard.Recover("whip_callback", sess.log, sess.failed)
-	switch st {
-	case webrtc.PeerConnectionStateConnected:
-		sess.setState(stateConnected, "")
-	case webrtc.PeerConnectionStateFailed:
-		reason := reasonDTLSFailed
-		if sess.pc.ICEConnectionState() == webrtc.ICEConnectionStateFailed {
-			reason = reasonICEFailed
-		}
-		sess.goEnd(reason)
-	case webrtc.PeerConnectionStateClosed:
-		sess.goEnd(reasonClosed)
-	}
+// failed is the onPanic of the session's code on the read loop and its goroutines (defer
+// guard.Recover(where, sess.log, sess.failed)): a panic there ends this session with reason
+// error, never the process. The read loop drops the session's packets from then on.
+func (sess *session) failed(any) {
+	sess.t.stopped.Store(true)
+	sess.goEnd(reasonError)
 }
 
-// goEnd ends the session on a goroutine of its own (pion callbacks must not block on Close).
+// goEnd ends the session on a goroutine of its own (the read loop must not block on Close).
 func (sess *session) goEnd(reason string) {
 	sess.s.spawn(func() { sess.end(reason) })
 }
 
-// watch ends the session when ingest ends the call, when it does not connect in time, or when the
-// server stops.
+// watch ends the session when ingest ends the call, when it does not connect in time, when the
+// peer's consent lapses (ICEFailed), when RTP stops (MediaTimeout), or when the server stops.
+// Every tick it sends the peer a consent check.
 func (sess *session) watch() {
-	connect := time.NewTimer(sess.s.cfg.ConnectTimeout)
+	cfg := sess.s.cfg
+	connect := time.NewTimer(cfg.ConnectTimeout)
 	defer connect.Stop()
+	tick := time.NewTicker(min(cfg.ICEKeepalive, cfg.ICEFailed/4, cfg.MediaTimeout/4))
+	defer tick.Stop()
 	for {
 		select {
 		case <-sess.call.Done():
 			sess.end(reasonIngestEnded)
 			return
 		case <-connect.C:
-			if sess.pc.ConnectionState() != webrtc.PeerConnectionStateConnected {
+			if sess.currentState() != stateConnected {
 				sess.end(reasonConnectTimeout)
 				return
 			}
+		case now := <-tick.C:
+			if sess.t.sel.Load() != nil && now.UnixNano()-sess.t.lastRecv.Load() >= int64(cfg.ICEFailed) {
+				sess.end(reasonICEFailed)
+				return
+			}
+			if last := sess.m.lastRTP.Load(); last != 0 && now.UnixNano()-last >= int64(cfg.MediaTimeout) {
+				sess.end(reasonMediaTimeout)
+				return
+			}
+			sess.consent()
 		case <-sess.s.stop:
 			sess.end(reasonShutdown)
 			return
@@ -160,7 +155,7 @@ func (sess *session) watch() {
 	}
 }
 
-// end ends the call and closes the peer connection; the session URL lingers for Config.Linger.
+// end ends the call, its DTLS and its media; the session URL lingers for Config.Linger.
 func (sess *session) end(reason string) {
 	sess.endOnce.Do(func() {
 		sess.setState(stateEnded, reason)
@@ -172,8 +167,9 @@ func (sess *session) end(reason string) {
 			}
 		default:
 		}
-		if err := sess.pc.Close(); err != nil {
-			sess.log.Debug().Err(err).Msg("peer connection close")
+		sess.closeTransport()
+		if cut := sess.closeMedia(); cut != nil {
+			sess.report(cut)
 		}
 		sess.releaseSlot()
 		sess.s.m.ended.WithLabelValues(reason).Inc()
@@ -197,9 +193,7 @@ func (sess *session) abort() {
 		sess.state = stateEnded
 		sess.mu.Unlock()
 		close(sess.done)
-		if sess.pc != nil {
-			_ = sess.pc.Close()
-		}
+		sess.closeTransport()
 		sess.forget()
 	})
 	sess.releaseSlot()
@@ -227,85 +221,6 @@ func (sess *session) forget() {
 		_ = sess.sub.Unsubscribe()
 	}
 	sess.events.close()
-}
-
-// onTrack reads the first audio track until the call ends.
-func (sess *session) onTrack(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
-	defer guard.Recover("whip_callback", sess.log, sess.failed)
-	if t.Kind() != webrtc.RTPCodecTypeAudio || !strings.EqualFold(t.Codec().MimeType, sess.codec.params.MimeType) ||
-		!sess.track.CompareAndSwap(false, true) {
-		return
-	}
-	sess.s.spawn(func() { sess.read(t) })
-}
-
-// read is the session's media loop: RTP in, 20 ms frames out. The read deadline doubles as the
-// reorder window's timer and the media timeout.
-func (sess *session) read(t *webrtc.TrackRemote) {
-	defer guard.Recover("whip_track", sess.log, sess.failed) // deferred first: the accounting below still runs
-	select {
-	case <-sess.placed:
-	case <-sess.done:
-		return
-	}
-	call := sess.call
-	var unpublished uint64
-	cut := newCutter(sess.codec, sess.s.cfg.ReorderWindow, sess.s.cfg.MaxFill, func(p []byte, f frame.Flags, at time.Time) {
-		if call.SendAt(0, p, f, at) != nil {
-			unpublished++
-		}
-	})
-	defer sess.report(cut)
-	defer func() { cut.Unpublished = unpublished }() // runs before report
-	rr := newReceiverReports(uint32(t.SSRC()), t.Codec().ClockRate)
-	buf := make([]byte, 1500)
-	var pkt rtp.Packet
-	timeout := int64(sess.s.cfg.MediaTimeout)
-	last := time.Now().UnixNano()
-	var set int64 // the read deadline in force (Unix ns)
-	for {
-		// The read must return by the deadline: the media timeout, or sooner when the cutter
-		// waits. Setting it costs a timer, so it is moved only when it must come sooner or has
-		// passed: a read that times out early is harmless (the loop looks again).
-		deadline := last + timeout
-		now := time.Now().UnixNano()
-		if next := cut.poll(now); next != 0 && next < deadline {
-			deadline = next
-		}
-		if deadline < set || set <= now {
-			if err := t.SetReadDeadline(time.Unix(0, deadline)); err != nil {
-				return
-			}
-			set = deadline
-		}
-		n, _, err := t.Read(buf)
-		now = time.Now().UnixNano()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				if now-last >= timeout {
-					sess.end(reasonMediaTimeout)
-					return
-				}
-				continue
-			}
-			return // closed
-		}
-		if hook := sess.s.packetHook.Load(); hook != nil {
-			(*hook)(sess.callID, buf[:n])
-		}
-		if pkt.Unmarshal(buf[:n]) != nil {
-			continue
-		}
-		last = now
-		cut.push(pkt.SequenceNumber, pkt.Timestamp, pkt.Payload, now)
-		rr.packet(pkt.SequenceNumber, pkt.Timestamp, now)
-		if rr.due(now) {
-			if err := sess.pc.WriteRTCP([]rtcp.Packet{rr.report(now)}); err != nil {
-				sess.log.Debug().Err(err).Msg("receiver report")
-			}
-		}
-	}
 }
 
 // report publishes the call's media accounting (event "media") and adds it to the metrics.
