@@ -204,7 +204,7 @@ func WHIPFlags(fs *flag.FlagSet) (*whip.Config, *bool) {
 	cfg := whip.DefaultConfig()
 	on := fs.Bool("whip", true, "serve the WHIP endpoint (/whip) and the call page (/call/) on -whip-listen")
 	fs.StringVar(&cfg.Path, "whip-path", cfg.Path, "URL path of the WHIP endpoint")
-	fs.StringVar(&cfg.UDPAddr, "whip-udp", cfg.UDPAddr, "the one UDP address for every WebRTC session's media (ICE UDP mux)")
+	fs.StringVar(&cfg.UDPAddr, "whip-udp", cfg.UDPAddr, "the one UDP address for every WebRTC session's media (ICE-lite, DTLS and SRTP on one socket)")
 	fs.Var((*cli.List)(&cfg.PublicIPs), "whip-public-ip", "public IPs announced instead of the UDP socket's (NAT 1:1), comma-separated")
 	fs.Var((*cli.List)(&cfg.Codecs), "whip-codecs", "accepted codecs in order of preference: opus, pcmu, pcma")
 	fs.StringVar(&cfg.TokenFile, "whip-token-file", "", `bearer tokens, one "<tenant> <token>" a line`)
