@@ -14,6 +14,7 @@ import (
 
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/worker"
@@ -29,23 +30,31 @@ import (
 // workers, GC, everything), heap allocations per frame and garbage collections per second. The
 // sender is a loop over ingest's Call.Send, far cheaper than the load tester's. Run with
 // -benchtime 1x; on a shared machine compare runs alternating, by their medians.
+//
+// ingests > 1 spreads the calls over that many ingest nodes, each with its own NATS connection
+// (a supported deployment, here in one process): nats-server caches the subscriptions matching
+// a subject per publishing connection, up to 512 subjects, and one ingest publishing both legs
+// of 1,000 calls (2,000 subjects) misses that cache on nearly every frame; 4 ingests of 250
+// calls (500 subjects each) hit it. docs/loadtest.md, "The server's subject cache".
 func BenchmarkFrameCPU(b *testing.B) {
-	for _, calls := range []int{500, 1000} {
-		b.Run(fmt.Sprintf("calls=%d", calls), func(b *testing.B) {
+	for _, tc := range []struct{ calls, ingests int }{{500, 1}, {1000, 1}, {1000, 2}, {1000, 4}} {
+		b.Run(fmt.Sprintf("calls=%d/ingests=%d", tc.calls, tc.ingests), func(b *testing.B) {
 			for range b.N {
-				benchFrameCPU(b, calls, time.Second, 8*time.Second)
+				benchFrameCPU(b, tc.calls, tc.ingests, time.Second, 8*time.Second)
 			}
 		})
 	}
 }
 
-func benchFrameCPU(b *testing.B, calls int, warm, window time.Duration) {
+func benchFrameCPU(b *testing.B, calls, ingests int, warm, window time.Duration) {
 	const tenant = "cpu"
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", probe.ProcessorName}
 	wc.Capacity = calls
-	// A starved machine (others' work) delays frames: measure it rather than drop them as stale.
+	// A machine starved by other work delays frames: measure it rather than drop them as stale or
+	// as the worker's backpressure.
 	wc.MaxFrameAge, wc.LagThreshold = time.Minute, time.Minute
+	wc.QueueFrames, wc.PendingMsgs = 5000, 5000
 	st, err := stack.Start(stack.Config{Workers: 2, Worker: wc, Log: testLog(b)})
 	if err != nil {
 		b.Fatal(err)
@@ -60,9 +69,32 @@ func benchFrameCPU(b *testing.B, calls int, warm, window time.Duration) {
 		b.Fatal(err)
 	}
 	defer detach()
+	// More ingest nodes than the stack's one, each on its own NATS connection, take the calls in
+	// turn: nats-server keeps a cache of subject matches per publishing connection (512
+	// subjects), which one ingest publishing every leg of 1,000 calls overflows.
+	nodes := []*ingest.Node{st.Ingest}
+	ctx, cancel := context.WithCancel(context.Background())
+	var nodesDone sync.WaitGroup
+	defer func() { cancel(); nodesDone.Wait() }()
+	for i := 2; i <= ingests; i++ {
+		id := "ingest-" + strconv.Itoa(i)
+		nc, err := st.Connect(natsauth.RoleIngest, "", id)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ic := ingest.DefaultConfig()
+		ic.ID = id
+		n, err := ingest.New(ic, ingest.Deps{NC: nc, Log: testLog(b)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		nodesDone.Add(1)
+		go func() { defer nodesDone.Done(); _ = n.Run(ctx) }()
+		nodes = append(nodes, n)
+	}
 	cs := make([]*ingest.Call, calls)
 	for i := range cs {
-		cs[i], err = st.Ingest.StartCall(context.Background(), session.Spec{ID: session.ID{Tenant: tenant, Call: "c-" + strconv.Itoa(i)},
+		cs[i], err = startCallRetrying(nodes[i%len(nodes)], session.Spec{ID: session.ID{Tenant: tenant, Call: "c-" + strconv.Itoa(i)},
 			Legs: []session.Leg{{Index: 0, Name: "a", Codec: frame.CodecPCMU, Rate: 8000}, {Index: 1, Name: "b", Codec: frame.CodecPCMU, Rate: 8000}}})
 		if err != nil {
 			b.Fatal(err)
@@ -131,6 +163,18 @@ func benchFrameCPU(b *testing.B, calls int, warm, window time.Duration) {
 	b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/n, "allocs/frame")
 	b.ReportMetric(float64(ms1.NumGC-ms0.NumGC)/t1.Sub(t0).Seconds(), "gc/s")
 	b.ReportMetric(n/t1.Sub(t0).Seconds(), "frames/s")
+}
+
+// startCallRetrying starts a call on n, retrying for a few seconds while n is not ready yet.
+func startCallRetrying(n *ingest.Node, spec session.Spec) (*ingest.Call, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := n.StartCall(context.Background(), spec)
+		if err == nil || time.Now().After(deadline) {
+			return c, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // countSink counts what the probe reports.
