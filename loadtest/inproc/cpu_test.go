@@ -51,10 +51,10 @@ func benchFrameCPU(b *testing.B, calls, ingests int, warm, window time.Duration)
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", probe.ProcessorName}
 	wc.Capacity = calls
-	// A machine starved by other work delays frames: measure it rather than drop them as stale or
-	// as the worker's backpressure.
+	// A machine starved by other work delays frames: measure it rather than drop them as stale.
+	// The queue bounds stay the defaults: larger channels would hold more heap and so change how
+	// often the collector runs. A worker's backpressure drops fail the run.
 	wc.MaxFrameAge, wc.LagThreshold = time.Minute, time.Minute
-	wc.QueueFrames, wc.PendingMsgs = 5000, 5000
 	st, err := stack.Start(stack.Config{Workers: 2, Worker: wc, Log: testLog(b)})
 	if err != nil {
 		b.Fatal(err)
