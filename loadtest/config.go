@@ -80,7 +80,11 @@ type Config struct {
 	// as a person does; 0 races the hang-up against the last packets in flight.
 	HangupDelay time.Duration
 
-	Workers        int // in-process stack: workers in the pool
+	Workers int // in-process stack: workers in the pool
+	// Ingests is how many publishing connections carry the frames, the calls spread over them in
+	// turn: mode inproc's ingest nodes in this process (each with its own NATS connection), and
+	// the baseline's and the floor's publishers.
+	Ingests        int
 	WorkerCapacity int // in-process stack: calls per worker (0: enough for Calls, plus a margin)
 	// Secure runs the in-process stack's NATS as in production: TLS, and every component (and
 	// the tester, for the baseline) signed in with its own least-privilege identity.
@@ -117,6 +121,7 @@ func DefaultConfig() Config {
 		HangupDelay:      200 * time.Millisecond,
 		Tenant:           "loadtest",
 		Workers:          2,
+		Ingests:          1,
 		Tick:             time.Millisecond,
 		StartConcurrency: 64,
 		Settle:           15 * time.Second,
@@ -259,6 +264,12 @@ func (c *Config) checkLoad(p *problems) {
 func (c *Config) checkTester(p *problems) {
 	if c.Workers < 1 && c.NATSURL == "" {
 		p.add("workers %d: the in-process stack needs at least 1", c.Workers)
+	}
+	if c.Ingests < 1 {
+		p.add("ingests %d: want at least 1", c.Ingests)
+	}
+	if c.Ingests > 1 && (c.NATSURL != "" || c.Mode != ModeInproc && c.Mode != ModeBaseline) {
+		p.add("ingests %d: only mode inproc on the in-process stack runs more than one ingest node", c.Ingests)
 	}
 	if c.WorkerCapacity < 0 {
 		p.add("worker-capacity %d: want 0 (auto) or positive", c.WorkerCapacity)

@@ -29,3 +29,21 @@ func TestP99RatioBarCanFail(t *testing.T) {
 		}
 	}
 }
+
+// -ingests takes at least one node, and more only where the tester runs the ingest nodes: mode
+// inproc (and the raw phases) on the in-process stack.
+func TestIngestsFlag(t *testing.T) {
+	for _, tc := range []struct {
+		mode, nats string
+		ingests    int
+		bad        bool
+	}{{ModeInproc, "", 1, false}, {ModeInproc, "", 4, false}, {ModeBaseline, "", 4, false}, {ModeInproc, "", 0, true},
+		{ModeSIP, "", 2, true}, {ModeInproc, "nats://127.0.0.1:4222", 2, true}} {
+		c := DefaultConfig()
+		c.Inputs, c.Mode, c.NATSURL, c.Ingests = []string{"x.wav"}, tc.mode, tc.nats, tc.ingests
+		err := c.Validate()
+		if bad := err != nil && strings.Contains(err.Error(), "ingests"); bad != tc.bad {
+			t.Errorf("mode %s, nats %q, ingests %d: %v; want refused %v", tc.mode, tc.nats, tc.ingests, err, tc.bad)
+		}
+	}
+}

@@ -24,7 +24,7 @@ const floorPath = "raw NATS publishers → one wildcard subscriber per connectio
 // consumer can do. Connection k's calls are published on rawbase.<tenant>~f<k>.<call>.<leg>:
 // the same token count as audio subjects, inside the baseline's permissions (RawPrefix.>).
 type floorTarget struct {
-	pub   *nats.Conn
+	pubs  []*nats.Conn
 	conns []*floorConn
 	col   *Collector
 	mu    sync.Mutex
@@ -40,8 +40,8 @@ type floorConn struct {
 	calls  map[string]*rawSub
 }
 
-func newFloorTarget(pub *nats.Conn, subs []*nats.Conn, tenant string, col *Collector, pending, calls int) (*floorTarget, error) {
-	t := &floorTarget{pub: pub, col: col}
+func newFloorTarget(pubs, subs []*nats.Conn, tenant string, col *Collector, pending, calls int) (*floorTarget, error) {
+	t := &floorTarget{pubs: pubs, col: col}
 	for k, nc := range subs {
 		fc := &floorConn{nc: nc, tenant: fmt.Sprintf("%s~f%d", tenant, k), calls: map[string]*rawSub{}}
 		if err := subjects.Check("tenant", fc.tenant); err != nil {
@@ -64,7 +64,7 @@ func newFloorTarget(pub *nats.Conn, subs []*nats.Conn, tenant string, col *Colle
 
 func (t *floorTarget) Start(ctx context.Context, spec session.Spec) (Call, error) {
 	t.mu.Lock()
-	fc := t.conns[t.next%len(t.conns)]
+	fc, pub := t.conns[t.next%len(t.conns)], t.pubs[t.next%len(t.pubs)]
 	t.next++
 	t.mu.Unlock()
 	rs := &rawSub{col: t.col, call: spec.Call, key: account.Key(spec.Call), legs: make([]account.Leg, len(spec.Legs))}
@@ -75,7 +75,7 @@ func (t *floorTarget) Start(ctx context.Context, spec session.Spec) (Call, error
 	fc.mu.Lock()
 	fc.calls[spec.Call] = rs
 	fc.mu.Unlock()
-	rc := &rawCall{nc: t.pub, legs: make([]rawLeg, len(spec.Legs))}
+	rc := &rawCall{nc: pub, legs: make([]rawLeg, len(spec.Legs))}
 	for i, l := range spec.Legs {
 		if err := subjects.Check("leg", l.Name); err != nil {
 			fc.forget(spec.Call)

@@ -23,6 +23,7 @@ type LocalConfig struct {
 	Calls          int    // concurrent calls, to size the in-process ingests and workers
 	Legs           int    // the most legs of any call
 	Workers        int    // in-process workers
+	Ingests        int    // ModeInproc on the in-process stack: ingest nodes, the calls spread over them
 	WorkerCapacity int    // calls per in-process worker (0: enough for Calls, plus a margin)
 	Secure         bool   // TLS and per-role NATS permissions, as in production (Config.Secure)
 	Log            zerolog.Logger

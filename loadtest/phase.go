@@ -107,11 +107,11 @@ func (r *runner) ends(name string, col *Collector) (*phaseEnds, error) {
 
 // baselineTarget connects the baseline's publisher and its subscriber connections.
 func (r *runner) baselineTarget(col *Collector) (*rawTarget, error) {
-	pub, err := r.dial("loadtest baseline publisher")
+	pubs, err := r.publishers("loadtest baseline publisher")
 	if err != nil {
 		return nil, err
 	}
-	rt := &rawTarget{pub: pub, col: col, pending: BaselinePendingMsgs}
+	rt := &rawTarget{pubs: pubs, col: col, pending: BaselinePendingMsgs}
 	for i := 0; i < max(1, r.cfg.Workers); i++ {
 		nc, err := r.dial(fmt.Sprintf("loadtest baseline subscriber %d", i+1))
 		if err != nil {
@@ -125,7 +125,7 @@ func (r *runner) baselineTarget(col *Collector) (*rawTarget, error) {
 // floorTarget connects the floor's publisher and its subscriber connections, as many as the
 // baseline's, each with its one wildcard subscription.
 func (r *runner) floorTarget(col *Collector) (*floorTarget, error) {
-	pub, err := r.dial("loadtest floor publisher")
+	pubs, err := r.publishers("loadtest floor publisher")
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +137,26 @@ func (r *runner) floorTarget(col *Collector) (*floorTarget, error) {
 		}
 		subs = append(subs, nc)
 	}
-	return newFloorTarget(pub, subs, r.cfg.Tenant, col, BaselinePendingMsgs, r.cfg.Calls)
+	return newFloorTarget(pubs, subs, r.cfg.Tenant, col, BaselinePendingMsgs, r.cfg.Calls)
+}
+
+// publishers connects the raw phases' publishers, one per ingest node of the callrouter phase
+// (-ingests): the same number of publishing connections on both sides, since nats-server caches
+// subject matches per publishing connection.
+func (r *runner) publishers(name string) ([]*nats.Conn, error) {
+	var pubs []*nats.Conn
+	for i := range max(1, r.cfg.Ingests) {
+		n := name
+		if r.cfg.Ingests > 1 {
+			n = fmt.Sprintf("%s %d", name, i+1)
+		}
+		nc, err := r.dial(n)
+		if err != nil {
+			return nil, err
+		}
+		pubs = append(pubs, nc)
+	}
+	return pubs, nil
 }
 
 // reportsBack attaches the collector to the in-process workers' probe, or subscribes to a remote

@@ -32,11 +32,12 @@ type Call interface {
 // token count and lengths as callrouter's audio subjects.
 const RawPrefix = "rawbase"
 
-// rawTarget is the baseline: the same frames (same envelope, sizes and rate) from one plain
-// publisher connection to plain per-call subscriptions spread over subscriber connections, with
-// no router, no worker queue and no processors.
+// rawTarget is the baseline: the same frames (same envelope, sizes and rate) from plain
+// publisher connections (one, or one per ingest node of the callrouter phase; a call's frames
+// all on one) to plain per-call subscriptions spread over subscriber connections, with no
+// router, no worker queue and no processors.
 type rawTarget struct {
-	pub     *nats.Conn
+	pubs    []*nats.Conn
 	subs    []*nats.Conn
 	col     *Collector
 	pending int
@@ -44,7 +45,8 @@ type rawTarget struct {
 }
 
 func (t *rawTarget) Start(ctx context.Context, spec session.Spec) (Call, error) {
-	nc := t.subs[int(t.next.Add(1))%len(t.subs)]
+	n := int(t.next.Add(1))
+	nc, pub := t.subs[n%len(t.subs)], t.pubs[n%len(t.pubs)]
 	rs := &rawSub{col: t.col, call: spec.Call, key: account.Key(spec.Call), legs: make([]account.Leg, len(spec.Legs))}
 	for i := range rs.legs {
 		rs.legs[i] = account.NewLeg()
@@ -65,7 +67,7 @@ func (t *rawTarget) Start(ctx context.Context, spec session.Spec) (Call, error) 
 		_ = sub.Unsubscribe()
 		return nil, err
 	}
-	rc := &rawCall{nc: t.pub, legs: make([]rawLeg, len(spec.Legs))}
+	rc := &rawCall{nc: pub, legs: make([]rawLeg, len(spec.Legs))}
 	for i, l := range spec.Legs {
 		if err := subjects.Check("leg", l.Name); err != nil {
 			return nil, err

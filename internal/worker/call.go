@@ -304,23 +304,29 @@ func (c *call) run() {
 	c.startHandlers()
 	reason := ""
 	for reason == "" {
-		m := <-c.audio
-		switch r := c.stopReq.Load(); {
-		case r != nil:
-			reason = *r
-		case m == stopSignal:
-		case m.Sub == c.ctlSub:
-			c.ctlPending.Add(-1)
-			c.control(m)
-		default:
-			reason = c.onAudio(m)
-		}
-		if r := c.stopQueued.Load(); r != nil && reason == "" && (c.queuedLeft.Add(-1) <= 0 || len(c.audio) == 0) {
-			reason = *r
-		}
+		reason = c.step(<-c.audio)
 	}
 	c.markStopping()
 	c.finish(reason)
+}
+
+// step handles one message taken off the call's channel; it returns a stop reason when the call
+// must end.
+func (c *call) step(m *nats.Msg) (reason string) {
+	switch r := c.stopReq.Load(); {
+	case r != nil:
+		return *r
+	case m == stopSignal:
+	case m.Sub == c.ctlSub:
+		c.ctlPending.Add(-1)
+		c.control(m)
+	default:
+		reason = c.onAudio(m)
+	}
+	if r := c.stopQueued.Load(); r != nil && reason == "" && (c.queuedLeft.Add(-1) <= 0 || len(c.audio) == 0) {
+		reason = *r
+	}
+	return reason
 }
 
 func (c *call) startHandlers() {

@@ -9,16 +9,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/ingest"
+	"github.com/callrouter/callrouter/internal/natsauth"
 	"github.com/callrouter/callrouter/internal/session"
 	"github.com/callrouter/callrouter/internal/stack"
 	"github.com/callrouter/callrouter/internal/worker"
 	"github.com/callrouter/callrouter/loadtest"
 	"github.com/callrouter/callrouter/loadtest/probe"
 	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
 )
 
 // Start runs what cfg asks for; it is a loadtest.Harness.
@@ -67,7 +71,17 @@ func startStack(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local,
 		closeStack()
 		return nil, err
 	}
-	l := &loadtest.Local{URL: st.URL, Stack: true, Ingest: ingestTarget{st.Ingest}, Attach: probe.Attach, Options: opts, Close: closeStack}
+	it := &ingestTarget{nodes: []*ingest.Node{st.Ingest}}
+	if cfg.Mode == loadtest.ModeInproc && cfg.Ingests > 1 {
+		stopNodes, err := addIngests(st, it, cfg.Ingests-1, cfg.StackLog)
+		if err != nil {
+			closeStack()
+			return nil, err
+		}
+		stackOnly := closeStack
+		closeStack = func() { stopNodes(); stackOnly() }
+	}
+	l := &loadtest.Local{URL: st.URL, Stack: true, Ingest: it, Attach: probe.Attach, Options: opts, Close: closeStack}
 	var stop func()
 	switch cfg.Mode {
 	case loadtest.ModeSIP:
@@ -125,7 +139,7 @@ func joinRemote(cfg loadtest.LocalConfig, remote bus.Config) (*loadtest.Local, e
 		defer close(done)
 		_ = n.Run(nctx)
 	}()
-	return &loadtest.Local{URL: cfg.NATSURL, Ingest: ingestTarget{n}, Close: func() {
+	return &loadtest.Local{URL: cfg.NATSURL, Ingest: &ingestTarget{nodes: []*ingest.Node{n}}, Close: func() {
 		cancel()
 		<-done
 		n.Close()
@@ -133,13 +147,49 @@ func joinRemote(cfg loadtest.LocalConfig, remote bus.Config) (*loadtest.Local, e
 	}}, nil
 }
 
-// ingestTarget places calls through a real ingest node, so placement, epochs and accounting are
-// callrouter's own.
-type ingestTarget struct{ n *ingest.Node }
+// addIngests starts n more ingest nodes on the stack, each with its own NATS connection, for t to
+// place calls through (-ingests: nats-server caches subject matches per publishing connection,
+// up to 512 subjects, so one ingest node publishing both legs of thousands of calls misses that
+// cache on nearly every frame). The returned func stops them.
+func addIngests(st *stack.Stack, t *ingestTarget, n int, log zerolog.Logger) (stop func(), err error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	stop = func() { cancel(); wg.Wait() }
+	for i := range n {
+		id := fmt.Sprintf("ingest-%d", i+2)
+		nc, err := st.Connect(natsauth.RoleIngest, "", id)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("loadtest: in-process %s: %w", id, err)
+		}
+		ic := ingest.DefaultConfig()
+		ic.ID = id
+		node, err := ingest.New(ic, ingest.Deps{NC: nc, Log: log})
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = node.Run(ctx)
+			node.Close()
+		}()
+		t.nodes = append(t.nodes, node)
+	}
+	return stop, nil
+}
+
+// ingestTarget places calls through real ingest nodes, in turn, so placement, epochs and
+// accounting are callrouter's own.
+type ingestTarget struct {
+	nodes []*ingest.Node
+	next  atomic.Uint32
+}
 
 // Start places the call; ingest's refusals become *loadtest.RefusedError.
-func (t ingestTarget) Start(ctx context.Context, spec session.Spec) (loadtest.Call, error) {
-	c, err := t.n.StartCall(ctx, spec)
+func (t *ingestTarget) Start(ctx context.Context, spec session.Spec) (loadtest.Call, error) {
+	c, err := t.nodes[int(t.next.Add(1)-1)%len(t.nodes)].StartCall(ctx, spec)
 	if err != nil {
 		if wait, temp := ingest.RetryAfter(err); temp {
 			re := &loadtest.RefusedError{Code: "unavailable", Reason: err.Error(), RetryAfter: wait}

@@ -272,3 +272,37 @@ func TestBaselinePendingIsTheWorkers(t *testing.T) {
 		t.Errorf("loadtest.BaselinePendingMsgs %d, worker pending-msgs default %d: keep them equal", got, want)
 	}
 }
+
+// TestIngestsSpreadCalls runs the callrouter phase through three in-process ingest nodes and the
+// baseline and floor through three publishers: the calls go to every node in turn and every
+// frame of every phase is accounted for.
+func TestIngestsSpreadCalls(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three 2 s phases")
+	}
+	cfg := shortConfig(t, loadtest.ModeInproc, "lt-ingests", 6, 100, 2*time.Second)
+	cfg.Baseline, cfg.Floor, cfg.Ingests = true, true, 3
+	var it *ingestTarget
+	harness := func(ctx context.Context, lc loadtest.LocalConfig) (*loadtest.Local, error) {
+		l, err := Start(ctx, lc)
+		if err == nil {
+			it = l.Ingest.(*ingestTarget)
+		}
+		return l, err
+	}
+	rep := run(t, cfg, loadtest.Deps{Harness: harness, Log: testLog(t), StackLog: testLog(t)})
+	if it == nil || len(it.nodes) != 3 || it.next.Load() < uint32(cfg.Calls) {
+		t.Fatalf("ingest target %+v: want 3 nodes taking %d calls in turn", it, cfg.Calls)
+	}
+	if len(rep.Phases) != 3 || !strings.Contains(rep.Config.Stack, "3 ingest nodes") {
+		t.Fatalf("phases %d, stack %q", len(rep.Phases), rep.Config.Stack)
+	}
+	for _, p := range rep.Phases {
+		if p.Completed != cfg.Calls || p.Totals.Sent == 0 || p.Totals.Received != p.Totals.Sent || p.LossRatio != 0 {
+			t.Errorf("%s: %d calls, sent %d, received %d, loss %v", p.Name, p.Completed, p.Totals.Sent, p.Totals.Received, p.LossRatio)
+		}
+	}
+	if !rep.Pass {
+		t.Errorf("failures: %v", rep.Failures)
+	}
+}
