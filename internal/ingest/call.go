@@ -124,12 +124,14 @@ func (c *Call) publishLocked(l *leg, payload []byte, flags frame.Flags, capture 
 		c.n.m.badFrame.Inc()
 		return err
 	}
-	l.ring.put(b)
 	l.seq++
 	if c.n.paused.Load() {
+		l.ring.put(b)
 		return nil // Pause: captured and kept in the ring, lost on the way out
 	}
-	if err := c.n.nc.Publish(l.subject, b); err != nil {
+	err = c.n.nc.Publish(l.subject, b)
+	l.ring.put(b) // kept whether or not it went out; put rewrites b's header, so after the publish
+	if err != nil {
 		c.n.m.publishErr.Inc()
 		return err
 	}
@@ -236,14 +238,13 @@ func (c *Call) replay(dst []byte, r wire.LegRange, limit int) (out []byte, next 
 	if to <= 0 {
 		to = int64(l.seq)
 	}
-	l.ring.each(from, to, func(seq uint32, b []byte) bool {
-		if len(dst)+len(b) > limit {
+	lf := legFrame{codec: l.codec, index: l.index, rate: l.rate, samples: l.samples}
+	l.ring.each(l.seq, from, to, func(seq uint32, k int) bool {
+		if len(dst)+l.ring.size(k) > limit {
 			next, more = seq, true
 			return false
 		}
-		n := len(dst)
-		dst = append(dst, b...)
-		dst[n+1] |= byte(frame.FlagReplayed)
+		dst = l.ring.frame(dst, k, seq, lf, frame.FlagReplayed)
 		return true
 	})
 	return dst, next, more

@@ -378,10 +378,10 @@ func (n *Node) newCall(spec session.Spec) *Call {
 		if i > 0 {
 			k -= ends[i-1]
 		}
-		stride := frame.HeaderLen + nominalPayload(l)
-		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/stride))
+		payload := nominalPayload(l)
+		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/(slotKept+payload)))
 		c.legs = append(c.legs, leg{subject: subject[:k], samples: samplesPerFrame(l), rate: l.Rate, codec: l.Codec, index: l.Index,
-			epochStart: true, ring: makeRing(c, frames, stride)})
+			epochStart: true, ring: makeRing(c, frames, payload)})
 		subject = subject[k:]
 	}
 	return c
