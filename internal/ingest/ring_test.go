@@ -127,7 +127,7 @@ func TestRingKeepsFramesLargerThanTheirSlot(t *testing.T) {
 // TestRingBlockGoesBackWhenTheRingIsGone: a ring's off-heap block returns to its pool once the
 // ring is unreachable, cleared, and the next ring of that size reuses it.
 func TestRingBlockGoesBackWhenTheRingIsGone(t *testing.T) {
-	const frames, payload = 7, 61 // a size no other test uses, so its pool is this test's
+	const frames, payload = 7, 61    // a size no other test uses, so its pool is this test's
 	busy := newRing(frames, payload) // keeps the pool from going idle, which would unmap it
 	defer busy.release()
 	r := newRing(frames, payload)
@@ -198,7 +198,7 @@ func BenchmarkCallHeap(b *testing.B) {
 // TestRingReleaseGivesTheBlockBackAtOnce: a released ring (its call ended) is back in its pool
 // without waiting for a collection, holds nothing, and releasing it twice changes nothing.
 func TestRingReleaseGivesTheBlockBackAtOnce(t *testing.T) {
-	const frames, payload = 5, 59 // a size no other test uses
+	const frames, payload = 5, 59    // a size no other test uses
 	busy := newRing(frames, payload) // keeps the pool from going idle, which would unmap it
 	defer busy.release()
 	r := newRing(frames, payload)
