@@ -35,8 +35,9 @@ type leg struct {
 // NATS connection (frames are counted per call and added to the metric by the heartbeat).
 type Call struct {
 	spec        session.Spec
-	log         zerolog.Logger
-	maxEpoch    uint32 // highest epoch ever requested, so retries never reuse one; under mu
+	log         zerolog.Logger // the node's, with callFields
+	logEpoch    uint32         // the epoch the call was first placed at, for its log; set before it is placed
+	maxEpoch    uint32         // highest epoch ever requested, so retries never reuse one; under mu
 	placements  []wire.Placement
 	placing     sync.Mutex   // one re-placement at a time
 	replacing   atomic.Int32 // re-placements started and not finished; repeated notices wait for them
@@ -51,6 +52,19 @@ type Call struct {
 	n           *Node
 	legs        []leg  // inline[:k] for a call of k <= 2 legs
 	inline      [2]leg // the legs of most calls, next to the call's state
+}
+
+// callFields adds the call's tenant, id and first epoch to every event its logger writes. A
+// hook rather than a With context: With copies the node's context into a new 500-byte buffer for
+// every call (held for the call's life, twice over with the collector's headroom), while the
+// hook costs a pointer and adds the fields only to the events actually written.
+type callFields struct{ c *Call }
+
+func (h callFields) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
+	e.Str("tenant", h.c.spec.Tenant).Str("call", h.c.spec.Call)
+	if h.c.logEpoch > 0 {
+		e.Uint32("epoch", h.c.logEpoch)
+	}
 }
 
 // ID returns the call's identity.
