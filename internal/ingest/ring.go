@@ -34,8 +34,7 @@ type ring struct {
 	buf    []byte    // the bottom slot's header start, then slots of stride bytes, off the heap: never referenced beyond the ring's life
 	big    *[][]byte // per slot, the own buffer of a slot that once overflowed; nil until the first one
 	stride int       // bytes per slot: slotKept and the payload
-	slots  int       // frames + 1
-	frames int       // frames kept
+	frames int       // frames kept, in frames+1 slots
 	head   int       // next slot to write
 	n      int       // frames stored
 
@@ -56,7 +55,7 @@ func ringBlock(frames, payload int) int {
 // buffer of their own) whose block goes back to its pool once owner (what holds the ring: its
 // call) is unreachable.
 func makeRing[T any](owner *T, frames, payload int) ring {
-	r := ring{stride: slotKept + payload, slots: frames + 1, frames: frames}
+	r := ring{stride: slotKept + payload, frames: frames}
 	r.buf, r.cleanup = offHeap(owner, ringBlock(frames, payload))
 	return r
 }
@@ -74,7 +73,7 @@ func (r *ring) release() {
 
 // at returns the offset in buf where slot k's frame starts: its header's first half, then what
 // the slot keeps. Slot k lies below slot k-1.
-func (r *ring) at(k int) int { return (r.slots - 1 - k) * r.stride }
+func (r *ring) at(k int) int { return (r.frames - k) * r.stride }
 
 // slot returns an empty buffer with the capacity of a frame of the next slot, to marshal the next
 // frame into with frame.Append; the caller publishes it and then stores it with put.
@@ -93,14 +92,14 @@ func (r *ring) put(b []byte) {
 	off := r.at(r.head)
 	if len(b) == 0 || len(b) > frame.HeaderLen-slotKept+r.stride || &b[0] != &r.buf[off] {
 		if r.big == nil {
-			big := make([][]byte, r.slots)
+			big := make([][]byte, r.frames+1)
 			r.big = &big
 		}
 		(*r.big)[r.head] = b
 	}
 	copy(b[16:20], b[8:12]) // the epoch over the media timestamp
 	b[28], b[29] = b[1], 0  // the flags over the duration
-	if r.head++; r.head == r.slots {
+	if r.head++; r.head == r.frames+1 {
 		r.head = 0
 	}
 	if r.n < r.frames {
@@ -154,11 +153,11 @@ func (r *ring) frame(dst []byte, k int, seq uint32, l legFrame, flags frame.Flag
 // next is the sequence after the newest frame (the ring holds consecutive sequences) and f gets
 // the slot of each frame, to pass to frame.
 func (r *ring) each(next uint32, from, to int64, f func(seq uint32, k int) bool) {
-	start := (r.head - r.n + r.slots) % r.slots
+	start := (r.head - r.n + r.frames + 1) % (r.frames + 1)
 	first := next - uint32(r.n)
 	for i := 0; i < r.n; i++ {
 		seq := first + uint32(i)
-		if s := int64(seq); s >= from && s < to && !f(seq, (start+i)%r.slots) {
+		if s := int64(seq); s >= from && s < to && !f(seq, (start+i)%(r.frames+1)) {
 			return
 		}
 	}
