@@ -24,8 +24,9 @@ import (
 // slot, over the last bytes of the slot below: the slot written a ring's length ago, whose frame
 // has left the ring (the ring has one slot more than it keeps frames; the bottom slot's header
 // goes into the block's first bytes). A slot's frame is rebuilt byte for byte (frame), and a
-// two-leg G.711 call's 5 s rings take 88 KB, not 96: each copy of a frame's bytes costs a cold
-// ingest about 75 ns (docs/loadtest.md), so the frame is not built apart from its slot.
+// two-leg G.711 call's 5 s rings take 88 KB, not 96. The frame is not built apart from its slot:
+// a second copy of its bytes costs 75 ns or more a frame while the slot's lines are being fetched
+// (docs/loadtest.md, "A ring slot keeps half of the header").
 //
 // Storing a frame writes its slot and nothing else, a leg's frames follow each other in its
 // block, and the ring's own fields are inline in the leg (a frame of a call that has gone cold in
