@@ -35,8 +35,9 @@ type leg struct {
 // NATS connection (frames are counted per call and added to the metric by the heartbeat).
 type Call struct {
 	spec        session.Spec
-	log         zerolog.Logger
-	maxEpoch    uint32 // highest epoch ever requested, so retries never reuse one; under mu
+	log         zerolog.Logger // the node's, with callFields
+	logEpoch    uint32         // the epoch the call was first placed at, for its log; set before it is placed
+	maxEpoch    uint32         // highest epoch ever requested, so retries never reuse one; under mu
 	placements  []wire.Placement
 	placing     sync.Mutex   // one re-placement at a time
 	replacing   atomic.Int32 // re-placements started and not finished; repeated notices wait for them
@@ -53,6 +54,19 @@ type Call struct {
 	inline      [2]leg // the legs of most calls, next to the call's state
 
 	nudge atomic.Pointer[chan renotice] // while a re-placement runs: later notices wake it (replace.go)
+}
+
+// callFields adds the call's tenant, id and first epoch to every event its logger writes. A
+// hook rather than a With context: With copies the node's context into a new 500-byte buffer for
+// every call (held for the call's life, twice over with the collector's headroom), while the
+// hook costs a pointer and adds the fields only to the events actually written.
+type callFields struct{ c *Call }
+
+func (h callFields) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
+	e.Str("tenant", h.c.spec.Tenant).Str("call", h.c.spec.Call)
+	if h.c.logEpoch > 0 {
+		e.Uint32("epoch", h.c.logEpoch)
+	}
 }
 
 // ID returns the call's identity.
@@ -126,12 +140,14 @@ func (c *Call) publishLocked(l *leg, payload []byte, flags frame.Flags, capture 
 		c.n.m.badFrame.Inc()
 		return err
 	}
-	l.ring.put(b)
 	l.seq++
 	if c.n.paused.Load() {
+		l.ring.put(b)
 		return nil // Pause: captured and kept in the ring, lost on the way out
 	}
-	if err := c.n.nc.Publish(l.subject, b); err != nil {
+	err = c.n.nc.Publish(l.subject, b)
+	l.ring.put(b) // kept whether or not it went out; put rewrites b's header, so after the publish
+	if err != nil {
 		c.n.m.publishErr.Inc()
 		return err
 	}
@@ -238,14 +254,13 @@ func (c *Call) replay(dst []byte, r wire.LegRange, limit int) (out []byte, next 
 	if to <= 0 {
 		to = int64(l.seq)
 	}
-	l.ring.each(from, to, func(seq uint32, b []byte) bool {
-		if len(dst)+len(b) > limit {
+	lf := legFrame{codec: l.codec, index: l.index, rate: l.rate, samples: l.samples}
+	l.ring.each(l.seq, from, to, func(seq uint32, k int) bool {
+		if len(dst)+l.ring.size(k) > limit {
 			next, more = seq, true
 			return false
 		}
-		n := len(dst)
-		dst = append(dst, b...)
-		dst[n+1] |= byte(frame.FlagReplayed)
+		dst = l.ring.frame(dst, k, seq, lf, frame.FlagReplayed)
 		return true
 	})
 	return dst, next, more

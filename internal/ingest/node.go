@@ -318,7 +318,7 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 		rep, err := n.requestPlace(rctx, c, epoch, n.cfg.Pools, nil, nil, resume, "new")
 		cancel()
 		if err == nil && rep.OK {
-			c.log = c.log.With().Uint32("epoch", epoch).Logger() // before other goroutines can see the call placed
+			c.logEpoch = epoch // before other goroutines can see the call placed
 			if !c.setPlacement(epoch, rep.Placements) {
 				n.releasePlacements(c, epoch, rep.Placements)
 				n.forget(c)
@@ -359,8 +359,8 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 
 // newCall builds a call for a valid spec, with its legs' rings, not yet owned or placed.
 func (n *Node) newCall(spec session.Spec) *Call {
-	c := &Call{n: n, spec: spec, done: make(chan struct{}), lastMedia: time.Now().UnixNano(),
-		log: n.log.With().Str("tenant", spec.Tenant).Str("call", spec.Call).Logger()}
+	c := &Call{n: n, spec: spec, done: make(chan struct{}), lastMedia: time.Now().UnixNano()}
+	c.log = n.log.Hook(callFields{c})
 	c.legs = c.inline[:0]
 	if len(spec.Legs) > len(c.inline) {
 		c.legs = make([]leg, 0, len(spec.Legs))
@@ -378,10 +378,10 @@ func (n *Node) newCall(spec session.Spec) *Call {
 		if i > 0 {
 			k -= ends[i-1]
 		}
-		stride := frame.HeaderLen + nominalPayload(l)
-		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/stride))
+		payload := nominalPayload(l)
+		frames := max(4, min(int(n.cfg.Ring/frame.Duration), n.cfg.RingMaxBytes/(slotKept+payload)))
 		c.legs = append(c.legs, leg{subject: subject[:k], samples: samplesPerFrame(l), rate: l.Rate, codec: l.Codec, index: l.Index,
-			epochStart: true, ring: makeRing(c, frames, stride)})
+			epochStart: true, ring: makeRing(c, frames, payload)})
 		subject = subject[k:]
 	}
 	return c

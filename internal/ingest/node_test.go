@@ -1,10 +1,12 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -235,5 +237,58 @@ func TestReplacementsAreRefusedOnceShutdownBegins(t *testing.T) {
 	}
 	if got := c.replacing.Load(); got != 0 {
 		t.Errorf("%d re-placements counted as running", got)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for a logger that several goroutines write to.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestCallLogCarriesTheCall: a call's log lines carry the node, the call's tenant and id and,
+// once placed, its epoch (a hook on the node's logger, not a copy of its context per call).
+func TestCallLogCarriesTheCall(t *testing.T) {
+	var out lockedBuffer
+	n, _, _ := stNodeLog(t, nil, zerolog.New(&out))
+	c, err := n.StartCall(context.Background(), session.Spec{ID: session.ID{Tenant: "acme", Call: "logged"},
+		Legs: []session.Leg{{Index: 0, Name: "caller", Codec: frame.CodecPCMU, Rate: 8000}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.End("hangup")
+	want := map[string]bool{"call placed": false, "call ended": false}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var e struct {
+			Ingest, Tenant, Call, Message string
+			Epoch                         uint32
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if _, ok := want[e.Message]; !ok {
+			continue
+		}
+		want[e.Message] = true
+		if e.Ingest != "in-1" || e.Tenant != "acme" || e.Call != "logged" || e.Epoch != c.Epoch() {
+			t.Errorf("%q logged as %s; want ingest in-1, tenant acme, call logged, epoch %d", e.Message, line, c.Epoch())
+		}
+	}
+	for m, seen := range want {
+		if !seen {
+			t.Errorf("no %q line in the log:\n%s", m, out.String())
+		}
 	}
 }

@@ -53,6 +53,12 @@ func placeOn(w string) func(wire.PlaceRequest) *wire.PlaceReply {
 // router and a client connection.
 func stNode(t *testing.T, tune func(*Config)) (*Node, *stRouter, *nats.Conn) {
 	t.Helper()
+	return stNodeLog(t, tune, zerolog.Nop())
+}
+
+// stNodeLog is stNode with the node logging to log.
+func stNodeLog(t *testing.T, tune func(*Config), log zerolog.Logger) (*Node, *stRouter, *nats.Conn) {
+	t.Helper()
 	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +101,7 @@ func stNode(t *testing.T, tune func(*Config)) (*Node, *stRouter, *nats.Conn) {
 		tune(&cfg)
 	}
 	h := &obs.Health{}
-	n, err := New(cfg, Deps{NC: connect(), Log: zerolog.Nop(), Health: h})
+	n, err := New(cfg, Deps{NC: connect(), Log: log, Health: h})
 	if err != nil {
 		t.Fatal(err)
 	}
