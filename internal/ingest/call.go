@@ -36,7 +36,7 @@ type leg struct {
 type Call struct {
 	spec        session.Spec
 	log         zerolog.Logger // the node's, with callFields
-	logEpoch    uint32         // the epoch the call was first placed at, for its log; set before it is placed
+	logEpoch    atomic.Uint32  // the epoch the call was first placed at, for its log (another goroutine may log the call while it is placed)
 	maxEpoch    uint32         // highest epoch ever requested, so retries never reuse one; under mu
 	placements  []wire.Placement
 	placing     sync.Mutex   // one re-placement at a time
@@ -64,8 +64,8 @@ type callFields struct{ c *Call }
 
 func (h callFields) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
 	e.Str("tenant", h.c.spec.Tenant).Str("call", h.c.spec.Call)
-	if h.c.logEpoch > 0 {
-		e.Uint32("epoch", h.c.logEpoch)
+	if epoch := h.c.logEpoch.Load(); epoch > 0 {
+		e.Uint32("epoch", epoch)
 	}
 }
 

@@ -318,7 +318,7 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 		rep, err := n.requestPlace(rctx, c, epoch, n.cfg.Pools, nil, nil, resume, "new")
 		cancel()
 		if err == nil && rep.OK {
-			c.logEpoch = epoch // before other goroutines can see the call placed
+			c.logEpoch.Store(epoch)
 			if !c.setPlacement(epoch, rep.Placements) {
 				n.releasePlacements(c, epoch, rep.Placements)
 				n.forget(c)
