@@ -75,14 +75,22 @@ func (w *Worker) onDrainRequest(run context.Context, m *nats.Msg) {
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.DrainTimeout)
 	started := w.group.Go(func() {
 		defer cancel()
-		win := newDrainWindow()
+		sem := make(chan struct{}, 32)
 		var wg sync.WaitGroup
 		for _, c := range calls {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+			}
+			if ctx.Err() != nil {
+				break
+			}
 			wg.Add(1)
 			if !w.group.Go(func() {
-				defer wg.Done()
-				w.migrateUntil(ctx, win, c, "drain")
+				defer func() { <-sem; wg.Done() }()
+				w.migrateUntil(ctx, c, "drain")
 			}) {
+				<-sem
 				wg.Done()
 			}
 		}

@@ -501,18 +501,8 @@ func (w *Worker) migrateCtx(ctx context.Context, c *call, reason string) bool {
 // migrateUntil asks ingest to move the call until it has moved, it has ended or ctx is done: a
 // drain keeps trying for a call whose re-placement was refused (every other worker full for a
 // moment, an offer that timed out on a loaded machine) rather than dropping it at the deadline.
-// Each request takes a slot of win, the drain's window of requests in flight.
-func (w *Worker) migrateUntil(ctx context.Context, win *drainWindow, c *call, reason string) {
-	for {
-		gen, ok := win.acquire(ctx, c.done)
-		if !ok {
-			return
-		}
-		moved := w.migrateCtx(ctx, c, reason)
-		win.release(gen, moved)
-		if moved {
-			return
-		}
+func (w *Worker) migrateUntil(ctx context.Context, c *call, reason string) {
+	for !w.migrateCtx(ctx, c, reason) {
 		select {
 		case <-ctx.Done():
 			return
@@ -577,10 +567,20 @@ func (w *Worker) drain() {
 	// One deadline for the whole drain: migration requests and the wait for calls to go.
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.DrainTimeout)
 	defer cancel()
-	win := newDrainWindow()
-	for _, c := range calls {
-		w.group.Go(func() { w.migrateUntil(ctx, win, c, "drain") })
-	}
+	sem := make(chan struct{}, 32)
+	w.group.Go(func() {
+		for _, c := range calls {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			w.group.Go(func() {
+				defer func() { <-sem }()
+				w.migrateUntil(ctx, c, "drain")
+			})
+		}
+	})
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 wait:
