@@ -72,6 +72,11 @@ func TestDrainOfHundredCallsTakesSeconds(t *testing.T) {
 	// two-leg calls can lag, which would rightly stop offers, shed calls and drop stale frames.
 	cfg.Worker.LagThreshold = time.Minute
 	cfg.Worker.MaxFrameAge = time.Minute
+	// Nor may a starved worker's call queue overflow: 250 frames are 7.5 s of this test's
+	// 60 ms-a-leg traffic, which a worker taking over 100 calls on such a machine has been seen
+	// to fall behind by (dropping the oldest as worker_backpressure gaps). Still bounded.
+	cfg.Worker.QueueFrames = 2000
+	cfg.Worker.PendingMsgs = 2000
 	// Nor about idle calls: no frame flows until all 100 calls are placed, which on such a
 	// machine can take longer than fastConfig's 1 s idle timeout; the early calls would be
 	// reaped and re-placed from the ring (a failover, with its duplicates), not drained.
