@@ -110,7 +110,11 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 		}
 		wait := backoff(attempt, replaceBackoff, replaceBackoffMax)
 		if err == nil {
-			wait = max(wait, time.Duration(rep.RetryAfterMS)*time.Millisecond)
+			// The router's retry-after counts from the request: a refusal that took that long
+			// itself (an offer that went unanswered for the offer timeout, on a starved worker)
+			// is retried after the backoff alone, not a whole round later, which under
+			// starvation made a drain of a hundred calls outlast the drain timeout.
+			wait = max(wait, time.Duration(rep.RetryAfterMS)*time.Millisecond-time.Since(start))
 			err = &RefusedError{Code: rep.Code, Reason: rep.Reason}
 		}
 		if !failover(reason) && attempt >= 2 {

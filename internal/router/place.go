@@ -171,7 +171,9 @@ func (r *Router) placePool(ctx context.Context, req *wire.PlaceRequest, offer *w
 	for attempt := 0; attempt < r.cfg.OfferAttempts; attempt++ {
 		wid, code, reason := r.pickWarm(req, offer.Pool, tried)
 		if wid == "" {
-			if attempt == 0 || code != wire.CodeNoWorkers {
+			// After an offer, its answer (or its timeout) is the reason: "all workers are full"
+			// would hide that the one eligible worker did not answer in time.
+			if attempt == 0 {
 				lastCode, lastReason = code, reason
 			}
 			break
