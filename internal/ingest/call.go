@@ -49,8 +49,9 @@ type Call struct {
 	lastMedia   int64 // capture time of the last frame, Unix nanoseconds
 	unpublished int64 // frames published and not yet added to the frames metric
 	n           *Node
-	legs        []leg  // inline[:k] for a call of k <= 2 legs
-	inline      [2]leg // the legs of most calls, next to the call's state
+	pub         *pubConn // the connection its frames and messages go on, chosen when it starts
+	legs        []leg    // inline[:k] for a call of k <= 2 legs
+	inline      [2]leg   // the legs of most calls, next to the call's state
 
 	nudge atomic.Pointer[chan renotice] // while a re-placement runs: later notices wake it (replace.go)
 }
@@ -131,7 +132,7 @@ func (c *Call) publishLocked(l *leg, payload []byte, flags frame.Flags, capture 
 	if c.n.paused.Load() {
 		return nil // Pause: captured and kept in the ring, lost on the way out
 	}
-	if err := c.n.nc.Publish(l.subject, b); err != nil {
+	if err := c.pub.nc.Publish(l.subject, b); err != nil {
 		c.n.m.publishErr.Inc()
 		return err
 	}
