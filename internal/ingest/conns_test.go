@@ -268,3 +268,68 @@ func TestPublishConnDownMakesNodeUnready(t *testing.T) {
 		t.Error("Close left an extra connection open")
 	}
 }
+
+// A replay answer goes out on the node's own connection (the one the request came in on) and
+// the call's frames on another: every frame an answer holds has reached the asker live before
+// the answer does.
+func TestReplayAnswerNeverOvertakesFrames(t *testing.T) {
+	n, _, _, _, _ := connsNode(t, 2)
+	if _, err := n.StartCall(context.Background(), twoLegSpec("other")); err != nil { // takes the node's own connection
+		t.Fatal(err)
+	}
+	c, err := n.StartCall(context.Background(), twoLegSpec("c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.pub == n.pubs[0] {
+		t.Fatal("the call publishes on the node's own connection")
+	}
+	w, err := nats.Connect(n.nc.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	const frames = 200 // within the ring (250 frames)
+	live := make(chan *nats.Msg, frames+8)
+	if _, err := w.ChanSubscribe(subjects.Audio("acme", "c1", "caller"), live); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		payload := make([]byte, 160)
+		for range frames {
+			_ = c.Send(0, payload, 0)
+		}
+	}()
+	seen, answers := 0, 0
+	req, _ := json.Marshal(wire.ReplayRequest{V: wire.V, Tenant: "acme", Call: "c1", Epoch: c.Epoch(), Worker: "w1",
+		Legs: []wire.LegRange{{Leg: 0, From: session.FromRingStart}}})
+	for done := false; !done; {
+		select {
+		case <-sent:
+			done = true
+		default:
+		}
+		m, err := w.Request(subjects.IngestVerb("in-1", subjects.IngestVerbReplay), req, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const size = frame.HeaderLen + 160 // a μ-law frame
+		if len(m.Data)%size != 0 {
+			t.Fatalf("answer %d: %d bytes (%q), not whole frames", answers, len(m.Data), m.Data)
+		}
+		got := len(m.Data) / size
+		for len(live) > 0 { // what the connection's reader delivered before the answer
+			<-live
+			seen++
+		}
+		if got > seen {
+			t.Fatalf("answer %d holds %d frames, %d of them seen live before it", answers, got, seen)
+		}
+		answers++
+	}
+}
