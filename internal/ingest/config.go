@@ -29,7 +29,7 @@ type Config struct {
 	// them (0 or 1: only its own). nats-server caches subject matches per publishing
 	// connection, 512 subjects (256 two-leg calls): above that one connection misses the cache
 	// on nearly every frame. Each call takes the least-loaded connection when it starts and
-	// keeps it for life (docs/architecture.md, "Ingest's NATS connections").
+	// keeps it for life (docs/architecture.md, "Concurrency").
 	PublishConns int
 }
 
