@@ -78,7 +78,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("ingest: stranded-after %v must not be negative (0: off)", c.StrandedAfter))
 	}
 	if c.PublishConns < 0 || c.PublishConns > MaxPublishConns {
-		errs = append(errs, fmt.Errorf("ingest: -nats-publish-conns %d must be between 1 and %d", c.PublishConns, MaxPublishConns))
+		errs = append(errs, fmt.Errorf("ingest: -nats-publish-conns %d must be between 1 and %d (0 counts as 1: the node's own connection only)", c.PublishConns, MaxPublishConns))
 	}
 	if c.PlaceAttempts < 1 {
 		errs = append(errs, fmt.Errorf("ingest: place attempts %d must be at least 1", c.PlaceAttempts))
