@@ -112,7 +112,12 @@ func run(args []string) int {
 	ah, tw := st.configs()
 	srcCfg := sources.Config{WHIP: wcfg, Listen: *lcfg, SIP: scfg, AudioHook: ah, Twilio: tw}
 	return cli.Main("ingest", cfg.ID, cfg.HeartbeatInterval, common, func(nc bus.Conn, log zerolog.Logger, reg *prometheus.Registry, h *obs.Health) (cli.Service, error) {
-		n, err := ingest.New(*cfg, ingest.Deps{NC: nc, Log: log, Registry: reg, Health: h})
+		dial := func(i int) (bus.Conn, error) {
+			bc := common.NATS // the node's identity, TLS and server
+			bc.Name = fmt.Sprintf("%s publish %d", bc.Name, i)
+			return bus.Connect(bc, log)
+		}
+		n, err := ingest.New(*cfg, ingest.Deps{NC: nc, Log: log, Registry: reg, Health: h, Dial: dial})
 		if err != nil {
 			return nil, err
 		}
@@ -192,6 +197,8 @@ func Flags(fs *flag.FlagSet) *ingest.Config {
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", cfg.HeartbeatInterval, "heartbeat interval")
 	fs.DurationVar(&cfg.MediaTimeout, "media-timeout", cfg.MediaTimeout, "a call with no media for this long is ended")
 	fs.DurationVar(&cfg.Ring, "ring", cfg.Ring, "per-leg replay ring length")
+	fs.IntVar(&cfg.PublishConns, "nats-publish-conns", cfg.PublishConns, "NATS connections frames are published on, the node's own among them (same identity); each call keeps one, the least loaded when it starts. nats-server caches subject matches per publishing connection (512 subjects: 256 two-leg calls), so a node of more calls publishes cheaper on ceil(calls/250)"+
+		fmt.Sprintf(" (at most %d)", ingest.MaxPublishConns))
 	fs.IntVar(&cfg.RingMaxBytes, "ring-max-bytes", cfg.RingMaxBytes, "per-leg replay ring bound in bytes")
 	fs.DurationVar(&cfg.MaxPause, "max-pause", cfg.MaxPause, "a secure pause (ingest.<id>.pause, router.api.pause) not resumed for this long resumes by itself, with a \"resumed\" event (reason max_pause)")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for calls (played, WHIP; SIP has -sip-drain-timeout) to end")

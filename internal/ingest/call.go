@@ -35,9 +35,8 @@ type leg struct {
 // NATS connection (frames are counted per call and added to the metric by the heartbeat).
 type Call struct {
 	spec        session.Spec
-	log         zerolog.Logger // the node's, with callFields
-	logEpoch    atomic.Uint32  // the epoch the call was first placed at, for its log (another goroutine may log the call while it is placed)
-	maxEpoch    uint32         // highest epoch ever requested, so retries never reuse one; under mu
+	logEpoch    atomic.Uint32 // the epoch the call was first placed at, for its log (another goroutine may log the call while it is placed)
+	maxEpoch    uint32        // highest epoch ever requested, so retries never reuse one; under mu
 	placements  []wire.Placement
 	placing     sync.Mutex   // one re-placement at a time
 	replacing   atomic.Int32 // re-placements started and not finished; repeated notices wait for them
@@ -50,8 +49,9 @@ type Call struct {
 	lastMedia   int64 // capture time of the last frame, Unix nanoseconds
 	unpublished int64 // frames published and not yet added to the frames metric
 	n           *Node
-	legs        []leg  // inline[:k] for a call of k <= 2 legs
-	inline      [2]leg // the legs of most calls, next to the call's state
+	pub         *pubConn // the connection its frames and messages go on, chosen when it starts
+	legs        []leg    // inline[:k] for a call of k <= 2 legs
+	inline      [2]leg   // the legs of most calls, next to the call's state
 
 	nudge atomic.Pointer[chan renotice] // while a re-placement runs: later notices wake it (replace.go)
 }
@@ -67,6 +67,14 @@ func (h callFields) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
 	if epoch := h.c.logEpoch.Load(); epoch > 0 {
 		e.Uint32("epoch", epoch)
 	}
+}
+
+// log returns the node's logger with the call's fields. It is made when something is logged (a
+// few times in a call's life) rather than kept: a zerolog.Logger is about 100 bytes, which would
+// push Call into a larger size class.
+func (c *Call) log() *zerolog.Logger {
+	l := c.n.log.Hook(callFields{c})
+	return &l
 }
 
 // ID returns the call's identity.
@@ -145,7 +153,7 @@ func (c *Call) publishLocked(l *leg, payload []byte, flags frame.Flags, capture 
 		l.ring.put(b)
 		return nil // Pause: captured and kept in the ring, lost on the way out
 	}
-	err = c.n.nc.Publish(l.subject, b)
+	err = c.pub.nc.Publish(l.subject, b)
 	l.ring.put(b) // kept whether or not it went out; put rewrites b's header, so after the publish
 	if err != nil {
 		c.n.m.publishErr.Inc()
@@ -190,7 +198,7 @@ func (c *Call) End(reason string) {
 			c.n.event(c, epoch, "end", map[string]string{"reason": reason})
 		}
 		c.n.remove(c)
-		c.log.Info().Str("reason", reason).Msg("call ended")
+		c.log().Info().Str("reason", reason).Msg("call ended")
 		c.n.m.ended.WithLabelValues(reason).Inc()
 		close(c.done)
 	})

@@ -25,7 +25,16 @@ type Config struct {
 	// its heartbeats did not go out) re-places every call the moment it is back, since the
 	// routers and workers may have let them go meanwhile; 0 leaves it to the routers' notices.
 	StrandedAfter time.Duration
+	// PublishConns is how many NATS connections the node publishes frames on, its own among
+	// them (0 or 1: only its own). nats-server caches subject matches per publishing
+	// connection, 512 subjects (256 two-leg calls): above that one connection misses the cache
+	// on nearly every frame. Each call takes the least-loaded connection when it starts and
+	// keeps it for life (docs/architecture.md, "Concurrency").
+	PublishConns int
 }
+
+// MaxPublishConns bounds Config.PublishConns.
+const MaxPublishConns = 64
 
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
@@ -41,6 +50,7 @@ func DefaultConfig() Config {
 		DrainTimeout:      30 * time.Second,
 		MaxPause:          10 * time.Minute,
 		StrandedAfter:     3 * time.Second,
+		PublishConns:      1,
 	}
 }
 
@@ -66,6 +76,9 @@ func (c *Config) Validate() error {
 	}
 	if c.StrandedAfter < 0 {
 		errs = append(errs, fmt.Errorf("ingest: stranded-after %v must not be negative (0: off)", c.StrandedAfter))
+	}
+	if c.PublishConns < 0 || c.PublishConns > MaxPublishConns {
+		errs = append(errs, fmt.Errorf("ingest: -nats-publish-conns %d must be between 1 and %d (0 counts as 1: the node's own connection only)", c.PublishConns, MaxPublishConns))
 	}
 	if c.PlaceAttempts < 1 {
 		errs = append(errs, fmt.Errorf("ingest: place attempts %d must be at least 1", c.PlaceAttempts))

@@ -80,6 +80,7 @@ type Source interface {
 type Node struct {
 	cfg    Config
 	nc     *nats.Conn
+	pubs   []*pubConn // the connections frames go on: nc first, then Config.PublishConns-1 more
 	log    zerolog.Logger
 	m      *metrics
 	health *obs.Health
@@ -100,11 +101,19 @@ type Deps struct {
 	Log      zerolog.Logger
 	Registry prometheus.Registerer
 	Health   *obs.Health
+	// Dial opens the node's i-th extra connection for frames (i from 1), with the node's
+	// identity; needed when Config.PublishConns > 1.
+	Dial func(i int) (*nats.Conn, error)
 }
 
-// New validates cfg and builds a node; it does no I/O.
+// New validates cfg and builds a node; its only I/O is opening the extra publishing
+// connections (Config.PublishConns), which Close closes.
 func New(cfg Config, d Deps) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	pubs, err := dialPublishConns(cfg, d.NC, d.Dial)
+	if err != nil {
 		return nil, err
 	}
 	if d.Registry == nil {
@@ -113,8 +122,12 @@ func New(cfg Config, d Deps) (*Node, error) {
 	if d.Health == nil {
 		d.Health = &obs.Health{}
 	}
-	return &Node{cfg: cfg, nc: d.NC, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
-		health: d.Health, calls: map[session.ID]*Call{}, states: wire.NewIngestStates(cfg.ID)}, nil
+	n := &Node{cfg: cfg, nc: d.NC, pubs: pubs, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
+		health: d.Health, calls: map[session.ID]*Call{}, states: wire.NewIngestStates(cfg.ID)}
+	if len(pubs) > 1 {
+		d.Health.AddReadyCheck("nats_publish", n.extraConnected)
+	}
+	return n, nil
 }
 
 // ID returns the node id.
@@ -181,6 +194,7 @@ func (n *Node) Run(ctx context.Context) error {
 			n.drain()
 			n.g.Close()
 			n.heartbeat()
+			closeExtra(n.pubs) // every call has ended
 			return nil
 		}
 	}
@@ -195,7 +209,7 @@ func (n *Node) absence() func() {
 	last := time.Now() // monotonic: a wall-clock step is not an absence
 	return func() {
 		now := time.Now()
-		if bus.Connected(n.nc) != nil || n.paused.Load() {
+		if n.connected() != nil || n.paused.Load() {
 			return
 		}
 		away := now.Sub(last)
@@ -244,6 +258,7 @@ func (n *Node) Close() {
 		c.End("ingest_shutdown")
 	}
 	n.g.Close()
+	closeExtra(n.pubs)
 }
 
 // Pause injects a fault for tests and drills: while paused the node publishes nothing (no frames,
@@ -274,6 +289,7 @@ func (n *Node) remove(c *Call) {
 	n.mu.Lock()
 	if n.calls[c.spec.ID] == c {
 		delete(n.calls, c.spec.ID)
+		c.pub.calls--
 	}
 	n.m.calls.Set(float64(len(n.calls)))
 	n.mu.Unlock()
@@ -297,6 +313,7 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 		return nil, ErrDuplicate
 	}
 	n.calls[spec.ID] = c // owned from now on, so heartbeats can list it once placed
+	n.assignConn(c)
 	n.m.calls.Set(float64(len(n.calls)))
 	n.mu.Unlock()
 
@@ -325,7 +342,7 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 				return nil, ErrEnded
 			}
 			n.m.starts.WithLabelValues("placed").Inc()
-			c.log.Info().Any("placements", rep.Placements).Int("attempt", attempt).Msg("call placed")
+			c.log().Info().Any("placements", rep.Placements).Int("attempt", attempt).Msg("call placed")
 			n.event(c, epoch, "start", map[string]any{"ingest": n.cfg.ID, "legs": spec.Legs, "meta": spec.Meta})
 			return c, nil
 		}
@@ -359,8 +376,7 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 
 // newCall builds a call for a valid spec, with its legs' rings, not yet owned or placed.
 func (n *Node) newCall(spec session.Spec) *Call {
-	c := &Call{n: n, spec: spec, done: make(chan struct{}), lastMedia: time.Now().UnixNano()}
-	c.log = n.log.Hook(callFields{c})
+	c := &Call{n: n, pub: n.pubs[0], spec: spec, done: make(chan struct{}), lastMedia: time.Now().UnixNano()}
 	c.legs = c.inline[:0]
 	if len(spec.Legs) > len(c.inline) {
 		c.legs = make([]leg, 0, len(spec.Legs))
@@ -391,7 +407,7 @@ func (n *Node) newCall(spec session.Spec) *Call {
 func (n *Node) releasePlacements(c *Call, epoch uint32, ps []wire.Placement) {
 	for _, p := range ps {
 		rel := wire.Release{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: epoch, Reason: "ended while placing"}
-		_ = bus.Publish(n.nc, subjects.WorkerVerb(p.Worker, subjects.WorkerVerbRelease), rel)
+		_ = bus.Publish(c.pub.nc, subjects.WorkerVerb(p.Worker, subjects.WorkerVerbRelease), rel) // after the call's frames
 	}
 }
 
@@ -474,5 +490,6 @@ func (n *Node) event(c *Call, epoch uint32, kind string, data any) {
 	if n.paused.Load() {
 		return
 	}
-	_ = bus.PublishEvent(n.nc, wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: epoch, Source: "ingest/" + n.cfg.ID}, data)
+	// On the call's own connection, so that its "end" cannot overtake its last frames.
+	_ = bus.PublishEvent(c.pub.nc, wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: epoch, Source: "ingest/" + n.cfg.ID}, data)
 }

@@ -150,11 +150,11 @@ func (c *Call) setPaused(src PauseSource, on bool, reason, by string, now time.T
 	epoch := c.epoch
 	if on {
 		c.n.m.pauses.WithLabelValues("paused").Inc()
-		c.log.Info().Str("reason", reason).Str("by", by).Stringer("source", src).Msg("call paused")
+		c.log().Info().Str("reason", reason).Str("by", by).Stringer("source", src).Msg("call paused")
 		c.n.event(c, epoch, "paused", map[string]any{"reason": reason, "by": by, "source": src.String(), "until": rep.Until.UTC(), "seq": rep.Seq})
 	} else {
 		c.n.m.pauses.WithLabelValues("resumed").Inc()
-		c.log.Info().Str("reason", reason).Str("by", by).Stringer("source", src).Dur("held", held).Msg("call resumed")
+		c.log().Info().Str("reason", reason).Str("by", by).Stringer("source", src).Dur("held", held).Msg("call resumed")
 		c.n.event(c, epoch, "resumed", map[string]any{"reason": reason, "by": by, "source": src.String(), "paused_ms": held.Milliseconds(), "seq": rep.Seq})
 	}
 	return rep

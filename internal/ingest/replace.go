@@ -96,7 +96,7 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 		if err == nil && rep.OK {
 			if c.setPlacement(epoch, rep.Placements) {
 				n.m.replacements.WithLabelValues(replaceReasonLabel(reason)).Inc()
-				c.log.Info().Str("from", worker).Any("placements", rep.Placements).Uint32("epoch", epoch).Str("reason", reason).
+				c.log().Info().Str("from", worker).Any("placements", rep.Placements).Uint32("epoch", epoch).Str("reason", reason).
 					Dur("took", time.Since(start)).Msg("call re-placed")
 				n.event(c, epoch, "replaced", map[string]any{"from": worker, "placements": rep.Placements, "reason": reason})
 			} else {
@@ -124,11 +124,11 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 			retake = true
 		}
 		if time.Now().Add(wait).After(deadline) {
-			c.log.Error().Err(err).Int("attempt", attempt).Str("reason", reason).
+			c.log().Error().Err(err).Int("attempt", attempt).Str("reason", reason).
 				Msg("re-placement still failing; leaving it to the routers' reconciliation")
 			return err
 		}
-		c.log.Warn().Err(err).Int("attempt", attempt).Str("reason", reason).Dur("wait", wait).Msg("re-placement failed; retrying")
+		c.log().Warn().Err(err).Int("attempt", attempt).Str("reason", reason).Dur("wait", wait).Msg("re-placement failed; retrying")
 		timer := time.NewTimer(wait)
 		select {
 		case <-c.done:
@@ -171,7 +171,7 @@ func (n *Node) startReplace(c *Call, worker, reason string, resume []session.Leg
 	}
 	ok := n.g.Go(func() {
 		defer c.replacing.Add(-1)
-		defer guard.Recover("ingest_replace", c.log, nil)
+		defer guard.Recover("ingest_replace", *c.log(), nil)
 		err := c.replace(worker, reason, resume)
 		if then != nil {
 			then(err)
@@ -263,7 +263,7 @@ func (n *Node) onPlace(m *nats.Msg) {
 		}
 	}
 	if fromRouter {
-		c.log.Warn().Str("worker_id", req.Worker).Str("reason", reason).Uint32("at_epoch", req.Epoch).Msg("router reports the placement stranded")
+		c.log().Warn().Str("worker_id", req.Worker).Str("reason", reason).Uint32("at_epoch", req.Epoch).Msg("router reports the placement stranded")
 	}
 	if !n.startReplace(c, req.Worker, reason, resume, fromRouter, then) {
 		fail(wire.CodeDraining, "ingest is shutting down")

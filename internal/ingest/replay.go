@@ -88,10 +88,12 @@ func (n *Node) onReplay(m *nats.Msg) {
 			reply.Data = out
 			reply.Header.Set(wire.ReplayNextHeader, wire.ReplayNext(r.Leg, next))
 			n.m.replays.Inc()
+			n.flushFrames(c)
 			_ = m.RespondMsg(reply)
 			return
 		}
 	}
 	n.m.replays.Inc()
+	n.flushFrames(c)
 	_ = m.Respond(out)
 }

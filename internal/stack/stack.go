@@ -122,7 +122,10 @@ func Start(cfg Config) (*Stack, error) {
 		s.Close()
 		return nil, err
 	}
-	s.Ingest, err = ingest.New(cfg.Ingest, ingest.Deps{NC: nc, Log: cfg.Log, Registry: prometheus.WrapRegistererWith(prometheus.Labels{"ingest": cfg.Ingest.ID}, s.reg), Health: s.Health})
+	dial := func(int) (*nats.Conn, error) { // Config.Ingest.PublishConns: the same identity and name
+		return s.Connect(natsauth.RoleIngest, "", cfg.Ingest.ID)
+	}
+	s.Ingest, err = ingest.New(cfg.Ingest, ingest.Deps{NC: nc, Log: cfg.Log, Registry: prometheus.WrapRegistererWith(prometheus.Labels{"ingest": cfg.Ingest.ID}, s.reg), Health: s.Health, Dial: dial})
 	if err != nil {
 		s.Close()
 		return nil, err

@@ -35,18 +35,24 @@ import (
 // (a supported deployment, here in one process): nats-server caches the subscriptions matching
 // a subject per publishing connection, up to 512 subjects, and one ingest publishing both legs
 // of 1,000 calls (2,000 subjects) misses that cache on nearly every frame; 4 ingests of 250
-// calls (500 subjects each) hit it. docs/loadtest.md, "The server's subject cache".
+// calls (500 subjects each) hit it. conns > 1 is the same fix inside one ingest node: it
+// publishes the calls' frames on that many connections (-nats-publish-conns).
+// docs/loadtest.md, "The server's subject cache".
 func BenchmarkFrameCPU(b *testing.B) {
-	for _, tc := range []struct{ calls, ingests int }{{500, 1}, {1000, 1}, {1000, 2}, {1000, 4}} {
-		b.Run(fmt.Sprintf("calls=%d/ingests=%d", tc.calls, tc.ingests), func(b *testing.B) {
+	for _, tc := range []struct{ calls, ingests, conns int }{{500, 1, 1}, {1000, 1, 1}, {1000, 2, 1}, {1000, 4, 1}, {1000, 1, 4}} {
+		name := fmt.Sprintf("calls=%d/ingests=%d", tc.calls, tc.ingests)
+		if tc.conns > 1 {
+			name = fmt.Sprintf("calls=%d/conns=%d", tc.calls, tc.conns)
+		}
+		b.Run(name, func(b *testing.B) {
 			for range b.N {
-				benchFrameCPU(b, tc.calls, tc.ingests, time.Second, 8*time.Second)
+				benchFrameCPU(b, tc.calls, tc.ingests, tc.conns, time.Second, 8*time.Second)
 			}
 		})
 	}
 }
 
-func benchFrameCPU(b *testing.B, calls, ingests int, warm, window time.Duration) {
+func benchFrameCPU(b *testing.B, calls, ingests, conns int, warm, window time.Duration) {
 	const tenant = "cpu"
 	wc := worker.DefaultConfig()
 	wc.Processors = []string{"accounting", probe.ProcessorName}
@@ -55,7 +61,9 @@ func benchFrameCPU(b *testing.B, calls, ingests int, warm, window time.Duration)
 	// The queue bounds stay the defaults: larger channels would hold more heap and so change how
 	// often the collector runs. A worker's backpressure drops fail the run.
 	wc.MaxFrameAge, wc.LagThreshold = time.Minute, time.Minute
-	st, err := stack.Start(stack.Config{Workers: 2, Worker: wc, Log: testLog(b)})
+	ic := ingest.DefaultConfig()
+	ic.ID, ic.PublishConns = "ingest-1", conns
+	st, err := stack.Start(stack.Config{Workers: 2, Worker: wc, Ingest: ic, Log: testLog(b)})
 	if err != nil {
 		b.Fatal(err)
 	}

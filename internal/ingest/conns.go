@@ -1,0 +1,93 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/nats-io/nats.go"
+)
+
+// flushTimeout bounds the wait for a call's frames to reach the server before a message that
+// must not overtake them goes out on another connection (a replay answer).
+const flushTimeout = time.Second
+
+// pubConn is one of the connections the node publishes frames on: its own (the first) or one
+// of the extra ones it opened (Config.PublishConns).
+type pubConn struct {
+	nc    *nats.Conn
+	calls int // calls owned on it; under Node.mu
+}
+
+// dialPublishConns returns the node's publishing connections: its own, then cfg.PublishConns-1
+// more from dial, all with the node's identity.
+func dialPublishConns(cfg Config, own *nats.Conn, dial func(i int) (*nats.Conn, error)) ([]*pubConn, error) {
+	pubs := []*pubConn{{nc: own}}
+	if cfg.PublishConns > 1 && dial == nil {
+		return nil, fmt.Errorf("ingest: -nats-publish-conns %d: the node has no way to open more connections", cfg.PublishConns)
+	}
+	for i := 1; i < cfg.PublishConns; i++ {
+		nc, err := dial(i)
+		if err != nil {
+			closeExtra(pubs)
+			return nil, fmt.Errorf("ingest: -nats-publish-conns: connection %d: %w", i+1, err)
+		}
+		pubs = append(pubs, &pubConn{nc: nc})
+	}
+	return pubs, nil
+}
+
+// closeExtra flushes and closes the connections the node opened itself (not its own).
+func closeExtra(pubs []*pubConn) {
+	for _, p := range pubs[1:] {
+		_ = p.nc.FlushTimeout(flushTimeout)
+		p.nc.Close()
+	}
+}
+
+// assignConn gives c the connection with the fewest calls; c keeps it for life, so its frames
+// stay in order. Must hold n.mu, with c entering n.calls.
+func (n *Node) assignConn(c *Call) {
+	best := n.pubs[0]
+	for _, p := range n.pubs[1:] {
+		if p.calls < best.calls {
+			best = p
+		}
+	}
+	best.calls++
+	c.pub = best
+}
+
+// extraConnected reports nil when every extra publishing connection is connected: a call whose
+// frames go on one that is down loses them, so the node is not ready and not back from an
+// absence until all are.
+func (n *Node) extraConnected() error {
+	var errs []error
+	for i, p := range n.pubs[1:] {
+		if err := bus.Connected(p.nc); err != nil {
+			errs = append(errs, fmt.Errorf("publish connection %d: %w", i+2, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// connected reports nil when the node's own connection and every publishing one are connected.
+func (n *Node) connected() error {
+	if err := bus.Connected(n.nc); err != nil {
+		return err
+	}
+	return n.extraConnected()
+}
+
+// flushFrames waits until the server has c's frames published so far when they go on another
+// connection than the node's own, so that a message for c sent next on the node's own (a replay
+// answer: a reply must go out on the connection that got the request) cannot overtake them.
+func (n *Node) flushFrames(c *Call) {
+	if c.pub == n.pubs[0] {
+		return
+	}
+	if err := c.pub.nc.FlushTimeout(flushTimeout); err != nil {
+		c.log().Warn().Err(err).Msg("frames not flushed before a replay answer")
+	}
+}

@@ -1,0 +1,335 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/frame"
+	"github.com/callrouter/callrouter/internal/obs"
+	"github.com/callrouter/callrouter/internal/session"
+	"github.com/callrouter/callrouter/internal/subjects"
+	"github.com/callrouter/callrouter/internal/wire"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// connsNode runs a node publishing frames on conns connections on an embedded server, with a
+// stand-in router that places every call on worker w1. It returns the node, its health, the
+// server, a client connection and the extra connections the node dialled (which never
+// reconnect, so that a test can cut one).
+func connsNode(t *testing.T, conns int) (*Node, *obs.Health, *server.Server, *nats.Conn, func() []*nats.Conn) {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(srv.Shutdown)
+	connect := func(opts ...nats.Option) (*nats.Conn, error) {
+		nc, err := nats.Connect(srv.ClientURL(), opts...)
+		if err == nil {
+			t.Cleanup(nc.Close)
+		}
+		return nc, err
+	}
+	client, err := connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Subscribe(subjects.Place, func(m *nats.Msg) {
+		var req wire.PlaceRequest
+		_ = json.Unmarshal(m.Data, &req)
+		bus.Respond(m, wire.PlaceReply{Reply: wire.OK(), Epoch: req.Epoch, Placements: []wire.Placement{{Pool: "default", Worker: "w1"}}})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	own, err := connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var extra []*nats.Conn
+	dial := func(int) (*nats.Conn, error) {
+		nc, err := connect(nats.ReconnectWait(time.Hour))
+		if err == nil {
+			mu.Lock()
+			extra = append(extra, nc)
+			mu.Unlock()
+		}
+		return nc, err
+	}
+	cfg := DefaultConfig()
+	cfg.ID = "in-1"
+	cfg.PublishConns = conns
+	h := &obs.Health{}
+	n, err := New(cfg, Deps{NC: own, Log: zerolog.Nop(), Health: h, Dial: dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		for _, c := range n.Calls() {
+			c.End("test over")
+		}
+		cancel()
+		<-done
+		n.Close()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for h.ReadyErr() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("node not ready: %v", h.ReadyErr())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return n, h, srv, client, func() []*nats.Conn {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]*nats.Conn(nil), extra...)
+	}
+}
+
+func twoLegSpec(call string) session.Spec {
+	return session.Spec{ID: session.ID{Tenant: "acme", Call: call}, Legs: []session.Leg{
+		{Index: 0, Name: "caller", Codec: frame.CodecPCMU, Rate: 8000}, {Index: 1, Name: "agent", Codec: frame.CodecPCMU, Rate: 8000}}}
+}
+
+func TestPublishConnsValidation(t *testing.T) {
+	for _, conns := range []int{-1, MaxPublishConns + 1} {
+		cfg := DefaultConfig()
+		cfg.ID, cfg.PublishConns = "in-1", conns
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "-nats-publish-conns") {
+			t.Errorf("PublishConns %d: %v, want an error naming -nats-publish-conns", conns, err)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.ID, cfg.PublishConns = "in-1", 2
+	if _, err := New(cfg, Deps{Log: zerolog.Nop()}); err == nil || !strings.Contains(err.Error(), "-nats-publish-conns") {
+		t.Errorf("2 connections and no Dial: %v, want an error naming -nats-publish-conns", err)
+	}
+}
+
+// Calls take the least-loaded connection and keep it; an ended call's place is taken next.
+func TestCallsSpreadOverPublishConns(t *testing.T) {
+	n, _, srv, _, extra := connsNode(t, 3)
+	if len(extra()) != 2 {
+		t.Fatalf("%d extra connections dialled, want 2", len(extra()))
+	}
+	if got := srv.NumClients(); got != 4 { // the client, the node's own and 2 extra
+		t.Fatalf("server has %d clients, want 4", got)
+	}
+	var cs []*Call
+	for i := range 6 {
+		c, err := n.StartCall(context.Background(), twoLegSpec(fmt.Sprintf("c%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	load := func() []int {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		var out []int
+		for _, p := range n.pubs {
+			out = append(out, p.calls)
+		}
+		return out
+	}
+	if got := fmt.Sprint(load()); got != "[2 2 2]" {
+		t.Fatalf("calls per connection %s, want [2 2 2]", got)
+	}
+	if cs[0].pub == cs[1].pub || cs[1].pub == cs[2].pub || cs[0].pub == cs[2].pub {
+		t.Fatal("three calls in a row share a connection")
+	}
+	freed := cs[4].pub
+	cs[4].End("hangup")
+	if got := fmt.Sprint(load()); got == "[2 2 2]" {
+		t.Fatalf("calls per connection %s after an end", got)
+	}
+	c, err := n.StartCall(context.Background(), twoLegSpec("c-next"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.pub != freed {
+		t.Fatal("a new call did not take the least-loaded connection")
+	}
+}
+
+// Every call's "end" event reaches a subscriber after all of its frames, its last ones
+// included, although the frames go on other connections than the node's own.
+func TestEndEventNeverOvertakesFrames(t *testing.T) {
+	n, _, _, _, _ := connsNode(t, 4)
+	const calls, frames = 24, 60
+	w, err := nats.Connect(n.nc.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ch := make(chan *nats.Msg, calls*(2*frames+8))
+	for _, subj := range []string{"audio.acme.>", "events.acme.>"} {
+		if _, err := w.ChanSubscribe(subj, ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	cs := make([]*Call, calls)
+	for i := range cs {
+		if cs[i], err = n.StartCall(context.Background(), twoLegSpec(fmt.Sprintf("c%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	payload := make([]byte, 160)
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range frames {
+				for leg := range 2 {
+					_ = c.Send(leg, payload, 0)
+				}
+			}
+			c.End("hangup")
+		}()
+	}
+	wg.Wait()
+	seen := map[string]int{}
+	ended := 0
+	deadline := time.After(20 * time.Second)
+	for ended < calls {
+		select {
+		case m := <-ch:
+			tok := strings.Split(m.Subject, ".")
+			switch tok[0] {
+			case "audio":
+				seen[tok[2]]++
+			case "events":
+				if tok[3] != "end" {
+					continue
+				}
+				ended++
+				if got := seen[tok[2]]; got != 2*(frames+1) {
+					t.Errorf("call %s: end event after %d of its %d frames", tok[2], got, 2*(frames+1))
+				}
+			}
+		case <-deadline:
+			t.Fatalf("%d of %d end events in time", ended, calls)
+		}
+	}
+}
+
+// A publishing connection that is down makes the node unready and counts as not connected for
+// the absence check; Close closes the connections the node opened.
+func TestPublishConnDownMakesNodeUnready(t *testing.T) {
+	n, h, srv, _, extra := connsNode(t, 2)
+	if err := n.connected(); err != nil {
+		t.Fatalf("connected before the cut: %v", err)
+	}
+	nc := extra()[0]
+	id, err := nc.GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.DisconnectClientByID(id); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for h.ReadyErr() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("node still ready with its publishing connection cut")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := h.ReadyErr(); !strings.Contains(err.Error(), "publish connection 2") {
+		t.Errorf("ready error %q does not name the connection", err)
+	}
+	if n.connected() == nil {
+		t.Error("the absence check sees the node connected")
+	}
+	n.Close()
+	if !nc.IsClosed() {
+		t.Error("Close left an extra connection open")
+	}
+}
+
+// A replay answer goes out on the node's own connection (the one the request came in on) and
+// the call's frames on another: every frame an answer holds has reached the asker live before
+// the answer does.
+func TestReplayAnswerNeverOvertakesFrames(t *testing.T) {
+	n, _, _, _, _ := connsNode(t, 2)
+	if _, err := n.StartCall(context.Background(), twoLegSpec("other")); err != nil { // takes the node's own connection
+		t.Fatal(err)
+	}
+	c, err := n.StartCall(context.Background(), twoLegSpec("c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.pub == n.pubs[0] {
+		t.Fatal("the call publishes on the node's own connection")
+	}
+	w, err := nats.Connect(n.nc.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	const frames = 200 // within the ring (250 frames)
+	live := make(chan *nats.Msg, frames+8)
+	if _, err := w.ChanSubscribe(subjects.Audio("acme", "c1", "caller"), live); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		payload := make([]byte, 160)
+		for range frames {
+			_ = c.Send(0, payload, 0)
+		}
+	}()
+	seen, answers := 0, 0
+	req, _ := json.Marshal(wire.ReplayRequest{V: wire.V, Tenant: "acme", Call: "c1", Epoch: c.Epoch(), Worker: "w1",
+		Legs: []wire.LegRange{{Leg: 0, From: session.FromRingStart}}})
+	for done := false; !done; {
+		select {
+		case <-sent:
+			done = true
+		default:
+		}
+		m, err := w.Request(subjects.IngestVerb("in-1", subjects.IngestVerbReplay), req, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const size = frame.HeaderLen + 160 // a μ-law frame
+		if len(m.Data)%size != 0 {
+			t.Fatalf("answer %d: %d bytes (%q), not whole frames", answers, len(m.Data), m.Data)
+		}
+		got := len(m.Data) / size
+		for len(live) > 0 { // what the connection's reader delivered before the answer
+			<-live
+			seen++
+		}
+		if got > seen {
+			t.Fatalf("answer %d holds %d frames, %d of them seen live before it", answers, got, seen)
+		}
+		answers++
+	}
+}
