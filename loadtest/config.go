@@ -84,7 +84,11 @@ type Config struct {
 	// Ingests is how many publishing connections carry the frames, the calls spread over them in
 	// turn: mode inproc's ingest nodes in this process (each with its own NATS connection), and
 	// the baseline's and the floor's publishers.
-	Ingests        int
+	Ingests int
+	// PublishConns is the in-process ingest node's publishing connections (ingest's
+	// -nats-publish-conns): its calls spread over them; the baseline and the floor publish
+	// through as many connections, like for like.
+	PublishConns   int
 	WorkerCapacity int // in-process stack: calls per worker (0: enough for Calls, plus a margin)
 	// Secure runs the in-process stack's NATS as in production: TLS, and every component (and
 	// the tester, for the baseline) signed in with its own least-privilege identity.
@@ -122,6 +126,7 @@ func DefaultConfig() Config {
 		Tenant:           "loadtest",
 		Workers:          2,
 		Ingests:          1,
+		PublishConns:     1,
 		Tick:             time.Millisecond,
 		StartConcurrency: 64,
 		Settle:           15 * time.Second,
@@ -270,6 +275,12 @@ func (c *Config) checkTester(p *problems) {
 	}
 	if c.Ingests > 1 && (c.NATSURL != "" || c.Mode != ModeInproc && c.Mode != ModeBaseline) {
 		p.add("ingests %d: only mode inproc on the in-process stack runs more than one ingest node", c.Ingests)
+	}
+	if c.PublishConns < 1 || c.PublishConns > 64 {
+		p.add("publish-conns %d: want 1 to 64", c.PublishConns)
+	}
+	if c.PublishConns > 1 && (c.NATSURL != "" || c.Ingests > 1) {
+		p.add("publish-conns %d: only the in-process stack's one ingest node (no -nats, no -ingests) takes more than one", c.PublishConns)
 	}
 	if c.WorkerCapacity < 0 {
 		p.add("worker-capacity %d: want 0 (auto) or positive", c.WorkerCapacity)

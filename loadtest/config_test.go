@@ -32,6 +32,22 @@ func TestP99RatioBarCanFail(t *testing.T) {
 
 // -ingests takes at least one node, and more only where the tester runs the ingest nodes: mode
 // inproc (and the raw phases) on the in-process stack.
+func TestPublishConnsFlag(t *testing.T) {
+	for _, tc := range []struct {
+		nats           string
+		conns, ingests int
+		bad            bool
+	}{{"", 1, 1, false}, {"", 4, 1, false}, {"", 0, 1, true}, {"", 65, 1, true},
+		{"nats://127.0.0.1:4222", 2, 1, true}, {"", 2, 2, true}} {
+		c := DefaultConfig()
+		c.Inputs, c.NATSURL, c.PublishConns, c.Ingests = []string{"x.wav"}, tc.nats, tc.conns, tc.ingests
+		err := c.Validate()
+		if bad := err != nil && strings.Contains(err.Error(), "publish-conns"); bad != tc.bad {
+			t.Errorf("nats %q, publish-conns %d, ingests %d: %v; want refused %v", tc.nats, tc.conns, tc.ingests, err, tc.bad)
+		}
+	}
+}
+
 func TestIngestsFlag(t *testing.T) {
 	for _, tc := range []struct {
 		mode, nats string

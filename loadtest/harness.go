@@ -24,6 +24,7 @@ type LocalConfig struct {
 	Legs           int    // the most legs of any call
 	Workers        int    // in-process workers
 	Ingests        int    // ModeInproc on the in-process stack: ingest nodes, the calls spread over them
+	PublishConns   int    // the in-process stack's ingest node: NATS connections its frames go on
 	WorkerCapacity int    // calls per in-process worker (0: enough for Calls, plus a margin)
 	Secure         bool   // TLS and per-role NATS permissions, as in production (Config.Secure)
 	Log            zerolog.Logger

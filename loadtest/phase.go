@@ -140,14 +140,15 @@ func (r *runner) floorTarget(col *Collector) (*floorTarget, error) {
 	return newFloorTarget(pubs, subs, r.cfg.Tenant, col, BaselinePendingMsgs, r.cfg.Calls)
 }
 
-// publishers connects the raw phases' publishers, one per ingest node of the callrouter phase
-// (-ingests): the same number of publishing connections on both sides, since nats-server caches
-// subject matches per publishing connection.
+// publishers connects the raw phases' publishers, one per publishing connection of the
+// callrouter phase (-ingests nodes, -publish-conns each): the same number on both sides, since
+// nats-server caches subject matches per publishing connection.
 func (r *runner) publishers(name string) ([]*nats.Conn, error) {
 	var pubs []*nats.Conn
-	for i := range max(1, r.cfg.Ingests) {
+	k := max(1, r.cfg.Ingests) * max(1, r.cfg.PublishConns)
+	for i := range k {
 		n := name
-		if r.cfg.Ingests > 1 {
+		if k > 1 {
 			n = fmt.Sprintf("%s %d", name, i+1)
 		}
 		nc, err := r.dial(n)

@@ -91,3 +91,6 @@ func (n *Node) flushFrames(c *Call) {
 		c.log().Warn().Err(err).Msg("frames not flushed before a replay answer")
 	}
 }
+
+// PublishConns returns how many NATS connections the node publishes frames on (Config.PublishConns).
+func (n *Node) PublishConns() int { return len(n.pubs) }

@@ -52,7 +52,8 @@ func startStack(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local,
 	if wc.Capacity == 0 {
 		wc.Capacity = (cfg.Calls+cfg.Workers-1)/cfg.Workers + cfg.Calls/10 + 10
 	}
-	sc := stack.Config{Workers: cfg.Workers, Worker: wc, Log: cfg.StackLog}
+	sc := stack.Config{Workers: cfg.Workers, Worker: wc, Log: cfg.StackLog, Ingest: ingest.DefaultConfig()}
+	sc.Ingest.PublishConns = max(1, cfg.PublishConns)
 	var opts []nats.Option
 	cleanup := func() {}
 	if cfg.Secure {
