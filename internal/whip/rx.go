@@ -165,12 +165,19 @@ func (s *Server) stunIn(b []byte, from netip.AddrPort, m *stun.Message) {
 		if integrity.Check(m) != nil || (m.Contains(stun.AttrFingerprint) && stun.Fingerprint.Check(m) != nil) {
 			return
 		}
-		s.checked(sess, from, m.Contains(stun.AttrUseCandidate))
+		nominate := m.Contains(stun.AttrUseCandidate)
+		first := s.checked(sess, from, nominate)
 		ip := from.Addr().Unmap()
 		res, err := stun.Build(stun.NewTransactionIDSetter(m.TransactionID), stun.BindingSuccess,
 			&stun.XORMappedAddress{IP: ip.AsSlice(), Port: int(from.Port())}, integrity, stun.Fingerprint)
 		if err == nil {
 			_, _ = s.udp.WriteToUDPAddrPort(res.Raw, from)
+		}
+		if first && !nominate {
+			// A controlling agent nominates a pair that has succeeded when the other side checks
+			// it (pion does so at once; otherwise at its next check, 200 ms later): the first
+			// consent check goes out now rather than one keepalive from now.
+			sess.consent()
 		}
 	case stun.ClassSuccessResponse:
 		if sess := s.sessionAt(from); sess != nil && stun.NewShortTermIntegrity(sess.t.remote.pwd).Check(m) == nil {
@@ -180,8 +187,9 @@ func (s *Server) stunIn(b []byte, from netip.AddrPort, m *stun.Message) {
 }
 
 // checked records a valid check from the peer at from: the address is the session's from now on
-// (up to maxAddrs), and the path once nominated (USE-CANDIDATE) or while there is none.
-func (s *Server) checked(sess *session, from netip.AddrPort, nominate bool) {
+// (up to maxAddrs), and the path once nominated (USE-CANDIDATE) or while there is none. It
+// reports whether this check gave the session its first path.
+func (s *Server) checked(sess *session, from netip.AddrPort, nominate bool) (first bool) {
 	t := &sess.t
 	t.lastRecv.Store(time.Now().UnixNano())
 	s.rmu.Lock()
@@ -193,8 +201,9 @@ func (s *Server) checked(sess *session, from netip.AddrPort, nominate bool) {
 	s.rmu.Unlock()
 	if mine && (nominate || t.sel.Load() == nil) {
 		t.sel.Store(&from)
-		t.nomOnce.Do(func() { close(t.nominated) })
+		t.nomOnce.Do(func() { close(t.nominated); first = true })
 	}
+	return first
 }
 
 // send writes b to the peer's path.
