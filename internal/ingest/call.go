@@ -53,7 +53,7 @@ type Call struct {
 	legs        []leg    // inline[:k] for a call of k <= 2 legs
 	inline      [2]leg   // the legs of most calls, next to the call's state
 
-	nudge atomic.Pointer[chan renotice] // while a re-placement runs: later notices wake it (replace.go)
+	nudge atomic.Pointer[chan struct{}] // while a re-placement runs: later notices wake it (replace.go)
 }
 
 // callFields adds the call's tenant, id and first epoch to every event its logger writes. A

@@ -45,9 +45,6 @@ func failover(reason string) bool {
 	return false
 }
 
-// renotice is a re-placement notice that arrived while a re-placement of the call was running.
-type renotice struct{ worker, reason string }
-
 // retakes reports whether a re-placement for reason may offer the call to the worker it leaves:
 // one that is alive and merely lost the call (the ingest stalled, a message was lost) may take it
 // again.
@@ -70,7 +67,7 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 	c.placing.Lock()
 	defer c.placing.Unlock()
 	n := c.n
-	nudge := make(chan renotice, 1)
+	nudge := make(chan struct{}, 1)
 	c.nudge.Store(&nudge)
 	defer c.nudge.Store(nil)
 	retake := retakes(reason)
@@ -135,13 +132,11 @@ func (c *Call) replace(worker, reason string, resume []session.LegSeq) error {
 			timer.Stop()
 			return ErrEnded
 		case <-timer.C:
-		case nt := <-nudge:
+		case <-nudge:
 			// The placement is still stranded: try again now, but no sooner than the first
-			// backoff after this attempt, however many notices come.
+			// backoff after this attempt, however many notices come. (A failover already may
+			// offer the call to the worker it left; a migration still keeps it off.)
 			timer.Stop()
-			if failover(reason) && nt.worker == worker && retakes(nt.reason) {
-				retake = true // a migration still keeps the call off the worker it leaves
-			}
 			if rest := replaceBackoff - time.Since(start); rest > 0 {
 				select {
 				case <-c.done:
@@ -163,7 +158,7 @@ func (n *Node) startReplace(c *Call, worker, reason string, resume []session.Leg
 		c.replacing.Add(-1)
 		if p := c.nudge.Load(); p != nil {
 			select {
-			case *p <- renotice{worker, reason}:
+			case *p <- struct{}{}:
 			default: // one is pending already
 			}
 		}
