@@ -25,6 +25,13 @@ type ticker interface {
 	tick(now time.Time)
 }
 
+// batchedCall is implemented by call handles whose packets the shard playing them gathers and
+// sends together (the SIP mode's shared RTP socket): the shard lends them its batches once and
+// flushes them after every tick.
+type batchedCall interface {
+	useBatch(tx *rtpBatches)
+}
+
 // pacer plays many calls from a few goroutines: each shard owns a set of streams and, on every
 // tick, sends the frames that have come due. One shard loop per core replaces a goroutine and a
 // timer per leg; the calls' phases stay where their setup put them, so the load is spread across
@@ -43,6 +50,13 @@ type pacer struct {
 	lateNS     atomic.Int64 // worst tick lateness seen, for the report
 }
 
+// lateBuckets are the pacer's lateness histogram: how long after its due time each frame's
+// packets were handed to the kernel (after the tick's batch went out), in lateStep buckets.
+const (
+	lateStep    = 100 * time.Microsecond
+	lateBuckets = 1000 // the last one holds everything from 99.9 ms on
+)
+
 type pshard struct {
 	p      *pacer
 	mu     sync.Mutex
@@ -50,6 +64,11 @@ type pshard struct {
 	active []*stream
 	closed bool // guarded by mu: calls added from now on end at once
 	stop   chan struct{}
+	tx     rtpBatches // the shard goroutine's own
+
+	lateMu sync.Mutex
+	late   [lateBuckets]int64 // frames by lateness (lateStep buckets)
+	dues   []int64            // due times of the frames sent in the current tick
 }
 
 func newPacer(shards int, period, tick time.Duration, col *Collector) *pacer {
@@ -112,10 +131,16 @@ func (s *pshard) run() {
 			for _, st := range s.active {
 				s.finish(st)
 			}
+			s.tx.flush()
 			return
 		case <-t.C:
 		}
 		s.mu.Lock()
+		for _, st := range s.inbox {
+			if bc, ok := st.h.(batchedCall); ok {
+				bc.useBatch(&s.tx)
+			}
+		}
 		s.active = append(s.active, s.inbox...)
 		s.inbox = s.inbox[:0]
 		s.mu.Unlock()
@@ -143,6 +168,7 @@ func (s *pshard) run() {
 					st.sent[leg]++
 					n++
 				}
+				s.dues = append(s.dues, st.due)
 				st.i++
 				st.due += period
 			}
@@ -156,11 +182,53 @@ func (s *pshard) run() {
 			}
 			i++
 		}
+		s.tx.flush()
+		s.recordLate()
 		if n > 0 {
 			s.p.sentFrames.Add(n)
 			s.p.col.sentAt(wall, n)
 		}
 	}
+}
+
+// recordLate files the frames of this tick by how late their packets went out.
+func (s *pshard) recordLate() {
+	if len(s.dues) == 0 {
+		return
+	}
+	now := s.p.now()
+	s.lateMu.Lock()
+	for _, d := range s.dues {
+		s.late[min(max(now-d, 0)/int64(lateStep), lateBuckets-1)]++
+	}
+	s.lateMu.Unlock()
+	s.dues = s.dues[:0]
+}
+
+// lateness returns the given quantiles (0..1) of how late frames went out, over every shard.
+func (p *pacer) lateness(qs ...float64) []time.Duration {
+	var h [lateBuckets]int64
+	var total int64
+	for _, s := range p.shards {
+		s.lateMu.Lock()
+		for i, n := range s.late {
+			h[i] += n
+			total += n
+		}
+		s.lateMu.Unlock()
+	}
+	out := make([]time.Duration, len(qs))
+	for k, q := range qs {
+		want, seen := int64(q*float64(total)), int64(0)
+		for i, n := range h {
+			seen += n
+			if seen > want || i == lateBuckets-1 {
+				out[k] = time.Duration(i+1) * lateStep // the bucket's upper bound
+				break
+			}
+		}
+	}
+	return out
 }
 
 func (s *pshard) finish(st *stream) {

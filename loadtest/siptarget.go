@@ -35,16 +35,41 @@ type sipTarget struct {
 	ends sync.WaitGroup // BYE transactions in flight
 	wait time.Duration  // before each BYE
 	once sync.Once
+	// shared is the one socket every leg sends its RTP from (RTPSocketShared), nil when each
+	// leg has its own.
+	shared *net.UDPConn
 
-	dropped, delayed, reordered, sent atomic.Int64
+	dropped, delayed, reordered, sent, failed atomic.Int64
 }
 
-func newSIPTarget(target, tenant string, imp Impairments, col *Collector, hangupDelay time.Duration) (*sipTarget, error) {
+// RTP sockets of the SIP mode (Config.RTPSocket).
+const (
+	RTPSocketLeg    = "leg"    // a socket (and source port) per leg, one sendto per packet
+	RTPSocketShared = "shared" // one socket for every leg, packets sent in sendmmsg batches
+)
+
+func newSIPTarget(target, tenant string, imp Impairments, col *Collector, hangupDelay time.Duration, rtpSocket string) (*sipTarget, error) {
 	u, err := newUAC(target, tenant)
 	if err != nil {
 		return nil, err
 	}
-	return &sipTarget{u: u, imp: imp, col: col, wait: hangupDelay}, nil
+	t := &sipTarget{u: u, imp: imp, col: col, wait: hangupDelay}
+	if rtpSocket == RTPSocketShared {
+		if t.shared, err = listenRTP(u.ip()); err != nil {
+			u.close()
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// listenRTP opens an RTP sending socket on ip; a shared one gets a send buffer for its batches.
+func listenRTP(ip string) (*net.UDPConn, error) {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
+	if err == nil {
+		_ = c.SetWriteBuffer(4 << 20)
+	}
+	return c, err
 }
 
 // close waits for the BYEs in flight and closes the client; it may be called more than once.
@@ -52,6 +77,9 @@ func (t *sipTarget) close() {
 	t.once.Do(func() {
 		t.ends.Wait()
 		t.u.close()
+		if t.shared != nil {
+			t.shared.Close()
+		}
 	})
 }
 
@@ -71,16 +99,9 @@ func (t *sipTarget) Start(ctx context.Context, spec session.Spec) (Call, error) 
 	if err != nil {
 		return nil, err
 	}
-	c := &sipCall{t: t, d: sipDialog{callID: spec.Call, fromTag: fmt.Sprintf("%x", rand.Uint64())}, legs: make([]*rtpLeg, len(spec.Legs))}
-	seed := t.seed.Add(1)
-	for i := range c.legs {
-		conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(t.u.ip())})
-		if err != nil {
-			c.closeSockets()
-			return nil, err
-		}
-		c.legs[i] = &rtpLeg{t: t, conn: conn, pt: pt, seq: uint16(rand.Uint32()), ts: rand.Uint32(), ssrc: rand.Uint32(),
-			rng: rand.New(rand.NewPCG(seed, uint64(i)))}
+	c, err := t.newCall(spec.Call, t.u.ip(), pt, len(spec.Legs))
+	if err != nil {
+		return nil, err
 	}
 	var body, ctype, extra string
 	if len(c.legs) == 1 {
@@ -108,6 +129,26 @@ func (t *sipTarget) Start(ctx context.Context, spec session.Spec) (Call, error) 
 	return c, nil
 }
 
+// newCall makes a call's RTP legs, each on its own socket on ip or on the shared one.
+func (t *sipTarget) newCall(callID, ip string, pt uint8, legs int) (*sipCall, error) {
+	c := &sipCall{t: t, d: sipDialog{callID: callID, fromTag: fmt.Sprintf("%x", rand.Uint64())}, legs: make([]*rtpLeg, legs)}
+	seed := t.seed.Add(1)
+	for i := range c.legs {
+		conn, own := t.shared, false
+		if conn == nil {
+			var err error
+			if conn, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)}); err != nil {
+				c.closeSockets()
+				return nil, err
+			}
+			own = true
+		}
+		c.legs[i] = &rtpLeg{t: t, conn: conn, own: own, pt: pt, seq: uint16(rand.Uint32()), ts: rand.Uint32(), ssrc: rand.Uint32(),
+			rng: rand.New(rand.NewPCG(seed, uint64(i)))}
+	}
+	return c, nil
+}
+
 // sipCall is one call's dialog and RTP streams.
 type sipCall struct {
 	t           *sipTarget
@@ -118,8 +159,18 @@ type sipCall struct {
 
 func (c *sipCall) closeSockets() {
 	for _, l := range c.legs {
-		if l != nil {
+		if l != nil && l.own {
 			l.conn.Close()
+		}
+	}
+}
+
+// useBatch makes the legs of a call on the shared socket queue their packets on the batch of
+// the pacer shard that plays the call; the shard sends the batch after each tick.
+func (c *sipCall) useBatch(tx *rtpBatches) {
+	for _, l := range c.legs {
+		if !l.own {
+			l.tx = tx.get(l.conn)
 		}
 	}
 }
@@ -182,10 +233,11 @@ func (c *sipCall) End() {
 	now := time.Now()
 	for i, l := range c.legs {
 		l.release(now, true)
-		if l.tailDropped > 0 {
+		if n := l.tailDropped + l.failed; n > 0 {
 			// Packets dropped after the last one sent leave no gap for ingest to see or fill: they
 			// are the tester's own network loss, not unaccounted frames.
-			c.t.col.injectedLoss(c.d.callID, uint8(i), l.tailDropped)
+			// A batched packet the kernel refused (fail) ends the leg, so it is at the tail too.
+			c.t.col.injectedLoss(c.d.callID, uint8(i), n)
 		}
 	}
 	c.t.hangup(c, c.t.wait)
@@ -211,6 +263,8 @@ func (t *sipTarget) hangup(c *sipCall, after time.Duration) {
 type rtpLeg struct {
 	t    *sipTarget
 	conn *net.UDPConn
+	own  bool      // conn is this leg's own (RTPSocketLeg), closed at hang-up
+	tx   *rtpBatch // the pacer shard's batch for a shared conn; nil: one sendto per packet
 	dst  *net.UDPAddr
 	pt   uint8
 	seq  uint16
@@ -222,6 +276,8 @@ type rtpLeg struct {
 	held        []byte    // reordering: sent after the next packet
 	tailDropped int64     // packets dropped since the last one that went out
 	delayed     []delayed // jitter: sent when due
+	err         error     // a batched send failed: the leg ends
+	failed      int64     // batched packets the kernel refused
 }
 
 type delayed struct {
@@ -242,6 +298,10 @@ func (l *rtpLeg) packet(dst []byte, payload []byte) []byte {
 }
 
 func (l *rtpLeg) write(p []byte) error {
+	if l.tx != nil {
+		l.tx.push(l, p)
+		return nil
+	}
 	_, err := l.conn.WriteToUDP(p, l.dst)
 	if err == nil {
 		l.t.sent.Add(1)
@@ -250,8 +310,15 @@ func (l *rtpLeg) write(p []byte) error {
 }
 
 func (l *rtpLeg) send(payload []byte, now time.Time) error {
+	if l.err != nil {
+		return l.err
+	}
 	imp := &l.t.imp
 	if !imp.any() {
+		if l.tx != nil { // the header and payload go straight into the batch's buffer
+			l.tx.push(l, l.packet(l.tx.slot(), payload))
+			return nil
+		}
 		l.buf = l.packet(l.buf, payload)
 		return l.write(l.buf)
 	}
@@ -279,6 +346,15 @@ func (l *rtpLeg) send(payload []byte, now time.Time) error {
 		l.held = nil
 	}
 	return err
+}
+
+// fail records a batched packet the kernel refused: it is the tester's loss, and the leg ends.
+func (l *rtpLeg) fail(err error) {
+	l.failed++
+	l.t.failed.Add(1)
+	if l.err == nil {
+		l.err = fmt.Errorf("loadtest: RTP send: %w", err)
+	}
 }
 
 // release sends the delayed packets that are due (all of them when flush), earliest first.
