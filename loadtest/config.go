@@ -65,6 +65,7 @@ type Config struct {
 	NATSURL   string // callrouter's NATS; empty starts a one-process stack in this process (package inproc)
 	SIP       string // SIP mode: host:port of a running SIP ingest (needs NATSURL); empty runs one in-process
 	Impair    Impairments
+	RTPSocket string // SIP mode: RTPSocketLeg (a socket per leg) or RTPSocketShared (one, batched sends)
 	WHIP      string // WHIP mode: endpoint URL of a running WHIP ingest (needs NATSURL); empty runs one in-process
 	WHIPToken string // WHIP mode: bearer token
 	// AudioHook mode: the WebSocket URL of a running AudioHook server (needs NATSURL; empty runs
@@ -123,6 +124,7 @@ func DefaultConfig() Config {
 		Speed:            1,
 		Rounds:           1,
 		HangupDelay:      200 * time.Millisecond,
+		RTPSocket:        RTPSocketLeg,
 		Tenant:           "loadtest",
 		Workers:          2,
 		Ingests:          1,
@@ -213,6 +215,9 @@ func (c *Config) checkStreams(p *problems) {
 func (c *Config) checkImpairments(p *problems) {
 	if c.Impair.any() && c.Mode != ModeSIP {
 		p.add("loss, jitter and reorder impair RTP: they need -mode sip")
+	}
+	if c.RTPSocket != RTPSocketLeg && c.RTPSocket != RTPSocketShared {
+		p.add("sip-rtp-socket %q: want %q or %q", c.RTPSocket, RTPSocketLeg, RTPSocketShared)
 	}
 	if c.HangupDelay < 0 || c.HangupDelay > 10*time.Second {
 		p.add("hangup-delay %v: want 0-10s", c.HangupDelay)

@@ -185,7 +185,7 @@ func (r *runner) reportsBack(e *phaseEnds, col *Collector) error {
 func (r *runner) callrouterTarget(e *phaseEnds, col *Collector) error {
 	switch r.cfg.Mode {
 	case ModeSIP:
-		st, err := newSIPTarget(r.sipAddr, r.cfg.Tenant, r.cfg.Impair, col, r.cfg.HangupDelay)
+		st, err := newSIPTarget(r.sipAddr, r.cfg.Tenant, r.cfg.Impair, col, r.cfg.HangupDelay, r.cfg.RTPSocket)
 		if err != nil {
 			return err
 		}
@@ -234,7 +234,7 @@ func (e *phaseEnds) finish(pc *PhaseReport) {
 	if e.sip != nil {
 		e.sip.close()
 		pc.Impairments = map[string]int64{"rtp_sent": e.sip.sent.Load(), "dropped": e.sip.dropped.Load(), "delayed": e.sip.delayed.Load(),
-			"reordered": e.sip.reordered.Load()}
+			"reordered": e.sip.reordered.Load(), "send_failed": e.sip.failed.Load()}
 	}
 	if e.whip != nil {
 		e.whip.close()
