@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -231,14 +232,16 @@ func TestSIPSendersRefusedBatchedPacket(t *testing.T) {
 	}
 }
 
-// BenchmarkSIPSenders measures the tester's own CPU per RTP packet in SIP mode: 1,000 two-leg
-// calls played in real time for 2 s to sockets nobody reads (their queues full, so the kernel
+// BenchmarkSIPSenders measures the tester's own CPU per RTP packet in SIP mode: 300 or 1,000
+// two-leg calls played in real time for 2 s to sockets nobody reads (their queues full, so the kernel
 // drops each packet at the receiver: the send path is what is measured), with a socket per leg
 // or the shared socket and its batches. It reports how late frames went out, too. Run the two
-// alternately: go test -run XXX -bench 'SIPSenders/(leg|shared)$' -count 4 ./loadtest/
+// alternately, e.g. for m in leg shared; do go test -run XXX -bench "SIPSenders/$m-1000" -benchtime 1x ./loadtest/; done
 func BenchmarkSIPSenders(b *testing.B) {
-	for _, mode := range []string{RTPSocketLeg, RTPSocketShared} {
-		b.Run(mode, func(b *testing.B) { benchSIPSenders(b, mode, 1000) })
+	for _, calls := range []int{300, 1000} {
+		for _, mode := range []string{RTPSocketLeg, RTPSocketShared} {
+			b.Run(fmt.Sprintf("%s-%d", mode, calls), func(b *testing.B) { benchSIPSenders(b, mode, calls) })
+		}
 	}
 }
 
@@ -296,5 +299,19 @@ func benchSIPSenders(b *testing.B, mode string, calls int) {
 		b.ReportMetric(float64(q[0])/1e6, "late-p50-ms")
 		b.ReportMetric(float64(q[1])/1e6, "late-p99-ms")
 		b.ReportMetric(float64(q[2])/1e6, "late-max-ms")
+	}
+}
+
+func TestRTPSocketFlag(t *testing.T) {
+	for _, tc := range []struct {
+		v   string
+		bad bool
+	}{{RTPSocketAuto, false}, {RTPSocketLeg, false}, {RTPSocketShared, false}, {"", true}, {"batched", true}} {
+		c := DefaultConfig()
+		c.Inputs, c.Mode, c.RTPSocket = []string{"x.wav"}, ModeSIP, tc.v
+		err := c.Validate()
+		if bad := err != nil && strings.Contains(err.Error(), "sip-rtp-socket"); bad != tc.bad {
+			t.Errorf("sip-rtp-socket %q: %v; want refused %v", tc.v, err, tc.bad)
+		}
 	}
 }

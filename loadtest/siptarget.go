@@ -46,6 +46,9 @@ type sipTarget struct {
 const (
 	RTPSocketLeg    = "leg"    // a socket (and source port) per leg, one sendto per packet
 	RTPSocketShared = "shared" // one socket for every leg, packets sent in sendmmsg batches
+	// RTPSocketAuto is shared against the in-process SIP ingest (a port per call, routed by
+	// destination) and leg against a remote one, which may route by source (-sip-rtp-shared).
+	RTPSocketAuto = "auto"
 )
 
 func newSIPTarget(target, tenant string, imp Impairments, col *Collector, hangupDelay time.Duration, rtpSocket string) (*sipTarget, error) {
