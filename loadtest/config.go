@@ -65,7 +65,7 @@ type Config struct {
 	NATSURL   string // callrouter's NATS; empty starts a one-process stack in this process (package inproc)
 	SIP       string // SIP mode: host:port of a running SIP ingest (needs NATSURL); empty runs one in-process
 	Impair    Impairments
-	RTPSocket string // SIP mode: RTPSocketLeg (a socket per leg) or RTPSocketShared (one, batched sends)
+	RTPSocket string // SIP mode: RTPSocketAuto, RTPSocketLeg (a socket per leg) or RTPSocketShared (one, batched sends)
 	WHIP      string // WHIP mode: endpoint URL of a running WHIP ingest (needs NATSURL); empty runs one in-process
 	WHIPToken string // WHIP mode: bearer token
 	// AudioHook mode: the WebSocket URL of a running AudioHook server (needs NATSURL; empty runs
@@ -124,7 +124,7 @@ func DefaultConfig() Config {
 		Speed:            1,
 		Rounds:           1,
 		HangupDelay:      200 * time.Millisecond,
-		RTPSocket:        RTPSocketLeg,
+		RTPSocket:        RTPSocketAuto,
 		Tenant:           "loadtest",
 		Workers:          2,
 		Ingests:          1,
@@ -216,8 +216,10 @@ func (c *Config) checkImpairments(p *problems) {
 	if c.Impair.any() && c.Mode != ModeSIP {
 		p.add("loss, jitter and reorder impair RTP: they need -mode sip")
 	}
-	if c.RTPSocket != RTPSocketLeg && c.RTPSocket != RTPSocketShared {
-		p.add("sip-rtp-socket %q: want %q or %q", c.RTPSocket, RTPSocketLeg, RTPSocketShared)
+	switch c.RTPSocket {
+	case RTPSocketAuto, RTPSocketLeg, RTPSocketShared:
+	default:
+		p.add("sip-rtp-socket %q: want %q, %q or %q", c.RTPSocket, RTPSocketAuto, RTPSocketLeg, RTPSocketShared)
 	}
 	if c.HangupDelay < 0 || c.HangupDelay > 10*time.Second {
 		p.add("hangup-delay %v: want 0-10s", c.HangupDelay)

@@ -197,7 +197,7 @@ func Flags(cfg *loadtest.Config) *flag.FlagSet {
 	fs.StringVar(&cfg.Twilio, "twilio", cfg.Twilio, "twilio mode: ws:// or wss:// URL of a running Media Streams server (with -nats and -twilio-token); empty runs one in-process")
 	fs.StringVar(&cfg.TwilioToken, "twilio-token", cfg.TwilioToken, "twilio mode: the token sent in start.customParameters (its tenant should be -tenant)")
 	fs.DurationVar(&cfg.HangupDelay, "hangup-delay", cfg.HangupDelay, "sip, whip, audiohook and twilio modes: wait this long after a call's last packet before BYE/DELETE/close/stop (0 races them)")
-	fs.StringVar(&cfg.RTPSocket, "sip-rtp-socket", cfg.RTPSocket, "sip mode: leg (each leg sends RTP from its own socket and source port, one sendto per packet) or shared (every leg from one socket and port, packets sent in sendmmsg batches: a quarter of the tester's CPU per packet; the ingest must route by destination port, so not with its -sip-rtp-shared)")
+	fs.StringVar(&cfg.RTPSocket, "sip-rtp-socket", cfg.RTPSocket, "sip mode: leg (each leg sends RTP from its own socket and source port, one sendto per packet), shared (every leg from one socket and port, packets sent in sendmmsg batches: under half the tester's CPU per packet; the ingest must route by destination port, so not with its -sip-rtp-shared), or auto: shared for the in-process SIP ingest, leg for a remote one (-sip)")
 	fs.Float64Var(&cfg.Impair.Loss, "loss", 0, "sip mode: probability an RTP packet is dropped")
 	fs.DurationVar(&cfg.Impair.Jitter, "jitter", 0, "sip mode: each RTP packet is delayed by a uniform random 0..jitter")
 	fs.Float64Var(&cfg.Impair.Reorder, "reorder", 0, "sip mode: probability an RTP packet is sent after the next one (with -jitter 0)")
