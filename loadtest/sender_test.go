@@ -315,3 +315,41 @@ func TestRTPSocketFlag(t *testing.T) {
 		}
 	}
 }
+
+// Sending on the shared socket allocates nothing: the RTP header and payload are written into
+// the batch's reused buffers.
+func TestSIPSharedSendAllocatesNothing(t *testing.T) {
+	if raceOn {
+		t.Skip("the race detector allocates")
+	}
+	tgt := &sipTarget{}
+	var err error
+	if tgt.shared, err = listenRTP("127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	defer tgt.shared.Close()
+	c, err := tgt.newCall("alloc", "127.0.0.1", ptPCMU, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}) // nobody reads: the kernel drops
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	c.legs[0].dst, c.legs[1].dst = sink.LocalAddr().(*net.UDPAddr), sink.LocalAddr().(*net.UDPAddr)
+	var tx rtpBatches
+	c.useBatch(&tx)
+	payload := make([]byte, 160)
+	if a := testing.AllocsPerRun(50, func() {
+		for i := range 2 * rtpBatchMax {
+			_ = c.Send(i%2, payload)
+		}
+		tx.flush()
+	}); a != 0 {
+		t.Errorf("%v allocations per %d packets, want 0", a, 2*rtpBatchMax)
+	}
+	if tgt.sent.Load() == 0 || tgt.failed.Load() != 0 {
+		t.Errorf("%d packets sent, %d refused", tgt.sent.Load(), tgt.failed.Load())
+	}
+}
