@@ -249,8 +249,8 @@ func (r *Report) WriteText(w io.Writer) {
 		if n, ok := p.Impairments["ws_messages_sent"]; ok {
 			tw("%s WebSocket: %d messages sent\n", p.Name, n)
 		} else if len(p.Impairments) > 0 {
-			tw("%s RTP: sent %d, dropped %d, delayed %d, reordered %d\n", p.Name, p.Impairments["rtp_sent"], p.Impairments["dropped"],
-				p.Impairments["delayed"], p.Impairments["reordered"])
+			tw("%s RTP: sent %d, dropped %d, delayed %d, reordered %d, refused by the kernel %d\n", p.Name, p.Impairments["rtp_sent"], p.Impairments["dropped"],
+				p.Impairments["delayed"], p.Impairments["reordered"], p.Impairments["send_failed"])
 		}
 		for _, e := range p.Warnings {
 			tw("%s: WARNING: %s\n", p.Name, e)
