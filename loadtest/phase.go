@@ -315,6 +315,8 @@ func (r *runner) account(pc *PhaseReport, ld *load, col *Collector, lat *hdr.His
 	pc.LossRatio = pc.Totals.LossRatio()
 	pc.Timeline = col.timeline()
 	pc.PacerLate = round3(float64(ld.pacer.lateNS.Load()) / 1e6)
+	fl := ld.pacer.lateness(0.5, 0.99)
+	pc.FrameLate = [2]float64{round3(float64(fl[0]) / 1e6), round3(float64(fl[1]) / 1e6)}
 	if pc.Duration > 0 {
 		pc.FramesRate = round3(float64(pc.Totals.Sent) / pc.Duration)
 	}

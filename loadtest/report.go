@@ -75,8 +75,11 @@ type PhaseReport struct {
 	Timeline  []TimelinePoint `json:"timeline"`
 	Processes []ProcUsage     `json:"processes,omitempty"`
 	PacerLate float64         `json:"pacer_worst_tick_late_ms"`
-	Machine   MachineUsage    `json:"machine"`
-	Warnings  []string        `json:"warnings,omitempty"`
+	// FrameLate is how late frames went out (due time to the end of their tick's send), p50
+	// and p99 in ms, at lateStep resolution.
+	FrameLate [2]float64   `json:"pacer_frame_late_p50_p99_ms"`
+	Machine   MachineUsage `json:"machine"`
+	Warnings  []string     `json:"warnings,omitempty"`
 	// Impairments counts what the SIP mode did to RTP: packets sent, dropped, delayed, reordered;
 	// the WHIP mode's RTP packets sent; the AudioHook and Twilio modes' WebSocket messages sent.
 	Impairments map[string]int64 `json:"rtp,omitempty"`
@@ -228,6 +231,7 @@ func (r *Report) WriteText(w io.Writer) {
 	})
 	row("calls active at peak", func(p PhaseReport) string { return fmt.Sprint(p.PeakCalls) })
 	row("pacer worst late ms", func(p PhaseReport) string { return fmt.Sprintf("%.1f", p.PacerLate) })
+	row("frame late p50/p99 ms", func(p PhaseReport) string { return fmt.Sprintf("%.1f/%.1f", p.FrameLate[0], p.FrameLate[1]) })
 	row("machine busy cores", func(p PhaseReport) string { return fmt.Sprintf("%.2f", p.Machine.BusyCores) })
 	row("  of which others", func(p PhaseReport) string { return fmt.Sprintf("%.2f", p.Machine.BackgroundCores) })
 	for _, p := range r.Phases {

@@ -101,6 +101,7 @@ func mergePhases(rs []phaseResult) PhaseReport {
 		out.Totals = addTotals(out.Totals, p.Totals)
 		out.WorstLegs = append(out.WorstLegs, p.WorstLegs...)
 		out.PacerLate = max(out.PacerLate, p.PacerLate)
+		out.FrameLate = [2]float64{max(out.FrameLate[0], p.FrameLate[0]), max(out.FrameLate[1], p.FrameLate[1])}
 		out.Warnings = append(out.Warnings, p.Warnings...)
 		out.Machine.BusyCores = round3((out.Machine.BusyCores + p.Machine.BusyCores) / 2)
 		out.Machine.BackgroundCores = round3((out.Machine.BackgroundCores + p.Machine.BackgroundCores) / 2)
