@@ -232,6 +232,18 @@ func TestSIPSendersRefusedBatchedPacket(t *testing.T) {
 	}
 }
 
+// A refusal of a leg's very last packet, learnt only when the batch goes out, is charged too.
+func TestSIPSendersRefusedLastPacket(t *testing.T) {
+	bad := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 0}
+	tgt, streams, _, col, _, _ := playSIP(t, RTPSocketShared, Impairments{}, 1, 1, map[[2]int]*net.UDPAddr{{0, 1}: bad})
+	if tgt.failed.Load() != 1 || streams[0].sent[1] != 1 {
+		t.Errorf("%d packets refused, %d frames counted sent on the leg; want 1, 1", tgt.failed.Load(), streams[0].sent[1])
+	}
+	if tot, _ := col.finish(0); tot.Sent != 2 || tot.Lost != 1 || tot.LostBy["network_loss"] != 1 {
+		t.Errorf("collector: %d sent, %d lost (%v); want 2, 1 network_loss", tot.Sent, tot.Lost, tot.LostBy)
+	}
+}
+
 // BenchmarkSIPSenders measures the tester's own CPU per RTP packet in SIP mode: 300 or 1,000
 // two-leg calls played in real time for 2 s to sockets nobody reads (their queues full, so the kernel
 // drops each packet at the receiver: the send path is what is measured), with a socket per leg

@@ -236,6 +236,9 @@ func (c *sipCall) End() {
 	now := time.Now()
 	for i, l := range c.legs {
 		l.release(now, true)
+		if l.tx != nil && l.tx.n > 0 {
+			l.tx.flush() // now, so that a refusal of the leg's last packets is charged below
+		}
 		if n := l.tailDropped + l.failed; n > 0 {
 			// Packets dropped after the last one sent leave no gap for ingest to see or fill: they
 			// are the tester's own network loss, not unaccounted frames.
