@@ -185,14 +185,7 @@ func (r *runner) reportsBack(e *phaseEnds, col *Collector) error {
 func (r *runner) callrouterTarget(e *phaseEnds, col *Collector) error {
 	switch r.cfg.Mode {
 	case ModeSIP:
-		sock := r.cfg.RTPSocket
-		if sock == RTPSocketAuto {
-			sock = RTPSocketLeg
-			if r.cfg.SIP == "" {
-				sock = RTPSocketShared // this process's SIP ingest: a port per call
-			}
-		}
-		st, err := newSIPTarget(r.sipAddr, r.cfg.Tenant, r.cfg.Impair, col, r.cfg.HangupDelay, sock)
+		st, err := newSIPTarget(r.sipAddr, r.cfg.Tenant, r.cfg.Impair, col, r.cfg.HangupDelay, r.cfg.rtpSocket())
 		if err != nil {
 			return err
 		}

@@ -326,6 +326,13 @@ func TestRTPSocketFlag(t *testing.T) {
 			t.Errorf("sip-rtp-socket %q: %v; want refused %v", tc.v, err, tc.bad)
 		}
 	}
+	for _, tc := range []struct{ v, sip, want string }{{RTPSocketAuto, "", RTPSocketShared}, {RTPSocketAuto, "127.0.0.1:5060", RTPSocketLeg},
+		{RTPSocketLeg, "", RTPSocketLeg}, {RTPSocketShared, "127.0.0.1:5060", RTPSocketShared}} {
+		c := Config{RTPSocket: tc.v, SIP: tc.sip}
+		if got := c.rtpSocket(); got != tc.want {
+			t.Errorf("sip-rtp-socket %s, sip %q: %s, want %s", tc.v, tc.sip, got, tc.want)
+		}
+	}
 }
 
 // Sending on the shared socket allocates nothing: the RTP header and payload are written into

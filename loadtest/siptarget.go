@@ -51,6 +51,18 @@ const (
 	RTPSocketAuto = "auto"
 )
 
+// rtpSocket resolves RTPSocketAuto: shared for this process's SIP ingest (a port per call),
+// leg for a remote one.
+func (c *Config) rtpSocket() string {
+	switch {
+	case c.RTPSocket != RTPSocketAuto:
+		return c.RTPSocket
+	case c.SIP == "":
+		return RTPSocketShared
+	}
+	return RTPSocketLeg
+}
+
 func newSIPTarget(target, tenant string, imp Impairments, col *Collector, hangupDelay time.Duration, rtpSocket string) (*sipTarget, error) {
 	u, err := newUAC(target, tenant)
 	if err != nil {
