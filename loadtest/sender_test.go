@@ -244,6 +244,16 @@ func TestSIPSendersRefusedLastPacket(t *testing.T) {
 	}
 }
 
+func TestSharedSocketRefusesSharedIngestPort(t *testing.T) {
+	a := func(port int) *net.UDPAddr { return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port} }
+	if err := sharedSocketFits([]*net.UDPAddr{a(30000), a(30002)}); err != nil {
+		t.Errorf("a port per stream: %v", err)
+	}
+	if err := sharedSocketFits([]*net.UDPAddr{a(30000), a(30000)}); err == nil || !strings.Contains(err.Error(), "-sip-rtp-socket leg") {
+		t.Errorf("one port for both streams: %v, want refused", err)
+	}
+}
+
 // BenchmarkSIPSenders measures the tester's own CPU per RTP packet in SIP mode: 300 or 1,000
 // two-leg calls played in real time for 2 s to sockets nobody reads (their queues full, so the kernel
 // drops each packet at the receiver: the send path is what is measured), with a socket per leg

@@ -134,6 +134,9 @@ func (t *sipTarget) Start(ctx context.Context, spec session.Spec) (Call, error) 
 	if err == nil && len(addrs) != len(c.legs) {
 		err = fmt.Errorf("loadtest: answer has %d streams for %d legs", len(addrs), len(c.legs))
 	}
+	if err == nil && t.shared != nil {
+		err = sharedSocketFits(addrs)
+	}
 	if err != nil {
 		t.hangup(c, 0)
 		return nil, err
@@ -142,6 +145,20 @@ func (t *sipTarget) Start(ctx context.Context, spec session.Spec) (Call, error) 
 		l.dst = addrs[i]
 	}
 	return c, nil
+}
+
+// sharedSocketFits refuses a shared RTP socket against an ingest that answers several streams
+// on one port: it tells them apart by their source (-sip-rtp-shared), and every stream would
+// come from the same one.
+func sharedSocketFits(answer []*net.UDPAddr) error {
+	for i, a := range answer {
+		for _, b := range answer[:i] {
+			if a.Port == b.Port && a.IP.Equal(b.IP) {
+				return fmt.Errorf("loadtest: the SIP ingest answers streams on one port %s and routes them by source: run with -sip-rtp-socket leg", a)
+			}
+		}
+	}
+	return nil
 }
 
 // newCall makes a call's RTP legs, each on its own socket on ip or on the shared one.
