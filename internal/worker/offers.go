@@ -10,8 +10,7 @@ import (
 // it before the answer), and on a busy machine that round trip queues behind the frames the
 // server is delivering to this worker. Taken one after another, the offers of a burst of new
 // calls each waited for all the round trips before their own (a cause of the 2,500-call load
-// test's setup p99 of 332 ms);
-// taken together, their flushes overlap.
+// test's setup p99 of 332 ms); taken together, their flushes overlap.
 //
 // At most offerConcurrency offers are set up at once; past that the subscription waits, and
 // offers queue in it as before. Offers of one call are set up one after another, in the order
