@@ -69,7 +69,7 @@ func TestOfferAbandonedWhileSetUpIsRefused(t *testing.T) {
 	l := startLone(t, workerConfig())
 	id := session.ID{Tenant: "acme", Call: "mid"}
 	var once sync.Once
-	worker.OnOfferSubscribed(func() {
+	worker.OnOfferSubscribed(func(session.ID, uint32) {
 		once.Do(func() {
 			if err := l.nc.Publish(subjects.WorkerVerb(l.id, subjects.WorkerVerbRelease),
 				[]byte(`{"v":1,"tenant":"acme","call":"mid","epoch":1,"reason":"`+wire.ReasonOfferAbandoned+`"}`)); err != nil {

@@ -7,8 +7,8 @@ import "github.com/callrouter/callrouter/internal/session"
 func StallHeartbeats(w *Worker) { w.lastTick.Store(w.mono() - 10*int64(w.cfg.FenceAfter)) }
 
 // OnOfferSubscribed runs f (nil: nothing) once each offer's subscriptions are in place, just
-// before the offer is accepted.
-func OnOfferSubscribed(f func()) {
+// before the offer is accepted, with the offer's call and epoch.
+func OnOfferSubscribed(f func(id session.ID, epoch uint32)) {
 	if f == nil {
 		offerSubscribed.Store(nil)
 		return
@@ -21,4 +21,12 @@ func Abandoned(w *Worker, id session.ID, epoch uint32) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.wasAbandonedLocked(id, epoch)
+}
+
+// SetOfferConcurrency sets how many offers workers created from now on set up at once (1: one
+// after another, as before offers.go) and returns the previous value.
+func SetOfferConcurrency(n int) int {
+	old := offerConcurrency
+	offerConcurrency = n
+	return old
 }

@@ -33,8 +33,8 @@ import (
 const offerFlushTimeout = 500 * time.Millisecond
 
 // offerSubscribed, when set (by tests), runs once an offer's subscriptions are in place, just
-// before the offer is accepted.
-var offerSubscribed atomic.Pointer[func()]
+// before the offer is accepted, with the offer's call and epoch.
+var offerSubscribed atomic.Pointer[func(session.ID, uint32)]
 
 // stoppingWait bounds how long an offer for a call that is stopping waits for it to go before
 // taking it fresh; with offerFlushTimeout it stays below the router's offer timeout.
@@ -78,6 +78,12 @@ type Worker struct {
 	states   *wire.StateTracker[wire.WorkerCall] // the call list's snapshots and deltas, under hbMu
 
 	abandoned map[session.ID]abandoned // offers their router gave up on, under mu (abandon.go)
+
+	// Offers being set up (offers.go): each call's offers waiting behind the one being set up,
+	// and one token per offer being set up.
+	offerMu  sync.Mutex
+	offerQ   map[session.ID][]func(bool)
+	offerSem chan struct{}
 }
 
 // Deps are the worker's collaborators.
@@ -112,6 +118,7 @@ func New(cfg Config, d Deps) (*Worker, error) {
 		m: newMetrics(d.Registry), health: d.Health, procs: procs,
 		calls: map[session.ID]*call{}, ctl: make(chan *nats.Msg, ctlQueue), ctlCalls: map[*nats.Subscription]*call{},
 		start: time.Now(), wall0: cfg.Now().UnixNano(), states: wire.NewWorkerStates(cfg.ID),
+		offerQ: map[session.ID][]func(bool){}, offerSem: make(chan struct{}, offerConcurrency),
 	}, nil
 }
 
@@ -148,13 +155,10 @@ func (w *Worker) Run(ctx context.Context) error {
 		close(stopCtl)
 		<-ctlDone
 	}()
-	// Offers and releases run in w.group (Do), so the shutdown waits for one being handled: the
-	// client's goroutine may still be in it after the subscription is gone.
-	if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), guard.Handler("worker_offer", w.log, func(m *nats.Msg) {
-		if !w.group.Do(func() { w.onOffer(m) }) {
-			bus.Respond(m, wire.OfferReply{Reply: wire.Fail(wire.CodeDraining, "worker is shutting down"), Worker: w.cfg.ID})
-		}
-	}))); err != nil {
+	// Offers are set up on goroutines of w.group (dispatchOffer) and releases run in it (Do), so
+	// the shutdown waits for one being handled: the client's goroutine may still be in it after
+	// the subscription is gone.
+	if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbOffer), guard.Handler("worker_offer", w.log, w.onOffer))); err != nil {
 		return err
 	}
 	if err := sub(w.nc.Subscribe(subjects.WorkerVerb(w.cfg.ID, subjects.WorkerVerbRelease), guard.Handler("worker_release", w.log, func(m *nats.Msg) {
@@ -279,10 +283,11 @@ func (w *Worker) heartbeat() {
 	}
 }
 
+// onOffer reads an offer on the offer subscription's goroutine, answers one that is malformed
+// at once, and hands a valid one to dispatchOffer, which sets it up on a goroutine of its own.
 func (w *Worker) onOffer(m *nats.Msg) {
-	var o wire.Offer
+	o := new(wire.Offer)
 	ctx, span := trace.Start(trace.Extract(context.Background(), m.Header), "worker.offer", trace.Server, trace.String("callrouter.worker", w.cfg.ID))
-	defer span.End()
 	reply := func(r wire.Reply) {
 		if !r.OK {
 			trace.Fail(span, r.Code+": "+r.Reason)
@@ -290,23 +295,41 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		w.m.offers.WithLabelValues(map[bool]string{true: "accepted", false: r.Code}[r.OK]).Inc()
 		bus.Respond(m, wire.OfferReply{Reply: r, Worker: w.cfg.ID})
 	}
+	refuse := func(r wire.Reply) {
+		reply(r)
+		span.End()
+	}
 	if len(m.Data) > maxOfferBytes {
-		reply(wire.Fail(wire.CodeBadRequest, fmt.Sprintf("offer of %d bytes: at most %d", len(m.Data), maxOfferBytes)))
+		refuse(wire.Fail(wire.CodeBadRequest, fmt.Sprintf("offer of %d bytes: at most %d", len(m.Data), maxOfferBytes)))
 		return
 	}
-	if err := json.Unmarshal(m.Data, &o); err != nil {
-		reply(wire.Fail(wire.CodeBadRequest, err.Error()))
+	if err := json.Unmarshal(m.Data, o); err != nil {
+		refuse(wire.Fail(wire.CodeBadRequest, err.Error()))
 		return
 	}
 	trace.Annotate(ctx, append(trace.Call(o.Call.Tenant, o.Call.Call), trace.Epoch(o.Epoch))...)
-	if err := checkOffer(&o, w.cfg.Pool); err != nil {
-		reply(wire.Fail(wire.CodeBadRequest, err.Error()))
+	if err := checkOffer(o, w.cfg.Pool); err != nil {
+		refuse(wire.Fail(wire.CodeBadRequest, err.Error()))
 		return
 	}
 	if len(w.cfg.Tenants) > 0 && !slices.Contains(w.cfg.Tenants, o.Call.Tenant) {
-		reply(wire.Fail(wire.CodeBadRequest, fmt.Sprintf("tenant %q: this worker serves only %v", o.Call.Tenant, w.cfg.Tenants)))
+		refuse(wire.Fail(wire.CodeBadRequest, fmt.Sprintf("tenant %q: this worker serves only %v", o.Call.Tenant, w.cfg.Tenants)))
 		return
 	}
+	w.dispatchOffer(o.Call.ID, func(ok bool) {
+		defer span.End()
+		if !ok {
+			reply(wire.Fail(wire.CodeDraining, "worker is shutting down"))
+			return
+		}
+		w.setUp(ctx, o, reply)
+	})
+}
+
+// setUp takes a valid offer: it reserves the call's slot, subscribes the call's subjects, flushes
+// and starts the call, answering through reply. Offers of one call never run it at once
+// (dispatchOffer).
+func (w *Worker) setUp(ctx context.Context, o *wire.Offer, reply func(wire.Reply)) {
 	id := o.Call.ID
 	w.mu.Lock()
 	if old := w.calls[id]; old != nil {
@@ -361,7 +384,7 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		reply(wire.Fail(wire.CodeFull, "worker is lagging"))
 		return
 	}
-	c := newCall(w, &o)
+	c := newCall(w, o)
 	w.calls[id] = c // the slot is reserved before anything else happens
 	w.m.calls.Set(float64(len(w.calls)))
 	w.mu.Unlock()
@@ -383,7 +406,7 @@ func (w *Worker) onOffer(m *nats.Msg) {
 		return
 	}
 	if f := offerSubscribed.Load(); f != nil {
-		(*f)()
+		(*f)(id, o.Epoch)
 	}
 	// The router's release that abandons this offer may have been handled meanwhile: on a loaded
 	// worker it often is, as it was sent an offer timeout after the offer, which waited as long in
