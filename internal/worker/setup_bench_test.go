@@ -22,9 +22,10 @@ import (
 // BenchmarkSetup is call setup as the load tester measures it (ingest StartCall → placement
 // accepted) for setupCalls two-leg calls on a real one-process stack (embedded nats-server, a
 // router with its default 64 placements in flight, 2 workers, one ingest). The workers reach the
-// server through a proxy that delays each direction by setupDelay: the round trip of each offer's
-// flush, which on the starved box of the 2,500-call load test is the time the worker's connection
-// takes to get through the frames queued ahead of the server's answer. burst starts the calls all
+// server through a proxy that delays each direction by setupDelay: on the starved box of the
+// 2,500-call load test, the time the worker's connection takes to get through the frames queued
+// ahead of what the server sends it (offers reach the worker, and its answers the router, no
+// sooner; the worker no longer adds a flush's round trip of its own). burst starts the calls all
 // at once, paced at setupRate a second (the load tester's -ramp). One op is one such start;
 // p50/p99 are over every call of every op. serial sets offers up one at a time per worker (as
 // before offers.go), concurrent as the worker does now. Alternate A/B pairs, e.g.

@@ -27,17 +27,12 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// offerFlushTimeout bounds the flush that makes a new call's subscriptions reach the server
-// before the worker answers an offer; it stays below the router's default offer timeout (1 s) so
-// an answer is not sent after the router gave up.
-const offerFlushTimeout = 500 * time.Millisecond
-
 // offerSubscribed, when set (by tests), runs once an offer's subscriptions are in place, just
 // before the offer is accepted, with the offer's call and epoch.
 var offerSubscribed atomic.Pointer[func(session.ID, uint32)]
 
 // stoppingWait bounds how long an offer for a call that is stopping waits for it to go before
-// taking it fresh; with offerFlushTimeout it stays below the router's offer timeout.
+// taking it fresh; it stays below the router's default offer timeout (1 s).
 const stoppingWait = 300 * time.Millisecond
 
 // Worker is one worker process's runtime.
@@ -397,11 +392,12 @@ func (w *Worker) setUp(ctx context.Context, o *wire.Offer, reply func(wire.Reply
 		}
 	}()
 
-	err := c.subscribe()
-	if err == nil {
-		err = w.nc.FlushTimeout(offerFlushTimeout)
-	}
-	if err != nil {
+	// No flush before the answer: the subscriptions and the answer go out on the one connection,
+	// and the server handles a connection's messages in order, so the call's interest is
+	// registered before the answer is routed, let alone before ingest, told by the router, sends
+	// a frame. A flush would add a round trip that, at load, waits behind every frame the server
+	// has queued for this connection.
+	if err := c.subscribe(); err != nil {
 		reply(wire.Fail(wire.CodeInternal, err.Error()))
 		return
 	}
