@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
 )
 
@@ -94,3 +95,16 @@ func (n *Node) flushFrames(c *Call) {
 
 // PublishConns returns how many NATS connections the node publishes frames on (Config.PublishConns).
 func (n *Node) PublishConns() int { return len(n.pubs) }
+
+// PublishEvent publishes an event of the call (its tenant and call are set here) on
+// events.<tenant>.<call>.<kind>, on the connection the call's frames go on, so that it reaches a
+// subscriber after every frame the call published before it, whichever of the node's
+// publishing connections the call has. Transports publish their calls' events this way rather
+// than on Node.NC. While the node is paused (Pause) nothing goes out.
+func (c *Call) PublishEvent(ev wire.Event, data any) error {
+	if c.n.paused.Load() {
+		return nil
+	}
+	ev.Tenant, ev.Call = c.spec.Tenant, c.spec.Call
+	return bus.PublishEvent(c.pub.nc, ev, data)
+}

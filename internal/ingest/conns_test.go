@@ -333,3 +333,71 @@ func TestReplayAnswerNeverOvertakesFrames(t *testing.T) {
 		answers++
 	}
 }
+
+// An event a transport publishes for a call (Call.PublishEvent: SIP's DTMF, WHIP's media
+// report) reaches a subscriber after every frame the call sent before it, although the frames
+// go on other connections than the node's own.
+func TestTransportEventNeverOvertakesFrames(t *testing.T) {
+	n, _, _, _, _ := connsNode(t, 4)
+	const calls, frames = 24, 60
+	w, err := nats.Connect(n.nc.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ch := make(chan *nats.Msg, calls*(2*frames+8))
+	for _, subj := range []string{"audio.acme.>", "events.acme.*.dtmf"} {
+		if _, err := w.ChanSubscribe(subj, ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	cs := make([]*Call, calls)
+	for i := range cs {
+		if cs[i], err = n.StartCall(context.Background(), twoLegSpec(fmt.Sprintf("c%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	payload := make([]byte, 160)
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range frames {
+				for leg := range 2 {
+					_ = c.Send(leg, payload, 0)
+				}
+			}
+			if err := c.PublishEvent(wire.Event{Kind: "dtmf", Epoch: c.Epoch(), Source: "test"}, map[string]string{"digit": "5"}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[string]int{}
+	events := 0
+	deadline := time.After(20 * time.Second)
+	for events < calls {
+		select {
+		case m := <-ch:
+			tok := strings.Split(m.Subject, ".")
+			if tok[0] == "audio" {
+				seen[tok[2]]++
+				continue
+			}
+			events++
+			var ev wire.Event
+			if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Tenant != "acme" || ev.Call != tok[2] {
+				t.Errorf("event %s: %+v, %v: not the call's", m.Subject, ev, err)
+			}
+			if got := seen[tok[2]]; got != 2*frames {
+				t.Errorf("call %s: event after %d of the %d frames sent before it", tok[2], got, 2*frames)
+			}
+		case <-deadline:
+			t.Fatalf("%d of %d events in time", events, calls)
+		}
+	}
+}

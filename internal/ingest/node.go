@@ -133,7 +133,8 @@ func New(cfg Config, d Deps) (*Node, error) {
 // ID returns the node id.
 func (n *Node) ID() string { return n.cfg.ID }
 
-// NC returns the node's NATS connection (transports use it for events).
+// NC returns the node's NATS connection (transports subscribe on it; a call's events go out
+// with Call.PublishEvent).
 func (n *Node) NC() *nats.Conn { return n.nc }
 
 // Run serves replay and hand-off requests, heartbeats and reaps until ctx ends, then drains:
@@ -487,9 +488,5 @@ func (n *Node) heartbeat() {
 }
 
 func (n *Node) event(c *Call, epoch uint32, kind string, data any) {
-	if n.paused.Load() {
-		return
-	}
-	// On the call's own connection, so that its "end" cannot overtake its last frames.
-	_ = bus.PublishEvent(c.pub.nc, wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: epoch, Source: "ingest/" + n.cfg.ID}, data)
+	_ = c.PublishEvent(wire.Event{Kind: kind, Epoch: epoch, Source: "ingest/" + n.cfg.ID}, data)
 }
