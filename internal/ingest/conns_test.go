@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +20,7 @@ import (
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -25,6 +29,12 @@ import (
 // server, a client connection and the extra connections the node dialled (which never
 // reconnect, so that a test can cut one).
 func connsNode(t *testing.T, conns int) (*Node, *obs.Health, *server.Server, *nats.Conn, func() []*nats.Conn) {
+	t.Helper()
+	return connsNodeReg(t, conns, obs.NewRegistry())
+}
+
+// connsNodeReg is connsNode registering the node's metrics with reg.
+func connsNodeReg(t *testing.T, conns int, reg *prometheus.Registry) (*Node, *obs.Health, *server.Server, *nats.Conn, func() []*nats.Conn) {
 	t.Helper()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
 	if err != nil {
@@ -75,7 +85,7 @@ func connsNode(t *testing.T, conns int) (*Node, *obs.Health, *server.Server, *na
 	cfg.ID = "in-1"
 	cfg.PublishConns = conns
 	h := &obs.Health{}
-	n, err := New(cfg, Deps{NC: own, Log: zerolog.Nop(), Health: h, Dial: dial})
+	n, err := New(cfg, Deps{NC: own, Log: zerolog.Nop(), Health: h, Registry: reg, Dial: dial})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,5 +409,83 @@ func TestTransportEventNeverOvertakesFrames(t *testing.T) {
 		case <-deadline:
 			t.Fatalf("%d of %d events in time", events, calls)
 		}
+	}
+}
+
+// Every publishing connection has its series on /metrics, labelled by its index: up or down,
+// its calls, and what was published on it.
+func TestPublishConnsHaveMetrics(t *testing.T) {
+	reg := obs.NewRegistry()
+	n, h, srv, _, extra := connsNodeReg(t, 3, reg)
+	web := httptest.NewServer(obs.NewMux(h, reg))
+	defer web.Close()
+	scrape := func() map[string]string {
+		t.Helper()
+		resp, err := http.Get(web.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, line := range strings.Split(string(body), "\n") {
+			if k, v, ok := strings.Cut(line, " "); ok && strings.HasPrefix(k, "callrouter_ingest_publish_conn_") {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	payload := make([]byte, 160)
+	const frames = 10
+	for i := range 3 {
+		c, err := n.StartCall(context.Background(), twoLegSpec(fmt.Sprintf("c%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range frames {
+			for leg := range 2 {
+				if err := c.Send(leg, payload, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	got := scrape()
+	for conn := 1; conn <= 3; conn++ {
+		l := fmt.Sprintf(`{conn="%d"}`, conn)
+		for name, want := range map[string]string{"connected": "1", "calls": "1", "reconnects_total": "0"} {
+			if v := got["callrouter_ingest_publish_conn_"+name+l]; v != want {
+				t.Errorf("%s%s = %q, want %s", name, l, v, want)
+			}
+		}
+	}
+	// An extra connection carries its call's frames and "start" event, nothing else.
+	for _, conn := range []string{"2", "3"} {
+		if v := got[`callrouter_ingest_publish_conn_messages_total{conn="`+conn+`"}`]; v != fmt.Sprint(2*frames+1) {
+			t.Errorf("messages on connection %s: %q, want %d", conn, v, 2*frames+1)
+		}
+		if v := got[`callrouter_ingest_publish_conn_bytes_total{conn="`+conn+`"}`]; v == "" || v == "0" {
+			t.Errorf("bytes on connection %s: %q", conn, v)
+		}
+	}
+	id, err := extra()[0].GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.DisconnectClientByID(id); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for scrape()[`callrouter_ingest_publish_conn_connected{conn="2"}`] != "0" {
+		if time.Now().After(deadline) {
+			t.Fatal(`connected{conn="2"} still 1 with the connection cut`)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if v := scrape()[`callrouter_ingest_publish_conn_connected{conn="3"}`]; v != "1" {
+		t.Errorf(`connected{conn="3"} = %q with connection 2 cut`, v)
 	}
 }

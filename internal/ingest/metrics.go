@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"strconv"
+
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -51,4 +53,48 @@ func replaceReasonLabel(reason string) string {
 		return reason
 	}
 	return "other"
+}
+
+var (
+	pubConnectedDesc = prometheus.NewDesc("callrouter_ingest_publish_conn_connected",
+		"1 while the publishing connection is up (conn 1 is the node's own, also in callrouter_nats_*; 2 and up are the -nats-publish-conns extra ones).", []string{"conn"}, nil)
+	pubReconnectsDesc = prometheus.NewDesc("callrouter_ingest_publish_conn_reconnects_total", "Times the publishing connection reconnected.", []string{"conn"}, nil)
+	pubMsgsDesc       = prometheus.NewDesc("callrouter_ingest_publish_conn_messages_total", "Messages published on the connection (frames, and its calls' events and releases).", []string{"conn"}, nil)
+	pubBytesDesc      = prometheus.NewDesc("callrouter_ingest_publish_conn_bytes_total", "Payload bytes published on the connection.", []string{"conn"}, nil)
+	pubCallsDesc      = prometheus.NewDesc("callrouter_ingest_publish_conn_calls", "Calls whose frames go on the connection.", []string{"conn"}, nil)
+)
+
+// pubMetrics reports each publishing connection's client-side statistics on each scrape,
+// labelled by its index (conn="1" the node's own). The connections cannot share the
+// callrouter_nats_* names: every binary registers those for its own connection without a label,
+// and one registry holds one label set per name.
+type pubMetrics struct{ n *Node }
+
+func (pubMetrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{pubConnectedDesc, pubReconnectsDesc, pubMsgsDesc, pubBytesDesc, pubCallsDesc} {
+		ch <- d
+	}
+}
+
+func (m pubMetrics) Collect(ch chan<- prometheus.Metric) {
+	n := m.n
+	calls := make([]int, len(n.pubs))
+	n.mu.Lock()
+	for i, p := range n.pubs {
+		calls[i] = p.calls
+	}
+	n.mu.Unlock()
+	for i, p := range n.pubs {
+		conn := strconv.Itoa(i + 1)
+		s := p.nc.Stats()
+		up := 0.0
+		if p.nc.IsConnected() {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(pubConnectedDesc, prometheus.GaugeValue, up, conn)
+		ch <- prometheus.MustNewConstMetric(pubReconnectsDesc, prometheus.CounterValue, float64(s.Reconnects), conn)
+		ch <- prometheus.MustNewConstMetric(pubMsgsDesc, prometheus.CounterValue, float64(s.OutMsgs), conn)
+		ch <- prometheus.MustNewConstMetric(pubBytesDesc, prometheus.CounterValue, float64(s.OutBytes), conn)
+		ch <- prometheus.MustNewConstMetric(pubCallsDesc, prometheus.GaugeValue, float64(calls[i]), conn)
+	}
 }

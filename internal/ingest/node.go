@@ -124,6 +124,7 @@ func New(cfg Config, d Deps) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, nc: d.NC, pubs: pubs, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
 		health: d.Health, calls: map[session.ID]*Call{}, states: wire.NewIngestStates(cfg.ID)}
+	d.Registry.MustRegister(pubMetrics{n})
 	if len(pubs) > 1 {
 		d.Health.AddReadyCheck("nats_publish", n.extraConnected)
 	}
