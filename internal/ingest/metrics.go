@@ -31,7 +31,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		replacements: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_replacements_total", Help: "Re-placements by reason."}, []string{"reason"}),
 		replays:      prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_replays_total", Help: "Replay requests served."}),
 		placeRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_place_retries_total", Help: "New-call placements retried after a refusal or an unanswered request."}),
-		absences:     prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_absences_total", Help: "Returns from an absence longer than -stranded-after (NATS cut off, or the process stopped), after which every call was re-placed."}),
+		absences:     prometheus.NewCounter(prometheus.CounterOpts{Name: "callrouter_ingest_absences_total", Help: "Returns from an absence longer than -stranded-after (NATS cut off, or the process stopped), after which every call was re-placed; or of extra publishing connections alone, after which their calls were."}),
 		badRequests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_bad_requests_total", Help: "Requests refused as malformed or out of bounds, by verb."}, []string{"verb"}),
 		pauses:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrouter_ingest_pauses_total", Help: "Secure pause changes of calls, by event: paused (a call began to be withheld: its first hold), resumed (its last hold lifted, by request or by -max-pause), expired (one source's hold, operator or stream, lifted by -max-pause; the call stays paused while the other source holds)."}, []string{"event"}),
 	}
