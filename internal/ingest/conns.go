@@ -98,7 +98,8 @@ func (n *Node) flushFrames(c *Call) {
 	}
 }
 
-// PublishConns returns how many NATS connections the node publishes frames on (Config.PublishConns).
+// PublishConns returns how many NATS connections the node publishes frames on (Config.PublishConns;
+// AutoPublishConns for 0 when it can open them).
 func (n *Node) PublishConns() int { return len(n.pubs) }
 
 // PublishEvent publishes an event of the call (its tenant and call are set here) on
