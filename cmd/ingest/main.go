@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -197,7 +198,7 @@ func Flags(fs *flag.FlagSet) *ingest.Config {
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", cfg.HeartbeatInterval, "heartbeat interval")
 	fs.DurationVar(&cfg.MediaTimeout, "media-timeout", cfg.MediaTimeout, "a call with no media for this long is ended")
 	fs.DurationVar(&cfg.Ring, "ring", cfg.Ring, "per-leg replay ring length")
-	fs.IntVar(&cfg.PublishConns, "nats-publish-conns", cfg.PublishConns, "NATS connections frames are published on, the node's own among them (same identity); each call keeps one, the least loaded when it starts. nats-server caches subject matches per publishing connection (512 subjects: 256 two-leg calls), so a node of more calls publishes cheaper on ceil(calls/250)"+
+	fs.IntVar(&cfg.PublishConns, "nats-publish-conns", cfg.PublishConns, "NATS connections frames are published on, the node's own among them (same identity; 0: "+strconv.Itoa(ingest.AutoPublishConns)+"); each call keeps one, the first with fewer than "+strconv.Itoa(ingest.CallsPerPublishConn)+" calls when it starts (the least loaded once all have as many). nats-server caches subject matches per publishing connection (512 subjects: 256 two-leg calls)"+
 		fmt.Sprintf(" (at most %d)", ingest.MaxPublishConns))
 	fs.IntVar(&cfg.RingMaxBytes, "ring-max-bytes", cfg.RingMaxBytes, "per-leg replay ring bound in bytes")
 	fs.DurationVar(&cfg.MaxPause, "max-pause", cfg.MaxPause, "a secure pause (ingest.<id>.pause, router.api.pause) not resumed for this long resumes by itself, with a \"resumed\" event (reason max_pause)")

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
@@ -742,8 +741,7 @@ func (sess *session) publish(kind string, data any) {
 	if c == nil {
 		return
 	}
-	id := c.ID()
-	_ = bus.PublishEvent(sess.n.NC(), wire.Event{Kind: kind, Tenant: id.Tenant, Call: id.Call, Epoch: c.Epoch(), Source: "ingest/audiohook"}, data)
+	_ = c.PublishEvent(wire.Event{Kind: kind, Epoch: c.Epoch(), Source: "ingest/audiohook"}, data)
 }
 
 // end ends the call and closes the WebSocket.

@@ -26,15 +26,27 @@ type Config struct {
 	// routers and workers may have let them go meanwhile; 0 leaves it to the routers' notices.
 	StrandedAfter time.Duration
 	// PublishConns is how many NATS connections the node publishes frames on, its own among
-	// them (0 or 1: only its own). nats-server caches subject matches per publishing
-	// connection, 512 subjects (256 two-leg calls): above that one connection misses the cache
-	// on nearly every frame. Each call takes the least-loaded connection when it starts and
-	// keeps it for life (docs/architecture.md, "Concurrency").
+	// them (1: only its own; 0: AutoPublishConns when the node can open connections, Deps.Dial,
+	// else only its own). nats-server caches subject matches per publishing connection, 512
+	// subjects (256 two-leg calls): above that one connection misses the cache on nearly every
+	// frame. A call takes the first connection with fewer than CallsPerPublishConn calls when it
+	// starts (the least-loaded one when all have as many) and keeps it for life, so a node
+	// of few calls publishes on its own connection only (docs/architecture.md, "Concurrency").
 	PublishConns int
 }
 
-// MaxPublishConns bounds Config.PublishConns.
-const MaxPublishConns = 64
+const (
+	// MaxPublishConns bounds Config.PublishConns.
+	MaxPublishConns = 64
+	// AutoPublishConns is the connections Config.PublishConns 0 opens: enough that each carries
+	// at most CallsPerPublishConn calls up to 1,600 calls a node, more than one ingest process
+	// takes on the 2-core boxes measured (docs/loadtest.md, "The server's subject cache").
+	AutoPublishConns = 8
+	// CallsPerPublishConn is how many calls fill a publishing connection before the next one is
+	// used: 400 subjects of two-leg calls, under the server's 512-subject cache with room for
+	// calls of more legs.
+	CallsPerPublishConn = 200
+)
 
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
@@ -50,7 +62,7 @@ func DefaultConfig() Config {
 		DrainTimeout:      30 * time.Second,
 		MaxPause:          10 * time.Minute,
 		StrandedAfter:     3 * time.Second,
-		PublishConns:      1,
+		PublishConns:      0, // automatic
 	}
 }
 
@@ -78,7 +90,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("ingest: stranded-after %v must not be negative (0: off)", c.StrandedAfter))
 	}
 	if c.PublishConns < 0 || c.PublishConns > MaxPublishConns {
-		errs = append(errs, fmt.Errorf("ingest: -nats-publish-conns %d must be between 1 and %d (0 counts as 1: the node's own connection only)", c.PublishConns, MaxPublishConns))
+		errs = append(errs, fmt.Errorf("ingest: -nats-publish-conns %d must be between 1 and %d, or 0 (automatic: %d)", c.PublishConns, MaxPublishConns, AutoPublishConns))
 	}
 	if c.PlaceAttempts < 1 {
 		errs = append(errs, fmt.Errorf("ingest: place attempts %d must be at least 1", c.PlaceAttempts))

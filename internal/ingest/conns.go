@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/callrouter/callrouter/internal/bus"
+	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats.go"
 )
 
@@ -17,17 +18,23 @@ const flushTimeout = time.Second
 // of the extra ones it opened (Config.PublishConns).
 type pubConn struct {
 	nc    *nats.Conn
-	calls int // calls owned on it; under Node.mu
+	calls int       // calls owned on it; under Node.mu
+	seen  time.Time // when the absence check last saw it connected (monotonic); the heartbeat loop's
 }
 
-// dialPublishConns returns the node's publishing connections: its own, then cfg.PublishConns-1
-// more from dial, all with the node's identity.
+// dialPublishConns returns the node's publishing connections: its own, then the rest of
+// cfg.PublishConns (AutoPublishConns for 0, when dial is set) from dial, all with the node's
+// identity.
 func dialPublishConns(cfg Config, own *nats.Conn, dial func(i int) (*nats.Conn, error)) ([]*pubConn, error) {
 	pubs := []*pubConn{{nc: own}}
-	if cfg.PublishConns > 1 && dial == nil {
+	conns := cfg.PublishConns
+	switch {
+	case conns == 0 && dial != nil:
+		conns = AutoPublishConns
+	case conns > 1 && dial == nil:
 		return nil, fmt.Errorf("ingest: -nats-publish-conns %d: the node has no way to open more connections", cfg.PublishConns)
 	}
-	for i := 1; i < cfg.PublishConns; i++ {
+	for i := 1; i < conns; i++ {
 		nc, err := dial(i)
 		if err != nil {
 			closeExtra(pubs)
@@ -46,11 +53,18 @@ func closeExtra(pubs []*pubConn) {
 	}
 }
 
-// assignConn gives c the connection with the fewest calls; c keeps it for life, so its frames
-// stay in order. Must hold n.mu, with c entering n.calls.
+// assignConn gives c the first connection with fewer than CallsPerPublishConn calls, or, when
+// every one has as many, the one with the fewest; c keeps it for life, so its frames stay in
+// order. Filling one connection before the next keeps a node of few calls on few connections:
+// each connection's flusher then writes more frames a system call. Must hold n.mu, with c
+// entering n.calls.
 func (n *Node) assignConn(c *Call) {
 	best := n.pubs[0]
-	for _, p := range n.pubs[1:] {
+	for _, p := range n.pubs {
+		if p.calls < n.fill {
+			best = p
+			break
+		}
 		if p.calls < best.calls {
 			best = p
 		}
@@ -60,8 +74,8 @@ func (n *Node) assignConn(c *Call) {
 }
 
 // extraConnected reports nil when every extra publishing connection is connected: a call whose
-// frames go on one that is down loses them, so the node is not ready and not back from an
-// absence until all are.
+// frames go on one that is down loses them, so the node is not ready until all are (nor judged
+// back from an absence: Node.absence).
 func (n *Node) extraConnected() error {
 	var errs []error
 	for i, p := range n.pubs[1:] {
@@ -70,14 +84,6 @@ func (n *Node) extraConnected() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// connected reports nil when the node's own connection and every publishing one are connected.
-func (n *Node) connected() error {
-	if err := bus.Connected(n.nc); err != nil {
-		return err
-	}
-	return n.extraConnected()
 }
 
 // flushFrames waits until the server has c's frames published so far when they go on another
@@ -92,5 +98,19 @@ func (n *Node) flushFrames(c *Call) {
 	}
 }
 
-// PublishConns returns how many NATS connections the node publishes frames on (Config.PublishConns).
+// PublishConns returns how many NATS connections the node publishes frames on (Config.PublishConns;
+// AutoPublishConns for 0 when it can open them).
 func (n *Node) PublishConns() int { return len(n.pubs) }
+
+// PublishEvent publishes an event of the call (its tenant and call are set here) on
+// events.<tenant>.<call>.<kind>, on the connection the call's frames go on, so that it reaches a
+// subscriber after every frame the call published before it, whichever of the node's
+// publishing connections the call has. Transports publish their calls' events this way rather
+// than on Node.NC. While the node is paused (Pause) nothing goes out.
+func (c *Call) PublishEvent(ev wire.Event, data any) error {
+	if c.n.paused.Load() {
+		return nil
+	}
+	ev.Tenant, ev.Call = c.spec.Tenant, c.spec.Call
+	return bus.PublishEvent(c.pub.nc, ev, data)
+}

@@ -4,6 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,14 +21,23 @@ import (
 	"github.com/callrouter/callrouter/internal/wire"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
 // connsNode runs a node publishing frames on conns connections on an embedded server, with a
-// stand-in router that places every call on worker w1. It returns the node, its health, the
+// stand-in router that places every call on worker w1, and one call filling a connection (so
+// that calls take the connections in turn, as they do past CallsPerPublishConn a connection). It returns the node, its health, the
 // server, a client connection and the extra connections the node dialled (which never
 // reconnect, so that a test can cut one).
 func connsNode(t *testing.T, conns int) (*Node, *obs.Health, *server.Server, *nats.Conn, func() []*nats.Conn) {
+	t.Helper()
+	return connsNodeWith(t, conns, obs.NewRegistry(), nil, time.Hour)
+}
+
+// connsNodeWith is connsNode registering the node's metrics with reg, with tune (may be nil)
+// applied to its config and extra connections that reconnect after reconnect.
+func connsNodeWith(t *testing.T, conns int, reg *prometheus.Registry, tune func(*Config), reconnect time.Duration) (*Node, *obs.Health, *server.Server, *nats.Conn, func() []*nats.Conn) {
 	t.Helper()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
 	if err != nil {
@@ -63,7 +76,7 @@ func connsNode(t *testing.T, conns int) (*Node, *obs.Health, *server.Server, *na
 	var mu sync.Mutex
 	var extra []*nats.Conn
 	dial := func(int) (*nats.Conn, error) {
-		nc, err := connect(nats.ReconnectWait(time.Hour))
+		nc, err := connect(nats.ReconnectWait(reconnect), nats.ReconnectJitter(0, 0))
 		if err == nil {
 			mu.Lock()
 			extra = append(extra, nc)
@@ -74,11 +87,15 @@ func connsNode(t *testing.T, conns int) (*Node, *obs.Health, *server.Server, *na
 	cfg := DefaultConfig()
 	cfg.ID = "in-1"
 	cfg.PublishConns = conns
+	if tune != nil {
+		tune(&cfg)
+	}
 	h := &obs.Health{}
-	n, err := New(cfg, Deps{NC: own, Log: zerolog.Nop(), Health: h, Dial: dial})
+	n, err := New(cfg, Deps{NC: own, Log: zerolog.Nop(), Health: h, Registry: reg, Dial: dial})
 	if err != nil {
 		t.Fatal(err)
 	}
+	n.fill = 1
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
@@ -124,49 +141,82 @@ func TestPublishConnsValidation(t *testing.T) {
 	}
 }
 
-// Calls take the least-loaded connection and keep it; an ended call's place is taken next.
-func TestCallsSpreadOverPublishConns(t *testing.T) {
-	n, _, srv, _, extra := connsNode(t, 3)
-	if len(extra()) != 2 {
-		t.Fatalf("%d extra connections dialled, want 2", len(extra()))
-	}
-	if got := srv.NumClients(); got != 4 { // the client, the node's own and 2 extra
-		t.Fatalf("server has %d clients, want 4", got)
-	}
-	var cs []*Call
-	for i := range 6 {
-		c, err := n.StartCall(context.Background(), twoLegSpec(fmt.Sprintf("c%d", i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs = append(cs, c)
-	}
-	load := func() []int {
-		n.mu.Lock()
-		defer n.mu.Unlock()
+// A call takes the first connection with fewer than CallsPerPublishConn calls; once every one
+// has as many, the least-loaded one; an ended call's place is taken next.
+func TestCallsFillPublishConnsInTurn(t *testing.T) {
+	n := &Node{pubs: []*pubConn{{}, {}, {}}, fill: CallsPerPublishConn}
+	load := func() string {
 		var out []int
 		for _, p := range n.pubs {
 			out = append(out, p.calls)
 		}
-		return out
+		return fmt.Sprint(out)
 	}
-	if got := fmt.Sprint(load()); got != "[2 2 2]" {
-		t.Fatalf("calls per connection %s, want [2 2 2]", got)
+	var cs []*Call
+	start := func(k int) {
+		for range k {
+			c := &Call{}
+			n.assignConn(c)
+			cs = append(cs, c)
+		}
 	}
-	if cs[0].pub == cs[1].pub || cs[1].pub == cs[2].pub || cs[0].pub == cs[2].pub {
-		t.Fatal("three calls in a row share a connection")
+	start(CallsPerPublishConn)
+	if got, want := load(), fmt.Sprintf("[%d 0 0]", CallsPerPublishConn); got != want {
+		t.Fatalf("calls per connection %s, want %s: a node of few calls publishes on one", got, want)
 	}
-	freed := cs[4].pub
-	cs[4].End("hangup")
-	if got := fmt.Sprint(load()); got == "[2 2 2]" {
-		t.Fatalf("calls per connection %s after an end", got)
+	start(2 * CallsPerPublishConn)
+	start(3)
+	f := CallsPerPublishConn + 1
+	if got, want := load(), fmt.Sprintf("[%d %d %d]", f, f, f); got != want {
+		t.Fatalf("calls per connection %s, want %s", got, want)
 	}
-	c, err := n.StartCall(context.Background(), twoLegSpec("c-next"))
+	if cs[len(cs)-1].pub == cs[len(cs)-2].pub || cs[len(cs)-2].pub == cs[len(cs)-3].pub {
+		t.Fatal("past the fill, calls in a row share a connection")
+	}
+	freed := cs[len(cs)-2].pub
+	freed.calls-- // as Node.remove does
+	start(1)
+	if cs[len(cs)-1].pub != freed {
+		t.Fatal("a new call did not take the least-loaded connection")
+	}
+	n.pubs[0].calls = CallsPerPublishConn - 1
+	start(1)
+	if cs[len(cs)-1].pub != n.pubs[0] {
+		t.Fatal("a new call did not take the first connection below the fill")
+	}
+}
+
+// The automatic setting (0) opens AutoPublishConns connections when the node can dial them, and
+// publishes on its own only when it cannot; a node of a few calls publishes on its own.
+func TestAutoPublishConns(t *testing.T) {
+	n, _, srv, _, extra := connsNode(t, 0)
+	if got := n.PublishConns(); got != AutoPublishConns || len(extra()) != AutoPublishConns-1 {
+		t.Fatalf("%d publishing connections, %d dialled; want %d", got, len(extra()), AutoPublishConns)
+	}
+	if got := srv.NumClients(); got != AutoPublishConns+1 { // and the test's client
+		t.Fatalf("server has %d clients, want %d", got, AutoPublishConns+1)
+	}
+	n.mu.Lock()
+	n.fill = CallsPerPublishConn
+	n.mu.Unlock()
+	for i := range 3 {
+		c, err := n.StartCall(context.Background(), twoLegSpec(fmt.Sprintf("c%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.pub != n.pubs[0] {
+			t.Fatalf("call %d of 3 publishes on connection %d", i, slices.Index(n.pubs, c.pub)+1)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.ID = "in-2"
+	alone, err := New(cfg, Deps{Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.pub != freed {
-		t.Fatal("a new call did not take the least-loaded connection")
+	defer alone.Close()
+	if got := alone.PublishConns(); got != 1 {
+		t.Errorf("a node that cannot dial publishes on %d connections, want 1", got)
 	}
 }
 
@@ -235,11 +285,11 @@ func TestEndEventNeverOvertakesFrames(t *testing.T) {
 	}
 }
 
-// A publishing connection that is down makes the node unready and counts as not connected for
-// the absence check; Close closes the connections the node opened.
+// A publishing connection that is down makes the node unready; Close closes the connections
+// the node opened.
 func TestPublishConnDownMakesNodeUnready(t *testing.T) {
 	n, h, srv, _, extra := connsNode(t, 2)
-	if err := n.connected(); err != nil {
+	if err := n.extraConnected(); err != nil {
 		t.Fatalf("connected before the cut: %v", err)
 	}
 	nc := extra()[0]
@@ -259,9 +309,6 @@ func TestPublishConnDownMakesNodeUnready(t *testing.T) {
 	}
 	if err := h.ReadyErr(); !strings.Contains(err.Error(), "publish connection 2") {
 		t.Errorf("ready error %q does not name the connection", err)
-	}
-	if n.connected() == nil {
-		t.Error("the absence check sees the node connected")
 	}
 	n.Close()
 	if !nc.IsClosed() {
@@ -331,5 +378,231 @@ func TestReplayAnswerNeverOvertakesFrames(t *testing.T) {
 			t.Fatalf("answer %d holds %d frames, %d of them seen live before it", answers, got, seen)
 		}
 		answers++
+	}
+}
+
+// An event a transport publishes for a call (Call.PublishEvent: SIP's DTMF, WHIP's media
+// report) reaches a subscriber after every frame the call sent before it, although the frames
+// go on other connections than the node's own.
+func TestTransportEventNeverOvertakesFrames(t *testing.T) {
+	n, _, _, _, _ := connsNode(t, 4)
+	const calls, frames = 24, 60
+	w, err := nats.Connect(n.nc.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ch := make(chan *nats.Msg, calls*(2*frames+8))
+	for _, subj := range []string{"audio.acme.>", "events.acme.*.dtmf"} {
+		if _, err := w.ChanSubscribe(subj, ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	cs := make([]*Call, calls)
+	for i := range cs {
+		if cs[i], err = n.StartCall(context.Background(), twoLegSpec(fmt.Sprintf("c%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	payload := make([]byte, 160)
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range frames {
+				for leg := range 2 {
+					_ = c.Send(leg, payload, 0)
+				}
+			}
+			if err := c.PublishEvent(wire.Event{Kind: "dtmf", Epoch: c.Epoch(), Source: "test"}, map[string]string{"digit": "5"}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[string]int{}
+	events := 0
+	deadline := time.After(20 * time.Second)
+	for events < calls {
+		select {
+		case m := <-ch:
+			tok := strings.Split(m.Subject, ".")
+			if tok[0] == "audio" {
+				seen[tok[2]]++
+				continue
+			}
+			events++
+			var ev wire.Event
+			if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Tenant != "acme" || ev.Call != tok[2] {
+				t.Errorf("event %s: %+v, %v: not the call's", m.Subject, ev, err)
+			}
+			if got := seen[tok[2]]; got != 2*frames {
+				t.Errorf("call %s: event after %d of the %d frames sent before it", tok[2], got, 2*frames)
+			}
+		case <-deadline:
+			t.Fatalf("%d of %d events in time", events, calls)
+		}
+	}
+}
+
+// Every publishing connection has its series on /metrics, labelled by its index: up or down,
+// its calls, and what was published on it.
+func TestPublishConnsHaveMetrics(t *testing.T) {
+	reg := obs.NewRegistry()
+	n, h, srv, _, extra := connsNodeWith(t, 3, reg, nil, time.Hour)
+	web := httptest.NewServer(obs.NewMux(h, reg))
+	defer web.Close()
+	scrape := func() map[string]string {
+		t.Helper()
+		resp, err := http.Get(web.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, line := range strings.Split(string(body), "\n") {
+			if k, v, ok := strings.Cut(line, " "); ok && strings.HasPrefix(k, "callrouter_ingest_publish_conn_") {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	payload := make([]byte, 160)
+	const frames = 10
+	for i := range 3 {
+		c, err := n.StartCall(context.Background(), twoLegSpec(fmt.Sprintf("c%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range frames {
+			for leg := range 2 {
+				if err := c.Send(leg, payload, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	got := scrape()
+	for conn := 1; conn <= 3; conn++ {
+		l := fmt.Sprintf(`{conn="%d"}`, conn)
+		for name, want := range map[string]string{"connected": "1", "calls": "1", "reconnects_total": "0"} {
+			if v := got["callrouter_ingest_publish_conn_"+name+l]; v != want {
+				t.Errorf("%s%s = %q, want %s", name, l, v, want)
+			}
+		}
+	}
+	// An extra connection carries its call's frames and "start" event, nothing else.
+	for _, conn := range []string{"2", "3"} {
+		if v := got[`callrouter_ingest_publish_conn_messages_total{conn="`+conn+`"}`]; v != fmt.Sprint(2*frames+1) {
+			t.Errorf("messages on connection %s: %q, want %d", conn, v, 2*frames+1)
+		}
+		if v := got[`callrouter_ingest_publish_conn_bytes_total{conn="`+conn+`"}`]; v == "" || v == "0" {
+			t.Errorf("bytes on connection %s: %q", conn, v)
+		}
+	}
+	id, err := extra()[0].GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.DisconnectClientByID(id); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for scrape()[`callrouter_ingest_publish_conn_connected{conn="2"}`] != "0" {
+		if time.Now().After(deadline) {
+			t.Fatal(`connected{conn="2"} still 1 with the connection cut`)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if v := scrape()[`callrouter_ingest_publish_conn_connected{conn="3"}`]; v != "1" {
+		t.Errorf(`connected{conn="3"} = %q with connection 2 cut`, v)
+	}
+}
+
+// An extra publishing connection back from an absence longer than StrandedAfter, the node's own
+// connection up all along, re-places the calls whose frames go on it, and only those.
+func TestPublishConnBackReplacesItsCallsOnly(t *testing.T) {
+	tune := func(c *Config) { c.HeartbeatInterval, c.StrandedAfter = 50*time.Millisecond, 300*time.Millisecond }
+	n, _, srv, client, extra := connsNodeWith(t, 2, obs.NewRegistry(), tune, 1500*time.Millisecond)
+	own, err := n.StartCall(context.Background(), twoLegSpec("own"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut, err := n.StartCall(context.Background(), twoLegSpec("cut"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if own.pub != n.pubs[0] || cut.pub != n.pubs[1] {
+		t.Fatal("the calls do not publish on one connection each")
+	}
+	reqs := make(chan wire.PlaceRequest, 16)
+	if _, err := client.Subscribe(subjects.Place, func(m *nats.Msg) { // beside the stand-in router
+		var req wire.PlaceRequest
+		if json.Unmarshal(m.Data, &req) == nil {
+			reqs <- req
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	nc := extra()[0]
+	id, err := nc.GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.DisconnectClientByID(id); err != nil {
+		t.Fatal(err)
+	}
+	// The connection comes back after 1.5 s, past StrandedAfter: the call on it is re-placed.
+	timeout := time.After(15 * time.Second)
+	for done := false; !done; {
+		select {
+		case req := <-reqs:
+			if req.Call.Call != "cut" || req.Reason != wire.ReasonIngestStall {
+				t.Fatalf("re-placement of %s (%s), want only call cut's with reason %s", req.Call.Call, req.Reason, wire.ReasonIngestStall)
+			}
+			done = true
+		case <-timeout:
+			t.Fatal("the call on the connection that came back was not re-placed")
+		}
+	}
+	// Ten more heartbeats: still no re-placement of the call on the node's own connection.
+	beats := make(chan struct{}, 1)
+	sub, err := client.Subscribe(subjects.Heartbeat(subjects.Ingest, "in-1"), func(*nats.Msg) {
+		select {
+		case beats <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	for range 10 {
+		select {
+		case <-beats:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no heartbeat")
+		}
+	}
+	select {
+	case req := <-reqs:
+		if req.Call.Call == "own" {
+			t.Fatalf("call own re-placed (%s): its connection was up all along", req.Reason)
+		}
+	default:
+	}
+	if cut.Epoch() < 2 || own.Epoch() != 1 {
+		t.Errorf("epochs: cut %d, own %d; want cut re-placed, own at 1", cut.Epoch(), own.Epoch())
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -81,6 +82,7 @@ type Node struct {
 	cfg    Config
 	nc     *nats.Conn
 	pubs   []*pubConn // the connections frames go on: nc first, then Config.PublishConns-1 more
+	fill   int        // calls that fill a publishing connection before the next is used: CallsPerPublishConn (tests lower it)
 	log    zerolog.Logger
 	m      *metrics
 	health *obs.Health
@@ -122,8 +124,9 @@ func New(cfg Config, d Deps) (*Node, error) {
 	if d.Health == nil {
 		d.Health = &obs.Health{}
 	}
-	n := &Node{cfg: cfg, nc: d.NC, pubs: pubs, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
+	n := &Node{cfg: cfg, nc: d.NC, pubs: pubs, fill: CallsPerPublishConn, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
 		health: d.Health, calls: map[session.ID]*Call{}, states: wire.NewIngestStates(cfg.ID)}
+	d.Registry.MustRegister(pubMetrics{n})
 	if len(pubs) > 1 {
 		d.Health.AddReadyCheck("nats_publish", n.extraConnected)
 	}
@@ -133,7 +136,8 @@ func New(cfg Config, d Deps) (*Node, error) {
 // ID returns the node id.
 func (n *Node) ID() string { return n.cfg.ID }
 
-// NC returns the node's NATS connection (transports use it for events).
+// NC returns the node's NATS connection (transports subscribe on it; a call's events go out
+// with Call.PublishEvent).
 func (n *Node) NC() *nats.Conn { return n.nc }
 
 // Run serves replay and hand-off requests, heartbeats and reaps until ctx ends, then drains:
@@ -204,27 +208,61 @@ func (n *Node) Run(ctx context.Context) error {
 // from an absence longer than StrandedAfter (no heartbeat went out while connected: a cut or
 // refused connection, or the process stopped) and then re-places every call at once with reason
 // ingest_stall. The routers would tell it the same after their next sweep; by then the tail of
-// a call that ends soon after would be published to no worker.
+// a call that ends soon after would be published to no worker. An extra publishing connection
+// (-nats-publish-conns) that comes back from such an absence alone, the node's own connection
+// up meanwhile, re-places only the calls whose frames go on it: the others lost nothing. The
+// check judges only once every connection is up, since frames on one that is down are lost.
 func (n *Node) absence() func() {
-	last := time.Now() // monotonic: a wall-clock step is not an absence
+	start := time.Now() // monotonic: a wall-clock step is not an absence
+	for _, p := range n.pubs {
+		p.seen = start
+	}
 	return func() {
 		now := time.Now()
-		if n.connected() != nil || n.paused.Load() {
+		if n.paused.Load() || bus.Connected(n.nc) != nil {
 			return
 		}
-		away := now.Sub(last)
-		last = now
-		if n.cfg.StrandedAfter <= 0 || away <= n.cfg.StrandedAfter {
+		var back []*pubConn // connections back from an absence
+		up := true
+		for _, p := range n.pubs {
+			if bus.Connected(p.nc) != nil {
+				up = false
+				continue
+			}
+			if n.cfg.StrandedAfter > 0 && now.Sub(p.seen) > n.cfg.StrandedAfter {
+				back = append(back, p)
+			}
+		}
+		if !up {
+			for _, p := range n.pubs {
+				if !slices.Contains(back, p) && bus.Connected(p.nc) == nil {
+					p.seen = now
+				}
+			}
 			return
 		}
+		away := now.Sub(n.pubs[0].seen)
+		for _, p := range n.pubs {
+			p.seen = now
+		}
+		if len(back) == 0 {
+			return
+		}
+		whole := back[0] == n.pubs[0] // the node's own: its heartbeats did not go out either
 		n.mu.Lock()
 		calls := make([]*Call, 0, len(n.calls))
 		for _, c := range n.calls {
-			calls = append(calls, c)
+			if whole || slices.Contains(back, c.pub) {
+				calls = append(calls, c)
+			}
 		}
 		n.mu.Unlock()
 		n.m.absences.Inc()
-		n.log.Warn().Dur("away", away).Int("calls", len(calls)).Msg("back after an absence: re-placing every call")
+		if whole {
+			n.log.Warn().Dur("away", away).Int("calls", len(calls)).Msg("back after an absence: re-placing every call")
+		} else {
+			n.log.Warn().Int("connections", len(back)).Int("calls", len(calls)).Msg("publishing connections back after an absence: re-placing their calls")
+		}
 		for _, c := range calls {
 			for _, p := range c.Placements() {
 				// Resume nil: the routers resume from the progress the workers last reported.
@@ -487,9 +525,5 @@ func (n *Node) heartbeat() {
 }
 
 func (n *Node) event(c *Call, epoch uint32, kind string, data any) {
-	if n.paused.Load() {
-		return
-	}
-	// On the call's own connection, so that its "end" cannot overtake its last frames.
-	_ = bus.PublishEvent(c.pub.nc, wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: epoch, Source: "ingest/" + n.cfg.ID}, data)
+	_ = c.PublishEvent(wire.Event{Kind: kind, Epoch: epoch, Source: "ingest/" + n.cfg.ID}, data)
 }

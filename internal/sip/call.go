@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/sdp"
@@ -279,8 +278,8 @@ func (c *callState) onDTMF(st *stream, e dtmfEvent, pos int64) {
 		DurationMS: int(e.Duration) * 1000 / st.codec.clock, Ended: e.Ended})
 }
 
-// publish sends a call event on events.<tenant>.<call>.<kind> through the node's connection,
-// within the per-call event budget.
+// publish sends a call event on events.<tenant>.<call>.<kind> on the call's connection (after
+// its frames), within the per-call event budget.
 func (c *callState) publish(kind string, data any) {
 	now := time.Now()
 	c.mu.Lock()
@@ -296,8 +295,8 @@ func (c *callState) publish(kind string, data any) {
 	if d, ok := data.(dtmfData); ok && c.call.Paused() {
 		data = maskedDTMF{dtmfData: d, Masked: true}
 	}
-	ev := wire.Event{Kind: kind, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.call.Epoch(), Time: now, Source: "ingest/" + c.s.node.ID() + "/sip"}
-	if err := bus.PublishEvent(c.s.node.NC(), ev, data); err != nil {
+	ev := wire.Event{Kind: kind, Epoch: c.call.Epoch(), Time: now, Source: "ingest/" + c.s.node.ID() + "/sip"}
+	if err := c.call.PublishEvent(ev, data); err != nil {
 		c.log.Warn().Err(err).Str("kind", kind).Msg("call event not published")
 	}
 }

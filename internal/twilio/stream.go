@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/guard"
 	"github.com/callrouter/callrouter/internal/ingest"
@@ -432,6 +431,5 @@ func (st *stream) onDTMF(d *dtmfMsg) {
 // publish sends an event of the call on events.<tenant>.<call>.<kind>.
 func (st *stream) publish(kind string, data any) {
 	c := st.call
-	id := c.ID()
-	_ = bus.PublishEvent(st.n.NC(), wire.Event{Kind: kind, Tenant: id.Tenant, Call: id.Call, Epoch: c.Epoch(), Source: "ingest/twilio"}, data)
+	_ = c.PublishEvent(wire.Event{Kind: kind, Epoch: c.Epoch(), Source: "ingest/twilio"}, data)
 }

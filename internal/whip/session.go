@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/callrouter/callrouter/internal/bus"
 	"github.com/callrouter/callrouter/internal/ingest"
 	"github.com/callrouter/callrouter/internal/subjects"
 	"github.com/callrouter/callrouter/internal/wire"
@@ -234,6 +233,6 @@ func (sess *session) report(cut *cutter) {
 	if n == nil {
 		return
 	}
-	_ = bus.PublishEvent(n.NC(), wire.Event{Kind: "media", Tenant: sess.tenant, Call: sess.callID, Epoch: sess.call.Epoch(), Source: "ingest/" + n.ID() + "/whip"},
+	_ = sess.call.PublishEvent(wire.Event{Kind: "media", Epoch: sess.call.Epoch(), Source: "ingest/" + n.ID() + "/whip"},
 		map[string]any{"codec": sess.codec.name, "stats": st})
 }

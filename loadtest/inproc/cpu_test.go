@@ -36,13 +36,16 @@ import (
 // a subject per publishing connection, up to 512 subjects, and one ingest publishing both legs
 // of 1,000 calls (2,000 subjects) misses that cache on nearly every frame; 4 ingests of 250
 // calls (500 subjects each) hit it. conns > 1 is the same fix inside one ingest node: it
-// publishes the calls' frames on that many connections (-nats-publish-conns).
+// publishes the calls' frames on that many connections (-nats-publish-conns); conns 0 is its
+// default, automatic (ingest.AutoPublishConns, each filled to ingest.CallsPerPublishConn calls).
 // docs/loadtest.md, "The server's subject cache".
 func BenchmarkFrameCPU(b *testing.B) {
-	for _, tc := range []struct{ calls, ingests, conns int }{{500, 1, 1}, {1000, 1, 1}, {1000, 2, 1}, {1000, 4, 1}, {1000, 1, 4}} {
+	for _, tc := range []struct{ calls, ingests, conns int }{{500, 1, 1}, {1000, 1, 1}, {1000, 2, 1}, {1000, 4, 1}, {1000, 1, 4}, {1000, 1, 0}} {
 		name := fmt.Sprintf("calls=%d/ingests=%d", tc.calls, tc.ingests)
 		if tc.conns > 1 {
 			name = fmt.Sprintf("calls=%d/conns=%d", tc.calls, tc.conns)
+		} else if tc.conns == 0 { // ingest's default: -nats-publish-conns 0, automatic
+			name = fmt.Sprintf("calls=%d/conns=auto", tc.calls)
 		}
 		b.Run(name, func(b *testing.B) {
 			for range b.N {
