@@ -87,8 +87,9 @@ type Config struct {
 	// the baseline's and the floor's publishers.
 	Ingests int
 	// PublishConns is the in-process ingest node's publishing connections (ingest's
-	// -nats-publish-conns): its calls spread over them; the baseline and the floor publish
-	// through as many connections, like for like.
+	// -nats-publish-conns; 0, the default, is ingest's default: automatic): its calls spread
+	// over them; the baseline and the floor publish through as many connections as the ingest
+	// uses for the run's calls, like for like.
 	PublishConns   int
 	WorkerCapacity int // in-process stack: calls per worker (0: enough for Calls, plus a margin)
 	// Secure runs the in-process stack's NATS as in production: TLS, and every component (and
@@ -128,7 +129,7 @@ func DefaultConfig() Config {
 		Tenant:           "loadtest",
 		Workers:          2,
 		Ingests:          1,
-		PublishConns:     1,
+		PublishConns:     0,
 		Tick:             time.Millisecond,
 		StartConcurrency: 64,
 		Settle:           15 * time.Second,
@@ -283,8 +284,8 @@ func (c *Config) checkTester(p *problems) {
 	if c.Ingests > 1 && (c.NATSURL != "" || c.Mode != ModeInproc && c.Mode != ModeBaseline) {
 		p.add("ingests %d: only mode inproc on the in-process stack runs more than one ingest node", c.Ingests)
 	}
-	if c.PublishConns < 1 || c.PublishConns > 64 {
-		p.add("publish-conns %d: want 1 to 64", c.PublishConns)
+	if c.PublishConns < 0 || c.PublishConns > 64 {
+		p.add("publish-conns %d: want 1 to 64, or 0 for ingest's automatic default", c.PublishConns)
 	}
 	if c.PublishConns > 1 && (c.NATSURL != "" || c.Ingests > 1) {
 		p.add("publish-conns %d: only the in-process stack's one ingest node (no -nats, no -ingests) takes more than one", c.PublishConns)

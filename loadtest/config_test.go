@@ -37,7 +37,7 @@ func TestPublishConnsFlag(t *testing.T) {
 		nats           string
 		conns, ingests int
 		bad            bool
-	}{{"", 1, 1, false}, {"", 4, 1, false}, {"", 0, 1, true}, {"", 65, 1, true},
+	}{{"", 1, 1, false}, {"", 4, 1, false}, {"", 0, 1, false}, {"", -1, 1, true}, {"", 65, 1, true},
 		{"nats://127.0.0.1:4222", 2, 1, true}, {"", 2, 2, true}} {
 		c := DefaultConfig()
 		c.Inputs, c.NATSURL, c.PublishConns, c.Ingests = []string{"x.wav"}, tc.nats, tc.conns, tc.ingests

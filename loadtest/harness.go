@@ -24,7 +24,7 @@ type LocalConfig struct {
 	Legs           int    // the most legs of any call
 	Workers        int    // in-process workers
 	Ingests        int    // ModeInproc on the in-process stack: ingest nodes, the calls spread over them
-	PublishConns   int    // the in-process stack's ingest node: NATS connections its frames go on
+	PublishConns   int    // the in-process stack's ingest node: NATS connections its frames go on (0: ingest's automatic default)
 	WorkerCapacity int    // calls per in-process worker (0: enough for Calls, plus a margin)
 	Secure         bool   // TLS and per-role NATS permissions, as in production (Config.Secure)
 	Log            zerolog.Logger
@@ -44,6 +44,10 @@ type Local struct {
 	// run's tenant.
 	Twilio, TwilioToken string
 	Ingest              Target // ModeInproc: the in-process ingest node
+	// Publishers is how many NATS connections the in-process stack's ingest node publishes the
+	// run's calls on (ingest's -nats-publish-conns; automatic by default), and so how many
+	// publishers each raw phase gets, like for like; 0 counts as 1.
+	Publishers int
 	// Attach makes sink the in-process workers' probe sink for tenant's calls until detach; nil
 	// when the workers are remote (they publish "loadtest" events instead).
 	Attach func(tenant string, sink account.Sink) (detach func(), err error)

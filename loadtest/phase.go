@@ -140,12 +140,20 @@ func (r *runner) floorTarget(col *Collector) (*floorTarget, error) {
 	return newFloorTarget(pubs, subs, r.cfg.Tenant, col, BaselinePendingMsgs, r.cfg.Calls)
 }
 
+// publishConns is how many connections the in-process ingest node publishes the run's calls on.
+func (r *runner) publishConns() int {
+	if r.local != nil && r.local.Publishers > 1 {
+		return r.local.Publishers
+	}
+	return 1
+}
+
 // publishers connects the raw phases' publishers, one per publishing connection of the
 // callrouter phase (-ingests nodes, -publish-conns each): the same number on both sides, since
 // nats-server caches subject matches per publishing connection.
 func (r *runner) publishers(name string) ([]*nats.Conn, error) {
 	var pubs []*nats.Conn
-	k := max(1, r.cfg.Ingests) * max(1, r.cfg.PublishConns)
+	k := max(1, r.cfg.Ingests) * r.publishConns()
 	for i := range k {
 		n := name
 		if k > 1 {

@@ -116,8 +116,8 @@ func (r *runner) run(ctx context.Context) (*Report, error) {
 		if r.cfg.Ingests > 1 {
 			rep.Config.Stack += fmt.Sprintf(", %d ingest nodes and baseline publishers", r.cfg.Ingests)
 		}
-		if r.cfg.PublishConns > 1 {
-			rep.Config.Stack += fmt.Sprintf(", %d publishing connections of the ingest and of the baseline", r.cfg.PublishConns)
+		if n := r.publishConns(); n > 1 {
+			rep.Config.Stack += fmt.Sprintf(", %d publishing connections of the ingest and of the baseline", n)
 		}
 	} else {
 		rep.Config.Stack = "remote " + r.url

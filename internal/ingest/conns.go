@@ -45,6 +45,17 @@ func dialPublishConns(cfg Config, own *nats.Conn, dial func(i int) (*nats.Conn, 
 	return pubs, nil
 }
 
+// ConnsInUse is how many publishing connections carry calls on a node configured with
+// publishConns (Config.PublishConns; 0: automatic) that can open connections and holds calls
+// calls at once: each connection fills to CallsPerPublishConn before the next is used. The load
+// tester gives its raw phases as many publishers, like for like.
+func ConnsInUse(publishConns, calls int) int {
+	if publishConns == 0 {
+		publishConns = AutoPublishConns
+	}
+	return min(publishConns, max(1, (calls+CallsPerPublishConn-1)/CallsPerPublishConn))
+}
+
 // closeExtra flushes and closes the connections the node opened itself (not its own).
 func closeExtra(pubs []*pubConn) {
 	for _, p := range pubs[1:] {

@@ -606,3 +606,16 @@ func TestPublishConnBackReplacesItsCallsOnly(t *testing.T) {
 		t.Errorf("epochs: cut %d, own %d; want cut re-placed, own at 1", cut.Epoch(), own.Epoch())
 	}
 }
+
+// ConnsInUse counts the connections that fill in turn (assignConn), which is what the load
+// tester's raw phases publish on.
+func TestConnsInUse(t *testing.T) {
+	for _, tc := range []struct{ conns, calls, want int }{
+		{0, 0, 1}, {0, 1, 1}, {0, CallsPerPublishConn, 1}, {0, CallsPerPublishConn + 1, 2},
+		{0, 2500, AutoPublishConns}, {1, 2500, 1}, {3, 6, 1}, {10, 1000, 5}, {10, 2500, 10},
+	} {
+		if got := ConnsInUse(tc.conns, tc.calls); got != tc.want {
+			t.Errorf("ConnsInUse(%d, %d) = %d, want %d", tc.conns, tc.calls, got, tc.want)
+		}
+	}
+}

@@ -53,7 +53,11 @@ func startStack(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local,
 		wc.Capacity = (cfg.Calls+cfg.Workers-1)/cfg.Workers + cfg.Calls/10 + 10
 	}
 	sc := stack.Config{Workers: cfg.Workers, Worker: wc, Log: cfg.StackLog, Ingest: ingest.DefaultConfig()}
-	sc.Ingest.PublishConns = max(1, cfg.PublishConns)
+	sc.Ingest.PublishConns = cfg.PublishConns
+	if cfg.Mode == loadtest.ModeInproc && cfg.Ingests > 1 {
+		sc.Ingest.PublishConns = 1 // -ingests nodes of one connection each
+	}
+	publishers := ingest.ConnsInUse(sc.Ingest.PublishConns, cfg.Calls)
 	var opts []nats.Option
 	cleanup := func() {}
 	if cfg.Secure {
@@ -82,7 +86,7 @@ func startStack(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local,
 		stackOnly := closeStack
 		closeStack = func() { stopNodes(); stackOnly() }
 	}
-	l := &loadtest.Local{URL: st.URL, Stack: true, Ingest: it, Attach: probe.Attach, Options: opts, Close: closeStack}
+	l := &loadtest.Local{URL: st.URL, Stack: true, Ingest: it, Publishers: publishers, Attach: probe.Attach, Options: opts, Close: closeStack}
 	var stop func()
 	switch cfg.Mode {
 	case loadtest.ModeSIP:

@@ -276,26 +276,28 @@ func TestBaselinePendingIsTheWorkers(t *testing.T) {
 // TestIngestsSpreadCalls runs the callrouter phase through three in-process ingest nodes and the
 // baseline and floor through three publishers: the calls go to every node in turn and every
 // frame of every phase is accounted for.
-// TestPublishConnsReachTheIngest runs the in-process stack's ingest on three publishing
-// connections (-publish-conns 3), with the baseline on as many: every frame of both phases
-// arrives and the report says so.
+// TestPublishConnsReachTheIngest runs the in-process stack's ingest with three publishing
+// connections (-publish-conns 3). Its 6 calls fill only the first (ingest.CallsPerPublishConn),
+// so the harness says one publisher; the test then claims three, as a run of 600 calls would,
+// and the baseline publishes on three: every frame of both phases arrives and the report says so.
 func TestPublishConnsReachTheIngest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("two 2 s phases")
 	}
 	cfg := shortConfig(t, loadtest.ModeInproc, "lt-pubconns", 6, 100, 2*time.Second)
 	cfg.Baseline, cfg.PublishConns = true, 3
-	conns := 0
+	conns, publishers := 0, 0
 	harness := func(ctx context.Context, lc loadtest.LocalConfig) (*loadtest.Local, error) {
 		l, err := Start(ctx, lc)
 		if err == nil {
-			conns = l.Ingest.(*ingestTarget).nodes[0].PublishConns()
+			conns, publishers = l.Ingest.(*ingestTarget).nodes[0].PublishConns(), l.Publishers
+			l.Publishers = 3
 		}
 		return l, err
 	}
 	rep := run(t, cfg, loadtest.Deps{Harness: harness, Log: testLog(t), StackLog: testLog(t)})
-	if conns != 3 || !strings.Contains(rep.Config.Stack, "3 publishing connections") {
-		t.Fatalf("the ingest publishes on %d connections, stack %q: want 3", conns, rep.Config.Stack)
+	if conns != 3 || publishers != 1 || !strings.Contains(rep.Config.Stack, "3 publishing connections") {
+		t.Fatalf("the ingest has %d connections, %d in use, stack %q: want 3, 1 and 3 publishers", conns, publishers, rep.Config.Stack)
 	}
 	for _, p := range rep.Phases {
 		if p.Completed != cfg.Calls || p.Totals.Sent == 0 || p.Totals.Received != p.Totals.Sent || p.LossRatio != 0 {
