@@ -139,7 +139,7 @@ func TestFenceSparesMovedCall(t *testing.T) {
 			t.Fatalf("frame %d of a moved call on a fenced worker: stop %q", seq, r)
 		}
 	}
-	if next := c.next[0].Load(); next != 3 {
+	if next := c.legs[0].next.Load(); next != 3 {
 		t.Errorf("moved call processed up to %d, want 3", next)
 	}
 	if c.handedBack.Load() {

@@ -89,7 +89,7 @@ func benchCallFrame(b *testing.B, calls int) {
 		b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/frame")
 	}
 	for _, l := range legs {
-		if got := l.c.next[l.h.Leg].Load(); l.seq > 0 && got != int64(l.seq) {
+		if got := l.c.legs[l.h.Leg].next.Load(); l.seq > 0 && got != int64(l.seq) {
 			b.Fatalf("leg at %d, want %d", got, l.seq)
 		}
 	}
