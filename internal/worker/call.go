@@ -67,7 +67,8 @@ type call struct {
 	moved        atomic.Bool  // and ingest did: the rest of this worker's epoch is its own to finish
 
 	handlers []proc.Handler
-	first    trace.Span // offer → first frame processed; nil without tracing or once ended (call goroutine only)
+	hbuf     [2]proc.Handler // handlers' storage for up to two processors: no line of its own to miss
+	first    trace.Span      // offer → first frame processed; nil without tracing or once ended (call goroutine only)
 	// out is the frame being processed: a live frame's header is parsed into it, and handlers
 	// receive it; a field so the frame path does not allocate. Its payload aliases the NATS
 	// message, and is cleared once the frame is processed.
@@ -341,6 +342,7 @@ func (c *call) step(m *nats.Msg) (reason string) {
 }
 
 func (c *call) startHandlers() {
+	c.handlers = c.hbuf[:0]
 	for _, p := range c.w.procs {
 		h, err := p.Start(c)
 		if err != nil {

@@ -39,7 +39,7 @@ import (
 // publishes the calls' frames on that many connections (-nats-publish-conns).
 // docs/loadtest.md, "The server's subject cache".
 func BenchmarkFrameCPU(b *testing.B) {
-	for _, tc := range []struct{ calls, ingests, conns int }{{500, 1, 1}, {1000, 1, 1}, {1000, 2, 1}, {1000, 4, 1}, {1000, 1, 4}} {
+	for _, tc := range []struct{ calls, ingests, conns int }{{500, 1, 1}, {1000, 1, 1}, {1000, 2, 1}, {1000, 4, 1}, {1000, 1, 4}, {2500, 1, 1}, {2500, 1, 10}} {
 		name := fmt.Sprintf("calls=%d/ingests=%d", tc.calls, tc.ingests)
 		if tc.conns > 1 {
 			name = fmt.Sprintf("calls=%d/conns=%d", tc.calls, tc.conns)
