@@ -25,8 +25,8 @@ import (
 // the processors, as it would for a plain NATS subscriber. Control requests and the stop signal
 // come on the same channel, so the goroutine waits on one channel, not a select.
 //
-// The fields a live frame touches come first, packed into six cache lines (legs 0 and 1 of leg
-// included): with thousands of calls a frame meets its call cold in the CPU caches, and every
+// The fields a live frame touches come first, packed into six cache lines (with legs[0] and
+// legs[1]): with thousands of calls a frame meets its call cold in the CPU caches, and every
 // line it touches is a miss to memory (BenchmarkCallFrame; docs/loadtest.md, "The worker's
 // CPU per frame"). Keep it so: a field the frame path reads goes up here, anything else below.
 type call struct {
