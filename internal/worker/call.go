@@ -83,14 +83,13 @@ type call struct {
 	audioSub   *nats.Subscription
 	subDropped int // sub.Dropped() at the last check
 
-	ctlPending atomic.Int32 // control requests on the channel (maxCtlPending)
 	done       chan struct{}
 	queuedLeft atomic.Int64
-
+	ctlPending atomic.Int32 // control requests on the channel (maxCtlPending)
 	superseded atomic.Bool
 	handedBack atomic.Bool // dropped at the fence and handed back to ingest (worker.handBackOnce)
+	finishing  bool        // finish has begun (call goroutine only)
 
-	finishing   bool   // finish has begun (call goroutine only)
 	resumeCause string // cause of what the first replay after joining cannot fill
 
 	shared   *proc.Shared // what the processors share (decoded audio, summary sections)
