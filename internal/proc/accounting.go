@@ -36,12 +36,22 @@ type Accounting struct {
 }
 
 type accountingCall struct {
-	c    Call
 	legs []LegAccount
+	// two holds legs for a call of up to two legs, right after the slice: with thousands of calls
+	// a frame meets its call's accounting cold in the CPU caches, and a frame's count is then one
+	// miss to memory rather than two, one behind the other (BenchmarkCallFrame in
+	// internal/worker, calls=50000).
+	two [2]LegAccount
+	c   Call
 }
 
 func (accounting) Start(c Call) (Handler, error) {
-	a := &accountingCall{c: c, legs: make([]LegAccount, len(c.Spec().Legs))}
+	a := &accountingCall{c: c}
+	if n := len(c.Spec().Legs); n <= len(a.two) {
+		a.legs = a.two[:n]
+	} else {
+		a.legs = make([]LegAccount, n)
+	}
 	for i, l := range c.Spec().Legs {
 		a.legs[i] = LegAccount{Leg: l.Index, Name: l.Name, FirstSeq: -1, LastSeq: -1}
 	}

@@ -19,92 +19,103 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// item is one frame being processed; payload aliases the NATS message.
-type item struct {
-	h       frame.Header
-	payload []byte
-}
-
 // call is one call held by a session-mode worker. Its audio subscription is a channel
 // subscription: nats.go's reader puts each message straight on the call's channel, and the
 // call's own goroutine (run) does everything else, so a frame wakes one goroutine on its way to
 // the processors, as it would for a plain NATS subscriber. Control requests and the stop signal
 // come on the same channel, so the goroutine waits on one channel, not a select.
+//
+// The fields a live frame touches come first, packed into six cache lines (with legs[0] and
+// legs[1]): with thousands of calls a frame meets its call cold in the CPU caches, and every
+// line it touches is a miss to memory (BenchmarkCallFrame; docs/loadtest.md, "The worker's
+// CPU per frame"). Keep it so: a field the frame path reads goes up here, anything else below.
 type call struct {
-	w    *Worker
-	spec session.Spec
-	// state is the call's epoch (low 32 bits: advanced in place when ingest re-places the call's
-	// other pools) and whether it is stopping (stoppingBit), in one word so that an offer that
-	// advances the epoch and a decision to stop are ordered: an offer never succeeds on a call
-	// that is already on its way out (see advance, supersededBy).
-	state  atomic.Uint64
-	join   uint32 // the epoch this worker joined at; older frames belong to the previous owner
-	ingest string
-	from   []int64 // per leg: where to resume (session.FromEpochStart or a sequence)
-	log    zerolog.Logger
+	w *Worker
 
-	audioSub, ctlSub *nats.Subscription
+	stopReq atomic.Pointer[string] // set by stop; the goroutine checks it before each message
+	// A stop that first lets the goroutine take the messages queued when it was asked (see
+	// release): its reason, and how many more messages it takes at most before stopping.
+	stopQueued atomic.Pointer[string]
+	ctlSub     *nats.Subscription
 
 	// audio holds the frames not yet processed: at most PendingMsgs (beyond that nats.go drops
 	// new ones, counted by the subscription as a slow consumer), and the call goroutine drops
 	// the oldest while more than queue wait (worker backpressure). Both bounds are for two legs
 	// and grow with a call that has more (legScale).
-	audio      chan *nats.Msg
-	queue      int
-	dropCause  [session.MaxLegs]string // cause of the last frame dropped before the next gap
-	subDropped int                     // sub.Dropped() at the last check
+	audio     chan *nats.Msg
+	queue     int
+	now       int64        // w.mono() when the current message was taken off the channel
+	lastFrame atomic.Int64 // w.mono() when the last frame was received
 
-	stopReq    atomic.Pointer[string] // set by stop; the goroutine checks it before each message
-	ctlPending atomic.Int32           // control requests on the channel (maxCtlPending)
-	done       chan struct{}
-	// A stop that first lets the goroutine take the messages queued when it was asked (see
-	// release): its reason, and how many more messages it takes at most before stopping.
-	stopQueued atomic.Pointer[string]
-	queuedLeft atomic.Int64
-
-	next       [session.MaxLegs]atomic.Int64 // progress, read by heartbeats
-	lastFrame  atomic.Int64                  // w.mono() when the last frame was received
-	lagNS      atomic.Int64                  // EWMA of live frames' excess delay (see excess)
-	superseded atomic.Bool
-	migrating  atomic.Bool // this worker asked ingest to move the call (drain, rebalance)
-	moved      atomic.Bool // and ingest did: the rest of this worker's epoch is its own to finish
-	handedBack atomic.Bool // dropped at the fence and handed back to ingest (worker.handBackOnce)
-
-	finishing bool // finish has begun (call goroutine only)
-
-	first trace.Span // offer → first frame processed; nil without tracing or once ended (call goroutine only)
-
-	// Forward jumps (call goroutine only). credit is how many missing frames a leg's next
-	// forward jump may explain as loss: it accrues at real time (a frame per frame duration),
-	// up to the call's queue bound, and each jump spends it. anchor is a frame beyond the credit
-	// held back as a possible new sequence start.
-	credit, creditAt [session.MaxLegs]int64
-	anchor           [session.MaxLegs]uint32
-	anchored         [session.MaxLegs]bool
-	resumeCause      string // cause of what the first replay after joining cannot fill
-
-	started  [session.MaxLegs]bool
-	paused   [session.MaxLegs]bool // the leg's last frame in order was paused (frame.FlagPaused)
-	ended    uint16
-	handlers []proc.Handler
-	shared   *proc.Shared // what the processors share (decoded audio, summary sections)
-	cur      item         // the frame being processed; a field so the frame path does not allocate
-	now      int64        // w.mono() when cur was taken off the channel
-	out      proc.Frame   // what handlers receive; reused for the same reason
-
+	// state is the call's epoch (low 32 bits: advanced in place when ingest re-places the call's
+	// other pools) and whether it is stopping (stoppingBit), in one word so that an offer that
+	// advances the epoch and a decision to stop are ordered: an offer never succeeds on a call
+	// that is already on its way out (see advance, supersededBy).
+	state atomic.Uint64
+	join  uint32 // the epoch this worker joined at; older frames belong to the previous owner
+	nlegs uint8  // len(spec.Legs)
+	ended uint16 // legs whose last frame was processed
 	// Delay baseline (call goroutine only): the lowest arrival−capture seen, which holds the
 	// constant offset between ingest's clock and this worker's plus the fastest trip; a live
 	// frame's excess over it is its lag. See excess.
-	base, baseAt int64 // baseline, and w.mono() when it last rose
 	haveBase     bool
-	offBand      int // consecutive live frames more than MaxFrameAge off the baseline
-	skipLag      int // live frames still to leave out of lag: they queued behind a replay
+	base, baseAt int64        // baseline, and w.mono() when it last rose
+	offBand      int          // consecutive live frames more than MaxFrameAge off the baseline
+	skipLag      int          // live frames still to leave out of lag: they queued behind a replay
+	lagNS        atomic.Int64 // EWMA of live frames' excess delay (see excess)
+	migrating    atomic.Bool  // this worker asked ingest to move the call (drain, rebalance)
+	moved        atomic.Bool  // and ingest did: the rest of this worker's epoch is its own to finish
+
+	handlers []proc.Handler
+	hbuf     [2]proc.Handler // handlers' storage for up to two processors: no line of its own to miss
+	first    trace.Span      // offer → first frame processed; nil without tracing or once ended (call goroutine only)
+	// out is the frame being processed: a live frame's header is parsed into it, and handlers
+	// receive it; a field so the frame path does not allocate. Its payload aliases the NATS
+	// message, and is cleared once the frame is processed.
+	out  proc.Frame
+	legs [session.MaxLegs]legState
+
+	// What the frame path does not touch.
+	spec       session.Spec
+	ingest     string
+	from       []int64 // per leg: where to resume (session.FromEpochStart or a sequence)
+	log        zerolog.Logger
+	audioSub   *nats.Subscription
+	subDropped int // sub.Dropped() at the last check
+
+	done       chan struct{}
+	queuedLeft atomic.Int64
+	ctlPending atomic.Int32 // control requests on the channel (maxCtlPending)
+	superseded atomic.Bool
+	handedBack atomic.Bool // dropped at the fence and handed back to ingest (worker.handBackOnce)
+	finishing  bool        // finish has begun (call goroutine only)
+
+	resumeCause string // cause of what the first replay after joining cannot fill
+
+	shared   *proc.Shared // what the processors share (decoded audio, summary sections)
+	replayed proc.Frame   // what handlers receive for a replayed frame (see out)
+}
+
+// legState is a leg's part of the frame path's state (call goroutine only, but next).
+//
+// Forward jumps: credit is how many missing frames the leg's next forward jump may explain as
+// loss: it accrues at real time (a frame per frame duration), up to the call's queue bound, and
+// each jump spends it. anchor is a frame beyond the credit held back as a possible new sequence
+// start.
+type legState struct {
+	next             atomic.Int64 // the next sequence expected: progress, read by heartbeats
+	credit, creditAt int64
+	dropCause        string // cause of the last frame dropped before the next gap
+	anchor           uint32
+	started          bool
+	paused           bool // the leg's last frame in order was paused (frame.FlagPaused)
+	anchored         bool
 }
 
 func newCall(w *Worker, o *wire.Offer) *call {
 	scale := legScale(len(o.Call.Legs))
 	c := &call{
-		w: w, spec: o.Call, join: o.Epoch, ingest: o.Ingest,
+		w: w, spec: o.Call, join: o.Epoch, ingest: o.Ingest, nlegs: uint8(len(o.Call.Legs)),
 		audio: make(chan *nats.Msg, w.cfg.PendingMsgs*scale),
 		queue: w.cfg.QueueFrames * scale,
 		done:  make(chan struct{}),
@@ -129,12 +140,12 @@ func newCall(w *Worker, o *wire.Offer) *call {
 			c.from[r.Leg] = r.Next
 		}
 	}
-	for i := range c.next {
-		c.next[i].Store(-1)
+	for i := range c.legs {
+		c.legs[i].next.Store(-1)
 	}
 	for i, f := range c.from {
 		if f >= 0 {
-			c.next[i].Store(f)
+			c.legs[i].next.Store(f)
 		}
 	}
 	c.lastFrame.Store(w.mono())
@@ -187,20 +198,20 @@ func (c *call) onAudio(m *nats.Msg) string { return c.take(m, c.w.mono()) }
 // take is onAudio with the time the message was taken off the channel (w.mono()).
 func (c *call) take(m *nats.Msg, now int64) string {
 	c.now = now
-	c.lastFrame.Store(c.now)
-	p, err := c.cur.h.Unmarshal(m.Data)
-	if err != nil || int(c.cur.h.Leg) >= len(c.spec.Legs) {
+	c.lastFrame.Store(now)
+	h := &c.out.Header
+	p, err := h.Unmarshal(m.Data)
+	if err != nil || h.Leg >= c.nlegs {
 		c.w.m.bad.Inc()
 		return ""
 	}
 	if len(c.audio) >= c.queue {
-		c.dropCause[c.cur.h.Leg] = proc.CauseBackpressure
+		c.legs[h.Leg].dropCause = proc.CauseBackpressure
 		c.w.m.dropBackpressure.Inc()
 		return ""
 	}
-	c.cur.payload = p
-	r := c.process(&c.cur)
-	c.cur = item{}
+	r := c.process(h, p)
+	c.out.Payload = nil // it aliases the message: let the collector have it
 	return r
 }
 
@@ -330,6 +341,7 @@ func (c *call) step(m *nats.Msg) (reason string) {
 }
 
 func (c *call) startHandlers() {
+	c.handlers = c.hbuf[:0]
 	for _, p := range c.w.procs {
 		h, err := p.Start(c)
 		if err != nil {
@@ -340,9 +352,9 @@ func (c *call) startHandlers() {
 	}
 }
 
-// process handles one live frame; it returns a stop reason when the call must end.
-func (c *call) process(it *item) string {
-	h := &it.h
+// process handles one live frame, its header h (c.out's) and payload; it returns a stop reason
+// when the call must end.
+func (c *call) process(h *frame.Header, payload []byte) string {
 	switch {
 	case h.Epoch < c.join:
 		c.w.m.oldEpoch.Inc()
@@ -361,9 +373,9 @@ func (c *call) process(it *item) string {
 		return proc.StopSuperseded
 	}
 	leg := h.Leg
-	if !c.started[leg] {
-		c.started[leg] = true
-		c.credit[leg], c.creditAt[leg] = int64(c.queue), now
+	if !c.legs[leg].started {
+		c.legs[leg].started = true
+		c.legs[leg].credit, c.legs[leg].creditAt = int64(c.queue), now
 		from := c.from[leg]
 		if (from == session.FromEpochStart && !h.Has(frame.FlagEpochStart)) || from == session.FromRingStart || (from >= 0 && int64(h.Seq) > from) {
 			if c.replay(leg, from, h.Seq, c.resumeCause) {
@@ -371,35 +383,35 @@ func (c *call) process(it *item) string {
 			}
 		}
 	} else if !h.Has(frame.FlagReplayed) {
-		if k := (now - c.creditAt[leg]) / int64(frame.Duration); k > 0 {
+		if k := (now - c.legs[leg].creditAt) / int64(frame.Duration); k > 0 {
 			// Credit saved from before is capped; the time just elapsed always counts.
-			c.credit[leg] = min(c.credit[leg], int64(c.queue)) + k
-			c.creditAt[leg] += k * int64(frame.Duration)
+			c.legs[leg].credit = min(c.legs[leg].credit, int64(c.queue)) + k
+			c.legs[leg].creditAt += k * int64(frame.Duration)
 		}
-		next := c.next[leg].Load()
+		next := c.legs[leg].next.Load()
 		switch jump := int64(h.Seq) - next; {
 		case next < 0 || jump <= 0:
-		case jump > c.credit[leg]:
+		case jump > c.legs[leg].credit:
 			// More frames missing than real time since this leg's last frame (plus the queue's
 			// worth) can explain: not a loss but a sequence that jumped (a broken or hostile
 			// sender). A single such frame is dropped; a second one shortly after it (within
 			// the queue bound) confirms the new sequence, and the stream is re-anchored there:
 			// the hole is one gap with cause resync (processors must not fill it), no replay is
 			// asked for.
-			if !c.anchored[leg] || h.Seq <= c.anchor[leg] || int64(h.Seq-c.anchor[leg]) > int64(c.queue) {
-				c.anchor[leg], c.anchored[leg] = h.Seq, true
+			if !c.legs[leg].anchored || h.Seq <= c.legs[leg].anchor || int64(h.Seq-c.legs[leg].anchor) > int64(c.queue) {
+				c.legs[leg].anchor, c.legs[leg].anchored = h.Seq, true
 				c.w.m.jumpHeld.Inc()
 				return ""
 			}
-			c.anchored[leg] = false
-			c.dropCause[leg] = proc.CauseResync
+			c.legs[leg].anchored = false
+			c.legs[leg].dropCause = proc.CauseResync
 			c.w.m.resyncs.Inc()
 		default:
-			c.credit[leg] -= jump
+			c.legs[leg].credit -= jump
 			// Frames went missing between NATS and this worker (a reconnect, a slow-consumer
 			// drop): fetch them from ingest's ring before going on. The worker's own drops are
 			// not refetched.
-			if own := c.dropCause[leg] != ""; !own {
+			if own := c.legs[leg].dropCause != ""; !own {
 				cause := c.gapCause(leg)
 				if c.replay(leg, next, h.Seq, cause) {
 					return proc.StopSuperseded
@@ -408,22 +420,22 @@ func (c *call) process(it *item) string {
 				c.subDropped = d // NATS drops inside this hole are not a later gap's cause
 			}
 		}
-		if c.anchored[leg] {
-			c.anchored[leg] = false // the jump was a stray frame; the stream went on
+		if c.legs[leg].anchored {
+			c.legs[leg].anchored = false // the jump was a stray frame; the stream went on
 		}
 	}
-	live := !h.Has(frame.FlagReplayed)
+	live, last := !h.Has(frame.FlagReplayed), h.Has(frame.FlagLast)
 	var excess int64
 	if live {
 		excess = c.excess(c.w.wall0 + now - h.Capture)
 		// A paused frame carries no audio: it is never stale, only accounted.
-		if excess > int64(c.w.cfg.MaxFrameAge) && !h.Has(frame.FlagLast) && !h.Has(frame.FlagPaused) {
-			c.dropCause[leg] = proc.CauseStale
+		if excess > int64(c.w.cfg.MaxFrameAge) && !last && !h.Has(frame.FlagPaused) {
+			c.legs[leg].dropCause = proc.CauseStale
 			c.w.m.dropStale.Inc()
 			return ""
 		}
 	}
-	c.deliver(h, it.payload)
+	c.deliver(h, payload) // h is c.out's header, which handlers see: read nothing of it after this
 	// Frames that queued behind the last replay (a hand-over, a refetch) waited for that
 	// replay, not for processing: they say nothing about this worker's backlog, and counting
 	// them would make every worker that takes over calls look lagging for a moment.
@@ -436,9 +448,9 @@ func (c *call) process(it *item) string {
 			c.w.m.delay.Observe(float64(max(excess, 0)) / 1e9)
 		}
 	}
-	if h.Has(frame.FlagLast) {
+	if last {
 		c.ended |= 1 << leg
-		if int(c.ended) == 1<<len(c.spec.Legs)-1 {
+		if int(c.ended) == 1<<c.nlegs-1 {
 			return proc.StopEnd
 		}
 	}
@@ -485,7 +497,7 @@ func (c *call) excess(d int64) int64 {
 func (c *call) deliver(h *frame.Header, payload []byte) {
 	leg := h.Leg
 	seq := int64(h.Seq)
-	next := c.next[leg].Load()
+	next := c.legs[leg].next.Load()
 	if next >= 0 && seq < next {
 		c.w.m.duplicate.Inc()
 		for _, hd := range c.handlers {
@@ -498,7 +510,7 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 	paused := h.Has(frame.FlagPaused)
 	if next >= 0 && seq > next {
 		g := proc.Gap{Leg: leg, From: uint32(next), To: uint32(seq - 1), Cause: c.gapCause(leg)}
-		if paused && c.paused[leg] {
+		if paused && c.legs[leg].paused {
 			// Between two paused frames: whatever went missing had no audio to lose.
 			g.Cause = proc.CausePaused
 			c.w.m.paused.Add(float64(g.Count()))
@@ -512,12 +524,12 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 			}
 		}
 	}
-	c.dropCause[leg] = ""
-	c.next[leg].Store(seq + 1)
+	c.legs[leg].dropCause = ""
+	c.legs[leg].next.Store(seq + 1)
 	if h.Has(frame.FlagReplayed) {
 		c.w.m.replayed.Inc()
 	}
-	c.paused[leg] = paused
+	c.legs[leg].paused = paused
 	if paused {
 		// A secure pause: ingest withheld the audio. Processors hear of the frame (accounting
 		// counts it as paused), never of a payload, even one a forged frame might carry.
@@ -533,9 +545,14 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 	if h.Has(frame.FlagLast) && len(payload) == 0 {
 		return
 	}
-	c.out = proc.Frame{Header: *h, Payload: payload, Received: c.w.wall0 + c.now}
+	f := &c.out
+	if h != &f.Header { // a replayed frame: c.out holds the live frame that set off the replay
+		f = &c.replayed
+		f.Header = *h
+	}
+	f.Payload, f.Received = payload, c.w.wall0+c.now
 	for _, hd := range c.handlers {
-		hd.Frame(&c.out)
+		hd.Frame(f)
 	}
 	if c.first != nil {
 		c.first.End()
@@ -544,7 +561,7 @@ func (c *call) deliver(h *frame.Header, payload []byte) {
 }
 
 func (c *call) gapCause(leg uint8) string {
-	if cause := c.dropCause[leg]; cause != "" {
+	if cause := c.legs[leg].dropCause; cause != "" {
 		return cause
 	}
 	if d, err := c.audioSub.Dropped(); err == nil && d > c.subDropped {
@@ -559,7 +576,7 @@ func (c *call) gapCause(leg uint8) string {
 // Whatever the ring cannot fill is reported with cause. It returns true when a replayed frame
 // carries a newer epoch than this worker's: the call has been superseded.
 func (c *call) replay(leg uint8, from int64, to uint32, cause string) (superseded bool) {
-	defer func() { c.skipLag = len(c.audio) }()
+	defer func() { c.skipLag, c.replayed.Payload = len(c.audio), nil }()
 	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Worker: c.w.cfg.ID,
 		Legs: []wire.LegRange{{Leg: leg, From: from, To: int64(to)}}}
 	ctx, cancel := context.WithTimeout(context.Background(), c.w.cfg.ReplayTimeout)
@@ -604,15 +621,15 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 
 // markLoss attributes any gap left before the next live frame to cause.
 func (c *call) markLoss(leg uint8, cause string) {
-	if c.dropCause[leg] == "" {
-		c.dropCause[leg] = cause
+	if c.legs[leg].dropCause == "" {
+		c.legs[leg].dropCause = cause
 	}
 }
 
 func (c *call) progress() []session.LegSeq {
 	out := make([]session.LegSeq, len(c.spec.Legs))
 	for i := range out {
-		out[i] = session.LegSeq{Leg: uint8(i), Next: c.next[i].Load()}
+		out[i] = session.LegSeq{Leg: uint8(i), Next: c.legs[i].next.Load()}
 	}
 	return out
 }

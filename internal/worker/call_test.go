@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/callrouter/callrouter/internal/frame"
 	"github.com/callrouter/callrouter/internal/proc"
@@ -139,10 +140,24 @@ func TestFenceSparesMovedCall(t *testing.T) {
 			t.Fatalf("frame %d of a moved call on a fenced worker: stop %q", seq, r)
 		}
 	}
-	if next := c.next[0].Load(); next != 3 {
+	if next := c.legs[0].next.Load(); next != 3 {
 		t.Errorf("moved call processed up to %d, want 3", next)
 	}
 	if c.handedBack.Load() {
 		t.Error("a moved call was handed back")
+	}
+}
+
+// TestCallLayout keeps what docs/loadtest.md "The worker's CPU per frame" measured: a live
+// frame's fields of its call, legs[0] and legs[1] included, in the struct's first six cache
+// lines (each a miss to memory at thousands of calls), and the call in the allocator's
+// 1,024-byte size class (memory per call).
+func TestCallLayout(t *testing.T) {
+	var c call
+	if end := unsafe.Offsetof(c.legs) + 2*unsafe.Sizeof(c.legs[0]); end > 6*64 {
+		t.Errorf("legs[1] ends at byte %d of the call, want within the first 6 cache lines (384)", end)
+	}
+	if n := unsafe.Sizeof(c); n > 1024 {
+		t.Errorf("a call is %d bytes, want at most 1,024 (the next size class is 1,152)", n)
 	}
 }

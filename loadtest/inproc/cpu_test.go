@@ -40,7 +40,7 @@ import (
 // default, automatic (ingest.AutoPublishConns, each filled to ingest.CallsPerPublishConn calls).
 // docs/loadtest.md, "The server's subject cache".
 func BenchmarkFrameCPU(b *testing.B) {
-	for _, tc := range []struct{ calls, ingests, conns int }{{500, 1, 1}, {1000, 1, 1}, {1000, 2, 1}, {1000, 4, 1}, {1000, 1, 4}, {1000, 1, 0}} {
+	for _, tc := range []struct{ calls, ingests, conns int }{{500, 1, 1}, {1000, 1, 1}, {1000, 2, 1}, {1000, 4, 1}, {1000, 1, 4}, {1000, 1, 0}, {2500, 1, 1}, {2500, 1, 10}, {2500, 1, 0}} {
 		name := fmt.Sprintf("calls=%d/ingests=%d", tc.calls, tc.ingests)
 		if tc.conns > 1 {
 			name = fmt.Sprintf("calls=%d/conns=%d", tc.calls, tc.conns)
