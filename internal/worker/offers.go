@@ -6,11 +6,12 @@ import (
 )
 
 // Offers come in on one subscription, but each is set up on a goroutine of its own: setting one
-// up waits a round trip to the NATS server (the flush that makes the call's subscriptions reach
-// it before the answer), and on a busy machine that round trip queues behind the frames the
-// server is delivering to this worker. Taken one after another, the offers of a burst of new
-// calls each waited for all the round trips before their own (a cause of the 2,500-call load
-// test's setup p99 of 332 ms); taken together, their flushes overlap.
+// up can wait (up to stoppingWait for a call that is stopping; a subscription write behind a
+// full connection buffer), and taken one after another, the offers of a burst of new calls each
+// waited for every wait before their own. When setting up still flushed (a server round trip
+// that, on a busy machine, queued behind the frames the server was delivering to this worker),
+// that was a cause of the 2,500-call load test's setup p99 of 332 ms; taken together, the waits
+// overlap.
 //
 // At most offerConcurrency offers are set up at once; past that the subscription waits, and
 // offers queue in it as before. Offers of one call are set up one after another, in the order

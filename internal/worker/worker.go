@@ -321,8 +321,8 @@ func (w *Worker) onOffer(m *nats.Msg) {
 	})
 }
 
-// setUp takes a valid offer: it reserves the call's slot, subscribes the call's subjects, flushes
-// and starts the call, answering through reply. Offers of one call never run it at once
+// setUp takes a valid offer: it reserves the call's slot, subscribes the call's subjects and
+// starts the call, answering through reply. Offers of one call never run it at once
 // (dispatchOffer).
 func (w *Worker) setUp(ctx context.Context, o *wire.Offer, reply func(wire.Reply)) {
 	id := o.Call.ID
