@@ -45,6 +45,7 @@ type Call struct {
 	pause       pauseState // a secure pause (pause.go); under mu
 	mu          sync.Mutex // orders Send against epoch changes; guards the call's state
 	epoch       uint32
+	placed      time.Time // when the current placements were set (monotonic): Node.absence
 	ended       bool
 	lastMedia   int64 // capture time of the last frame, Unix nanoseconds
 	unpublished int64 // frames published and not yet added to the frames metric
@@ -214,6 +215,7 @@ func (c *Call) setPlacement(epoch uint32, p []wire.Placement) bool {
 	}
 	c.epoch = epoch
 	c.placements = p
+	c.placed = time.Now()
 	for i := range c.legs {
 		c.legs[i].epochStart = true
 	}

@@ -20,6 +20,7 @@ type pubConn struct {
 	nc    *nats.Conn
 	calls int       // calls owned on it; under Node.mu
 	seen  time.Time // when the absence check last saw it connected (monotonic); the heartbeat loop's
+	lost  time.Time // when the absence check first saw it away, zero while connected; the same
 }
 
 // dialPublishConns returns the node's publishing connections: its own, then the rest of

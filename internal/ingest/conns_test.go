@@ -619,3 +619,120 @@ func TestConnsInUse(t *testing.T) {
 		}
 	}
 }
+
+// A call placed again while its connection was away (a router's reconcile, once the node's own
+// connection was back) is not re-placed once more when that connection comes back: it already
+// has a worker that took it after the absence. The call on the other connection that came back,
+// not placed since, is.
+func TestAbsenceSkipsCallsPlacedSince(t *testing.T) {
+	tune := func(c *Config) { c.HeartbeatInterval, c.StrandedAfter = 50*time.Millisecond, 300*time.Millisecond }
+	n, _, srv, client, extra := connsNodeWith(t, 3, obs.NewRegistry(), tune, 1500*time.Millisecond)
+	calls := map[string]*Call{}
+	for _, name := range []string{"own", "moved", "stale"} {
+		c, err := n.StartCall(context.Background(), twoLegSpec(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls[name] = c
+	}
+	if calls["moved"].pub != n.pubs[1] || calls["stale"].pub != n.pubs[2] {
+		t.Fatal("the calls do not publish on one connection each")
+	}
+	reqs := make(chan wire.PlaceRequest, 16)
+	if _, err := client.Subscribe(subjects.Place, func(m *nats.Msg) { // beside the stand-in router
+		var req wire.PlaceRequest
+		if json.Unmarshal(m.Data, &req) == nil {
+			reqs <- req
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, nc := range extra() {
+		id, err := nc.GetClientID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.DisconnectClientByID(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// While both are away (two heartbeats on, so the node has seen them away), call moved is
+	// placed again, as a router's reconcile would.
+	hb := make(chan struct{}, 1)
+	hbSub, err := client.Subscribe(subjects.Heartbeat(subjects.Ingest, "in-1"), func(*nats.Msg) {
+		select {
+		case hb <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !extra()[0].IsReconnecting() || !extra()[1].IsReconnecting(); {
+		if time.Now().After(deadline) {
+			t.Fatal("the extra connections did not drop")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select { // one sent before the node could have seen them away
+	case <-hb:
+	default:
+	}
+	for range 2 {
+		select {
+		case <-hb:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no heartbeat")
+		}
+	}
+	_ = hbSub.Unsubscribe()
+	moved := calls["moved"]
+	if !moved.setPlacement(moved.nextEpoch(), moved.Placements()) {
+		t.Fatal("call moved not placed again")
+	}
+	epoch := moved.Epoch()
+	timeout := time.After(15 * time.Second)
+	for done := false; !done; {
+		select {
+		case req := <-reqs:
+			if req.Call.Call != "stale" || req.Reason != wire.ReasonIngestStall {
+				t.Fatalf("re-placement of %s (%s), want only call stale's with reason %s", req.Call.Call, req.Reason, wire.ReasonIngestStall)
+			}
+			done = true
+		case <-timeout:
+			t.Fatal("the call not placed since its connection went away was not re-placed")
+		}
+	}
+	// Ten more heartbeats: call moved stays at the epoch it was placed at during the absence.
+	beats := make(chan struct{}, 1)
+	sub, err := client.Subscribe(subjects.Heartbeat(subjects.Ingest, "in-1"), func(*nats.Msg) {
+		select {
+		case beats <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	for range 10 {
+		select {
+		case <-beats:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no heartbeat")
+		}
+	}
+	select {
+	case req := <-reqs:
+		if req.Call.Call != "stale" {
+			t.Fatalf("call %s re-placed (%s) after its connection came back", req.Call.Call, req.Reason)
+		}
+	default:
+	}
+	if got := moved.Epoch(); got != epoch {
+		t.Errorf("call moved at epoch %d, want %d: placed again during the absence, it was re-placed once more", got, epoch)
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -188,8 +187,12 @@ func (n *Node) Run(ctx context.Context) error {
 	defer t.Stop()
 	n.heartbeat()
 	back := n.absence()
+	poll := time.NewTicker(absencePoll)
+	defer poll.Stop()
 	for {
 		select {
+		case <-poll.C:
+			back()
 		case <-t.C:
 			n.reap()
 			n.heartbeat()
@@ -204,14 +207,21 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 }
 
-// absence returns a check, run after each heartbeat, that notices when this node comes back
+// absencePoll is how often the absence check runs besides after each heartbeat, so that a call
+// is re-placed within this of its connection's return rather than up to a heartbeat later.
+const absencePoll = 50 * time.Millisecond
+
+// absence returns a check, run after each heartbeat and every absencePoll, that notices when this node comes back
 // from an absence longer than StrandedAfter (no heartbeat went out while connected: a cut or
 // refused connection, or the process stopped) and then re-places every call at once with reason
 // ingest_stall. The routers would tell it the same after their next sweep; by then the tail of
 // a call that ends soon after would be published to no worker. An extra publishing connection
 // (-nats-publish-conns) that comes back from such an absence alone, the node's own connection
-// up meanwhile, re-places only the calls whose frames go on it: the others lost nothing. The
-// check judges only once every connection is up, since frames on one that is down are lost.
+// up meanwhile, re-places only the calls whose frames go on it: the others lost nothing. Each
+// connection's calls are judged as soon as it and the node's own are up: waiting for the last
+// of eight to reconnect (each after its own jittered wait) kept a call that ended half a second
+// after the cut healed from being re-placed at all. A call placed again since the check first
+// saw its connection away (a router's reconcile) is left where it is.
 func (n *Node) absence() func() {
 	start := time.Now() // monotonic: a wall-clock step is not an absence
 	for _, p := range n.pubs {
@@ -219,49 +229,68 @@ func (n *Node) absence() func() {
 	}
 	return func() {
 		now := time.Now()
-		if n.paused.Load() || bus.Connected(n.nc) != nil {
+		if n.paused.Load() {
 			return
 		}
-		var back []*pubConn // connections back from an absence
-		up := true
-		for _, p := range n.pubs {
-			if bus.Connected(p.nc) != nil {
-				up = false
-				continue
-			}
-			if n.cfg.StrandedAfter > 0 && now.Sub(p.seen) > n.cfg.StrandedAfter {
-				back = append(back, p)
-			}
-		}
-		if !up {
-			for _, p := range n.pubs {
-				if !slices.Contains(back, p) && bus.Connected(p.nc) == nil {
-					p.seen = now
-				}
+		if bus.Connected(n.nc) != nil {
+			if n.pubs[0].lost.IsZero() {
+				n.pubs[0].lost = now
 			}
 			return
 		}
 		away := now.Sub(n.pubs[0].seen)
+		// The connections back from an absence, each with when a check first saw it away;
+		// zero when none did (the process itself was stopped, or the node's own connection
+		// was away too, and nothing was placed meanwhile).
+		gone := map[*pubConn]time.Time{}
+		var back []*pubConn
 		for _, p := range n.pubs {
-			p.seen = now
+			if bus.Connected(p.nc) != nil {
+				if p.lost.IsZero() {
+					p.lost = now
+				}
+				continue // its calls are judged once it is back
+			}
+			if n.cfg.StrandedAfter > 0 && now.Sub(p.seen) > n.cfg.StrandedAfter {
+				gone[p] = p.lost
+				back = append(back, p)
+			}
+			p.seen, p.lost = now, time.Time{}
 		}
 		if len(back) == 0 {
 			return
 		}
 		whole := back[0] == n.pubs[0] // the node's own: its heartbeats did not go out either
 		n.mu.Lock()
-		calls := make([]*Call, 0, len(n.calls))
+		held := make([]*Call, 0, len(n.calls))
 		for _, c := range n.calls {
-			if whole || slices.Contains(back, c.pub) {
-				calls = append(calls, c)
-			}
+			held = append(held, c)
 		}
 		n.mu.Unlock()
+		calls := held[:0]
+		placedSince := 0
+		for _, c := range held {
+			since, ok := gone[c.pub]
+			if !ok {
+				continue
+			}
+			if since.IsZero() && whole {
+				since = gone[n.pubs[0]]
+			}
+			c.mu.Lock()
+			fresh := !since.IsZero() && c.placed.After(since)
+			c.mu.Unlock()
+			if fresh {
+				placedSince++
+				continue
+			}
+			calls = append(calls, c)
+		}
 		n.m.absences.Inc()
 		if whole {
-			n.log.Warn().Dur("away", away).Int("calls", len(calls)).Msg("back after an absence: re-placing every call")
+			n.log.Warn().Dur("away", away).Int("connections", len(back)).Int("calls", len(calls)).Int("placed_since", placedSince).Msg("back after an absence: re-placing the calls of every connection back, not placed again since")
 		} else {
-			n.log.Warn().Int("connections", len(back)).Int("calls", len(calls)).Msg("publishing connections back after an absence: re-placing their calls")
+			n.log.Warn().Int("connections", len(back)).Int("calls", len(calls)).Int("placed_since", placedSince).Msg("publishing connections back after an absence: re-placing their calls not placed again since")
 		}
 		for _, c := range calls {
 			for _, p := range c.Placements() {
