@@ -118,7 +118,11 @@ func run(args []string) int {
 			bc.Name = fmt.Sprintf("%s publish %d", bc.Name, i)
 			return bus.Connect(bc, log)
 		}
-		n, err := ingest.New(*cfg, ingest.Deps{NC: nc, Log: log, Registry: reg, Health: h, Dial: dial})
+		icfg := *cfg
+		if nc == nil { // -check-config: build without I/O (cli.Build), so without the extra connections
+			icfg.PublishConns, dial = 1, nil
+		}
+		n, err := ingest.New(icfg, ingest.Deps{NC: nc, Log: log, Registry: reg, Health: h, Dial: dial})
 		if err != nil {
 			return nil, err
 		}
