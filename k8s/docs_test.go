@@ -16,7 +16,7 @@ func TestDeployGuideNamesRegisteredMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	registered := map[string]bool{}
-	name := regexp.MustCompile(`Name:\s*"(callrouter_[a-z_]+)"`)
+	name := regexp.MustCompile(`(?:Name:\s*|NewDesc\()"(callrouter_[a-z_]+)"`) // options' and descriptors' names
 	err = filepath.WalkDir("../internal", func(path string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 			return err
