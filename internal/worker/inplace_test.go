@@ -28,14 +28,27 @@ import (
 // refused as stale: the call must not take that for being superseded (it holds epoch 3, and
 // ingest publishes to it alone), but go on and process every frame, the last one included.
 // (TestIngestConnectionCutLong lost exactly the calls whose epoch 3 went to the worker that had
-// just taken epoch 2.)
+// just taken epoch 2.) Variations: two advances in quick succession (3, then 4) while the replay
+// is in flight, and the call ending soon after.
 func TestAdvanceInPlaceDuringReplay(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		advances int
+		frames   int
+	}{
+		{"one advance", 1, 150},
+		{"two advances, end soon after", 2, 80},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testAdvanceInPlaceDuringReplay(t, tc.advances, tc.frames) })
+	}
+}
+
+func testAdvanceInPlaceDuringReplay(t *testing.T, advances, frames int) {
 	s := startStack(t, workerConfig(), 1)
 	nc, err := s.Connect("router", "", "test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	const frames = 150
 	id := session.ID{Tenant: "acme", Call: "adv-0"}
 	wid := "worker-1"
 	notice := func(epoch uint32) error {
@@ -57,15 +70,18 @@ func TestAdvanceInPlaceDuringReplay(t *testing.T) {
 		if got != id || epoch != 2 || !asked.CompareAndSwap(false, true) {
 			return
 		}
-		// The replay is in flight: ingest re-places the call at epoch 3, on this worker again.
-		if err := notice(2); err != nil {
-			raced <- err
-			return
-		}
-		for deadline := time.Now().Add(10 * time.Second); ingestEpoch() < 3; time.Sleep(5 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				raced <- errors.New("ingest did not re-place the call at epoch 3")
+		// The replay is in flight: ingest re-places the call at epoch 3 (and 4), on this worker
+		// again.
+		for e := uint32(2); e < 2+uint32(advances); e++ {
+			if err := notice(e); err != nil {
+				raced <- err
 				return
+			}
+			for deadline := time.Now().Add(10 * time.Second); ingestEpoch() <= e; time.Sleep(2 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					raced <- fmt.Errorf("ingest did not re-place the call at epoch %d", e+1)
+					return
+				}
 			}
 		}
 		raced <- nil
