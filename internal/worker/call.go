@@ -586,9 +586,10 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 	ctx, cancel := context.WithTimeout(context.Background(), c.w.cfg.ReplayTimeout)
 	defer cancel()
 	var (
-		buf []byte
-		r   *wire.Reply
-		err error
+		buf    []byte
+		r      *wire.Reply
+		err    error
+		oldest uint32 // frames of an older epoch are not this worker's
 	)
 	for attempt := 1; ; attempt++ {
 		req.Epoch = c.curEpoch()
@@ -613,6 +614,12 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 		if attempt == maxReplayAdvances {
 			break
 		}
+		if from == session.FromEpochStart {
+			// Ingest's epoch start is now the newer epoch's: ask from the ring's start and keep
+			// the frames from the epoch this worker joined at (older ones were the previous
+			// owner's).
+			req.Legs[0].From, oldest = session.FromRingStart, c.join
+		}
 	}
 	if r != nil {
 		c.w.m.replays.WithLabelValues("refused").Inc()
@@ -636,7 +643,7 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 			break
 		}
 		buf = buf[frame.HeaderLen+len(p):]
-		if h.Leg != leg || h.Seq >= to {
+		if h.Leg != leg || h.Seq >= to || h.Epoch < oldest {
 			continue
 		}
 		if h.Epoch > c.curEpoch() && c.supersededBy(h.Epoch) {
