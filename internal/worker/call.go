@@ -577,8 +577,9 @@ const maxReplayAdvances = 3
 
 // replay asks the owning ingest for the frames of leg from `from` (or the epoch start) up to
 // `to` (exclusive) and delivers them, flagged as replayed, before the live frame at `to`.
-// Whatever the ring cannot fill is reported with cause. It returns true when a replayed frame
-// carries a newer epoch than this worker's: the call has been superseded.
+// Whatever the ring cannot fill is reported with cause. It returns true when ingest refuses the
+// request as stale or a replayed frame carries a newer epoch than this worker's: the call has
+// been superseded.
 func (c *call) replay(leg uint8, from int64, to uint32, cause string) (superseded bool) {
 	defer func() { c.skipLag, c.replayed.Payload = len(c.audio), nil }()
 	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Worker: c.w.cfg.ID,
@@ -603,8 +604,9 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 		// Ingest holds the call at a newer epoch than the request's. Either another worker has
 		// it (this call is superseded), or an offer advanced this call in place while the
 		// request was on its way: the worker answers such an offer before ingest switches to
-		// its epoch, so by the time the refusal is here the call holds that epoch. Then the
-		// call is ingest's sole holder and must go on: ask again at the epoch it holds now.
+		// its epoch, so by the time the refusal is here the call holds that epoch. Then ingest
+		// publishes to this call and no other in its pool, so it must go on: ask again at the
+		// epoch it holds now.
 		if c.supersededBy(req.Epoch + 1) {
 			c.w.m.replays.WithLabelValues("refused").Inc()
 			c.log.Warn().Str("code", r.Code).Str("reason", r.Reason).Msg("replay refused: superseded")
