@@ -571,22 +571,63 @@ func (c *call) gapCause(leg uint8) string {
 	return proc.CauseBus
 }
 
+// maxReplayAdvances bounds how many times a replay refused as stale is asked again because an
+// offer advanced the call in place meanwhile (see replay).
+const maxReplayAdvances = 3
+
 // replay asks the owning ingest for the frames of leg from `from` (or the epoch start) up to
 // `to` (exclusive) and delivers them, flagged as replayed, before the live frame at `to`.
-// Whatever the ring cannot fill is reported with cause. It returns true when a replayed frame
-// carries a newer epoch than this worker's: the call has been superseded.
+// Whatever the ring cannot fill is reported with cause. It returns true when ingest refuses the
+// request as stale or a replayed frame carries a newer epoch than this worker's: the call has
+// been superseded.
 func (c *call) replay(leg uint8, from int64, to uint32, cause string) (superseded bool) {
 	defer func() { c.skipLag, c.replayed.Payload = len(c.audio), nil }()
-	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Epoch: c.curEpoch(), Worker: c.w.cfg.ID,
+	req := wire.ReplayRequest{V: wire.V, Tenant: c.spec.Tenant, Call: c.spec.Call, Worker: c.w.cfg.ID,
 		Legs: []wire.LegRange{{Leg: leg, From: from, To: int64(to)}}}
 	ctx, cancel := context.WithTimeout(context.Background(), c.w.cfg.ReplayTimeout)
 	defer cancel()
-	buf, r, err := wire.RequestReplay(ctx, c.w.nc, subjects.IngestVerb(c.ingest, subjects.IngestVerbReplay), req)
+	var (
+		buf    []byte
+		r      *wire.Reply
+		err    error
+		oldest uint32 // frames of an older epoch are not this worker's
+	)
+	for attempt := 1; ; attempt++ {
+		req.Epoch = c.curEpoch()
+		if f := replayAsking.Load(); f != nil {
+			(*f)(c.spec.ID, req.Epoch)
+		}
+		buf, r, err = wire.RequestReplay(ctx, c.w.nc, subjects.IngestVerb(c.ingest, subjects.IngestVerbReplay), req)
+		if r == nil || r.Code != wire.CodeStale {
+			break
+		}
+		// Ingest holds the call at a newer epoch than the request's. Either another worker has
+		// it (this call is superseded), or an offer advanced this call in place while the
+		// request was on its way: the worker answers such an offer before ingest switches to
+		// its epoch, so by the time the refusal is here the call holds that epoch. Then ingest
+		// publishes to this call and no other in its pool, so it must go on: ask again at the
+		// epoch it holds now.
+		if c.supersededBy(req.Epoch + 1) {
+			c.w.m.replays.WithLabelValues("refused").Inc()
+			c.log.Warn().Str("code", r.Code).Str("reason", r.Reason).Msg("replay refused: superseded")
+			c.markLoss(leg, cause)
+			return true
+		}
+		if attempt == maxReplayAdvances {
+			break
+		}
+		if from == session.FromEpochStart {
+			// Ingest's epoch start is now the newer epoch's: ask from the ring's start and keep
+			// the frames from the epoch this worker joined at (older ones were the previous
+			// owner's).
+			req.Legs[0].From, oldest = session.FromRingStart, c.join
+		}
+	}
 	if r != nil {
 		c.w.m.replays.WithLabelValues("refused").Inc()
 		c.log.Warn().Str("code", r.Code).Str("reason", r.Reason).Msg("replay refused")
 		c.markLoss(leg, cause)
-		return r.Code == wire.CodeStale
+		return false
 	}
 	if err != nil {
 		c.w.m.replays.WithLabelValues("error").Inc()
@@ -604,7 +645,7 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 			break
 		}
 		buf = buf[frame.HeaderLen+len(p):]
-		if h.Leg != leg || h.Seq >= to {
+		if h.Leg != leg || h.Seq >= to || h.Epoch < oldest {
 			continue
 		}
 		if h.Epoch > c.curEpoch() && c.supersededBy(h.Epoch) {

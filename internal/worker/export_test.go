@@ -30,3 +30,13 @@ func SetOfferConcurrency(n int) int {
 	offerConcurrency = n
 	return old
 }
+
+// OnReplayAsking runs f (nil: nothing) on a call's goroutine just before each replay request is
+// sent, with the call and the epoch the request carries.
+func OnReplayAsking(f func(id session.ID, epoch uint32)) {
+	if f == nil {
+		replayAsking.Store(nil)
+		return
+	}
+	replayAsking.Store(&f)
+}

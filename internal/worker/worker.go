@@ -31,6 +31,10 @@ import (
 // before the offer is accepted, with the offer's call and epoch.
 var offerSubscribed atomic.Pointer[func(session.ID, uint32)]
 
+// replayAsking, when set (by tests), runs on the call goroutine just before a replay request is
+// sent, with the call and the epoch the request carries.
+var replayAsking atomic.Pointer[func(session.ID, uint32)]
+
 // stoppingWait bounds how long an offer for a call that is stopping waits for it to go before
 // taking it fresh; it stays below the router's default offer timeout (1 s).
 const stoppingWait = 300 * time.Millisecond
