@@ -26,23 +26,26 @@ import (
 // 2,500-call load test, the time the worker's connection takes to get through the frames queued
 // ahead of what the server sends it (offers reach the worker, and its answers the router, no
 // sooner; the worker no longer adds a flush's round trip of its own). burst starts the calls all
-// at once, paced at setupRate a second (the load tester's -ramp). One op is one such start;
-// p50/p99 are over every call of every op. serial sets offers up one at a time per worker (as
-// before offers.go), concurrent as the worker does now. Alternate A/B pairs, e.g.
+// at once, paced at setupRate a second (the load tester's -ramp); loaded is paced while
+// setupLoadCalls calls already set up publish a frame per leg every 20 ms, as the load tester's
+// calls do (their frames share the ingest's publishing connections, its own first, with the
+// placement requests). One op is one such start; p50/p99 are over every call of every op.
+// serial sets offers up one at a time per worker (as before offers.go), concurrent as the worker
+// does now. Alternate A/B pairs, e.g.
 //
 //	go test -c -o /tmp/w.test ./internal/worker/ && cd internal/worker &&
 //	for i in 1 2 3 4 5; do for m in serial concurrent; do
 //	  /tmp/w.test -test.run '^$' -test.bench "Setup/burst/$m\$" -test.benchtime 3x; done; done
 func BenchmarkSetup(b *testing.B) {
 	for _, shape := range []struct {
-		name string
-		rate int
-	}{{"burst", 0}, {"paced", setupRate}} {
+		name       string
+		rate, load int
+	}{{"burst", 0, 0}, {"paced", setupRate, 0}, {"loaded", setupRate, setupLoadCalls}} {
 		for _, mode := range []struct {
 			name string
 			n    int
 		}{{"serial", 1}, {"concurrent", 64}} {
-			b.Run(shape.name+"/"+mode.name, func(b *testing.B) { benchSetup(b, mode.n, shape.rate) })
+			b.Run(shape.name+"/"+mode.name, func(b *testing.B) { benchSetup(b, mode.n, shape.rate, shape.load) })
 		}
 	}
 }
@@ -51,9 +54,13 @@ const (
 	setupCalls = 500                  // calls started in one op
 	setupRate  = 500                  // calls started per second when paced
 	setupDelay = 2 * time.Millisecond // each way between a worker and the server
+	// calls publishing frames through a loaded op: 100,000 frames a second (the load test's
+	// 2,500 calls send 250,000), more than the 200 calls (ingest.CallsPerPublishConn) that fill
+	// the ingest's own connection, which carries the placement requests too
+	setupLoadCalls = 1000
 )
 
-func benchSetup(b *testing.B, concurrency, rate int) {
+func benchSetup(b *testing.B, concurrency, rate, load int) {
 	defer worker.SetOfferConcurrency(worker.SetOfferConcurrency(concurrency))
 	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1})
 	if err != nil {
@@ -63,7 +70,7 @@ func benchSetup(b *testing.B, concurrency, rate int) {
 	proxy := startDelayProxy(b, strings.TrimPrefix(srv.URL(), "nats://"), setupDelay)
 	defer proxy.close()
 	wc := worker.DefaultConfig()
-	wc.Capacity = setupCalls
+	wc.Capacity = setupCalls + load
 	wc.HeartbeatInterval = 100 * time.Millisecond
 	rc := router.DefaultConfig()
 	rc.HeartbeatInterval = 100 * time.Millisecond
@@ -90,6 +97,8 @@ func benchSetup(b *testing.B, concurrency, rate int) {
 	eventually(b, 10*time.Second, "the router to see the workers", func() bool {
 		return gauge(b, s.Registry(), "callrouter_router_workers", nil) >= 2
 	})
+	stopLoad := startFrames(b, s, load)
+	defer stopLoad()
 	var times []time.Duration
 	var mu sync.Mutex
 	b.ResetTimer()
@@ -125,7 +134,7 @@ func benchSetup(b *testing.B, concurrency, rate int) {
 			}
 		}
 		eventually(b, 30*time.Second, "the calls to end at the workers", func() bool {
-			return s.Workers[0].Calls()+s.Workers[1].Calls() == 0
+			return s.Workers[0].Calls()+s.Workers[1].Calls() == load
 		})
 		b.StartTimer()
 	}
@@ -139,6 +148,48 @@ func benchSetup(b *testing.B, concurrency, rate int) {
 	q := func(p float64) float64 { return float64(times[int(p*float64(len(times)-1))]) / 1e6 }
 	b.ReportMetric(q(0.5), "p50-ms")
 	b.ReportMetric(q(0.99), "p99-ms")
+}
+
+// startFrames sets n calls up and publishes a frame on each of their legs every 20 ms until the
+// returned stop, which ends them.
+func startFrames(b *testing.B, s *stack.Stack, n int) (stop func()) {
+	calls := make([]*ingest.Call, 0, n)
+	for i := range n {
+		c, err := s.Ingest.StartCall(context.Background(), spec(fmt.Sprintf("load-%d", i)))
+		if err != nil {
+			b.Fatalf("load call: %v", err)
+		}
+		calls = append(calls, c)
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	if n > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			payload := make([]byte, 160)
+			t := time.NewTicker(20 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+				}
+				for _, c := range calls {
+					_ = c.Send(0, payload, 0)
+					_ = c.Send(1, payload, 0)
+				}
+			}
+		}()
+	}
+	return func() {
+		close(done)
+		wg.Wait()
+		for _, c := range calls {
+			c.End("done")
+		}
+	}
 }
 
 // delayProxy forwards TCP connections to a server, delaying every chunk by a fixed time in each
