@@ -19,8 +19,8 @@ const flushTimeout = time.Second
 type pubConn struct {
 	nc    *nats.Conn
 	calls int       // calls owned on it; under Node.mu
-	seen  time.Time // when the absence check last saw it connected (monotonic); the heartbeat loop's
-	lost  time.Time // when the absence check first saw it away, zero while connected; the same
+	seen  time.Time // when the absence check last saw it connected (monotonic); the Run loop's
+	lost  time.Time // when the absence check first saw it away, zero while connected; the Run loop's
 }
 
 // dialPublishConns returns the node's publishing connections: its own, then the rest of
@@ -86,8 +86,8 @@ func (n *Node) assignConn(c *Call) {
 }
 
 // extraConnected reports nil when every extra publishing connection is connected: a call whose
-// frames go on one that is down loses them, so the node is not ready until all are (nor judged
-// back from an absence: Node.absence).
+// frames go on one that is down loses them, so the node is not ready until all are (each one's
+// calls are judged back from an absence once it is: Node.absence).
 func (n *Node) extraConnected() error {
 	var errs []error
 	for i, p := range n.pubs[1:] {
