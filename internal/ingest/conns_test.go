@@ -532,19 +532,48 @@ func TestPublishConnsHaveMetrics(t *testing.T) {
 func TestPublishConnBackReplacesItsCallsOnly(t *testing.T) {
 	tune := func(c *Config) { c.HeartbeatInterval, c.StrandedAfter = 50*time.Millisecond, 300*time.Millisecond }
 	n, _, srv, client, extra := connsNodeWith(t, 2, obs.NewRegistry(), tune, 1500*time.Millisecond)
-	own, err := n.StartCall(context.Background(), twoLegSpec("own"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cut, err := n.StartCall(context.Background(), twoLegSpec("cut"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if own.pub != n.pubs[0] || cut.pub != n.pubs[1] {
+	calls := startCalls(t, n, "own", "cut")
+	if calls[0].pub != n.pubs[0] || calls[1].pub != n.pubs[1] {
 		t.Fatal("the calls do not publish on one connection each")
 	}
+	reqs := watchPlaceRequests(t, client)
+	cutConns(t, srv, extra()[:1])
+	// The connection comes back after 1.5 s, past StrandedAfter: the call on it is re-placed.
+	expectOnlyReplaced(t, reqs, "cut")
+	// Ten more heartbeats: still no re-placement of the call on the node's own connection.
+	awaitHeartbeats(t, watchHeartbeats(t, client), 10)
+	select {
+	case req := <-reqs:
+		if req.Call.Call == "own" {
+			t.Fatalf("call own re-placed (%s): its connection was up all along", req.Reason)
+		}
+	default:
+	}
+	if calls[1].Epoch() < 2 || calls[0].Epoch() != 1 {
+		t.Errorf("epochs: cut %d, own %d; want cut re-placed, own at 1", calls[1].Epoch(), calls[0].Epoch())
+	}
+}
+
+// startCalls starts a two-leg call of each name on n.
+func startCalls(t *testing.T, n *Node, names ...string) []*Call {
+	t.Helper()
+	calls := make([]*Call, 0, len(names))
+	for _, name := range names {
+		c, err := n.StartCall(context.Background(), twoLegSpec(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls = append(calls, c)
+	}
+	return calls
+}
+
+// watchPlaceRequests returns the place requests client sees from now on, beside the stand-in
+// router of connsNodeWith.
+func watchPlaceRequests(t *testing.T, client *nats.Conn) <-chan wire.PlaceRequest {
+	t.Helper()
 	reqs := make(chan wire.PlaceRequest, 16)
-	if _, err := client.Subscribe(subjects.Place, func(m *nats.Msg) { // beside the stand-in router
+	if _, err := client.Subscribe(subjects.Place, func(m *nats.Msg) {
 		var req wire.PlaceRequest
 		if json.Unmarshal(m.Data, &req) == nil {
 			reqs <- req
@@ -555,28 +584,12 @@ func TestPublishConnBackReplacesItsCallsOnly(t *testing.T) {
 	if err := client.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	nc := extra()[0]
-	id, err := nc.GetClientID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.DisconnectClientByID(id); err != nil {
-		t.Fatal(err)
-	}
-	// The connection comes back after 1.5 s, past StrandedAfter: the call on it is re-placed.
-	timeout := time.After(15 * time.Second)
-	for done := false; !done; {
-		select {
-		case req := <-reqs:
-			if req.Call.Call != "cut" || req.Reason != wire.ReasonIngestStall {
-				t.Fatalf("re-placement of %s (%s), want only call cut's with reason %s", req.Call.Call, req.Reason, wire.ReasonIngestStall)
-			}
-			done = true
-		case <-timeout:
-			t.Fatal("the call on the connection that came back was not re-placed")
-		}
-	}
-	// Ten more heartbeats: still no re-placement of the call on the node's own connection.
+	return reqs
+}
+
+// watchHeartbeats returns a channel that holds at most one unread heartbeat of node in-1.
+func watchHeartbeats(t *testing.T, client *nats.Conn) <-chan struct{} {
+	t.Helper()
 	beats := make(chan struct{}, 1)
 	sub, err := client.Subscribe(subjects.Heartbeat(subjects.Ingest, "in-1"), func(*nats.Msg) {
 		select {
@@ -587,23 +600,47 @@ func TestPublishConnBackReplacesItsCallsOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	for range 10 {
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return beats
+}
+
+// awaitHeartbeats waits for n more heartbeats.
+func awaitHeartbeats(t *testing.T, beats <-chan struct{}, n int) {
+	t.Helper()
+	for range n {
 		select {
 		case <-beats:
 		case <-time.After(10 * time.Second):
 			t.Fatal("no heartbeat")
 		}
 	}
+}
+
+// cutConns disconnects each of conns at the server.
+func cutConns(t *testing.T, srv *server.Server, conns []*nats.Conn) {
+	t.Helper()
+	for _, nc := range conns {
+		id, err := nc.GetClientID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.DisconnectClientByID(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// expectOnlyReplaced waits for call's re-placement with reason ingest_stall, failing on any
+// other call's.
+func expectOnlyReplaced(t *testing.T, reqs <-chan wire.PlaceRequest, call string) {
+	t.Helper()
 	select {
 	case req := <-reqs:
-		if req.Call.Call == "own" {
-			t.Fatalf("call own re-placed (%s): its connection was up all along", req.Reason)
+		if req.Call.Call != call || req.Reason != wire.ReasonIngestStall {
+			t.Fatalf("re-placement of %s (%s), want only call %s's with reason %s", req.Call.Call, req.Reason, call, wire.ReasonIngestStall)
 		}
-	default:
-	}
-	if cut.Epoch() < 2 || own.Epoch() != 1 {
-		t.Errorf("epochs: cut %d, own %d; want cut re-placed, own at 1", cut.Epoch(), own.Epoch())
+	case <-time.After(15 * time.Second):
+		t.Fatalf("call %s, on a connection that came back, was not re-placed", call)
 	}
 }
 
@@ -627,50 +664,16 @@ func TestConnsInUse(t *testing.T) {
 func TestAbsenceSkipsCallsPlacedSince(t *testing.T) {
 	tune := func(c *Config) { c.HeartbeatInterval, c.StrandedAfter = 50*time.Millisecond, 300*time.Millisecond }
 	n, _, srv, client, extra := connsNodeWith(t, 3, obs.NewRegistry(), tune, 1500*time.Millisecond)
-	calls := map[string]*Call{}
-	for _, name := range []string{"own", "moved", "stale"} {
-		c, err := n.StartCall(context.Background(), twoLegSpec(name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		calls[name] = c
-	}
-	if calls["moved"].pub != n.pubs[1] || calls["stale"].pub != n.pubs[2] {
+	calls := startCalls(t, n, "own", "moved", "stale")
+	moved := calls[1]
+	if moved.pub != n.pubs[1] || calls[2].pub != n.pubs[2] {
 		t.Fatal("the calls do not publish on one connection each")
 	}
-	reqs := make(chan wire.PlaceRequest, 16)
-	if _, err := client.Subscribe(subjects.Place, func(m *nats.Msg) { // beside the stand-in router
-		var req wire.PlaceRequest
-		if json.Unmarshal(m.Data, &req) == nil {
-			reqs <- req
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := client.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	for _, nc := range extra() {
-		id, err := nc.GetClientID()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.DisconnectClientByID(id); err != nil {
-			t.Fatal(err)
-		}
-	}
+	reqs := watchPlaceRequests(t, client)
+	beats := watchHeartbeats(t, client)
+	cutConns(t, srv, extra())
 	// While both are away (two heartbeats on, so the node has seen them away), call moved is
 	// placed again, as a router's reconcile would.
-	hb := make(chan struct{}, 1)
-	hbSub, err := client.Subscribe(subjects.Heartbeat(subjects.Ingest, "in-1"), func(*nats.Msg) {
-		select {
-		case hb <- struct{}{}:
-		default:
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	for deadline := time.Now().Add(5 * time.Second); !extra()[0].IsReconnecting() || !extra()[1].IsReconnecting(); {
 		if time.Now().After(deadline) {
 			t.Fatal("the extra connections did not drop")
@@ -678,53 +681,17 @@ func TestAbsenceSkipsCallsPlacedSince(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	select { // one sent before the node could have seen them away
-	case <-hb:
+	case <-beats:
 	default:
 	}
-	for range 2 {
-		select {
-		case <-hb:
-		case <-time.After(10 * time.Second):
-			t.Fatal("no heartbeat")
-		}
-	}
-	_ = hbSub.Unsubscribe()
-	moved := calls["moved"]
+	awaitHeartbeats(t, beats, 2)
 	if !moved.setPlacement(moved.nextEpoch(), moved.Placements()) {
 		t.Fatal("call moved not placed again")
 	}
 	epoch := moved.Epoch()
-	timeout := time.After(15 * time.Second)
-	for done := false; !done; {
-		select {
-		case req := <-reqs:
-			if req.Call.Call != "stale" || req.Reason != wire.ReasonIngestStall {
-				t.Fatalf("re-placement of %s (%s), want only call stale's with reason %s", req.Call.Call, req.Reason, wire.ReasonIngestStall)
-			}
-			done = true
-		case <-timeout:
-			t.Fatal("the call not placed since its connection went away was not re-placed")
-		}
-	}
+	expectOnlyReplaced(t, reqs, "stale")
 	// Ten more heartbeats: call moved stays at the epoch it was placed at during the absence.
-	beats := make(chan struct{}, 1)
-	sub, err := client.Subscribe(subjects.Heartbeat(subjects.Ingest, "in-1"), func(*nats.Msg) {
-		select {
-		case beats <- struct{}{}:
-		default:
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	for range 10 {
-		select {
-		case <-beats:
-		case <-time.After(10 * time.Second):
-			t.Fatal("no heartbeat")
-		}
-	}
+	awaitHeartbeats(t, beats, 10)
 	select {
 	case req := <-reqs:
 		if req.Call.Call != "stale" {
