@@ -157,6 +157,11 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("whip: %s %v must be positive", name, d))
 		}
 	}
+	if c.ICEKeepalive > 0 && c.ICEFailed > 0 && c.ICEKeepalive > c.ICEFailed/2 {
+		// Consent is judged on what came back: with fewer than two checks inside the window, one
+		// lost check or answer ends a healthy call.
+		errs = append(errs, fmt.Errorf("whip: -whip-ice-keepalive %v must be at most half of -whip-ice-failed %v, so that one lost consent check does not end a call", c.ICEKeepalive, c.ICEFailed))
+	}
 	if c.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("whip: drain timeout %v must not be negative", c.DrainTimeout))
 	}
