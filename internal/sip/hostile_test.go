@@ -123,9 +123,15 @@ func TestMethodFloodKeepsSeriesBounded(t *testing.T) {
 
 // TestPanicsEndOneCall injects a panic into a request handler and into one call's RTP read loop:
 // the request gets 500, the call with the poisoned packet ends (reason error, BYE to the peer),
-// and a call running next to it keeps every frame.
+// and a call running next to it keeps every frame, with a port per call and with the calls on
+// the one shared port (-sip-rtp-shared), where both calls' packets come through one reader.
 func TestPanicsEndOneCall(t *testing.T) {
-	e := startEnv(t, 1, nil)
+	t.Run("port per call", func(t *testing.T) { testPanicsEndOneCall(t, false) })
+	t.Run("shared port", func(t *testing.T) { testPanicsEndOneCall(t, true) })
+}
+
+func testPanicsEndOneCall(t *testing.T, shared bool) {
+	e := startEnv(t, 1, func(c *Config) { c.RTPShared = shared })
 	handlerPanic := func(req *sip.Request) {
 		if req.GetHeader("X-Test-Panic") != nil {
 			panic("injected handler panic")
@@ -157,11 +163,16 @@ func TestPanicsEndOneCall(t *testing.T) {
 		fmt.Sscan(mPortRe.FindStringSubmatch(res)[1], &p)
 		ports[id], tags[id] = p, toTagRe.FindStringSubmatch(res)[1]
 	}
+	if shared && ports[goodID] != ports[victimID] {
+		t.Fatalf("shared port mode answered ports %v, want one port", ports)
+	}
 	done := make(chan error, 1)
 	go func() { done <- rtpStream(good.rtp, ports[goodID], 100) }()
 	sendRTP(t, victim.rtp, ports[victimID], 5, 1, 0)
 	poison := make([]byte, 12+160)
-	poison[0], poison[3], poison[11], poison[12] = 0x80, 6, 9, 0xEE
+	// The victim's own SSRC (7, as sendRTP's): on the shared port a packet of another SSRC from
+	// the call's source is not the call's and never reaches its stream.
+	poison[0], poison[3], poison[11], poison[12] = 0x80, 6, 7, 0xEE
 	if _, err := victim.rtp.WriteToUDP(poison, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: ports[victimID]}); err != nil {
 		t.Fatal(err)
 	}
