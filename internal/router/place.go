@@ -181,7 +181,11 @@ func (r *Router) placePool(ctx context.Context, req *wire.PlaceRequest, offer *w
 		tried[wid] = true
 		octx, span := trace.Start(ctx, "router.offer", trace.Client, append(trace.Call(req.Call.Tenant, req.Call.Call),
 			trace.Epoch(req.Epoch), trace.String("callrouter.worker", wid), trace.String("callrouter.pool", offer.Pool))...)
-		octx, cancel := context.WithTimeout(octx, r.cfg.OfferTimeout)
+		timeout := r.cfg.OfferTimeout
+		if wire.MakeBeforeBreak(req.Reason) {
+			timeout = r.cfg.MoveOfferTimeout
+		}
+		octx, cancel := context.WithTimeout(octx, timeout)
 		var or wire.OfferReply
 		err := bus.Request(octx, r.nc, subjects.WorkerVerb(wid, subjects.WorkerVerbOffer), offer, &or)
 		cancel()

@@ -37,6 +37,7 @@ type fakeWorker struct {
 	hb       wire.WorkerHeartbeat
 	silent   bool // stop heartbeating, as a dead worker
 	refuse   string
+	delay    time.Duration // answer offers this late, as a starved worker
 	offers   []wire.Offer
 	releases []wire.Release
 }
@@ -140,7 +141,7 @@ func (cl *cluster) addWorker(t *testing.T, id string, capacity int) {
 		}
 		cl.mu.Lock()
 		w.offers = append(w.offers, o)
-		refuse := w.refuse
+		refuse, delay := w.refuse, w.delay
 		held := -1
 		for i, c := range w.hb.Calls {
 			if c.Tenant == o.Call.Tenant && c.Call == o.Call.Call {
@@ -161,6 +162,7 @@ func (cl *cluster) addWorker(t *testing.T, id string, capacity int) {
 		if refuse != "" {
 			rep.Reply = wire.Fail(refuse, "test")
 		}
+		time.Sleep(delay)
 		bus.Respond(m, rep)
 	}); err != nil {
 		t.Fatal(err)
@@ -530,5 +532,33 @@ func TestStrandedPlacementIsReportedUntilRepaired(t *testing.T) {
 	time.Sleep(800 * time.Millisecond) // four sweeps
 	if after, m := count("lost"); after != before {
 		t.Errorf("%d notices after the call was repaired, the last %+v", after-before, m)
+	}
+}
+
+// TestMoveOfferWaitsLongerThanANewCallsOffer: a worker that answers offers late (a starved one)
+// loses a new call's offer at -offer-timeout, which is abandoned and released, but takes a call
+// moved make-before-break (drain, rebalance), whose offer may take -move-offer-timeout: its
+// current worker keeps processing it meanwhile, and giving up would only repeat the move.
+func TestMoveOfferWaitsLongerThanANewCallsOffer(t *testing.T) {
+	cl := startCluster(t, func(c *router.Config) { c.OfferTimeout, c.MoveOfferTimeout = 200*time.Millisecond, 20*time.Second })
+	cl.addWorker(t, "w1", 10)
+	cl.worker("w1", func(w *fakeWorker) { w.delay = 600 * time.Millisecond })
+	if rep := cl.place(t, wire.PlaceRequest{Call: callSpec("new"), Epoch: 1}); rep.OK {
+		t.Fatalf("a new call's offer answered after 600 ms, with a 200 ms offer timeout, was placed: %+v", rep)
+	}
+	waitFor(t, 10*time.Second, "the abandoned offer's release", func() bool {
+		abandoned := false
+		cl.worker("w1", func(w *fakeWorker) {
+			for _, r := range w.releases {
+				abandoned = abandoned || r.Call == "new" && r.Reason == wire.ReasonOfferAbandoned
+			}
+		})
+		return abandoned
+	})
+	for _, reason := range []string{wire.ReasonDrain, wire.ReasonRebalance} {
+		rep := cl.place(t, wire.PlaceRequest{Call: callSpec("moved-" + reason), Epoch: 2, Reason: reason})
+		if !rep.OK || len(rep.Placements) != 1 || rep.Placements[0].Worker != "w1" {
+			t.Errorf("a %s move whose offer was answered after 600 ms: %+v, want placed on w1", reason, rep)
+		}
 	}
 }

@@ -58,11 +58,12 @@ func TestDrainOfHundredCallsTakesSeconds(t *testing.T) {
 	// Nor the ingest, whose heartbeat loop starved past the 3 s stranded-after would take itself
 	// for one that was away and re-place every call as a failover (with replayed duplicates).
 	cfg.Ingest.StrandedAfter = 5 * time.Second
-	// The receiving worker answers offers one at a time, each waiting a round trip to the server
-	// for its subscriptions: on a starved race run (load 10-14 on 2 cores) 100 calls took up to
-	// 21 s, not the 1-5 s they take otherwise. The drain gets a minute (the default 20 s would
-	// stop the calls left at its end) and must finish within drainBudget, which a drain that
-	// moved nothing, or one call per offer timeout (over 100 s), does not.
+	// On a starved race run (the race detector and eight busy loops on 2 cores) the moves'
+	// offers were answered after the router's 1 s offer timeout, and each abandoned offer
+	// started its move again: 100 calls took 19 s to over 45 s. With -move-offer-timeout (3 s)
+	// they take 2-3 s there and well under a second otherwise. The drain gets a minute (the
+	// default 20 s would stop the calls left at its end) and must finish within drainBudget,
+	// which a drain that moved nothing, or one call per offer timeout (over 100 s), does not.
 	cfg.Worker.DrainTimeout = time.Minute
 	// And the production orphan grace (fastConfig's is 1 s): a worker that takes a call is seen
 	// holding it before ingest's heartbeat lists it there, which on such a machine can lag by

@@ -76,6 +76,18 @@ type Offer struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// Reasons a worker gives when it asks for one of its calls to be moved make-before-break: it goes
+// on processing the call until the new worker has it, so an offer for such a move may take longer
+// to be answered without anything waiting on it (MakeBeforeBreak).
+const (
+	ReasonDrain     = "drain"
+	ReasonRebalance = "rebalance"
+)
+
+// MakeBeforeBreak reports whether a PlaceRequest or Offer with reason moves a call that its
+// current worker keeps processing until the move is done.
+func MakeBeforeBreak(reason string) bool { return reason == ReasonDrain || reason == ReasonRebalance }
+
 // ReasonIngestStall in a PlaceRequest or Offer means the call lost its worker while its ingest
 // was stalled or cut off (the router reaped it as owned by nobody); ingest re-places it.
 const ReasonIngestStall = "ingest_stall"

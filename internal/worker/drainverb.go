@@ -88,7 +88,7 @@ func (w *Worker) onDrainRequest(run context.Context, m *nats.Msg) {
 			wg.Add(1)
 			if !w.group.Go(func() {
 				defer func() { <-sem; wg.Done() }()
-				w.migrateUntil(ctx, c, "drain")
+				w.migrateUntil(ctx, c, wire.ReasonDrain)
 			}) {
 				<-sem
 				wg.Done()

@@ -221,7 +221,7 @@ func (w *Worker) tick() {
 		// Shed the worst call to another worker, make-before-break, then give it time to go.
 		w.lagSince = now
 		w.log.Warn().Dur("lag", time.Duration(worst)).Str("call", worstCall.spec.Call).Msg("lagging: shedding a call")
-		w.group.Go(func() { w.migrate(worstCall, "rebalance") })
+		w.group.Go(func() { w.migrate(worstCall, wire.ReasonRebalance) })
 	}
 	w.lagging.Store(over)
 	w.heartbeat()
@@ -600,7 +600,7 @@ func (w *Worker) drain() {
 			}
 			w.group.Go(func() {
 				defer func() { <-sem }()
-				w.migrateUntil(ctx, c, "drain")
+				w.migrateUntil(ctx, c, wire.ReasonDrain)
 			})
 		}
 	})
