@@ -189,19 +189,9 @@ func benchDelivery(b *testing.B, calls int, mode string, paced bool) {
 			}
 			sent++
 		}
-		for deadline := time.Now().Add(time.Minute); sent-got.Load() > int64(2*len(subj)); {
-			if time.Now().After(deadline) {
-				b.Fatalf("received %d of %d", got.Load(), sent)
-			}
-			time.Sleep(100 * time.Microsecond)
-		}
+		awaitDelivered(b, &got, sent, int64(2*len(subj)))
 	}
-	for deadline := time.Now().Add(time.Minute); got.Load() < sent; {
-		if time.Now().After(deadline) {
-			b.Fatalf("received %d of %d", got.Load(), sent)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
+	awaitDelivered(b, &got, sent, 0)
 	b.StopTimer()
 	b.ReportMetric(float64(cpuTime()-cpu0)/float64(sent), "cpu-ns/msg")
 }
