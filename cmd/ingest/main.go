@@ -118,11 +118,8 @@ func run(args []string) int {
 			bc.Name = fmt.Sprintf("%s publish %d", bc.Name, i)
 			return bus.Connect(bc, log)
 		}
-		icfg := *cfg
-		if nc == nil { // -check-config: build without I/O (cli.Build), so without the extra connections
-			icfg.PublishConns, dial = 1, nil
-		}
-		n, err := ingest.New(icfg, ingest.Deps{NC: nc, Log: log, Registry: reg, Health: h, Dial: dial})
+		// No I/O, so -check-config (nc nil) builds it as it is: the node's Run opens the extra connections.
+		n, err := ingest.New(*cfg, ingest.Deps{NC: nc, Log: log, Registry: reg, Health: h, Dial: dial})
 		if err != nil {
 			return nil, err
 		}

@@ -23,27 +23,25 @@ type pubConn struct {
 	lost  time.Time // when the absence check first saw it away, zero while connected; the Run loop's
 }
 
-// dialPublishConns returns the node's publishing connections: its own, then the rest of
-// cfg.PublishConns (AutoPublishConns for 0, when dial is set) from dial, all with the node's
-// identity.
-func dialPublishConns(cfg Config, own *nats.Conn, dial func(i int) (*nats.Conn, error)) ([]*pubConn, error) {
-	pubs := []*pubConn{{nc: own}}
-	conns := cfg.PublishConns
-	switch {
-	case conns == 0 && dial != nil:
+// dialPublishConns opens the extra publishing connections Config.PublishConns asks for
+// (AutoPublishConns for 0 when the node can dial) with Deps.Dial: Run's work, so that New does
+// no I/O. On an error it closes the ones it opened.
+func (n *Node) dialPublishConns() error {
+	conns := n.cfg.PublishConns
+	if conns == 0 && n.dial != nil {
 		conns = AutoPublishConns
-	case conns > 1 && dial == nil:
-		return nil, fmt.Errorf("ingest: -nats-publish-conns %d: the node has no way to open more connections", cfg.PublishConns)
 	}
-	for i := 1; i < conns; i++ {
-		nc, err := dial(i)
+	for i := n.PublishConns(); i < conns; i++ {
+		nc, err := n.dial(i)
 		if err != nil {
-			closeExtra(pubs)
-			return nil, fmt.Errorf("ingest: -nats-publish-conns: connection %d: %w", i+1, err)
+			n.closeExtra()
+			return fmt.Errorf("ingest: -nats-publish-conns: connection %d: %w", i+1, err)
 		}
-		pubs = append(pubs, &pubConn{nc: nc})
+		n.mu.Lock()
+		n.pubs = append(n.pubs, &pubConn{nc: nc})
+		n.mu.Unlock()
 	}
-	return pubs, nil
+	return nil
 }
 
 // ConnsInUse is how many publishing connections carry calls on a node configured with
@@ -57,12 +55,24 @@ func ConnsInUse(publishConns, calls int) int {
 	return min(publishConns, max(1, (calls+CallsPerPublishConn-1)/CallsPerPublishConn))
 }
 
-// closeExtra flushes and closes the connections the node opened itself (not its own).
-func closeExtra(pubs []*pubConn) {
-	for _, p := range pubs[1:] {
+// closeExtra flushes and closes the connections the node opened itself (not its own) and
+// forgets them.
+func (n *Node) closeExtra() {
+	n.mu.Lock()
+	extra := n.pubs[1:]
+	n.pubs = n.pubs[:1:1]
+	n.mu.Unlock()
+	for _, p := range extra {
 		_ = p.nc.FlushTimeout(flushTimeout)
 		p.nc.Close()
 	}
+}
+
+// conns returns the node's publishing connections, its own first.
+func (n *Node) conns() []*pubConn {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.pubs
 }
 
 // assignConn gives c the first connection with fewer than CallsPerPublishConn calls, or, when
@@ -90,7 +100,7 @@ func (n *Node) assignConn(c *Call) {
 // calls are judged back from an absence once it is: Node.absence).
 func (n *Node) extraConnected() error {
 	var errs []error
-	for i, p := range n.pubs[1:] {
+	for i, p := range n.conns()[1:] {
 		if err := bus.Connected(p.nc); err != nil {
 			errs = append(errs, fmt.Errorf("publish connection %d: %w", i+2, err))
 		}
@@ -102,7 +112,7 @@ func (n *Node) extraConnected() error {
 // connection than the node's own, so that a message for c sent next on the node's own (a replay
 // answer: a reply must go out on the connection that got the request) cannot overtake them.
 func (n *Node) flushFrames(c *Call) {
-	if c.pub == n.pubs[0] {
+	if c.pub == n.own {
 		return
 	}
 	if err := c.pub.nc.FlushTimeout(flushTimeout); err != nil {
@@ -112,7 +122,7 @@ func (n *Node) flushFrames(c *Call) {
 
 // PublishConns returns how many NATS connections the node publishes frames on (Config.PublishConns;
 // AutoPublishConns for 0 when it can open them).
-func (n *Node) PublishConns() int { return len(n.pubs) }
+func (n *Node) PublishConns() int { return len(n.conns()) }
 
 // PublishEvent publishes an event of the call (its tenant and call are set here) on
 // events.<tenant>.<call>.<kind>, on the connection the call's frames go on, so that it reaches a

@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -138,6 +139,31 @@ func TestPublishConnsValidation(t *testing.T) {
 	cfg.ID, cfg.PublishConns = "in-1", 2
 	if _, err := New(cfg, Deps{Log: zerolog.Nop()}); err == nil || !strings.Contains(err.Error(), "-nats-publish-conns") {
 		t.Errorf("2 connections and no Dial: %v, want an error naming -nats-publish-conns", err)
+	}
+}
+
+// New opens no connection, whatever Config.PublishConns: Run opens them, and a node is ready
+// only once they are up.
+func TestNewDialsNothing(t *testing.T) {
+	for _, conns := range []int{0, 3} {
+		cfg := DefaultConfig()
+		cfg.ID, cfg.PublishConns = "in-1", conns
+		dials := 0
+		n, err := New(cfg, Deps{Log: zerolog.Nop(), Dial: func(int) (*nats.Conn, error) {
+			dials++
+			return nil, errors.New("no dialling in New")
+		}})
+		if err != nil {
+			t.Fatalf("PublishConns %d: %v", conns, err)
+		}
+		if dials != 0 || n.PublishConns() != 1 {
+			t.Errorf("PublishConns %d: New dialled %d times, %d connections", conns, dials, n.PublishConns())
+		}
+		n.Close()
+	}
+	n, h, _, _, extra := connsNode(t, 3)
+	if got := len(extra()); got != 2 || n.PublishConns() != 3 || h.ReadyErr() != nil {
+		t.Errorf("after Run: %d dialled, %d connections, ready %v; want 2, 3, ready", got, n.PublishConns(), h.ReadyErr())
 	}
 }
 
