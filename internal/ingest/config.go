@@ -29,9 +29,11 @@ type Config struct {
 	// them (1: only its own; 0: AutoPublishConns when the node can open connections, Deps.Dial,
 	// else only its own). nats-server caches subject matches per publishing connection, 512
 	// subjects (256 two-leg calls): above that one connection misses the cache on nearly every
-	// frame. A call takes the first connection with fewer than CallsPerPublishConn calls when it
-	// starts (the least-loaded one when all have as many) and keeps it for life, so a node
-	// of few calls publishes on its own connection only (docs/architecture.md, "Concurrency").
+	// frame. A call takes the first extra connection with fewer than CallsPerPublishConn calls
+	// when it starts (the least-loaded one when all have as many) and keeps it for life; the
+	// node's own connection carries frames only when it is the only one, so that its control
+	// traffic (place requests, heartbeats) does not queue behind them (docs/architecture.md,
+	// "Concurrency").
 	PublishConns int
 }
 

@@ -75,14 +75,21 @@ func (n *Node) conns() []*pubConn {
 	return n.pubs
 }
 
-// assignConn gives c the first connection with fewer than CallsPerPublishConn calls, or, when
-// every one has as many, the one with the fewest; c keeps it for life, so its frames stay in
-// order. Filling one connection before the next keeps a node of few calls on few connections:
-// each connection's flusher then writes more frames a system call. Must hold n.mu, with c
-// entering n.calls.
+// assignConn gives c a connection for its frames: the first with fewer than n.fill calls, or,
+// when every one has as many, the one with the fewest; c keeps it for life, so its frames stay
+// in order. The node's own connection carries none while the node has another: it carries the
+// control traffic (place requests, heartbeats, replay answers), which would otherwise wait
+// behind the frames in its buffer and in the server's read of it (docs/loadtest.md, "Where
+// the setup time goes"). Filling one connection before the next keeps a node of few calls on
+// few connections: each connection's flusher then writes more frames a system call. Must hold
+// n.mu, with c entering n.calls.
 func (n *Node) assignConn(c *Call) {
-	best := n.pubs[0]
-	for _, p := range n.pubs {
+	media := n.pubs
+	if len(media) > 1 {
+		media = media[1:]
+	}
+	best := media[0]
+	for _, p := range media {
 		if p.calls < n.fill {
 			best = p
 			break

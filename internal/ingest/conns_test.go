@@ -168,9 +168,11 @@ func TestNewDialsNothing(t *testing.T) {
 }
 
 // A call takes the first connection with fewer than CallsPerPublishConn calls; once every one
-// has as many, the least-loaded one; an ended call's place is taken next.
+// has as many, the least-loaded one; an ended call's place is taken next. The node's own
+// connection takes none while it has others; alone, it takes every call.
 func TestCallsFillPublishConnsInTurn(t *testing.T) {
-	n := &Node{pubs: []*pubConn{{}, {}, {}}, fill: CallsPerPublishConn}
+	own := &pubConn{}
+	n := &Node{own: own, pubs: []*pubConn{own}, fill: CallsPerPublishConn}
 	load := func() string {
 		var out []int
 		for _, p := range n.pubs {
@@ -186,15 +188,21 @@ func TestCallsFillPublishConnsInTurn(t *testing.T) {
 			cs = append(cs, c)
 		}
 	}
+	start(CallsPerPublishConn + 1)
+	if got, want := load(), fmt.Sprintf("[%d]", CallsPerPublishConn+1); got != want {
+		t.Fatalf("calls on the node's own connection alone %s, want %s", got, want)
+	}
+	own.calls = 0
+	n.pubs = append(n.pubs, &pubConn{}, &pubConn{}, &pubConn{})
 	start(CallsPerPublishConn)
-	if got, want := load(), fmt.Sprintf("[%d 0 0]", CallsPerPublishConn); got != want {
-		t.Fatalf("calls per connection %s, want %s: a node of few calls publishes on one", got, want)
+	if got, want := load(), fmt.Sprintf("[0 %d 0 0]", CallsPerPublishConn); got != want {
+		t.Fatalf("calls per connection %s, want %s: a node of few calls publishes on one, not its own", got, want)
 	}
 	start(2 * CallsPerPublishConn)
 	start(3)
 	f := CallsPerPublishConn + 1
-	if got, want := load(), fmt.Sprintf("[%d %d %d]", f, f, f); got != want {
-		t.Fatalf("calls per connection %s, want %s", got, want)
+	if got, want := load(), fmt.Sprintf("[0 %d %d %d]", f, f, f); got != want {
+		t.Fatalf("calls per connection %s, want %s: the node's own takes none", got, want)
 	}
 	if cs[len(cs)-1].pub == cs[len(cs)-2].pub || cs[len(cs)-2].pub == cs[len(cs)-3].pub {
 		t.Fatal("past the fill, calls in a row share a connection")
@@ -205,9 +213,9 @@ func TestCallsFillPublishConnsInTurn(t *testing.T) {
 	if cs[len(cs)-1].pub != freed {
 		t.Fatal("a new call did not take the least-loaded connection")
 	}
-	n.pubs[0].calls = CallsPerPublishConn - 1
+	n.pubs[1].calls = CallsPerPublishConn - 1
 	start(1)
-	if cs[len(cs)-1].pub != n.pubs[0] {
+	if cs[len(cs)-1].pub != n.pubs[1] {
 		t.Fatal("a new call did not take the first connection below the fill")
 	}
 }
@@ -230,8 +238,8 @@ func TestAutoPublishConns(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.pub != n.pubs[0] {
-			t.Fatalf("call %d of 3 publishes on connection %d", i, slices.Index(n.pubs, c.pub)+1)
+		if c.pub != n.conns()[1] {
+			t.Fatalf("call %d of 3 publishes on connection %d, want 2", i, slices.Index(n.conns(), c.pub)+1)
 		}
 	}
 	cfg := DefaultConfig()
@@ -347,14 +355,11 @@ func TestPublishConnDownMakesNodeUnready(t *testing.T) {
 // the answer does.
 func TestReplayAnswerNeverOvertakesFrames(t *testing.T) {
 	n, _, _, _, _ := connsNode(t, 2)
-	if _, err := n.StartCall(context.Background(), twoLegSpec("other")); err != nil { // takes the node's own connection
-		t.Fatal(err)
-	}
 	c, err := n.StartCall(context.Background(), twoLegSpec("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.pub == n.pubs[0] {
+	if c.pub == n.own {
 		t.Fatal("the call publishes on the node's own connection")
 	}
 	w, err := nats.Connect(n.nc.ConnectedUrl())
@@ -517,18 +522,20 @@ func TestPublishConnsHaveMetrics(t *testing.T) {
 		}
 	}
 	got := scrape()
-	for conn := 1; conn <= 3; conn++ {
-		l := fmt.Sprintf(`{conn="%d"}`, conn)
-		for name, want := range map[string]string{"connected": "1", "calls": "1", "reconnects_total": "0"} {
+	// The node's own connection carries no call (connsNode fills a connection with one); of the
+	// three calls the second extra one has one, the first two.
+	for conn, calls := range []string{"0", "2", "1"} {
+		l := fmt.Sprintf(`{conn="%d"}`, conn+1)
+		for name, want := range map[string]string{"connected": "1", "calls": calls, "reconnects_total": "0"} {
 			if v := got["callrouter_ingest_publish_conn_"+name+l]; v != want {
 				t.Errorf("%s%s = %q, want %s", name, l, v, want)
 			}
 		}
 	}
-	// An extra connection carries its call's frames and "start" event, nothing else.
-	for _, conn := range []string{"2", "3"} {
-		if v := got[`callrouter_ingest_publish_conn_messages_total{conn="`+conn+`"}`]; v != fmt.Sprint(2*frames+1) {
-			t.Errorf("messages on connection %s: %q, want %d", conn, v, 2*frames+1)
+	// An extra connection carries its calls' frames and "start" events, nothing else.
+	for conn, calls := range map[string]int{"2": 2, "3": 1} {
+		if v := got[`callrouter_ingest_publish_conn_messages_total{conn="`+conn+`"}`]; v != fmt.Sprint(calls*(2*frames+1)) {
+			t.Errorf("messages on connection %s: %q, want %d", conn, v, calls*(2*frames+1))
 		}
 		if v := got[`callrouter_ingest_publish_conn_bytes_total{conn="`+conn+`"}`]; v == "" || v == "0" {
 			t.Errorf("bytes on connection %s: %q", conn, v)
@@ -554,29 +561,30 @@ func TestPublishConnsHaveMetrics(t *testing.T) {
 }
 
 // An extra publishing connection back from an absence longer than StrandedAfter, the node's own
-// connection up all along, re-places the calls whose frames go on it, and only those.
+// connection and the other extra one up all along, re-places the calls whose frames go on it,
+// and only those.
 func TestPublishConnBackReplacesItsCallsOnly(t *testing.T) {
 	tune := func(c *Config) { c.HeartbeatInterval, c.StrandedAfter = 50*time.Millisecond, 300*time.Millisecond }
-	n, _, srv, client, extra := connsNodeWith(t, 2, obs.NewRegistry(), tune, 1500*time.Millisecond)
-	calls := startCalls(t, n, "own", "cut")
-	if calls[0].pub != n.pubs[0] || calls[1].pub != n.pubs[1] {
-		t.Fatal("the calls do not publish on one connection each")
+	n, _, srv, client, extra := connsNodeWith(t, 3, obs.NewRegistry(), tune, 1500*time.Millisecond)
+	calls := startCalls(t, n, "kept", "cut")
+	if pubs := n.conns(); calls[0].pub != pubs[1] || calls[1].pub != pubs[2] {
+		t.Fatal("the calls do not publish on one extra connection each")
 	}
 	reqs := watchPlaceRequests(t, client)
-	cutConns(t, srv, extra()[:1])
+	cutConns(t, srv, extra()[1:])
 	// The connection comes back after 1.5 s, past StrandedAfter: the call on it is re-placed.
 	expectOnlyReplaced(t, reqs, "cut")
-	// Ten more heartbeats: still no re-placement of the call on the node's own connection.
+	// Ten more heartbeats: still no re-placement of the call on the connection that stayed up.
 	awaitHeartbeats(t, watchHeartbeats(t, client), 10)
 	select {
 	case req := <-reqs:
-		if req.Call.Call == "own" {
-			t.Fatalf("call own re-placed (%s): its connection was up all along", req.Reason)
+		if req.Call.Call == "kept" {
+			t.Fatalf("call kept re-placed (%s): its connection was up all along", req.Reason)
 		}
 	default:
 	}
 	if calls[1].Epoch() < 2 || calls[0].Epoch() != 1 {
-		t.Errorf("epochs: cut %d, own %d; want cut re-placed, own at 1", calls[1].Epoch(), calls[0].Epoch())
+		t.Errorf("epochs: cut %d, kept %d; want cut re-placed, kept at 1", calls[1].Epoch(), calls[0].Epoch())
 	}
 }
 
@@ -690,9 +698,9 @@ func TestConnsInUse(t *testing.T) {
 func TestAbsenceSkipsCallsPlacedSince(t *testing.T) {
 	tune := func(c *Config) { c.HeartbeatInterval, c.StrandedAfter = 50*time.Millisecond, 300*time.Millisecond }
 	n, _, srv, client, extra := connsNodeWith(t, 3, obs.NewRegistry(), tune, 1500*time.Millisecond)
-	calls := startCalls(t, n, "own", "moved", "stale")
-	moved := calls[1]
-	if moved.pub != n.pubs[1] || calls[2].pub != n.pubs[2] {
+	calls := startCalls(t, n, "moved", "stale")
+	moved := calls[0]
+	if pubs := n.conns(); moved.pub != pubs[1] || calls[1].pub != pubs[2] {
 		t.Fatal("the calls do not publish on one connection each")
 	}
 	reqs := watchPlaceRequests(t, client)
