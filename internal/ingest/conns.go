@@ -23,13 +23,13 @@ type pubConn struct {
 	lost  time.Time // when the absence check first saw it away, zero while connected; the Run loop's
 }
 
-// dialPublishConns opens the extra publishing connections Config.PublishConns asks for
-// (AutoPublishConns for 0 when the node can dial) with Deps.Dial: Run's work, so that New does
-// no I/O. On an error it closes the ones it opened.
+// dialPublishConns opens, with Deps.Dial, the extra publishing connections Run starts with:
+// Config.PublishConns-1, or one for 0 (automatic: more open as calls grow, Node.growLocked).
+// Run's work, so that New does no I/O. On an error it closes the ones it opened.
 func (n *Node) dialPublishConns() error {
 	conns := n.cfg.PublishConns
 	if conns == 0 && n.dial != nil {
-		conns = AutoPublishConns
+		conns = 2
 	}
 	for i := n.PublishConns(); i < conns; i++ {
 		nc, err := n.dial(i)
@@ -41,18 +41,78 @@ func (n *Node) dialPublishConns() error {
 		n.pubs = append(n.pubs, &pubConn{nc: nc})
 		n.mu.Unlock()
 	}
+	n.mu.Lock()
+	n.growing = false // from now on: automatic, Run started, no dial in flight
+	n.mu.Unlock()
 	return nil
 }
 
-// ConnsInUse is how many publishing connections carry calls on a node configured with
-// publishConns (Config.PublishConns; 0: automatic) that can open connections and holds calls
-// calls at once: each connection fills to CallsPerPublishConn before the next is used. The load
-// tester gives its raw phases as many publishers, like for like.
-func ConnsInUse(publishConns, calls int) int {
-	if publishConns == 0 {
-		publishConns = AutoPublishConns
+// growLocked opens, in the background, one more publishing connection when the node has the
+// automatic setting and its extra connections have room for fewer than half a connection's
+// calls (n.fill/2) between them, so that the next one is up before it is needed and a call start
+// never waits on a dial; meanwhile a call past the fill takes the least-loaded connection
+// (assignConn). At most n.maxConns connections, the node's own among them; one dial at a time,
+// and none within growRetry of a failed one. Must hold n.mu.
+func (n *Node) growLocked() {
+	if n.cfg.PublishConns != 0 || n.dial == nil || n.growing || len(n.pubs) >= n.maxConns || time.Now().Before(n.growAfter) {
+		return
 	}
-	return min(publishConns, max(1, (calls+CallsPerPublishConn-1)/CallsPerPublishConn))
+	free := 0
+	for _, p := range n.pubs[1:] {
+		free += max(0, n.fill-p.calls)
+	}
+	if free > n.fill/2 {
+		return
+	}
+	n.growing = true
+	i := len(n.pubs)
+	if !n.g.Go(func() { n.grow(i) }) {
+		n.growing = false // shutting down
+	}
+}
+
+// growRetry is how long the node waits after a failed dial before it tries another.
+const growRetry = time.Second
+
+// grow dials the node's i-th extra publishing connection and, once it is connected, gives it to
+// the calls that start from then on.
+func (n *Node) grow(i int) {
+	nc, err := n.dial(i)
+	for err == nil && bus.Connected(nc) != nil { // a server that is down: not ready for calls
+		if n.g.Closed() {
+			nc.Close()
+			err = errors.New("node stopping")
+			break
+		}
+		time.Sleep(absencePoll)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.growing = false
+	if err != nil {
+		n.growAfter = time.Now().Add(growRetry)
+		n.log.Warn().Err(err).Int("conn", i+1).Msg("publishing connection not opened; the calls take the others meanwhile")
+		return
+	}
+	n.pubs = append(n.pubs, &pubConn{nc: nc, seen: time.Now()})
+	n.log.Info().Int("conn", i+1).Int("calls", len(n.calls)).Msg("publishing connection opened")
+	n.growLocked() // calls that came meanwhile may need the next one already
+}
+
+// ConnsInUse is how many connections carry frames on a node configured with publishConns
+// (Config.PublishConns; 0: automatic) that can open connections and holds calls calls at once:
+// each extra connection fills to CallsPerPublishConn before the next is used, and the node's
+// own carries none when it has another. The load tester gives its raw phases as many
+// publishers, like for like.
+func ConnsInUse(publishConns, calls int) int {
+	if publishConns == 1 {
+		return 1
+	}
+	media := publishConns - 1
+	if publishConns == 0 {
+		media = MaxPublishConns - 1
+	}
+	return min(media, max(1, (calls+CallsPerPublishConn-1)/CallsPerPublishConn))
 }
 
 // closeExtra flushes and closes the connections the node opened itself (not its own) and
@@ -100,6 +160,7 @@ func (n *Node) assignConn(c *Call) {
 	}
 	best.calls++
 	c.pub = best
+	n.growLocked()
 }
 
 // extraConnected reports nil when every extra publishing connection is connected: a call whose
@@ -127,8 +188,8 @@ func (n *Node) flushFrames(c *Call) {
 	}
 }
 
-// PublishConns returns how many NATS connections the node publishes frames on (Config.PublishConns;
-// AutoPublishConns for 0 when it can open them).
+// PublishConns returns how many NATS connections the node publishes on now, its own among them
+// (Config.PublishConns once Run has opened them; with 0, as many as its calls have needed).
 func (n *Node) PublishConns() int { return len(n.conns()) }
 
 // PublishEvent publishes an event of the call (its tenant and call are set here) on

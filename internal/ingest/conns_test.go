@@ -40,6 +40,13 @@ func connsNode(t *testing.T, conns int) (*Node, *obs.Health, *server.Server, *na
 // applied to its config and extra connections that reconnect after reconnect.
 func connsNodeWith(t *testing.T, conns int, reg *prometheus.Registry, tune func(*Config), reconnect time.Duration) (*Node, *obs.Health, *server.Server, *nats.Conn, func() []*nats.Conn) {
 	t.Helper()
+	return connsNodeGated(t, conns, reg, tune, reconnect, nil)
+}
+
+// connsNodeGated is connsNodeWith calling gate (may be nil) with i before dialling the node's
+// i-th extra connection.
+func connsNodeGated(t *testing.T, conns int, reg *prometheus.Registry, tune func(*Config), reconnect time.Duration, gate func(i int)) (*Node, *obs.Health, *server.Server, *nats.Conn, func() []*nats.Conn) {
+	t.Helper()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +83,10 @@ func connsNodeWith(t *testing.T, conns int, reg *prometheus.Registry, tune func(
 	}
 	var mu sync.Mutex
 	var extra []*nats.Conn
-	dial := func(int) (*nats.Conn, error) {
+	dial := func(i int) (*nats.Conn, error) {
+		if gate != nil {
+			gate(i)
+		}
 		nc, err := connect(nats.ReconnectWait(reconnect), nats.ReconnectJitter(0, 0))
 		if err == nil {
 			mu.Lock()
@@ -220,15 +230,16 @@ func TestCallsFillPublishConnsInTurn(t *testing.T) {
 	}
 }
 
-// The automatic setting (0) opens AutoPublishConns connections when the node can dial them, and
-// publishes on its own only when it cannot; a node of a few calls publishes on its own.
+// The automatic setting (0) opens one extra connection when Run starts, when the node can dial
+// them, and publishes on its own only when it cannot; a node of a few calls logs in twice and
+// publishes on the extra one.
 func TestAutoPublishConns(t *testing.T) {
 	n, _, srv, _, extra := connsNode(t, 0)
-	if got := n.PublishConns(); got != AutoPublishConns || len(extra()) != AutoPublishConns-1 {
-		t.Fatalf("%d publishing connections, %d dialled; want %d", got, len(extra()), AutoPublishConns)
+	if got := n.PublishConns(); got != 2 || len(extra()) != 1 {
+		t.Fatalf("%d publishing connections, %d dialled; want 2, 1", got, len(extra()))
 	}
-	if got := srv.NumClients(); got != AutoPublishConns+1 { // and the test's client
-		t.Fatalf("server has %d clients, want %d", got, AutoPublishConns+1)
+	if got := srv.NumClients(); got != 3 { // and the test's client
+		t.Fatalf("server has %d clients, want 3", got)
 	}
 	n.mu.Lock()
 	n.fill = CallsPerPublishConn
@@ -242,6 +253,9 @@ func TestAutoPublishConns(t *testing.T) {
 			t.Fatalf("call %d of 3 publishes on connection %d, want 2", i, slices.Index(n.conns(), c.pub)+1)
 		}
 	}
+	if got := n.PublishConns(); got != 2 {
+		t.Errorf("3 calls: %d connections, want 2", got)
+	}
 	cfg := DefaultConfig()
 	cfg.ID = "in-2"
 	alone, err := New(cfg, Deps{Log: zerolog.Nop()})
@@ -251,6 +265,110 @@ func TestAutoPublishConns(t *testing.T) {
 	defer alone.Close()
 	if got := alone.PublishConns(); got != 1 {
 		t.Errorf("a node that cannot dial publishes on %d connections, want 1", got)
+	}
+}
+
+// awaitConns waits until n publishes on want connections.
+func awaitConns(t *testing.T, n *Node, want int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); n.PublishConns() != want; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d publishing connections, want %d", n.PublishConns(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// The automatic setting opens the next connection when the extra ones have room for fewer than
+// half a connection's calls, before a call needs it, up to maxConns; past that, calls take the
+// least-loaded one. A connection opened later has its metrics and counts for readiness.
+func TestAutoPublishConnsGrow(t *testing.T) {
+	reg := obs.NewRegistry()
+	n, h, srv, _, extra := connsNodeWith(t, 0, reg, nil, time.Hour)
+	n.mu.Lock()
+	n.fill, n.maxConns = 4, 4
+	n.mu.Unlock()
+	startCalls(t, n, "c1")
+	if got := n.PublishConns(); got != 2 {
+		t.Fatalf("1 call of 4 on the extra connection: %d connections, want 2", got)
+	}
+	calls := startCalls(t, n, "c2") // half of the fill: the next one opens now
+	awaitConns(t, n, 3)
+	calls = append(calls, startCalls(t, n, "c3", "c4", "c5")...)
+	if pubs := n.conns(); calls[2].pub != pubs[1] || calls[3].pub != pubs[2] {
+		t.Fatal("calls did not fill the first extra connection before the next")
+	}
+	startCalls(t, n, "c6") // connection 3 half full
+	awaitConns(t, n, 4)
+	startCalls(t, n, "c7", "c8", "c9", "c10", "c11", "c12", "c13")
+	n.mu.Lock()
+	growing, load := n.growing, []int{}
+	for _, p := range n.pubs {
+		load = append(load, p.calls)
+	}
+	n.mu.Unlock()
+	if growing || n.PublishConns() != 4 || len(extra()) != 3 || fmt.Sprint(load) != "[0 5 4 4]" {
+		t.Fatalf("at maxConns: dialling %v, %d connections, %d dialled, calls %v; want no dial, 4, 3, [0 5 4 4]", growing, n.PublishConns(), len(extra()), load)
+	}
+	// The connection opened last has its series, and the node is not ready while it is down.
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() != "callrouter_ingest_publish_conn_calls" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == "4" && m.GetGauge().GetValue() == 4 {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Error(`callrouter_ingest_publish_conn_calls{conn="4"} is not 4`)
+	}
+	if err := h.ReadyErr(); err != nil {
+		t.Fatalf("not ready before the cut: %v", err)
+	}
+	cutConns(t, srv, extra()[2:])
+	for deadline := time.Now().Add(10 * time.Second); h.ReadyErr() == nil || !strings.Contains(h.ReadyErr().Error(), "publish connection 4"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("ready error %v with connection 4 cut", h.ReadyErr())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A call start never waits on a dial: while the next connection is being dialled, calls past
+// the fill take the least-loaded connection, and the ones after the dial take the new one.
+func TestCallStartNeverWaitsOnDial(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	gate := func(i int) {
+		if i == 2 {
+			<-release
+		}
+	}
+	n, _, _, _, _ := connsNodeGated(t, 0, obs.NewRegistry(), nil, time.Hour, gate)
+	t.Cleanup(func() { once.Do(func() { close(release) }) }) // before the node's cleanup
+	n.mu.Lock()
+	n.fill, n.maxConns = 2, 3
+	n.mu.Unlock()
+	calls := startCalls(t, n, "c1", "c2", "c3", "c4") // the dial of connection 3 starts at c1 and hangs
+	for _, c := range calls {
+		if c.pub != n.conns()[1] {
+			t.Fatal("a call started while a dial hangs is not on the one extra connection")
+		}
+	}
+	if got := n.PublishConns(); got != 2 {
+		t.Fatalf("%d connections while the dial hangs, want 2", got)
+	}
+	once.Do(func() { close(release) })
+	awaitConns(t, n, 3)
+	if c := startCalls(t, n, "c5")[0]; c.pub != n.conns()[2] {
+		t.Error("a call after the dial did not take the new connection")
 	}
 }
 
@@ -678,12 +796,14 @@ func expectOnlyReplaced(t *testing.T, reqs <-chan wire.PlaceRequest, call string
 	}
 }
 
-// ConnsInUse counts the connections that fill in turn (assignConn), which is what the load
-// tester's raw phases publish on.
+// ConnsInUse counts the connections that carry frames, filled in turn (assignConn): the extra
+// ones, never the node's own unless it is the only one. The load tester's raw phases publish on
+// as many.
 func TestConnsInUse(t *testing.T) {
 	for _, tc := range []struct{ conns, calls, want int }{
 		{0, 0, 1}, {0, 1, 1}, {0, CallsPerPublishConn, 1}, {0, CallsPerPublishConn + 1, 2},
-		{0, 2500, AutoPublishConns}, {1, 2500, 1}, {3, 6, 1}, {10, 1000, 5}, {10, 2500, 10},
+		{0, 2500, 13}, {0, 100000, MaxPublishConns - 1}, {1, 2500, 1}, {2, 2500, 1}, {3, 6, 1},
+		{10, 1000, 5}, {10, 2500, 9}, {11, 2500, 10},
 	} {
 		if got := ConnsInUse(tc.conns, tc.calls); got != tc.want {
 			t.Errorf("ConnsInUse(%d, %d) = %d, want %d", tc.conns, tc.calls, got, tc.want)

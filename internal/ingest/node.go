@@ -78,24 +78,31 @@ type Source interface {
 
 // Node is one ingest node.
 type Node struct {
-	cfg    Config
-	nc     *nats.Conn
-	own    *pubConn                        // nc as a publishing connection: pubs[0]
-	dial   func(i int) (*nats.Conn, error) // Deps.Dial
-	pubs   []*pubConn                      // the connections frames go on: own first, then those Run opens; under mu
-	fill   int                             // calls that fill a publishing connection before the next is used: CallsPerPublishConn (tests lower it)
-	log    zerolog.Logger
-	m      *metrics
-	health *obs.Health
+	cfg  Config
+	nc   *nats.Conn
+	own  *pubConn                        // nc as a publishing connection: pubs[0]
+	dial func(i int) (*nats.Conn, error) // Deps.Dial
+	pubs []*pubConn                      // the connections frames go on: own first, then those Run opens; under mu
+	fill int                             // calls that fill a publishing connection before the next is used: CallsPerPublishConn (tests lower it)
+	// maxConns bounds the automatic setting's connections, the node's own among them:
+	// MaxPublishConns (tests lower it).
+	maxConns int
+	log      zerolog.Logger
+	m        *metrics
+	health   *obs.Health
 
 	mu       sync.Mutex
 	calls    map[session.ID]*Call
 	draining bool
-	g        guard.Group // goroutines started from NATS callbacks (re-placements)
-	closed   atomic.Bool
-	paused   atomic.Bool                         // fault injection (Pause): publish nothing, answer nothing
-	hbMu     sync.Mutex                          // one heartbeat at a time: states is a sequence
-	states   *wire.StateTracker[wire.IngestCall] // the call list's snapshots and deltas, under hbMu
+	// growing: a publishing connection is being dialled (Node.grow), or Run has not opened its
+	// first ones yet, so no other dial starts.
+	growing   bool
+	growAfter time.Time   // no dial before this: the last one failed
+	g         guard.Group // goroutines started from NATS callbacks (re-placements) and dials (Node.grow)
+	closed    atomic.Bool
+	paused    atomic.Bool                         // fault injection (Pause): publish nothing, answer nothing
+	hbMu      sync.Mutex                          // one heartbeat at a time: states is a sequence
+	states    *wire.StateTracker[wire.IngestCall] // the call list's snapshots and deltas, under hbMu
 }
 
 // Deps are the node's collaborators.
@@ -125,7 +132,7 @@ func New(cfg Config, d Deps) (*Node, error) {
 		d.Health = &obs.Health{}
 	}
 	own := &pubConn{nc: d.NC}
-	n := &Node{cfg: cfg, nc: d.NC, own: own, dial: d.Dial, pubs: []*pubConn{own}, fill: CallsPerPublishConn, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
+	n := &Node{cfg: cfg, nc: d.NC, own: own, dial: d.Dial, pubs: []*pubConn{own}, fill: CallsPerPublishConn, maxConns: MaxPublishConns, growing: true, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
 		health: d.Health, calls: map[session.ID]*Call{}, states: wire.NewIngestStates(cfg.ID)}
 	d.Registry.MustRegister(pubMetrics{n})
 	if d.Dial != nil && cfg.PublishConns != 1 {
