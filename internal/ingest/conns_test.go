@@ -811,6 +811,46 @@ func TestConnsInUse(t *testing.T) {
 	}
 }
 
+// ConnsInUse says how many connections carry frames on a real node of that many calls, which
+// is what the load tester gives its raw phases.
+func TestConnsInUseMatchesTheNode(t *testing.T) {
+	const calls = 2*CallsPerPublishConn + 1
+	for _, conns := range []int{0, 1, 3} {
+		n, _, _, _, _ := connsNode(t, conns)
+		n.mu.Lock()
+		n.fill = CallsPerPublishConn
+		n.mu.Unlock()
+		for i := range calls {
+			startCalls(t, n, fmt.Sprintf("n%d-c%d", conns, i))
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) { // the rule, not the dial's speed
+				n.mu.Lock()
+				growing := n.growing
+				n.mu.Unlock()
+				if !growing {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("a dial did not end")
+				}
+			}
+		}
+		carry := 0
+		n.mu.Lock()
+		for _, p := range n.pubs {
+			if p.calls > 0 {
+				carry++
+			}
+		}
+		n.mu.Unlock()
+		if want := ConnsInUse(conns, calls); carry != want {
+			t.Errorf("PublishConns %d, %d calls: %d connections carry frames, ConnsInUse says %d", conns, calls, carry, want)
+		}
+		for _, c := range n.Calls() {
+			c.End("test over")
+		}
+	}
+}
+
 // A call placed again while its connection was away (a router's reconcile, once the node's own
 // connection was back) is not re-placed once more when that connection comes back: it already
 // has a worker that took it after the absence. The call on the other connection that came back,
