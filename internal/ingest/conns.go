@@ -71,17 +71,22 @@ func (n *Node) growLocked() {
 	}
 }
 
-// growRetry is how long the node waits after a failed dial before it tries another.
-const growRetry = time.Second
+// growRetry is how long the node waits after a failed dial before it tries another; growWait
+// how long a dialled connection may take to connect (bus.Connect returns at once, not
+// connected, when no server answers: -nats-wait) before it counts as failed.
+const (
+	growRetry = time.Second
+	growWait  = 10 * time.Second
+)
 
 // grow dials the node's i-th extra publishing connection and, once it is connected, gives it to
 // the calls that start from then on.
 func (n *Node) grow(i int) {
 	nc, err := n.dial(i)
-	for err == nil && bus.Connected(nc) != nil { // a server that is down: not ready for calls
-		if n.g.Closed() {
+	for deadline := time.Now().Add(growWait); err == nil && bus.Connected(nc) != nil; { // no call goes on it before it is up
+		if n.g.Closed() || time.Now().After(deadline) {
 			nc.Close()
-			err = errors.New("node stopping")
+			err = fmt.Errorf("not connected within %v, or the node is stopping", growWait)
 			break
 		}
 		time.Sleep(absencePoll)
