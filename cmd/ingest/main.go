@@ -118,11 +118,8 @@ func run(args []string) int {
 			bc.Name = fmt.Sprintf("%s publish %d", bc.Name, i)
 			return bus.Connect(bc, log)
 		}
-		icfg := *cfg
-		if nc == nil { // -check-config: build without I/O (cli.Build), so without the extra connections
-			icfg.PublishConns, dial = 1, nil
-		}
-		n, err := ingest.New(icfg, ingest.Deps{NC: nc, Log: log, Registry: reg, Health: h, Dial: dial})
+		// No I/O, so -check-config (nc nil) builds it as it is: the node's Run opens the extra connections.
+		n, err := ingest.New(*cfg, ingest.Deps{NC: nc, Log: log, Registry: reg, Health: h, Dial: dial})
 		if err != nil {
 			return nil, err
 		}
@@ -202,8 +199,8 @@ func Flags(fs *flag.FlagSet) *ingest.Config {
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", cfg.HeartbeatInterval, "heartbeat interval")
 	fs.DurationVar(&cfg.MediaTimeout, "media-timeout", cfg.MediaTimeout, "a call with no media for this long is ended")
 	fs.DurationVar(&cfg.Ring, "ring", cfg.Ring, "per-leg replay ring length")
-	fs.IntVar(&cfg.PublishConns, "nats-publish-conns", cfg.PublishConns, "NATS connections frames are published on, the node's own among them (same identity; 0: "+strconv.Itoa(ingest.AutoPublishConns)+"); each call keeps one, the first with fewer than "+strconv.Itoa(ingest.CallsPerPublishConn)+" calls when it starts (the least loaded once all have as many). nats-server caches subject matches per publishing connection (512 subjects: 256 two-leg calls)"+
-		fmt.Sprintf(" (at most %d)", ingest.MaxPublishConns))
+	fs.IntVar(&cfg.PublishConns, "nats-publish-conns", cfg.PublishConns, "NATS connections the node logs in with, its own among them (same identity). Its own carries the control traffic (place requests, heartbeats, replay answers), and frames only when it is the only one (1); N > 1 puts the frames on the N-1 others, each call on the first with fewer than "+strconv.Itoa(ingest.CallsPerPublishConn)+" calls when it starts (the least loaded once all have as many). 0: automatic, the node's own and one more, then another (opened ahead of need) each time the calls leave room for fewer than "+strconv.Itoa(ingest.CallsPerPublishConn/2)+" on them"+
+		fmt.Sprintf(" (at most %d). nats-server caches subject matches per publishing connection: 512 subjects, 256 two-leg calls", ingest.MaxPublishConns))
 	fs.IntVar(&cfg.RingMaxBytes, "ring-max-bytes", cfg.RingMaxBytes, "per-leg replay ring bound in bytes")
 	fs.DurationVar(&cfg.MaxPause, "max-pause", cfg.MaxPause, "a secure pause (ingest.<id>.pause, router.api.pause) not resumed for this long resumes by itself, with a \"resumed\" event (reason max_pause)")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for calls (played, WHIP; SIP has -sip-drain-timeout) to end")

@@ -26,8 +26,10 @@ func TestBadFlagsStopWithUsageError(t *testing.T) {
 func TestCheckConfigConnectsToNothing(t *testing.T) {
 	// Nothing listens on port 1, so a run that tried to connect would exit 1.
 	base := []string{"-check-config", "-nats", "nats://127.0.0.1:1"}
-	if code := run(base); code != 0 {
-		t.Errorf("run(%q) = %d, want 0", base, code)
+	for _, ok := range [][]string{base, append(base, "-nats-publish-conns", "4")} {
+		if code := run(ok); code != 0 {
+			t.Errorf("run(%q) = %d, want 0", ok, code)
+		}
 	}
 	for _, bad := range [][]string{{"-http", "8080"}, {"-heartbeat", "0s"}, {"-log-level", "loud"}} {
 		if code := run(append(base, bad...)); code != 2 {

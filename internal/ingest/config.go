@@ -25,23 +25,25 @@ type Config struct {
 	// its heartbeats did not go out) re-places every call the moment it is back, since the
 	// routers and workers may have let them go meanwhile; 0 leaves it to the routers' notices.
 	StrandedAfter time.Duration
-	// PublishConns is how many NATS connections the node publishes frames on, its own among
-	// them (1: only its own; 0: AutoPublishConns when the node can open connections, Deps.Dial,
-	// else only its own). nats-server caches subject matches per publishing connection, 512
-	// subjects (256 two-leg calls): above that one connection misses the cache on nearly every
-	// frame. A call takes the first connection with fewer than CallsPerPublishConn calls when it
-	// starts (the least-loaded one when all have as many) and keeps it for life, so a node
-	// of few calls publishes on its own connection only (docs/architecture.md, "Concurrency").
+	// PublishConns is how many NATS connections the node logs in with, its own among them.
+	// nats-server caches subject matches per publishing connection, 512 subjects (256 two-leg
+	// calls): above that one connection misses the cache on nearly every frame. The node's own
+	// connection carries the control traffic (place requests, heartbeats, replay answers) and
+	// frames only when it is the only one (1), so that the control traffic does not queue
+	// behind frames; N > 1 opens N-1 more when Run starts, which carry the frames. 0
+	// (automatic; only with Deps.Dial, else 1) opens one more when Run starts and another, in
+	// the background, whenever the extra ones have room for fewer than half a connection's
+	// calls, so that each carries at most CallsPerPublishConn calls, up to MaxPublishConns
+	// connections. A call takes the first extra connection with fewer than CallsPerPublishConn
+	// calls when it starts (the least-loaded one when all have as many) and keeps it for life
+	// (docs/architecture.md, "Concurrency").
 	PublishConns int
 }
 
 const (
-	// MaxPublishConns bounds Config.PublishConns.
+	// MaxPublishConns bounds Config.PublishConns and the connections its automatic setting
+	// opens, the node's own among them: 63 extra ones take 12,600 calls at CallsPerPublishConn.
 	MaxPublishConns = 64
-	// AutoPublishConns is the connections Config.PublishConns 0 opens: enough that each carries
-	// at most CallsPerPublishConn calls up to 1,600 calls a node, more than one ingest process
-	// takes on the 2-core boxes measured (docs/loadtest.md, "The server's subject cache").
-	AutoPublishConns = 8
 	// CallsPerPublishConn is how many calls fill a publishing connection before the next one is
 	// used: 400 subjects of two-leg calls, under the server's 512-subject cache with room for
 	// calls of more legs.
@@ -90,7 +92,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("ingest: stranded-after %v must not be negative (0: off)", c.StrandedAfter))
 	}
 	if c.PublishConns < 0 || c.PublishConns > MaxPublishConns {
-		errs = append(errs, fmt.Errorf("ingest: -nats-publish-conns %d must be between 1 and %d, or 0 (automatic: %d)", c.PublishConns, MaxPublishConns, AutoPublishConns))
+		errs = append(errs, fmt.Errorf("ingest: -nats-publish-conns %d must be between 1 and %d, or 0 (automatic: one more connection per %d calls)", c.PublishConns, MaxPublishConns, CallsPerPublishConn))
 	}
 	if c.PlaceAttempts < 1 {
 		errs = append(errs, fmt.Errorf("ingest: place attempts %d must be at least 1", c.PlaceAttempts))

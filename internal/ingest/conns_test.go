@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -38,6 +39,13 @@ func connsNode(t *testing.T, conns int) (*Node, *obs.Health, *server.Server, *na
 // connsNodeWith is connsNode registering the node's metrics with reg, with tune (may be nil)
 // applied to its config and extra connections that reconnect after reconnect.
 func connsNodeWith(t *testing.T, conns int, reg *prometheus.Registry, tune func(*Config), reconnect time.Duration) (*Node, *obs.Health, *server.Server, *nats.Conn, func() []*nats.Conn) {
+	t.Helper()
+	return connsNodeGated(t, conns, reg, tune, reconnect, nil)
+}
+
+// connsNodeGated is connsNodeWith calling gate (may be nil) with i before dialling the node's
+// i-th extra connection.
+func connsNodeGated(t *testing.T, conns int, reg *prometheus.Registry, tune func(*Config), reconnect time.Duration, gate func(i int)) (*Node, *obs.Health, *server.Server, *nats.Conn, func() []*nats.Conn) {
 	t.Helper()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
 	if err != nil {
@@ -75,7 +83,10 @@ func connsNodeWith(t *testing.T, conns int, reg *prometheus.Registry, tune func(
 	}
 	var mu sync.Mutex
 	var extra []*nats.Conn
-	dial := func(int) (*nats.Conn, error) {
+	dial := func(i int) (*nats.Conn, error) {
+		if gate != nil {
+			gate(i)
+		}
 		nc, err := connect(nats.ReconnectWait(reconnect), nats.ReconnectJitter(0, 0))
 		if err == nil {
 			mu.Lock()
@@ -141,10 +152,37 @@ func TestPublishConnsValidation(t *testing.T) {
 	}
 }
 
+// New opens no connection, whatever Config.PublishConns: Run opens them, and a node is ready
+// only once they are up.
+func TestNewDialsNothing(t *testing.T) {
+	for _, conns := range []int{0, 3} {
+		cfg := DefaultConfig()
+		cfg.ID, cfg.PublishConns = "in-1", conns
+		dials := 0
+		n, err := New(cfg, Deps{Log: zerolog.Nop(), Dial: func(int) (*nats.Conn, error) {
+			dials++
+			return nil, errors.New("no dialling in New")
+		}})
+		if err != nil {
+			t.Fatalf("PublishConns %d: %v", conns, err)
+		}
+		if dials != 0 || n.PublishConns() != 1 {
+			t.Errorf("PublishConns %d: New dialled %d times, %d connections", conns, dials, n.PublishConns())
+		}
+		n.Close()
+	}
+	n, h, _, _, extra := connsNode(t, 3)
+	if got := len(extra()); got != 2 || n.PublishConns() != 3 || h.ReadyErr() != nil {
+		t.Errorf("after Run: %d dialled, %d connections, ready %v; want 2, 3, ready", got, n.PublishConns(), h.ReadyErr())
+	}
+}
+
 // A call takes the first connection with fewer than CallsPerPublishConn calls; once every one
-// has as many, the least-loaded one; an ended call's place is taken next.
+// has as many, the least-loaded one; an ended call's place is taken next. The node's own
+// connection takes none while it has others; alone, it takes every call.
 func TestCallsFillPublishConnsInTurn(t *testing.T) {
-	n := &Node{pubs: []*pubConn{{}, {}, {}}, fill: CallsPerPublishConn}
+	own := &pubConn{}
+	n := &Node{own: own, pubs: []*pubConn{own}, fill: CallsPerPublishConn}
 	load := func() string {
 		var out []int
 		for _, p := range n.pubs {
@@ -160,15 +198,21 @@ func TestCallsFillPublishConnsInTurn(t *testing.T) {
 			cs = append(cs, c)
 		}
 	}
+	start(CallsPerPublishConn + 1)
+	if got, want := load(), fmt.Sprintf("[%d]", CallsPerPublishConn+1); got != want {
+		t.Fatalf("calls on the node's own connection alone %s, want %s", got, want)
+	}
+	own.calls = 0
+	n.pubs = append(n.pubs, &pubConn{}, &pubConn{}, &pubConn{})
 	start(CallsPerPublishConn)
-	if got, want := load(), fmt.Sprintf("[%d 0 0]", CallsPerPublishConn); got != want {
-		t.Fatalf("calls per connection %s, want %s: a node of few calls publishes on one", got, want)
+	if got, want := load(), fmt.Sprintf("[0 %d 0 0]", CallsPerPublishConn); got != want {
+		t.Fatalf("calls per connection %s, want %s: a node of few calls publishes on one, not its own", got, want)
 	}
 	start(2 * CallsPerPublishConn)
 	start(3)
 	f := CallsPerPublishConn + 1
-	if got, want := load(), fmt.Sprintf("[%d %d %d]", f, f, f); got != want {
-		t.Fatalf("calls per connection %s, want %s", got, want)
+	if got, want := load(), fmt.Sprintf("[0 %d %d %d]", f, f, f); got != want {
+		t.Fatalf("calls per connection %s, want %s: the node's own takes none", got, want)
 	}
 	if cs[len(cs)-1].pub == cs[len(cs)-2].pub || cs[len(cs)-2].pub == cs[len(cs)-3].pub {
 		t.Fatal("past the fill, calls in a row share a connection")
@@ -179,22 +223,23 @@ func TestCallsFillPublishConnsInTurn(t *testing.T) {
 	if cs[len(cs)-1].pub != freed {
 		t.Fatal("a new call did not take the least-loaded connection")
 	}
-	n.pubs[0].calls = CallsPerPublishConn - 1
+	n.pubs[1].calls = CallsPerPublishConn - 1
 	start(1)
-	if cs[len(cs)-1].pub != n.pubs[0] {
+	if cs[len(cs)-1].pub != n.pubs[1] {
 		t.Fatal("a new call did not take the first connection below the fill")
 	}
 }
 
-// The automatic setting (0) opens AutoPublishConns connections when the node can dial them, and
-// publishes on its own only when it cannot; a node of a few calls publishes on its own.
+// The automatic setting (0) opens one extra connection when Run starts, when the node can dial
+// them, and publishes on its own only when it cannot; a node of a few calls logs in twice and
+// publishes on the extra one.
 func TestAutoPublishConns(t *testing.T) {
 	n, _, srv, _, extra := connsNode(t, 0)
-	if got := n.PublishConns(); got != AutoPublishConns || len(extra()) != AutoPublishConns-1 {
-		t.Fatalf("%d publishing connections, %d dialled; want %d", got, len(extra()), AutoPublishConns)
+	if got := n.PublishConns(); got != 2 || len(extra()) != 1 {
+		t.Fatalf("%d publishing connections, %d dialled; want 2, 1", got, len(extra()))
 	}
-	if got := srv.NumClients(); got != AutoPublishConns+1 { // and the test's client
-		t.Fatalf("server has %d clients, want %d", got, AutoPublishConns+1)
+	if got := srv.NumClients(); got != 3 { // and the test's client
+		t.Fatalf("server has %d clients, want 3", got)
 	}
 	n.mu.Lock()
 	n.fill = CallsPerPublishConn
@@ -204,9 +249,12 @@ func TestAutoPublishConns(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.pub != n.pubs[0] {
-			t.Fatalf("call %d of 3 publishes on connection %d", i, slices.Index(n.pubs, c.pub)+1)
+		if c.pub != n.conns()[1] {
+			t.Fatalf("call %d of 3 publishes on connection %d, want 2", i, slices.Index(n.conns(), c.pub)+1)
 		}
+	}
+	if got := n.PublishConns(); got != 2 {
+		t.Errorf("3 calls: %d connections, want 2", got)
 	}
 	cfg := DefaultConfig()
 	cfg.ID = "in-2"
@@ -217,6 +265,110 @@ func TestAutoPublishConns(t *testing.T) {
 	defer alone.Close()
 	if got := alone.PublishConns(); got != 1 {
 		t.Errorf("a node that cannot dial publishes on %d connections, want 1", got)
+	}
+}
+
+// awaitConns waits until n publishes on want connections.
+func awaitConns(t *testing.T, n *Node, want int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); n.PublishConns() != want; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d publishing connections, want %d", n.PublishConns(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// The automatic setting opens the next connection when the extra ones have room for fewer than
+// half a connection's calls, before a call needs it, up to maxConns; past that, calls take the
+// least-loaded one. A connection opened later has its metrics and counts for readiness.
+func TestAutoPublishConnsGrow(t *testing.T) {
+	reg := obs.NewRegistry()
+	n, h, srv, _, extra := connsNodeWith(t, 0, reg, nil, time.Hour)
+	n.mu.Lock()
+	n.fill, n.maxConns = 4, 4
+	n.mu.Unlock()
+	startCalls(t, n, "c1")
+	if got := n.PublishConns(); got != 2 {
+		t.Fatalf("1 call of 4 on the extra connection: %d connections, want 2", got)
+	}
+	calls := startCalls(t, n, "c2") // half of the fill: the next one opens now
+	awaitConns(t, n, 3)
+	calls = append(calls, startCalls(t, n, "c3", "c4", "c5")...)
+	if pubs := n.conns(); calls[2].pub != pubs[1] || calls[3].pub != pubs[2] {
+		t.Fatal("calls did not fill the first extra connection before the next")
+	}
+	startCalls(t, n, "c6") // connection 3 half full
+	awaitConns(t, n, 4)
+	startCalls(t, n, "c7", "c8", "c9", "c10", "c11", "c12", "c13")
+	n.mu.Lock()
+	growing, load := n.growing, []int{}
+	for _, p := range n.pubs {
+		load = append(load, p.calls)
+	}
+	n.mu.Unlock()
+	if growing || n.PublishConns() != 4 || len(extra()) != 3 || fmt.Sprint(load) != "[0 5 4 4]" {
+		t.Fatalf("at maxConns: dialling %v, %d connections, %d dialled, calls %v; want no dial, 4, 3, [0 5 4 4]", growing, n.PublishConns(), len(extra()), load)
+	}
+	// The connection opened last has its series, and the node is not ready while it is down.
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() != "callrouter_ingest_publish_conn_calls" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == "4" && m.GetGauge().GetValue() == 4 {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Error(`callrouter_ingest_publish_conn_calls{conn="4"} is not 4`)
+	}
+	if err := h.ReadyErr(); err != nil {
+		t.Fatalf("not ready before the cut: %v", err)
+	}
+	cutConns(t, srv, extra()[2:])
+	for deadline := time.Now().Add(10 * time.Second); h.ReadyErr() == nil || !strings.Contains(h.ReadyErr().Error(), "publish connection 4"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("ready error %v with connection 4 cut", h.ReadyErr())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A call start never waits on a dial: while the next connection is being dialled, calls past
+// the fill take the least-loaded connection, and the ones after the dial take the new one.
+func TestCallStartNeverWaitsOnDial(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	gate := func(i int) {
+		if i == 2 {
+			<-release
+		}
+	}
+	n, _, _, _, _ := connsNodeGated(t, 0, obs.NewRegistry(), nil, time.Hour, gate)
+	t.Cleanup(func() { once.Do(func() { close(release) }) }) // before the node's cleanup
+	n.mu.Lock()
+	n.fill, n.maxConns = 2, 3
+	n.mu.Unlock()
+	calls := startCalls(t, n, "c1", "c2", "c3", "c4") // the dial of connection 3 starts at c1 and hangs
+	for _, c := range calls {
+		if c.pub != n.conns()[1] {
+			t.Fatal("a call started while a dial hangs is not on the one extra connection")
+		}
+	}
+	if got := n.PublishConns(); got != 2 {
+		t.Fatalf("%d connections while the dial hangs, want 2", got)
+	}
+	once.Do(func() { close(release) })
+	awaitConns(t, n, 3)
+	if c := startCalls(t, n, "c5")[0]; c.pub != n.conns()[2] {
+		t.Error("a call after the dial did not take the new connection")
 	}
 }
 
@@ -321,14 +473,11 @@ func TestPublishConnDownMakesNodeUnready(t *testing.T) {
 // the answer does.
 func TestReplayAnswerNeverOvertakesFrames(t *testing.T) {
 	n, _, _, _, _ := connsNode(t, 2)
-	if _, err := n.StartCall(context.Background(), twoLegSpec("other")); err != nil { // takes the node's own connection
-		t.Fatal(err)
-	}
 	c, err := n.StartCall(context.Background(), twoLegSpec("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.pub == n.pubs[0] {
+	if c.pub == n.own {
 		t.Fatal("the call publishes on the node's own connection")
 	}
 	w, err := nats.Connect(n.nc.ConnectedUrl())
@@ -491,18 +640,20 @@ func TestPublishConnsHaveMetrics(t *testing.T) {
 		}
 	}
 	got := scrape()
-	for conn := 1; conn <= 3; conn++ {
-		l := fmt.Sprintf(`{conn="%d"}`, conn)
-		for name, want := range map[string]string{"connected": "1", "calls": "1", "reconnects_total": "0"} {
+	// The node's own connection carries no call (connsNode fills a connection with one); of the
+	// three calls the second extra one has one, the first two.
+	for conn, calls := range []string{"0", "2", "1"} {
+		l := fmt.Sprintf(`{conn="%d"}`, conn+1)
+		for name, want := range map[string]string{"connected": "1", "calls": calls, "reconnects_total": "0"} {
 			if v := got["callrouter_ingest_publish_conn_"+name+l]; v != want {
 				t.Errorf("%s%s = %q, want %s", name, l, v, want)
 			}
 		}
 	}
-	// An extra connection carries its call's frames and "start" event, nothing else.
-	for _, conn := range []string{"2", "3"} {
-		if v := got[`callrouter_ingest_publish_conn_messages_total{conn="`+conn+`"}`]; v != fmt.Sprint(2*frames+1) {
-			t.Errorf("messages on connection %s: %q, want %d", conn, v, 2*frames+1)
+	// An extra connection carries its calls' frames and "start" events, nothing else.
+	for conn, calls := range map[string]int{"2": 2, "3": 1} {
+		if v := got[`callrouter_ingest_publish_conn_messages_total{conn="`+conn+`"}`]; v != fmt.Sprint(calls*(2*frames+1)) {
+			t.Errorf("messages on connection %s: %q, want %d", conn, v, calls*(2*frames+1))
 		}
 		if v := got[`callrouter_ingest_publish_conn_bytes_total{conn="`+conn+`"}`]; v == "" || v == "0" {
 			t.Errorf("bytes on connection %s: %q", conn, v)
@@ -528,29 +679,30 @@ func TestPublishConnsHaveMetrics(t *testing.T) {
 }
 
 // An extra publishing connection back from an absence longer than StrandedAfter, the node's own
-// connection up all along, re-places the calls whose frames go on it, and only those.
+// connection and the other extra one up all along, re-places the calls whose frames go on it,
+// and only those.
 func TestPublishConnBackReplacesItsCallsOnly(t *testing.T) {
 	tune := func(c *Config) { c.HeartbeatInterval, c.StrandedAfter = 50*time.Millisecond, 300*time.Millisecond }
-	n, _, srv, client, extra := connsNodeWith(t, 2, obs.NewRegistry(), tune, 1500*time.Millisecond)
-	calls := startCalls(t, n, "own", "cut")
-	if calls[0].pub != n.pubs[0] || calls[1].pub != n.pubs[1] {
-		t.Fatal("the calls do not publish on one connection each")
+	n, _, srv, client, extra := connsNodeWith(t, 3, obs.NewRegistry(), tune, 1500*time.Millisecond)
+	calls := startCalls(t, n, "kept", "cut")
+	if pubs := n.conns(); calls[0].pub != pubs[1] || calls[1].pub != pubs[2] {
+		t.Fatal("the calls do not publish on one extra connection each")
 	}
 	reqs := watchPlaceRequests(t, client)
-	cutConns(t, srv, extra()[:1])
+	cutConns(t, srv, extra()[1:])
 	// The connection comes back after 1.5 s, past StrandedAfter: the call on it is re-placed.
 	expectOnlyReplaced(t, reqs, "cut")
-	// Ten more heartbeats: still no re-placement of the call on the node's own connection.
+	// Ten more heartbeats: still no re-placement of the call on the connection that stayed up.
 	awaitHeartbeats(t, watchHeartbeats(t, client), 10)
 	select {
 	case req := <-reqs:
-		if req.Call.Call == "own" {
-			t.Fatalf("call own re-placed (%s): its connection was up all along", req.Reason)
+		if req.Call.Call == "kept" {
+			t.Fatalf("call kept re-placed (%s): its connection was up all along", req.Reason)
 		}
 	default:
 	}
 	if calls[1].Epoch() < 2 || calls[0].Epoch() != 1 {
-		t.Errorf("epochs: cut %d, own %d; want cut re-placed, own at 1", calls[1].Epoch(), calls[0].Epoch())
+		t.Errorf("epochs: cut %d, kept %d; want cut re-placed, kept at 1", calls[1].Epoch(), calls[0].Epoch())
 	}
 }
 
@@ -644,15 +796,57 @@ func expectOnlyReplaced(t *testing.T, reqs <-chan wire.PlaceRequest, call string
 	}
 }
 
-// ConnsInUse counts the connections that fill in turn (assignConn), which is what the load
-// tester's raw phases publish on.
+// ConnsInUse counts the connections that carry frames, filled in turn (assignConn): the extra
+// ones, never the node's own unless it is the only one. The load tester's raw phases publish on
+// as many.
 func TestConnsInUse(t *testing.T) {
 	for _, tc := range []struct{ conns, calls, want int }{
 		{0, 0, 1}, {0, 1, 1}, {0, CallsPerPublishConn, 1}, {0, CallsPerPublishConn + 1, 2},
-		{0, 2500, AutoPublishConns}, {1, 2500, 1}, {3, 6, 1}, {10, 1000, 5}, {10, 2500, 10},
+		{0, 2500, 13}, {0, 100000, MaxPublishConns - 1}, {1, 2500, 1}, {2, 2500, 1}, {3, 6, 1},
+		{10, 1000, 5}, {10, 2500, 9}, {11, 2500, 10},
 	} {
 		if got := ConnsInUse(tc.conns, tc.calls); got != tc.want {
 			t.Errorf("ConnsInUse(%d, %d) = %d, want %d", tc.conns, tc.calls, got, tc.want)
+		}
+	}
+}
+
+// ConnsInUse says how many connections carry frames on a real node of that many calls, which
+// is what the load tester gives its raw phases.
+func TestConnsInUseMatchesTheNode(t *testing.T) {
+	const calls = 2*CallsPerPublishConn + 1
+	for _, conns := range []int{0, 1, 3} {
+		n, _, _, _, _ := connsNode(t, conns)
+		n.mu.Lock()
+		n.fill = CallsPerPublishConn
+		n.mu.Unlock()
+		for i := range calls {
+			startCalls(t, n, fmt.Sprintf("n%d-c%d", conns, i))
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) { // the rule, not the dial's speed
+				n.mu.Lock()
+				growing := n.growing
+				n.mu.Unlock()
+				if !growing {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("a dial did not end")
+				}
+			}
+		}
+		carry := 0
+		n.mu.Lock()
+		for _, p := range n.pubs {
+			if p.calls > 0 {
+				carry++
+			}
+		}
+		n.mu.Unlock()
+		if want := ConnsInUse(conns, calls); carry != want {
+			t.Errorf("PublishConns %d, %d calls: %d connections carry frames, ConnsInUse says %d", conns, calls, carry, want)
+		}
+		for _, c := range n.Calls() {
+			c.End("test over")
 		}
 	}
 }
@@ -664,9 +858,9 @@ func TestConnsInUse(t *testing.T) {
 func TestAbsenceSkipsCallsPlacedSince(t *testing.T) {
 	tune := func(c *Config) { c.HeartbeatInterval, c.StrandedAfter = 50*time.Millisecond, 300*time.Millisecond }
 	n, _, srv, client, extra := connsNodeWith(t, 3, obs.NewRegistry(), tune, 1500*time.Millisecond)
-	calls := startCalls(t, n, "own", "moved", "stale")
-	moved := calls[1]
-	if moved.pub != n.pubs[1] || calls[2].pub != n.pubs[2] {
+	calls := startCalls(t, n, "moved", "stale")
+	moved := calls[0]
+	if pubs := n.conns(); moved.pub != pubs[1] || calls[1].pub != pubs[2] {
 		t.Fatal("the calls do not publish on one connection each")
 	}
 	reqs := watchPlaceRequests(t, client)

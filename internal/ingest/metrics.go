@@ -78,13 +78,14 @@ func (pubMetrics) Describe(ch chan<- *prometheus.Desc) {
 
 func (m pubMetrics) Collect(ch chan<- prometheus.Metric) {
 	n := m.n
-	calls := make([]int, len(n.pubs))
 	n.mu.Lock()
-	for i, p := range n.pubs {
+	pubs := n.pubs
+	calls := make([]int, len(pubs))
+	for i, p := range pubs {
 		calls[i] = p.calls
 	}
 	n.mu.Unlock()
-	for i, p := range n.pubs {
+	for i, p := range pubs {
 		conn := strconv.Itoa(i + 1)
 		s := p.nc.Stats()
 		up := 0.0

@@ -78,22 +78,31 @@ type Source interface {
 
 // Node is one ingest node.
 type Node struct {
-	cfg    Config
-	nc     *nats.Conn
-	pubs   []*pubConn // the connections frames go on: nc first, then Config.PublishConns-1 more
-	fill   int        // calls that fill a publishing connection before the next is used: CallsPerPublishConn (tests lower it)
-	log    zerolog.Logger
-	m      *metrics
-	health *obs.Health
+	cfg  Config
+	nc   *nats.Conn
+	own  *pubConn                        // nc as a publishing connection: pubs[0]
+	dial func(i int) (*nats.Conn, error) // Deps.Dial
+	pubs []*pubConn                      // the connections frames go on: own first, then those Run opens; under mu
+	fill int                             // calls that fill a publishing connection before the next is used: CallsPerPublishConn (tests lower it)
+	// maxConns bounds the automatic setting's connections, the node's own among them:
+	// MaxPublishConns (tests lower it).
+	maxConns int
+	log      zerolog.Logger
+	m        *metrics
+	health   *obs.Health
 
 	mu       sync.Mutex
 	calls    map[session.ID]*Call
 	draining bool
-	g        guard.Group // goroutines started from NATS callbacks (re-placements)
-	closed   atomic.Bool
-	paused   atomic.Bool                         // fault injection (Pause): publish nothing, answer nothing
-	hbMu     sync.Mutex                          // one heartbeat at a time: states is a sequence
-	states   *wire.StateTracker[wire.IngestCall] // the call list's snapshots and deltas, under hbMu
+	// growing: a publishing connection is being dialled (Node.grow), or Run has not opened its
+	// first ones yet, so no other dial starts.
+	growing   bool
+	growAfter time.Time   // no dial before this: the last one failed
+	g         guard.Group // goroutines started from NATS callbacks (re-placements) and dials (Node.grow)
+	closed    atomic.Bool
+	paused    atomic.Bool                         // fault injection (Pause): publish nothing, answer nothing
+	hbMu      sync.Mutex                          // one heartbeat at a time: states is a sequence
+	states    *wire.StateTracker[wire.IngestCall] // the call list's snapshots and deltas, under hbMu
 }
 
 // Deps are the node's collaborators.
@@ -107,15 +116,14 @@ type Deps struct {
 	Dial func(i int) (*nats.Conn, error)
 }
 
-// New validates cfg and builds a node; its only I/O is opening the extra publishing
-// connections (Config.PublishConns), which Close closes.
+// New validates cfg and builds a node. It does no I/O: Run opens the extra publishing
+// connections (Config.PublishConns), which Run's end or Close closes.
 func New(cfg Config, d Deps) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	pubs, err := dialPublishConns(cfg, d.NC, d.Dial)
-	if err != nil {
-		return nil, err
+	if cfg.PublishConns > 1 && d.Dial == nil {
+		return nil, fmt.Errorf("ingest: -nats-publish-conns %d: the node has no way to open more connections", cfg.PublishConns)
 	}
 	if d.Registry == nil {
 		d.Registry = prometheus.NewRegistry()
@@ -123,10 +131,11 @@ func New(cfg Config, d Deps) (*Node, error) {
 	if d.Health == nil {
 		d.Health = &obs.Health{}
 	}
-	n := &Node{cfg: cfg, nc: d.NC, pubs: pubs, fill: CallsPerPublishConn, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
+	own := &pubConn{nc: d.NC}
+	n := &Node{cfg: cfg, nc: d.NC, own: own, dial: d.Dial, pubs: []*pubConn{own}, fill: CallsPerPublishConn, maxConns: MaxPublishConns, growing: true, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
 		health: d.Health, calls: map[session.ID]*Call{}, states: wire.NewIngestStates(cfg.ID)}
 	d.Registry.MustRegister(pubMetrics{n})
-	if len(pubs) > 1 {
+	if d.Dial != nil && cfg.PublishConns != 1 {
 		d.Health.AddReadyCheck("nats_publish", n.extraConnected)
 	}
 	return n, nil
@@ -178,6 +187,9 @@ func (n *Node) Run(ctx context.Context) error {
 			_ = s.Unsubscribe()
 		}
 	}()
+	if err := n.dialPublishConns(); err != nil {
+		return err
+	}
 	if err := n.nc.Flush(); err != nil {
 		return err
 	}
@@ -201,7 +213,7 @@ func (n *Node) Run(ctx context.Context) error {
 			n.drain()
 			n.g.Close()
 			n.heartbeat()
-			closeExtra(n.pubs) // every call has ended
+			n.closeExtra() // every call has ended
 			return nil
 		}
 	}
@@ -224,7 +236,7 @@ const absencePoll = 50 * time.Millisecond
 // saw its connection away (a router's reconcile) is left where it is.
 func (n *Node) absence() func() {
 	start := time.Now() // monotonic: a wall-clock step is not an absence
-	for _, p := range n.pubs {
+	for _, p := range n.conns() {
 		p.seen = start
 	}
 	return func() {
@@ -233,18 +245,18 @@ func (n *Node) absence() func() {
 			return
 		}
 		if bus.Connected(n.nc) != nil {
-			if n.pubs[0].lost.IsZero() {
-				n.pubs[0].lost = now
+			if n.own.lost.IsZero() {
+				n.own.lost = now
 			}
 			return
 		}
-		away := now.Sub(n.pubs[0].seen)
+		away := now.Sub(n.own.seen)
 		// The connections back from an absence, each with when a check first saw it away;
 		// zero when none did (the process itself was stopped, or the node's own connection
 		// was away too, and nothing was placed meanwhile).
 		gone := map[*pubConn]time.Time{}
 		var back []*pubConn
-		for _, p := range n.pubs {
+		for _, p := range n.conns() {
 			if bus.Connected(p.nc) != nil {
 				if p.lost.IsZero() {
 					p.lost = now
@@ -260,7 +272,7 @@ func (n *Node) absence() func() {
 		if len(back) == 0 {
 			return
 		}
-		whole := back[0] == n.pubs[0] // the node's own: its heartbeats did not go out either
+		whole := back[0] == n.own // the node's own: its heartbeats did not go out either
 		n.mu.Lock()
 		held := make([]*Call, 0, len(n.calls))
 		for _, c := range n.calls {
@@ -275,7 +287,7 @@ func (n *Node) absence() func() {
 				continue
 			}
 			if since.IsZero() && whole {
-				since = gone[n.pubs[0]]
+				since = gone[n.own]
 			}
 			c.mu.Lock()
 			fresh := !since.IsZero() && c.placed.After(since)
@@ -325,7 +337,7 @@ func (n *Node) Close() {
 		c.End("ingest_shutdown")
 	}
 	n.g.Close()
-	closeExtra(n.pubs)
+	n.closeExtra()
 }
 
 // Pause injects a fault for tests and drills: while paused the node publishes nothing (no frames,
@@ -443,7 +455,7 @@ func (n *Node) StartCall(ctx context.Context, spec session.Spec) (*Call, error) 
 
 // newCall builds a call for a valid spec, with its legs' rings, not yet owned or placed.
 func (n *Node) newCall(spec session.Spec) *Call {
-	c := &Call{n: n, pub: n.pubs[0], spec: spec, done: make(chan struct{}), lastMedia: time.Now().UnixNano()}
+	c := &Call{n: n, pub: n.own, spec: spec, done: make(chan struct{}), lastMedia: time.Now().UnixNano()}
 	c.legs = c.inline[:0]
 	if len(spec.Legs) > len(c.inline) {
 		c.legs = make([]leg, 0, len(spec.Legs))

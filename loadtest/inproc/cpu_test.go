@@ -36,8 +36,9 @@ import (
 // a subject per publishing connection, up to 512 subjects, and one ingest publishing both legs
 // of 1,000 calls (2,000 subjects) misses that cache on nearly every frame; 4 ingests of 250
 // calls (500 subjects each) hit it. conns > 1 is the same fix inside one ingest node: it
-// publishes the calls' frames on that many connections (-nats-publish-conns); conns 0 is its
-// default, automatic (ingest.AutoPublishConns, each filled to ingest.CallsPerPublishConn calls).
+// logs in with that many connections (-nats-publish-conns) and publishes the calls' frames on
+// the conns-1 besides its own; conns 0 is its default, automatic (one more connection per
+// ingest.CallsPerPublishConn calls, opened as the calls start).
 // docs/loadtest.md, "The server's subject cache".
 func BenchmarkFrameCPU(b *testing.B) {
 	for _, tc := range []struct{ calls, ingests, conns int }{{500, 1, 1}, {1000, 1, 1}, {1000, 2, 1}, {1000, 4, 1}, {1000, 1, 4}, {1000, 1, 0}, {2500, 1, 1}, {2500, 1, 10}, {2500, 1, 0}} {

@@ -108,12 +108,15 @@ func startStack(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local,
 	return l, nil
 }
 
-// waitWorkers waits until the router sees every worker.
+// waitWorkers waits until the router sees every worker and the stack's ingest node is ready:
+// its Run has opened the connections its frames go on, so that no call starts on its own
+// connection and keeps it (ingest.ConnsInUse counts from there).
 func waitWorkers(ctx context.Context, st *stack.Stack, n int) error {
 	deadline := time.Now().Add(15 * time.Second)
-	for len(st.Routers[0].Workers()) < n {
+	for len(st.Routers[0].Workers()) < n || st.Health.ReadyErr() != nil {
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return errors.New("loadtest: in-process workers did not become visible to the router in 15s")
+			return fmt.Errorf("loadtest: in-process workers (%d of %d visible to the router) or ingest (%v) not ready in 15s",
+				len(st.Routers[0].Workers()), n, st.Health.ReadyErr())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -277,8 +277,8 @@ func TestBaselinePendingIsTheWorkers(t *testing.T) {
 // baseline and floor through three publishers: the calls go to every node in turn and every
 // frame of every phase is accounted for.
 // TestPublishConnsReachTheIngest runs the in-process stack's ingest with three publishing
-// connections (-publish-conns 3). Its 6 calls fill only the first (ingest.CallsPerPublishConn),
-// so the harness says one publisher; the test then claims three, as a run of 600 calls would,
+// connections (-publish-conns 3): its own, for control, and two for frames. Its 6 calls fill
+// only the first of those (ingest.CallsPerPublishConn), so the harness says one publisher; the test then claims three, as a run of 600 calls would,
 // and the baseline publishes on three: every frame of both phases arrives and the report says so.
 func TestPublishConnsReachTheIngest(t *testing.T) {
 	if testing.Short() {
