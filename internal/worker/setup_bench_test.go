@@ -28,7 +28,7 @@ import (
 // sooner; the worker no longer adds a flush's round trip of its own). burst starts the calls all
 // at once, paced at setupRate a second (the load tester's -ramp); loaded is paced while
 // setupLoadCalls calls already set up publish a frame per leg every 20 ms, as the load tester's
-// calls do (their frames share the ingest's publishing connections, its own first, with the
+// calls do (their frames go on the ingest's extra publishing connections; its own carries the
 // placement requests). One op is one such start; p50/p99 are over every call of every op.
 // serial sets offers up one at a time per worker (as before offers.go), concurrent as the worker
 // does now. Alternate A/B pairs, e.g.
@@ -58,8 +58,8 @@ const (
 	setupRate  = 500                  // calls started per second when paced
 	setupDelay = 2 * time.Millisecond // each way between a worker and the server
 	// calls publishing frames through a loaded op: 100,000 frames a second (the load test's
-	// 2,500 calls send 250,000), more than the 200 calls (ingest.CallsPerPublishConn) that fill
-	// the ingest's own connection, which carries the placement requests too
+	// 2,500 calls send 250,000), on the ingest's extra publishing connections, 200 calls
+	// (ingest.CallsPerPublishConn) each
 	setupLoadCalls = 1000
 )
 
