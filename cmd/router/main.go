@@ -43,7 +43,7 @@ func Flags(fs *flag.FlagSet) *router.Config {
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", cfg.HeartbeatInterval, "the router's own heartbeat interval")
 	fs.IntVar(&cfg.Misses, "misses", cfg.Misses, "heartbeats a component may miss before it is declared down")
 	fs.DurationVar(&cfg.OfferTimeout, "offer-timeout", cfg.OfferTimeout, "how long a worker has to answer an offer")
-	fs.DurationVar(&cfg.MoveOfferTimeout, "move-offer-timeout", cfg.MoveOfferTimeout, "how long a worker has to answer an offer that moves a call make-before-break (drain, rebalance); at least -offer-timeout")
+	fs.DurationVar(&cfg.MoveOfferTimeout, "move-offer-timeout", cfg.MoveOfferTimeout, "how long a worker has to answer an offer that moves a call make-before-break (drain, rebalance), if longer than -offer-timeout")
 	fs.IntVar(&cfg.OfferAttempts, "offer-attempts", cfg.OfferAttempts, "workers tried per pool before refusing")
 	fs.DurationVar(&cfg.OrphanGrace, "orphan-grace", cfg.OrphanGrace, "how long a worker may hold a call no ingest owns")
 	fs.DurationVar(&cfg.ReconcileGrace, "reconcile-grace", cfg.ReconcileGrace, "how long an ingest may list a call on a worker that does not hold it before the ingest is told to re-place it")

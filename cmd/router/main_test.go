@@ -3,7 +3,7 @@ package main
 import "testing"
 
 func TestBadFlagsStopWithUsageError(t *testing.T) {
-	for _, args := range [][]string{{"-nope"}, {"-id", "a.b"}, {"-heartbeat", "0s"}, {"-move-offer-timeout", "500ms"}, {"-http", ":1", "stray"}} {
+	for _, args := range [][]string{{"-nope"}, {"-id", "a.b"}, {"-heartbeat", "0s"}, {"-move-offer-timeout", "0s"}, {"-http", ":1", "stray"}} {
 		if code := run(args); code != 2 {
 			t.Errorf("run(%q) = %d, want 2", args, code)
 		}

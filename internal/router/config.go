@@ -14,7 +14,7 @@ type Config struct {
 	HeartbeatInterval time.Duration // the router's own heartbeat
 	Misses            int           // heartbeats a component may miss before it is declared down
 	OfferTimeout      time.Duration // how long a worker has to answer an offer
-	MoveOfferTimeout  time.Duration // OfferTimeout for a make-before-break move (see DefaultConfig)
+	MoveOfferTimeout  time.Duration // OfferTimeout for a make-before-break move, if longer (see DefaultConfig)
 	OfferAttempts     int           // workers tried per pool before refusing
 	OrphanGrace       time.Duration // how long a worker may hold a call no ingest owns
 	ReconcileGrace    time.Duration // how long an ingest may list a worker that does not hold the call
@@ -51,8 +51,8 @@ func (c *Config) Validate() error {
 	if c.HeartbeatInterval <= 0 || c.OfferTimeout <= 0 || c.OrphanGrace <= 0 || c.ReconcileGrace <= 0 || c.RetryAfter <= 0 {
 		errs = append(errs, errors.New("router: heartbeat interval, offer timeout, orphan and reconcile grace and retry-after must be positive"))
 	}
-	if c.MoveOfferTimeout < c.OfferTimeout {
-		errs = append(errs, fmt.Errorf("router: -move-offer-timeout %v must be at least -offer-timeout %v", c.MoveOfferTimeout, c.OfferTimeout))
+	if c.MoveOfferTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("router: -move-offer-timeout %v must be positive", c.MoveOfferTimeout))
 	}
 	if c.Misses < 1 || c.OfferAttempts < 1 || c.MaxInflight < 1 {
 		errs = append(errs, fmt.Errorf("router: misses %d, offer attempts %d and max inflight %d must be at least 1", c.Misses, c.OfferAttempts, c.MaxInflight))

@@ -183,7 +183,7 @@ func (r *Router) placePool(ctx context.Context, req *wire.PlaceRequest, offer *w
 			trace.Epoch(req.Epoch), trace.String("callrouter.worker", wid), trace.String("callrouter.pool", offer.Pool))...)
 		timeout := r.cfg.OfferTimeout
 		if wire.MakeBeforeBreak(req.Reason) {
-			timeout = r.cfg.MoveOfferTimeout
+			timeout = max(timeout, r.cfg.MoveOfferTimeout)
 		}
 		octx, cancel := context.WithTimeout(octx, timeout)
 		var or wire.OfferReply
