@@ -45,7 +45,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 // replaceReasons are the re-placement reasons senders use (worker: rebalance, drain, fenced;
 // router: worker_down, reconcile, ingest_stall); the reason arrives in a message, so any other
 // value is counted as "other" and cannot grow the label set.
-var replaceReasons = map[string]bool{"rebalance": true, "drain": true, wire.ReasonFenced: true,
+var replaceReasons = map[string]bool{wire.ReasonRebalance: true, wire.ReasonDrain: true, wire.ReasonFenced: true,
 	wire.ReasonWorkerDown: true, wire.ReasonReconcile: true, wire.ReasonIngestStall: true}
 
 func replaceReasonLabel(reason string) string {

@@ -101,6 +101,7 @@ type Node struct {
 	g         guard.Group // goroutines started from NATS callbacks (re-placements) and dials (Node.grow)
 	closed    atomic.Bool
 	paused    atomic.Bool                         // fault injection (Pause): publish nothing, answer nothing
+	pauseBy   string                              // who lifts a pause past MaxPause: "ingest/<id>"
 	hbMu      sync.Mutex                          // one heartbeat at a time: states is a sequence
 	states    *wire.StateTracker[wire.IngestCall] // the call list's snapshots and deltas, under hbMu
 }
@@ -133,7 +134,7 @@ func New(cfg Config, d Deps) (*Node, error) {
 	}
 	own := &pubConn{nc: d.NC}
 	n := &Node{cfg: cfg, nc: d.NC, own: own, dial: d.Dial, pubs: []*pubConn{own}, fill: CallsPerPublishConn, maxConns: MaxPublishConns, growing: true, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
-		health: d.Health, calls: map[session.ID]*Call{}, states: wire.NewIngestStates(cfg.ID)}
+		health: d.Health, calls: map[session.ID]*Call{}, states: wire.NewIngestStates(cfg.ID), pauseBy: "ingest/" + cfg.ID}
 	d.Registry.MustRegister(pubMetrics{n})
 	if d.Dial != nil && cfg.PublishConns != 1 {
 		d.Health.AddReadyCheck("nats_publish", n.extraConnected)

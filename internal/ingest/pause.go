@@ -163,7 +163,7 @@ func (c *Call) setPaused(src PauseSource, on bool, reason, by string, now time.T
 // expirePause lifts every hold that has lasted MaxPause.
 func (c *Call) expirePause(now time.Time) {
 	for src := range pauseSources {
-		c.setPaused(src, false, wire.ResumeMaxPause, "ingest/"+c.n.cfg.ID, now, true)
+		c.setPaused(src, false, wire.ResumeMaxPause, c.n.pauseBy, now, true)
 	}
 }
 
