@@ -177,6 +177,41 @@ func TestNewDialsNothing(t *testing.T) {
 	}
 }
 
+// Ready is closed once Run has opened the publishing connections it starts with and turned the
+// node ready, and never when Run fails before: whatever waits on it starts no call on the node's
+// own connection.
+func TestReadyAfterPublishConns(t *testing.T) {
+	n, _, srv, _, _ := connsNode(t, 3)
+	select {
+	case <-n.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Ready not closed on a ready node")
+	}
+	if got := n.PublishConns(); got != 3 {
+		t.Errorf("%d publishing connections once ready, want 3", got)
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	cfg := DefaultConfig()
+	cfg.ID, cfg.PublishConns = "in-2", 2
+	failed, err := New(cfg, Deps{NC: nc, Log: zerolog.Nop(), Dial: func(int) (*nats.Conn, error) { return nil, errors.New("refused") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer failed.Close()
+	if err := failed.Run(t.Context()); err == nil {
+		t.Fatal("Run with a failing dial returned nil")
+	}
+	select {
+	case <-failed.Ready():
+		t.Error("Ready closed although Run failed before it served")
+	default:
+	}
+}
+
 // A call takes the first connection with fewer than CallsPerPublishConn calls; once every one
 // has as many, the least-loaded one; an ended call's place is taken next. The node's own
 // connection takes none while it has others; alone, it takes every call.

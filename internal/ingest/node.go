@@ -90,6 +90,7 @@ type Node struct {
 	log      zerolog.Logger
 	m        *metrics
 	health   *obs.Health
+	ready    chan struct{} // closed by Run once ready (Node.Ready)
 
 	mu       sync.Mutex
 	calls    map[session.ID]*Call
@@ -134,7 +135,7 @@ func New(cfg Config, d Deps) (*Node, error) {
 	}
 	own := &pubConn{nc: d.NC}
 	n := &Node{cfg: cfg, nc: d.NC, own: own, dial: d.Dial, pubs: []*pubConn{own}, fill: CallsPerPublishConn, maxConns: MaxPublishConns, growing: true, log: d.Log.With().Str("ingest", cfg.ID).Logger(), m: newMetrics(d.Registry),
-		health: d.Health, calls: map[session.ID]*Call{}, states: wire.NewIngestStates(cfg.ID), pauseBy: "ingest/" + cfg.ID}
+		health: d.Health, ready: make(chan struct{}), calls: map[session.ID]*Call{}, states: wire.NewIngestStates(cfg.ID), pauseBy: "ingest/" + cfg.ID}
 	d.Registry.MustRegister(pubMetrics{n})
 	if d.Dial != nil && cfg.PublishConns != 1 {
 		d.Health.AddReadyCheck("nats_publish", n.extraConnected)
@@ -149,9 +150,18 @@ func (n *Node) ID() string { return n.cfg.ID }
 // with Call.PublishEvent).
 func (n *Node) NC() *nats.Conn { return n.nc }
 
+// Ready returns a channel closed once Run has subscribed to the node's requests, opened the
+// extra publishing connections it starts with (Config.PublishConns) and turned the node's
+// health ready: from then on a call that starts has its frames on one of those, not on the
+// node's own connection, which it would keep for life. It is never closed if Run returns
+// before (a subscription, dial or flush failed) or is never called, so callers wait on it
+// together with Run's end. Whatever starts calls on the node (transports, players, tests)
+// starts once it is closed.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
 // Run serves replay and hand-off requests, heartbeats and reaps until ctx ends, then drains:
 // refuses new calls and waits (up to the drain timeout) for its calls to end before ending the
-// rest.
+// rest. It turns the node ready (Ready) once it serves; call it once.
 func (n *Node) Run(ctx context.Context) error {
 	var subs []*nats.Subscription
 	add := func(s *nats.Subscription, err error) error {
@@ -196,6 +206,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.health.SetLive(true)
 	n.health.SetReady(true)
+	close(n.ready)
 	t := time.NewTicker(n.cfg.HeartbeatInterval)
 	defer t.Stop()
 	n.heartbeat()
