@@ -150,9 +150,24 @@ func (s *service) Mount(mux *http.ServeMux) {
 }
 
 func (s *service) Run(ctx context.Context) error {
-	// The sources start once NATS is up (cli.Main runs this then): before, the node takes no calls.
+	// The node runs first (cli.Main calls this once NATS is up): the sources and players start
+	// once it is ready, so that no call starts before its subscriptions and publishing
+	// connections are in place and keeps the node's own connection for its frames.
+	nctx, stop := context.WithCancel(ctx)
+	defer stop()
+	nodeErr := make(chan error, 1)
+	go func() { nodeErr <- s.n.Run(nctx) }()
+	select {
+	case <-s.n.Ready():
+	case err := <-nodeErr:
+		return err
+	case <-ctx.Done():
+		return <-nodeErr
+	}
 	running, err := s.src.Start(ctx, s.n)
 	if err != nil {
+		stop()
+		<-nodeErr
 		return err
 	}
 	var wg sync.WaitGroup
@@ -180,7 +195,7 @@ func (s *service) Run(ctx context.Context) error {
 			}()
 		}
 	}
-	err = s.n.Run(ctx)
+	err = <-nodeErr
 	running.Wait()
 	wg.Wait()
 	return err
