@@ -65,8 +65,11 @@ type Stack struct {
 	ctx     context.Context
 }
 
-// Start starts everything and returns once each component runs; components serve (routers see
-// workers, NATS subscriptions are in place) a moment later, so callers poll for what they need.
+// Start starts everything and returns once each component runs and the ingest node is ready
+// (ingest.Node.Ready: its publishing connections open, so that a call started from then on
+// never keeps the node's own connection for its frames), or with the ingest node's error when
+// it fails before. Routers and workers serve (routers see workers) a moment later, so callers
+// poll for what they need.
 func Start(cfg Config) (*Stack, error) {
 	if cfg.Routers == 0 {
 		cfg.Routers = 1
@@ -130,7 +133,15 @@ func Start(cfg Config) (*Stack, error) {
 		s.Close()
 		return nil, err
 	}
-	s.run(s.Ingest, s.Ingest.Run)
+	select {
+	case <-s.Ingest.Ready():
+	case <-s.run(s.Ingest, s.Ingest.Run):
+		err := s.Close() // the node's error
+		if err == nil {
+			err = errors.New("stack: the ingest node stopped before it was ready")
+		}
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -163,20 +174,25 @@ func (s *Stack) Connect(role, pool, node string) (*nats.Conn, error) {
 	return nc, nil
 }
 
-func (s *Stack) run(key any, f func(context.Context) error) {
+// run runs f (a component's Run) until Close or Stop(key); its error is Close's. The returned
+// channel is closed when f has returned.
+func (s *Stack) run(key any, f func(context.Context) error) <-chan struct{} {
 	ctx, cancel := context.WithCancel(s.ctx)
 	s.mu.Lock()
 	s.cancels[key] = cancel
 	s.mu.Unlock()
 	s.wg.Add(1)
+	done := make(chan struct{})
 	go func() {
 		defer s.wg.Done()
+		defer close(done)
 		if err := f(ctx); err != nil {
 			s.mu.Lock()
 			s.errs = append(s.errs, err)
 			s.mu.Unlock()
 		}
 	}()
+	return done
 }
 
 // AddRouter starts one more router replica.
