@@ -135,6 +135,12 @@ func runCheck(e *env) int {
 	if err := e.nc.FlushTimeout(e.timeout); err != nil {
 		return e.fail(fmt.Errorf("%w: %v", errUnreachable, err))
 	}
+	select {
+	case <-node.Ready(): // the call starts once the node serves its requests
+	case err := <-runDone:
+		runDone <- err // for the deferred wait
+		return e.fail(fmt.Errorf("%w: ingest node: %v", errUnreachable, err))
+	}
 
 	playCtx, playCancel := context.WithTimeout(ctx, time.Duration(o.frames)*20*time.Millisecond+2*cfg.PlaceTimeout+5*time.Second)
 	defer playCancel()

@@ -216,6 +216,11 @@ func TestRouterReleasesCallsNoIngestOwns(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
+	select {
+	case <-n.Ready():
+	case err := <-done:
+		t.Fatalf("the second ingest node stopped before it was ready: %v", err)
+	}
 	startSilentCall(t, n, "orphan")
 	eventually(t, 5*time.Second, "the worker to hold the call", func() bool { return s.Workers[0].Calls() == 1 })
 	nc.Close() // the node is gone: no heartbeats, no end

@@ -102,6 +102,11 @@ func benchFrameCPU(b *testing.B, calls, ingests, conns int, warm, window time.Du
 		}
 		nodesDone.Add(1)
 		go func() { defer nodesDone.Done(); _ = n.Run(ctx) }()
+		select {
+		case <-n.Ready(): // no call starts before the node serves
+		case <-time.After(10 * time.Second):
+			b.Fatalf("%s not ready in 10s", id)
+		}
 		nodes = append(nodes, n)
 	}
 	cs := make([]*ingest.Call, calls)

@@ -142,11 +142,15 @@ func joinRemote(cfg loadtest.LocalConfig, remote bus.Config) (*loadtest.Local, e
 		return nil, err
 	}
 	nctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = n.Run(nctx)
-	}()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(nctx) }()
+	select {
+	case <-n.Ready(): // no call starts before the node serves
+	case err := <-done:
+		cancel()
+		nc.Close()
+		return nil, fmt.Errorf("loadtest: ingest node: %w", err)
+	}
 	return &loadtest.Local{URL: cfg.NATSURL, Ingest: &ingestTarget{nodes: []*ingest.Node{n}}, Close: func() {
 		cancel()
 		<-done
@@ -178,11 +182,18 @@ func addIngests(st *stack.Stack, t *ingestTarget, n int, log zerolog.Logger) (st
 			return nil, err
 		}
 		wg.Add(1)
+		done := make(chan error, 1)
 		go func() {
 			defer wg.Done()
-			_ = node.Run(ctx)
+			done <- node.Run(ctx)
 			node.Close()
 		}()
+		select {
+		case <-node.Ready(): // no call starts before the node serves
+		case err := <-done:
+			stop()
+			return nil, fmt.Errorf("loadtest: in-process %s: %w", id, err)
+		}
 		t.nodes = append(t.nodes, node)
 	}
 	return stop, nil
