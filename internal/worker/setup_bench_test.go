@@ -97,6 +97,8 @@ func benchSetup(b *testing.B, concurrency, rate, load int) {
 			b.Error(err)
 		}
 	}()
+	// stack.Start has returned with the ingest node ready (ingest.Node.Ready): the calls below
+	// have their frames on its extra publishing connections from the first one.
 	eventually(b, 10*time.Second, "the router to see the workers", func() bool {
 		return gauge(b, s.Registry(), "callrouter_router_workers", nil) >= 2
 	})
