@@ -66,7 +66,7 @@ fault: ## the fault suite (NATS down at start, worker and ingest cut, blackholed
 hostile: ## the hostile-input table (floods, torture messages, timestamp jumps, oversized requests) written to hostile.md; fails on any row that fails
 	CALLROUTER_HOSTILE_REPORT=$(CURDIR)/hostile.md $(GO) test -count=1 -timeout 20m -run TestHostile -v ./hostile
 
-scale: ## multi-process scale-out (one of each vs 3 NATS nodes, 2 routers, 2 SIP ingests, 4 workers; CALLROUTER_SCALE_CALLS, default 400): CPU per call by process, churn; fails on any lost frame or refused call; output in scale.log
+scale: ## multi-process scale-out (one of each vs 3 NATS nodes, 2 routers, 2 SIP ingests, 4 workers; CALLROUTER_SCALE_CALLS, default 400; the steady load twice a topology, CALLROUTER_SCALE_PASSES): CPU per call by process, churn; fails on any lost frame or refused call; output in scale.log
 	@rc=0; CALLROUTER_SCALE=1 CALLROUTER_SCALE_JSON=$(CURDIR)/scale.json $(GO) test -count=1 -timeout 40m -v -run TestScaleOut ./e2e > scale.log 2>&1 || rc=$$?; \
 	grep -E '^(--- |ok|FAIL)|FIGURES|^ *\|' scale.log; echo "full output: scale.log"; exit $$rc
 
