@@ -30,6 +30,7 @@ var forbidden = map[string][]string{
 	"internal/sdp":       {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/sip"},
 	"internal/whip":      {"internal/router", "internal/worker", "internal/stack", "internal/cli"},
 	"internal/timeline":  {"internal/"},
+	"internal/mmsg":      {"internal/"}, // recvmmsg batches: a leaf under sip and whip
 	"internal/trace":     {"internal/"}, // OpenTelemetry setup and the NATS header carrier; below bus
 	"internal/natsauth":  {"internal/ingest", "internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/proc"},
 	"internal/twilio":    {"internal/router", "internal/worker", "internal/stack", "internal/cli", "internal/whip", "internal/sip", "internal/audiohook"},

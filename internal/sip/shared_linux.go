@@ -11,8 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
+	"github.com/callrouter/callrouter/internal/mmsg"
 	"golang.org/x/sys/unix"
 )
 
@@ -99,37 +99,19 @@ func (r *sharedRTP) close() {
 // read is reader i's loop on c: batches of datagrams into the table, and the sweep of its
 // streams every frame time; it returns once c is closed.
 func (r *sharedRTP) read(i int, c *net.UDPConn, rc syscall.RawConn) {
-	var (
-		bufs  [sharedBatch][maxPacket + 64]byte
-		names [sharedBatch]unix.RawSockaddrInet6
-		iovs  [sharedBatch]unix.Iovec
-		hdrs  [sharedBatch]unix.Mmsghdr
-	)
-	for k := range hdrs {
-		iovs[k].Base = &bufs[k][0]
-		iovs[k].SetLen(len(bufs[k]))
-		hdrs[k].Hdr.Iov = &iovs[k]
-		hdrs[k].Hdr.SetIovlen(1)
-		hdrs[k].Hdr.Name = (*byte)(unsafe.Pointer(&names[k]))
-	}
+	batch := mmsg.New(sharedBatch, maxPacket+64)
 	// recv takes one batch; false (the socket is empty) parks the reader in the poller.
 	got := 0
 	recv := func(fd uintptr) bool {
-		for k := range hdrs {
-			hdrs[k].Hdr.Namelen = unix.SizeofSockaddrInet6
-		}
-		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&hdrs[0])), sharedBatch, unix.MSG_DONTWAIT, 0, 0)
-		if errno == unix.EAGAIN {
+		n, more := batch.Recv(fd)
+		if !more {
 			return false
 		}
-		if errno != 0 {
-			return true // an ICMP error queued on the socket, consumed by this read
-		}
 		now := time.Now()
-		got = int(n)
-		for k := range int(n) {
-			if from, ok := sockaddrPort(&names[k]); ok {
-				r.deliver(now, from, bufs[k][:hdrs[k].Len])
+		got = n
+		for k := range n {
+			if p, from, ok := batch.Datagram(k); ok {
+				r.deliver(now, from, p)
 			}
 		}
 		return true
@@ -154,18 +136,4 @@ func (r *sharedRTP) read(i int, c *net.UDPConn, rc syscall.RawConn) {
 		}
 		got = 0
 	}
-}
-
-// sockaddrPort decodes an AF_INET or AF_INET6 address written by the kernel.
-func sockaddrPort(sa *unix.RawSockaddrInet6) (netip.AddrPort, bool) {
-	pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
-	port := uint16(pb[0])<<8 | uint16(pb[1])
-	switch sa.Family {
-	case unix.AF_INET:
-		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port), true
-	case unix.AF_INET6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port), true
-	}
-	return netip.AddrPort{}, false
 }
