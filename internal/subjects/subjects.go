@@ -222,21 +222,8 @@ type AudioSubject struct {
 
 // ParseAudio parses audio.<tenant>.<call>.<leg> without allocating.
 func ParseAudio(s string) (AudioSubject, error) {
-	var a AudioSubject
-	rest, ok := strings.CutPrefix(s, ClassAudio+".")
-	if !ok {
-		return a, ErrBadSubject
-	}
-	var rest2 string
-	a.Tenant, rest2, ok = strings.Cut(rest, ".")
-	if !ok {
-		return a, ErrBadSubject
-	}
-	a.Call, a.Leg, ok = strings.Cut(rest2, ".")
-	if !ok || !Valid(a.Tenant) || !Valid(a.Call) || !Valid(a.Leg) {
-		return AudioSubject{}, ErrBadSubject
-	}
-	return a, nil
+	t, c, l, err := parse3(ClassAudio, s)
+	return AudioSubject{Tenant: t, Call: c, Leg: l}, err
 }
 
 // EventSubject is a parsed event subject.
@@ -246,21 +233,28 @@ type EventSubject struct {
 
 // ParseEvent parses events.<tenant>.<call>.<kind>.
 func ParseEvent(s string) (EventSubject, error) {
-	var e EventSubject
-	rest, ok := strings.CutPrefix(s, ClassEvents+".")
+	t, c, k, err := parse3(ClassEvents, s)
+	return EventSubject{Tenant: t, Call: c, Kind: k}, err
+}
+
+// parse3 parses <class>.<a>.<b>.<c>, three valid tokens, without allocating; all empty on error.
+func parse3(class, s string) (a, b, c string, err error) {
+	rest, ok := strings.CutPrefix(s, class)
+	if ok {
+		rest, ok = strings.CutPrefix(rest, ".")
+	}
 	if !ok {
-		return e, ErrBadSubject
+		return "", "", "", ErrBadSubject
 	}
-	var rest2 string
-	e.Tenant, rest2, ok = strings.Cut(rest, ".")
+	a, rest, ok = strings.Cut(rest, ".")
 	if !ok {
-		return e, ErrBadSubject
+		return "", "", "", ErrBadSubject
 	}
-	e.Call, e.Kind, ok = strings.Cut(rest2, ".")
-	if !ok || !Valid(e.Tenant) || !Valid(e.Call) || !Valid(e.Kind) {
-		return EventSubject{}, ErrBadSubject
+	b, c, ok = strings.Cut(rest, ".")
+	if !ok || !Valid(a) || !Valid(b) || !Valid(c) {
+		return "", "", "", ErrBadSubject
 	}
-	return e, nil
+	return a, b, c, nil
 }
 
 // ParseHeartbeatCalls parses hb.<component>.<id>.calls.

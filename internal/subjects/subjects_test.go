@@ -59,7 +59,7 @@ func TestParseAudio(t *testing.T) {
 	if err != nil || a != (AudioSubject{"acme", "c1", "caller"}) {
 		t.Fatalf("ParseAudio(%q) = %+v, %v", s, a, err)
 	}
-	for _, bad := range []string{"audio.acme.c1", "events.acme.c1.x", "audio.acme.c1.a.b", "audio..c1.a", "audio.acme.*.a"} {
+	for _, bad := range []string{"audio.acme.c1", "events.acme.c1.x", "audio.acme.c1.a.b", "audio..c1.a", "audio.acme.*.a", ".acme.c1.a", "audioacme.c1.a.b", "audio"} {
 		if _, err := ParseAudio(bad); err == nil {
 			t.Errorf("ParseAudio(%q) accepted", bad)
 		}
@@ -73,6 +73,11 @@ func TestParseEventAndHeartbeat(t *testing.T) {
 	e, err := ParseEvent(Event("acme", "c1", "speech"))
 	if err != nil || e != (EventSubject{"acme", "c1", "speech"}) {
 		t.Fatalf("ParseEvent = %+v, %v", e, err)
+	}
+	for _, bad := range []string{"events.acme.c1", "audio.acme.c1.x", ".acme.c1.x", "eventsacme.c1.x.y", "events.acme.c1.x.y"} {
+		if _, err := ParseEvent(bad); err == nil {
+			t.Errorf("ParseEvent(%q) accepted", bad)
+		}
 	}
 	c, id, err := ParseHeartbeat(Heartbeat(Worker, "w1"))
 	if err != nil || c != Worker || id != "w1" {
