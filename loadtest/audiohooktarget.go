@@ -385,12 +385,6 @@ func (c *ahCall) End() {
 			}
 			t.Stop()
 		}
-		_ = c.conn.Close(websocket.StatusNormalClosure, "")
-		select {
-		case <-c.readDone:
-		case <-time.After(wsCloseTimeout):
-			_ = c.conn.CloseNow()
-			<-c.readDone
-		}
+		closeWS(c.conn, c.readDone)
 	}()
 }

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // streamEnds are where the AudioHook and Twilio modes connect, and with what credentials: the
@@ -33,6 +35,18 @@ const wsSetupTimeout = 15 * time.Second
 // wsCloseTimeout bounds the wait for the server's end of a hang-up (AudioHook's "closed", the
 // close of a Twilio stream after "stop").
 const wsCloseTimeout = 5 * time.Second
+
+// closeWS ends a stream's WebSocket with a normal closure and waits for its reader (readDone),
+// closing the connection outright when the server has not closed its end within wsCloseTimeout.
+func closeWS(conn *websocket.Conn, readDone <-chan struct{}) {
+	_ = conn.Close(websocket.StatusNormalClosure, "")
+	select {
+	case <-readDone:
+	case <-time.After(wsCloseTimeout):
+		_ = conn.CloseNow()
+		<-readDone
+	}
+}
 
 // upgradeError turns a failed WebSocket upgrade into the tester's error: 503 and 429 (with
 // their Retry-After) are refusals, anything else a failed setup.
