@@ -59,27 +59,25 @@ func (r *Router) onCalls(m *nats.Msg) {
 	if err != nil {
 		return
 	}
-	now := time.Now()
 	switch comp {
 	case subjects.Worker:
-		var st wire.WorkerState
-		if json.Unmarshal(m.Data, &st) != nil || st.ID != id || st.Seq == 0 {
-			r.m.badHB.Inc()
-			return
-		}
-		r.mu.Lock()
-		stateOf(r.wstate, id).apply(&st, workerKey, now)
-		r.mu.Unlock()
+		foldCalls(r, m.Data, id, r.wstate, workerKey)
 	case subjects.Ingest:
-		var st wire.IngestState
-		if json.Unmarshal(m.Data, &st) != nil || st.ID != id || st.Seq == 0 {
-			r.m.badHB.Inc()
-			return
-		}
-		r.mu.Lock()
-		stateOf(r.istate, id).apply(&st, ingestKey, now)
-		r.mu.Unlock()
+		foldCalls(r, m.Data, id, r.istate, ingestKey)
 	}
+}
+
+// foldCalls decodes component id's call-list message and applies it to its state in states.
+func foldCalls[T any](r *Router, data []byte, id string, states map[string]*callState[T], key func(T) session.ID) {
+	now := time.Now()
+	var st wire.CallState[T]
+	if json.Unmarshal(data, &st) != nil || st.ID != id || st.Seq == 0 {
+		r.m.badHB.Inc()
+		return
+	}
+	r.mu.Lock()
+	stateOf(states, id).apply(&st, key, now)
+	r.mu.Unlock()
 }
 
 // onHeartbeat records a liveness heartbeat (and a version-1 heartbeat's inline call list).
