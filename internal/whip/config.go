@@ -59,6 +59,11 @@ type Config struct {
 	// (check, answer, SRTP) for ICEFailed ends with reason "ice_failed".
 	ICEFailed    time.Duration
 	ICEKeepalive time.Duration
+	// ReadCoalesce is how long the shared socket's reader lets datagrams gather after a batch
+	// that did not fill before it reads again (Linux: recvmmsg batches): one wake-up per
+	// ReadCoalesce on a busy socket instead of one per packet, at the price of up to that much
+	// delay for every packet, ICE and DTLS handshakes included. 0 reads each as it comes.
+	ReadCoalesce time.Duration
 	// ReorderWindow is how long a packet waits for the ones missing before it; after that they
 	// count as lost (about 40 ms: two frames).
 	ReorderWindow time.Duration
@@ -76,6 +81,9 @@ type Config struct {
 	EventBuffer int
 	SSEClients  int
 }
+
+// maxReadCoalesce bounds Config.ReadCoalesce: a frame's worth would be audible delay.
+const maxReadCoalesce = 10 * time.Millisecond
 
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
@@ -95,6 +103,7 @@ func DefaultConfig() Config {
 		MediaTimeout:         10 * time.Second,
 		ICEFailed:            10 * time.Second,
 		ICEKeepalive:         2 * time.Second,
+		ReadCoalesce:         time.Millisecond,
 		ReorderWindow:        40 * time.Millisecond,
 		MaxFill:              10 * time.Second,
 		Linger:               30 * time.Second,
@@ -164,6 +173,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("whip: drain timeout %v must not be negative", c.DrainTimeout))
+	}
+	if c.ReadCoalesce < 0 || c.ReadCoalesce > maxReadCoalesce {
+		errs = append(errs, fmt.Errorf("whip: -whip-read-coalesce %v must be 0 to %v (every packet waits up to that long)", c.ReadCoalesce, maxReadCoalesce))
 	}
 	if c.ReorderWindow < 0 || c.ReorderWindow > time.Second {
 		errs = append(errs, fmt.Errorf("whip: reorder window %v must be 0 to 1s", c.ReorderWindow))

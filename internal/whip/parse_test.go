@@ -174,12 +174,17 @@ func TestConfigValidate(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	cfg.ReadCoalesce = 0 // read each packet as it comes
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
 	cfg.Path, cfg.UDPAddr, cfg.PublicIPs, cfg.Codecs = "whip/", "nope", []string{"not-an-ip"}, []string{"g729"}
 	cfg.Tokens = map[string]string{"short": "a.b"}
 	cfg.MaxSessions, cfg.MaxBody, cfg.ReorderWindow, cfg.MaxFill = 0, 10, 2*time.Second, 11*time.Second
 	cfg.ICEKeepalive, cfg.ICEFailed = 6*time.Second, 10*time.Second
+	cfg.ReadCoalesce = 20 * time.Millisecond
 	err := cfg.Validate()
-	for _, want := range []string{"path", "udp address", "public ip", "codec", "token", "tenant", "max sessions", "max body", "reorder window", "max fill", "-whip-ice-keepalive 6s must be at most half of -whip-ice-failed 10s"} {
+	for _, want := range []string{"path", "udp address", "public ip", "codec", "token", "tenant", "max sessions", "max body", "reorder window", "max fill", "-whip-ice-keepalive 6s must be at most half of -whip-ice-failed 10s", "-whip-read-coalesce 20ms must be 0 to 10ms"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("no %q in %v", want, err)
 		}

@@ -10,13 +10,10 @@ import (
 // The read loop takes the shared socket's datagrams in batches, as the SIP ingest's shared RTP
 // port does (internal/sip/shared_linux.go): once woken by Go's network poller it takes up to
 // readBatch queued datagrams per recvmmsg until the socket is empty, and when a batch was not
-// full it sleeps readCoalesce before looking again, so that a busy socket costs one wake-up per
-// readCoalesce instead of one per packet (and ingest's NATS flusher is kicked once per batch).
-// Idle, it waits in the poller. A packet waits at most readCoalesce more.
-const (
-	readBatch    = 64
-	readCoalesce = time.Millisecond
-)
+// full it sleeps Config.ReadCoalesce before looking again, so that a busy socket costs one
+// wake-up per ReadCoalesce instead of one per packet (and ingest's NATS flusher is kicked once
+// per batch). Idle, it waits in the poller. A packet waits at most ReadCoalesce more.
+const readBatch = 64
 
 // readLoop reads the shared socket until it is closed.
 func (s *Server) readLoop() {
@@ -46,8 +43,8 @@ func (s *Server) readLoop() {
 		if rc.Read(recv) != nil {
 			return // closed
 		}
-		if got < readBatch {
-			time.Sleep(readCoalesce)
+		if got < readBatch && s.cfg.ReadCoalesce > 0 {
+			time.Sleep(s.cfg.ReadCoalesce)
 		}
 		got = 0
 	}

@@ -17,16 +17,25 @@ import (
 // TestRecordedCallsReachWorker sends a recorded WAV through WHIP in both codecs and checks, at
 // the worker, every frame complete, in order and byte for byte what the client sent, and, decoded
 // (μ-law here, Opus with libopus's opusdec), well above silence where the recording speaks.
+//
+// The last case runs on an endpoint whose socket reader does not let packets gather
+// (-whip-read-coalesce 0): every packet read as it comes.
 func TestRecordedCallsReachWorker(t *testing.T) {
 	e := startEnv(t, 2, testConfig())
+	uncoalesced := testConfig()
+	uncoalesced.ReadCoalesce = 0
+	e0 := startEnv(t, 1, uncoalesced)
 	for _, tc := range []struct {
-		codec    string
-		payloads [][]byte
+		name, codec string
+		payloads    [][]byte
+		e           *env
 	}{
-		{"opus", oggOpusPackets(t, "testdata/speech.opus")},
-		{"pcmu", pcmuFrames(t, "testdata/speech-pcmu.wav")},
+		{"opus", "opus", oggOpusPackets(t, "testdata/speech.opus"), e},
+		{"pcmu", "pcmu", pcmuFrames(t, "testdata/speech-pcmu.wav"), e},
+		{"pcmu read uncoalesced", "pcmu", pcmuFrames(t, "testdata/speech-pcmu.wav"), e0},
 	} {
-		t.Run(tc.codec, func(t *testing.T) {
+		e := tc.e
+		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			c, err := dial(ctx, e.url, tokenAcme, tc.codec)
