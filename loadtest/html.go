@@ -253,6 +253,7 @@ inputs: {{range .Inputs}}<code>{{.}}</code> {{end}}{{if .Command}}<br>command: <
 <tr><td class="l">calls active at peak</td>{{range .Phases}}<td>{{.PeakCalls}}</td>{{end}}</tr>
 <tr><td class="l">pacer worst tick late ms</td>{{range .Phases}}<td>{{.PacerLate}}</td>{{end}}</tr>
 <tr><td class="l">frame late p50 / p99 ms</td>{{range .Phases}}<td>{{index .FrameLate 0}} / {{index .FrameLate 1}}</td>{{end}}</tr>
+<tr><td class="l">goroutine run wait p50 / p99 ms</td>{{range .Phases}}<td>{{index .SchedWait 0}} / {{index .SchedWait 1}}</td>{{end}}</tr>
 <tr><td class="l">machine busy cores (others)</td>{{range .Phases}}<td>{{.Machine.BusyCores}} ({{.Machine.BackgroundCores}})</td>{{end}}</tr>
 <tr><td class="l">load average at end</td>{{range .Phases}}<td>{{.Machine.LoadAvg}}</td>{{end}}</tr>
 </table>

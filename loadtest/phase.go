@@ -38,7 +38,7 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 	}
 	freeMemory() // the phase's memory is its own, not what the previous phase left
 	watch := r.watchProcesses()
-	start := time.Now()
+	start, sched0 := time.Now(), sampleSched()
 	ld := &load{r: r, col: col, tgt: e.tgt, prefix: r.id + name[:1]}
 	ld.pacer = newPacer(r.cfg.Shards, time.Duration(float64(frame.Duration)/r.cfg.Speed), r.cfg.Tick, col)
 	ld.pacer.start()
@@ -46,6 +46,7 @@ func (r *runner) phase(ctx context.Context, name, what string) (PhaseReport, *hd
 	ld.drive(ctx)
 	ld.pacer.stop()
 	ld.starts.Wait()
+	pc.SchedWait = sampleSched().waitsSince(sched0)
 	pc.Duration = round3(time.Since(start).Seconds())
 	pc.PeakCalls = int(ld.peak.Load())
 

@@ -77,7 +77,11 @@ type PhaseReport struct {
 	PacerLate float64         `json:"pacer_worst_tick_late_ms"`
 	// FrameLate is how late frames went out (due time to the end of their tick's send), p50
 	// and p99 in ms, at lateStep resolution.
-	FrameLate [2]float64   `json:"pacer_frame_late_p50_p99_ms"`
+	FrameLate [2]float64 `json:"pacer_frame_late_p50_p99_ms"`
+	// SchedWait is how long goroutines of the tester's process waited runnable before they ran
+	// while the phase's load was driven, p50 and p99 in ms (the Go runtime's histogram): in-process
+	// the whole stack's queueing for a core, against a remote callrouter the tester's alone.
+	SchedWait [2]float64   `json:"sched_wait_p50_p99_ms"`
 	Machine   MachineUsage `json:"machine"`
 	Warnings  []string     `json:"warnings,omitempty"`
 	// Impairments counts what the SIP mode did to RTP: packets sent, dropped, delayed, reordered;
@@ -232,6 +236,7 @@ func (r *Report) WriteText(w io.Writer) {
 	row("calls active at peak", func(p PhaseReport) string { return fmt.Sprint(p.PeakCalls) })
 	row("pacer worst late ms", func(p PhaseReport) string { return fmt.Sprintf("%.1f", p.PacerLate) })
 	row("frame late p50/p99 ms", func(p PhaseReport) string { return fmt.Sprintf("%.1f/%.1f", p.FrameLate[0], p.FrameLate[1]) })
+	row("goroutine run wait p50/p99 ms", func(p PhaseReport) string { return fmt.Sprintf("%.3f/%.3f", p.SchedWait[0], p.SchedWait[1]) })
 	row("machine busy cores", func(p PhaseReport) string { return fmt.Sprintf("%.2f", p.Machine.BusyCores) })
 	row("  of which others", func(p PhaseReport) string { return fmt.Sprintf("%.2f", p.Machine.BackgroundCores) })
 	for _, p := range r.Phases {

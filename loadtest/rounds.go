@@ -102,6 +102,7 @@ func mergePhases(rs []phaseResult) PhaseReport {
 		out.WorstLegs = append(out.WorstLegs, p.WorstLegs...)
 		out.PacerLate = max(out.PacerLate, p.PacerLate)
 		out.FrameLate = [2]float64{max(out.FrameLate[0], p.FrameLate[0]), max(out.FrameLate[1], p.FrameLate[1])}
+		out.SchedWait = [2]float64{max(out.SchedWait[0], p.SchedWait[0]), max(out.SchedWait[1], p.SchedWait[1])}
 		out.Warnings = append(out.Warnings, p.Warnings...)
 		out.Machine.BusyCores = round3((out.Machine.BusyCores + p.Machine.BusyCores) / 2)
 		out.Machine.BackgroundCores = round3((out.Machine.BackgroundCores + p.Machine.BackgroundCores) / 2)
