@@ -92,6 +92,8 @@ type Config struct {
 	// uses for the run's calls, like for like.
 	PublishConns   int
 	WorkerCapacity int // in-process stack: calls per worker (0: enough for Calls, plus a margin)
+	// WHIPReadCoalesce is the in-process WHIP endpoint's -whip-read-coalesce (nil: its default).
+	WHIPReadCoalesce *time.Duration
 	// Secure runs the in-process stack's NATS as in production: TLS, and every component (and
 	// the tester, for the baseline) signed in with its own least-privilege identity.
 	Secure           bool
@@ -289,6 +291,9 @@ func (c *Config) checkTester(p *problems) {
 	}
 	if c.PublishConns > 1 && (c.NATSURL != "" || c.Ingests > 1) {
 		p.add("publish-conns %d: only the in-process stack's one ingest node (no -nats, no -ingests) takes more than one", c.PublishConns)
+	}
+	if c.WHIPReadCoalesce != nil && (c.Mode != ModeWHIP || c.WHIP != "") {
+		p.add("whip-read-coalesce %v: only mode whip's in-process endpoint (no -whip) takes it", *c.WHIPReadCoalesce)
 	}
 	if c.WorkerCapacity < 0 {
 		p.add("worker-capacity %d: want 0 (auto) or positive", c.WorkerCapacity)

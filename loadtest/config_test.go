@@ -3,6 +3,7 @@ package loadtest
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestP99RatioBarCanFail holds the p99 bar to account: a bound too loose to ever fail is refused,
@@ -60,6 +61,26 @@ func TestIngestsFlag(t *testing.T) {
 		err := c.Validate()
 		if bad := err != nil && strings.Contains(err.Error(), "ingests"); bad != tc.bad {
 			t.Errorf("mode %s, nats %q, ingests %d: %v; want refused %v", tc.mode, tc.nats, tc.ingests, err, tc.bad)
+		}
+	}
+}
+
+// -whip-read-coalesce is for mode whip's in-process endpoint only: another mode, or a remote
+// endpoint (-whip), refuses it rather than ignore it.
+func TestWHIPReadCoalesceFlag(t *testing.T) {
+	zero := time.Duration(0)
+	for _, tc := range []struct {
+		mode, whip string
+		bad        bool
+	}{{ModeWHIP, "", false}, {ModeInproc, "", true}, {ModeSIP, "", true}, {ModeWHIP, "http://127.0.0.1:1/whip", true}} {
+		c := DefaultConfig()
+		c.Inputs, c.Mode, c.WHIP, c.WHIPReadCoalesce = []string{"x.wav"}, tc.mode, tc.whip, &zero
+		if tc.whip != "" {
+			c.NATSURL = "nats://127.0.0.1:4222"
+		}
+		err := c.Validate()
+		if bad := err != nil && strings.Contains(err.Error(), "whip-read-coalesce"); bad != tc.bad {
+			t.Errorf("mode %s, -whip %q: %v; want refused %v", tc.mode, tc.whip, err, tc.bad)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"context"
+	"time"
 
 	"github.com/callrouter/callrouter/loadtest/account"
 	"github.com/nats-io/nats.go"
@@ -26,9 +27,11 @@ type LocalConfig struct {
 	Ingests        int    // ModeInproc on the in-process stack: ingest nodes, the calls spread over them
 	PublishConns   int    // the in-process stack's ingest node: NATS connections its frames go on (0: ingest's automatic default)
 	WorkerCapacity int    // calls per in-process worker (0: enough for Calls, plus a margin)
-	Secure         bool   // TLS and per-role NATS permissions, as in production (Config.Secure)
-	Log            zerolog.Logger
-	StackLog       zerolog.Logger // the in-process services' log
+	// WHIPReadCoalesce is ModeWHIP's in-process endpoint's -whip-read-coalesce (nil: its default).
+	WHIPReadCoalesce *time.Duration
+	Secure           bool // TLS and per-role NATS permissions, as in production (Config.Secure)
+	Log              zerolog.Logger
+	StackLog         zerolog.Logger // the in-process services' log
 }
 
 // Local is what the harness started; Close stops all of it.

@@ -278,7 +278,7 @@ func (r *runner) connect(ctx context.Context) error {
 		return fmt.Errorf("loadtest: mode %s without -nats runs callrouter in this process, and this build has no in-process harness", r.cfg.Mode)
 	}
 	l, err := r.d.Harness(ctx, LocalConfig{Mode: r.cfg.Mode, RunID: r.id, NATSURL: r.cfg.NATSURL, Tenant: r.cfg.Tenant, Calls: r.cfg.Calls, Legs: max(1, r.legs),
-		Workers: r.cfg.Workers, Ingests: r.cfg.Ingests, PublishConns: r.cfg.PublishConns, WorkerCapacity: r.cfg.WorkerCapacity, Secure: r.cfg.Secure, Log: r.d.Log, StackLog: r.d.StackLog})
+		Workers: r.cfg.Workers, Ingests: r.cfg.Ingests, PublishConns: r.cfg.PublishConns, WorkerCapacity: r.cfg.WorkerCapacity, WHIPReadCoalesce: r.cfg.WHIPReadCoalesce, Secure: r.cfg.Secure, Log: r.d.Log, StackLog: r.d.StackLog})
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/callrouter/callrouter/internal/cli"
 	"github.com/callrouter/callrouter/internal/obs"
@@ -221,6 +222,14 @@ func Flags(cfg *loadtest.Config) *flag.FlagSet {
 	fs.StringVar(&cfg.Tenant, "tenant", cfg.Tenant, "tenant of the test calls")
 	fs.StringVar(&cfg.NATSURL, "nats", cfg.NATSURL, "NATS URL of a running callrouter (empty: start a one-process callrouter in this process)")
 	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "in-process stack: workers in the pool (also the baseline's subscriber connections)")
+	fs.Func("whip-read-coalesce", "whip mode, the in-process endpoint: its -whip-read-coalesce, how long its socket reader lets packets gather between batches (0: none; default: the endpoint's own)", func(v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return err
+		}
+		cfg.WHIPReadCoalesce = &d
+		return nil
+	})
 	fs.IntVar(&cfg.PublishConns, "publish-conns", cfg.PublishConns, "the in-process stack's ingest node: NATS connections its calls' frames are published on (ingest's -nats-publish-conns, its own connection for control among them; 0: its automatic default, one more per 200 calls), and as many baseline and floor publishers as it uses")
 	fs.IntVar(&cfg.Ingests, "ingests", cfg.Ingests, "mode inproc on the in-process stack: ingest nodes, each with its own NATS connection, the calls spread over them (also the baseline's and the floor's publisher connections); nats-server caches subject matches per publishing connection, up to 512 subjects, two per two-leg call")
 	fs.IntVar(&cfg.WorkerCapacity, "worker-capacity", cfg.WorkerCapacity, "in-process stack: calls per worker (0: enough for -calls plus 10%)")

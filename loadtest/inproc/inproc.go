@@ -92,7 +92,7 @@ func startStack(ctx context.Context, cfg loadtest.LocalConfig) (*loadtest.Local,
 	case loadtest.ModeSIP:
 		l.SIP, stop, err = startSIP(st.Ingest, cfg.Tenant, cfg.Calls, cfg.Legs, cfg.StackLog)
 	case loadtest.ModeWHIP:
-		l.WHIP, stop, err = startWHIP(st.Ingest, cfg.Tenant, cfg.Calls, cfg.StackLog)
+		l.WHIP, stop, err = startWHIP(st.Ingest, cfg.Tenant, cfg.Calls, cfg.WHIPReadCoalesce, cfg.StackLog)
 	case loadtest.ModeAudioHook:
 		stop, err = startAudioHook(st.Ingest, l, cfg.Tenant, cfg.Calls, cfg.StackLog)
 	case loadtest.ModeTwilio:

@@ -13,10 +13,13 @@ import (
 )
 
 // startWHIP runs callrouter's WHIP ingest (internal/whip) on the in-process stack's ingest node,
-// on loopback HTTP and UDP ports, letting unauthenticated requests in as tenant; it returns the
-// endpoint URL and a stop function.
-func startWHIP(n *ingest.Node, tenant string, calls int, log zerolog.Logger) (string, func(), error) {
+// on loopback HTTP and UDP ports, letting unauthenticated requests in as tenant, with the read
+// coalescing given (nil: the endpoint's default); it returns the endpoint URL and a stop function.
+func startWHIP(n *ingest.Node, tenant string, calls int, coalesce *time.Duration, log zerolog.Logger) (string, func(), error) {
 	cfg := whip.DefaultConfig()
+	if coalesce != nil {
+		cfg.ReadCoalesce = *coalesce
+	}
 	cfg.UDPAddr = "127.0.0.1:0"
 	cfg.OpenTenant = tenant
 	cfg.Codecs = []string{"pcmu", "pcma"}

@@ -1,6 +1,8 @@
 package inproc
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,6 +33,20 @@ func TestWHIPModeInProcess(t *testing.T) {
 	}
 }
 
+// TestWHIPReadCoalesceReachesTheEndpoint: -whip-read-coalesce is the in-process endpoint's
+// own setting, so a value it refuses fails the run with the endpoint's error, which names the flag.
+func TestWHIPReadCoalesceReachesTheEndpoint(t *testing.T) {
+	cfg := shortConfig(t, loadtest.ModeWHIP, "lt-whip-rc", 1, 50, time.Second)
+	bad := 20 * time.Millisecond
+	cfg.WHIPReadCoalesce = &bad
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, err := loadtest.Run(ctx, cfg, loadtest.Deps{Harness: Start, Log: testLog(t), StackLog: testLog(t)})
+	if err == nil || !strings.Contains(err.Error(), "-whip-read-coalesce 20ms") {
+		t.Fatalf("run with -whip-read-coalesce 20ms: %v, want the endpoint's refusal", err)
+	}
+}
+
 // TestWHIPModeRemote points the WHIP mode at an endpoint and NATS it did not start (-whip,
 // -nats): calls are named by the endpoint and their accounts come back from the workers' events.
 func TestWHIPModeRemote(t *testing.T) {
@@ -38,7 +54,7 @@ func TestWHIPModeRemote(t *testing.T) {
 		t.Skip("a 2 s WHIP run")
 	}
 	st := remoteStack(t, 1, "accounting", probe.ProcessorName)
-	url, stop, err := startWHIP(st.Ingest, "lt-whip-remote", 3, testLog(t))
+	url, stop, err := startWHIP(st.Ingest, "lt-whip-remote", 3, nil, testLog(t))
 	if err != nil {
 		t.Fatal(err)
 	}
