@@ -155,14 +155,9 @@ func (s *service) Run(ctx context.Context) error {
 	// connections are in place and keeps the node's own connection for its frames.
 	nctx, stop := context.WithCancel(ctx)
 	defer stop()
-	nodeErr := make(chan error, 1)
-	go func() { nodeErr <- s.n.Run(nctx) }()
-	select {
-	case <-s.n.Ready():
-	case err := <-nodeErr:
+	nodeErr, err := s.n.Start(nctx)
+	if err != nil {
 		return err
-	case <-ctx.Done():
-		return <-nodeErr
 	}
 	running, err := s.src.Start(ctx, s.n)
 	if err != nil {

@@ -125,8 +125,12 @@ func runCheck(e *env) int {
 	defer func() { _ = sub.Unsubscribe() }()
 
 	ctx, cancel := context.WithCancel(e.ctx)
-	runDone := make(chan error, 1)
-	go func() { runDone <- node.Run(ctx) }()
+	defer cancel()
+	runDone, err := node.Start(ctx) // the call starts once the node serves its requests
+	if err != nil {
+		node.Close()
+		return e.fail(fmt.Errorf("%w: ingest node: %v", errUnreachable, err))
+	}
 	defer func() {
 		cancel()
 		<-runDone
@@ -134,12 +138,6 @@ func runCheck(e *env) int {
 	}()
 	if err := e.nc.FlushTimeout(e.timeout); err != nil {
 		return e.fail(fmt.Errorf("%w: %v", errUnreachable, err))
-	}
-	select {
-	case <-node.Ready(): // the call starts once the node serves its requests
-	case err := <-runDone:
-		runDone <- err // for the deferred wait
-		return e.fail(fmt.Errorf("%w: ingest node: %v", errUnreachable, err))
 	}
 
 	playCtx, playCancel := context.WithTimeout(ctx, time.Duration(o.frames)*20*time.Millisecond+2*cfg.PlaceTimeout+5*time.Second)

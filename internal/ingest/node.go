@@ -159,6 +159,23 @@ func (n *Node) NC() *nats.Conn { return n.nc }
 // starts once it is closed.
 func (n *Node) Ready() <-chan struct{} { return n.ready }
 
+// Start runs Run on a goroutine of its own and returns once the node is ready, with a channel
+// that yields Run's error when Run returns; when Run returns before the node is ready, Start
+// returns its error instead. This is how whatever starts calls on the node runs it.
+func (n *Node) Start(ctx context.Context) (<-chan error, error) {
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	select {
+	case <-n.ready:
+		return done, nil
+	case err := <-done:
+		if err == nil {
+			err = errors.New("ingest: the node stopped before it was ready")
+		}
+		return nil, err
+	}
+}
+
 // Run serves replay and hand-off requests, heartbeats and reaps until ctx ends, then drains:
 // refuses new calls and waits (up to the drain timeout) for its calls to end before ending the
 // rest. It turns the node ready (Ready) once it serves; call it once.

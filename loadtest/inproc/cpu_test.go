@@ -100,13 +100,12 @@ func benchFrameCPU(b *testing.B, calls, ingests, conns int, warm, window time.Du
 		if err != nil {
 			b.Fatal(err)
 		}
-		nodesDone.Add(1)
-		go func() { defer nodesDone.Done(); _ = n.Run(ctx) }()
-		select {
-		case <-n.Ready(): // no call starts before the node serves
-		case <-time.After(10 * time.Second):
-			b.Fatalf("%s not ready in 10s", id)
+		done, err := n.Start(ctx) // no call starts before the node serves
+		if err != nil {
+			b.Fatalf("%s: %v", id, err)
 		}
+		nodesDone.Add(1)
+		go func() { defer nodesDone.Done(); <-done }()
 		nodes = append(nodes, n)
 	}
 	cs := make([]*ingest.Call, calls)

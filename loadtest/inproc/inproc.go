@@ -142,11 +142,8 @@ func joinRemote(cfg loadtest.LocalConfig, remote bus.Config) (*loadtest.Local, e
 		return nil, err
 	}
 	nctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(nctx) }()
-	select {
-	case <-n.Ready(): // no call starts before the node serves
-	case err := <-done:
+	done, err := n.Start(nctx) // no call starts before the node serves
+	if err != nil {
 		cancel()
 		nc.Close()
 		return nil, fmt.Errorf("loadtest: ingest node: %w", err)
@@ -181,19 +178,18 @@ func addIngests(st *stack.Stack, t *ingestTarget, n int, log zerolog.Logger) (st
 			stop()
 			return nil, err
 		}
-		wg.Add(1)
-		done := make(chan error, 1)
-		go func() {
-			defer wg.Done()
-			done <- node.Run(ctx)
+		done, err := node.Start(ctx) // no call starts before the node serves
+		if err != nil {
 			node.Close()
-		}()
-		select {
-		case <-node.Ready(): // no call starts before the node serves
-		case err := <-done:
 			stop()
 			return nil, fmt.Errorf("loadtest: in-process %s: %w", id, err)
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-done
+			node.Close()
+		}()
 		t.nodes = append(t.nodes, node)
 	}
 	return stop, nil
