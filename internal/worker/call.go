@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -597,7 +598,7 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 		if f := replayAsking.Load(); f != nil {
 			(*f)(c.spec.ID, req.Epoch)
 		}
-		buf, r, err = wire.RequestReplay(ctx, c.w.nc, subjects.IngestVerb(c.ingest, subjects.IngestVerbReplay), req)
+		buf, r, err = c.requestReplay(ctx, req)
 		if r == nil || r.Code != wire.CodeStale {
 			break
 		}
@@ -658,6 +659,38 @@ func (c *call) replay(leg uint8, from int64, to uint32, cause string) (supersede
 	c.markLoss(leg, cause)
 	c.log.Debug().Uint8("leg", leg).Int("frames", n).Msg("replayed")
 	return false
+}
+
+// replayRetry is how often a replay request that no ingest connection answered ("no responders")
+// is asked again, for at most replayAway: long enough for an ingest connection to reconnect to
+// another NATS node, short enough that the live frames queued behind the replay stay well inside
+// the default 2 s -max-frame-age.
+const (
+	replayRetry = 50 * time.Millisecond
+	replayAway  = 500 * time.Millisecond
+)
+
+// requestReplay asks the call's ingest for req. While no server holds the ingest's replay
+// subscription (its connection is reconnecting, as when the NATS node it was on died: frames
+// lost on the way to this worker in the same failure are in its ring) the request is asked
+// again every replayRetry for up to replayAway (and within ctx), rather than the frames given up
+// as lost at once.
+func (c *call) requestReplay(ctx context.Context, req wire.ReplayRequest) ([]byte, *wire.Reply, error) {
+	subject := subjects.IngestVerb(c.ingest, subjects.IngestVerbReplay)
+	giveUp := time.Now().Add(replayAway)
+	for {
+		buf, r, err := wire.RequestReplay(ctx, c.w.nc, subject, req)
+		if !errors.Is(err, nats.ErrNoResponders) || time.Now().Add(replayRetry).After(giveUp) {
+			return buf, r, err
+		}
+		t := time.NewTimer(replayRetry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return buf, r, err
+		case <-t.C:
+		}
+	}
 }
 
 // markLoss attributes any gap left before the next live frame to cause.
